@@ -1,0 +1,486 @@
+"""The permutohedral lattice (Adams, Baek & Davis 2010) for fast Gaussian filtering.
+
+A :class:`PermutohedralLattice` is built once from the features of a batch of point sets and then filters
+any number of value channels, any number of times, in ``O(N (D + 1) C)`` per call:
+
+1. *splat*: each point's value is scattered onto the ``D + 1`` vertices of the lattice simplex that
+   encloses it, with barycentric weights;
+2. *blur*: values are convolved with ``[1/2, 1, 1/2]`` between neighbouring vertices along each of the
+   ``D + 1`` lattice directions in turn;
+3. *slice*: each point gathers its value back from its simplex vertices with the same weights.
+
+The construction and every scale constant follow Krähenbühl's ``densecrf`` (the code behind pydensecrf
+and the Caffe CRF-RNN layer), so the filter matches that tool. It approximates
+
+    out_i = sum_j exp(-|f_i - f_j|^2 / 2) v_j
+
+for features ``f`` already divided by the kernel widths; ``docs/lattice.md`` measures how close the
+approximation is (its effective width and amplitude against the exact Gaussian).
+
+The blur directions are applied in a fixed order, so the lattice operator ``K`` is not exactly
+symmetric; its adjoint ``K^T`` is the same splat/blur/slice with the directions in reverse order, and
+that is what the backward pass runs (on the lattice built in the forward pass).
+
+Batches are handled by giving every vertex key a batch index, so all images of a batch share one
+block-diagonal lattice and one splat/blur/slice call, while no image ever sees another image's points.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+__all__ = ["PermutohedralLattice", "lattice_filter"]
+
+_BACKENDS = ("auto", "torch", "numba")
+# Vertex keys are packed into one int64 code when the key ranges allow it (almost always); beyond this
+# many bits the lattice falls back to deduplicating whole key rows, which is slower but has no limit.
+_MAX_CODE_BITS = 62
+
+
+def _csr(crow: Tensor, col: Tensor, val: Tensor, size: tuple[int, int]) -> Tensor:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*[Ss]parse CSR tensor support is in beta.*")
+        return torch.sparse_csr_tensor(crow, col, val, size=size, check_invariants=False)
+
+
+def _canonical_simplex(d: int, device: torch.device) -> Tensor:
+    """``canonical[r, k]``: coordinate offset of the remainder-``r`` vertex for a coordinate of rank ``k``."""
+    r = torch.arange(d + 1, device=device).view(-1, 1)
+    k = torch.arange(d + 1, device=device).view(1, -1)
+    return torch.where(k <= d - r, r, r - (d + 1))
+
+
+def _simplex_coordinates(features: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Enclosing simplex of every point: vertex keys and barycentric weights.
+
+    Args:
+        features: ``(P, D)`` floating point, already divided by the kernel widths.
+
+    Returns:
+        keys: ``(P, D + 1, D)`` int64, the first ``D`` lattice coordinates of each of the ``D + 1``
+        enclosing vertices (the last coordinate is implied: keys sum to zero).
+        weights: ``(P, D + 1)`` barycentric weights (non-negative, summing to one), features' dtype
+        (computed in float64).
+        rank: ``(P, D + 1)`` int64, the rank of each elevated coordinate's residual (the simplex's
+        orientation; used to compute the lattice's self-weights).
+    """
+    num_points, d = features.shape
+    d1 = d + 1
+    out_dtype = features.dtype
+    # Coordinates in float64 (except where the device has none): with float32, features of a few hundred
+    # units lose ~1e-5 of their barycentric weights to rounding.
+    device, dtype = features.device, (torch.float64 if features.device.type != "mps" else features.dtype)
+    features = features.to(dtype)
+    # Elevate onto the hyperplane x . 1 = 0 of R^(d+1) (p. 5 of Adams et al.), scaled so that the
+    # lattice blur has the expected standard deviation (p. 6).
+    inv_std_dev = math.sqrt(2.0 / 3.0) * d1
+    i = torch.arange(d, device=device, dtype=torch.float64)
+    scale = (inv_std_dev / torch.sqrt((i + 1.0) * (i + 2.0))).to(dtype)
+    cf = features * scale
+    suffix = cf.flip(1).cumsum(1).flip(1)  # suffix[:, k] = sum_{m >= k} cf[:, m]
+    later = torch.cat([suffix[:, 1:], cf.new_zeros(num_points, 1)], dim=1)
+    j = torch.arange(1, d1, device=device, dtype=dtype)
+    elevated = torch.cat([suffix[:, :1], later - j * cf], dim=1)  # (P, d + 1)
+
+    # Nearest remainder-0 lattice point, then sort the residual to find the simplex.
+    rem0 = torch.round(elevated / d1) * d1
+    total = torch.round(rem0.sum(1) / d1).to(torch.int64)
+    resid = elevated - rem0
+    # rank[k] = #{j > k: r_j > r_k} + #{j < k: r_j >= r_k}  (densecrf's tie-breaking)
+    r_k = resid.unsqueeze(2)
+    r_j = resid.unsqueeze(1)
+    idx = torch.arange(d1, device=device)
+    after = idx.view(1, -1) > idx.view(-1, 1)  # [k, j]: j > k
+    before = idx.view(1, -1) < idx.view(-1, 1)  # [k, j]: j < k
+    rank = ((after & (r_j > r_k)) | (before & (r_j >= r_k))).sum(2)
+    rank = rank + total.view(-1, 1)
+    low = rank < 0
+    high = rank > d
+    rank = rank + d1 * low - d1 * high
+    rem0 = rem0 + d1 * low.to(dtype) - d1 * high.to(dtype)
+
+    # Barycentric coordinates (p. 10).
+    v = (elevated - rem0) / d1
+    bary = features.new_zeros(num_points, d + 2)
+    bary.scatter_add_(1, d - rank, v)
+    bary.scatter_add_(1, d - rank + 1, -v)
+    bary[:, 0] += 1.0 + bary[:, d + 1]
+    weights = bary[:, :d1]
+
+    canonical = _canonical_simplex(d, device)  # (d + 1 remainders, d + 1 ranks)
+    # keys[p, r, i] = rem0[p, i] + canonical[r, rank[p, i]]
+    offsets = canonical[:, rank].permute(1, 0, 2)  # (P, r, i)
+    keys = rem0.to(torch.int64).unsqueeze(1) + offsets
+    return keys[:, :, :d].contiguous(), weights.to(out_dtype).contiguous(), rank
+
+
+class _KeyIndex:
+    """Maps integer key rows to vertex ids: one int64 code per row when it fits, rows otherwise."""
+
+    def __init__(self, keys: Tensor, margin: int) -> None:
+        # keys: (K, c) int64. Codes leave ``margin`` spare values on each side of every coordinate so
+        # that neighbour keys (at most ``margin`` away) encode without clashing with real keys.
+        lo = keys.min(0).values - margin
+        span = keys.max(0).values + margin - lo + 1
+        bits = torch.log2(span.to(torch.float64)).sum().item()
+        self.lo = lo
+        self.span = span
+        if bits < _MAX_CODE_BITS:
+            strides = torch.cumprod(torch.cat([span.new_ones(1), span[:-1]]), 0)
+            self.strides: Optional[Tensor] = strides
+            self.codes, self.inverse = torch.unique(self._encode(keys), sorted=True, return_inverse=True)
+            self.vertex_keys: Optional[Tensor] = None
+        else:
+            self.strides = None
+            self.vertex_keys, self.inverse = torch.unique(keys, dim=0, sorted=True, return_inverse=True)
+
+    @property
+    def num_vertices(self) -> int:
+        return int(self.codes.numel() if self.strides is not None else self.vertex_keys.shape[0])
+
+    def _encode(self, keys: Tensor) -> Tensor:
+        return ((keys - self.lo) * self.strides).sum(1)
+
+    def keys(self) -> Tensor:
+        """``(M, c)`` the key of every vertex, in vertex-id order."""
+        if self.strides is None:
+            return self.vertex_keys
+        rel = (self.codes.unsqueeze(1) // self.strides) % self.span
+        return rel + self.lo
+
+    def lookup(self, queries: Tensor) -> Tensor:
+        """Vertex id of every query key row ``(Q, c)``, or ``M`` where the key is not a vertex."""
+        m = self.num_vertices
+        if self.strides is not None:
+            inside = ((queries >= self.lo) & (queries < self.lo + self.span)).all(1)
+            codes = self._encode(queries)
+            pos = torch.searchsorted(self.codes, codes).clamp_(max=m - 1)
+            found = inside & (self.codes[pos] == codes)
+            return torch.where(found, pos, torch.full_like(pos, m))
+        both = torch.cat([self.vertex_keys, queries], 0)
+        _, inv = torch.unique(both, dim=0, return_inverse=True)
+        table = torch.full((int(inv.max()) + 1,), m, dtype=torch.int64, device=queries.device)
+        table[inv[:m]] = torch.arange(m, device=queries.device)
+        return table[inv[m:]]
+
+
+def _neighbours(index: _KeyIndex, d: int) -> Tensor:
+    """``(D + 1, 2, M)`` int64: each vertex's two neighbours along every lattice direction (``M`` if absent).
+
+    Along direction ``j`` the neighbours of key ``k`` are ``k - 1 + (D + 1) e_j`` and ``k + 1 - (D + 1) e_j``
+    (on the first ``D`` coordinates; the batch index, stored last, never changes).
+    """
+    keys = index.keys()  # (M, d + 1): d lattice coordinates then the batch index
+    m = keys.shape[0]
+    step = torch.ones(d + 1, d + 1, dtype=torch.int64, device=keys.device)
+    step[:, :d] -= (d + 1) * torch.eye(d + 1, d, dtype=torch.int64, device=keys.device)
+    step[:, d] = 0  # batch column
+    # step[j] = -(k - 1 + (d+1) e_j) + k on the lattice coordinates, i.e. minus the n1 offset
+    queries = torch.stack([keys.unsqueeze(0) - step.unsqueeze(1), keys.unsqueeze(0) + step.unsqueeze(1)], 1)
+    return index.lookup(queries.reshape(-1, d + 1)).view(d + 1, 2, m)
+
+
+def _grouped_csr(rows: int, cols: int, col: Tensor, val: Tensor) -> Tensor:
+    """CSR matrix whose row ``r`` holds ``col[r]``/``val[r]`` (``(rows, k)``), entries with col == cols dropped."""
+    col, order = torch.sort(col, dim=1)
+    val = torch.gather(val, 1, order)
+    keep = col < cols
+    crow = torch.zeros(rows + 1, dtype=torch.int64, device=col.device)
+    crow[1:] = keep.sum(1).cumsum(0)
+    return _csr(crow, col[keep], val[keep], (rows, cols))
+
+
+class _TorchOperators:
+    """Splat, blur and slice of one lattice as sparse CSR matrices in one dtype (the pure PyTorch path)."""
+
+    def __init__(self, offsets: Tensor, weights: Tensor, neighbours: Tensor, num_vertices: int, alpha: float):
+        num_points, d1 = offsets.shape
+        m = num_vertices
+        dev = offsets.device
+        flat = offsets.reshape(-1)
+        order = torch.argsort(flat, stable=True)
+        crow = torch.zeros(m + 1, dtype=torch.int64, device=dev)
+        crow[1:] = torch.bincount(flat, minlength=m).cumsum(0)
+        point = torch.div(order, d1, rounding_mode="floor")
+        self.splat = _csr(crow, point, weights.reshape(-1)[order], (m, num_points))
+        self.slice = _grouped_csr(num_points, m, offsets, weights * alpha)
+        self_col = torch.arange(m, device=dev).view(-1, 1)
+        blur_val = weights.new_tensor([1.0, 0.5, 0.5]).expand(m, 3)
+        self.blur = [
+            _grouped_csr(m, m, torch.cat([self_col, neighbours[j].t()], 1), blur_val) for j in range(d1)
+        ]
+
+    def __call__(self, values: Tensor, reverse: bool) -> Tensor:
+        x = torch.sparse.mm(self.splat, values)
+        for b in reversed(self.blur) if reverse else self.blur:
+            x = torch.sparse.mm(b, x)
+        return torch.sparse.mm(self.slice, x)
+
+
+def _blur_paths(d: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Every way the blur moves mass between two corners of one simplex, for the canonical simplex.
+
+    Along direction ``j`` the blur keeps a vertex's value (weight 1) or moves it to a neighbour at
+    ``+-((D + 1) e_j - 1)`` (weight 1/2). Going from corner ``q`` to corner ``r`` takes steps
+    ``s in {-1, 0, 1}^(D+1)`` with ``(D + 1) s - sum(s) 1 = key_r - key_q``; there are at most three.
+
+    Returns:
+        steps: ``(D + 1, D + 1, 3, D + 1)`` int64, ``steps[r, q, c]`` (zeros where unused);
+        weight: ``(D + 1, D + 1, 3)``, ``0.5 ** nnz(steps)`` for valid paths and 0 otherwise.
+    """
+    d1 = d + 1
+    canonical = _canonical_simplex(d, torch.device("cpu"))
+    steps = torch.zeros(d1, d1, 3, d1, dtype=torch.int64)
+    weight = torch.zeros(d1, d1, 3, dtype=torch.float64)
+    for r in range(d1):
+        for q in range(d1):
+            delta = canonical[r] - canonical[q]
+            c = 0
+            for t in range(-d1, d1 + 1):
+                x = delta + t
+                if bool((x % d1 != 0).any()):
+                    continue
+                st = torch.div(x, d1, rounding_mode="floor")
+                if bool((st.abs() > 1).any()) or int(st.sum()) != t:
+                    continue
+                steps[r, q, c] = st
+                weight[r, q, c] = 0.5 ** int((st != 0).sum())
+                c += 1
+    return steps.to(device), weight.to(device)
+
+
+def _self_weights(offsets: Tensor, weights: Tensor, rank: Tensor, neighbours: Tensor, alpha: float) -> Tensor:
+    """``K_ii = alpha sum_{r,q} w_ir w_iq B[o_ir, o_iq]`` for every point, following every blur path."""
+    num_points, d1 = offsets.shape
+    m = neighbours.shape[-1]
+    device = offsets.device
+    steps, path_w = _blur_paths(d1 - 1, device)
+    # a sentinel column: from an absent vertex the path stays absent
+    nb = torch.cat([neighbours, torch.full((d1, 2, 1), m, dtype=neighbours.dtype, device=device)], 2)
+    out = []
+    for start in range(0, num_points, 16384):
+        off = offsets[start : start + 16384]
+        w = weights[start : start + 16384].to(torch.float64)
+        rk = rank[start : start + 16384]
+        p = off.shape[0]
+        # steps of this point's simplex: coordinate i moves like the canonical coordinate of rank rk[i]
+        st = steps[:, :, :, rk].permute(3, 0, 1, 2, 4)  # (P, r, q, c, i)
+        cur = off.view(p, 1, d1, 1).expand(p, d1, d1, 3).clone()  # start at corner q
+        for j in range(d1):
+            sj = st[..., j]
+            cur = torch.where(sj == 1, nb[j, 0][cur], torch.where(sj == -1, nb[j, 1][cur], cur))
+        hit = cur == off.view(p, d1, 1, 1)  # ended at corner r
+        b = (hit.to(torch.float64) * path_w).sum(3)  # (P, r, q)
+        out.append(alpha * torch.einsum("pr,prq,pq->p", w, b, w))
+    return torch.cat(out).to(weights.dtype)
+
+
+class PermutohedralLattice:
+    """A permutohedral lattice built once from features and reused for any number of filterings.
+
+    Filtering approximates the Gaussian ``out_i = sum_j exp(-|f_i - f_j|^2 / 2) v_j`` for every image of
+    the batch separately (divide the features by the kernel widths first). The filter is linear in the
+    values and differentiable with respect to them (the backward pass is the adjoint filter on the same
+    lattice); gradients do not flow to the features, as in the paper.
+
+    Args:
+        features: ``(B, N, D)`` float32 or float64, ``B >= 1`` point sets of ``N >= 1`` points with
+            ``D >= 1`` features each, already divided by the kernel widths.
+        backend: ``"auto"`` (compiled CPU kernels when the features are on the CPU and numba is
+            installed, pure PyTorch otherwise), ``"torch"`` (pure PyTorch sparse matrices, any device) or
+            ``"numba"`` (CPU only).
+
+    Example:
+        >>> feats = torch.rand(2, 100, 3) * 5
+        >>> lattice = PermutohedralLattice(feats)
+        >>> lattice.filter(torch.ones(2, 100, 4)).shape
+        torch.Size([2, 100, 4])
+    """
+
+    def __init__(self, features: Tensor, *, backend: str = "auto") -> None:
+        _check_features(features)
+        if backend not in _BACKENDS:
+            raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}.")
+        if backend == "numba" and features.device.type != "cpu":
+            raise ValueError(
+                f"backend='numba' runs on the CPU only, but the features are on {features.device}; "
+                "use backend='torch' (or 'auto') for other devices."
+            )
+        if backend == "auto":
+            backend = "numba" if features.device.type == "cpu" and _numba_available() else "torch"
+        self.backend = backend
+        self.batch_size, self.num_points, self.dim = features.shape
+        self.device = features.device
+        self.dtype = features.dtype
+        d = self.dim
+        #: the scale constant applied when slicing (densecrf's ``alpha``)
+        self.alpha = 1.0 / (1.0 + 2.0 ** (-d))
+        feats = features.detach().reshape(-1, d)
+        built = None
+        if backend == "numba":
+            from crfrnn import _numba
+
+            built = _numba.build(feats, self.batch_size)
+            if built is not None:
+                offsets, weights, rank, neighbours, m = built
+                weights = weights.to(self.dtype)
+        if built is None:  # pure PyTorch (also the fallback when int64 key codes would overflow)
+            with torch.no_grad():
+                keys, weights, rank = _simplex_coordinates(feats)
+                batch = torch.arange(self.batch_size, device=self.device)
+                batch = batch.repeat_interleave(self.num_points * (d + 1)).view(-1, 1)
+                index = _KeyIndex(torch.cat([keys.view(-1, d), batch], 1), margin=d)
+                m = index.num_vertices
+                offsets = index.inverse.view(-1, d + 1)
+                neighbours = _neighbours(index, d)
+        #: number of lattice vertices (all images of the batch together)
+        self.num_vertices = m
+        self._offsets = offsets  # (B * N, D + 1) vertex of each point's simplex corner
+        self._weights = weights  # (B * N, D + 1) barycentric weights
+        self._rank = rank  # (B * N, D + 1) simplex orientation
+        self._neighbours = neighbours  # (D + 1, 2, M) neighbours along each direction, M if absent
+        self._ops: dict[torch.dtype, object] = {}
+
+    def __repr__(self) -> str:
+        return (
+            f"PermutohedralLattice(batch_size={self.batch_size}, num_points={self.num_points}, "
+            f"dim={self.dim}, num_vertices={self.num_vertices}, backend={self.backend!r})"
+        )
+
+    def self_weights(self) -> Tensor:
+        """The diagonal of the lattice operator: how much of its own value each point gets back.
+
+        For the exact Gaussian this is ``exp(0) = 1``; the lattice's value depends on where the point sits
+        in its simplex (about 0.75 to 1.0 for ``D = 2``, 0.45 to 0.75 for ``D = 5``), so excluding the
+        self-connection must subtract this, not 1. Computed exactly from the lattice (every blur path that
+        leaves a corner of the point's simplex and ends on another), cached after the first call.
+
+        Returns:
+            ``(B, N)`` in the lattice's dtype.
+        """
+        cached = getattr(self, "_self_weights", None)
+        if cached is None:
+            with torch.no_grad():
+                cached = _self_weights(self._offsets, self._weights, self._rank, self._neighbours, self.alpha)
+            self._self_weights = cached.view(self.batch_size, self.num_points)
+        return self._self_weights
+
+    def _apply(self, values: Tensor, reverse: bool) -> Tensor:
+        """Filter ``(B * N, C)`` values without autograd: splat, blur (directions reversed for ``K^T``), slice."""
+        ops = self._ops.get(values.dtype)
+        if ops is None:  # built once per dtype, then reused by every call
+            if self.backend == "numba":
+                from crfrnn._numba import NumbaOperators as make
+            else:
+                make = _TorchOperators
+            ops = make(self._offsets, self._weights.to(values.dtype), self._neighbours, self.num_vertices, self.alpha)
+            self._ops[values.dtype] = ops
+        return ops(values, reverse)
+
+    def filter(self, values: Tensor, *, reverse: bool = False) -> Tensor:
+        """Gaussian-filter values with this lattice.
+
+        Args:
+            values: ``(B, N, C)`` float32 or float64, on the lattice's device.
+            reverse: apply the adjoint ``K^T`` (blur directions in reverse order) instead of ``K``.
+
+        Returns:
+            ``(B, N, C)`` filtered values, differentiable with respect to ``values``.
+        """
+        self._check_values(values)
+        b, n, c = values.shape
+        out = _LatticeFilter.apply(values.reshape(b * n, c), self, reverse)
+        return out.view(b, n, c)
+
+    def _check_values(self, values: Tensor) -> None:
+        if not isinstance(values, Tensor):
+            raise TypeError(f"values must be a torch.Tensor of shape (B, N, C), got {type(values).__name__}.")
+        if values.dim() != 3:
+            raise ValueError(
+                f"values must have shape (B, N, C) = ({self.batch_size}, {self.num_points}, C), got a "
+                f"{values.dim()}-D tensor of shape {tuple(values.shape)}; add the missing dimensions with "
+                "unsqueeze/reshape."
+            )
+        if values.shape[0] != self.batch_size or values.shape[1] != self.num_points:
+            raise ValueError(
+                f"values of shape {tuple(values.shape)} do not match the lattice, built for "
+                f"(B, N) = ({self.batch_size}, {self.num_points}); pass values of shape "
+                f"({self.batch_size}, {self.num_points}, C)."
+            )
+        if values.dtype not in (torch.float32, torch.float64):
+            raise TypeError(
+                f"values must be float32 or float64, got {values.dtype}; convert with values.float()."
+            )
+        if values.device != self.device:
+            raise ValueError(
+                f"values are on {values.device} but the lattice was built on {self.device}; move them "
+                f"with values.to({str(self.device)!r})."
+            )
+
+
+class _LatticeFilter(torch.autograd.Function):
+    """``out = K values`` on a fixed lattice; backward applies ``K^T`` on the same lattice."""
+
+    @staticmethod
+    def forward(ctx, values: Tensor, lattice: PermutohedralLattice, reverse: bool) -> Tensor:  # type: ignore[override]
+        ctx.lattice = lattice
+        ctx.reverse = reverse
+        return lattice._apply(values.contiguous(), reverse)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        # K is linear, so its backward is again a lattice filter (differentiable: double backward works).
+        return _LatticeFilter.apply(grad.contiguous(), ctx.lattice, not ctx.reverse), None, None
+
+
+def lattice_filter(values: Tensor, features: Tensor, *, backend: str = "auto") -> Tensor:
+    """Approximate Gaussian filtering with a permutohedral lattice built for this one call.
+
+    Args:
+        values: ``(B, N, C)`` values to filter.
+        features: ``(B, N, D)`` features, already divided by the kernel widths.
+        backend: see :class:`PermutohedralLattice`.
+
+    Returns:
+        ``(B, N, C)`` approximately ``sum_j exp(-|f_i - f_j|^2 / 2) v_j``.
+    """
+    return PermutohedralLattice(features, backend=backend).filter(values)
+
+
+def _numba_available() -> bool:
+    try:
+        from crfrnn import _numba
+
+        return _numba.AVAILABLE
+    except ImportError:
+        return False
+
+
+def _check_features(features: Tensor) -> None:
+    if not isinstance(features, Tensor):
+        raise TypeError(f"features must be a torch.Tensor of shape (B, N, D), got {type(features).__name__}.")
+    if features.dim() != 3:
+        raise ValueError(
+            f"features must have shape (B, N, D), got a {features.dim()}-D tensor of shape "
+            f"{tuple(features.shape)}; for a single point set use features.unsqueeze(0)."
+        )
+    b, n, d = features.shape
+    if b < 1 or n < 1 or d < 1:
+        raise ValueError(
+            f"features must have B >= 1 point sets of N >= 1 points with D >= 1 features, got shape "
+            f"{tuple(features.shape)}."
+        )
+    if features.dtype not in (torch.float32, torch.float64):
+        raise TypeError(
+            f"features must be float32 or float64, got {features.dtype}; convert with features.float()."
+        )
+    if not bool(torch.isfinite(features).all()):
+        raise ValueError(
+            "features contain NaN or infinite values; the lattice needs finite coordinates (check the "
+            "image and the kernel widths, which must be positive)."
+        )
