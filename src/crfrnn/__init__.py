@@ -1,5 +1,6 @@
 """crfrnn: CRF-RNN and dense CRFs in PyTorch (batched, differentiable, any device, fast on the CPU)."""
 
+from crfrnn.dense import dense_crf, unary_from_labels, unary_from_probs
 from crfrnn.crf import NORMALIZATIONS, CrfRnn, GaussianKernel, bilateral_features, mean_field, spatial_features
 from crfrnn.filters import gaussian_filter
 from crfrnn.lattice import PermutohedralLattice, lattice_filter
@@ -10,9 +11,12 @@ __all__ = [
     "NORMALIZATIONS",
     "PermutohedralLattice",
     "bilateral_features",
+    "dense_crf",
     "gaussian_filter",
     "lattice_filter",
     "mean_field",
     "spatial_features",
+    "unary_from_labels",
+    "unary_from_probs",
 ]
 __version__ = "0.1.0"

@@ -46,11 +46,19 @@ NORMALIZATIONS = ("row", "symmetric", "column", "none")
 Weight = Union[float, Tensor]
 
 
+def _per_axis(theta: Union[float, Sequence[float]], n: int, like: Tensor) -> Tensor:
+    t = torch.as_tensor(theta, dtype=like.dtype, device=like.device).reshape(-1)
+    return t.expand(n) if t.numel() == 1 else t
+
+
 def spatial_features(
-    batch: int, height: int, width: int, theta: float, *, dtype: torch.dtype = torch.float32,
-    device: Optional[torch.device] = None,
+    batch: int, height: int, width: int, theta: Union[float, Sequence[float]], *,
+    dtype: torch.dtype = torch.float32, device: Optional[torch.device] = None,
 ) -> Tensor:
-    """Position features ``(x / theta, y / theta)`` of every pixel.
+    """Position features ``(x / theta_x, y / theta_y)`` of every pixel.
+
+    Args:
+        theta: the kernel width in pixels, or ``(theta_x, theta_y)``.
 
     Returns:
         ``(B, H W, 2)``, pixels in row-major order, ``x`` the column and ``y`` the row index.
@@ -59,23 +67,27 @@ def spatial_features(
         torch.arange(height, dtype=dtype, device=device), torch.arange(width, dtype=dtype, device=device),
         indexing="ij",
     )
-    pos = torch.stack([x, y], -1).view(1, height * width, 2) / theta
-    return pos.expand(batch, -1, -1)
+    pos = torch.stack([x, y], -1).view(1, height * width, 2)
+    return (pos / _per_axis(theta, 2, pos)).expand(batch, -1, -1)
 
 
-def bilateral_features(image: Tensor, theta_alpha: float, theta_beta: float) -> Tensor:
+def bilateral_features(
+    image: Tensor, theta_alpha: Union[float, Sequence[float]], theta_beta: Union[float, Sequence[float]]
+) -> Tensor:
     """Position and colour features ``(x / theta_alpha, y / theta_alpha, r / theta_beta, g / .., b / ..)``.
 
     Args:
         image: ``(B, C, H, W)`` floating point, usually RGB on the 0..255 scale.
+        theta_alpha: width in pixels, or ``(theta_x, theta_y)``.
+        theta_beta: width in colour units, or one per channel.
 
     Returns:
         ``(B, H W, 2 + C)``.
     """
     b, c, h, w = image.shape
     pos = spatial_features(b, h, w, theta_alpha, dtype=image.dtype, device=image.device)
-    col = image.permute(0, 2, 3, 1).reshape(b, h * w, c) / theta_beta
-    return torch.cat([pos, col], -1)
+    col = image.permute(0, 2, 3, 1).reshape(b, h * w, c)
+    return torch.cat([pos, col / _per_axis(theta_beta, c, col)], -1)
 
 
 class GaussianKernel:

@@ -1,0 +1,69 @@
+"""The ``crfrnn`` command line: each sub-command lives in its own module with ``add_parser`` and ``run``.
+
+The command line only parses arguments and calls importable library functions. Sub-commands report
+failures as one line on stderr and a non-zero exit code (2 for bad usage or input, 1 otherwise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Optional, Sequence
+
+__all__ = ["main", "build_parser"]
+
+#: sub-command name -> module under crfrnn.cli that defines add_parser(subparsers) and run(args) -> int
+COMMANDS = {
+    "refine": "crfrnn.cli.refine",
+    "train": "crfrnn.cli.train",
+    "evaluate": "crfrnn.cli.evaluate",
+    "reproduce": "crfrnn.cli.reproduce",
+}
+
+
+class CommandError(Exception):
+    """A failure to report as one line (``crfrnn <command>: error: <message>``) with an exit code."""
+
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from crfrnn import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="crfrnn", description="CRF-RNN and dense CRFs in PyTorch: refine, train, evaluate, reproduce."
+    )
+    parser.add_argument("--version", action="version", version=f"crfrnn {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module in COMMANDS.items():
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as err:  # a sub-command whose module is not part of this build
+            if err.name != module:
+                raise
+            continue
+        mod.add_parser(sub)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None) or not hasattr(args, "func"):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except CommandError as err:
+        print(f"crfrnn {args.command}: error: {err}", file=sys.stderr)
+        return err.code
+    except KeyboardInterrupt:
+        print(f"crfrnn {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
