@@ -16,6 +16,7 @@ Kernels are compiled on first use and cached on disk (``cache=True``), so later 
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 import torch
@@ -33,56 +34,89 @@ __all__ = ["AVAILABLE", "build", "NumbaOperators"]
 
 if AVAILABLE:
 
+    @njit(cache=True, inline="always")
+    def _elevate(features, p, scale, elevated):  # pragma: no cover - compiled
+        """Embed point ``p`` in the hyperplane ``x . 1 = 0`` of R^(d+1) (Adams et al., p. 5)."""
+        d = features.shape[1]
+        sm = 0.0
+        for j in range(d, 0, -1):
+            cf = features[p, j - 1] * scale[j - 1]
+            elevated[j] = sm - j * cf
+            sm += cf
+        elevated[0] = sm
+
     @njit(cache=True, parallel=True)
-    def _coordinates(features, keys, weights, ranks):  # pragma: no cover - compiled
+    def _elevated_bounds(features, scale, num_chunks):  # pragma: no cover - compiled
+        """Per-chunk minimum and maximum of the first ``d`` elevated coordinates ``(chunks, 2, d)``."""
+        num_points, d = features.shape
+        out = np.empty((num_chunks, 2, d))
+        chunk = (num_points + num_chunks - 1) // num_chunks
+        for k in prange(num_chunks):
+            elevated = np.empty(d + 1)
+            lo = np.full(d, np.inf)
+            hi = np.full(d, -np.inf)
+            for p in range(k * chunk, min(num_points, (k + 1) * chunk)):
+                _elevate(features, p, scale, elevated)
+                for i in range(d):
+                    lo[i] = min(lo[i], elevated[i])
+                    hi[i] = max(hi[i], elevated[i])
+            out[k, 0] = lo
+            out[k, 1] = hi
+        return out
+
+    @njit(cache=True, parallel=True)
+    def _simplices(features, scale, lo, strides, per_image, num_chunks, codes, weights, ranks):  # pragma: no cover
+        """Enclosing simplex of every point: int64 codes of its ``d + 1`` vertex keys, weights, ranks.
+
+        The same arithmetic as ``crfrnn.lattice._simplex_coordinates`` (densecrf's construction); the
+        code of key ``k`` of a point in image ``b`` is ``sum_i (k_i - lo_i) strides_i + b strides_d``.
+        """
         num_points, d = features.shape
         d1 = d + 1
-        inv_std_dev = math.sqrt(2.0 / 3.0) * d1
-        scale = np.empty(d)
-        for i in range(d):
-            scale[i] = inv_std_dev / math.sqrt((i + 1.0) * (i + 2.0))
-        for p in prange(num_points):
+        chunk = (num_points + num_chunks - 1) // num_chunks
+        for k in prange(num_chunks):  # scratch allocated once per chunk, not per point
             elevated = np.empty(d1)
             rem0 = np.empty(d1)
-            rank = np.zeros(d1, np.int64)
-            bary = np.zeros(d + 2)
-            sm = 0.0
-            for j in range(d, 0, -1):
-                cf = features[p, j - 1] * scale[j - 1]
-                elevated[j] = sm - j * cf
-                sm += cf
-            elevated[0] = sm
-            total = 0
-            for i in range(d1):
-                r = np.rint(elevated[i] / d1)
-                rem0[i] = r * d1
-                total += np.int64(r)
-            for i in range(d):
-                di = elevated[i] - rem0[i]
-                for j in range(i + 1, d1):
-                    if di < elevated[j] - rem0[j]:
-                        rank[i] += 1
-                    else:
-                        rank[j] += 1
-            for i in range(d1):
-                rank[i] += total
-                if rank[i] < 0:
-                    rank[i] += d1
-                    rem0[i] += d1
-                elif rank[i] > d:
-                    rank[i] -= d1
-                    rem0[i] -= d1
-            for i in range(d1):
-                v = (elevated[i] - rem0[i]) / d1
-                bary[d - rank[i]] += v
-                bary[d - rank[i] + 1] -= v
-            bary[0] += 1.0 + bary[d + 1]
-            for r in range(d1):
-                weights[p, r] = bary[r]
-                ranks[p, r] = rank[r]
+            rank = np.empty(d1, np.int64)
+            bary = np.empty(d + 2)
+            for p in range(k * chunk, min(num_points, (k + 1) * chunk)):
+                _elevate(features, p, scale, elevated)
+                total = 0
+                for i in range(d1):
+                    r = np.rint(elevated[i] / d1)
+                    rem0[i] = r * d1
+                    total += np.int64(r)
+                    rank[i] = 0
                 for i in range(d):
-                    c = r if rank[i] <= d - r else r - d1
-                    keys[p, r, i] = np.int64(rem0[i]) + c
+                    di = elevated[i] - rem0[i]
+                    for j in range(i + 1, d1):
+                        if di < elevated[j] - rem0[j]:
+                            rank[i] += 1
+                        else:
+                            rank[j] += 1
+                for i in range(d1):
+                    rank[i] += total
+                    if rank[i] < 0:
+                        rank[i] += d1
+                        rem0[i] += d1
+                    elif rank[i] > d:
+                        rank[i] -= d1
+                        rem0[i] -= d1
+                bary[:] = 0.0
+                for i in range(d1):
+                    v = (elevated[i] - rem0[i]) / d1
+                    bary[d - rank[i]] += v
+                    bary[d - rank[i] + 1] -= v
+                bary[0] += 1.0 + bary[d + 1]
+                base = (p // per_image) * strides[d]
+                for r in range(d1):
+                    weights[p, r] = bary[r]
+                    ranks[p, r] = rank[r]
+                    c = base
+                    for i in range(d):
+                        key = np.int64(rem0[i]) + (r if rank[i] <= d - r else r - d1)
+                        c += (key - lo[i]) * strides[i]
+                    codes[p * d1 + r] = c
 
     @njit(cache=True)
     def _mix(code, mask):  # pragma: no cover - compiled
@@ -97,7 +131,7 @@ if AVAILABLE:
         table_code = np.empty(cap, np.int64)
         table_id = np.full(cap, -1, np.int64)
         uniq = np.empty(max(n, 1), np.int64)
-        ids = np.empty(n, np.int64)
+        ids = np.empty(n, np.int32)
         m = 0
         for k in range(n):
             c = codes[k]
@@ -137,7 +171,7 @@ if AVAILABLE:
         m = uniq.shape[0]
         d1 = deltas.shape[0]
         mask = table_code.shape[0] - 1
-        out = np.empty((d1, 2, m), np.int64)
+        out = np.empty((d1, 2, m), np.int32)
         for v in prange(m):
             for j in range(d1):
                 for s in range(2):
@@ -156,69 +190,55 @@ if AVAILABLE:
         return out
 
     @njit(cache=True, parallel=True)
-    def _bounds(keys):  # pragma: no cover - compiled
-        num_points, d1, d = keys.shape
-        lo = np.empty(d, np.int64)
-        hi = np.empty(d, np.int64)
-        for i in prange(d):
-            a = keys[0, 0, i]
-            b = a
-            for p in range(num_points):
-                for r in range(d1):
-                    k = keys[p, r, i]
-                    a = min(a, k)
-                    b = max(b, k)
-            lo[i] = a
-            hi[i] = b
-        return lo, hi
+    def _splat(values, pre, weights, offsets, bufs):  # pragma: no cover - compiled
+        """Scatter ``pre * values`` onto the vertices; returns the summed buffer ``bufs[0]`` ``(M + 1, C)``.
 
-    @njit(cache=True, parallel=True)
-    def _encode(keys, lo, strides, per_image):  # pragma: no cover - compiled
-        num_points, d1, d = keys.shape
-        codes = np.empty(num_points * d1, np.int64)
-        for p in prange(num_points):
-            base = (p // per_image) * strides[d]
-            for r in range(d1):
-                c = base
-                for i in range(d):
-                    c += (keys[p, r, i] - lo[i]) * strides[i]
-                codes[p * d1 + r] = c
-        return codes
-
-    @njit(cache=True, parallel=True)
-    def _filter(values, weights, offsets, neighbours, num_vertices, alpha, reverse, nthreads):  # pragma: no cover
+        Each thread scatters its own run of points into its own buffer (no races, and deterministic
+        for a given thread count), then the buffers are summed. Row ``M`` stays zero.
+        """
         num_points, c = values.shape
         d1 = offsets.shape[1]
-        m = num_vertices
-        # splat: each thread scatters its own run of points into a private buffer (no races, and
-        # deterministic for a given thread count), then the buffers are summed
-        bufs = np.zeros((nthreads, m + 1, c), values.dtype)
+        nthreads = bufs.shape[0]
+        m = bufs.shape[1] - 1
         chunk = (num_points + nthreads - 1) // nthreads
         for t in prange(nthreads):
             b = bufs[t]
+            b[:] = 0.0
             for p in range(t * chunk, min(num_points, (t + 1) * chunk)):
                 for r in range(d1):
                     o = offsets[p, r]
-                    w = weights[p, r]
+                    w = weights[p, r] * pre[p]
                     for ch in range(c):
                         b[o, ch] += w * values[p, ch]
         buf = bufs[0]
-        for t in range(1, nthreads):
+        if nthreads > 1:
             for v in prange(m):
-                for ch in range(c):
-                    buf[v, ch] += bufs[t, v, ch]
-        # blur along each lattice direction; row m stays zero and stands for an absent neighbour
-        tmp = bufs[1] if nthreads > 1 else np.zeros((m + 1, c), values.dtype)
+                for t in range(1, nthreads):
+                    for ch in range(c):
+                        buf[v, ch] += bufs[t, v, ch]
+        return buf
+
+    @njit(cache=True, parallel=True)
+    def _blur(buf, tmp, neighbours, reverse):  # pragma: no cover - compiled
+        """``[1/2, 1, 1/2]`` along each lattice direction (reversed order for the adjoint); returns the result."""
+        d1, _, m = neighbours.shape
+        c = buf.shape[1]
+        tmp[m, :] = 0.0
         for step in range(d1):
             j = d1 - 1 - step if reverse else step
             for v in prange(m):
                 a = neighbours[j, 0, v]
-                b2 = neighbours[j, 1, v]
+                b = neighbours[j, 1, v]
                 for ch in range(c):
-                    tmp[v, ch] = buf[v, ch] + 0.5 * (buf[a, ch] + buf[b2, ch])
+                    tmp[v, ch] = buf[v, ch] + 0.5 * (buf[a, ch] + buf[b, ch])
             buf, tmp = tmp, buf
-        out = np.empty((num_points, c), values.dtype)
-        for p in prange(num_points):  # slice
+        return buf
+
+    @njit(cache=True, parallel=True)
+    def _slice(buf, weights, offsets, alpha, out):  # pragma: no cover - compiled
+        num_points, c = out.shape
+        d1 = offsets.shape[1]
+        for p in prange(num_points):
             for ch in range(c):
                 out[p, ch] = 0.0
             for r in range(d1):
@@ -226,61 +246,166 @@ if AVAILABLE:
                 o = offsets[p, r]
                 for ch in range(c):
                     out[p, ch] += w * buf[o, ch]
-        return out
+
+    @njit(cache=True, parallel=True)
+    def _softmax_rows(x, out):  # pragma: no cover - compiled
+        n, c = x.shape
+        for p in prange(n):
+            mx = x[p, 0]
+            for ch in range(1, c):
+                mx = max(mx, x[p, ch])
+            total = 0.0
+            for ch in range(c):
+                e = np.exp(x[p, ch] - mx)
+                out[p, ch] = e
+                total += e
+            inv = 1.0 / total
+            for ch in range(c):
+                out[p, ch] *= inv
+
+    @njit(cache=True, parallel=True)
+    def _potts_mean_field(unary, q, iterations, alpha1, w1, off1, nb1, pre1, post1, self1, bufs1, tmp1,
+                          alpha2, w2, off2, nb2, pre2, post2, self2, bufs2, tmp2):  # pragma: no cover
+        """Mean field with two Potts-weighted Gaussian kernels, in place in ``q`` (no autograd).
+
+        Each iteration: ``logits = U + sum_k post_k * (K_k(pre_k * q) - self_k * pre_k * q)`` (the Potts
+        weights folded into ``post_k``), then ``q = softmax(logits)``; the slicing of both kernels, the
+        sum and the softmax share one pass over the points.
+        """
+        num_points, c = unary.shape
+        d1a = off1.shape[1]
+        d1b = off2.shape[1]
+        _softmax_rows(unary, q)
+        for _ in range(iterations):
+            b1 = _blur(_splat(q, pre1, w1, off1, bufs1), tmp1, nb1, False)
+            b2 = _blur(_splat(q, pre2, w2, off2, bufs2), tmp2, nb2, False)
+            for p in prange(num_points):
+                s1 = self1[p] * pre1[p]
+                s2 = self2[p] * pre2[p]
+                for ch in range(c):
+                    q[p, ch] = unary[p, ch] - post1[p] * s1 * q[p, ch] - post2[p] * s2 * q[p, ch]
+                for r in range(d1a):
+                    w = w1[p, r] * alpha1 * post1[p]
+                    o = off1[p, r]
+                    for ch in range(c):
+                        q[p, ch] += w * b1[o, ch]
+                for r in range(d1b):
+                    w = w2[p, r] * alpha2 * post2[p]
+                    o = off2[p, r]
+                    for ch in range(c):
+                        q[p, ch] += w * b2[o, ch]
+                mx = q[p, 0]
+                for ch in range(1, c):
+                    mx = max(mx, q[p, ch])
+                total = 0.0
+                for ch in range(c):
+                    e = np.exp(q[p, ch] - mx)
+                    q[p, ch] = e
+                    total += e
+                inv = 1.0 / total
+                for ch in range(c):
+                    q[p, ch] *= inv
 
 
 def build(features: Tensor, batch_size: int) -> tuple[Tensor, Tensor, Tensor, Tensor, int] | None:
     """Lattice of ``(P, D)`` CPU features (``P = B * N``, images contiguous), or None if keys overflow int64.
 
-    Returns ``(offsets (P, D+1) int64, weights (P, D+1) float64, rank (P, D+1) int64,
-    neighbours (D+1, 2, M) int64 with M for an absent neighbour, M)``.
+    Returns ``(offsets (P, D+1) int32, weights (P, D+1) in the features' dtype, rank (P, D+1) int8,
+    neighbours (D+1, 2, M) int32 with M for an absent neighbour, M)``.
     """
+    from crfrnn.lattice import _MAX_CODE_BITS
+
     feats = np.ascontiguousarray(features.detach().numpy(), dtype=np.float64)
     num_points, d = feats.shape
     d1 = d + 1
-    keys = np.empty((num_points, d1, d), np.int64)
-    weights = np.empty((num_points, d1), np.float64)
-    ranks = np.empty((num_points, d1), np.int64)
-    _coordinates(feats, keys, weights, ranks)
-    # int64 codes of (lattice key, batch index), with room for neighbours (at most d away per coordinate)
-    lo, hi = _bounds(keys)
-    lo = lo - d
-    span = np.append(hi + d - lo + 1, batch_size)
-    from crfrnn.lattice import _MAX_CODE_BITS
-
+    scale = math.sqrt(2.0 / 3.0) * d1 / np.sqrt((np.arange(d) + 1.0) * (np.arange(d) + 2.0))
+    num_chunks = max(1, min(num_points // 1024, 8 * numba.get_num_threads()))
+    bounds = _elevated_bounds(feats, scale, num_chunks)
+    # Keys lie within d1 + d of the elevated coordinates (rounding to a multiple of d1, the wrap
+    # adjustment and the simplex offset); neighbours are a further d away.
+    lo = np.floor(bounds[:, 0].min(0)).astype(np.int64) - (2 * d1 + 2 * d)
+    hi = np.ceil(bounds[:, 1].max(0)).astype(np.int64) + (2 * d1 + 2 * d)
+    span = np.append(hi - lo + 1, batch_size)
     if float(np.log2(span.astype(np.float64)).sum()) >= _MAX_CODE_BITS:
         return None
     strides = np.cumprod(np.concatenate([[1], span[:-1]])).astype(np.int64)
-    codes = _encode(keys, lo, strides, num_points // batch_size)
+    codes = np.empty(num_points * d1, np.int64)
+    weights = np.empty((num_points, d1), np.float32 if features.dtype == torch.float32 else np.float64)
+    ranks = np.empty((num_points, d1), np.int8)
+    _simplices(feats, scale, lo, strides, num_points // batch_size, num_chunks, codes, weights, ranks)
     ids, uniq, table_code, table_id = _insert_all(codes, d1)
     # code of the neighbour along direction j: key - 1 + (d + 1) e_j on the first d coordinates
     off = -np.ones((d1, d), np.int64) + d1 * np.eye(d1, d, dtype=np.int64)
     deltas = (off * strides[:d]).sum(1)
     neighbours = _neighbour_ids(uniq, deltas, table_code, table_id)
-    m = uniq.shape[0]
     return (
         torch.from_numpy(ids.reshape(num_points, d1)),
         torch.from_numpy(weights),
         torch.from_numpy(ranks),
         torch.from_numpy(neighbours),
-        m,
+        uniq.shape[0],
     )
 
 
 class NumbaOperators:
-    """Splat/blur/slice of one lattice in one dtype with the compiled kernels (CPU tensors only)."""
+    """Splat/blur/slice of one lattice in one dtype with the compiled kernels (CPU tensors only).
+
+    The vertex buffers are kept between calls (per channel count and thread count): allocating
+    fresh multi-megabyte buffers on every call costs more in page faults than the blur itself.
+    """
 
     def __init__(self, offsets: Tensor, weights: Tensor, neighbours: Tensor, num_vertices: int, alpha: float):
-        self.offsets = np.ascontiguousarray(offsets.numpy(), dtype=np.int64)
+        self.offsets = np.ascontiguousarray(offsets.numpy(), dtype=np.int32)
         self.weights = np.ascontiguousarray(weights.numpy())
-        self.neighbours = np.ascontiguousarray(neighbours.numpy(), dtype=np.int64)
+        self.neighbours = np.ascontiguousarray(neighbours.numpy(), dtype=np.int32)
         self.num_vertices = num_vertices
         self.alpha = alpha
+        self._ones = np.ones(self.offsets.shape[0], self.weights.dtype)
+        self._work: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+        self._lock = threading.Lock()  # the workspace is shared: one filtering at a time per lattice
+
+    def workspace(self, channels: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(per-thread splat buffers (T, M + 1, C), blur buffer (M + 1, C))`` for ``channels``."""
+        nthreads = numba.get_num_threads()
+        key = (channels, nthreads)
+        work = self._work.get(key)
+        if work is None:
+            shape = (self.num_vertices + 1, channels)
+            work = (np.zeros((nthreads,) + shape, self.weights.dtype), np.zeros(shape, self.weights.dtype))
+            self._work[key] = work
+        return work
 
     def __call__(self, values: Tensor, reverse: bool) -> Tensor:
         vals = values.detach().numpy()
-        out = _filter(
-            vals, self.weights, self.offsets, self.neighbours, self.num_vertices, vals.dtype.type(self.alpha), reverse,
-            numba.get_num_threads(),
-        )
-        return torch.from_numpy(out)
+        out = torch.empty(values.shape, dtype=values.dtype)
+        with self._lock:
+            bufs, tmp = self.workspace(vals.shape[1])
+            buf = _blur(_splat(vals, self._ones, self.weights, self.offsets, bufs), tmp, self.neighbours, reverse)
+            _slice(buf, self.weights, self.offsets, vals.dtype.type(self.alpha), out.numpy())
+        return out
+
+
+def potts_mean_field(
+    unary: Tensor, iterations: int, kernels: list[tuple["NumbaOperators", Tensor, Tensor, Tensor, float]]
+) -> Tensor:
+    """Fused no-grad mean field for two Potts-weighted kernels on the CPU: marginals ``(P, L)``.
+
+    Args:
+        unary: ``(P, L)`` logits, float32 or float64, CPU.
+        iterations: number of mean-field iterations.
+        kernels: two ``(operators, pre (P,), post (P,), self (P,), weight)`` tuples: the message of kernel
+            ``k`` is ``weight * post * (K(pre * q) - self * pre * q)``.
+    """
+    u = np.ascontiguousarray(unary.detach().numpy())
+    q = np.empty_like(u)
+    args = []
+    for ops, pre, post, self_w, weight in kernels:
+        bufs, tmp = ops.workspace(u.shape[1])
+        dt = u.dtype
+        args += [
+            dt.type(ops.alpha), ops.weights, ops.offsets, ops.neighbours,
+            np.ascontiguousarray(pre.numpy(), dtype=dt), np.ascontiguousarray(post.numpy() * weight, dtype=dt),
+            np.ascontiguousarray(self_w.numpy(), dtype=dt), bufs, tmp,
+        ]
+    _potts_mean_field(u, q, iterations, *args)
+    return torch.from_numpy(q)

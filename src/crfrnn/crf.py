@@ -39,8 +39,8 @@ __all__ = [
 #: Normalisations of the filtered messages, with their names in Krähenbühl's densecrf:
 #: ``"row"`` divides by the filtered all-ones image (``NORMALIZE_AFTER``; the released CRF-RNN code),
 #: ``"symmetric"`` is ``n^-1/2 K n^-1/2`` (``NORMALIZE_SYMMETRIC``; densecrf's default), ``"column"``
-#: is ``K n^-1`` (``NORMALIZE_BEFORE``) and ``"none"`` divides by the image's mean of ``n``
-#: (``NO_NORMALIZATION``).
+#: is ``K n^-1`` (``NORMALIZE_BEFORE``) and ``"none"`` is the unnormalised kernel ``K``
+#: (``NO_NORMALIZATION``; with the lattice, K carries the lattice's amplitude, see docs/lattice.md).
 NORMALIZATIONS = ("row", "symmetric", "column", "none")
 
 Weight = Union[float, Tensor]
@@ -127,14 +127,20 @@ class GaussianKernel:
             tol = 1e3 * torch.finfo(features.dtype).eps * (norm + self.self_weight)
             alone = norm <= tol
             norm = torch.where(alone, torch.ones_like(norm), norm)
-        if normalization == "row" or normalization == "column":
-            self.scale = 1.0 / norm
+        # message = post * (K(pre * q) - self * pre * q)
+        self.pre: Optional[Tensor] = None
+        self.post: Optional[Tensor] = None
+        if normalization == "row":
+            self.post = 1.0 / norm
+        elif normalization == "column":
+            self.pre = 1.0 / norm
         elif normalization == "symmetric":
-            self.scale = norm.rsqrt()
-        else:
-            self.scale = (n / norm.sum(1, keepdim=True)).expand(b, n, 1)
-        if exclude_self:
-            self.scale = torch.where(alone, torch.zeros_like(self.scale), self.scale)
+            self.pre = self.post = norm.rsqrt()
+        if exclude_self and normalization != "none":  # no message for a point alone in feature space
+            if self.post is not None:
+                self.post = self.post.masked_fill(alone, 0.0)
+            else:
+                self.pre = self.pre.masked_fill(alone, 0.0)
 
     def _filter(self, q: Tensor) -> Tensor:
         if self.exact:
@@ -147,12 +153,10 @@ class GaussianKernel:
 
     def __call__(self, q: Tensor) -> Tensor:
         """Normalised message ``(B, N, C)`` for marginals ``q (B, N, C)``."""
-        s = self.scale.to(q.dtype)
-        if self.normalization == "row" or self.normalization == "none":
-            return self._filter(q) * s
-        if self.normalization == "column":
-            return self._filter(q * s)
-        return self._filter(q * s) * s
+        if self.pre is not None:
+            q = q * self.pre.to(q.dtype)
+        out = self._filter(q)
+        return out if self.post is None else out * self.post.to(q.dtype)
 
 
 def _as_matrix(weight: Weight, num_labels: int, like: Tensor, name: str) -> Tensor:

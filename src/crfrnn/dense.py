@@ -142,6 +142,22 @@ def _to_batched(image: ArrayLike, unary: Tensor) -> tuple[Tensor, Tensor, bool]:
     )
 
 
+def _fused_potts(u: Tensor, kernels: list[GaussianKernel], weights: list[float], iterations: int) -> Tensor:
+    """The compiled CPU path of :func:`dense_crf` (no autograd): marginals ``(B, N, L)``."""
+    from crfrnn import _numba
+
+    num_points = u.shape[0] * u.shape[1]
+    args = []
+    for k, w in zip(kernels, weights):
+        ones = u.new_ones(num_points)
+        pre = ones if k.pre is None else k.pre.reshape(-1).to(u.dtype)
+        post = ones if k.post is None else k.post.reshape(-1).to(u.dtype)
+        self_w = u.new_zeros(num_points) if k.self_weight is None else k.self_weight.reshape(-1).to(u.dtype)
+        args.append((k.lattice._operators(u.dtype), pre, post, self_w, w))
+    q = _numba.potts_mean_field(u.detach().reshape(num_points, -1), iterations, args)
+    return q.view(u.shape)
+
+
 def dense_crf(
     image: ArrayLike,
     probs: Optional[ArrayLike] = None,
@@ -233,7 +249,11 @@ def dense_crf(
         GaussianKernel(bilateral_features(img, bilateral_sxy, bilateral_srgb), **opts),
     ]
     u = unary.permute(0, 2, 3, 1).reshape(b, h * w, num_labels)
-    q = torch.softmax(_iterate(u, kernels, [gaussian_compat, bilateral_compat], None, iterations), -1)
+    weights = [float(gaussian_compat), float(bilateral_compat)]
+    if kernels[0].lattice.backend == "numba" and not (torch.is_grad_enabled() and u.requires_grad):
+        q = _fused_potts(u, kernels, weights, iterations)  # same result, one compiled pass per stage
+    else:
+        q = torch.softmax(_iterate(u, kernels, weights, None, iterations), -1)
     q = q.view(b, h, w, num_labels).permute(0, 3, 1, 2)
     if unbatched:
         q = q[0]

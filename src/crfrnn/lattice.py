@@ -259,6 +259,7 @@ def _self_weights(offsets: Tensor, weights: Tensor, rank: Tensor, neighbours: Te
     num_points, d1 = offsets.shape
     m = neighbours.shape[-1]
     device = offsets.device
+    offsets, rank, neighbours = offsets.long(), rank.long(), neighbours.long()
     steps, path_w = _blur_paths(d1 - 1, device)
     # a sentinel column: from an absent vertex the path stays absent
     nb = torch.cat([neighbours, torch.full((d1, 2, 1), m, dtype=neighbours.dtype, device=device)], 2)
@@ -328,7 +329,6 @@ class PermutohedralLattice:
             built = _numba.build(feats, self.batch_size)
             if built is not None:
                 offsets, weights, rank, neighbours, m = built
-                weights = weights.to(self.dtype)
         if built is None:  # pure PyTorch (also the fallback when int64 key codes would overflow)
             with torch.no_grad():
                 keys, weights, rank = _simplex_coordinates(feats)
@@ -370,17 +370,21 @@ class PermutohedralLattice:
             self._self_weights = cached.view(self.batch_size, self.num_points)
         return self._self_weights
 
-    def _apply(self, values: Tensor, reverse: bool) -> Tensor:
-        """Filter ``(B * N, C)`` values without autograd: splat, blur (directions reversed for ``K^T``), slice."""
-        ops = self._ops.get(values.dtype)
-        if ops is None:  # built once per dtype, then reused by every call
+    def _operators(self, dtype: torch.dtype):
+        """The backend's splat/blur/slice for ``dtype``, built on first use and reused by every call."""
+        ops = self._ops.get(dtype)
+        if ops is None:
             if self.backend == "numba":
                 from crfrnn._numba import NumbaOperators as make
             else:
                 make = _TorchOperators
-            ops = make(self._offsets, self._weights.to(values.dtype), self._neighbours, self.num_vertices, self.alpha)
-            self._ops[values.dtype] = ops
-        return ops(values, reverse)
+            ops = make(self._offsets, self._weights.to(dtype), self._neighbours, self.num_vertices, self.alpha)
+            self._ops[dtype] = ops
+        return ops
+
+    def _apply(self, values: Tensor, reverse: bool) -> Tensor:
+        """Filter ``(B * N, C)`` values without autograd: splat, blur (directions reversed for ``K^T``), slice."""
+        return self._operators(values.dtype)(values, reverse)
 
     def filter(self, values: Tensor, *, reverse: bool = False) -> Tensor:
         """Gaussian-filter values with this lattice.
