@@ -1,0 +1,307 @@
+"""``crfrnn refine``: sharpen a segmentation network's output with a dense CRF.
+
+One image::
+
+    crfrnn refine photo.jpg probs.npy -o labels.png --overlay compare.png
+
+or a directory of images paired by file stem with a directory of outputs::
+
+    crfrnn refine --images photos/ --probs outputs/ -o refined/
+
+The work is done by :mod:`crfrnn.refine` (reading and checking files, the overlay picture) and
+:func:`crfrnn.dense_crf`; this module only parses arguments, reports and sets the exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import numpy as np
+from PIL import Image
+
+from crfrnn.cli import CommandError
+
+__all__ = ["add_parser", "run"]
+
+_EPILOG = """\
+inputs:
+  PROBS is a .npy or .npz file (first array, or --key NAME) of shape L x H x W or H x W x L, holding
+  probabilities (summing to 1 over labels) or, with --logits, raw scores. It may also be a label PNG
+  (palette or index PNG, pixel values = labels), trusted with probability --gt-prob.
+
+examples:
+  crfrnn refine photo.jpg probs.npy -o labels.png
+  crfrnn refine photo.jpg scores.npz --key logits --logits -o labels.png --overlay compare.png
+  crfrnn refine photo.jpg coarse.png --gt-prob 0.7 --unknown 255 -o labels.png
+  crfrnn refine --images photos/ --probs outputs/ -o refined/ --save-probs refined_probs/
+
+exit codes:
+  0 success; 1 a file could not be written, or (with --images) some pairs failed; 2 bad usage or input.
+"""
+
+
+def _positive(kind: type, minimum: float, strict: bool) -> Callable[[str], Any]:
+    """An argparse ``type`` for numbers ``>= minimum`` (``> minimum`` if ``strict``)."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}")
+        if value < minimum or (strict and value == minimum) or not np.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {minimum}, got {text}")
+        return value
+
+    return parse
+
+
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}")
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be strictly between 0 and 1, got {text}")
+    return value
+
+
+def _unit(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}")
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
+def add_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> argparse.ArgumentParser:
+    """Register ``crfrnn refine`` and its options."""
+    from crfrnn.crf import NORMALIZATIONS
+    from crfrnn.refine import LAYOUTS
+
+    parser = subparsers.add_parser(
+        "refine",
+        help="refine a segmentation with a dense CRF (one image or a directory)",
+        description="Refine a segmentation network's output with a fully connected CRF guided by the image\n"
+        "and write the refined labels (argmax) as a palette PNG.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("image", nargs="?", metavar="IMAGE", help="RGB image (grey or RGBA is converted)")
+    parser.add_argument("probs", nargs="?", metavar="PROBS", help=".npy/.npz probabilities or logits, or a label .png")
+    parser.add_argument(
+        "-o", "--output", required=True, metavar="OUT",
+        help="refined labels, a palette .png (a directory with --images)",
+    )  # fmt: skip
+
+    batch = parser.add_argument_group("many images (instead of IMAGE PROBS)")
+    batch.add_argument("--images", dest="images_dir", metavar="DIR", help="directory of images")
+    batch.add_argument(
+        "--probs", dest="probs_dir", metavar="DIR",
+        help="directory of .npy/.npz/.png files paired with the images by file stem",
+    )  # fmt: skip
+
+    inputs = parser.add_argument_group("how to read PROBS")
+    inputs.add_argument("--logits", action="store_true", help="the arrays are raw scores (logits), not probabilities")
+    inputs.add_argument("--key", metavar="NAME", help="array to use from a .npz archive (default: the first)")
+    inputs.add_argument(
+        "--layout", choices=LAYOUTS,
+        help="force labels first (lhw: L x H x W) or last (hwl: H x W x L); default: found from the image size, "
+        "lhw when both fit",
+    )  # fmt: skip
+    inputs.add_argument(
+        "--gt-prob", type=_probability, metavar="P",
+        help="label maps: probability that a given label is right (default 0.5)",
+    )  # fmt: skip
+    inputs.add_argument(
+        "--num-labels", type=_positive(int, 2, False), metavar="L",
+        help="label maps: number of labels (default: largest label + 1)",
+    )  # fmt: skip
+    inputs.add_argument(
+        "--unknown", type=int, metavar="V", help="label maps: value meaning 'unknown' (e.g. 0 or 255), left to the CRF"
+    )
+
+    crf = parser.add_argument_group("dense CRF (densecrf's parameters and defaults)")
+    crf.add_argument(
+        "--iterations", type=_positive(int, 0, False), default=5, metavar="N", help="mean-field iterations (default 5)"
+    )
+    crf.add_argument(
+        "--gaussian-sxy", type=_positive(float, 0, True), default=3.0, metavar="PX",
+        help="smoothness kernel width in pixels (default 3)",
+    )  # fmt: skip
+    crf.add_argument(
+        "--gaussian-compat", type=_positive(float, 0, False), default=3.0, metavar="W",
+        help="smoothness kernel weight (default 3)",
+    )  # fmt: skip
+    crf.add_argument(
+        "--bilateral-sxy", type=_positive(float, 0, True), default=80.0, metavar="PX",
+        help="appearance kernel width in pixels (default 80)",
+    )  # fmt: skip
+    crf.add_argument(
+        "--bilateral-srgb", type=_positive(float, 0, True), default=13.0, metavar="C",
+        help="appearance kernel colour width, 0..255 scale (default 13)",
+    )  # fmt: skip
+    crf.add_argument(
+        "--bilateral-compat", type=_positive(float, 0, False), default=10.0, metavar="W",
+        help="appearance kernel weight (default 10)",
+    )  # fmt: skip
+    crf.add_argument(
+        "--normalization", choices=NORMALIZATIONS, default="symmetric", help="kernel normalisation (default symmetric)"
+    )
+
+    out = parser.add_argument_group("more outputs (directories with --images)")
+    out.add_argument("--save-probs", metavar="FILE.npy", help="also save the refined marginals, L x H x W float32")
+    out.add_argument(
+        "--overlay", metavar="FILE.png",
+        help="also save a comparison picture: image | input labels | refined labels",
+    )  # fmt: skip
+    out.add_argument(
+        "--overlay-alpha", type=_unit, default=0.55, metavar="A",
+        help="weight of label colours over the image in --overlay; 1 shows the palette alone (default 0.55)",
+    )  # fmt: skip
+    out.add_argument("--no-titles", action="store_true", help="no panel titles in --overlay")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def _crf_options(args: argparse.Namespace) -> Dict[str, Any]:
+    names = ("iterations", "gaussian_sxy", "gaussian_compat", "bilateral_sxy", "bilateral_srgb", "bilateral_compat")
+    return {name: getattr(args, name) for name in names} | {"normalization": args.normalization}
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    return a.exists() and b.exists() and os.path.samefile(a, b)
+
+
+def _refine_one(
+    args: argparse.Namespace,
+    image_path: Path,
+    probs_path: Path,
+    out: Path,
+    save_probs: Optional[Path],
+    overlay: Optional[Path],
+) -> List[str]:
+    """Refine one pair and write its outputs; returns notes. Raises CommandError (2: input, 1: writing)."""
+    from crfrnn.data.palette import save_label_png
+    from crfrnn.dense import dense_crf
+    from crfrnn.refine import make_overlay, read_rgb, read_scores
+
+    try:
+        image = read_rgb(image_path)
+        scores = read_scores(
+            probs_path, image.shape[:2], key=args.key, layout=args.layout, logits=args.logits,
+            gt_prob=args.gt_prob, num_labels=args.num_labels, unknown=args.unknown,
+        )  # fmt: skip
+    except (OSError, ValueError, TypeError) as err:
+        raise CommandError(str(err), 2) from err
+    for target in (t for t in (out, save_probs, overlay) if t is not None):
+        if _same_file(target, image_path) or _same_file(target, probs_path):
+            raise CommandError(f"refusing to overwrite the input '{target}' with an output; choose another path.", 2)
+    kind = "logits" if scores.is_logits else "probs"
+    try:
+        marginals = dense_crf(image, **{kind: scores.values}, **_crf_options(args))
+    except (ValueError, TypeError) as err:
+        raise CommandError(f"{image_path}: {err}", 2) from err
+    labels = marginals.argmax(0)
+    try:
+        for target in (t for t in (out, save_probs, overlay) if t is not None):
+            target.parent.mkdir(parents=True, exist_ok=True)
+        save_label_png(out, labels)
+        if save_probs is not None:
+            np.save(save_probs, marginals.astype(np.float32, copy=False))
+        if overlay is not None:
+            titles = None if args.no_titles else ("image", "input (argmax)", "refined (dense CRF)")
+            picture = make_overlay(image, scores.labels, labels, alpha=args.overlay_alpha, titles=titles)
+            Image.fromarray(picture).save(overlay, format="PNG", optimize=True)
+    except OSError as err:
+        raise CommandError(f"could not write output: {err}", 1) from err
+    return scores.notes
+
+
+def _check_suffix(path: Optional[str], suffix: str, option: str) -> None:
+    if path is not None and Path(path).suffix.lower() != suffix:
+        raise CommandError(f"{option} must name a {suffix} file, got '{path}'.", 2)
+
+
+def _run_single(args: argparse.Namespace) -> int:
+    _check_suffix(args.output, ".png", "-o/--output")
+    _check_suffix(args.save_probs, ".npy", "--save-probs")
+    _check_suffix(args.overlay, ".png", "--overlay")
+    paths = [Path(p) if p is not None else None for p in (args.output, args.save_probs, args.overlay)]
+    notes = _refine_one(args, Path(args.image), Path(args.probs), *paths)
+    for note in notes:
+        print(f"crfrnn refine: note: {note}", file=sys.stderr)
+    print("wrote " + ", ".join(f"'{p}'" for p in paths if p is not None))
+    return 0
+
+
+def _output_dir(path: Optional[str], option: str) -> Optional[Path]:
+    if path is None:
+        return None
+    directory = Path(path)
+    if directory.exists() and not directory.is_dir():
+        raise CommandError(f"with --images, {option} must be a directory, but '{path}' is a file.", 2)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise CommandError(f"could not create the directory '{path}' for {option}: {err}", 1) from err
+    return directory
+
+
+def _run_batch(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from crfrnn.refine import pair_by_stem
+
+    try:
+        pairs, problems = pair_by_stem(args.images_dir, args.probs_dir)
+    except NotADirectoryError as err:
+        raise CommandError(str(err), 2) from err
+    if not pairs and not problems:
+        raise CommandError(f"no images in '{args.images_dir}' and no scores in '{args.probs_dir}'.", 2)
+    out_dir = _output_dir(args.output, "-o/--output")
+    probs_dir = _output_dir(args.save_probs, "--save-probs")
+    overlay_dir = _output_dir(args.overlay, "--overlay")
+    for name, reason in problems:
+        print(f"crfrnn refine: skipped '{name}': {reason}", file=sys.stderr)
+    start = time.perf_counter()
+    done = 0
+    bar = tqdm(pairs, desc="refine", unit="image", file=sys.stderr, disable=None)
+    for stem, image_path, probs_path in bar:
+        bar.set_postfix_str(stem, refresh=False)
+        try:
+            notes = _refine_one(
+                args, image_path, probs_path, out_dir / f"{stem}.png",
+                None if probs_dir is None else probs_dir / f"{stem}.npy",
+                None if overlay_dir is None else overlay_dir / f"{stem}.png",
+            )  # fmt: skip
+        except CommandError as err:
+            tqdm.write(f"crfrnn refine: failed '{image_path}': {err}", file=sys.stderr)
+            continue
+        for note in notes:
+            tqdm.write(f"crfrnn refine: note: {note}", file=sys.stderr)
+        done += 1
+    failed = len(pairs) - done + len(problems)
+    elapsed = time.perf_counter() - start
+    print(f"crfrnn refine: {done} done, {failed} failed, {elapsed:.1f} s; labels in '{out_dir}'")
+    return 0 if failed == 0 else 1
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``crfrnn refine`` on parsed arguments; returns the exit code (see the module docstring)."""
+    batch = args.images_dir is not None or args.probs_dir is not None
+    if batch:
+        if args.images_dir is None or args.probs_dir is None:
+            raise CommandError("--images DIR and --probs DIR go together; pass both.", 2)
+        if args.image is not None or args.probs is not None:
+            raise CommandError("pass either IMAGE PROBS or --images DIR --probs DIR, not both.", 2)
+        return _run_batch(args)
+    if args.image is None or args.probs is None:
+        raise CommandError("expected IMAGE and PROBS (or --images DIR --probs DIR); see 'crfrnn refine --help'.", 2)
+    return _run_single(args)

@@ -1,0 +1,379 @@
+"""``crfrnn refine``: single files, batches, error paths and the real ``python -m crfrnn`` entry point."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import List, Tuple
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from crfrnn.cli import main
+from crfrnn.data import color_palette, load_label_png, save_label_png
+from crfrnn.refine import make_overlay, pair_by_stem, read_scores
+
+H, W, L = 40, 56, 3
+
+
+def _resize(channels: np.ndarray, size: Tuple[int, int], resample: Image.Resampling) -> np.ndarray:
+    return np.stack([np.array(Image.fromarray(c.astype(np.float32)).resize(size, resample)) for c in channels])
+
+
+def scene(seed: int = 0) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A picture with sharp colour edges, its true labels and blurred, shifted, noisy probabilities.
+
+    Returns ``image (H, W, 3) uint8``, ``truth (H, W) int64`` and ``probs (L, H, W) float32``.
+    """
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:H, :W]
+    truth = np.zeros((H, W), np.int64)
+    truth[8:30, 6:26] = 1
+    truth[(yy - 20) ** 2 + (xx - 41) ** 2 <= 10**2] = 2
+    colours = np.array([[40, 60, 200], [220, 40, 30], [40, 200, 60]], np.float32)
+    image = np.clip(colours[truth] + rng.normal(0, 6, (H, W, 3)), 0, 255).astype(np.uint8)
+    shifted = np.roll(truth, (2, 3), axis=(0, 1))  # a misaligned, low-resolution "network"
+    onehot = np.eye(L, dtype=np.float32)[shifted].transpose(2, 0, 1)
+    logits = np.log(0.8 * _resize(onehot, (W // 8, H // 8), Image.Resampling.BOX) + 0.2 / L)
+    logits = _resize(logits, (W, H), Image.Resampling.BILINEAR) + rng.normal(0, 0.3, (L, H, W))
+    probs = np.exp(logits - logits.max(0))
+    return image, truth, (probs / probs.sum(0)).astype(np.float32)
+
+
+def accuracy(labels: np.ndarray, truth: np.ndarray) -> float:
+    return float((labels == truth).mean())
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> Tuple[Path, Path, np.ndarray, np.ndarray]:
+    """``(image.png, probs.npy (L, H, W), truth, probs)`` in tmp_path."""
+    image, truth, probs = scene()
+    Image.fromarray(image).save(tmp_path / "image.png")
+    np.save(tmp_path / "probs.npy", probs)
+    return tmp_path / "image.png", tmp_path / "probs.npy", truth, probs
+
+
+def refine(*args: object) -> int:
+    return main(["refine", *map(str, args)])
+
+
+def one_line_error(capsys: pytest.CaptureFixture, *needles: str) -> str:
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("crfrnn refine: error: "), err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+class TestSingle:
+    def test_probs_end_to_end(self, files, tmp_path, capsys):
+        image, probs_path, _, probs = files
+        out, saved, overlay = tmp_path / "out" / "labels.png", tmp_path / "refined.npy", tmp_path / "cmp.png"
+        assert refine(image, probs_path, "-o", out, "--save-probs", saved, "--overlay", overlay) == 0
+        assert "labels.png" in capsys.readouterr().out
+        with Image.open(out) as img:
+            assert img.mode == "P" and img.size == (W, H)
+            assert img.getpalette()[: 3 * 3] == color_palette(3).reshape(-1).tolist()
+        labels = load_label_png(out)
+        marginals = np.load(saved)
+        assert marginals.shape == (L, H, W) and marginals.dtype == np.float32
+        np.testing.assert_allclose(marginals.sum(0), 1.0, atol=1e-4)
+        np.testing.assert_array_equal(labels, marginals.argmax(0))
+        with Image.open(overlay) as img:
+            assert img.mode == "RGB" and img.width == 3 * W + 2 * 4 and img.height > H  # title strip
+
+    def test_refined_labels_beat_the_input(self, files, tmp_path):
+        image, probs_path, truth, probs = files
+        before = accuracy(probs.argmax(0), truth)
+        assert before < 0.93  # the input really is off
+        assert refine(image, probs_path, "-o", tmp_path / "out.png") == 0
+        after = accuracy(load_label_png(tmp_path / "out.png"), truth)
+        assert after >= before + 0.05, (before, after)
+        assert after > 0.97
+
+    def test_layouts_and_npz_give_the_same_labels(self, files, tmp_path):
+        image, probs_path, _, probs = files
+        assert refine(image, probs_path, "-o", tmp_path / "lhw.png") == 0
+        reference = load_label_png(tmp_path / "lhw.png")
+        np.save(tmp_path / "hwl.npy", probs.transpose(1, 2, 0))
+        np.savez(tmp_path / "both.npz", first=probs, second=probs.transpose(1, 2, 0))
+        np.save(tmp_path / "batch.npy", probs[None])
+        runs = {
+            "hwl": [tmp_path / "hwl.npy"],
+            "npz": [tmp_path / "both.npz"],
+            "npz_key": [tmp_path / "both.npz", "--key", "second"],
+            "batch_of_one": [tmp_path / "batch.npy"],
+        }
+        for name, extra in runs.items():
+            assert refine(image, extra[0], *extra[1:], "-o", tmp_path / f"{name}.png") == 0, name
+            np.testing.assert_array_equal(load_label_png(tmp_path / f"{name}.png"), reference, err_msg=name)
+
+    def test_ambiguous_layout_prefers_lhw_and_says_so(self, tmp_path, capsys):
+        rng = np.random.default_rng(1)
+        Image.fromarray(rng.integers(0, 255, (3, 3, 3), dtype=np.uint8)).save(tmp_path / "tiny.png")
+        h, w, l = np.mgrid[:3, :3, :3]
+        probs = np.where(l == (h + 2 * w) % 3, 0.6, 0.2).astype(np.float32)  # sums to 1 over every axis
+        np.save(tmp_path / "p.npy", probs)
+        assert refine(tmp_path / "tiny.png", tmp_path / "p.npy", "-o", tmp_path / "a.png", "--layout", "hwl",
+                      "--iterations", 0, "--save-probs", tmp_path / "a.npy") == 0  # fmt: skip
+        assert "note" not in capsys.readouterr().err
+        np.testing.assert_allclose(np.load(tmp_path / "a.npy"), probs.transpose(2, 0, 1), atol=1e-4)
+        np.save(tmp_path / "p.npy", np.ones((3, 3, 1), np.float32))  # one label only
+        assert refine(tmp_path / "tiny.png", tmp_path / "p.npy", "-o", tmp_path / "b.png") == 2
+        one_line_error(capsys, "1 label")
+        np.save(tmp_path / "p.npy", probs)
+        assert refine(tmp_path / "tiny.png", tmp_path / "p.npy", "-o", tmp_path / "c.png") == 0
+        err = capsys.readouterr().err
+        assert "note:" in err and "--layout hwl" in err
+
+    def test_logits(self, files, tmp_path, capsys):
+        image, _, truth, probs = files
+        scores = np.log(probs) * 2.0 + 7.0  # raw scores: neither positive-only nor normalised
+        np.save(tmp_path / "scores.npy", scores)
+        assert refine(image, tmp_path / "scores.npy", "-o", tmp_path / "x.png") == 2
+        one_line_error(capsys, "--logits")
+        assert refine(image, tmp_path / "scores.npy", "--logits", "-o", tmp_path / "x.png") == 0
+        assert accuracy(load_label_png(tmp_path / "x.png"), truth) > accuracy(probs.argmax(0), truth)
+
+    def test_label_png_with_gt_prob_and_unknown(self, files, tmp_path):
+        image, _, truth, probs = files
+        coarse = probs.argmax(0)
+        save_label_png(tmp_path / "coarse.png", coarse)
+        assert refine(image, tmp_path / "coarse.png", "--gt-prob", 0.6, "-o", tmp_path / "a.png",
+                      "--save-probs", tmp_path / "a.npy") == 0  # fmt: skip
+        assert np.load(tmp_path / "a.npy").shape == (L, H, W)  # default: largest label + 1
+        assert accuracy(load_label_png(tmp_path / "a.png"), truth) > accuracy(coarse, truth)
+        holey = coarse.copy()
+        holey[:, 20:30] = 255  # a band the "network" did not label
+        save_label_png(tmp_path / "holey.png", holey)
+        code = refine(image, tmp_path / "holey.png", "--unknown", 255, "--num-labels", 4, "-o", tmp_path / "b.png",
+                      "--save-probs", tmp_path / "b.npy", "--overlay", tmp_path / "o.png")  # fmt: skip
+        assert code == 0
+        labels = load_label_png(tmp_path / "b.png")
+        assert np.load(tmp_path / "b.npy").shape == (4, H, W)
+        assert labels.max() < 3  # unknown pixels got real labels
+        band = (slice(None), slice(20, 30))
+        assert accuracy(labels[band], truth[band]) > 0.9
+
+    def test_grey_and_rgba_images(self, files, tmp_path):
+        image, probs_path, _, _ = files
+        with Image.open(image) as img:
+            img.convert("L").save(tmp_path / "grey.png")
+            img.convert("RGBA").save(tmp_path / "rgba.png")
+        for name in ("grey", "rgba"):
+            assert refine(tmp_path / f"{name}.png", probs_path, "-o", tmp_path / f"{name}_out.png") == 0
+
+    def test_overlay_without_titles(self, files, tmp_path):
+        image, probs_path, _, _ = files
+        assert refine(image, probs_path, "-o", tmp_path / "x.png", "--overlay", tmp_path / "o.png", "--no-titles",
+                      "--overlay-alpha", 1) == 0  # fmt: skip
+        with Image.open(tmp_path / "o.png") as img:
+            assert img.size == (3 * W + 8, H)
+
+
+class TestErrors:
+    @pytest.mark.parametrize(
+        "case, needles",
+        [
+            ("missing_image", ["image not found", "nope.png"]),
+            ("missing_probs", ["scores not found", "nope.npy"]),
+            ("size_mismatch", ["(3, 40, 50)", "56x40"]),
+            ("negative", ["negative", "--logits"]),
+            ("not_normalised", ["do not sum to 1"]),
+            ("wrong_key", ["'missing'", "first", "--key"]),
+            ("key_on_npy", ["--key"]),
+            ("bad_suffix", [".txt"]),
+            ("corrupt_npy", ["could not read", "corrupt.npy"]),
+            ("corrupt_image", ["could not read image", "corrupt.png"]),
+            ("colour_label_png", ["colour image"]),
+            ("label_too_large", ["--num-labels", "--unknown"]),
+            ("gt_prob_on_probs", ["--gt-prob"]),
+            ("output_not_png", ["-o/--output", ".png"]),
+            ("overwrite_input", ["refusing to overwrite"]),
+        ],
+    )
+    def test_one_line_error(self, case, needles, files, tmp_path, capsys):
+        image, probs_path, _, probs = files
+        out = tmp_path / "out.png"
+        args: List[object]
+        if case == "missing_image":
+            args = [tmp_path / "nope.png", probs_path]
+        elif case == "missing_probs":
+            args = [image, tmp_path / "nope.npy"]
+        elif case == "size_mismatch":
+            np.save(tmp_path / "small.npy", probs[:, :, :50])
+            args = [image, tmp_path / "small.npy"]
+        elif case == "negative":
+            np.save(tmp_path / "neg.npy", probs - 0.5)
+            args = [image, tmp_path / "neg.npy"]
+        elif case == "not_normalised":
+            np.save(tmp_path / "half.npy", probs * 0.5)
+            args = [image, tmp_path / "half.npy"]
+        elif case == "wrong_key":
+            np.savez(tmp_path / "p.npz", first=probs)
+            args = [image, tmp_path / "p.npz", "--key", "missing"]
+        elif case == "key_on_npy":
+            args = [image, probs_path, "--key", "x"]
+        elif case == "bad_suffix":
+            (tmp_path / "p.txt").write_text("0.5")
+            args = [image, tmp_path / "p.txt"]
+        elif case == "corrupt_npy":
+            (tmp_path / "corrupt.npy").write_bytes(b"\x93NUMPY garbage")
+            args = [image, tmp_path / "corrupt.npy"]
+        elif case == "corrupt_image":
+            (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+            args = [tmp_path / "corrupt.png", probs_path]
+        elif case == "colour_label_png":
+            Image.fromarray(np.zeros((H, W, 3), np.uint8)).save(tmp_path / "rgb_labels.png")
+            args = [image, tmp_path / "rgb_labels.png"]
+        elif case == "label_too_large":
+            save_label_png(tmp_path / "lab.png", np.full((H, W), 5))
+            args = [image, tmp_path / "lab.png", "--num-labels", 3]
+        elif case == "gt_prob_on_probs":
+            args = [image, probs_path, "--gt-prob", 0.7]
+        elif case == "output_not_png":
+            out = tmp_path / "out.jpg"
+            args = [image, probs_path]
+        else:  # overwrite_input
+            out = image
+            args = [image, probs_path]
+        assert refine(*args, "-o", out) == 2
+        one_line_error(capsys, *needles)
+        if case != "overwrite_input":
+            assert not out.exists()
+
+    @pytest.mark.parametrize(
+        "argv",
+        [
+            ["-o", "x.png"],  # no inputs
+            ["a.png", "-o", "x.png"],  # PROBS missing
+            ["--images", "d", "-o", "x"],  # --probs missing
+            ["a.png", "b.npy", "--images", "d", "--probs", "e", "-o", "x"],  # both modes
+        ],
+    )
+    def test_usage(self, argv, capsys):
+        assert main(["refine", *argv]) == 2
+        one_line_error(capsys)
+
+    @pytest.mark.parametrize("bad", [["--gt-prob", "1.5"], ["--iterations", "-1"], ["--layout", "xyz"], []])
+    def test_argparse_rejects(self, bad, capsys):
+        argv = ["refine", "a.png", "b.npy", *bad] if bad else ["refine", "a.png", "b.npy"]  # [] misses -o
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 2
+        assert "Traceback" not in capsys.readouterr().err
+
+
+class TestBatch:
+    def _dirs(self, tmp_path: Path, n: int = 3) -> Tuple[Path, Path]:
+        images, scores = tmp_path / "images", tmp_path / "probs"
+        images.mkdir()
+        scores.mkdir()
+        for i in range(n):
+            image, _, probs = scene(seed=i)
+            Image.fromarray(image).save(images / f"img{i}.jpg" if i == 0 else images / f"img{i}.png")
+            if i == 2:
+                np.savez(scores / f"img{i}.npz", probs=probs)
+            else:
+                np.save(scores / f"img{i}.npy", probs)
+        return images, scores
+
+    def test_all_succeed(self, tmp_path, capsys):
+        images, scores = self._dirs(tmp_path)
+        out = tmp_path / "out"
+        assert refine("--images", images, "--probs", scores, "-o", out,
+                      "--save-probs", tmp_path / "m", "--overlay", tmp_path / "o") == 0  # fmt: skip
+        captured = capsys.readouterr()
+        assert "3 done, 0 failed" in captured.out
+        for i in range(3):
+            assert load_label_png(out / f"img{i}.png").shape == (H, W)
+            assert np.load(tmp_path / "m" / f"img{i}.npy").shape == (L, H, W)
+            assert (tmp_path / "o" / f"img{i}.png").is_file()
+
+    def test_one_corrupt_file_is_skipped(self, tmp_path, capsys):
+        images, scores = self._dirs(tmp_path)
+        (scores / "img1.npy").write_bytes(b"not a numpy file")
+        out = tmp_path / "out"
+        assert refine("--images", images, "--probs", scores, "-o", out) == 1
+        captured = capsys.readouterr()
+        assert "img1" in captured.err and "Traceback" not in captured.err
+        assert "2 done, 1 failed" in captured.out
+        assert sorted(p.name for p in out.iterdir()) == ["img0.png", "img2.png"]
+
+    def test_missing_pair_and_shape_mismatch(self, tmp_path, capsys):
+        images, scores = self._dirs(tmp_path)
+        (scores / "img0.npy").unlink()
+        (scores / "orphan.npy").write_bytes(b"")
+        np.save(scores / "img1.npy", np.full((L, H, W - 1), 1 / L, np.float32))
+        assert refine("--images", images, "--probs", scores, "-o", tmp_path / "out") == 1
+        captured = capsys.readouterr()
+        for name in ("img0.jpg", "orphan.npy", "img1.png"):
+            assert name in captured.err
+        assert "1 done, 3 failed" in captured.out
+        assert [p.name for p in (tmp_path / "out").iterdir()] == ["img2.png"]
+
+    def test_bad_directories(self, tmp_path, capsys):
+        assert refine("--images", tmp_path / "none", "--probs", tmp_path, "-o", tmp_path / "out") == 2
+        one_line_error(capsys, "none")
+        (tmp_path / "empty").mkdir()
+        assert refine("--images", tmp_path / "empty", "--probs", tmp_path / "empty", "-o", tmp_path / "out") == 2
+        one_line_error(capsys, "no images")
+        images, scores = self._dirs(tmp_path)
+        (tmp_path / "file").write_text("")
+        assert refine("--images", images, "--probs", scores, "-o", tmp_path / "file") == 2
+        one_line_error(capsys, "directory")
+
+
+class TestLibrary:
+    def test_pair_by_stem(self, tmp_path):
+        (tmp_path / "i").mkdir()
+        (tmp_path / "p").mkdir()
+        for name in ("a.jpg", "b.png", "c.png", "c.jpg", ".hidden.png", "notes.txt"):
+            (tmp_path / "i" / name).write_bytes(b"")
+        for name in ("a.npy", "b.npz", "c.npy", "d.png"):
+            (tmp_path / "p" / name).write_bytes(b"")
+        pairs, problems = pair_by_stem(tmp_path / "i", tmp_path / "p")
+        assert [(s, i.name, p.name) for s, i, p in pairs] == [("a", "a.jpg", "a.npy"), ("b", "b.png", "b.npz")]
+        assert sorted(Path(name).name for name, _ in problems) == ["c.jpg", "d.png"]
+
+    def test_read_scores_kinds(self, tmp_path):
+        probs = np.full((2, 4, 5), 0.5, np.float32)
+        np.save(tmp_path / "p.npy", probs)
+        scores = read_scores(tmp_path / "p.npy", (4, 5))
+        assert not scores.is_logits and scores.values.shape == (2, 4, 5) and scores.labels.shape == (4, 5)
+        np.save(tmp_path / "l.npy", np.array([[0, 1, 2, 1, 0]] * 4))
+        scores = read_scores(tmp_path / "l.npy", (4, 5), gt_prob=0.8)
+        assert scores.is_logits and scores.values.shape == (3, 4, 5)
+        np.testing.assert_allclose(np.exp(scores.values).sum(0), 1.0, atol=1e-5)
+
+    def test_make_overlay(self):
+        image = np.full((6, 7, 3), 100, np.uint8)
+        before = np.zeros((6, 7), np.int64)
+        after = np.ones((6, 7), np.int64)
+        after[:, :3] = 255
+        picture = make_overlay(image, before, after, alpha=1.0, titles=None, gap=2)
+        assert picture.shape == (6, 3 * 7 + 4, 3) and picture.dtype == np.uint8
+        np.testing.assert_array_equal(picture[0, 9], [0, 0, 0])  # label 0, palette alone
+        np.testing.assert_array_equal(picture[0, 7:9], 255)  # gap
+        np.testing.assert_array_equal(picture[0, 18], color_palette()[255])  # void
+        np.testing.assert_array_equal(picture[0, 18 + 3], [255, 255, 255])  # boundary between 255 and 1
+        np.testing.assert_array_equal(picture[0, 18 + 4], color_palette()[1])
+        with pytest.raises(ValueError, match="alpha"):
+            make_overlay(image, before, after, alpha=2.0)
+
+
+def test_python_dash_m_entry_point(files, tmp_path):
+    image, probs_path, _, _ = files
+    done = subprocess.run(
+        [sys.executable, "-m", "crfrnn", "refine", str(image), str(probs_path), "-o", str(tmp_path / "cli.png"),
+         "--overlay", str(tmp_path / "cli_overlay.png"), "--iterations", "3"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert load_label_png(tmp_path / "cli.png").shape == (H, W)
+    assert (tmp_path / "cli_overlay.png").is_file()
