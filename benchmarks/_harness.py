@@ -1,0 +1,72 @@
+"""Shared benchmark helpers: timing with warm-up and medians, peak memory in a child process, metadata."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from typing import Callable
+
+import numpy as np
+
+
+def time_it(fn: Callable[[], object], *, warmup: int = 1, repeats: int = 5) -> dict:
+    """Median and spread (min, max, interquartile range) of ``repeats`` timed calls after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    q1, q3 = np.percentile(times, [25, 75])
+    return {"median": statistics.median(times), "min": min(times), "max": max(times), "iqr": float(q3 - q1),
+            "repeats": repeats}
+
+
+def _status(field: str) -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise KeyError(field)
+
+
+def peak_memory(fn: Callable[[], object]) -> int:
+    """Bytes of resident memory the call adds at its peak (Linux: resets the high-water mark first)."""
+    fn()  # warm: compiled kernels, caches, allocator pools
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")  # reset VmHWM to the current RSS
+    before = _status("VmRSS")
+    fn()
+    return _status("VmHWM") - before
+
+
+def in_child(script: str, args: list[str]) -> dict:
+    """Run ``python script args`` and parse the JSON it prints on its last line (fresh process, fresh memory)."""
+    out = subprocess.run([sys.executable, script, *args], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def metadata() -> dict:
+    import torch
+
+    info = {"python": platform.python_version(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "cpus": os.cpu_count(), "machine": platform.machine()}
+    try:
+        with open("/proc/cpuinfo") as fh:
+            info["cpu"] = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    try:
+        import numba
+
+        info["numba"] = numba.__version__
+        info["numba_threads"] = numba.get_num_threads()
+    except ImportError:
+        pass
+    return info
