@@ -1,0 +1,277 @@
+"""``crfrnn evaluate``: compare the CNN, the CNN + offline dense CRF and CRF-RNN of a checkpoint on a data set.
+
+Writes ``results.json``, ``metrics.md``, ``boundary.png`` (see :func:`crfrnn.evaluation.write_report`) and
+``grid.png`` (predictions on the first images, see :func:`crfrnn.visualize.save_prediction_grid`) to
+``--out`` and prints the summary table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+from crfrnn.cli import CommandError
+
+__all__ = ["add_parser", "run"]
+
+_SYNTHETIC_SPLITS = ("train", "val", "test")
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register the ``evaluate`` sub-command."""
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="evaluate a checkpoint: CNN vs CNN + dense CRF vs CRF-RNN, overall and near boundaries",
+        description=(
+            "Evaluate a checkpoint on a data set: mean IoU, pixel accuracy, mean class accuracy, per-class IoU "
+            "and accuracy in bands around ground-truth boundaries, for the CNN alone, the CNN refined by an "
+            "offline dense CRF (--dense-crf) and the full CRF-RNN network. Writes results.json, metrics.md, "
+            "boundary.png and grid.png to --out."
+        ),
+    )
+    parser.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint written by crfrnn (crfrnn train)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset", choices=("synthetic", "voc", "folder"), default="synthetic",
+                      help="data set kind (default: synthetic)")  # fmt: skip
+    data.add_argument("--split", default="val",
+                      help="train/val/test (synthetic), ImageSets/Segmentation name (voc); default: val")  # fmt: skip
+    data.add_argument("--ids", metavar="FILE", help="voc: id-list file to evaluate (overrides --split)")
+    data.add_argument("--voc-root", "--root", dest="voc_root", metavar="DIR",
+                      help="voc: folder containing VOCdevkit (or VOC2012 itself)")  # fmt: skip
+    data.add_argument("--images", metavar="DIR", help="folder: images folder")
+    data.add_argument("--masks", metavar="DIR", help="folder: index-PNG masks folder (same file stems)")
+    data.add_argument("--num-images", type=int, default=50, metavar="N",
+                      help="synthetic: images in the split (default: 50)")  # fmt: skip
+    data.add_argument("--image-size", type=int, metavar="PX",
+                      help="synthetic: image side (default: as in training, else 96)")  # fmt: skip
+    data.add_argument("--data-seed", type=int, metavar="S",
+                      help="synthetic: data set seed (default: as in training, else 0)")  # fmt: skip
+    data.add_argument("--void-band", type=int, choices=(0, 1, 2),
+                      help="synthetic: void outline width (default: as in training, else 0)")  # fmt: skip
+    data.add_argument("--max-images", type=int, metavar="N", help="evaluate only the first N images")
+    data.add_argument("--include-void-edges", action="store_true",
+                      help="count label/void transitions as boundaries (VOC-style void outlines)")  # fmt: skip
+
+    crf = parser.add_argument_group("offline dense CRF")
+    crf.add_argument("--dense-crf", action="store_true", help="also evaluate CNN + offline dense CRF")
+    crf.add_argument("--dense-crf-param", action="append", default=[], metavar="NAME=VALUE",
+                     help="dense_crf parameter, e.g. bilateral_srgb=5 (repeatable)")  # fmt: skip
+    crf.add_argument("--dense-crf-search", action="store_true",
+                     help="grid-search the dense CRF on --search-split first (implies --dense-crf)")  # fmt: skip
+    crf.add_argument("--search-split", default="val",
+                     help="split (or voc id-list file) for the search (default: val)")  # fmt: skip
+    crf.add_argument("--search-images", type=int, default=10, metavar="N",
+                     help="images used by the search (default: 10)")  # fmt: skip
+    crf.add_argument("--search-grid", metavar="JSON",
+                     help='search grid, e.g. \'{"bilateral_srgb": [3, 5, 13]}\' (default: 27 points)')  # fmt: skip
+
+    run_opts = parser.add_argument_group("run")
+    run_opts.add_argument("--grid", type=int, default=4, metavar="N", help="images in grid.png (0: no grid)")
+    run_opts.add_argument("--batch-size", type=int, default=1, help="images per forward pass (default: 1)")
+    run_opts.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    run_opts.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.set_defaults(func=run)
+    return parser
+
+
+# --------------------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------------------
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text  # e.g. normalization=row
+
+
+def _dense_crf_params(pairs: list[str]) -> dict[str, Any]:
+    from crfrnn.evaluation import DENSE_CRF_DEFAULTS
+
+    params: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or name not in DENSE_CRF_DEFAULTS:
+            raise CommandError(
+                f"--dense-crf-param {pair!r}: expected NAME=VALUE with NAME one of {sorted(DENSE_CRF_DEFAULTS)}."
+            )
+        params[name] = _parse_value(value)
+    return params
+
+
+def _search_grid(text: Optional[str]) -> Optional[dict[str, Any]]:
+    if text is None:
+        return None
+    try:
+        grid = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise CommandError(f"--search-grid is not valid JSON ({err}); e.g. '{{\"bilateral_srgb\": [3, 5]}}'.")
+    if not isinstance(grid, dict) or not grid:
+        raise CommandError(f"--search-grid must be a JSON object of parameter -> list of values, got {text!r}.")
+    return grid
+
+
+def _synthetic_options(args: argparse.Namespace, payload: dict[str, Any]) -> dict[str, Any]:
+    """Synthetic data options: the flags, else the checkpoint's training config (``crfrnn train``), else defaults.
+
+    Returns ``{"seed", "size", **SyntheticShapes options}``. Without a training config, the shapes are read
+    from the class names when they name a subset of :attr:`SyntheticShapes.SHAPES`.
+    """
+    from crfrnn.data import SyntheticShapes
+
+    config = payload.get("config") if isinstance(payload.get("config"), dict) else {}
+    kwargs = dict(config.get("synthetic_kwargs") or {}) if config.get("dataset", "synthetic") == "synthetic" else {}
+    names = payload.get("class_names")
+    if "shapes" not in kwargs and names and names[0] == "background" and all(
+        c in SyntheticShapes.SHAPES for c in names[1:]
+    ):
+        kwargs["shapes"] = tuple(names[1:])
+    if args.void_band is not None:
+        kwargs["void_band"] = args.void_band
+    size = args.image_size if args.image_size is not None else config.get("image_size", 96)
+    seed = args.data_seed if args.data_seed is not None else config.get("data_seed", 0)
+    return {"seed": seed, "size": size, **kwargs}
+
+
+def _dataset(args: argparse.Namespace, split: str, synthetic: dict[str, Any]) -> Any:
+    """The data set named by the arguments; data problems become CommandErrors."""
+    from crfrnn.data import SegmentationFolder, VOCSegmentation, synthetic_splits
+
+    try:
+        if args.dataset == "synthetic":
+            if split not in _SYNTHETIC_SPLITS:
+                raise CommandError(
+                    f"--split for the synthetic data set must be one of {list(_SYNTHETIC_SPLITS)}, got {split!r}."
+                )
+            if args.num_images < 1:
+                raise CommandError(f"--num-images must be >= 1, got {args.num_images}.")
+            counts = {f"num_{s}": (args.num_images if s == split else 0) for s in _SYNTHETIC_SPLITS}
+            return synthetic_splits(**synthetic, **counts)[_SYNTHETIC_SPLITS.index(split)]
+        if args.dataset == "voc":
+            if not args.voc_root:
+                raise CommandError("--dataset voc needs --voc-root DIR (the folder containing VOCdevkit).")
+            return VOCSegmentation(args.voc_root, split)
+        if not args.images or not args.masks:
+            raise CommandError("--dataset folder needs --images DIR and --masks DIR.")
+        return SegmentationFolder(args.images, args.masks)
+    except (FileNotFoundError, NotADirectoryError, OSError, ValueError, TypeError) as err:
+        raise CommandError(f"cannot open the {args.dataset} data set: {err}".replace("\n", " ")) from err
+
+
+def _check_classes(dataset: Any, num_classes: int, what: str) -> None:
+    data_classes = getattr(dataset, "num_classes", None)
+    if data_classes is not None and int(data_classes) != num_classes:
+        raise CommandError(
+            f"the checkpoint predicts {num_classes} classes but the {what} data set has {data_classes}; "
+            "evaluate it on data with the same label set."
+        )
+
+
+def _check_positive(value: Optional[int], flag: str, minimum: int = 1) -> None:
+    if value is not None and value < minimum:
+        raise CommandError(f"{flag} must be >= {minimum}, got {value}.")
+
+
+# --------------------------------------------------------------------------------------------------------
+# the command
+# --------------------------------------------------------------------------------------------------------
+def run(args: argparse.Namespace) -> int:
+    """Evaluate a checkpoint and write the report; see the module docstring."""
+    import torch
+
+    from crfrnn.checkpoint import load_model
+    from crfrnn.evaluation import METHOD_TITLES, evaluate, format_table, predict, search_dense_crf, write_report
+    from crfrnn.models import CrfRnnSegmenter
+    from crfrnn.visualize import save_prediction_grid
+
+    _check_positive(args.max_images, "--max-images")
+    _check_positive(args.batch_size, "--batch-size")
+    _check_positive(args.search_images, "--search-images")
+    _check_positive(args.grid, "--grid", 0)
+    crf_params = _dense_crf_params(args.dense_crf_param)
+    grid_spec = _search_grid(args.search_grid)
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as err:
+        raise CommandError(f"--device {args.device!r} is not a torch device ({err}).") from err
+
+    try:
+        model, payload = load_model(args.checkpoint, map_location=device)
+    except (FileNotFoundError, ValueError) as err:
+        raise CommandError(str(err)) from err
+    except (KeyError, TypeError, RuntimeError) as err:  # a payload that does not rebuild its model
+        raise CommandError(f"cannot rebuild the model of {args.checkpoint}: {err}".replace("\n", " ")) from err
+    num_classes = int(payload["num_classes"])
+    class_names = payload.get("class_names")
+
+    split = args.ids if (args.ids and args.dataset == "voc") else args.split
+    synthetic = _synthetic_options(args, payload) if args.dataset == "synthetic" else {}
+    dataset = _dataset(args, split, synthetic)
+    _check_classes(dataset, num_classes, args.dataset)
+    if class_names is None and getattr(dataset, "class_names", None) is not None:
+        class_names = list(dataset.class_names)
+
+    methods = ["cnn"]
+    if args.dense_crf or args.dense_crf_search:
+        methods.append("cnn+densecrf")
+    if isinstance(model, CrfRnnSegmenter):
+        methods.append("crfrnn")
+    progress = not args.no_progress
+    out = Path(args.out)
+
+    try:
+        search = None
+        if args.dense_crf_search:
+            if args.search_split == split:
+                print(
+                    f"crfrnn evaluate: warning: the dense CRF search and the evaluation both use split {split!r}; "
+                    "pass --search-split to tune on held-out images.",
+                    file=sys.stderr,
+                )
+            search_set = _dataset(args, args.search_split, synthetic)
+            _check_classes(search_set, num_classes, args.dataset)
+            best, table = search_dense_crf(
+                model, search_set, num_classes=num_classes, grid=grid_spec, base_params=crf_params,
+                batch_size=args.batch_size, device=device, progress=progress, max_images=args.search_images,
+            )  # fmt: skip
+            crf_params = best
+            search = {"best_params": best, "table": table, "split": args.search_split,
+                      "num_images": min(len(search_set), args.search_images)}  # fmt: skip
+        results = evaluate(
+            model, dataset, num_classes=num_classes, methods=methods, dense_crf_params=crf_params,
+            batch_size=args.batch_size, device=device, progress=progress, max_images=args.max_images,
+            include_void_edges=args.include_void_edges,
+        )  # fmt: skip
+    except CommandError:
+        raise
+    except (ValueError, TypeError, OSError) as err:  # bad labels, unreadable files, bad CRF parameters
+        raise CommandError(f"evaluation failed: {err}".replace("\n", " "), 1) from err
+
+    results["checkpoint"] = str(args.checkpoint)
+    results["dataset"] = {"kind": args.dataset, "split": str(split), "repr": repr(dataset)}
+    if search is not None:
+        results["dense_crf_search"] = search
+    title = f"{Path(args.checkpoint).name} on {args.dataset} ({Path(str(split)).name})"
+    try:
+        paths = write_report(results, out, class_names=class_names, title=title)
+        if args.grid:
+            n = min(args.grid, len(dataset))
+            images, masks, columns = [], [], {METHOD_TITLES[m]: [] for m in methods}
+            for k in range(n):
+                image, mask = dataset[k]
+                labels = predict(model, image[None].to(device), methods=methods, dense_crf_params=crf_params)
+                images.append(image)
+                masks.append(mask)
+                for m in methods:
+                    columns[METHOD_TITLES[m]].append(labels[m][0].cpu())
+            paths["grid"] = save_prediction_grid(out / "grid.png", images, columns, gt=masks)
+    except OSError as err:
+        raise CommandError(f"cannot write the report to {out}: {err}", 1) from err
+
+    print(f"{results['num_images']} images, {num_classes} classes (values in %)")
+    print(format_table(results))
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
