@@ -16,6 +16,7 @@ single ``(N, 2L) x (2L, L)`` matrix product per iteration.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from typing import Optional, Sequence, Union
@@ -157,6 +158,46 @@ class GaussianKernel:
             q = q * self.pre.to(q.dtype)
         out = self._filter(q)
         return out if self.post is None else out * self.post.to(q.dtype)
+
+
+@functools.lru_cache(maxsize=8)
+def _spatial_kernel(
+    height: int, width: int, theta: Union[float, tuple[float, ...]], dtype: torch.dtype, device: torch.device,
+    normalization: str, exclude_self: bool, exact: bool, backend: str,
+) -> GaussianKernel:
+    """The spatial kernel of one image: it depends only on the size and the width, so it is built once
+    (lattice, normaliser) and kept for later calls with the same size (training crops, folders of photos)."""
+    feats = spatial_features(1, height, width, theta, dtype=dtype, device=device)
+    return GaussianKernel(feats, normalization=normalization, exclude_self=exclude_self, exact=exact, backend=backend)
+
+
+class _BatchShared:
+    """Applies a one-image kernel to every image of a batch at once, the batch folded into the channels."""
+
+    def __init__(self, kernel: GaussianKernel) -> None:
+        self.kernel = kernel
+
+    def __call__(self, q: Tensor) -> Tensor:
+        b, n, c = q.shape
+        if b == 1:
+            return self.kernel(q)
+        out = self.kernel(q.transpose(0, 1).reshape(1, n, b * c))
+        return out.view(n, b, c).transpose(0, 1)
+
+
+def spatial_kernel(
+    batch: int, height: int, width: int, theta: Union[float, Sequence[float]], *, dtype: torch.dtype,
+    device: torch.device, normalization: str = "row", exclude_self: bool = False, exact: bool = False,
+    backend: str = "auto",
+):
+    """The spatial (smoothness) message-passing operator for ``batch`` images of ``height x width``.
+
+    Cached: one lattice serves every image of that size, now and in later calls.
+    """
+    key_theta = float(theta) if isinstance(theta, (int, float)) else tuple(float(t) for t in theta)
+    kernel = _spatial_kernel(height, width, key_theta, dtype, torch.device(device), normalization, exclude_self,
+                             exact, backend)
+    return _BatchShared(kernel)
 
 
 def _as_matrix(weight: Weight, num_labels: int, like: Tensor, name: str) -> Tensor:
@@ -339,7 +380,7 @@ def mean_field(
         )
     opts = dict(normalization=normalization, exclude_self=exclude_self, exact=exact, backend=backend)
     kernels = [
-        GaussianKernel(spatial_features(b, h, w, theta_gamma, dtype=dtype, device=unary.device), **opts),
+        spatial_kernel(b, h, w, theta_gamma, dtype=dtype, device=unary.device, **opts),
         GaussianKernel(bilateral_features(img, theta_alpha, theta_beta), **opts),
     ]
     u = unary.permute(0, 2, 3, 1).reshape(b, h * w, num_labels)

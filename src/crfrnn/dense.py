@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from crfrnn.crf import GaussianKernel, _iterate, bilateral_features, spatial_features
+from crfrnn.crf import GaussianKernel, _iterate, bilateral_features, spatial_kernel
 
 __all__ = ["dense_crf", "unary_from_labels", "unary_from_probs"]
 
@@ -244,15 +244,18 @@ def dense_crf(
     img = img.to(device=unary.device, dtype=dtype)
     b, num_labels, h, w = unary.shape
     opts = dict(normalization=normalization, backend=backend)
-    kernels = [
-        GaussianKernel(spatial_features(b, h, w, gaussian_sxy, dtype=dtype, device=unary.device), **opts),
-        GaussianKernel(bilateral_features(img, bilateral_sxy, bilateral_srgb), **opts),
-    ]
+    spatial = spatial_kernel(b, h, w, gaussian_sxy, dtype=dtype, device=unary.device, **opts)
     u = unary.permute(0, 2, 3, 1).reshape(b, h * w, num_labels)
     weights = [float(gaussian_compat), float(bilateral_compat)]
-    if kernels[0].lattice.backend == "numba" and not (torch.is_grad_enabled() and u.requires_grad):
-        q = _fused_potts(u, kernels, weights, iterations)  # same result, one compiled pass per stage
+    if spatial.kernel.lattice.backend == "numba" and not (torch.is_grad_enabled() and u.requires_grad):
+        # the compiled path, one image at a time (the same result as the generic path, a test checks)
+        q = torch.cat([
+            _fused_potts(u[i : i + 1], [spatial.kernel, GaussianKernel(
+                bilateral_features(img[i : i + 1], bilateral_sxy, bilateral_srgb), **opts)], weights, iterations)
+            for i in range(b)
+        ])
     else:
+        kernels = [spatial, GaussianKernel(bilateral_features(img, bilateral_sxy, bilateral_srgb), **opts)]
         q = torch.softmax(_iterate(u, kernels, weights, None, iterations), -1)
     q = q.view(b, h, w, num_labels).permute(0, 3, 1, 2)
     if unbatched:
