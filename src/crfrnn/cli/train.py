@@ -1,0 +1,186 @@
+"""``crfrnn train``: train a segmentation CNN (stage ``cnn``) or CNN + CRF-RNN end to end (stage ``crfrnn``).
+
+The two stages of the paper on the built-in synthetic data::
+
+    crfrnn train --stage cnn --out runs/cnn --epochs 20
+    crfrnn train --stage crfrnn --init-from runs/cnn/best.pt --out runs/crf --epochs 5 --lr 0.001
+
+Settings come from the defaults of :class:`crfrnn.training.TrainConfig`, then ``--config FILE.yaml``, then the
+flags (flags win). With ``--resume`` the run's own ``OUT/config.yaml`` replaces the defaults, so
+``crfrnn train --out runs/crf --resume`` continues a run with its settings. The work is done by
+:func:`crfrnn.training.train`; this module only parses arguments and reports failures.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from crfrnn.cli import CommandError
+
+__all__ = ["add_parser", "run"]
+
+_EPILOG = """\
+files written to OUT:
+  config.yaml    the resolved settings (reusable with --config)
+  metrics.jsonl  one JSON object per epoch: epoch, train_loss, val_mean_iou, val_pixel_accuracy, seconds, ...
+  last.pt        checkpoint after every epoch (atomic): weights, optimiser, schedule, epoch, random states
+  best.pt        checkpoint with the best validation mean IoU
+  Load a checkpoint with crfrnn.checkpoint.load_model(path).
+
+data-parallel training (batch size is per process):
+  torchrun --nproc_per_node=2 -m crfrnn train --out runs/cnn ...
+
+exit codes:
+  0 success; 1 training failed (e.g. non-finite loss); 2 bad usage or input.
+"""
+
+
+def _number(kind: type, minimum: float, strict: bool = False):
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}")
+        if value < minimum or (strict and value == minimum) or value != value:
+            raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {minimum}, got {text}")
+        return value
+
+    return parse
+
+
+def _mapping(text: str) -> dict:
+    import yaml
+
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a YAML/JSON mapping such as '{{width: 16}}', got {text!r}")
+    return value
+
+
+def add_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> argparse.ArgumentParser:
+    """Register ``crfrnn train`` and its options (every option defaults to the config file, then the library)."""
+    from crfrnn.training import DATASETS, LR_SCHEDULES, OPTIMIZERS, STAGES
+
+    S = argparse.SUPPRESS
+    parser = subparsers.add_parser(
+        "train",
+        help="train a CNN (stage cnn) or CNN + CRF-RNN end to end (stage crfrnn)",
+        description="Train a segmentation network: the CNN alone (stage cnn), then the CNN with a CRF-RNN head\n"
+        "end to end from the stage-1 checkpoint (stage crfrnn). Defaults: crfrnn.training.TrainConfig.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        argument_default=S,
+    )
+    parser.add_argument("--config", metavar="FILE.yaml", help="YAML file of TrainConfig keys (flags override it)")
+    parser.add_argument("--out", dest="out_dir", metavar="DIR", help="run directory (required unless in --config)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    parser.add_argument("--stop-after", type=_number(int, 1), metavar="N", help="return after epoch N (resumable)")
+
+    m = parser.add_argument_group("model")
+    m.add_argument("--stage", choices=STAGES, help="cnn (default) or crfrnn")
+    m.add_argument("--model", metavar="NAME", help="crfrnn.models name (default small_fcn / small_fcn_crfrnn)")
+    m.add_argument(
+        "--model-kwargs", type=_mapping, metavar="YAML",
+        help="builder keyword arguments, e.g. '{width: 16}' or '{crf_kwargs: {theta_alpha: 80}}'",
+    )  # fmt: skip
+    m.add_argument("--init-from", metavar="CKPT", help="stage-1 checkpoint whose weights start the backbone")
+    m.add_argument(
+        "--iterations", dest="num_iterations", type=_number(int, 0), metavar="T", help="CRF iterations in training (5)"
+    )
+    m.add_argument(
+        "--eval-iterations", dest="num_eval_iterations", type=_number(int, 0), metavar="T",
+        help="CRF iterations at evaluation (10)",
+    )  # fmt: skip
+
+    d = parser.add_argument_group("data")
+    d.add_argument("--dataset", choices=DATASETS, help="synthetic (default), voc or folder")
+    d.add_argument("--num-classes", type=_number(int, 1), metavar="L", help="number of labels (folder: required)")
+    d.add_argument("--num-train", type=_number(int, 1), metavar="N", help="synthetic: training images (400)")
+    d.add_argument("--num-val", type=_number(int, 0), metavar="N", help="synthetic: validation images (100)")
+    d.add_argument("--image-size", type=_number(int, 16), metavar="PX", help="synthetic: image side (96)")
+    d.add_argument("--data-seed", type=_number(int, 0), metavar="S", help="synthetic: data set seed (0)")
+    d.add_argument("--voc-root", metavar="DIR", help="voc: folder containing VOCdevkit")
+    d.add_argument("--sbd-root", metavar="DIR", help="voc: SBD benchmark_RELEASE; trains on train_aug")
+    d.add_argument("--train-split", metavar="NAME", help="voc without --sbd-root: training split (train)")
+    d.add_argument("--val-split", metavar="NAME", help="voc: validation split (val)")
+    d.add_argument("--images", metavar="DIR", help="folder: training images")
+    d.add_argument("--masks", metavar="DIR", help="folder: training label PNGs (same stems)")
+    d.add_argument("--val-images", metavar="DIR", help="folder: validation images")
+    d.add_argument("--val-masks", metavar="DIR", help="folder: validation label PNGs")
+    d.add_argument("--crop-size", type=_number(int, 1), metavar="PX", help="training crop side (96)")
+    d.add_argument("--min-scale", type=_number(float, 0, True), metavar="S", help="random scale, smallest (0.75)")
+    d.add_argument("--max-scale", type=_number(float, 0, True), metavar="S", help="random scale, largest (1.25)")
+    d.add_argument("--no-flip", dest="hflip", action="store_false", help="no random horizontal flips")
+
+    o = parser.add_argument_group("optimisation")
+    o.add_argument("--epochs", type=_number(int, 1), metavar="N", help="epochs (20)")
+    o.add_argument("--batch-size", type=_number(int, 1), metavar="B", help="images per step per process (8)")
+    o.add_argument("--val-batch-size", type=_number(int, 1), metavar="B", help="validation batch (= --batch-size)")
+    o.add_argument("--optimizer", choices=OPTIMIZERS, help="sgd (default, with momentum) or adam")
+    o.add_argument("--lr", type=_number(float, 0, True), metavar="LR", help="base learning rate (0.01)")
+    o.add_argument("--momentum", type=_number(float, 0), metavar="M", help="SGD momentum / Adam beta1 (0.9)")
+    o.add_argument("--weight-decay", type=_number(float, 0), metavar="WD", help="CNN weight decay (5e-4)")
+    o.add_argument("--lr-schedule", choices=LR_SCHEDULES, help="poly (default) or constant")
+    o.add_argument("--poly-power", type=_number(float, 0, True), metavar="P", help="poly schedule exponent (0.9)")
+    o.add_argument("--crf-kernel-lr-mult", type=_number(float, 0), metavar="X", help="lr multiplier, CRF kernels")
+    o.add_argument("--crf-compat-lr-mult", type=_number(float, 0), metavar="X", help="lr multiplier, CRF compatibility")
+    o.add_argument("--eval-every", type=_number(int, 1), metavar="N", help="validate every N epochs (1)")
+
+    r = parser.add_argument_group("runtime")
+    r.add_argument("--seed", type=_number(int, 0), metavar="S", help="seed of init, shuffling, augmentation (0)")
+    r.add_argument("--workers", type=_number(int, 0), metavar="N", help="DataLoader workers (0)")
+    r.add_argument("--device", metavar="DEV", help="auto (default), cpu, cuda or cuda:N")
+    r.add_argument("--threads", type=_number(int, 1), metavar="N", help="CPU threads for torch and numba")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def _config(args: argparse.Namespace) -> Any:
+    """The TrainConfig: defaults < the run's config.yaml (with --resume) < --config < flags."""
+    from crfrnn.training import TrainConfig, load_config
+
+    flags = {k: v for k, v in vars(args).items() if k in TrainConfig.field_names()}
+    config_file = getattr(args, "config", None)
+    if not getattr(args, "resume", False):
+        return load_config(config_file, **flags)
+    out = flags.get("out_dir") or (load_config(config_file, **flags).out_dir if config_file else None)
+    if out is None:
+        raise CommandError("--resume needs --out DIR, the run directory to continue.", 2)
+    saved = Path(out) / "config.yaml"
+    if not saved.is_file():
+        raise CommandError(f"cannot resume: '{saved}' not found; is '{out}' a run directory?", 2)
+    return load_config(saved, config_file, **flags)
+
+
+def _one_line(err: BaseException) -> str:
+    text = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+    return " ".join(str(text).split())
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build the config, train, and print where the results are."""
+    from crfrnn.training import TrainingError, train
+
+    try:
+        config = _config(args)
+    except (FileNotFoundError, ValueError, TypeError, KeyError) as err:
+        raise CommandError(_one_line(err), 2) from err
+    quiet = getattr(args, "quiet", False)
+    try:
+        result = train(config, progress=not quiet, resume=getattr(args, "resume", False),
+                       stop_after=getattr(args, "stop_after", None))  # fmt: skip
+    except (FileNotFoundError, NotADirectoryError, ValueError, TypeError, KeyError) as err:
+        raise CommandError(_one_line(err), 2) from err
+    except TrainingError as err:
+        raise CommandError(_one_line(err), 1) from err
+    if not quiet and result["rank"] == 0:
+        best = result["best_mean_iou"]
+        summary = f"best val mIoU {best:.4f} (epoch {result['best_epoch']}); " if best is not None else ""
+        print(f"{summary}{result['epoch']}/{config.epochs} epochs done; checkpoints in {result['out_dir']}")
+    return 0
