@@ -95,16 +95,21 @@ class TestDenseCrf:
         q = dense_crf(image, logits=unary_from_labels(noisy, 3, gt_prob=0.6), bilateral_sxy=20.0)
         assert (q.argmax(0) == truth).mean() > (noisy == truth).mean() + 0.03
 
-    def test_exception(self):
+    @pytest.mark.parametrize("backend", ["auto", "torch"])  # the fused CPU path checks in its own kernel
+    def test_exception(self, backend):
         image, probs, _ = scene()
         with pytest.raises(ValueError, match="exactly one"):
             dense_crf(image)
         with pytest.raises(ValueError, match="look like logits"):
-            dense_crf(image, np.log(probs))
+            dense_crf(image, np.log(probs), backend=backend)
         with pytest.raises(ValueError, match="sum to 1"):
-            dense_crf(image, probs * 2)
+            dense_crf(image, probs * 2, backend=backend)
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            dense_crf(image, logits=np.where(probs > 0.9, np.inf, probs), backend=backend)
+        with pytest.raises(ValueError, match="clip"):
+            dense_crf(image, probs, clip=0.0, backend=backend)
         with pytest.raises(ValueError, match="does not match"):
-            dense_crf(image[:-1], probs)
+            dense_crf(image[:-1], probs, backend=backend)
         with pytest.raises(TypeError, match="floating point"):
             dense_crf(image, probs.argmax(0)[None].repeat(3, 0))
         with pytest.raises(ValueError, match="NaN"):

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from crfrnn.crf import GaussianKernel, _iterate, bilateral_features, spatial_kernel
+from crfrnn.lattice import _numba_available
 
 __all__ = ["dense_crf", "unary_from_labels", "unary_from_probs"]
 
@@ -142,20 +143,38 @@ def _to_batched(image: ArrayLike, unary: Tensor) -> tuple[Tensor, Tensor, bool]:
     )
 
 
-def _fused_potts(u: Tensor, kernels: list[GaussianKernel], weights: list[float], iterations: int) -> Tensor:
-    """The compiled CPU path of :func:`dense_crf` (no autograd): marginals ``(B, N, L)``."""
+def _fused_potts(
+    unary: np.ndarray, num_labels: int, kernels: list[GaussianKernel], weights: list[float], iterations: int
+) -> Tensor:
+    """The compiled CPU path of :func:`dense_crf` for one image (no autograd): marginals ``(N, L)``.
+
+    ``unary`` is the padded ``(N, C)`` array of :func:`crfrnn._numba.unary_from_scores`.
+    """
     from crfrnn import _numba
 
-    num_points = u.shape[0] * u.shape[1]
+    dtype = torch.float64 if unary.dtype == np.float64 else torch.float32
+    num_points = unary.shape[0]
     args = []
     for k, w in zip(kernels, weights):
-        ones = u.new_ones(num_points)
-        pre = ones if k.pre is None else k.pre.reshape(-1).to(u.dtype)
-        post = ones if k.post is None else k.post.reshape(-1).to(u.dtype)
-        self_w = u.new_zeros(num_points) if k.self_weight is None else k.self_weight.reshape(-1).to(u.dtype)
-        args.append((k.lattice._operators(u.dtype), pre, post, self_w, w))
-    q = _numba.potts_mean_field(u.detach().reshape(num_points, -1), iterations, args)
-    return q.view(u.shape)
+        ones = torch.ones(num_points, dtype=dtype)
+        pre = ones if k.pre is None else k.pre.reshape(-1).to(dtype)
+        post = ones if k.post is None else k.post.reshape(-1).to(dtype)
+        self_w = torch.zeros(num_points, dtype=dtype) if k.self_weight is None else k.self_weight.reshape(-1).to(dtype)
+        args.append((k.lattice._operators(dtype), pre, post, self_w, w))
+    return _numba.potts_mean_field(unary, num_labels, iterations, args)
+
+
+def _check_scores(nonfinite: bool, negative: bool, min_sum: float, max_sum: float, is_probs: bool) -> None:
+    """The errors of :func:`dense_crf` for bad probabilities or logits (one message for either path)."""
+    if nonfinite:
+        raise ValueError("probabilities/logits contain NaN or infinite values.")
+    if is_probs and negative:
+        raise ValueError("probs contain negative values: they look like logits; pass them as logits= instead.")
+    if is_probs and not (abs(min_sum - 1.0) <= 1e-3 and abs(max_sum - 1.0) <= 1e-3):
+        raise ValueError(
+            f"probs do not sum to 1 over labels (dimension -3; sums range {min_sum:.4g} to {max_sum:.4g}); "
+            "normalise them, or pass raw scores as logits=."
+        )
 
 
 def dense_crf(
@@ -216,25 +235,33 @@ def dense_crf(
         )
     if not isinstance(iterations, int) or iterations < 0:
         raise ValueError(f"iterations must be an integer >= 0, got {iterations!r}.")
+    if not 0 < clip < 1:
+        raise ValueError(f"clip must be in (0, 1), got {clip}.")
     dtype = torch.float64 if src.dtype == torch.float64 and not is_numpy else torch.float32
     src = src.to(dtype)
     if src.dim() in (3, 4) and src.shape[-3] < 2:
         raise ValueError(f"need at least 2 labels in dimension -3, got shape {tuple(src.shape)}.")
-    if not bool(torch.isfinite(src).all()):
-        raise ValueError("probabilities/logits contain NaN or infinite values.")
-    if probs is not None:
-        if bool((src < 0).any()):
-            raise ValueError(
-                "probs contain negative values: they look like logits; pass them as logits= instead."
-            )
-        total = src.sum(-3)
-        if src.dim() in (3, 4) and not bool(torch.allclose(total, torch.ones_like(total), atol=1e-3)):
-            raise ValueError(
-                f"probs do not sum to 1 over labels (dimension -3; sums range {float(total.min()):.4g} to "
-                f"{float(total.max()):.4g}); normalise them, or pass raw scores as logits=."
-            )
-        src = unary_from_probs(src, clip=clip)
-    img, unary, unbatched = _to_batched(image, src)
+    # The compiled CPU path: one pass prepares (and checks) the unary, one fused kernel iterates.
+    fused = (
+        backend != "torch" and src.device.type == "cpu" and src.dim() in (3, 4) and _numba_available()
+        and not (torch.is_grad_enabled() and src.requires_grad)
+    )  # fmt: skip
+    padded_unary = None
+    if fused:
+        from crfrnn import _numba
+
+        padded_unary, st = _numba.unary_from_scores(src if src.dim() == 4 else src[None], clip, probs is not None)
+        _check_scores(st["nonfinite"] > 0, st["negative"] > 0, st["min_sum"], st["max_sum"], probs is not None)
+        img, unary, unbatched = _to_batched(image, src)
+    else:
+        total = (src.sum(-3) if src.dim() in (3, 4) else src).detach()
+        _check_scores(
+            not bool(torch.isfinite(src).all()), bool((src < 0).any()), float(total.min()), float(total.max()),
+            probs is not None,
+        )  # fmt: skip
+        if probs is not None:
+            src = unary_from_probs(src, clip=clip)
+        img, unary, unbatched = _to_batched(image, src)
     if img.shape[1] != 3 and img.shape[-1] == 3:
         raise ValueError(f"batched image must be (B, 3, H, W), got {tuple(img.shape)} (channels-last?).")
     if img.shape[0] != unary.shape[0] or img.shape[2:] != unary.shape[2:]:
@@ -245,16 +272,16 @@ def dense_crf(
     b, num_labels, h, w = unary.shape
     opts = dict(normalization=normalization, backend=backend)
     spatial = spatial_kernel(b, h, w, gaussian_sxy, dtype=dtype, device=unary.device, **opts)
-    u = unary.permute(0, 2, 3, 1).reshape(b, h * w, num_labels)
     weights = [float(gaussian_compat), float(bilateral_compat)]
-    if spatial.kernel.lattice.backend == "numba" and not (torch.is_grad_enabled() and u.requires_grad):
-        # the compiled path, one image at a time (the same result as the generic path, a test checks)
+    if padded_unary is not None:
+        n = h * w
         q = torch.cat([
-            _fused_potts(u[i : i + 1], [spatial.kernel, GaussianKernel(
+            _fused_potts(padded_unary[i * n : (i + 1) * n], num_labels, [spatial.kernel, GaussianKernel(
                 bilateral_features(img[i : i + 1], bilateral_sxy, bilateral_srgb), **opts)], weights, iterations)
             for i in range(b)
-        ])
+        ])  # fmt: skip
     else:
+        u = unary.permute(0, 2, 3, 1).reshape(b, h * w, num_labels)
         kernels = [spatial, GaussianKernel(bilateral_features(img, bilateral_sxy, bilateral_srgb), **opts)]
         q = torch.softmax(_iterate(u, kernels, weights, None, iterations), -1)
     q = q.view(b, h, w, num_labels).permute(0, 3, 1, 2)

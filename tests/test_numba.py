@@ -1,0 +1,86 @@
+"""The compiled CPU kernels: the vectorised exp, the padded channel layout and the unary preparation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from crfrnn._numba import AVAILABLE as NUMBA
+
+pytestmark = pytest.mark.skipif(not NUMBA, reason="numba is not installed")
+
+
+@pytest.fixture(scope="module")
+def kernels():
+    from numba import njit
+
+    from crfrnn import _numba
+
+    @njit
+    def exp(x, scratch):
+        _numba.exp_inplace(x, scratch)
+
+    return _numba, exp
+
+
+class TestExp:
+    @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+    def test_reference(self, kernels, dtype):
+        _, exp = kernels
+        x = np.concatenate([np.linspace(-86.9, 88.0, 200_001), [0.0, -1e-30, 1e-30, -0.5, 0.5]]).astype(dtype)
+        y = x.copy()
+        exp(y, np.empty(x.size, np.int32))
+        ref = np.exp(x.astype(np.float64))
+        rel = np.abs(y - ref) / ref
+        assert rel.max() < (2e-7 if dtype == np.float32 else 1e-15), rel.max()
+
+    def test_underflow_is_tiny_not_nan(self, kernels):
+        _, exp = kernels
+        y = np.array([-87.5, -200.0, -1e30], np.float32)
+        exp(y, np.empty(3, np.int32))
+        assert np.isfinite(y).all() and (y >= 0).all() and (y < 2e-38).all()
+
+
+class TestLayout:
+    @pytest.mark.parametrize(
+        "channels, dtype, expected",
+        [(1, np.float32, 1), (2, np.float32, 2), (3, np.float32, 8), (8, np.float32, 8), (21, np.float32, 24),
+         (21, np.float64, 24), (5, np.float64, 8), (3, np.float64, 4)],
+    )  # fmt: skip
+    def test_padded_channels(self, kernels, channels, dtype, expected):
+        assert kernels[0].padded_channels(channels, dtype) == expected
+
+    @pytest.mark.parametrize("channels", [3, 7, 21])
+    def test_padded_filter_equals_torch(self, channels):
+        from crfrnn import PermutohedralLattice
+
+        f = torch.rand(2, 500, 3) * 4
+        v = torch.randn(2, 500, channels)
+        a = PermutohedralLattice(f, backend="torch").filter(v)
+        b = PermutohedralLattice(f, backend="numba").filter(v)
+        assert b.shape == v.shape
+        assert (a - b).abs().max() < 1e-5 * a.abs().max()
+
+
+class TestUnaryFromScores:
+    def test_probs(self, kernels):
+        numba_mod = kernels[0]
+        probs = torch.softmax(torch.randn(2, 5, 4, 6), 1)
+        probs[0, :, 0, 0] = torch.tensor([1.0, 0, 0, 0, 0])
+        u, stats = numba_mod.unary_from_scores(probs, 1e-5, True)
+        assert u.shape == (2 * 24, 8) and (u[:, 5:] == 0).all()
+        expected = probs.clamp_min(1e-5).log().permute(0, 2, 3, 1).reshape(48, 5)
+        assert np.allclose(u[:, :5], expected.numpy(), atol=1e-6)
+        assert stats["nonfinite"] == 0 and stats["negative"] == 0
+        assert abs(stats["min_sum"] - 1) < 1e-5 and abs(stats["max_sum"] - 1) < 1e-5
+
+    def test_logits_and_bad_values(self, kernels):
+        numba_mod = kernels[0]
+        logits = torch.randn(1, 3, 5, 5)
+        logits[0, 1, 2, 2] = float("nan")
+        logits[0, 2, 3, 3] = float("inf")
+        u, stats = numba_mod.unary_from_scores(logits, 1e-5, False)
+        assert stats["nonfinite"] == 2 and stats["negative"] == int((logits < 0).sum())
+        finite = torch.isfinite(logits).permute(0, 2, 3, 1).reshape(25, 3).numpy()
+        assert np.array_equal(u[:, :3][finite], logits.permute(0, 2, 3, 1).reshape(25, 3).numpy()[finite])
