@@ -21,13 +21,17 @@ def kernels():
     def exp(x, scratch):
         _numba.exp_inplace(x, scratch)
 
-    return _numba, exp
+    @njit
+    def log(x, scratch):
+        _numba.log_inplace(x, scratch)
+
+    return _numba, exp, log
 
 
 class TestExp:
     @pytest.mark.parametrize("dtype", [np.float32, np.float64])
     def test_reference(self, kernels, dtype):
-        _, exp = kernels
+        _, exp, _ = kernels
         x = np.concatenate([np.linspace(-86.9, 88.0, 200_001), [0.0, -1e-30, 1e-30, -0.5, 0.5]]).astype(dtype)
         y = x.copy()
         exp(y, np.empty(x.size, np.int32))
@@ -36,10 +40,23 @@ class TestExp:
         assert rel.max() < (2e-7 if dtype == np.float32 else 1e-15), rel.max()
 
     def test_underflow_is_tiny_not_nan(self, kernels):
-        _, exp = kernels
+        _, exp, _ = kernels
         y = np.array([-87.5, -200.0, -1e30], np.float32)
         exp(y, np.empty(3, np.int32))
         assert np.isfinite(y).all() and (y >= 0).all() and (y < 2e-38).all()
+
+
+class TestLog:
+    @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+    def test_reference(self, kernels, dtype):
+        log = kernels[2]
+        x = np.concatenate([np.geomspace(1.2e-38, 3e38, 100_001), np.linspace(0.5, 2.0, 100_001), [1.0]]).astype(dtype)
+        y = x.copy()
+        log(y, np.empty(x.size, np.int32))
+        ref = np.log(x.astype(np.float64))
+        err = np.abs(y - ref) / np.maximum(np.abs(ref), 1.0)  # absolute near log = 0, relative elsewhere
+        assert err.max() < (3e-7 if dtype == np.float32 else 1e-15), err.max()
+        assert y[-1] == 0.0
 
 
 class TestLayout:
@@ -68,10 +85,11 @@ class TestUnaryFromScores:
         numba_mod = kernels[0]
         probs = torch.softmax(torch.randn(2, 5, 4, 6), 1)
         probs[0, :, 0, 0] = torch.tensor([1.0, 0, 0, 0, 0])
-        u, stats = numba_mod.unary_from_scores(probs, 1e-5, True)
-        assert u.shape == (2 * 24, 8) and (u[:, 5:] == 0).all()
+        u, q0, stats = numba_mod.unary_from_scores(probs, 1e-5, True)
+        assert u.shape == q0.shape == (2 * 24, 8) and (u[:, 5:] == 0).all() and (q0[:, 5:] == 0).all()
         expected = probs.clamp_min(1e-5).log().permute(0, 2, 3, 1).reshape(48, 5)
         assert np.allclose(u[:, :5], expected.numpy(), atol=1e-6)
+        assert np.allclose(q0[:, :5], torch.softmax(expected, 1).numpy(), atol=1e-6)
         assert stats["nonfinite"] == 0 and stats["negative"] == 0
         assert abs(stats["min_sum"] - 1) < 1e-5 and abs(stats["max_sum"] - 1) < 1e-5
 
@@ -80,7 +98,8 @@ class TestUnaryFromScores:
         logits = torch.randn(1, 3, 5, 5)
         logits[0, 1, 2, 2] = float("nan")
         logits[0, 2, 3, 3] = float("inf")
-        u, stats = numba_mod.unary_from_scores(logits, 1e-5, False)
+        u, q0, stats = numba_mod.unary_from_scores(logits, 1e-5, False)
+        assert q0 is None
         assert stats["nonfinite"] == 2 and stats["negative"] == int((logits < 0).sum())
         finite = torch.isfinite(logits).permute(0, 2, 3, 1).reshape(25, 3).numpy()
         assert np.array_equal(u[:, :3][finite], logits.permute(0, 2, 3, 1).reshape(25, 3).numpy()[finite])

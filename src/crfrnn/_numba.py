@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import threading
+from typing import Optional
 
 import numpy as np
 import torch
@@ -337,11 +338,12 @@ if AVAILABLE:
             _softmax_block(flat, c, cr, blk * _BLOCK, min(n, (blk + 1) * _BLOCK), scratch, rowbuf)
 
     @njit(cache=True, parallel=True)
-    def _potts_mean_field(unary, q, cr, iterations, alpha1, w1, off1, nb1, pre1, post1, self1, bufs1, tmp1,
+    def _potts_mean_field(unary, q, q_ready, cr, iterations, alpha1, w1, off1, nb1, pre1, post1, self1, bufs1, tmp1,
                           alpha2, w2, off2, nb2, pre2, post2, self2, bufs2, tmp2):  # pragma: no cover
         """Mean field with two Potts-weighted Gaussian kernels, in place in ``q`` (no autograd).
 
-        ``unary`` and ``q`` are ``(P, C)`` with ``cr`` real labels and ``C - cr`` padding channels (0 in
+        ``unary`` and ``q`` are ``(P, C)`` with ``cr`` real labels (``q`` holds ``softmax(unary)`` already
+        if ``q_ready``) and ``C - cr`` padding channels (0 in
         the unary; kept at 0 in ``q``). Each iteration: ``logits = U + sum_k post_k * (K_k(pre_k * q) -
         self_k * pre_k * q)`` (the Potts weights folded into ``post_k``), then ``q = softmax(logits)``; the
         slicing of both kernels, the sum and the softmax share one pass over each block of points.
@@ -349,7 +351,8 @@ if AVAILABLE:
         num_points, c = unary.shape
         d1a = off1.shape[1]
         d1b = off2.shape[1]
-        _softmax_rows(unary, q, cr)
+        if not q_ready:
+            _softmax_rows(unary, q, cr)
         flat = q.reshape(-1)
         num_blocks = (num_points + _BLOCK - 1) // _BLOCK
         for _ in range(iterations):
@@ -377,22 +380,68 @@ if AVAILABLE:
                             q[p, ch] += w * b2[o, ch]
                 _softmax_block(flat, c, cr, start, stop, scratch, rowbuf)
 
+    # float32 log in the same vectorisable form (Cephes' logf): x = m 2^e with m in [sqrt(1/2), sqrt(2)),
+    # a degree-8 polynomial in m - 1, the exponent and mantissa read from and written to the bits.
+    _SQRTHF = np.float32(0.707106781186547524)
+    _L0, _L1, _L2 = np.float32(7.0376836292e-2), np.float32(-1.1514610310e-1), np.float32(1.1676998740e-1)
+    _L3, _L4, _L5 = np.float32(-1.2420140846e-1), np.float32(1.4249322787e-1), np.float32(-1.6668057665e-1)
+    _L6, _L7, _L8 = np.float32(2.0000714765e-1), np.float32(-2.4999993993e-1), np.float32(3.3333331174e-1)
+
+    def log_inplace(x, scratch):  # pragma: no cover - replaced by the overload below when compiled
+        """``x[:] = log(x)`` for a 1-D array of positive normal floats; ``scratch``: int32, as long."""
+        x[:] = np.log(x)
+
+    @overload(log_inplace, jit_options={"cache": True})
+    def _log_inplace_overload(x, scratch):  # pragma: no cover - compiled
+        if x.dtype == types.float32:
+
+            def impl32(x, scratch):
+                n = x.shape[0]
+                bits = x.view(np.int32)
+                mant = scratch[:n]
+                for i in range(n):
+                    mant[i] = (bits[i] & np.int32(-2139095041)) | np.int32(0x3F000000)  # 0x807FFFFF: sign, mantissa
+                m_all = mant.view(np.float32)
+                for i in range(n):
+                    e = np.float32(((bits[i] >> np.int32(23)) & np.int32(0xFF)) - np.int32(126))
+                    m = m_all[i]
+                    small = m < _SQRTHF
+                    e = e - _ONE if small else e
+                    m = (m + m - _ONE) if small else (m - _ONE)
+                    z = m * m
+                    y = ((((((((_L0 * m + _L1) * m + _L2) * m + _L3) * m + _L4) * m + _L5) * m + _L6) * m + _L7) * m
+                         + _L8) * m * z
+                    y = y + _LN2_LO * e - _HALF * z
+                    x[i] = m + y + _LN2_HI * e
+
+            return impl32
+
+        def impl64(x, scratch):
+            for i in range(x.shape[0]):
+                x[i] = np.log(x[i])
+
+        return impl64
+
     @njit(cache=True, parallel=True)
-    def _unary_from_scores(src, clip, from_probs, out):  # pragma: no cover - compiled
+    def _unary_from_scores(src, clip, from_probs, out, q0):  # pragma: no cover - compiled
         """``out[b * N + n, l] = log(max(src[b, l, n], clip))`` (or ``src`` itself for logits), padding 0.
 
-        One pass over ``src (B, L, N)`` that also checks it. Returns ``(B * blocks, 4)`` per-block
-        statistics: count of non-finite values, count of negative values, smallest and largest sum over
-        labels.
+        One pass over ``src (B, L, N)`` that also checks it. For probabilities it also writes the first
+        marginals ``q0 = softmax(out)`` (``max(p, clip)`` normalised: no exp needed). Returns
+        ``(B * blocks, 4)`` per-block statistics: count of non-finite values, count of negative values,
+        smallest and largest sum over labels.
         """
         b_count, num_labels, n = src.shape
         c = out.shape[1]
+        flat = out.reshape(-1)
+        qflat = q0.reshape(-1)
         blocks = (n + _BLOCK - 1) // _BLOCK
         stats = np.zeros((b_count * blocks, 4))
         for job in prange(b_count * blocks):
             b = job // blocks
             start = (job % blocks) * _BLOCK
             stop = min(n, start + _BLOCK)
+            scratch = np.empty(_BLOCK * c, np.int32)
             bad = 0
             neg = 0
             lo = np.inf
@@ -400,6 +449,7 @@ if AVAILABLE:
             for i in range(start, stop):
                 row = b * n + i
                 total = 0.0
+                clipped = flat[0] * 0.0
                 for ch in range(num_labels):
                     v = src[b, ch, i]
                     if not np.isfinite(v):
@@ -408,17 +458,39 @@ if AVAILABLE:
                         neg += 1
                     total += v
                     if from_probs:
-                        v = np.log(max(v, clip))
+                        v = max(v, clip)
+                        clipped += v
                     out[row, ch] = v
                 for ch in range(num_labels, c):
-                    out[row, ch] = 0.0
+                    out[row, ch] = 1.0 if from_probs else 0.0  # log(1) = 0 below
+                if from_probs:
+                    inv = 1.0 / clipped if clipped > 0 else 0.0
+                    for ch in range(num_labels):
+                        q0[row, ch] = out[row, ch] * inv
+                    for ch in range(num_labels, c):
+                        q0[row, ch] = 0.0
                 lo = min(lo, total)
                 hi = max(hi, total)
+            if from_probs and bad == 0 and neg == 0:  # log of positive normal floats only
+                log_inplace(flat[(b * n + start) * c : (b * n + stop) * c], scratch)
+            elif from_probs:
+                for k in range((b * n + start) * c, (b * n + stop) * c):
+                    flat[k] = np.log(flat[k])
             stats[job, 0] = bad
             stats[job, 1] = neg
             stats[job, 2] = lo
             stats[job, 3] = hi
         return stats
+
+    @njit(cache=True, parallel=True)
+    def _channels_first(q, cr, out):  # pragma: no cover - compiled
+        """``out[l, n] = q[n, l]`` for the first ``cr`` channels of ``q (N, C)``; ``out (cr, N)``."""
+        n = q.shape[0]
+        blocks = (n + _BLOCK - 1) // _BLOCK
+        for blk in prange(blocks):
+            for ch in range(cr):
+                for i in range(blk * _BLOCK, min(n, (blk + 1) * _BLOCK)):
+                    out[ch, i] = q[i, ch]
 
 
 def padded_channels(channels: int, dtype: np.dtype) -> int:
@@ -432,20 +504,22 @@ def padded_channels(channels: int, dtype: np.dtype) -> int:
     return -(-channels // width) * width
 
 
-def unary_from_scores(scores: Tensor, clip: float, from_probs: bool) -> tuple[np.ndarray, dict]:
+def unary_from_scores(scores: Tensor, clip: float, from_probs: bool) -> tuple[np.ndarray, Optional[np.ndarray], dict]:
     """Padded channels-last unary ``(B * N, C)`` from ``(B, L, H, W)`` CPU scores, and what a check found.
 
     Returns:
-        ``(unary, stats)``: ``stats`` holds ``nonfinite`` and ``negative`` (counts) and ``min_sum`` /
-        ``max_sum`` (of the scores over labels at one pixel).
+        ``(unary, q0, stats)``: ``q0`` the first marginals ``softmax(unary)`` for probabilities (None for
+        logits); ``stats`` holds ``nonfinite`` and ``negative`` (counts) and ``min_sum`` / ``max_sum`` (of
+        the scores over labels at one pixel).
     """
     b, num_labels, h, w = scores.shape
     src = np.ascontiguousarray(scores.detach().numpy()).reshape(b, num_labels, h * w)
     out = np.empty((b * h * w, padded_channels(num_labels, src.dtype)), src.dtype)
-    st = _unary_from_scores(src, src.dtype.type(clip), from_probs, out)
+    q0 = np.empty_like(out) if from_probs else np.empty((0, out.shape[1]), src.dtype)
+    st = _unary_from_scores(src, src.dtype.type(clip), from_probs, out, q0)
     stats = {"nonfinite": int(st[:, 0].sum()), "negative": int(st[:, 1].sum()),
              "min_sum": float(st[:, 2].min()), "max_sum": float(st[:, 3].max())}  # fmt: skip
-    return out, stats
+    return out, (q0 if from_probs else None), stats
 
 
 def build(features: Tensor, batch_size: int) -> tuple[Tensor, Tensor, Tensor, Tensor, int] | None:
@@ -532,9 +606,9 @@ class NumbaOperators:
 
 def potts_mean_field(
     unary: np.ndarray, num_labels: int, iterations: int,
-    kernels: list[tuple["NumbaOperators", Tensor, Tensor, Tensor, float]],
-) -> Tensor:
-    """Fused no-grad mean field for two Potts-weighted kernels on the CPU: marginals ``(P, L)``.
+    kernels: list[tuple["NumbaOperators", Tensor, Tensor, Tensor, float]], q0: Optional[np.ndarray] = None,
+) -> np.ndarray:
+    """Fused no-grad mean field for two Potts-weighted kernels on the CPU: marginals ``(L, P)``.
 
     Args:
         unary: ``(P, C)`` logits, float32 or float64, with ``C = padded_channels(L)`` and the padding 0
@@ -543,8 +617,13 @@ def potts_mean_field(
         iterations: number of mean-field iterations.
         kernels: two ``(operators, pre (P,), post (P,), self (P,), weight)`` tuples: the message of kernel
             ``k`` is ``weight * post * (K(pre * q) - self * pre * q)``.
+        q0: ``softmax(unary)`` if already known (:func:`unary_from_scores` gives it for probabilities); it is
+            overwritten.
+
+    Returns:
+        The marginals, labels first: ``(L, P)``.
     """
-    q = np.empty_like(unary)
+    q = np.empty_like(unary) if q0 is None else q0
     args = []
     for ops, pre, post, self_w, weight in kernels:
         bufs, tmp = ops.workspace(unary.shape[1])
@@ -554,5 +633,7 @@ def potts_mean_field(
             np.ascontiguousarray(pre.numpy(), dtype=dt), np.ascontiguousarray(post.numpy() * weight, dtype=dt),
             np.ascontiguousarray(self_w.numpy(), dtype=dt), bufs, tmp,
         ]
-    _potts_mean_field(unary, q, num_labels, iterations, *args)
-    return torch.from_numpy(q)[:, :num_labels]
+    _potts_mean_field(unary, q, q0 is not None, num_labels, iterations, *args)
+    out = np.empty((num_labels, unary.shape[0]), unary.dtype)
+    _channels_first(q, num_labels, out)
+    return out

@@ -144,11 +144,12 @@ def _to_batched(image: ArrayLike, unary: Tensor) -> tuple[Tensor, Tensor, bool]:
 
 
 def _fused_potts(
-    unary: np.ndarray, num_labels: int, kernels: list[GaussianKernel], weights: list[float], iterations: int
+    unary: np.ndarray, q0: Optional[np.ndarray], num_labels: int, kernels: list[GaussianKernel], weights: list[float],
+    iterations: int,
 ) -> Tensor:
-    """The compiled CPU path of :func:`dense_crf` for one image (no autograd): marginals ``(N, L)``.
+    """The compiled CPU path of :func:`dense_crf` for one image (no autograd): marginals ``(L, N)``.
 
-    ``unary`` is the padded ``(N, C)`` array of :func:`crfrnn._numba.unary_from_scores`.
+    ``unary`` and ``q0`` are the padded ``(N, C)`` arrays of :func:`crfrnn._numba.unary_from_scores`.
     """
     from crfrnn import _numba
 
@@ -161,7 +162,7 @@ def _fused_potts(
         post = ones if k.post is None else k.post.reshape(-1).to(dtype)
         self_w = torch.zeros(num_points, dtype=dtype) if k.self_weight is None else k.self_weight.reshape(-1).to(dtype)
         args.append((k.lattice._operators(dtype), pre, post, self_w, w))
-    return _numba.potts_mean_field(unary, num_labels, iterations, args)
+    return torch.from_numpy(_numba.potts_mean_field(unary, num_labels, iterations, args, q0=q0))
 
 
 def _check_scores(nonfinite: bool, negative: bool, min_sum: float, max_sum: float, is_probs: bool) -> None:
@@ -250,7 +251,9 @@ def dense_crf(
     if fused:
         from crfrnn import _numba
 
-        padded_unary, st = _numba.unary_from_scores(src if src.dim() == 4 else src[None], clip, probs is not None)
+        padded_unary, q0, st = _numba.unary_from_scores(
+            src if src.dim() == 4 else src[None], clip, probs is not None
+        )  # fmt: skip
         _check_scores(st["nonfinite"] > 0, st["negative"] > 0, st["min_sum"], st["max_sum"], probs is not None)
         img, unary, unbatched = _to_batched(image, src)
     else:
@@ -275,16 +278,17 @@ def dense_crf(
     weights = [float(gaussian_compat), float(bilateral_compat)]
     if padded_unary is not None:
         n = h * w
-        q = torch.cat([
-            _fused_potts(padded_unary[i * n : (i + 1) * n], num_labels, [spatial.kernel, GaussianKernel(
-                bilateral_features(img[i : i + 1], bilateral_sxy, bilateral_srgb), **opts)], weights, iterations)
+        q = torch.stack([
+            _fused_potts(padded_unary[i * n : (i + 1) * n], None if q0 is None else q0[i * n : (i + 1) * n],
+                         num_labels, [spatial.kernel, GaussianKernel(bilateral_features(
+                             img[i : i + 1], bilateral_sxy, bilateral_srgb), **opts)], weights, iterations)
             for i in range(b)
-        ])  # fmt: skip
+        ]).view(b, num_labels, h, w)  # fmt: skip
     else:
         u = unary.permute(0, 2, 3, 1).reshape(b, h * w, num_labels)
         kernels = [spatial, GaussianKernel(bilateral_features(img, bilateral_sxy, bilateral_srgb), **opts)]
         q = torch.softmax(_iterate(u, kernels, weights, None, iterations), -1)
-    q = q.view(b, h, w, num_labels).permute(0, 3, 1, 2)
+        q = q.view(b, h, w, num_labels).permute(0, 3, 1, 2)
     if unbatched:
         q = q[0]
     return q.detach().contiguous().numpy() if is_numpy else q.contiguous()
