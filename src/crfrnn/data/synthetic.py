@@ -244,6 +244,9 @@ def _span(coords: np.ndarray, lo: float, hi: float) -> slice:
 
 def _paint_soft(rng: np.random.Generator, region: np.ndarray, alpha: np.ndarray) -> None:
     """Blend a contrasting colour into ``region`` (a view of the canvas) with coverage ``alpha``, in place."""
+    if region.size == 0:  # the blob lies outside the image: nothing to paint, but draw as before (without
+        _contrasting_colour(rng, np.full(3, np.nan))  # a mean-of-empty warning) so later samples are unchanged
+        return
     covered = alpha > 0.5
     behind = region[covered].mean(axis=0) if covered.any() else region.reshape(-1, 3).mean(axis=0)
     colour = _contrasting_colour(rng, behind)
