@@ -60,7 +60,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -869,7 +869,8 @@ def _check_resume(config: TrainConfig, saved: Mapping[str, Any], path: Path) -> 
 
 
 def train(
-    config: TrainConfig, *, progress: bool = True, resume: bool = False, stop_after: Optional[int] = None
+    config: TrainConfig, *, progress: bool = True, resume: bool = False, stop_after: Optional[int] = None,
+    on_epoch: Optional[Callable[[dict[str, Any]], None]] = None,
 ) -> dict[str, Any]:
     """Train the network described by ``config``; see the module docstring for the recipe and the files.
 
@@ -880,6 +881,8 @@ def train(
             the run's (``epochs``, ``workers``, ``device``, ``threads``, ``eval_every``, data paths may change).
         stop_after: return once this many epochs are complete (the run stays resumable), e.g. to fit a job's
             time limit; ``None`` runs to ``config.epochs``.
+        on_epoch: called on rank 0 with each epoch's metrics record once its checkpoint is written (e.g. to
+            drive an outer progress bar).
 
     Returns:
         A dict with ``model`` (the trained network, unwrapped, in eval mode), ``epoch`` (epochs completed),
@@ -917,7 +920,7 @@ def train(
     cuda = config.device.startswith("cuda") or (config.device == "auto" and torch.cuda.is_available())
     dist_info = _init_distributed("cuda" if cuda else "cpu")
     try:
-        return _train(config, dist_info, ckpt, progress, stop_after)
+        return _train(config, dist_info, ckpt, progress, stop_after, on_epoch)
     finally:
         if dist_info.owns_group:
             import torch.distributed as dist
@@ -926,7 +929,8 @@ def train(
 
 
 def _train(
-    config: TrainConfig, dist_info: _Dist, ckpt: Optional[dict[str, Any]], progress: bool, stop_after: Optional[int]
+    config: TrainConfig, dist_info: _Dist, ckpt: Optional[dict[str, Any]], progress: bool, stop_after: Optional[int],
+    on_epoch: Optional[Callable[[dict[str, Any]], None]] = None,
 ) -> dict[str, Any]:
     from torch.utils.data.distributed import DistributedSampler
 
@@ -1086,6 +1090,8 @@ def _train(
             save_checkpoint(last_path, model, **common, **extra)
             if improved:
                 save_checkpoint(best_path, model, **common, **extra)
+        if on_epoch is not None and dist_info.is_main:
+            on_epoch(dict(record))
         if show:
             from tqdm.auto import tqdm
 

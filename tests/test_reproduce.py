@@ -1,0 +1,129 @@
+"""crfrnn.reproduce: the paper's comparison end to end on tiny settings, its summary and its claim checks."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from crfrnn.reproduce import MARGIN, ROWS, ReproduceConfig, check_claims, reproduce, summarize
+
+
+def tiny(out_dir, **changes) -> ReproduceConfig:
+    values = dict(seeds=(0, 1), num_train=8, num_val=4, num_test=4, image_size=40, width=8, batch_size=4,
+                  cnn_epochs=1, crf_epochs=1, train_iterations=2, test_iterations=3, search_images=2,
+                  search_grid={"bilateral_compat": [3.0, 10.0]}, grid_images=2)  # fmt: skip
+    values.update(changes)
+    return ReproduceConfig(out_dir=str(out_dir), **values)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("repro")
+    lines = []
+    return out, reproduce(tiny(out), progress=False, log=lines.append), lines
+
+
+class TestReproduce:
+    def test_files(self, run):
+        out, results, lines = run
+        for name in ("report.md", "results.json", "boundary.png", "grid.png", "config.yaml"):
+            assert (out / name).is_file(), name
+        for seed in (0, 1):
+            for stage in ("cnn", "crfrnn", "cnn_longer"):
+                assert (out / f"seed{seed}" / stage / "last.pt").is_file()
+        assert json.loads((out / "results.json").read_text())["config"]["seeds"] == [0, 1]
+        assert [line.split(":")[0] for line in lines] == ["seed 0", "seed 1"]
+        report = (out / "report.md").read_text()
+        for title in ROWS.values():
+            assert title in report
+        assert "## The paper's claims, checked" in report
+
+    def test_summary_is_over_seeds(self, run):
+        _, results, _ = run
+        per_seed = results["per_seed"]
+        assert [s["seed"] for s in per_seed] == [0, 1]
+        for row in ROWS:
+            values = [s["rows"][row]["mean_iou"] for s in per_seed]
+            stats = results["summary"][row]["mean_iou"]
+            assert stats["mean"] == pytest.approx(sum(values) / 2)
+            assert stats["min"] == min(values) and stats["max"] == max(values) and stats["n"] == 2
+            assert 0.0 <= stats["mean"] <= 1.0
+
+    def test_stages_differ_where_they_should(self, run):
+        _, results, _ = run
+        rows = results["per_seed"][0]["rows"]
+        assert rows["cnn"] != rows["crfrnn"]
+        assert results["per_seed"][0]["dense_crf_params"]["bilateral_compat"] in (3.0, 10.0)
+        assert len(results["per_seed"][0]["dense_crf_search"]) == 2
+
+    def test_rerun_reuses_the_runs(self, run):
+        out, results, _ = run
+        again = reproduce(tiny(out), progress=False, log=lambda line: None)
+        for a, b in zip(results["per_seed"], again["per_seed"]):
+            assert a["rows"]["crfrnn"]["mean_iou"] == b["rows"]["crfrnn"]["mean_iou"]
+            assert b["seconds"]["train_cnn"] < a["seconds"]["train_cnn"] + 5
+
+    def test_other_settings_in_the_same_folder(self, run):
+        out, _, _ = run
+        with pytest.raises(ValueError, match="other settings .*cnn_epochs"):
+            reproduce(tiny(out, cnn_epochs=2), progress=False)
+
+    def test_exception(self, tmp_path):
+        with pytest.raises(ValueError, match="seeds"):
+            ReproduceConfig(out_dir=str(tmp_path), seeds=())
+        with pytest.raises(ValueError, match="cnn_epochs"):
+            ReproduceConfig(out_dir=str(tmp_path), cnn_epochs=0)
+        with pytest.raises(ValueError, match="cnn_lr"):
+            ReproduceConfig(out_dir=str(tmp_path), cnn_lr=-1.0)
+        (tmp_path / "file").write_text("x")
+        with pytest.raises(NotADirectoryError):
+            reproduce(tiny(tmp_path / "file"), progress=False)
+        with pytest.raises(TypeError, match="ReproduceConfig"):
+            reproduce({"out_dir": str(tmp_path)})  # type: ignore[arg-type]
+
+    def test_quick_preset(self, tmp_path):
+        quick = ReproduceConfig.quick(str(tmp_path), cnn_epochs=3)
+        full = ReproduceConfig(str(tmp_path))
+        assert quick.seeds == (0,) and quick.cnn_epochs == 3 and quick.preset == "quick" and full.preset == "full"
+        assert quick.crf_epochs < full.crf_epochs and quick.num_test < full.num_test and len(full.seeds) >= 3
+
+
+def fake_seed(seed: int, **miou: float) -> dict:
+    def row(value: float, band: float) -> dict:
+        return {"mean_iou": value, "pixel_accuracy": 0.8 + value / 10, "mean_class_accuracy": value,
+                "boundary": [{"width": 1, "pixel_accuracy": band, "mean_iou": value},
+                             {"width": 5, "pixel_accuracy": band + 0.1, "mean_iou": value}]}  # fmt: skip
+
+    return {"seed": seed, "rows": {name: row(v, 0.5 + 2 * v) for name, v in miou.items()}}
+
+
+class TestClaims:
+    def test_margin_and_sign(self):
+        seeds = [fake_seed(0, cnn=0.30, **{"cnn+densecrf": 0.32, "crfrnn": 0.40, "crfrnn_t5": 0.405}),
+                 fake_seed(1, cnn=0.31, **{"cnn+densecrf": 0.315, "crfrnn": 0.41, "crfrnn_t5": 0.41})]  # fmt: skip
+        claims = {c["claim"]: c for c in check_claims(summarize(seeds), seeds)}
+        post = claims["dense CRF post-processing beats the CNN"]
+        assert post["gains_per_seed"] == pytest.approx([2.0, 0.5]) and post["gain_mean_iou"] == pytest.approx(1.25)
+        assert post["holds"] and MARGIN == 1.0
+        e2e = claims["end-to-end CRF-RNN beats post-processing"]
+        assert e2e["gain_mean_iou"] == pytest.approx(8.75) and e2e["holds"]
+        t10 = claims["testing with T=10 beats T=5 (paper: +0.2)"]
+        assert t10["gain_mean_iou"] == pytest.approx(-0.25) and not t10["holds"]
+
+    def test_a_negative_seed_fails_the_claim(self):
+        seeds = [fake_seed(0, cnn=0.30, **{"cnn+densecrf": 0.36}), fake_seed(1, cnn=0.30, **{"cnn+densecrf": 0.29})]
+        claim = check_claims(summarize(seeds), seeds)[0]
+        assert claim["gain_mean_iou"] == pytest.approx(2.5) and not claim["holds"]
+
+    def test_boundary_claim(self):
+        seeds = [fake_seed(0, cnn=0.30, **{"cnn+densecrf": 0.33})]
+        band = next(c for c in check_claims(summarize(seeds), seeds) if "boundaries" in c["claim"])
+        # band accuracy 0.5 + 2 v: gain 6 points in the band; pixel accuracy 0.8 + v / 10: gain 0.3 overall
+        assert band["gain_in_band"] == pytest.approx(6.0) and band["gain_overall"] == pytest.approx(0.3)
+        assert band["holds"] and band["band_width"] == 1
+
+    def test_single_seed_has_zero_spread(self):
+        stats = summarize([fake_seed(3, cnn=0.25)])["cnn"]["mean_iou"]
+        assert stats["std"] == 0.0 and stats["n"] == 1 and not math.isnan(stats["mean"])
