@@ -9,7 +9,7 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -36,9 +36,14 @@ def _status(field: str) -> int:
     raise KeyError(field)
 
 
-def peak_memory(fn: Callable[[], object]) -> int:
-    """Bytes of resident memory the call adds at its peak (Linux: resets the high-water mark first)."""
-    fn()  # warm: compiled kernels, caches, allocator pools
+def peak_memory(fn: Callable[[], object], warmup: Optional[Callable[[], object]] = None) -> int:
+    """Bytes of resident memory the call adds at its peak (Linux: resets the high-water mark first).
+
+    ``warmup`` (default: ``fn`` itself) runs first, to load compiled kernels. Warming up with the same call
+    would leave its large buffers in the allocator's pools and hide them from the measurement, so callers
+    pass the same work on a tiny input instead.
+    """
+    (warmup or fn)()
     with open("/proc/self/clear_refs", "w") as fh:
         fh.write("5")  # reset VmHWM to the current RSS
     before = _status("VmRSS")
@@ -70,3 +75,12 @@ def metadata() -> dict:
     except ImportError:
         pass
     return info
+
+
+def report(result: dict, json_path: Optional[str]) -> None:
+    """Write ``result`` (with the machine's metadata added) to ``json_path`` if given; print the metadata."""
+    result["machine"] = metadata()
+    if json_path:
+        with open(json_path, "w") as fh:
+            json.dump(result, fh, indent=2)
+    print(json.dumps(result["machine"]))

@@ -365,11 +365,16 @@ def _reject_constant(name: str):
     raise ValueError(f"non-standard JSON constant {name}")
 
 
+@pytest.fixture(scope="module")
+def report_results():
+    samples, _ = decode_samples([(30, 36), (24, 24)], 5, seed=7, absent=(4,))  # class 4 never appears
+    return evaluate(DecodeModel(5), samples, num_classes=5, methods=("cnn",), progress=False)
+
+
 class TestWriteReport:
-    @pytest.fixture(scope="class")
-    def results(self):
-        samples, _ = decode_samples([(30, 36), (24, 24)], 5, seed=7, absent=(4,))  # class 4 never appears
-        return evaluate(DecodeModel(5), samples, num_classes=5, methods=("cnn",), progress=False)
+    @pytest.fixture
+    def results(self, report_results):
+        return report_results
 
     def test_files(self, tmp_path, results):
         names = ["bg", "one", "two", "three", "four"]

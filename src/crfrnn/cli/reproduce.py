@@ -1,6 +1,6 @@
 """``crfrnn reproduce``: the paper's comparison (CNN, CNN + dense CRF, CRF-RNN) on the built-in data set.
 
-    crfrnn reproduce                       # 3 seeds, about 15 minutes on 2 CPU cores, into runs/reproduce
+    crfrnn reproduce                       # 3 seeds, about 18 minutes on 2 CPU cores, into runs/reproduce
     crfrnn reproduce --quick --out DIR     # 1 seed, less data: a first look in under 3 minutes
 
 The work is done by :func:`crfrnn.reproduce.reproduce`; this module parses arguments and prints the summary.

@@ -1,0 +1,40 @@
+"""The README's code runs, and its test command is the one CI runs."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def blocks(language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", README, flags=re.S)
+
+
+@pytest.mark.parametrize("index", range(len(blocks("python"))))
+def test_python_examples_run(index, capsys):
+    exec(compile(blocks("python")[index], f"README.md python block {index}", "exec"), {})
+    assert capsys.readouterr().out.strip(), "every README example prints what it shows"
+
+
+def test_dense_crf_example_output(capsys):
+    exec(blocks("python")[0], {})
+    assert capsys.readouterr().out.split() == ["(2,", "60,", "80)", "0", "1"]
+
+
+def test_two_setup_commands_and_ci():
+    commands = [line for block in blocks("bash") for line in block.splitlines() if line.startswith("python3 -m venv")]
+    assert len(commands) == 2, commands
+    main_job, tests = commands
+    assert main_job.endswith("crfrnn reproduce") and "pip install torch==2.13.0" in main_job
+    assert tests.endswith("python -m pytest") and "pip install torch==2.13.0" in tests
+    assert tests in (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert main_job.index("torch==2.13.0") < main_job.index("pip install -e")  # the CPU build first
+
+
+def test_no_placeholders_left():
+    assert not re.search(r"\b[A-Z]+_(TABLE|CLAIMS)\b", README)
