@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from crfrnn import CrfRnn, GaussianKernel, NORMALIZATIONS, bilateral_features, gaussian_filter, mean_field
 from crfrnn import spatial_features
 from crfrnn._numba import AVAILABLE as NUMBA
+from crfrnn._profiling import saved_activation_bytes
 from tests.conftest import photo, relative_error
 
 BACKENDS = ["torch"] + (["numba"] if NUMBA else [])
@@ -218,17 +219,9 @@ class TestMeanField:
         unit = b * num_labels * h * w * 4  # bytes of one (B, L, N) float32 tensor
 
         def saved_bytes(iters: int) -> int:
-            seen: dict[int, int] = {}
-
-            def pack(t):
-                if t.layout == torch.strided:
-                    seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-                return t
-
-            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-                mean_field(u, img, compatibility=torch.eye(num_labels, requires_grad=True),
-                           num_iterations=iters, memory_efficient=memory_efficient)
-            return sum(seen.values())
+            return saved_activation_bytes(lambda: mean_field(
+                u, img, compatibility=torch.eye(num_labels, requires_grad=True), num_iterations=iters,
+                memory_efficient=memory_efficient))  # fmt: skip
 
         per_iteration = (saved_bytes(6) - saved_bytes(3)) / 3
         assert per_iteration <= (1.5 if memory_efficient else 6) * unit, per_iteration / unit
