@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import sys
-from typing import Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
-__all__ = ["main", "build_parser"]
+__all__ = ["CommandError", "build_parser", "main", "number_type"]
 
 #: sub-command name -> module under crfrnn.cli that defines add_parser(subparsers) and run(args) -> int
 COMMANDS = {
@@ -28,6 +29,21 @@ class CommandError(Exception):
     def __init__(self, message: str, code: int = 2) -> None:
         super().__init__(message)
         self.code = code
+
+
+def number_type(kind: type, minimum: float, strict: bool = False) -> Callable[[str], Any]:
+    """An argparse ``type`` for finite numbers (``int`` or ``float``) ``>= minimum`` (``> minimum`` if ``strict``)."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}")
+        if not math.isfinite(value) or value < minimum or (strict and value == minimum):
+            raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {minimum}, got {text}")
+        return value
+
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:

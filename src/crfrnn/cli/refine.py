@@ -19,12 +19,12 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 from PIL import Image
 
-from crfrnn.cli import CommandError
+from crfrnn.cli import CommandError, number_type
 
 __all__ = ["add_parser", "run"]
 
@@ -43,21 +43,6 @@ examples:
 exit codes:
   0 success; 1 a file could not be written, or (with --images) some pairs failed; 2 bad usage or input.
 """
-
-
-def _positive(kind: type, minimum: float, strict: bool) -> Callable[[str], Any]:
-    """An argparse ``type`` for numbers ``>= minimum`` (``> minimum`` if ``strict``)."""
-
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}")
-        if value < minimum or (strict and value == minimum) or not np.isfinite(value):
-            raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {minimum}, got {text}")
-        return value
-
-    return parse
 
 
 def _probability(text: str) -> float:
@@ -120,7 +105,7 @@ def add_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]"
         help="label maps: probability that a given label is right (default 0.5)",
     )  # fmt: skip
     inputs.add_argument(
-        "--num-labels", type=_positive(int, 2, False), metavar="L",
+        "--num-labels", type=number_type(int, 2, False), metavar="L",
         help="label maps: number of labels (default: largest label + 1)",
     )  # fmt: skip
     inputs.add_argument(
@@ -129,26 +114,26 @@ def add_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]"
 
     crf = parser.add_argument_group("dense CRF (densecrf's parameters and defaults)")
     crf.add_argument(
-        "--iterations", type=_positive(int, 0, False), default=5, metavar="N", help="mean-field iterations (default 5)"
+        "--iterations", type=number_type(int, 0, False), default=5, metavar="N", help="mean-field iterations (default 5)"
     )
     crf.add_argument(
-        "--gaussian-sxy", type=_positive(float, 0, True), default=3.0, metavar="PX",
+        "--gaussian-sxy", type=number_type(float, 0, True), default=3.0, metavar="PX",
         help="smoothness kernel width in pixels (default 3)",
     )  # fmt: skip
     crf.add_argument(
-        "--gaussian-compat", type=_positive(float, 0, False), default=3.0, metavar="W",
+        "--gaussian-compat", type=number_type(float, 0, False), default=3.0, metavar="W",
         help="smoothness kernel weight (default 3)",
     )  # fmt: skip
     crf.add_argument(
-        "--bilateral-sxy", type=_positive(float, 0, True), default=80.0, metavar="PX",
+        "--bilateral-sxy", type=number_type(float, 0, True), default=80.0, metavar="PX",
         help="appearance kernel width in pixels (default 80)",
     )  # fmt: skip
     crf.add_argument(
-        "--bilateral-srgb", type=_positive(float, 0, True), default=13.0, metavar="C",
+        "--bilateral-srgb", type=number_type(float, 0, True), default=13.0, metavar="C",
         help="appearance kernel colour width, 0..255 scale (default 13)",
     )  # fmt: skip
     crf.add_argument(
-        "--bilateral-compat", type=_positive(float, 0, False), default=10.0, metavar="W",
+        "--bilateral-compat", type=number_type(float, 0, False), default=10.0, metavar="W",
         help="appearance kernel weight (default 10)",
     )  # fmt: skip
     crf.add_argument(

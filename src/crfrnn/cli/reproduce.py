@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from crfrnn.cli import CommandError
+from crfrnn.cli import CommandError, number_type
 
 __all__ = ["add_parser", "run"]
 
@@ -26,16 +26,6 @@ files written to OUT:
 exit codes:
   0 success (whether or not the claims hold: read report.md); 1 a run failed; 2 bad usage or input.
 """
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}")
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def _seeds(text: str) -> tuple[int, ...]:
@@ -66,11 +56,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         help="output folder (default: runs/reproduce, or runs/reproduce-quick with --quick)")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="one seed, less data, shorter training (< 3 minutes)")
     parser.add_argument("--seeds", type=_seeds, metavar="S,S,...", help="training seeds (default 0,1,2; quick: 0)")
-    parser.add_argument("--cnn-epochs", type=_positive_int, metavar="N", help="stage-1 epochs (40; quick: 15)")
-    parser.add_argument("--crf-epochs", type=_positive_int, metavar="N", help="stage-2 epochs (5; quick: 2)")
-    parser.add_argument("--num-train", type=_positive_int, metavar="N", help="training images (1000)")
-    parser.add_argument("--num-test", type=_positive_int, metavar="N", help="test images (200; quick: 80)")
-    parser.add_argument("--threads", type=_positive_int, metavar="N", help="CPU threads (default: torch's)")
+    parser.add_argument("--cnn-epochs", type=number_type(int, 1), metavar="N", help="stage-1 epochs (40; quick: 15)")
+    parser.add_argument("--crf-epochs", type=number_type(int, 1), metavar="N", help="stage-2 epochs (5; quick: 2)")
+    parser.add_argument("--num-train", type=number_type(int, 1), metavar="N", help="training images (1000)")
+    parser.add_argument("--num-test", type=number_type(int, 1), metavar="N", help="test images (200; quick: 80)")
+    parser.add_argument("--threads", type=number_type(int, 1), metavar="N", help="CPU threads (default: torch's)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
     return parser

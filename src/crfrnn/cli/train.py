@@ -17,7 +17,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from crfrnn.cli import CommandError
+from crfrnn.cli import CommandError, number_type
 
 __all__ = ["add_parser", "run"]
 
@@ -35,19 +35,6 @@ data-parallel training (batch size is per process):
 exit codes:
   0 success; 1 training failed (e.g. non-finite loss); 2 bad usage or input.
 """
-
-
-def _number(kind: type, minimum: float, strict: bool = False):
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}")
-        if value < minimum or (strict and value == minimum) or value != value:
-            raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {minimum}, got {text}")
-        return value
-
-    return parse
 
 
 def _mapping(text: str) -> dict:
@@ -80,7 +67,7 @@ def add_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]"
     parser.add_argument("--out", dest="out_dir", metavar="DIR", help="run directory (required unless in --config)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
-    parser.add_argument("--stop-after", type=_number(int, 1), metavar="N", help="return after epoch N (resumable)")
+    parser.add_argument("--stop-after", type=number_type(int, 1), metavar="N", help="return after epoch N (resumable)")
 
     m = parser.add_argument_group("model")
     m.add_argument("--stage", choices=STAGES, help="cnn (default) or crfrnn")
@@ -91,20 +78,20 @@ def add_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]"
     )  # fmt: skip
     m.add_argument("--init-from", metavar="CKPT", help="stage-1 checkpoint whose weights start the backbone")
     m.add_argument(
-        "--iterations", dest="num_iterations", type=_number(int, 0), metavar="T", help="CRF iterations in training (5)"
+        "--iterations", dest="num_iterations", type=number_type(int, 0), metavar="T", help="CRF iterations in training (5)"
     )
     m.add_argument(
-        "--eval-iterations", dest="num_eval_iterations", type=_number(int, 0), metavar="T",
+        "--eval-iterations", dest="num_eval_iterations", type=number_type(int, 0), metavar="T",
         help="CRF iterations at evaluation (10)",
     )  # fmt: skip
 
     d = parser.add_argument_group("data")
     d.add_argument("--dataset", choices=DATASETS, help="synthetic (default), voc or folder")
-    d.add_argument("--num-classes", type=_number(int, 1), metavar="L", help="number of labels (folder: required)")
-    d.add_argument("--num-train", type=_number(int, 1), metavar="N", help="synthetic: training images (400)")
-    d.add_argument("--num-val", type=_number(int, 0), metavar="N", help="synthetic: validation images (100)")
-    d.add_argument("--image-size", type=_number(int, 16), metavar="PX", help="synthetic: image side (96)")
-    d.add_argument("--data-seed", type=_number(int, 0), metavar="S", help="synthetic: data set seed (0)")
+    d.add_argument("--num-classes", type=number_type(int, 1), metavar="L", help="number of labels (folder: required)")
+    d.add_argument("--num-train", type=number_type(int, 1), metavar="N", help="synthetic: training images (400)")
+    d.add_argument("--num-val", type=number_type(int, 0), metavar="N", help="synthetic: validation images (100)")
+    d.add_argument("--image-size", type=number_type(int, 16), metavar="PX", help="synthetic: image side (96)")
+    d.add_argument("--data-seed", type=number_type(int, 0), metavar="S", help="synthetic: data set seed (0)")
     d.add_argument("--voc-root", metavar="DIR", help="voc: folder containing VOCdevkit")
     d.add_argument("--sbd-root", metavar="DIR", help="voc: SBD benchmark_RELEASE; trains on train_aug")
     d.add_argument("--train-split", metavar="NAME", help="voc without --sbd-root: training split (train)")
@@ -113,30 +100,30 @@ def add_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]"
     d.add_argument("--masks", metavar="DIR", help="folder: training label PNGs (same stems)")
     d.add_argument("--val-images", metavar="DIR", help="folder: validation images")
     d.add_argument("--val-masks", metavar="DIR", help="folder: validation label PNGs")
-    d.add_argument("--crop-size", type=_number(int, 1), metavar="PX", help="training crop side (96)")
-    d.add_argument("--min-scale", type=_number(float, 0, True), metavar="S", help="random scale, smallest (0.75)")
-    d.add_argument("--max-scale", type=_number(float, 0, True), metavar="S", help="random scale, largest (1.25)")
+    d.add_argument("--crop-size", type=number_type(int, 1), metavar="PX", help="training crop side (96)")
+    d.add_argument("--min-scale", type=number_type(float, 0, True), metavar="S", help="random scale, smallest (0.75)")
+    d.add_argument("--max-scale", type=number_type(float, 0, True), metavar="S", help="random scale, largest (1.25)")
     d.add_argument("--no-flip", dest="hflip", action="store_false", help="no random horizontal flips")
 
     o = parser.add_argument_group("optimisation")
-    o.add_argument("--epochs", type=_number(int, 1), metavar="N", help="epochs (20)")
-    o.add_argument("--batch-size", type=_number(int, 1), metavar="B", help="images per step per process (8)")
-    o.add_argument("--val-batch-size", type=_number(int, 1), metavar="B", help="validation batch (= --batch-size)")
+    o.add_argument("--epochs", type=number_type(int, 1), metavar="N", help="epochs (20)")
+    o.add_argument("--batch-size", type=number_type(int, 1), metavar="B", help="images per step per process (8)")
+    o.add_argument("--val-batch-size", type=number_type(int, 1), metavar="B", help="validation batch (= --batch-size)")
     o.add_argument("--optimizer", choices=OPTIMIZERS, help="sgd (default, with momentum) or adam")
-    o.add_argument("--lr", type=_number(float, 0, True), metavar="LR", help="base learning rate (0.01)")
-    o.add_argument("--momentum", type=_number(float, 0), metavar="M", help="SGD momentum / Adam beta1 (0.9)")
-    o.add_argument("--weight-decay", type=_number(float, 0), metavar="WD", help="CNN weight decay (5e-4)")
+    o.add_argument("--lr", type=number_type(float, 0, True), metavar="LR", help="base learning rate (0.01)")
+    o.add_argument("--momentum", type=number_type(float, 0), metavar="M", help="SGD momentum / Adam beta1 (0.9)")
+    o.add_argument("--weight-decay", type=number_type(float, 0), metavar="WD", help="CNN weight decay (5e-4)")
     o.add_argument("--lr-schedule", choices=LR_SCHEDULES, help="poly (default) or constant")
-    o.add_argument("--poly-power", type=_number(float, 0, True), metavar="P", help="poly schedule exponent (0.9)")
-    o.add_argument("--crf-kernel-lr-mult", type=_number(float, 0), metavar="X", help="lr multiplier, CRF kernels")
-    o.add_argument("--crf-compat-lr-mult", type=_number(float, 0), metavar="X", help="lr multiplier, CRF compatibility")
-    o.add_argument("--eval-every", type=_number(int, 1), metavar="N", help="validate every N epochs (1)")
+    o.add_argument("--poly-power", type=number_type(float, 0, True), metavar="P", help="poly schedule exponent (0.9)")
+    o.add_argument("--crf-kernel-lr-mult", type=number_type(float, 0), metavar="X", help="lr multiplier, CRF kernels")
+    o.add_argument("--crf-compat-lr-mult", type=number_type(float, 0), metavar="X", help="lr multiplier, CRF compatibility")
+    o.add_argument("--eval-every", type=number_type(int, 1), metavar="N", help="validate every N epochs (1)")
 
     r = parser.add_argument_group("runtime")
-    r.add_argument("--seed", type=_number(int, 0), metavar="S", help="seed of init, shuffling, augmentation (0)")
-    r.add_argument("--workers", type=_number(int, 0), metavar="N", help="DataLoader workers (0)")
+    r.add_argument("--seed", type=number_type(int, 0), metavar="S", help="seed of init, shuffling, augmentation (0)")
+    r.add_argument("--workers", type=number_type(int, 0), metavar="N", help="DataLoader workers (0)")
     r.add_argument("--device", metavar="DEV", help="auto (default), cpu, cuda or cuda:N")
-    r.add_argument("--threads", type=_number(int, 1), metavar="N", help="CPU threads for torch and numba")
+    r.add_argument("--threads", type=number_type(int, 1), metavar="N", help="CPU threads for torch and numba")
     parser.set_defaults(func=run)
     return parser
 
