@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import warnings
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from crfrnn import CrfRnn, GaussianKernel, NORMALIZATIONS, bilateral_features, gaussian_filter, mean_field
-from crfrnn import spatial_features
 from crfrnn._numba import AVAILABLE as NUMBA
 from crfrnn._profiling import saved_activation_bytes
-from tests.conftest import photo, relative_error
+from tests.conftest import photo
 
 BACKENDS = ["torch"] + (["numba"] if NUMBA else [])
 

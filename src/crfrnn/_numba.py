@@ -429,12 +429,12 @@ if AVAILABLE:
         One pass over ``src (B, L, N)`` that also checks it. For probabilities it also writes the first
         marginals ``q0 = softmax(out)`` (``max(p, clip)`` normalised: no exp needed). Returns
         ``(B * blocks, 4)`` per-block statistics: count of non-finite values, count of negative values,
-        smallest and largest sum over labels.
+        smallest and largest sum over labels. A block of probabilities that fails the check is left without
+        its log (the caller raises).
         """
         b_count, num_labels, n = src.shape
         c = out.shape[1]
         flat = out.reshape(-1)
-        qflat = q0.reshape(-1)
         blocks = (n + _BLOCK - 1) // _BLOCK
         stats = np.zeros((b_count * blocks, 4))
         for job in prange(b_count * blocks):
@@ -471,11 +471,8 @@ if AVAILABLE:
                         q0[row, ch] = 0.0
                 lo = min(lo, total)
                 hi = max(hi, total)
-            if from_probs and bad == 0 and neg == 0:  # log of positive normal floats only
+            if from_probs and bad == 0 and neg == 0:  # otherwise the caller raises: no log needed
                 log_inplace(flat[(b * n + start) * c : (b * n + stop) * c], scratch)
-            elif from_probs:
-                for k in range((b * n + start) * c, (b * n + stop) * c):
-                    flat[k] = np.log(flat[k])
             stats[job, 0] = bad
             stats[job, 1] = neg
             stats[job, 2] = lo

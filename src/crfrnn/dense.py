@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from crfrnn.crf import GaussianKernel, _iterate, bilateral_features, spatial_kernel
-from crfrnn.lattice import _numba_available
+from crfrnn.lattice import resolve_backend
 
 __all__ = ["dense_crf", "unary_from_labels", "unary_from_probs"]
 
@@ -244,7 +244,7 @@ def dense_crf(
         raise ValueError(f"need at least 2 labels in dimension -3, got shape {tuple(src.shape)}.")
     # The compiled CPU path: one pass prepares (and checks) the unary, one fused kernel iterates.
     fused = (
-        backend != "torch" and src.device.type == "cpu" and src.dim() in (3, 4) and _numba_available()
+        resolve_backend(backend, src.device) == "numba" and src.dim() in (3, 4)
         and not (torch.is_grad_enabled() and src.requires_grad)
     )  # fmt: skip
     padded_unary = None
@@ -255,7 +255,6 @@ def dense_crf(
             src if src.dim() == 4 else src[None], clip, probs is not None
         )  # fmt: skip
         _check_scores(st["nonfinite"] > 0, st["negative"] > 0, st["min_sum"], st["max_sum"], probs is not None)
-        img, unary, unbatched = _to_batched(image, src)
     else:
         total = (src.sum(-3) if src.dim() in (3, 4) else src).detach()
         _check_scores(
@@ -264,7 +263,7 @@ def dense_crf(
         )  # fmt: skip
         if probs is not None:
             src = unary_from_probs(src, clip=clip)
-        img, unary, unbatched = _to_batched(image, src)
+    img, unary, unbatched = _to_batched(image, src)  # in the fused path ``unary`` only gives the shape
     if img.shape[1] != 3 and img.shape[-1] == 3:
         raise ValueError(f"batched image must be (B, 3, H, W), got {tuple(img.shape)} (channels-last?).")
     if img.shape[0] != unary.shape[0] or img.shape[2:] != unary.shape[2:]:

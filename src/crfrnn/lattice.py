@@ -305,15 +305,7 @@ class PermutohedralLattice:
 
     def __init__(self, features: Tensor, *, backend: str = "auto") -> None:
         _check_features(features)
-        if backend not in _BACKENDS:
-            raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}.")
-        if backend == "numba" and features.device.type != "cpu":
-            raise ValueError(
-                f"backend='numba' runs on the CPU only, but the features are on {features.device}; "
-                "use backend='torch' (or 'auto') for other devices."
-            )
-        if backend == "auto":
-            backend = "numba" if features.device.type == "cpu" and _numba_available() else "torch"
+        backend = resolve_backend(backend, features.device)
         self.backend = backend
         self.batch_size, self.num_points, self.dim = features.shape
         self.device = features.device
@@ -454,6 +446,21 @@ def lattice_filter(values: Tensor, features: Tensor, *, backend: str = "auto") -
         ``(B, N, C)`` approximately ``sum_j exp(-|f_i - f_j|^2 / 2) v_j``.
     """
     return PermutohedralLattice(features, backend=backend).filter(values)
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """The backend that runs for ``backend`` on ``device``: ``"auto"`` becomes ``"numba"`` on the CPU when numba
+    is installed and ``"torch"`` otherwise; an unknown name, or ``"numba"`` off the CPU, is an error."""
+    if backend not in _BACKENDS:
+        raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}.")
+    if backend == "numba" and device.type != "cpu":
+        raise ValueError(
+            f"backend='numba' runs on the CPU only, but the data are on {device}; use backend='torch' (or 'auto') "
+            "for other devices."
+        )
+    if backend == "auto":
+        return "numba" if device.type == "cpu" and _numba_available() else "torch"
+    return backend
 
 
 def _numba_available() -> bool:

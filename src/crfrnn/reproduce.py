@@ -170,7 +170,7 @@ def _train_config(config: ReproduceConfig, seed: int, name: str, **changes: Any)
     base = dict(
         out_dir=str(Path(config.out_dir) / f"seed{seed}" / name), dataset="synthetic", num_train=config.num_train,
         num_val=config.num_val, image_size=config.image_size, crop_size=config.image_size, data_seed=config.data_seed,
-        batch_size=config.batch_size, optimizer="adam", momentum=0.9, weight_decay=0.0, lr_schedule="poly",
+        batch_size=config.batch_size, optimizer="adam", weight_decay=0.0, lr_schedule="poly",
         seed=seed, threads=config.threads, num_iterations=config.train_iterations,
         num_eval_iterations=config.test_iterations,
     )  # fmt: skip
@@ -195,7 +195,10 @@ def _metrics(result: Mapping[str, Any], method: str) -> dict[str, Any]:
     return {k: m[k] for k in keep}
 
 
-def _run_seed(config: ReproduceConfig, seed: int, data: tuple, bar: Any, log: Callable[[str], None]) -> dict:
+def _run_seed(
+    config: ReproduceConfig, seed: int, data: tuple, bar: Any, log: Callable[[str], None]
+) -> tuple[dict, tuple]:
+    """One seed's record for ``results.json``, and ``(stage-1 CNN, CRF-RNN, dense CRF parameters)`` for pictures."""
     from crfrnn import CrfRnn
     from crfrnn.checkpoint import load_model
     from crfrnn.evaluation import evaluate, search_dense_crf
@@ -276,8 +279,8 @@ def _run_seed(config: ReproduceConfig, seed: int, data: tuple, bar: Any, log: Ca
         f"(c) {100 * rows['crfrnn']['mean_iou']:.2f}  [{sum(times.values()):.0f} s]"
     )
     return {"seed": seed, "rows": rows, "dense_crf_params": params, "dense_crf_search": table, "crf_learned": learned,
-            "seconds": times, "checkpoints": {"cnn": str(cnn_ckpt), "crfrnn": str(crf_ckpt), "cnn_longer": str(longer_ckpt)},
-            "_models": (cnn, crfrnn, params)}  # fmt: skip
+            "seconds": times, "checkpoints": {"cnn": str(cnn_ckpt), "crfrnn": str(crf_ckpt),
+                                              "cnn_longer": str(longer_ckpt)}}, (cnn, crfrnn, params)  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------ summary
@@ -509,15 +512,15 @@ def reproduce(
     data = (train_set, val, test, train_set.num_classes)
     start = time.perf_counter()
     total_epochs = len(config.seeds) * (config.cnn_epochs + 2 * config.crf_epochs)
-    per_seed = []
+    per_seed, models = [], None
     with tqdm(total=total_epochs, unit="epoch", disable=not progress, dynamic_ncols=True) as bar:
         for seed in config.seeds:
-            per_seed.append(_run_seed(config, seed, data, bar, lambda line: (bar.write(line) if progress else log(line))))
+            record, seed_models = _run_seed(config, seed, data, bar,
+                                            lambda line: bar.write(line) if progress else log(line))  # fmt: skip
+            per_seed.append(record)
+            models = models or seed_models  # the pictures show the first seed's networks
     seconds = time.perf_counter() - start
 
-    models = per_seed[0].pop("_models")
-    for s in per_seed[1:]:
-        s.pop("_models")
     summary = summarize(per_seed)
     claims = check_claims(summary, per_seed)
     files = {"report": str(out / "report.md"), "results": str(out / "results.json")}
