@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from crfrnn._io import atomic_savefig, atomic_write_text
 from crfrnn.dense import dense_crf
 from crfrnn.metrics import DEFAULT_WIDTHS, BoundaryAccuracy, ConfusionMatrix
 from crfrnn.models.segmenter import CrfRnnSegmenter
@@ -670,7 +671,7 @@ def _plot(results: Mapping[str, Any], path: Path, title: str) -> None:
     axes[0].legend(loc="best")
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, format="png", dpi=PLOT_DPI)
+    atomic_savefig(fig, path, format="png", dpi=PLOT_DPI)
 
 
 def write_report(
@@ -715,10 +716,10 @@ def write_report(
     if class_names is not None:
         payload["class_names"] = class_names
     paths["results"] = out / "results.json"
-    paths["results"].write_text(json.dumps(_jsonable(payload), indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    atomic_write_text(paths["results"], json.dumps(_jsonable(payload), indent=2, allow_nan=False) + "\n")
 
     paths["metrics"] = out / "metrics.md"
-    paths["metrics"].write_text(_markdown(results, class_names, title) + "\n", encoding="utf-8")
+    atomic_write_text(paths["metrics"], _markdown(results, class_names, title) + "\n")
 
     if plot:
         try:

@@ -20,7 +20,9 @@ that fixes the problem.
 
 from __future__ import annotations
 
+import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -31,10 +33,18 @@ from PIL import Image, ImageDraw, ImageFont
 from crfrnn.data.palette import colorize, load_label_png
 
 __all__ = [
+    "DEFAULT_MEMORY_FRACTION",
     "IMAGE_SUFFIXES",
     "LAYOUTS",
+    "MEMORY_BYTES_PER_PIXEL",
+    "MEMORY_BYTES_PER_PIXEL_LABEL",
     "SCORE_SUFFIXES",
+    "MemoryLimitError",
     "ScoreMap",
+    "check_memory",
+    "default_memory_limit",
+    "estimate_memory",
+    "format_bytes",
     "make_overlay",
     "pair_by_stem",
     "read_rgb",
@@ -51,6 +61,83 @@ SCORE_SUFFIXES: Tuple[str, ...] = (".npy", ".npz", ".png")
 LAYOUTS: Tuple[str, ...] = ("lhw", "hwl")
 
 _MAX_LABELS = 256  # an 8-bit palette PNG holds at most 256 labels
+_VOID = 255  # PASCAL VOC's void label
+_VOID_IF_BELOW = 128  # 255 is read as void when every other label is below this (VOC: 0..20)
+
+#: Peak memory of ``crfrnn refine`` on one image, measured with ``resource.getrusage`` (peak RSS) in a fresh
+#: process over ``crfrnn refine IMAGE PROBS.npy -o -- --overlay --save-probs`` with float32 probabilities, at
+#: 500x375, 1000x750 and 2000x1500 pixels with 5 and 21 labels: about 30 bytes per pixel and label (the
+#: probabilities as read, their float32 copy, the CRF's marginals, messages and work buffers: 7 to 8
+#: float32 buffers of L x H x W) plus about 300 bytes per pixel (the permutohedral lattice of 5-d features,
+#: the image, label maps and the overlay) plus a fixed ~150 MB (imports and compiled kernels). The estimate
+#: rounds these up slightly.
+MEMORY_BYTES_PER_PIXEL_LABEL = 32
+MEMORY_BYTES_PER_PIXEL = 320
+_MEMORY_FIXED = 256 * 2**20
+#: default limit of :func:`check_memory`: this fraction of the machine's physical memory
+DEFAULT_MEMORY_FRACTION = 0.75
+
+
+class MemoryLimitError(MemoryError):
+    """Refining an image would need more memory than the limit allows (raised before allocating)."""
+
+
+def format_bytes(n: float) -> str:
+    """``1536 -> '1.5 KB'`` (powers of 1024)."""
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"  # pragma: no cover
+
+
+def estimate_memory(height: int, width: int, num_labels: int) -> int:
+    """Bytes that refining one ``height x width`` image with ``num_labels`` labels needs at its peak.
+
+    From measurements (see :data:`MEMORY_BYTES_PER_PIXEL_LABEL`); the cost is linear in pixels and labels.
+
+    Example:
+        >>> format_bytes(estimate_memory(4000, 6000, 21))
+        '22.4 GB'
+    """
+    pixels = int(height) * int(width)
+    return pixels * (MEMORY_BYTES_PER_PIXEL_LABEL * int(num_labels) + MEMORY_BYTES_PER_PIXEL) + _MEMORY_FIXED
+
+
+def default_memory_limit() -> Optional[int]:
+    """:data:`DEFAULT_MEMORY_FRACTION` of the machine's physical memory (``os.sysconf``), None if unknown."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # pragma: no cover - not POSIX
+        return None
+    return int(total * DEFAULT_MEMORY_FRACTION) if total > 0 else None
+
+
+def check_memory(path: PathLike, size: Tuple[int, int], num_labels: int, limit: Optional[int]) -> int:
+    """Raise :class:`MemoryLimitError` if refining ``path`` (``size = (H, W)``) would need more than ``limit``.
+
+    Args:
+        path: the file being refined (named in the message).
+        size: ``(H, W)`` of the image.
+        num_labels: number of labels ``L``.
+        limit: bytes allowed; None: no limit.
+
+    Returns:
+        The estimate, in bytes.
+    """
+    h, w = size
+    need = estimate_memory(h, w, num_labels)
+    if limit is not None and need > limit:
+        fits = max(0, (limit - _MEMORY_FIXED) // (h * w) - MEMORY_BYTES_PER_PIXEL) // MEMORY_BYTES_PER_PIXEL_LABEL
+        side = math.sqrt(max(0, limit - _MEMORY_FIXED) / (MEMORY_BYTES_PER_PIXEL_LABEL * num_labels
+                                                         + MEMORY_BYTES_PER_PIXEL) / (h * w))  # fmt: skip
+        raise MemoryLimitError(
+            f"refining '{os.fspath(path)}' ({w}x{h} pixels, {num_labels} labels) needs about {format_bytes(need)}, "
+            f"more than the limit of {format_bytes(limit)}. Use fewer labels (at most {fits} fit at this size), a "
+            f"smaller image (about {max(1, int(w * side))}x{max(1, int(h * side))} fits), or raise the limit with "
+            "--max-memory SIZE (e.g. --max-memory 64G) if the machine has the memory."
+        )
+    return need
 
 
 @dataclass
@@ -82,24 +169,52 @@ def read_rgb(path: PathLike) -> np.ndarray:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"image not found: '{path}'")
     try:
-        with Image.open(path) as img:
-            return np.array(img.convert("RGB"), dtype=np.uint8)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                rgb = np.array(img.convert("RGB"), dtype=np.uint8)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ValueError(_bomb_message(path, e)) from e
     except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, EOFError, ... on bad data
         raise OSError(
             f"could not read image '{path}' ({type(e).__name__}: {e}); is it a corrupt or non-image file?"
         ) from e
+    if rgb.size == 0:
+        raise ValueError(f"image '{path}' is empty ({rgb.shape[1]}x{rgb.shape[0]} pixels); there is nothing to refine.")
+    return rgb
+
+
+def _bomb_message(path: str, err: Exception) -> str:
+    limit = Image.MAX_IMAGE_PIXELS
+    return (
+        f"image '{path}' is larger than the decoding limit of {limit} pixels (Pillow's guard against "
+        f"decompression bombs: {err}). If you trust the file, raise the limit with --max-pixels N "
+        "(PIL.Image.MAX_IMAGE_PIXELS); check the memory it needs first."
+    )
 
 
 def _load_array(path: str, key: Optional[str]) -> np.ndarray:
     suffix = Path(path).suffix.lower()
     if key is not None and suffix != ".npz":
         raise ValueError(f"--key {key!r} only applies to .npz archives, but '{path}' is a {suffix} file.")
+    with open(path, "rb") as fh:
+        magic = fh.read(6)
+    if magic[:1] == b"\x80" or (magic[:6] != b"\x93NUMPY" and magic[:4] != b"PK\x03\x04"):
+        what = "a Python pickle" if magic[:1] == b"\x80" else "not a NumPy .npy/.npz file"
+        raise OSError(
+            f"could not read '{path}' as a NumPy file: it is {what}. Pickles can run code when loaded, so they "
+            "are never unpickled; save the scores with np.save (a numeric array)."
+        )
     try:
-        data = np.load(path, allow_pickle=False)
-    except Exception as e:  # ValueError, EOFError, OSError, BadZipFile, ... on corrupt or non-NumPy files
-        # NumPy takes anything without the .npy/.npz magic for a pickle, which is never loaded (unsafe)
-        why = "not a NumPy .npy/.npz file" if "pickle" in str(e) else f"{type(e).__name__}: {e}"
-        raise OSError(f"could not read '{path}' as a NumPy file ({why}); is it corrupt or truncated?") from e
+        data = np.load(path, allow_pickle=False, mmap_mode="r" if suffix == ".npy" else None)
+    except ValueError as e:
+        if any(word in str(e) for word in ("pickle", "Object arrays", "Python objects")):
+            raise OSError(_pickled_array(path)) from e
+        raise OSError(f"could not read '{path}' as a NumPy file (ValueError: {e}); is it corrupt or truncated?") from e
+    except Exception as e:  # EOFError, OSError, BadZipFile, ... on corrupt files
+        raise OSError(
+            f"could not read '{path}' as a NumPy file ({type(e).__name__}: {e}); is it corrupt or truncated?"
+        ) from e
     if isinstance(data, np.ndarray):
         return data
     with data:
@@ -113,59 +228,150 @@ def _load_array(path: str, key: Optional[str]) -> np.ndarray:
         name = names[0] if key is None else key
         try:
             return data[name]
+        except ValueError as e:
+            if "pickle" in str(e) or "Object arrays" in str(e):
+                raise OSError(_pickled_array(f"{path}[{name!r}]")) from e
+            raise OSError(f"could not read array {name!r} from '{path}' (ValueError: {e}); is it corrupt?") from e
         except Exception as e:
             raise OSError(
                 f"could not read array {name!r} from '{path}' ({type(e).__name__}: {e}); is it corrupt?"
             ) from e
 
 
-def _to_lhw(arr: np.ndarray, path: str, size: Tuple[int, int], layout: Optional[str], notes: List[str]) -> np.ndarray:
+def _pickled_array(what: str) -> str:
+    return (
+        f"'{what}' holds a pickled object array (dtype object), and pickles are never unpickled (they can run "
+        "code); save the scores as a numeric array, e.g. np.save(path, scores.astype(np.float32))."
+    )
+
+
+def _shape_for(layout: str, arr: np.ndarray) -> Tuple[int, int, int]:
+    """``(L, h, w)`` of a 3-d array read with ``layout``."""
+    return (arr.shape[0], *arr.shape[1:]) if layout == "lhw" else (arr.shape[2], *arr.shape[:2])  # type: ignore
+
+
+def _looks_resizable(arr: np.ndarray, size: Tuple[int, int], layout: Optional[str], strict: bool) -> Optional[str]:
+    """The layout under which ``arr`` is a score map of the image's aspect ratio at another resolution, if any.
+
+    ``strict``: only a map at least 1.5 times smaller in both directions (a network's output stride), with
+    the aspect ratio within 10%; otherwise any size, the aspect ratio within 25%.
+    """
     h, w = size
-    if arr.ndim == 4 and arr.shape[0] == 1:  # a batch of one, as networks return it
-        arr = arr[0]
-    if arr.ndim != 3:
-        raise ValueError(
-            f"'{path}' holds an array of shape {tuple(arr.shape)}; expected L x H x W or H x W x L scores for a "
-            f"{w}x{h} (WxH) image (or a 2-d label map with --gt-prob)."
-        )
+    worst = math.log(1.1 if strict else 1.25)
+    best, best_err = None, math.inf
+    for candidate in (layout,) if layout is not None else LAYOUTS:
+        labels, sh, sw = _shape_for(candidate, arr)
+        if not 2 <= labels <= _MAX_LABELS or sh < 1 or sw < 1 or (strict and (1.5 * sh > h or 1.5 * sw > w)):
+            continue
+        err = abs(math.log((sh / sw) / (h / w)))
+        if err < best_err:
+            best, best_err = candidate, err
+    return best if best_err < worst else None
+
+
+def _layout(
+    arr: np.ndarray, path: str, size: Tuple[int, int], layout: Optional[str], resize: bool, notes: List[str]
+) -> Tuple[str, bool]:
+    """``(layout, needs_resize)`` of a 3-d score array for an image of ``size``."""
+    h, w = size
     fits = {"lhw": arr.shape[1:] == (h, w), "hwl": arr.shape[:2] == (h, w)}
-    if layout is not None:
-        if layout not in LAYOUTS:
-            raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}.")
-        if not fits[layout]:
-            want = f"(L, {h}, {w})" if layout == "lhw" else f"({h}, {w}, L)"
-            raise ValueError(
-                f"scores in '{path}' have shape {tuple(arr.shape)}, which is not {want} as --layout {layout} says "
-                f"for a {w}x{h} (WxH) image."
-            )
-    elif fits["lhw"] and fits["hwl"]:
-        layout = "lhw"
+    if layout is not None and layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}.")
+    if layout is not None and fits[layout]:
+        return layout, False
+    if layout is None and fits["lhw"] and fits["hwl"]:
         notes.append(
             f"scores of shape {tuple(arr.shape)} in '{path}' fit both L x H x W and H x W x L; assuming L x H x W "
             "(pass --layout hwl if the labels are last)."
         )
-    elif fits["lhw"] or fits["hwl"]:
-        layout = "lhw" if fits["lhw"] else "hwl"
-    else:
-        raise ValueError(
-            f"scores in '{path}' have shape {tuple(arr.shape)}, which does not match the {w}x{h} (WxH) image: "
-            f"expected (L, {h}, {w}) or ({h}, {w}, L). Check that the file belongs to this image."
+        return "lhw", False
+    if layout is None and (fits["lhw"] or fits["hwl"]):
+        return ("lhw" if fits["lhw"] else "hwl"), False
+    small = _looks_resizable(arr, size, layout, strict=not resize)
+    if resize:
+        if small is None:
+            raise ValueError(
+                f"scores in '{path}' have shape {tuple(arr.shape)}, which --resize cannot map onto the {w}x{h} (WxH) "
+                "image: neither L x h x w nor h x w x L has the image's aspect ratio. Check that the file belongs "
+                "to this image (or --layout)."
+            )
+        labels, sh, sw = _shape_for(small, arr)
+        notes.append(f"scores in '{path}' are {sw}x{sh} (WxH); resized bilinearly to {w}x{h} (--resize).")
+        return small, True
+    hint = ""
+    if small is not None:
+        labels, sh, sw = _shape_for(small, arr)
+        hint = (
+            f" They look like the network's output at its own resolution ({labels} labels at {sw}x{sh}); pass "
+            "--resize to resize them bilinearly to the image (on logits; on log-probabilities for probabilities)."
         )
-    return np.ascontiguousarray(arr if layout == "lhw" else np.moveaxis(arr, -1, 0))
+    if layout is not None:
+        want = f"(L, {h}, {w})" if layout == "lhw" else f"({h}, {w}, L)"
+        raise ValueError(
+            f"scores in '{path}' have shape {tuple(arr.shape)}, which is not {want} as --layout {layout} says "
+            f"for a {w}x{h} (WxH) image.{hint}"
+        )
+    raise ValueError(
+        f"scores in '{path}' have shape {tuple(arr.shape)}, which does not match the {w}x{h} (WxH) image: "
+        f"expected (L, {h}, {w}) or ({h}, {w}, L).{hint or ' Check that the file belongs to this image.'}"
+    )
 
 
-def _check_probs(values: np.ndarray, path: str) -> None:
+def _resize(values: np.ndarray, size: Tuple[int, int], is_logits: bool) -> np.ndarray:
+    """Bilinear resize of ``(L, h, w)`` scores to ``size``: logits directly, probabilities as log-probabilities."""
+    import torch
+    import torch.nn.functional as F
+
+    t = torch.from_numpy(values)
+    if not is_logits:
+        t = t.clamp_min(1e-12).log()
+    t = F.interpolate(t[None], size=size, mode="bilinear", align_corners=False)[0]
+    if not is_logits:
+        t = t.softmax(0)
+    return np.ascontiguousarray(t.numpy(), dtype=np.float32)
+
+
+def _precision_eps(values: np.ndarray, dtype: np.dtype) -> float:
+    """Machine epsilon of the precision the scores were computed in: their dtype, or bfloat16/float16 when
+    every float32 value is exactly a bfloat16/float16 one (a half-precision softmax saved as float32)."""
+    if dtype.name == "bfloat16":  # ml_dtypes' bfloat16: 8 significant bits
+        return 2.0**-7
+    if not np.issubdtype(dtype, np.floating):
+        return 0.0
+    eps = float(np.finfo(dtype).eps)
+    if eps < 2.0**-10:
+        if not (values.view(np.uint32) & 0xFFFF).any():
+            return 2.0**-7
+        if np.array_equal(values.astype(np.float16).astype(np.float32), values):
+            return 2.0**-10
+    return eps
+
+
+def _check_probs(values: np.ndarray, path: str, dtype: np.dtype) -> np.ndarray:
+    """``values`` if they sum to 1 within the rounding of their precision (normalised again when that
+    rounding is above the 1e-3 that :func:`crfrnn.dense_crf` allows); else a ValueError."""
     if values.min() < 0:
         raise ValueError(
             f"'{path}' holds negative values (min {float(values.min()):.4g}), so these are not probabilities; "
             "if they are raw network scores, pass --logits."
         )
-    total = values.sum(0)
-    if not np.allclose(total, 1.0, atol=1e-3):
+    total = values.sum(0, dtype=np.float64)
+    error = float(np.abs(total - 1.0).max())
+    if error <= 1e-3:
+        return values
+    # each of the L values is rounded by up to eps / 2 of itself, and a softmax computed in that precision
+    # accumulates up to about L roundings more: allow L * eps
+    eps = _precision_eps(values, dtype)
+    tol = max(1e-3, values.shape[0] * eps)
+    if error > tol:
+        precision = {2.0**-7: "bfloat16", 2.0**-10: "float16"}.get(eps, str(dtype))
         raise ValueError(
             f"probabilities in '{path}' do not sum to 1 over labels (sums range {float(total.min()):.4g} to "
-            f"{float(total.max()):.4g}); normalise them (softmax), pass raw scores with --logits, or check --layout."
+            f"{float(total.max()):.4g}; {precision} rounding allows {tol:.2g}); normalise them (softmax), pass raw "
+            "scores with --logits, or check --layout."
         )
+    values /= total.astype(np.float32)  # only the rounding of a half-precision softmax is corrected here
+    return values
 
 
 def _from_labels(
@@ -175,6 +381,7 @@ def _from_labels(
     gt_prob: float,
     num_labels: Optional[int],
     unknown: Optional[int],
+    max_memory: Optional[int],
 ) -> ScoreMap:
     from crfrnn.dense import unary_from_labels
 
@@ -185,6 +392,24 @@ def _from_labels(
     if not np.issubdtype(labels.dtype, np.integer):
         raise TypeError(f"label map '{path}' has dtype {labels.dtype}; expected integer class indices.")
     labels = labels.astype(np.int64)
+    notes: List[str] = []
+    if unknown is None and (num_labels is None or num_labels <= _VOID):
+        void = labels == _VOID
+        if void.any():
+            others = labels[~void]
+            top = int(others.max()) if others.size else 0
+            if top >= _VOID_IF_BELOW:
+                raise ValueError(
+                    f"label map '{path}' holds the value {_VOID} and labels up to {top}, so it is not clear whether "
+                    f"{_VOID} is a label or PASCAL VOC's void: pass --unknown {_VOID} if it marks unknown pixels, or "
+                    f"--num-labels 256 if it is a label."
+                )
+            unknown = _VOID
+            notes.append(
+                f"label map '{path}' uses {_VOID} for {int(void.sum())} pixels and labels 0..{top} otherwise: "
+                f"reading {_VOID} as PASCAL VOC's void (unknown, left to the CRF); pass --unknown V or "
+                "--num-labels 256 to read it otherwise."
+            )
     known = labels if unknown is None else labels[labels != unknown]
     if known.size and known.min() < 0:
         raise ValueError(
@@ -203,8 +428,9 @@ def _from_labels(
             f"label map '{path}' needs {num_labels} labels, but the output palette PNG holds at most {_MAX_LABELS}; "
             "pass --unknown V if a large value (e.g. 255) marks unknown pixels."
         )
+    check_memory(path, size, num_labels, max_memory)
     logits = unary_from_labels(labels, num_labels, gt_prob=gt_prob, unknown=unknown)
-    return ScoreMap(values=logits, is_logits=True, labels=labels)
+    return ScoreMap(values=logits, is_logits=True, labels=labels, notes=notes)
 
 
 def read_scores(
@@ -217,13 +443,20 @@ def read_scores(
     gt_prob: Optional[float] = None,
     num_labels: Optional[int] = None,
     unknown: Optional[int] = None,
+    resize: bool = False,
+    max_memory: Optional[int] = None,
 ) -> ScoreMap:
     """Read a network's output for an image of ``size = (H, W)`` and check it.
 
     ``.npy``/``.npz`` files hold ``(L, H, W)`` or ``(H, W, L)`` scores (a leading batch dimension of 1 is
-    dropped); the layout is found by matching ``H, W`` and, if both fit (``L == H == W``), taken as
-    ``(L, H, W)`` unless ``layout`` says otherwise. A ``.png`` label map (palette or index PNG) or a 2-d
-    integer array is a hard labelling, turned into unary logits trusted with probability ``gt_prob``.
+    dropped) in float16, bfloat16, float32 or float64; the layout is found by matching ``H, W`` and, if both
+    fit (``L == H == W``), taken as ``(L, H, W)`` unless ``layout`` says otherwise. Probabilities must sum to
+    1 within the rounding of their dtype. With ``resize``, scores at another resolution (a network's output
+    stride) are resized bilinearly to the image, logits as they are and probabilities as log-probabilities
+    (then normalised again). A ``.png`` label map (palette or index PNG) or a 2-d integer array is a hard
+    labelling, turned into unary logits trusted with probability ``gt_prob``; the value 255 in it is read as
+    PASCAL VOC's void (unknown) when every other label is below 128 (a note says so), unless ``unknown`` or
+    ``num_labels`` says otherwise. Neither pickles nor object arrays are ever loaded.
 
     Args:
         path: ``.npy``, ``.npz`` or ``.png`` file.
@@ -234,15 +467,19 @@ def read_scores(
         gt_prob: confidence in a label map, in ``(0, 1)``; default 0.5. Only for label maps.
         num_labels: number of labels of a label map; default its largest label + 1.
         unknown: a label value meaning "unknown" in a label map (e.g. 0 or 255).
+        resize: resize scores of another resolution to ``size`` (bilinear).
+        max_memory: bytes that refining this image may need (:func:`check_memory`, checked before the
+            scores are converted); None: no limit.
 
     Returns:
         A :class:`ScoreMap` with ``(L, H, W)`` float32 values and the labels before refinement.
 
     Raises:
         FileNotFoundError: no such file.
-        OSError: the file cannot be decoded.
+        OSError: the file cannot be decoded, or is a pickle.
         ValueError: wrong suffix, shape, key, values or an option that does not apply to this kind of file.
-        TypeError: a label map that is not integer.
+        TypeError: a label map that is not integer, or scores of a dtype that is not floating point.
+        MemoryLimitError: refining would need more than ``max_memory``.
     """
     path = os.fspath(path)
     suffix = Path(path).suffix.lower()
@@ -255,35 +492,69 @@ def read_scores(
         raise FileNotFoundError(f"scores not found: '{path}'")
     notes: List[str] = []
     if suffix == ".png":
-        if key is not None or layout is not None or logits:
-            opt = "--key" if key is not None else "--layout" if layout is not None else "--logits"
+        if key is not None or layout is not None or logits or resize:
+            opt = next(o for o, on in (("--key", key is not None), ("--layout", layout is not None),
+                                      ("--logits", logits), ("--resize", resize)) if on)  # fmt: skip
             raise ValueError(f"{opt} does not apply to the label map '{path}'; use --gt-prob for label maps.")
-        labels = load_label_png(path)
-        return _from_labels(labels, path, size, 0.5 if gt_prob is None else gt_prob, num_labels, unknown)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                labels = load_label_png(path)
+        except OSError as e:
+            if isinstance(e.__cause__, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+                raise ValueError(_bomb_message(path, e.__cause__)) from e
+            raise
+        return _from_labels(labels, path, size, 0.5 if gt_prob is None else gt_prob, num_labels, unknown, max_memory)
     arr = _load_array(path, key)
+    if arr.size == 0:
+        raise ValueError(f"'{path}' holds an empty array (shape {tuple(arr.shape)}); expected scores for the image.")
+    if arr.ndim == 4 and arr.shape[0] == 1:  # a batch of one, as networks return it
+        arr = arr[0]
     if arr.ndim == 2 and np.issubdtype(arr.dtype, np.integer):
-        if logits or layout is not None:
-            raise ValueError(f"'{path}' holds a 2-d integer label map; --logits and --layout apply to score arrays.")
-        return _from_labels(arr, path, size, 0.5 if gt_prob is None else gt_prob, num_labels, unknown)
+        if logits or layout is not None or resize:
+            raise ValueError(
+                f"'{path}' holds a 2-d integer label map; --logits, --layout and --resize apply to score arrays."
+            )
+        return _from_labels(
+            np.asarray(arr), path, size, 0.5 if gt_prob is None else gt_prob, num_labels, unknown, max_memory
+        )
     if gt_prob is not None or num_labels is not None or unknown is not None:
         raise ValueError(
             f"--gt-prob, --num-labels and --unknown apply to label maps, but '{path}' holds scores of shape "
             f"{tuple(arr.shape)}; drop them (or pass --logits for raw scores)."
         )
-    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)) or arr.dtype == np.bool_:
+    if arr.dtype.kind == "V" and arr.dtype.itemsize == 2 and arr.dtype.names is None:
+        raise TypeError(
+            f"'{path}' holds 2-byte raw values (dtype {arr.dtype}), probably bfloat16 saved without ml_dtypes; "
+            "save float32 instead (e.g. tensor.float().numpy())."
+        )
+    floating = np.issubdtype(arr.dtype, np.floating) or arr.dtype.name == "bfloat16"
+    if not (floating or np.issubdtype(arr.dtype, np.integer)) or arr.dtype == np.bool_:
         raise TypeError(f"'{path}' holds an array of dtype {arr.dtype}; expected floating-point scores.")
-    values = _to_lhw(arr, path, size, layout, notes).astype(np.float32)
-    if values.shape[0] < 2:
-        raise ValueError(f"'{path}' holds scores for {values.shape[0]} label; a CRF needs at least 2.")
-    if values.shape[0] > _MAX_LABELS:
+    h, w = size
+    if arr.ndim != 3:
+        what = "a 2-d float array without a label dimension" if arr.ndim == 2 else f"a {arr.ndim}-d array"
         raise ValueError(
-            f"'{path}' holds scores for {values.shape[0]} labels, but the output palette PNG holds at most "
+            f"'{path}' holds {what} (shape {tuple(arr.shape)}); expected L x H x W or H x W x L scores for the "
+            f"{w}x{h} (WxH) image, or a 2-d integer label map."
+        )
+    order, needs_resize = _layout(arr, path, size, layout, resize, notes)
+    count = _shape_for(order, arr)[0]
+    if count < 2:
+        raise ValueError(f"'{path}' holds scores for {count} label; a CRF needs at least 2.")
+    if count > _MAX_LABELS:
+        raise ValueError(
+            f"'{path}' holds scores for {count} labels, but the output palette PNG holds at most "
             f"{_MAX_LABELS}; check --layout."
         )
+    check_memory(path, size, count, max_memory)
+    values = np.array(arr if order == "lhw" else np.moveaxis(arr, -1, 0), dtype=np.float32, order="C")  # a copy
     if not np.isfinite(values).all():
         raise ValueError(f"'{path}' contains NaN or infinite values.")
     if not logits:
-        _check_probs(values, path)
+        values = _check_probs(values, path, arr.dtype)
+    if needs_resize:
+        values = _resize(values, size, logits)
     return ScoreMap(values=values, is_logits=logits, labels=values.argmax(0).astype(np.int64), notes=notes)
 
 

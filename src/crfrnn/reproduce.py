@@ -43,6 +43,8 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import torch
 
+from crfrnn._io import atomic_savefig, atomic_write_text
+
 __all__ = ["CLAIMS", "ROWS", "ReproduceConfig", "check_claims", "reproduce", "summarize"]
 
 #: the rows of the report, in order: key -> title
@@ -443,7 +445,7 @@ def _plot(summary: Mapping[str, Any], path: Path, title: str) -> None:
     axes[0].legend(loc="lower right", fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, format="png")
+    atomic_savefig(fig, path, format="png")
 
 
 def _grid(path: Path, test: Any, models: tuple, num_images: int) -> None:
@@ -500,7 +502,7 @@ def reproduce(
                 f"'{out}' holds a reproduction with other settings ({', '.join(changed)} differ); choose another "
                 "--out, or delete that folder to start again."
             )
-    saved.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
+    atomic_write_text(saved, yaml.safe_dump(config.to_dict(), sort_keys=False))
     log = log or (lambda line: print(line, flush=True))
     if config.threads is not None:
         torch.set_num_threads(config.threads)
@@ -534,7 +536,7 @@ def reproduce(
         files["grid"] = str(out / "grid.png")
     results = {"config": config.to_dict(), "class_names": list(train_set.class_names), "per_seed": per_seed,
                "summary": summary, "claims": claims, "seconds": seconds, "files": files}  # fmt: skip
-    Path(files["results"]).write_text(json.dumps(_jsonable(results), indent=2) + "\n", encoding="utf-8")
-    Path(files["report"]).write_text(_markdown(config, summary, claims, per_seed, seconds), encoding="utf-8")
+    atomic_write_text(files["results"], json.dumps(_jsonable(results), indent=2) + "\n")
+    atomic_write_text(files["report"], _markdown(config, summary, claims, per_seed, seconds))
     return results
 

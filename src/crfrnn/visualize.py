@@ -17,6 +17,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from crfrnn._io import atomic_save_image
 from crfrnn.data.palette import color_palette, colorize
 
 __all__ = ["VOID_COLOR", "colorize_labels", "label_overlay", "picture_grid", "save_prediction_grid"]
@@ -276,5 +277,5 @@ def save_prediction_grid(
     grid = picture_grid(rows, titles=["image", *label_cols], scale=scale)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    grid.save(path)
+    atomic_save_image(grid, path)
     return path

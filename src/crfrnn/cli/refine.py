@@ -21,9 +21,6 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-import numpy as np
-from PIL import Image
-
 from crfrnn.cli import CommandError, number_type
 
 __all__ = ["add_parser", "run"]
@@ -40,9 +37,36 @@ examples:
   crfrnn refine photo.jpg coarse.png --gt-prob 0.7 --unknown 255 -o labels.png
   crfrnn refine --images photos/ --probs outputs/ -o refined/ --save-probs refined_probs/
 
+safety:
+  Outputs are written to a temporary file and renamed into place, so an interrupted run never leaves a
+  truncated file. Outputs that would overwrite an input or each other are refused. Before refining, the
+  memory an image needs is estimated (about 32 bytes per pixel and label plus 320 per pixel) and checked
+  against --max-memory (default: 75% of this machine's memory). With --images, a pair that fails is
+  reported by name and the run goes on.
+
 exit codes:
   0 success; 1 a file could not be written, or (with --images) some pairs failed; 2 bad usage or input.
 """
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "m": 2**20, "mb": 2**20, "g": 2**30, "gb": 2**30,
+               "t": 2**40, "tb": 2**40}  # fmt: skip
+
+
+def _size(text: str) -> int:
+    """A memory size: bytes, or a number with K, M, G or T (powers of 1024), e.g. 512M, 8G, 1.5T."""
+    number = text.strip().lower().rstrip("ib")
+    unit = ""
+    while number and number[-1].isalpha():
+        unit = number[-1] + unit
+        number = number[:-1]
+    try:
+        value = float(number) * _SIZE_UNITS[unit]
+    except (ValueError, KeyError):
+        raise argparse.ArgumentTypeError(f"expected a size such as 8G, 512M or 1000000 (bytes), got {text!r}")
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+    return int(value)
+
 
 
 def _probability(text: str) -> float:
@@ -109,8 +133,25 @@ def add_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]"
         help="label maps: number of labels (default: largest label + 1)",
     )  # fmt: skip
     inputs.add_argument(
-        "--unknown", type=int, metavar="V", help="label maps: value meaning 'unknown' (e.g. 0 or 255), left to the CRF"
-    )
+        "--unknown", type=int, metavar="V",
+        help="label maps: value meaning 'unknown' (e.g. 0), left to the CRF; 255 is read as VOC's void when the "
+        "other labels are below 128",
+    )  # fmt: skip
+    inputs.add_argument(
+        "--resize", action="store_true",
+        help="resize scores of another resolution (a network's output stride) to the image, bilinearly on logits "
+        "(on log-probabilities for probabilities)",
+    )  # fmt: skip
+
+    limits = parser.add_argument_group("limits")
+    limits.add_argument(
+        "--max-memory", type=_size, metavar="SIZE",
+        help="refuse images whose estimated memory is above SIZE, e.g. 8G (default: 75%% of this machine's memory)",
+    )  # fmt: skip
+    limits.add_argument(
+        "--max-pixels", type=number_type(int, 1), metavar="N",
+        help="largest image decoded, in pixels (default: Pillow's decompression-bomb limit, about 89 million)",
+    )  # fmt: skip
 
     crf = parser.add_argument_group("dense CRF (densecrf's parameters and defaults)")
     crf.add_argument(
@@ -161,7 +202,28 @@ def _crf_options(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def _same_file(a: Path, b: Path) -> bool:
-    return a.exists() and b.exists() and os.path.samefile(a, b)
+    """Whether two paths name one file: the same file on disk, or the same path once resolved."""
+    if a.exists() and b.exists():
+        return os.path.samefile(a, b)
+    return a.resolve() == b.resolve()
+
+
+def _check_collisions(outputs: Dict[str, Optional[Path]], inputs: Dict[str, Optional[Path]], kind: str) -> None:
+    """Refuse outputs that are the same file (or, with --images, the same folder) as another output or an input."""
+    named = [(o, p) for o, p in outputs.items() if p is not None]
+    for i, (option, path) in enumerate(named):
+        for other, other_path in named[i + 1 :]:
+            if _same_file(path, other_path):
+                raise CommandError(
+                    f"{option} and {other} name the same {kind} '{path}', so one output would overwrite the other; "
+                    f"give each output its own {kind}.", 2,
+                )  # fmt: skip
+        for other, source in inputs.items():
+            if source is not None and _same_file(path, source):
+                raise CommandError(
+                    f"{option} '{path}' is the input {other} '{source}'; refusing to overwrite an input with an "
+                    f"output. Choose another {kind}.", 2,
+                )  # fmt: skip
 
 
 def _refine_one(
@@ -173,24 +235,38 @@ def _refine_one(
     overlay: Optional[Path],
 ) -> List[str]:
     """Refine one pair and write its outputs; returns notes. Raises CommandError (2: input, 1: writing)."""
+    from crfrnn._io import atomic_np_save, atomic_save_image
     from crfrnn.data.palette import save_label_png
     from crfrnn.dense import dense_crf
-    from crfrnn.refine import make_overlay, read_rgb, read_scores
+    from crfrnn.refine import MemoryLimitError, estimate_memory, format_bytes, make_overlay, read_rgb, read_scores
 
+    _check_collisions({"-o/--output": out, "--save-probs": save_probs, "--overlay": overlay},
+                      {"IMAGE": image_path, "PROBS": probs_path}, "file")  # fmt: skip
     try:
         image = read_rgb(image_path)
         scores = read_scores(
             probs_path, image.shape[:2], key=args.key, layout=args.layout, logits=args.logits,
-            gt_prob=args.gt_prob, num_labels=args.num_labels, unknown=args.unknown,
+            gt_prob=args.gt_prob, num_labels=args.num_labels, unknown=args.unknown, resize=args.resize,
+            max_memory=args.max_memory,
         )  # fmt: skip
+    except MemoryLimitError as err:
+        raise CommandError(str(err), 2) from err
+    except MemoryError as err:
+        raise CommandError(f"ran out of memory reading '{image_path}' and '{probs_path}' ({err or 'MemoryError'}); "
+                           "use a smaller image or fewer labels.", 1) from err  # fmt: skip
     except (OSError, ValueError, TypeError) as err:
         raise CommandError(str(err), 2) from err
-    for target in (t for t in (out, save_probs, overlay) if t is not None):
-        if _same_file(target, image_path) or _same_file(target, probs_path):
-            raise CommandError(f"refusing to overwrite the input '{target}' with an output; choose another path.", 2)
     kind = "logits" if scores.is_logits else "probs"
     try:
         marginals = dense_crf(image, **{kind: scores.values}, **_crf_options(args))
+    except MemoryError as err:
+        h, w = image.shape[:2]
+        need = format_bytes(estimate_memory(h, w, scores.values.shape[0]))
+        raise CommandError(
+            f"ran out of memory refining '{image_path}' ({w}x{h} pixels, {scores.values.shape[0]} labels, estimated "
+            f"{need}); use fewer labels or a smaller image, or lower --max-memory so that such images are refused "
+            "before they start.", 1,
+        ) from err  # fmt: skip
     except (ValueError, TypeError) as err:
         raise CommandError(f"{image_path}: {err}", 2) from err
     labels = marginals.argmax(0)
@@ -199,11 +275,13 @@ def _refine_one(
             target.parent.mkdir(parents=True, exist_ok=True)
         save_label_png(out, labels)
         if save_probs is not None:
-            np.save(save_probs, marginals.astype(np.float32, copy=False))
+            atomic_np_save(save_probs, marginals.astype("float32", copy=False))
         if overlay is not None:
+            from PIL import Image
+
             titles = None if args.no_titles else ("image", "input (argmax)", "refined (dense CRF)")
             picture = make_overlay(image, scores.labels, labels, alpha=args.overlay_alpha, titles=titles)
-            Image.fromarray(picture).save(overlay, format="PNG", optimize=True)
+            atomic_save_image(Image.fromarray(picture), overlay, format="PNG", optimize=True)
     except OSError as err:
         raise CommandError(f"could not write output: {err}", 1) from err
     return scores.notes
@@ -250,6 +328,10 @@ def _run_batch(args: argparse.Namespace) -> int:
         raise CommandError(str(err), 2) from err
     if not pairs and not problems:
         raise CommandError(f"no images in '{args.images_dir}' and no scores in '{args.probs_dir}'.", 2)
+    inputs = {"--images": Path(args.images_dir), "--probs": Path(args.probs_dir)}
+    pngs = {o: None if p is None else Path(p) for o, p in (("-o/--output", args.output), ("--overlay", args.overlay))}
+    _check_collisions(pngs, inputs, "directory")  # both write <stem>.png
+    _check_collisions({"--save-probs": None if args.save_probs is None else Path(args.save_probs)}, inputs, "directory")
     out_dir = _output_dir(args.output, "-o/--output")
     probs_dir = _output_dir(args.save_probs, "--save-probs")
     overlay_dir = _output_dir(args.overlay, "--overlay")
@@ -269,24 +351,40 @@ def _run_batch(args: argparse.Namespace) -> int:
         except CommandError as err:
             tqdm.write(f"crfrnn refine: failed '{image_path}': {err}", file=sys.stderr)
             continue
+        except Exception as err:  # anything else fails this pair only; KeyboardInterrupt still stops the run
+            text = " ".join(str(err).split()) or "(no message)"
+            tqdm.write(f"crfrnn refine: failed '{image_path}': {type(err).__name__}: {text}", file=sys.stderr)
+            continue
         for note in notes:
             tqdm.write(f"crfrnn refine: note: {note}", file=sys.stderr)
         done += 1
     failed = len(pairs) - done + len(problems)
     elapsed = time.perf_counter() - start
-    print(f"crfrnn refine: {done} done, {failed} failed, {elapsed:.1f} s; labels in '{out_dir}'")
+    unpaired = f" ({len(problems)} without a partner)" if problems else ""
+    print(f"crfrnn refine: {done} done, {failed} failed{unpaired}, {elapsed:.1f} s; labels in '{out_dir}'")
     return 0 if failed == 0 else 1
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``crfrnn refine`` on parsed arguments; returns the exit code (see the module docstring)."""
+    from PIL import Image
+
+    from crfrnn.refine import default_memory_limit
+
     batch = args.images_dir is not None or args.probs_dir is not None
     if batch:
         if args.images_dir is None or args.probs_dir is None:
             raise CommandError("--images DIR and --probs DIR go together; pass both.", 2)
         if args.image is not None or args.probs is not None:
             raise CommandError("pass either IMAGE PROBS or --images DIR --probs DIR, not both.", 2)
-        return _run_batch(args)
-    if args.image is None or args.probs is None:
+    elif args.image is None or args.probs is None:
         raise CommandError("expected IMAGE and PROBS (or --images DIR --probs DIR); see 'crfrnn refine --help'.", 2)
-    return _run_single(args)
+    if args.max_memory is None:
+        args.max_memory = default_memory_limit()
+    saved_limit = Image.MAX_IMAGE_PIXELS
+    if args.max_pixels is not None:
+        Image.MAX_IMAGE_PIXELS = args.max_pixels
+    try:
+        return _run_batch(args) if batch else _run_single(args)
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved_limit

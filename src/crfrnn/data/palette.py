@@ -13,6 +13,8 @@ from typing import Any, Union
 import numpy as np
 from PIL import Image
 
+from .._io import atomic_save_image
+
 __all__ = ["color_palette", "colorize", "load_label_png", "save_label_png"]
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -112,7 +114,7 @@ def save_label_png(path: PathLike, labels: Any) -> None:
         raise FileNotFoundError(
             f"save_label_png: directory '{parent}' does not exist (writing '{os.fspath(path)}'). Create it first."
         )
-    img.save(path, format="PNG")
+    atomic_save_image(img, path, format="PNG")  # never a truncated PNG, even if interrupted
 
 
 def load_label_png(path: PathLike) -> np.ndarray:

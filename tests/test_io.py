@@ -1,0 +1,162 @@
+"""Tests of crfrnn._io: every file is written to a temporary file and renamed into place."""
+
+from __future__ import annotations
+
+import ast
+import os
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from crfrnn import _io
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "crfrnn"
+
+
+class _BreaksMidWrite:
+    """A file object that writes part of the first chunk, then raises KeyboardInterrupt (as SIGINT would)."""
+
+    def __init__(self, fh):
+        self._fh = fh
+
+    def write(self, data):
+        self._fh.write(data[: max(1, len(data) // 2)])
+        raise KeyboardInterrupt
+
+    def __getattr__(self, name):
+        return getattr(self._fh, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._fh.close()
+
+
+def _figure():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(1, 1))
+    FigureCanvasAgg(fig)
+    fig.subplots().plot([0, 1])
+    return fig
+
+
+WRITERS = {
+    "bytes": lambda p: _io.atomic_write_bytes(p, b"x" * 100),
+    "text": lambda p: _io.atomic_write_text(p, "hello " * 20),
+    "torch": lambda p: _io.atomic_torch_save({"w": torch.ones(100)}, p),
+    "numpy": lambda p: _io.atomic_np_save(p, np.ones(100)),
+    "png": lambda p: _io.atomic_save_image(Image.new("RGB", (40, 30)), p),
+    "figure": lambda p: _io.atomic_savefig(_figure(), p),
+}
+
+
+class TestAtomicWrites:
+    @pytest.mark.parametrize("kind", sorted(WRITERS))
+    def test_interrupted_write_leaves_nothing(self, kind, tmp_path, monkeypatch):
+        real_fdopen = os.fdopen
+        monkeypatch.setattr(_io.os, "fdopen", lambda *a, **k: _BreaksMidWrite(real_fdopen(*a, **k)))
+        target = tmp_path / "out.png"
+        with pytest.raises(KeyboardInterrupt):
+            WRITERS[kind](target)
+        assert list(tmp_path.iterdir()) == []  # no target, no temporary file
+
+    @pytest.mark.parametrize("kind", sorted(WRITERS))
+    def test_interrupted_write_keeps_the_old_file(self, kind, tmp_path, monkeypatch):
+        target = tmp_path / "out.png"
+        target.write_bytes(b"old")
+        real_fdopen = os.fdopen
+        monkeypatch.setattr(_io.os, "fdopen", lambda *a, **k: _BreaksMidWrite(real_fdopen(*a, **k)))
+        with pytest.raises(KeyboardInterrupt):
+            WRITERS[kind](target)
+        assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["out.png"]
+
+    @pytest.mark.parametrize("kind", sorted(WRITERS))
+    def test_smoke_and_permissions(self, kind, tmp_path):
+        old = os.umask(0o027)
+        try:
+            path = WRITERS[kind](tmp_path / "out.png")
+        finally:
+            os.umask(old)
+        assert path == tmp_path / "out.png" and path.stat().st_size > 0
+        assert stat.S_IMODE(path.stat().st_mode) == 0o640  # 0o666 less the umask, not mkstemp's 0o600
+        assert [p.name for p in tmp_path.iterdir()] == ["out.png"]
+
+    def test_round_trips(self, tmp_path):
+        _io.atomic_np_save(tmp_path / "a.npy", np.arange(5))
+        assert np.load(tmp_path / "a.npy").tolist() == [0, 1, 2, 3, 4]
+        _io.atomic_torch_save({"w": torch.arange(3)}, tmp_path / "a.pt")
+        assert torch.load(tmp_path / "a.pt", weights_only=True)["w"].tolist() == [0, 1, 2]
+        _io.atomic_save_image(Image.new("L", (4, 3), 7), tmp_path / "a.png")
+        assert np.array(Image.open(tmp_path / "a.png")).tolist() == [[7] * 4] * 3
+
+    def test_exceptions(self, tmp_path):
+        with pytest.raises(FileNotFoundError, match="does not exist"):
+            _io.atomic_write_text(tmp_path / "missing" / "a.txt", "x")
+        with pytest.raises(ValueError, match="mode"):
+            with _io.atomic_write(tmp_path / "a.txt", "a"):
+                pass
+        with pytest.raises(ValueError, match="image format"):
+            _io.atomic_save_image(Image.new("L", (1, 1)), tmp_path / "a.unknown")
+        with pytest.raises(ValueError, match="newline"):
+            _io.append_line(tmp_path / "log", "a\nb")
+
+    def test_append_line(self, tmp_path):
+        _io.append_line(tmp_path / "log", "one")
+        _io.append_line(tmp_path / "log", "two")
+        assert (tmp_path / "log").read_text() == "one\ntwo\n"
+
+
+# names of calls that write files; they must go through crfrnn._io
+_WRITE_ATTRS = {"savefig", "write_text", "write_bytes", "savez", "savez_compressed", "tofile", "dump", "safe_dump"}
+
+
+def _direct_writes(tree: ast.AST) -> list[tuple[int, str]]:
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        if isinstance(func, ast.Attribute):
+            owner = func.value.id if isinstance(func.value, ast.Name) else None
+            if func.attr == "save" and owner in ("torch", "np", "numpy"):
+                found.append((node.lineno, f"{owner}.save("))
+            elif func.attr == "save" and owner != "config":  # PIL's Image.save (TrainConfig.save uses _io)
+                found.append((node.lineno, ".save("))
+            elif func.attr in _WRITE_ATTRS and not (func.attr in ("dump", "safe_dump") and len(node.args) < 2):
+                found.append((node.lineno, f".{func.attr}("))  # json.dump(obj, fh); json.dumps is fine
+            elif func.attr == "open" and _write_mode(node, 0):
+                found.append((node.lineno, ".open(<write mode>)"))
+        elif isinstance(func, ast.Name) and func.id == "open" and _write_mode(node, 1):
+            found.append((node.lineno, "open(<write mode>)"))
+    return sorted(found)
+
+
+def _write_mode(call: ast.Call, position: int) -> bool:
+    mode = call.args[position] if len(call.args) > position else next(
+        (k.value for k in call.keywords if k.arg == "mode"), None
+    )
+    return isinstance(mode, ast.Constant) and isinstance(mode.value, str) and any(c in mode.value for c in "wax+")
+
+
+def test_every_write_goes_through_the_helper():
+    """src/ writes files only through crfrnn._io (docstring examples are not code and are not checked)."""
+    offenders = []
+    for path in sorted(SRC.rglob("*.py")):
+        if path.name == "_io.py" and path.parent == SRC:
+            continue
+        for line, what in _direct_writes(ast.parse(path.read_text(encoding="utf-8"))):
+            offenders.append(f"{path.relative_to(SRC.parent)}:{line}: {what}")
+    assert offenders == [], "write these through crfrnn._io:\n" + "\n".join(offenders)
+
+
+def test_the_write_check_can_fail():
+    code = "import torch, numpy as np\ntorch.save(x, p)\nnp.save(p, a)\nfig.savefig(p)\nimg.save(p)\nopen(p, 'w')\n"
+    assert [w for _, w in _direct_writes(ast.parse(code))] == ["torch.save(", "np.save(", ".savefig(", ".save(",
+                                                               "open(<write mode>)"]  # fmt: skip
