@@ -172,7 +172,7 @@ class TestTrain:
     def test_run_directory(self, tmp_path):
         out = tmp_path / "run"
         result = train(tiny(out, epochs=2), progress=False)
-        assert sorted(p.name for p in out.iterdir()) == ["best.pt", "config.yaml", "last.pt", "metrics.jsonl"]
+        assert sorted(p.name for p in out.iterdir()) == [".lock", "best.pt", "config.yaml", "last.pt", "metrics.jsonl"]
         records = read_jsonl(out / "metrics.jsonl")
         assert [r["epoch"] for r in records] == [1, 2]
         for r in records:
@@ -256,6 +256,71 @@ class TestTrain:
         start = load_checkpoint(stage1["last_checkpoint"])["state_dict"]
         moved = [k for k, v in model.backbone.state_dict().items() if not torch.equal(v, start[k])]
         assert "classifier.weight" in moved
+
+
+class TestRunDirectory:
+    """Issue 10: one writer per run directory, a crash-cut metrics line does not block --resume."""
+
+    def test_second_writer_is_refused(self, tmp_path):
+        import fcntl
+
+        out = tmp_path / "run"
+        out.mkdir()
+        with open(out / ".lock", "w") as held:  # another process (here: another open file) holds the lock
+            fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held.write("4242\n")
+            held.flush()
+            with pytest.raises(ValueError, match=r"in use by another training process \(pid 4242, lock file"):
+                train(tiny(out, epochs=1), progress=False)
+        assert sorted(p.name for p in out.iterdir()) == [".lock"]  # nothing was written
+
+    def test_stale_lock_of_a_dead_process_is_ignored(self, tmp_path):
+        out = tmp_path / "run"
+        out.mkdir()
+        (out / ".lock").write_text("999999999\n")  # left by a run that was killed: nobody holds the lock
+        assert train(tiny(out, epochs=1), progress=False)["epoch"] == 1
+        assert (out / ".lock").read_text().strip() == str(os.getpid())
+
+    def test_lock_is_released_after_a_failure(self, tmp_path):
+        out = tmp_path / "run"
+        with pytest.raises(ValueError):
+            train(tiny(out, epochs=1, model="fcn8s_crfrnn"), progress=False)  # wrong stage: fails early
+        assert train(tiny(out, epochs=1), progress=False)["epoch"] == 1
+
+    def test_cut_last_metrics_line_is_dropped_on_resume(self, tmp_path):
+        out = tmp_path / "run"
+        train(tiny(out, epochs=2), progress=False, stop_after=1)
+        with open(out / "metrics.jsonl", "a") as fh:
+            fh.write('{"epoch": 2, "train_lo')  # the run died while writing epoch 2's record
+        with pytest.warns(UserWarning, match=r"dropping the last line of '.*metrics\.jsonl'"):
+            result = train(tiny(out, epochs=2), progress=False, resume=True)
+        assert result["epoch"] == 2
+        assert [r["epoch"] for r in read_jsonl(out / "metrics.jsonl")] == [1, 2]
+
+    def test_broken_metrics_line_in_the_middle_names_the_file(self, tmp_path):
+        out = tmp_path / "run"
+        train(tiny(out, epochs=3), progress=False, stop_after=2)
+        lines = (out / "metrics.jsonl").read_text().splitlines()
+        (out / "metrics.jsonl").write_text(lines[0][:10] + "\n" + lines[1] + "\n")
+        with pytest.raises(ValueError, match=r"metrics\.jsonl' line 1 is not JSON"):
+            train(tiny(out, epochs=3), progress=False, resume=True)
+
+    def test_checkpoint_permissions_match_the_other_files(self, tmp_path):
+        import stat
+
+        old = os.umask(0o027)
+        try:
+            train(tiny(tmp_path / "run", epochs=1), progress=False)
+        finally:
+            os.umask(old)
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "run").iterdir()}
+        assert modes["last.pt"] == modes["best.pt"] == modes["config.yaml"] == modes["metrics.jsonl"] == 0o640
+
+    def test_rng_states_are_plain(self, tmp_path):
+        train(tiny(tmp_path / "run", epochs=1), progress=False)
+        states = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["rng_states"]
+        assert isinstance(states[0]["numpy"]["keys"], torch.Tensor)
+        assert isinstance(states[0]["python"]["state"], torch.Tensor)
 
 
 # ------------------------------------------------------------------------------------------------ DDP

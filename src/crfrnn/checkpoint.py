@@ -16,12 +16,14 @@ so that :func:`load_model` can rebuild the network without the code that trained
 from __future__ import annotations
 
 import os
-import tempfile
+import pickle
 from pathlib import Path
 from typing import Any, Optional, Union
 
 import torch
 from torch import nn
+
+from crfrnn._io import atomic_torch_save
 
 __all__ = ["FORMAT", "load_checkpoint", "load_model", "save_checkpoint"]
 
@@ -41,7 +43,10 @@ def save_checkpoint(
 ) -> Path:
     """Write a checkpoint atomically (a temporary file in the same directory, then ``os.replace``).
 
-    An interrupted save never leaves a truncated file behind: the previous checkpoint stays intact.
+    An interrupted save never leaves a truncated file behind: the previous checkpoint stays intact. The
+    file gets the permissions of any other file written (``0o666`` less the umask). ``extra`` values must
+    be tensors or plain Python values (numbers, strings, lists, tuples, dicts, None), the only things
+    :func:`load_checkpoint` accepts.
 
     Args:
         path: destination file.
@@ -65,31 +70,66 @@ def save_checkpoint(
         "class_names": list(class_names) if class_names is not None else None,
         **extra,
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_torch_save(payload, path)
     return path
 
 
+def _check_device(map_location: Union[str, torch.device, None]) -> None:
+    if map_location is None or callable(map_location) or isinstance(map_location, dict):
+        return
+    try:
+        device = torch.device(map_location)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"map_location={map_location!r} is not a torch device (e.g. 'cpu', 'cuda:0').") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"map_location={map_location!r} asks for CUDA, but CUDA is not available on this machine "
+            f"(torch {torch.__version__}); load the checkpoint with map_location='cpu'."
+        )
+
+
+#: entries every checkpoint has, and what they hold
+_REQUIRED = {"model": "a dict {'name', 'kwargs'}", "state_dict": "the weights", "num_classes": "an int"}
+
+
 def load_checkpoint(path: PathLike, *, map_location: Union[str, torch.device] = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint`, with errors that name the file."""
+    """Read a checkpoint written by :func:`save_checkpoint`, with errors that name the file.
+
+    The file is read with ``torch.load(..., weights_only=True)``: tensors and plain Python values only, so
+    a file that is not a crfrnn checkpoint cannot run code while it is read (a pickle can).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file is truncated, not a torch file, holds other Python objects (refused, not
+            unpickled), is not a crfrnn checkpoint or lacks an entry; ``map_location`` is CUDA without CUDA.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    _check_device(map_location)
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=False)
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:  # weights_only refused a global: the file holds arbitrary objects
+        first = str(err).strip().splitlines()
+        detail = next((ln.strip() for ln in first if "GLOBAL" in ln or "global" in ln), first[0] if first else "")
+        raise ValueError(
+            f"refusing to load {path}: it holds Python objects other than tensors and plain values ({detail}), "
+            "which could run code when unpickled, so it is not read (torch.load with weights_only=True). crfrnn "
+            "checkpoints hold only tensors and plain values; pass a checkpoint written by crfrnn."
+        ) from err
     except Exception as err:  # truncated or not a torch file
         raise ValueError(f"cannot read checkpoint {path}: {err}") from err
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{path} is not a crfrnn checkpoint (expected format {FORMAT!r}).")
+    missing = [k for k in _REQUIRED if k not in payload]
+    model = payload.get("model")
+    if not missing and not (isinstance(model, dict) and isinstance(model.get("name"), str) and "kwargs" in model):
+        missing = ["model"]
+    if missing:
+        what = ", ".join(f"{k!r} ({_REQUIRED[k]})" for k in missing)
+        raise ValueError(
+            f"checkpoint {path} lacks {what}; it is damaged or was not written by crfrnn.checkpoint.save_checkpoint."
+        )
     return payload
 
 

@@ -271,12 +271,11 @@ class TrainConfig:
         """Write the settings to a YAML file (atomically); :func:`load_config` reads it back."""
         import yaml
 
+        from crfrnn._io import atomic_write_text
+
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False), encoding="utf-8")
-        os.replace(tmp, path)
-        return path
+        return atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
 def _coerce(name: str, value: Any, hint: Any) -> Any:
@@ -748,7 +747,16 @@ def _state_hash(model: nn.Module) -> str:
 
 
 def _rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """The random states of torch, numpy and python as tensors and plain values (``weights_only`` loadable)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "python": {"version": int(version), "state": torch.tensor(internal, dtype=torch.int64),
+                   "gauss_next": None if gauss_next is None else float(gauss_next)},
+    }  # fmt: skip
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -756,8 +764,11 @@ def _rng_state() -> dict[str, Any]:
 
 def _set_rng_state(state: Mapping[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    n = state["numpy"]
+    keys = n["keys"].numpy().astype(np.uint32)
+    np.random.set_state((n["kind"], keys, n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(int(v) for v in p["state"].tolist()), p["gauss_next"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -853,6 +864,88 @@ def _logits(output: Any) -> Tensor:
     return output[0] if isinstance(output, (tuple, list)) else output
 
 
+def _is_main_process() -> bool:
+    """Rank 0 (or no distribution), from the process group if there is one, else from torchrun's RANK."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return (_env_int("RANK") or 0) == 0
+
+
+class _RunLock:
+    """An exclusive lock on a run directory: ``fcntl.flock`` on ``<out_dir>/.lock``, which holds the pid.
+
+    The kernel releases the lock when its process ends, however it ends, so a lock left by a crashed run is
+    never in the way (the file stays; only the lock on it counts). Where ``fcntl`` does not exist (Windows)
+    runs are not locked.
+    """
+
+    NAME = ".lock"
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path, self.fd = path, fd
+
+    @classmethod
+    def acquire(cls, out_dir: Path) -> Optional["_RunLock"]:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows
+            return None
+        if out_dir.exists() and not out_dir.is_dir():
+            raise NotADirectoryError(f"out_dir '{out_dir}' exists and is not a directory; pass a folder for the run.")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / cls.NAME
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:  # BlockingIOError: another process holds it
+            holder = os.read(fd, 64).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise ValueError(
+                f"the run directory '{out_dir}' is in use by another training process (pid {holder}, lock file "
+                f"'{path}'); two runs writing one directory would mix their files. Wait for that run to finish, "
+                f"or choose another out_dir."
+            ) from err
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode("ascii"))
+        return cls(path, fd)
+
+    def release(self) -> None:
+        import fcntl
+
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+
+
+def _read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The records of ``metrics.jsonl``; a last line cut short by a crash is dropped with a warning."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            if number == len(lines):  # the record being written when the run stopped
+                warnings.warn(
+                    f"dropping the last line of '{path}', cut short when the run stopped ({err}): {line[:60]!r}",
+                    stacklevel=4,
+                )
+                break
+            raise ValueError(
+                f"'{path}' line {number} is not JSON ({err}): {line[:60]!r}. Only the last line can be cut short "
+                "by a crash; repair or delete the file (its records are also in the checkpoints) and resume."
+            ) from err
+        if not isinstance(record, dict):
+            raise ValueError(f"'{path}' line {number} is not a JSON object: {line[:60]!r}; repair or delete the file.")
+        records.append(record)
+    return records
+
+
 def _check_resume(config: TrainConfig, saved: Mapping[str, Any], path: Path) -> None:
     current = config.to_dict()
     changed = [
@@ -904,28 +997,31 @@ def train(
         raise ValueError(f"stop_after must be >= 1 or None, got {stop_after}.")
     out_dir = Path(config.out_dir)
     last_path = out_dir / "last.pt"
-    ckpt: Optional[dict[str, Any]] = None
-    if resume:
-        ckpt = load_checkpoint(last_path) if last_path.is_file() else None
-        if ckpt is None:
-            raise FileNotFoundError(
-                f"cannot resume: no checkpoint '{last_path}'. Train without resume to start the run."
-            )
-        _check_resume(config, ckpt.get("config", {}), last_path)
-    elif last_path.exists():
-        raise ValueError(
-            f"'{out_dir}' already holds a run ({last_path.name}); resume it (--resume) or choose another out_dir."
-        )
-
-    cuda = config.device.startswith("cuda") or (config.device == "auto" and torch.cuda.is_available())
-    dist_info = _init_distributed("cuda" if cuda else "cpu")
+    if resume and not last_path.is_file():
+        raise FileNotFoundError(f"cannot resume: no checkpoint '{last_path}'. Train without resume to start the run.")
+    lock = _RunLock.acquire(out_dir) if _is_main_process() else None  # before anything is read or written
     try:
-        return _train(config, dist_info, ckpt, progress, stop_after, on_epoch)
-    finally:
-        if dist_info.owns_group:
-            import torch.distributed as dist
+        ckpt: Optional[dict[str, Any]] = None
+        if resume:
+            ckpt = load_checkpoint(last_path)
+            _check_resume(config, ckpt.get("config", {}), last_path)
+        elif last_path.exists():
+            raise ValueError(
+                f"'{out_dir}' already holds a run ({last_path.name}); resume it (--resume) or choose another out_dir."
+            )
 
-            dist.destroy_process_group()
+        cuda = config.device.startswith("cuda") or (config.device == "auto" and torch.cuda.is_available())
+        dist_info = _init_distributed("cuda" if cuda else "cpu")
+        try:
+            return _train(config, dist_info, ckpt, progress, stop_after, on_epoch)
+        finally:
+            if dist_info.owns_group:
+                import torch.distributed as dist
+
+                dist.destroy_process_group()
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def _train(
@@ -934,6 +1030,7 @@ def _train(
 ) -> dict[str, Any]:
     from torch.utils.data.distributed import DistributedSampler
 
+    from crfrnn._io import append_line, atomic_write_text
     from crfrnn.checkpoint import save_checkpoint
 
     out_dir = Path(config.out_dir)
@@ -1003,10 +1100,8 @@ def _train(
         out_dir.mkdir(parents=True, exist_ok=True)
         config.save(config_path)
         if ckpt is not None and metrics_path.exists():  # drop records written after the checkpoint
-            lines = metrics_path.read_text(encoding="utf-8").splitlines()
-            keep = [ln for ln in lines if ln.strip() and json.loads(ln).get("epoch", 0) <= start_epoch]
-            history = [json.loads(ln) for ln in keep]
-            metrics_path.write_text("".join(ln + "\n" for ln in keep), encoding="utf-8")
+            history = [r for r in _read_metrics(metrics_path) if r.get("epoch", 0) <= start_epoch]
+            atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in history))
         elif ckpt is None and metrics_path.exists():
             metrics_path.unlink()
 
@@ -1077,8 +1172,7 @@ def _train(
         if improved:
             best_miou, best_epoch = record["val_mean_iou"], epoch
         if dist_info.is_main:
-            with metrics_path.open("a", encoding="utf-8") as fh:
-                fh.write(json.dumps(record) + "\n")
+            append_line(metrics_path, json.dumps(record))  # one write() per record; see _read_metrics
             extra = {
                 "stage": config.stage, "config": config.to_dict(), "epoch": epoch, "global_step": global_step,
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng_states": rng_states,
