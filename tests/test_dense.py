@@ -114,8 +114,8 @@ class TestDenseCrf:
             dense_crf(image, probs.argmax(0)[None].repeat(3, 0))
         with pytest.raises(ValueError, match="NaN"):
             dense_crf(image, np.full_like(probs, np.nan))
-        with pytest.raises(ValueError, match="at least 2 labels"):
-            dense_crf(image, np.ones_like(probs[:1]))
+        with pytest.raises(ValueError, match="look like logits"):  # a binary map is a probability in [0, 1]
+            dense_crf(image, -np.ones_like(probs[:1]))
         with pytest.raises(ValueError, match="iterations"):
             dense_crf(image, probs, iterations=-1)
         with pytest.raises(TypeError, match="NumPy array or a torch tensor"):

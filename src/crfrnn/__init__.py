@@ -1,20 +1,35 @@
 """crfrnn: CRF-RNN and dense CRFs in PyTorch (batched, differentiable, any device, fast on the CPU)."""
 
 from crfrnn.dense import dense_crf, unary_from_labels, unary_from_probs
-from crfrnn.crf import NORMALIZATIONS, CrfRnn, GaussianKernel, bilateral_features, mean_field, spatial_features
+from crfrnn.crf import (
+    NORMALIZATIONS,
+    CrfRnn,
+    GaussianKernel,
+    KernelCache,
+    Pairwise,
+    bilateral_features,
+    infer,
+    mean_field,
+    position_features,
+    spatial_features,
+)
 from crfrnn.filters import gaussian_filter
 from crfrnn.lattice import PermutohedralLattice, lattice_filter
 
 __all__ = [
     "CrfRnn",
     "GaussianKernel",
+    "KernelCache",
     "NORMALIZATIONS",
+    "Pairwise",
     "PermutohedralLattice",
     "bilateral_features",
     "dense_crf",
     "gaussian_filter",
+    "infer",
     "lattice_filter",
     "mean_field",
+    "position_features",
     "spatial_features",
     "unary_from_labels",
     "unary_from_probs",

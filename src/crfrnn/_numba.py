@@ -32,7 +32,7 @@ try:
 except ImportError:  # pragma: no cover - exercised only where numba is missing
     AVAILABLE = False
 
-__all__ = ["AVAILABLE", "NumbaOperators", "build", "padded_channels", "potts_mean_field", "unary_from_scores"]
+__all__ = ["AVAILABLE", "NumbaOperators", "build", "mean_field", "padded_channels", "unary_from_scores"]
 
 if AVAILABLE:
 
@@ -47,7 +47,7 @@ if AVAILABLE:
             sm += cf
         elevated[0] = sm
 
-    @njit(cache=True, parallel=True)
+    @njit(cache=True, parallel=True, nogil=True)
     def _elevated_bounds(features, scale, num_chunks):  # pragma: no cover - compiled
         """Per-chunk minimum and maximum of the first ``d`` elevated coordinates ``(chunks, 2, d)``."""
         num_points, d = features.shape
@@ -66,7 +66,7 @@ if AVAILABLE:
             out[k, 1] = hi
         return out
 
-    @njit(cache=True, parallel=True)
+    @njit(cache=True, parallel=True, nogil=True)
     def _simplices(features, scale, lo, strides, per_image, num_chunks, codes, weights, ranks):  # pragma: no cover
         """Enclosing simplex of every point: int64 codes of its ``d + 1`` vertex keys, weights, ranks.
 
@@ -120,12 +120,12 @@ if AVAILABLE:
                         c += (key - lo[i]) * strides[i]
                     codes[p * d1 + r] = c
 
-    @njit(cache=True)
+    @njit(cache=True, nogil=True)
     def _mix(code, mask):  # pragma: no cover - compiled
         h = np.uint64(code) * np.uint64(0x9E3779B97F4A7C15)
         return np.int64((h >> np.uint64(32)) ^ (h & np.uint64(0xFFFFFFFF))) & mask
 
-    @njit(cache=True)
+    @njit(cache=True, nogil=True)
     def _insert_all(codes, d1):  # pragma: no cover - compiled
         """Dense vertex id of every code (first-seen order) and the hash table that finds them."""
         n = codes.shape[0]
@@ -168,7 +168,7 @@ if AVAILABLE:
                     table_code[h] = uniq[e]
         return ids, uniq[:m].copy(), table_code, table_id
 
-    @njit(cache=True, parallel=True)
+    @njit(cache=True, parallel=True, nogil=True)
     def _neighbour_ids(uniq, deltas, table_code, table_id):  # pragma: no cover - compiled
         m = uniq.shape[0]
         d1 = deltas.shape[0]
@@ -191,7 +191,7 @@ if AVAILABLE:
                     out[j, s, v] = found
         return out
 
-    @njit(cache=True, parallel=True)
+    @njit(cache=True, parallel=True, nogil=True)
     def _splat(values, pre, weights, offsets, bufs):  # pragma: no cover - compiled
         """Scatter ``pre * values`` onto the vertices; returns the summed buffer ``bufs[0]`` ``(M + 1, C)``.
 
@@ -220,7 +220,7 @@ if AVAILABLE:
                         buf[v, ch] += bufs[t, v, ch]
         return buf
 
-    @njit(cache=True, parallel=True)
+    @njit(cache=True, parallel=True, nogil=True)
     def _blur(buf, tmp, neighbours, reverse):  # pragma: no cover - compiled
         """``[1/2, 1, 1/2]`` along each lattice direction (reversed order for the adjoint); returns the result."""
         d1, _, m = neighbours.shape
@@ -236,7 +236,7 @@ if AVAILABLE:
             buf, tmp = tmp, buf
         return buf
 
-    @njit(cache=True, parallel=True)
+    @njit(cache=True, parallel=True, nogil=True)
     def _slice(buf, weights, offsets, alpha, out):  # pragma: no cover - compiled
         num_points, c = out.shape
         d1 = offsets.shape[1]
@@ -325,7 +325,7 @@ if AVAILABLE:
             for ch in range(cr, c):
                 flat[base + i * c + ch] = 0.0
 
-    @njit(cache=True, parallel=True)
+    @njit(cache=True, parallel=True, nogil=True)
     def _softmax_rows(x, out, cr):  # pragma: no cover - compiled
         """``out[:, :cr] = softmax(x[:, :cr], axis=1)``, ``out[:, cr:] = 0``; C-contiguous ``(N, C)`` arrays."""
         n, c = x.shape
@@ -337,48 +337,77 @@ if AVAILABLE:
             rowbuf = np.empty_like(flat[:_BLOCK])
             _softmax_block(flat, c, cr, blk * _BLOCK, min(n, (blk + 1) * _BLOCK), scratch, rowbuf)
 
-    @njit(cache=True, parallel=True)
-    def _potts_mean_field(unary, q, q_ready, cr, iterations, alpha1, w1, off1, nb1, pre1, post1, self1, bufs1, tmp1,
-                          alpha2, w2, off2, nb2, pre2, post2, self2, bufs2, tmp2):  # pragma: no cover
-        """Mean field with two Potts-weighted Gaussian kernels, in place in ``q`` (no autograd).
+    @njit(cache=True, parallel=True, nogil=True)
+    def _mean_field(unary, q, q_ready, cr, iterations, return_logits, alphas, offsets, weights, neighbours,
+                    pre, post, selfw, is_full, diag, mat, bufs, tmps):  # pragma: no cover - compiled
+        """Mean field with any number of Gaussian kernels, in place in ``q`` (no autograd).
 
-        ``unary`` and ``q`` are ``(P, C)`` with ``cr`` real labels (``q`` holds ``softmax(unary)`` already
-        if ``q_ready``) and ``C - cr`` padding channels (0 in
-        the unary; kept at 0 in ``q``). Each iteration: ``logits = U + sum_k post_k * (K_k(pre_k * q) -
-        self_k * pre_k * q)`` (the Potts weights folded into ``post_k``), then ``q = softmax(logits)``; the
-        slicing of both kernels, the sum and the softmax share one pass over each block of points.
+        Args:
+            unary: ``(P, C)`` logits with ``cr`` real labels and ``C - cr`` padding channels (0).
+            q: ``(P, C)`` output; holds ``softmax(unary)`` on entry if ``q_ready``. On exit: the marginals
+                (padding 0), or the last iteration's logits if ``return_logits``.
+            cr: number of real labels.
+            iterations: number of mean-field iterations (``>= 1``).
+            alphas: ``(K,)`` each lattice's slice constant.
+            offsets, weights: tuples of ``K`` arrays ``(P, D_k + 1)``: each point's simplex vertices and
+                barycentric weights in lattice ``k``.
+            neighbours: tuple of ``K`` arrays ``(D_k + 1, 2, M_k)``: vertex neighbours (``M_k`` if absent).
+            pre, post, selfw: ``(K, P)``: kernel ``k``'s message is ``post * (K_k(pre * q) - selfw * pre * q)``.
+            is_full: ``(K,)`` bool: kernel ``k``'s message goes through the matrix ``mat[k]`` (``logits +=
+                msg @ mat[k]``) instead of the per-label vector ``diag[k]`` (``logits += diag[k] * msg``).
+            diag: ``(K, C)``; mat: ``(K, C, C)`` (zero padding).
+            bufs: tuple of ``K`` per-thread splat buffers ``(T, M_k + 1, C)``; tmps: ``K`` ``(M_k + 1, C)``.
+
+        Each iteration splats and blurs every kernel's marginals, then one pass over each block of points
+        slices all kernels, applies the label transforms, adds the unary and takes the softmax.
         """
         num_points, c = unary.shape
-        d1a = off1.shape[1]
-        d1b = off2.shape[1]
+        nk = alphas.shape[0]
         if not q_ready:
             _softmax_rows(unary, q, cr)
         flat = q.reshape(-1)
         num_blocks = (num_points + _BLOCK - 1) // _BLOCK
-        for _ in range(iterations):
-            b1 = _blur(_splat(q, pre1, w1, off1, bufs1), tmp1, nb1, False)
-            b2 = _blur(_splat(q, pre2, w2, off2, bufs2), tmp2, nb2, False)
+        for it in range(iterations):
+            blurred = []
+            for k in range(nk):
+                blurred.append(_blur(_splat(q, pre[k], weights[k], offsets[k], bufs[k]), tmps[k], neighbours[k],
+                                     False))
+            last = it == iterations - 1
             for blk in prange(num_blocks):
                 start = blk * _BLOCK
                 stop = min(num_points, start + _BLOCK)
                 scratch = np.empty(_BLOCK * c, np.int32)
                 rowbuf = np.empty_like(flat[:_BLOCK])
+                msg = np.empty_like(flat[:c])
+                acc = np.empty_like(flat[:c])
                 for p in range(start, stop):
-                    s1 = self1[p] * pre1[p]
-                    s2 = self2[p] * pre2[p]
                     for ch in range(c):
-                        q[p, ch] = unary[p, ch] - post1[p] * s1 * q[p, ch] - post2[p] * s2 * q[p, ch]
-                    for r in range(d1a):
-                        w = w1[p, r] * alpha1 * post1[p]
-                        o = off1[p, r]
+                        acc[ch] = unary[p, ch]
+                    for k in range(nk):
+                        s = selfw[k, p] * pre[k, p]
                         for ch in range(c):
-                            q[p, ch] += w * b1[o, ch]
-                    for r in range(d1b):
-                        w = w2[p, r] * alpha2 * post2[p]
-                        o = off2[p, r]
-                        for ch in range(c):
-                            q[p, ch] += w * b2[o, ch]
-                _softmax_block(flat, c, cr, start, stop, scratch, rowbuf)
+                            msg[ch] = -s * q[p, ch]
+                        b = blurred[k]
+                        off = offsets[k]
+                        wk = weights[k]
+                        for r in range(off.shape[1]):
+                            w = wk[p, r] * alphas[k]
+                            o = off[p, r]
+                            for ch in range(c):
+                                msg[ch] += w * b[o, ch]
+                        g = post[k, p]
+                        if is_full[k]:
+                            for ci in range(cr):
+                                v = g * msg[ci]
+                                for ch in range(c):
+                                    acc[ch] += v * mat[k, ci, ch]
+                        else:
+                            for ch in range(c):
+                                acc[ch] += g * diag[k, ch] * msg[ch]
+                    for ch in range(c):
+                        q[p, ch] = acc[ch]
+                if not (last and return_logits):
+                    _softmax_block(flat, c, cr, start, stop, scratch, rowbuf)
 
     # float32 log in the same vectorisable form (Cephes' logf): x = m 2^e with m in [sqrt(1/2), sqrt(2)),
     # a degree-8 polynomial in m - 1, the exponent and mantissa read from and written to the bits.
@@ -422,7 +451,7 @@ if AVAILABLE:
 
         return impl64
 
-    @njit(cache=True, parallel=True)
+    @njit(cache=True, parallel=True, nogil=True)
     def _unary_from_scores(src, clip, from_probs, out, q0):  # pragma: no cover - compiled
         """``out[b * N + n, l] = log(max(src[b, l, n], clip))`` (or ``src`` itself for logits), padding 0.
 
@@ -479,7 +508,7 @@ if AVAILABLE:
             stats[job, 3] = hi
         return stats
 
-    @njit(cache=True, parallel=True)
+    @njit(cache=True, parallel=True, nogil=True)
     def _channels_first(q, cr, out):  # pragma: no cover - compiled
         """``out[l, n] = q[n, l]`` for the first ``cr`` channels of ``q (N, C)``; ``out (cr, N)``."""
         n = q.shape[0]
@@ -502,16 +531,16 @@ def padded_channels(channels: int, dtype: np.dtype) -> int:
 
 
 def unary_from_scores(scores: Tensor, clip: float, from_probs: bool) -> tuple[np.ndarray, Optional[np.ndarray], dict]:
-    """Padded channels-last unary ``(B * N, C)`` from ``(B, L, H, W)`` CPU scores, and what a check found.
+    """Padded channels-last unary ``(B * N, C)`` from ``(B, L, *S)`` CPU scores, and what a check found.
 
     Returns:
         ``(unary, q0, stats)``: ``q0`` the first marginals ``softmax(unary)`` for probabilities (None for
         logits); ``stats`` holds ``nonfinite`` and ``negative`` (counts) and ``min_sum`` / ``max_sum`` (of
         the scores over labels at one pixel).
     """
-    b, num_labels, h, w = scores.shape
-    src = np.ascontiguousarray(scores.detach().numpy()).reshape(b, num_labels, h * w)
-    out = np.empty((b * h * w, padded_channels(num_labels, src.dtype)), src.dtype)
+    b, num_labels = scores.shape[:2]
+    src = np.ascontiguousarray(scores.detach().numpy()).reshape(b, num_labels, -1)
+    out = np.empty((src.shape[0] * src.shape[2], padded_channels(num_labels, src.dtype)), src.dtype)
     q0 = np.empty_like(out) if from_probs else np.empty((0, out.shape[1]), src.dtype)
     st = _unary_from_scores(src, src.dtype.type(clip), from_probs, out, q0)
     stats = {"nonfinite": int(st[:, 0].sum()), "negative": int(st[:, 1].sum()),
@@ -519,14 +548,13 @@ def unary_from_scores(scores: Tensor, clip: float, from_probs: bool) -> tuple[np
     return out, (q0 if from_probs else None), stats
 
 
-def build(features: Tensor, batch_size: int) -> tuple[Tensor, Tensor, Tensor, Tensor, int] | None:
-    """Lattice of ``(P, D)`` CPU features (``P = B * N``, images contiguous), or None if keys overflow int64.
+def build(features: Tensor, batch_size: int, max_code_bits: int) -> tuple[Tensor, Tensor, Tensor, Tensor, int] | None:
+    """Lattice of ``(P, D)`` CPU features (``P = B * N``, images contiguous), or None if a vertex key's code
+    would need ``max_code_bits`` bits or more (the caller then uses its general construction).
 
     Returns ``(offsets (P, D+1) int32, weights (P, D+1) in the features' dtype, rank (P, D+1) int8,
     neighbours (D+1, 2, M) int32 with M for an absent neighbour, M)``.
     """
-    from crfrnn.lattice import _MAX_CODE_BITS
-
     feats = np.ascontiguousarray(features.detach().numpy(), dtype=np.float64)
     num_points, d = feats.shape
     d1 = d + 1
@@ -538,7 +566,7 @@ def build(features: Tensor, batch_size: int) -> tuple[Tensor, Tensor, Tensor, Te
     lo = np.floor(bounds[:, 0].min(0)).astype(np.int64) - (2 * d1 + 2 * d)
     hi = np.ceil(bounds[:, 1].max(0)).astype(np.int64) + (2 * d1 + 2 * d)
     span = np.append(hi - lo + 1, batch_size)
-    if float(np.log2(span.astype(np.float64)).sum()) >= _MAX_CODE_BITS:
+    if float(np.log2(span.astype(np.float64)).sum()) >= max_code_bits:
         return None
     strides = np.cumprod(np.concatenate([[1], span[:-1]])).astype(np.int64)
     codes = np.empty(num_points * d1, np.int64)
@@ -601,36 +629,65 @@ class NumbaOperators:
         return out if padded == channels else out[:, :channels]
 
 
-def potts_mean_field(
-    unary: np.ndarray, num_labels: int, iterations: int,
-    kernels: list[tuple["NumbaOperators", Tensor, Tensor, Tensor, float]], q0: Optional[np.ndarray] = None,
+def mean_field(
+    unary: np.ndarray, num_labels: int, iterations: int, kernels: list, q0: Optional[np.ndarray] = None,
+    return_logits: bool = False,
 ) -> np.ndarray:
-    """Fused no-grad mean field for two Potts-weighted kernels on the CPU: marginals ``(L, P)``.
+    """Fused no-grad mean field on the CPU with any number of kernels: marginals (or logits) ``(L, P)``.
 
     Args:
         unary: ``(P, C)`` logits, float32 or float64, with ``C = padded_channels(L)`` and the padding 0
             (as :func:`unary_from_scores` makes them).
         num_labels: ``L``.
-        iterations: number of mean-field iterations.
-        kernels: two ``(operators, pre (P,), post (P,), self (P,), weight)`` tuples: the message of kernel
-            ``k`` is ``weight * post * (K(pre * q) - self * pre * q)``.
+        iterations: number of mean-field iterations (``0`` returns ``softmax(unary)`` or ``unary``).
+        kernels: ``(operators, pre (P,), post (P,), self (P,), transform)`` per kernel, NumPy arrays in the
+            unary's dtype: the message of kernel ``k`` is ``post * (K(pre * q) - self * pre * q)`` and it is
+            added to the logits as ``transform * msg`` for a per-label vector ``(L,)``, or ``msg @ transform.T``
+            for an ``(L, L)`` matrix.
         q0: ``softmax(unary)`` if already known (:func:`unary_from_scores` gives it for probabilities); it is
             overwritten.
+        return_logits: return the last iteration's logits instead of the marginals.
 
     Returns:
-        The marginals, labels first: ``(L, P)``.
+        ``(L, P)``, labels first. Every buffer is allocated for this call, so concurrent calls from several
+        threads (on the same lattices) never share memory they write.
     """
+    dt = unary.dtype
+    num_points, c = unary.shape
     q = np.empty_like(unary) if q0 is None else q0
-    args = []
-    for ops, pre, post, self_w, weight in kernels:
-        bufs, tmp = ops.workspace(unary.shape[1])
-        dt = unary.dtype
-        args += [
-            dt.type(ops.alpha), ops.weights, ops.offsets, ops.neighbours,
-            np.ascontiguousarray(pre.numpy(), dtype=dt), np.ascontiguousarray(post.numpy() * weight, dtype=dt),
-            np.ascontiguousarray(self_w.numpy(), dtype=dt), bufs, tmp,
-        ]
-    _potts_mean_field(unary, q, q0 is not None, num_labels, iterations, *args)
-    out = np.empty((num_labels, unary.shape[0]), unary.dtype)
+    if iterations == 0 or not kernels:
+        if return_logits:
+            q[:] = unary
+        elif q0 is None:
+            _softmax_rows(unary, q, num_labels)
+    else:
+        nk = len(kernels)
+        nthreads = numba.get_num_threads()
+        alphas = np.empty(nk, dt)
+        pre = np.empty((nk, num_points), dt)
+        post = np.empty((nk, num_points), dt)
+        selfw = np.empty((nk, num_points), dt)
+        is_full = np.zeros(nk, np.bool_)
+        diag = np.zeros((nk, c), dt)
+        mat = np.zeros((nk, c, c), dt)
+        offsets, weights, neighbours, bufs, tmps = [], [], [], [], []
+        for k, (ops, pre_k, post_k, self_k, transform) in enumerate(kernels):
+            alphas[k] = ops.alpha
+            pre[k], post[k], selfw[k] = pre_k, post_k, self_k
+            t = np.asarray(transform, dt)
+            if t.ndim == 2:
+                is_full[k] = True
+                mat[k, :num_labels, :num_labels] = t.T
+            else:
+                diag[k, :num_labels] = t
+            offsets.append(ops.offsets)
+            weights.append(ops.weights)
+            neighbours.append(ops.neighbours)
+            shape = (ops.num_vertices + 1, c)
+            bufs.append(np.empty((nthreads,) + shape, dt))
+            tmps.append(np.empty(shape, dt))
+        _mean_field(unary, q, q0 is not None, num_labels, iterations, return_logits, alphas, tuple(offsets),
+                    tuple(weights), tuple(neighbours), pre, post, selfw, is_full, diag, mat, tuple(bufs), tuple(tmps))
+    out = np.empty((num_labels, num_points), dt)
     _channels_first(q, num_labels, out)
     return out

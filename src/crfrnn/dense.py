@@ -8,7 +8,8 @@
     d.addPairwiseBilateral(sxy=80, srgb=13, rgbim=image, compat=10)
     Q = d.inference(5)
 
-in one batched, differentiable call that runs on any PyTorch device. Parameters mean what they mean in
+in one batched, differentiable call that runs on any PyTorch device, for images, signals and volumes
+(``probs (L, *S)`` with ``S`` of 1 to 3 axes, the guide ``S`` or ``S + (C,)``; or batched tensors). Parameters mean what they mean in
 densecrf: ``gaussian_sxy`` and ``bilateral_sxy`` are the position widths in pixels, ``bilateral_srgb``
 the colour width (0..255 scale), the ``*_compat`` values are Potts weights (densecrf's
 ``PottsCompatibility(w)``), the unary is ``-log(prob)`` and the normalisation defaults to densecrf's
@@ -28,8 +29,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from crfrnn.crf import GaussianKernel, _iterate, bilateral_features, spatial_kernel
-from crfrnn.lattice import resolve_backend
+from crfrnn.crf.engine import Pairwise, infer
+from crfrnn.crf.features import bilateral_features, position_features
+from crfrnn.crf.kernels import KernelCache, check_normalization
+from crfrnn.validation import check_guide, check_iterations, check_number, check_spacing, check_widths
 
 __all__ = ["dense_crf", "unary_from_labels", "unary_from_probs"]
 
@@ -111,71 +114,51 @@ def unary_from_labels(
     return out.numpy() if is_numpy else out
 
 
-def _to_batched(image: ArrayLike, unary: Tensor) -> tuple[Tensor, Tensor, bool]:
-    """``(B, 3, H, W)`` image and ``(B, L, H, W)`` unary from the accepted layouts; flag: was unbatched."""
-    if unary.dim() == 3:
-        h, w = unary.shape[1:]
-        img = torch.from_numpy(np.ascontiguousarray(image)) if isinstance(image, np.ndarray) else image
-        if not isinstance(img, Tensor) or img.dim() != 3:
-            raise ValueError(
-                f"image must be (H, W, 3) for probabilities of shape (L, H, W) = {tuple(unary.shape)}, got "
-                f"{getattr(image, 'shape', type(image))}."
-            )
-        if img.shape[:2] == (h, w):
-            img = img.permute(2, 0, 1)  # (H, W, C), densecrf's layout
-        elif img.shape[1:] != (h, w):
-            raise ValueError(
-                f"image of shape {tuple(img.shape)} does not match probabilities of shape {tuple(unary.shape)}: "
-                f"expected (H, W, 3) = ({h}, {w}, 3)."
-            )
-        return img.unsqueeze(0), unary.unsqueeze(0), True
-    if unary.dim() == 4:
-        if isinstance(image, np.ndarray):
-            image = torch.from_numpy(np.ascontiguousarray(image))
-        if not isinstance(image, Tensor) or image.dim() != 4:
-            raise ValueError(
-                f"batched input: image must be a (B, 3, H, W) tensor for probabilities of shape "
-                f"{tuple(unary.shape)}, got {getattr(image, 'shape', type(image))}."
-            )
-        return image, unary, False
-    raise ValueError(
-        f"probabilities must be (L, H, W) or batched (B, L, H, W), got shape {tuple(unary.shape)}."
-    )
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
-def _fused_potts(
-    unary: np.ndarray, q0: Optional[np.ndarray], num_labels: int, kernels: list[GaussianKernel], weights: list[float],
-    iterations: int,
-) -> Tensor:
-    """The compiled CPU path of :func:`dense_crf` for one image (no autograd): marginals ``(L, N)``.
+def _layout(image: ArrayLike, src: Tensor, source_is_numpy: bool) -> tuple[Tensor, Tensor, bool]:
+    """``(B, C, *S)`` guide and ``(B, L, *S)`` scores from the accepted layouts; flag: was unbatched.
 
-    ``unary`` and ``q0`` are the padded ``(N, C)`` arrays of :func:`crfrnn._numba.unary_from_scores`.
+    Batched: two tensors ``image (B, C, *S)`` and scores ``(B, L, *S)``. Otherwise densecrf's layout: scores
+    ``(L, *S)`` define ``S``; the guide is ``S`` (one channel), ``S + (C,)`` or, for tensors, ``(C,) + S``.
     """
-    from crfrnn import _numba
-
-    dtype = torch.float64 if unary.dtype == np.float64 else torch.float32
-    num_points = unary.shape[0]
-    args = []
-    for k, w in zip(kernels, weights):
-        ones = torch.ones(num_points, dtype=dtype)
-        pre = ones if k.pre is None else k.pre.reshape(-1).to(dtype)
-        post = ones if k.post is None else k.post.reshape(-1).to(dtype)
-        self_w = torch.zeros(num_points, dtype=dtype) if k.self_weight is None else k.self_weight.reshape(-1).to(dtype)
-        args.append((k.lattice._operators(dtype), pre, post, self_w, w))
-    return torch.from_numpy(_numba.potts_mean_field(unary, num_labels, iterations, args, q0=q0))
-
-
-def _check_scores(nonfinite: bool, negative: bool, min_sum: float, max_sum: float, is_probs: bool) -> None:
-    """The errors of :func:`dense_crf` for bad probabilities or logits (one message for either path)."""
-    if nonfinite:
-        raise ValueError("probabilities/logits contain NaN or infinite values.")
-    if is_probs and negative:
-        raise ValueError("probs contain negative values: they look like logits; pass them as logits= instead.")
-    if is_probs and not (abs(min_sum - 1.0) <= 1e-3 and abs(max_sum - 1.0) <= 1e-3):
+    img = torch.from_numpy(np.ascontiguousarray(image)) if isinstance(image, np.ndarray) else image
+    if not isinstance(img, Tensor):
+        raise TypeError(f"image must be a NumPy array or a torch tensor, got {type(image).__name__}.")
+    if src.dim() < 2 or src.dim() > 5:
         raise ValueError(
-            f"probs do not sum to 1 over labels (dimension -3; sums range {min_sum:.4g} to {max_sum:.4g}); "
-            "normalise them, or pass raw scores as logits=."
+            f"probabilities must be (L, *S) with S of 1 to 3 spatial axes, or batched (B, L, *S) tensors, got shape "
+            f"{tuple(src.shape)}."
         )
+    batched = (
+        not source_is_numpy and not isinstance(image, np.ndarray) and src.dim() >= 3 and img.dim() == src.dim()
+        and img.shape[0] == src.shape[0] and img.shape[2:] == src.shape[2:]
+    )  # fmt: skip
+    if batched:
+        return img, src, False
+    if src.dim() > 4:
+        raise ValueError(
+            f"probabilities of shape {tuple(src.shape)} have more than 3 spatial axes; pass (L, *S) with S of 1 to 3 "
+            "axes, or batched (B, L, *S) tensors with an image of shape (B, C, *S)."
+        )
+    s = tuple(src.shape[1:])
+    if tuple(img.shape) == s:
+        img = img.unsqueeze(0)
+    elif img.dim() == len(s) + 1 and tuple(img.shape[:-1]) == s:
+        img = img.movedim(-1, 0)  # S + (C,), densecrf's layout
+    elif img.dim() == len(s) + 1 and tuple(img.shape[1:]) == s and not isinstance(image, np.ndarray):
+        pass  # (C,) + S
+    else:
+        expected = f"{s} or {s + ('C',)}".replace("'", "")
+        hint = ""
+        if img.dim() == len(s) + 2 and tuple(img.shape[2:]) == s:
+            hint = " For a batch, pass the probabilities batched too, as a (B, L, *S) tensor."
+        raise ValueError(
+            f"image of shape {tuple(img.shape)} does not match probabilities of shape {tuple(src.shape)} = (L, *S): "
+            f"expected an image of shape {expected}.{hint}"
+        )
+    return img.unsqueeze(0), src.unsqueeze(0), True
 
 
 def dense_crf(
@@ -191,30 +174,39 @@ def dense_crf(
     bilateral_compat: float = 10.0,
     normalization: str = "symmetric",
     clip: float = 1e-5,
+    spacing: Optional[Width] = None,
+    cache: Optional[KernelCache] = None,
     backend: str = "auto",
 ) -> ArrayLike:
     """Refine segmentation probabilities with a fully connected CRF (densecrf's model and parameters).
 
     Args:
-        image: ``(H, W, 3)`` uint8 RGB (NumPy or torch), or a batched ``(B, 3, H, W)`` tensor (uint8 or
-            float on the 0..255 scale).
-        probs: ``(L, H, W)`` probabilities over labels, or batched ``(B, L, H, W)``; the unary energy is
-            ``-log(max(p, clip))`` as with pydensecrf's ``unary_from_softmax``.
+        image: the guide: ``(H, W, 3)`` uint8 RGB for probabilities ``(L, H, W)``; in general ``S`` or ``S + (C,)``
+            for probabilities ``(L, *S)`` (grey, RGB, several MRI modalities, ..., on the 0..255 scale); or a
+            batched ``(B, C, *S)`` tensor for a batched ``(B, L, *S)`` tensor of probabilities.
+        probs: ``(L, *S)`` probabilities over labels (``S`` of 1 to 3 axes), or batched ``(B, L, *S)``; the
+            unary energy is ``-log(max(p, clip))`` as with pydensecrf's ``unary_from_softmax``. ``L = 1`` is a
+            binary network's foreground probability, refined as the two-label problem it is.
         logits: instead of ``probs``, unary logits (``-energy``), e.g. a network's raw scores or the
-            output of :func:`unary_from_labels`.
+            output of :func:`unary_from_labels`; ``L = 1`` is a single foreground logit map.
         iterations: mean-field iterations (densecrf's ``inference(n)``).
-        gaussian_sxy: position width of the smoothness kernel in pixels (``addPairwiseGaussian(sxy)``).
+        gaussian_sxy: position width of the smoothness kernel in pixels (``addPairwiseGaussian(sxy)``): one number,
+            or one per spatial axis in array order (``(s_rows, s_cols)`` for an image; densecrf's ``(sx, sy)`` is
+            ``(sy, sx)`` here); in the units of ``spacing`` when one is given.
         gaussian_compat: its Potts weight (``compat``).
-        bilateral_sxy: position width of the appearance kernel (``addPairwiseBilateral(sxy)``).
-        bilateral_srgb: its colour width (``srgb``).
+        bilateral_sxy: position width of the appearance kernel (``addPairwiseBilateral(sxy)``), as ``gaussian_sxy``.
+        bilateral_srgb: its colour width (``srgb``), one number or one per guide channel.
         bilateral_compat: its Potts weight.
         normalization: ``"symmetric"`` (densecrf's default), ``"row"``, ``"column"`` or ``"none"``.
         clip: smallest probability used for the unary.
+        spacing: physical size of a step along each spatial axis (e.g. a volume's voxel size in mm).
+        cache: a :class:`crfrnn.KernelCache` that keeps the smoothness kernel for later calls of the same size
+            (folders of same-sized images); None keeps nothing.
         backend: lattice backend (``"auto"``: compiled kernels on the CPU, PyTorch elsewhere).
 
     Returns:
-        Marginals, ``(L, H, W)`` float32 (or ``(B, L, H, W)`` for batched input), the same kind (NumPy
-        or torch) as the probabilities; torch input keeps its device and stays differentiable.
+        Marginals of the same shape as the probabilities, float32 (float64 for a float64 tensor), the same kind
+        (NumPy or torch); torch input keeps its device and stays differentiable.
 
     Example:
         >>> image = np.zeros((20, 30, 3), np.uint8)
@@ -224,70 +216,62 @@ def dense_crf(
     """
     if (probs is None) == (logits is None):
         raise ValueError("pass exactly one of probs= (probabilities) or logits= (unary logits).")
+    name = "probs" if probs is not None else "logits"
     source = probs if probs is not None else logits
     is_numpy = isinstance(source, np.ndarray)
     if not is_numpy and not isinstance(source, Tensor):
-        raise TypeError(f"probabilities must be a NumPy array or a torch tensor, got {type(source).__name__}.")
+        raise TypeError(f"{name} must be a NumPy array or a torch tensor, got {type(source).__name__}.")
+    if is_numpy and source.dtype.kind != "f":
+        raise TypeError(
+            f"{name} must be floating point, got {source.dtype}; for a label map use "
+            "logits=unary_from_labels(labels, num_labels, gt_prob=...)."
+        )
     src = torch.from_numpy(np.ascontiguousarray(source)) if is_numpy else source
     if not src.is_floating_point():
         raise TypeError(
-            f"probabilities must be floating point, got {src.dtype}; for a label map use "
+            f"{name} must be floating point, got {src.dtype}; for a label map use "
             "logits=unary_from_labels(labels, num_labels, gt_prob=...)."
         )
-    if not isinstance(iterations, int) or iterations < 0:
-        raise ValueError(f"iterations must be an integer >= 0, got {iterations!r}.")
+    iterations = check_iterations("iterations", iterations)
+    clip = check_number("clip", clip)
     if not 0 < clip < 1:
         raise ValueError(f"clip must be in (0, 1), got {clip}.")
+    weights = [check_number("gaussian_compat", gaussian_compat), check_number("bilateral_compat", bilateral_compat)]
+    normalization = check_normalization(normalization)
+    if src.numel() == 0:
+        raise ValueError(f"{name} is empty: shape {tuple(src.shape)}.")
+    # the tolerance of a probability sum follows the precision the network produced them in (bfloat16: 0.03)
+    sum_tol = max(1e-3, 4 * torch.finfo(src.dtype).eps)
     dtype = torch.float64 if src.dtype == torch.float64 and not is_numpy else torch.float32
-    src = src.to(dtype)
-    if src.dim() in (3, 4) and src.shape[-3] < 2:
-        raise ValueError(f"need at least 2 labels in dimension -3, got shape {tuple(src.shape)}.")
-    # The compiled CPU path: one pass prepares (and checks) the unary, one fused kernel iterates.
-    fused = (
-        resolve_backend(backend, src.device) == "numba" and src.dim() in (3, 4)
-        and not (torch.is_grad_enabled() and src.requires_grad)
-    )  # fmt: skip
-    padded_unary = None
-    if fused:
-        from crfrnn import _numba
-
-        padded_unary, q0, st = _numba.unary_from_scores(
-            src if src.dim() == 4 else src[None], clip, probs is not None
-        )  # fmt: skip
-        _check_scores(st["nonfinite"] > 0, st["negative"] > 0, st["min_sum"], st["max_sum"], probs is not None)
-    else:
-        total = (src.sum(-3) if src.dim() in (3, 4) else src).detach()
-        _check_scores(
-            not bool(torch.isfinite(src).all()), bool((src < 0).any()), float(total.min()), float(total.max()),
-            probs is not None,
-        )  # fmt: skip
-        if probs is not None:
-            src = unary_from_probs(src, clip=clip)
-    img, unary, unbatched = _to_batched(image, src)  # in the fused path ``unary`` only gives the shape
-    if img.shape[1] != 3 and img.shape[-1] == 3:
-        raise ValueError(f"batched image must be (B, 3, H, W), got {tuple(img.shape)} (channels-last?).")
-    if img.shape[0] != unary.shape[0] or img.shape[2:] != unary.shape[2:]:
+    img, scores, unbatched = _layout(image, src, is_numpy)
+    check_guide(img, "image")
+    b, num_labels = scores.shape[:2]
+    shape = tuple(scores.shape[2:])
+    ndim = len(shape)
+    channels = img.shape[1]
+    if channels == 4 and not isinstance(bilateral_srgb, (list, tuple, np.ndarray, Tensor)):
         raise ValueError(
-            f"image of shape {tuple(img.shape)} does not match probabilities of shape {tuple(unary.shape)}."
+            "image has 4 channels (RGBA?): the alpha channel would act as a fourth colour. Drop it with "
+            "image[..., :3], or pass bilateral_srgb with 4 widths to use all 4 channels on purpose."
         )
-    img = img.to(device=unary.device, dtype=dtype)
-    b, num_labels, h, w = unary.shape
-    opts = dict(normalization=normalization, backend=backend)
-    spatial = spatial_kernel(b, h, w, gaussian_sxy, dtype=dtype, device=unary.device, **opts)
-    weights = [float(gaussian_compat), float(bilateral_compat)]
-    if padded_unary is not None:
-        n = h * w
-        q = torch.stack([
-            _fused_potts(padded_unary[i * n : (i + 1) * n], None if q0 is None else q0[i * n : (i + 1) * n],
-                         num_labels, [spatial.kernel, GaussianKernel(bilateral_features(
-                             img[i : i + 1], bilateral_sxy, bilateral_srgb), **opts)], weights, iterations)
-            for i in range(b)
-        ]).view(b, num_labels, h, w)  # fmt: skip
-    else:
-        u = unary.permute(0, 2, 3, 1).reshape(b, h * w, num_labels)
-        kernels = [spatial, GaussianKernel(bilateral_features(img, bilateral_sxy, bilateral_srgb), **opts)]
-        q = torch.softmax(_iterate(u, kernels, weights, None, iterations), -1)
-        q = q.view(b, h, w, num_labels).permute(0, 3, 1, 2)
+    sxy_g = check_widths("gaussian_sxy", gaussian_sxy, ndim, "spatial axis")
+    sxy_b = check_widths("bilateral_sxy", bilateral_sxy, ndim, "spatial axis")
+    steps = check_spacing(spacing, ndim)
+    scores = scores.to(dtype)
+    if num_labels == 1:  # a binary network's single map: the two-label problem it is
+        scores = torch.cat([1.0 - scores, scores] if probs is not None else [torch.zeros_like(scores), scores], 1)
+    img = img.to(device=scores.device, dtype=dtype)
+    kernels = [
+        Pairwise(position_features(shape, sxy_g, spacing=steps, dtype=dtype, device=scores.device, name="gaussian_sxy"),
+                 weight=weights[0], normalization=normalization, cache_key=("position", shape, sxy_g, steps)),
+        Pairwise(bilateral_features(img, sxy_b, bilateral_srgb, spacing=steps, names=("bilateral_sxy", "bilateral_srgb")),
+                 weight=weights[1], normalization=normalization),
+    ]  # fmt: skip
+    q = infer(scores.reshape(b, scores.shape[1], -1), kernels, iterations=iterations, from_probs=probs is not None,
+              clip=clip, cache=cache, backend=backend, name=name, sum_tol=sum_tol)  # fmt: skip
+    q = q.reshape((b, -1) + shape)
+    if num_labels == 1:
+        q = q[:, 1:]
     if unbatched:
         q = q[0]
     return q.detach().contiguous().numpy() if is_numpy else q.contiguous()

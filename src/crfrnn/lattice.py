@@ -40,6 +40,8 @@ _BACKENDS = ("auto", "torch", "numba")
 # Vertex keys are packed into one int64 code when the key ranges allow it (almost always); beyond this
 # many bits the lattice falls back to deduplicating whole key rows, which is slower but has no limit.
 _MAX_CODE_BITS = 62
+# Largest |feature| accepted (crfrnn.validation.MAX_FEATURE): keys stay far inside int64 and float64's exact integers.
+_MAX_FEATURE = 2.0**40
 
 
 def _csr(crow: Tensor, col: Tensor, val: Tensor, size: tuple[int, int]) -> Tensor:
@@ -318,7 +320,7 @@ class PermutohedralLattice:
         if backend == "numba":
             from crfrnn import _numba
 
-            built = _numba.build(feats, self.batch_size)
+            built = _numba.build(feats, self.batch_size, _MAX_CODE_BITS)
             if built is not None:
                 offsets, weights, rank, neighbours, m = built
         if built is None:  # pure PyTorch (also the fallback when int64 key codes would overflow)
@@ -494,4 +496,11 @@ def _check_features(features: Tensor) -> None:
         raise ValueError(
             "features contain NaN or infinite values; the lattice needs finite coordinates (check the "
             "image and the kernel widths, which must be positive)."
+        )
+    largest = float(features.detach().abs().max())
+    if largest > _MAX_FEATURE:
+        raise ValueError(
+            f"features reach {largest:.3g} after dividing by the kernel widths, beyond the lattice's limit of "
+            f"{_MAX_FEATURE:.3g} (its integer vertex keys would overflow); a kernel width is far too small for "
+            "the extent of the data: use larger widths."
         )
