@@ -133,7 +133,7 @@ def check_guide(guide: Tensor, name: str, *, channel_widths: Optional[Sequence[f
         if guide.is_floating_point() and hi <= 1.0 and lo >= -1.0 and hi - lo > 0:
             warnings.warn(
                 f"{name} values lie within [{lo:.3g}, {hi:.3g}], but colour widths are in units of a 0..255 image; "
-                f"multiply {name} by 255 (or divide the colour width by 255), or the kernel ignores colour.",
+                f"multiply the {name} by 255 (or divide the colour width by 255), or the kernel ignores colour.",
                 stacklevel=3,
             )
         elif hi > 255.0 and not guide.is_floating_point():

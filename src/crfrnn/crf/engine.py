@@ -56,6 +56,7 @@ class Pairwise:
         exclude_self: leave ``j == i`` out of the messages.
         cache_key: a hashable that determines ``features`` completely (e.g. the grid shape and widths); kernels
             with a key are shared by the batch and kept in the caller's :class:`KernelCache`.
+        names: the caller's names for ``weight`` and ``compatibility``, for error messages.
 
     Example:
         >>> from crfrnn.crf.features import position_features
@@ -70,6 +71,7 @@ class Pairwise:
     normalization: str = "row"
     exclude_self: bool = False
     cache_key: Optional[Hashable] = None
+    names: tuple[str, str] = ("weight", "compatibility")
 
 
 def _as_tensor(value: Union[Tensor, np.ndarray], like: Tensor) -> Tensor:
@@ -239,7 +241,8 @@ def infer(
     """
     b, num_labels, n = scores.shape
     dtype = scores.dtype
-    transforms = [label_transform(k.weight, k.compatibility, num_labels, scores) for k in kernels]
+    transforms = [label_transform(k.weight, k.compatibility, num_labels, scores, name=k.names[0],
+                                  compat_name=k.names[1]) for k in kernels]  # fmt: skip
     for k in kernels:
         check_normalization(k.normalization)
         if k.features.dim() != 3 or k.features.shape[1] != n or k.features.shape[0] not in (1, b):

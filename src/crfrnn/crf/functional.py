@@ -144,8 +144,10 @@ def mean_field(
     opts = dict(normalization=normalization, exclude_self=exclude_self, compatibility=compatibility)
     kernels = [
         Pairwise(position_features(shape, theta_g, spacing=steps, dtype=dtype, device=u.device, name="theta_gamma"),
-                 weight=spatial_weight, cache_key=("position", shape, theta_g, steps), **opts),
-        Pairwise(bilateral_features(img, theta_a, theta_beta, spacing=steps), weight=bilateral_weight, **opts),
+                 weight=spatial_weight, cache_key=("position", shape, theta_g, steps), names=("spatial_weight", "compatibility"),
+                 **opts),
+        Pairwise(bilateral_features(img, theta_a, theta_beta, spacing=steps), weight=bilateral_weight,
+                 names=("bilateral_weight", "compatibility"), **opts),
     ]  # fmt: skip
     with torch.autocast(u.device.type, enabled=False):
         out = infer(u.reshape(b, num_labels, -1), kernels, iterations=iterations, return_logits=True,
