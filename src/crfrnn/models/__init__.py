@@ -8,6 +8,9 @@ Build a registered model by name with :func:`create`; :func:`list_models` lists 
     >>> model = create("small_fcn", num_classes=5)
 
 Every model takes a raw RGB image ``(B, 3, H, W)`` on the 0..255 scale and returns logits ``(B, L, H, W)``.
+
+The released CRF-RNN network is built from any of its three published weight files by
+:func:`load_pretrained` (see :mod:`crfrnn.models.pretrained` and ``docs/pretrained.md``).
 """
 
 from __future__ import annotations
@@ -18,17 +21,34 @@ from typing import Any, Callable, Optional
 
 from torch import nn
 
-from crfrnn.models.fcn8s import FCN8s
+from crfrnn.models.fcn8s import CaffeInput, FCN8s
+from crfrnn.models.pretrained import (
+    CONVENTIONS,
+    Conventions,
+    Segmentation,
+    detect_format,
+    load_pretrained,
+    resize_for_network,
+    segment_images,
+)
 from crfrnn.models.segmenter import CrfRnnSegmenter
 from crfrnn.models.small import SmallFCN
 
 __all__ = [
+    "CONVENTIONS",
+    "CaffeInput",
+    "Conventions",
     "CrfRnnSegmenter",
     "FCN8s",
+    "Segmentation",
     "SmallFCN",
     "create",
+    "detect_format",
     "list_models",
+    "load_pretrained",
     "register_model",
+    "resize_for_network",
+    "segment_images",
 ]
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
@@ -97,9 +117,11 @@ def _crf(num_classes: int, crf_kwargs: Optional[dict[str, Any]]) -> nn.Module:
 
 
 @register_model("fcn8s")
-def _fcn8s(*, num_classes: int = 21, dropout: float = 0.5, learnable_upsampling: bool = False) -> FCN8s:
+def _fcn8s(
+    *, num_classes: int = 21, dropout: float = 0.5, learnable_upsampling: bool = False, upscore2_bias: bool = False
+) -> FCN8s:
     """FCN-8s on VGG-16 (the Caffe ``voc-fcn8s`` net); see :class:`FCN8s`."""
-    return FCN8s(num_classes, dropout=dropout, learnable_upsampling=learnable_upsampling)
+    return FCN8s(num_classes, dropout=dropout, learnable_upsampling=learnable_upsampling, upscore2_bias=upscore2_bias)
 
 
 @register_model("small_fcn")

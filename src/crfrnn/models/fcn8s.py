@@ -15,7 +15,9 @@ Geometry (all as in Caffe):
   dropout (p = 0.5);
 - ``upscore2`` and ``upscore_pool4`` are 4x4 stride-2 transposed convolutions and ``upscore8`` a 16x16
   stride-8 one, without bias and without padding, initialised to bilinear interpolation and, as in the
-  reference (``lr_mult: 0``), fixed unless ``learnable_upsampling=True``;
+  reference (``lr_mult: 0``), fixed unless ``learnable_upsampling=True``. The released CRF-RNN network
+  learned its first up-sampling with a bias (Caffe layer ``score2``); ``upscore2_bias=True`` adds that
+  bias (key ``upscore2.bias``), see ``docs/pretrained.md``;
 - the skip scores are cropped before the sums with the offsets Caffe's ``coord_map`` derives for this
   net: 5 for ``score_pool4`` (-> ``score_pool4c``), 9 for ``score_pool3`` (-> ``score_pool3c``), and the
   final ``upscore8`` map is cropped by 31 to the input size. With these offsets output pixel ``(y, x)``
@@ -24,20 +26,59 @@ Geometry (all as in Caffe):
 
 from __future__ import annotations
 
-from typing import Sequence
+import math
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from crfrnn.models._utils import check_image, init_bilinear_
 
-__all__ = ["CAFFE_BGR_MEAN", "FCN8s"]
+__all__ = ["CAFFE_BGR_MEAN", "CaffeInput", "FCN8s", "FC_WIDTH", "VGG16_WIDTHS"]
 
 #: Per-channel mean of the Caffe VGG-16 / FCN models, in B, G, R order, on the 0..255 scale.
 CAFFE_BGR_MEAN: tuple[float, float, float] = (104.00698793, 116.66876762, 122.67891434)
 
 # (stage, number of 3x3 convolutions, output channels) of VGG-16 "D".
 _VGG16_STAGES: tuple[tuple[int, int, int], ...] = ((1, 2, 64), (2, 2, 128), (3, 3, 256), (4, 3, 512), (5, 3, 512))
+
+#: Output channels of the five VGG-16 stages and of ``fc6``/``fc7``: the full-size network.
+VGG16_WIDTHS: tuple[int, int, int, int, int] = tuple(c for _, _, c in _VGG16_STAGES)  # type: ignore[assignment]
+FC_WIDTH: int = 4096
+
+
+def _check_mean(mean: Sequence[float]) -> tuple[float, float, float]:
+    values = tuple(float(v) for v in mean)
+    if len(values) != 3 or not all(math.isfinite(v) for v in values):
+        raise ValueError(f"mean must be three finite numbers (B, G, R on the 0..255 scale), got {tuple(mean)!r}.")
+    return values  # type: ignore[return-value]
+
+
+class CaffeInput(nn.Module):
+    """RGB 0..255 -> BGR minus a per-channel mean: the input convention of the Caffe VGG/FCN models.
+
+    Args:
+        mean: the mean to subtract, in B, G, R order (default :data:`CAFFE_BGR_MEAN`).
+
+    Shape:
+        - image: ``(B, 3, H, W)`` RGB on the 0..255 scale.
+        - output: ``(B, 3, H, W)`` BGR minus ``mean``, same device and dtype.
+
+    Example:
+        >>> CaffeInput((1.0, 2.0, 3.0))(torch.tensor([10.0, 20.0, 30.0]).view(1, 3, 1, 1)).flatten().tolist()
+        [29.0, 18.0, 7.0]
+    """
+
+    def __init__(self, mean: Sequence[float] = CAFFE_BGR_MEAN) -> None:
+        super().__init__()
+        self.mean = _check_mean(mean)
+
+    def forward(self, image: Tensor) -> Tensor:
+        mean = torch.tensor(self.mean, device=image.device, dtype=image.dtype).view(1, 3, 1, 1)
+        return image.flip(1) - mean
+
+    def extra_repr(self) -> str:
+        return "mean_bgr=(" + ", ".join(f"{v:g}" for v in self.mean) + ")"
 
 
 def _crop(x: Tensor, offset: int, height: int, width: int) -> Tensor:
@@ -67,6 +108,14 @@ class FCN8s(nn.Module):
         dropout: dropout probability after ``fc6`` and ``fc7`` (0.5 in the reference).
         learnable_upsampling: if ``False`` (the reference), the transposed convolutions keep their
             bilinear weights (``requires_grad=False``).
+        upscore2_bias: give the first 2x up-sampling ``upscore2`` a bias, as the released CRF-RNN
+            network has (Caffe ``score2``); the bias starts at zero and is learnable.
+        widths: output channels of the five VGG-16 stages (default :data:`VGG16_WIDTHS`); smaller values
+            build a narrow network of the same geometry (tests, experiments).
+        fc_width: output channels of ``fc6`` and ``fc7`` (default 4096).
+        mean: the mean that :meth:`preprocess` subtracts, in B, G, R order (default
+            :data:`CAFFE_BGR_MEAN`; the PyTorch and Keras ports of CRF-RNN used another one, see
+            ``docs/pretrained.md``).
 
     Shape:
         - image: ``(B, 3, H, W)``, RGB, 0..255, any ``H, W >= 1``.
@@ -85,16 +134,34 @@ class FCN8s(nn.Module):
     crop_pool3: int = 9
     crop_final: int = 31
 
-    def __init__(self, num_classes: int = 21, *, dropout: float = 0.5, learnable_upsampling: bool = False) -> None:
+    def __init__(
+        self,
+        num_classes: int = 21,
+        *,
+        dropout: float = 0.5,
+        learnable_upsampling: bool = False,
+        upscore2_bias: bool = False,
+        widths: Optional[Sequence[int]] = None,
+        fc_width: int = FC_WIDTH,
+        mean: Sequence[float] = CAFFE_BGR_MEAN,
+    ) -> None:
         super().__init__()
         if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
             raise ValueError(f"num_classes must be a positive int, got {num_classes!r}.")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}.")
+        widths = VGG16_WIDTHS if widths is None else tuple(widths)
+        if len(widths) != 5 or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 1 for c in widths):
+            raise ValueError(f"widths must be five positive ints (one per VGG-16 stage), got {widths!r}.")
+        if not isinstance(fc_width, int) or isinstance(fc_width, bool) or fc_width < 1:
+            raise ValueError(f"fc_width must be a positive int, got {fc_width!r}.")
         self.num_classes = num_classes
+        self.widths = tuple(widths)
+        self.fc_width = fc_width
+        self.input = CaffeInput(mean)
 
         in_ch = 3
-        for stage, n_conv, out_ch in _VGG16_STAGES:
+        for (stage, n_conv, _), out_ch in zip(_VGG16_STAGES, self.widths):
             for i in range(1, n_conv + 1):
                 pad = 100 if (stage, i) == (1, 1) else 1
                 self.add_module(f"conv{stage}_{i}", nn.Conv2d(in_ch, out_ch, 3, padding=pad))
@@ -102,18 +169,18 @@ class FCN8s(nn.Module):
                 in_ch = out_ch
             self.add_module(f"pool{stage}", nn.MaxPool2d(2, stride=2, ceil_mode=True))
 
-        self.fc6 = nn.Conv2d(512, 4096, 7)
+        self.fc6 = nn.Conv2d(self.widths[4], fc_width, 7)
         self.relu6 = nn.ReLU(inplace=True)
         self.drop6 = nn.Dropout(dropout)
-        self.fc7 = nn.Conv2d(4096, 4096, 1)
+        self.fc7 = nn.Conv2d(fc_width, fc_width, 1)
         self.relu7 = nn.ReLU(inplace=True)
         self.drop7 = nn.Dropout(dropout)
 
-        self.score_fr = nn.Conv2d(4096, num_classes, 1)
-        self.upscore2 = nn.ConvTranspose2d(num_classes, num_classes, 4, stride=2, bias=False)
-        self.score_pool4 = nn.Conv2d(512, num_classes, 1)
+        self.score_fr = nn.Conv2d(fc_width, num_classes, 1)
+        self.upscore2 = nn.ConvTranspose2d(num_classes, num_classes, 4, stride=2, bias=upscore2_bias)
+        self.score_pool4 = nn.Conv2d(self.widths[3], num_classes, 1)
         self.upscore_pool4 = nn.ConvTranspose2d(num_classes, num_classes, 4, stride=2, bias=False)
-        self.score_pool3 = nn.Conv2d(256, num_classes, 1)
+        self.score_pool3 = nn.Conv2d(self.widths[2], num_classes, 1)
         self.upscore8 = nn.ConvTranspose2d(num_classes, num_classes, 16, stride=8, bias=False)
 
         self.reset_parameters()
@@ -145,10 +212,10 @@ class FCN8s(nn.Module):
             image: ``(B, 3, H, W)`` RGB on the 0..255 scale.
 
         Returns:
-            ``(B, 3, H, W)`` BGR minus :data:`CAFFE_BGR_MEAN`, same device and dtype.
+            ``(B, 3, H, W)`` BGR minus the network's ``mean`` (:data:`CAFFE_BGR_MEAN` by default), same
+            device and dtype.
         """
-        mean = torch.tensor(CAFFE_BGR_MEAN, device=image.device, dtype=image.dtype).view(1, 3, 1, 1)
-        return image.flip(1) - mean
+        return self.input(image)
 
     def forward(self, image: Tensor) -> Tensor:
         """Score every pixel.
@@ -183,4 +250,7 @@ class FCN8s(nn.Module):
         return _crop(upscore8, self.crop_final, height, width)
 
     def extra_repr(self) -> str:
-        return f"num_classes={self.num_classes}"
+        extra = "" if self.widths == VGG16_WIDTHS and self.fc_width == FC_WIDTH else (
+            f", widths={self.widths}, fc_width={self.fc_width}"
+        )
+        return f"num_classes={self.num_classes}{extra}"

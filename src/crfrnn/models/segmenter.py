@@ -35,7 +35,7 @@ The CRF always sees the raw 0..255 image, whose colour scale its bilateral kerne
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Optional, Union
+from typing import TYPE_CHECKING, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -67,6 +67,16 @@ class CrfRnnSegmenter(nn.Module):
             put a loss on the backbone's own output too.
         check_image_range: if ``True``, ``forward`` checks that the image looks like a 0..255 image
             (this reads the image's minimum and maximum, a device synchronisation on GPU).
+        crf_input: module mapping the raw image to the image the CRF's bilateral kernel sees; ``None``
+            (the default) gives it the raw 0..255 RGB image. The released CRF-RNN network gave it the
+            mean-subtracted BGR network input (:class:`crfrnn.models.fcn8s.CaffeInput`).
+        pad_to: ``(H, W)``: pad every image at the bottom and right to this size before the backbone and
+            the CRF, and crop the outputs back (the released network ran on 500 x 500). An image larger
+            than ``pad_to`` is an error. ``None`` runs at the image's own size.
+        pad_value: per-channel RGB value of the padding (default 0). The released network padded its
+            mean-subtracted input with zeros, i.e. the raw image with the mean colour.
+
+    ``crf`` may be ``None`` for the backbone alone (then the backbone must have an int ``num_classes``).
 
     Shape:
         - image: ``(B, 3, H, W)`` RGB on the 0..255 scale.
@@ -86,33 +96,51 @@ class CrfRnnSegmenter(nn.Module):
     def __init__(
         self,
         backbone: nn.Module,
-        crf: "CrfRnn",
+        crf: Optional["CrfRnn"],
         *,
         output_key: Optional[str] = None,
         return_unary: bool = False,
         check_image_range: bool = True,
+        crf_input: Optional[nn.Module] = None,
+        pad_to: Optional[tuple[int, int]] = None,
+        pad_value: Optional[Sequence[float]] = None,
     ) -> None:
         super().__init__()
         if not isinstance(backbone, nn.Module):
             raise TypeError(f"backbone must be a torch.nn.Module, got {type(backbone).__name__}.")
-        if not isinstance(crf, nn.Module):
+        if crf is not None and not isinstance(crf, nn.Module):
             raise TypeError(f"crf must be a torch.nn.Module (e.g. crfrnn.CrfRnn), got {type(crf).__name__}.")
-        num_classes = getattr(crf, "num_classes", None)
+        owner = backbone if crf is None else crf
+        num_classes = getattr(owner, "num_classes", None)
         if not isinstance(num_classes, int):
+            what = "the backbone (crf=None)" if crf is None else "crf"
             raise TypeError(
-                f"crf must have an int attribute num_classes (as crfrnn.CrfRnn has), "
-                f"got {type(crf).__name__} with num_classes={num_classes!r}."
+                f"{what} must have an int attribute num_classes (as crfrnn.CrfRnn has), "
+                f"got {type(owner).__name__} with num_classes={num_classes!r}."
             )
+        if crf_input is not None and not isinstance(crf_input, nn.Module):
+            raise TypeError(f"crf_input must be a torch.nn.Module or None, got {type(crf_input).__name__}.")
+        if pad_to is not None:
+            pad_to = tuple(pad_to)  # type: ignore[assignment]
+            if len(pad_to) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in pad_to):
+                raise ValueError(f"pad_to must be None or (H, W) with positive ints, got {pad_to!r}.")
+        if pad_value is not None:
+            pad_value = tuple(float(v) for v in pad_value)
+            if len(pad_value) != 3:
+                raise ValueError(f"pad_value must be three numbers (R, G, B), got {pad_value!r}.")
         self.backbone = backbone
         self.crf = crf
         self.output_key = output_key
         self.return_unary = return_unary
         self.check_image_range = check_image_range
+        self.crf_input = crf_input
+        self.pad_to = pad_to
+        self.pad_value = pad_value
 
     @property
     def num_classes(self) -> int:
-        """Number of labels ``L``, that of the CRF head."""
-        return self.crf.num_classes
+        """Number of labels ``L``, that of the CRF head (of the backbone when there is no CRF)."""
+        return (self.backbone if self.crf is None else self.crf).num_classes
 
     def _check_image(self, image: Tensor) -> None:
         check_image(image)
@@ -133,8 +161,34 @@ class CrfRnnSegmenter(nn.Module):
                 "dark 0..255 image."
             )
 
+    def pad(self, image: Tensor) -> Tensor:
+        """The image padded at the bottom and right to ``pad_to`` with ``pad_value`` (unchanged without ``pad_to``).
+
+        Raises:
+            ValueError: if the image is larger than ``pad_to``; the message says how to fix it.
+        """
+        if self.pad_to is None:
+            return image
+        (h, w), (ph, pw) = image.shape[-2:], self.pad_to
+        if h > ph or w > pw:
+            raise ValueError(
+                f"image of {h} x {w} pixels (H x W) does not fit the network's {ph} x {pw} input: the released "
+                f"CRF-RNN network ran on images padded to {ph} x {pw}. Resize the image so that it fits (e.g. "
+                f"crfrnn segment --resize shrink, or scale it by {min(ph / h, pw / w):.4g}), or build the model "
+                "with pad_to=None to run it at the image's own size (not how it was trained)."
+            )
+        if (h, w) == (ph, pw):
+            return image
+        out = image.new_empty(*image.shape[:-2], ph, pw)
+        fill = (0.0, 0.0, 0.0) if self.pad_value is None else self.pad_value
+        out[:] = torch.tensor(fill, dtype=image.dtype, device=image.device).view(1, 3, 1, 1)
+        out[..., :h, :w] = image
+        return out
+
     def unary(self, image: Tensor) -> Tensor:
         """The backbone's logits, checked and up-sampled to the image size.
+
+        With ``pad_to``, the backbone runs on the padded image and the logits are cropped back.
 
         Args:
             image: ``(B, 3, H, W)`` RGB on the 0..255 scale.
@@ -143,6 +197,10 @@ class CrfRnnSegmenter(nn.Module):
             ``(B, L, H, W)`` logits.
         """
         self._check_image(image)
+        h, w = image.shape[-2:]
+        return self._unary(self.pad(image))[..., :h, :w]
+
+    def _unary(self, image: Tensor) -> Tensor:
         out = self.backbone(image)
         if self.output_key is not None:
             if not isinstance(out, Mapping):
@@ -182,15 +240,22 @@ class CrfRnnSegmenter(nn.Module):
 
         Args:
             image: ``(B, 3, H, W)`` RGB on the 0..255 scale.
-            use_crf: if ``False``, skip the CRF head and return the backbone's logits (as both elements of
-                the pair when ``return_unary`` is set).
+            use_crf: if ``False`` (or if there is no CRF head), skip the CRF head and return the backbone's
+                logits (as both elements of the pair when ``return_unary`` is set).
 
         Returns:
             ``(B, L, H, W)`` refined logits, or ``(refined, unary)`` if ``return_unary`` is set.
         """
-        unary = self.unary(image)
-        refined = self.crf(unary, image) if use_crf else unary
+        self._check_image(image)
+        h, w = image.shape[-2:]
+        padded = self.pad(image)
+        unary = refined = self._unary(padded)
+        if use_crf and self.crf is not None:
+            guide = padded if self.crf_input is None else self.crf_input(padded)
+            refined = self.crf(unary, guide)
+        refined, unary = refined[..., :h, :w], unary[..., :h, :w]
         return (refined, unary) if self.return_unary else refined
 
     def extra_repr(self) -> str:
-        return f"output_key={self.output_key!r}, return_unary={self.return_unary}"
+        extra = f", pad_to={self.pad_to}" if self.pad_to is not None else ""
+        return f"output_key={self.output_key!r}, return_unary={self.return_unary}{extra}"
