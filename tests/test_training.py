@@ -316,6 +316,24 @@ class TestRunDirectory:
         modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "run").iterdir()}
         assert modes["last.pt"] == modes["best.pt"] == modes["config.yaml"] == modes["metrics.jsonl"] == 0o640
 
+    def test_mask_label_outside_the_classes_names_the_file(self, tmp_path):
+        import numpy as np
+        from PIL import Image
+
+        from crfrnn.data import save_label_png
+
+        for d in ("img", "msk"):
+            (tmp_path / d).mkdir()
+        for i, top in enumerate((2, 40)):
+            Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "img" / f"a{i}.png")
+            save_label_png(tmp_path / "msk" / f"a{i}.png", np.full((32, 32), top))
+        config = tiny(tmp_path / "run", dataset="folder", images=str(tmp_path / "img"), masks=str(tmp_path / "msk"),
+                      num_classes=3, epochs=1, batch_size=2, num_val=0)  # fmt: skip
+        with pytest.raises(ValueError, match=r"mask '.*a1\.png' holds label\(s\) \[40\] outside the valid range 0\.\.2"):
+            train(config, progress=False)
+        with pytest.raises(ValueError, match=r"target labels \[40\] are outside the valid range 0\.\.2"):
+            segmentation_loss(torch.zeros(1, 3, 2, 2), torch.full((1, 2, 2), 40))
+
     def test_rng_states_are_plain(self, tmp_path):
         train(tiny(tmp_path / "run", epochs=1), progress=False)
         states = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["rng_states"]

@@ -473,8 +473,10 @@ def build_datasets(config: TrainConfig) -> tuple[Dataset, Optional[Dataset], int
             raise ValueError("give both val_images and val_masks (--val-images DIR --val-masks DIR), or neither.")
         if config.num_classes is None:
             raise ValueError("dataset 'folder' needs num_classes (--num-classes L): it cannot be read from the masks.")
-        train_set = data.SegmentationFolder(config.images, config.masks, transform=transform)
-        val_set = data.SegmentationFolder(config.val_images, config.val_masks) if config.val_images else None
+        classes = config.num_classes  # masks with other labels are named when they are read
+        train_set = data.SegmentationFolder(config.images, config.masks, transform=transform, num_classes=classes)
+        val_set = (data.SegmentationFolder(config.val_images, config.val_masks, num_classes=classes)
+                   if config.val_images else None)  # fmt: skip
         num_classes = config.num_classes
     if config.num_classes is not None and config.num_classes != num_classes:
         raise ValueError(
@@ -643,6 +645,14 @@ def segmentation_loss(logits: Tensor, target: Tensor, ignore_index: int = IGNORE
     Returns:
         A scalar tensor.
     """
+    num_classes = logits.shape[1]
+    bad = ((target < 0) | (target >= num_classes)) & (target != ignore_index)
+    if bool(bad.any()):
+        values = sorted(int(v) for v in torch.unique(target[bad])[:5])
+        raise ValueError(
+            f"target labels {values} are outside the valid range 0..{num_classes - 1} (and {ignore_index} = void) "
+            f"of the model's {num_classes} classes; fix the masks or set num_classes to cover their labels."
+        )
     total = F.cross_entropy(logits, target, ignore_index=ignore_index, reduction="sum")
     return total / (target != ignore_index).sum().clamp_min(1)
 

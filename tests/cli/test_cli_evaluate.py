@@ -199,7 +199,16 @@ class TestEvaluateErrors:
         ckpt = write_checkpoint(tmp_path / "three.pt", num_classes=3)
         code, _, err = run_cli(capsys, ckpt, "--out", tmp_path / "out", "--dataset", "folder", "--images",
                                tmp_path / "img", "--masks", tmp_path / "msk", "--no-progress")  # fmt: skip
-        assert_one_line_error(code, err, 1, "evaluation failed", "target labels")
+        assert_one_line_error(code, err, 1, "evaluation failed", "a.png", "[9]", "0..2")
+
+    def test_cuda_without_cuda(self, tmp_path, capsys, checkpoint):
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("this machine has CUDA")
+        code, _, err = run_cli(capsys, checkpoint, "--out", tmp_path / "o", "--device", "cuda")
+        assert_one_line_error(code, err, 2, "CUDA is not available", "--device cpu")
+        assert "cannot read checkpoint" not in err
 
     def test_bad_options(self, tmp_path, capsys, checkpoint):
         code, _, err = run_cli(capsys, checkpoint, "--out", tmp_path, "--dense-crf-param", "srgb=3")

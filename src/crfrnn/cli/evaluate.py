@@ -136,8 +136,12 @@ def _synthetic_options(args: argparse.Namespace, payload: dict[str, Any]) -> dic
     return {"seed": seed, "size": size, **kwargs}
 
 
-def _dataset(args: argparse.Namespace, split: str, synthetic: dict[str, Any]) -> Any:
-    """The data set named by the arguments; data problems become CommandErrors."""
+def _dataset(
+    args: argparse.Namespace, split: str, synthetic: dict[str, Any], num_classes: Optional[int] = None
+) -> Any:
+    """The data set named by the arguments; data problems become CommandErrors.
+
+    ``num_classes``: folder masks with other labels are reported by file name when read."""
     from crfrnn.data import SegmentationFolder, VOCSegmentation, synthetic_splits
 
     try:
@@ -156,7 +160,7 @@ def _dataset(args: argparse.Namespace, split: str, synthetic: dict[str, Any]) ->
             return VOCSegmentation(args.voc_root, split)
         if not args.images or not args.masks:
             raise CommandError("--dataset folder needs --images DIR and --masks DIR.")
-        return SegmentationFolder(args.images, args.masks)
+        return SegmentationFolder(args.images, args.masks, num_classes=num_classes)
     except (FileNotFoundError, NotADirectoryError, OSError, ValueError, TypeError) as err:
         raise CommandError(f"cannot open the {args.dataset} data set: {err}".replace("\n", " ")) from err
 
@@ -197,6 +201,11 @@ def run(args: argparse.Namespace) -> int:
         device = torch.device(args.device)
     except RuntimeError as err:
         raise CommandError(f"--device {args.device!r} is not a torch device ({err}).") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CommandError(
+            f"--device {args.device}: CUDA is not available on this machine (torch {torch.__version__}); "
+            "use --device cpu."
+        )
 
     try:
         model, payload = load_model(args.checkpoint, map_location=device)
@@ -209,7 +218,7 @@ def run(args: argparse.Namespace) -> int:
 
     split = args.ids if (args.ids and args.dataset == "voc") else args.split
     synthetic = _synthetic_options(args, payload) if args.dataset == "synthetic" else {}
-    dataset = _dataset(args, split, synthetic)
+    dataset = _dataset(args, split, synthetic, num_classes)
     _check_classes(dataset, num_classes, args.dataset)
     if class_names is None and getattr(dataset, "class_names", None) is not None:
         class_names = list(dataset.class_names)
@@ -231,7 +240,7 @@ def run(args: argparse.Namespace) -> int:
                     "pass --search-split to tune on held-out images.",
                     file=sys.stderr,
                 )
-            search_set = _dataset(args, args.search_split, synthetic)
+            search_set = _dataset(args, args.search_split, synthetic, num_classes)
             _check_classes(search_set, num_classes, args.dataset)
             best, table = search_dense_crf(
                 model, search_set, num_classes=num_classes, grid=grid_spec, base_params=crf_params,

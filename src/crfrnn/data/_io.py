@@ -54,6 +54,20 @@ def check_same_size(image: torch.Tensor, mask: torch.Tensor, image_path: PathLik
         )
 
 
+def check_labels(mask: torch.Tensor, path: PathLike, num_classes: Optional[int], ignore_index: int = 255) -> None:
+    """Raise ValueError naming ``path`` if ``mask`` holds labels outside ``[0, num_classes)`` other than void."""
+    if num_classes is None or mask.numel() == 0:
+        return
+    bad = ((mask < 0) | (mask >= num_classes)) & (mask != ignore_index)
+    if bool(bad.any()):
+        values = sorted(int(v) for v in torch.unique(mask[bad])[:5])
+        raise ValueError(
+            f"mask '{os.fspath(path)}' holds label(s) {values} outside the valid range 0..{num_classes - 1} "
+            f"(and {ignore_index} = void) of {num_classes} classes. Fix the mask, or use num_classes that covers "
+            "its labels (the model must be built for as many classes)."
+        )
+
+
 def read_id_list(path: PathLike) -> List[str]:
     """Read an id-list file: one id per line (first whitespace-separated token); blank and '#' lines skipped."""
     path = os.fspath(path)

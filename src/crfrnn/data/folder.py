@@ -8,7 +8,17 @@ from typing import Dict, List, Optional, Sequence
 
 from torch.utils.data import Dataset
 
-from ._io import PathLike, Sample, Transform, apply_transform, check_same_size, read_image, read_mask_png, require_dir
+from ._io import (
+    PathLike,
+    Sample,
+    Transform,
+    apply_transform,
+    check_labels,
+    check_same_size,
+    read_image,
+    read_mask_png,
+    require_dir,
+)
 
 __all__ = ["SegmentationFolder"]
 
@@ -25,6 +35,8 @@ class SegmentationFolder(Dataset):
         masks_dir: folder of ``.png`` masks.
         transform: optional paired transform ``(image, mask) -> (image, mask)``.
         image_exts: accepted image extensions (case-insensitive).
+        num_classes: if given, a mask with labels outside ``0..num_classes - 1`` (other than 255) raises a
+            ValueError naming the file when it is loaded.
 
     Attributes:
         ids: the file stems, sorted.
@@ -42,7 +54,12 @@ class SegmentationFolder(Dataset):
         *,
         transform: Optional[Transform] = None,
         image_exts: Sequence[str] = (".jpg", ".jpeg", ".png", ".bmp"),
+        num_classes: Optional[int] = None,
     ) -> None:
+        if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
+                                        or num_classes < 1):  # fmt: skip
+            raise ValueError(f"SegmentationFolder: num_classes must be an int >= 1 or None, got {num_classes!r}.")
+        self.num_classes = num_classes
         self.images_dir = Path(images_dir)
         self.masks_dir = Path(masks_dir)
         require_dir(self.images_dir, "SegmentationFolder", "Check the images_dir argument.")
@@ -108,6 +125,7 @@ class SegmentationFolder(Dataset):
         image = read_image(ip)
         mask = read_mask_png(mp)
         check_same_size(image, mask, ip, mp)
+        check_labels(mask, mp, self.num_classes, self.ignore_index)
         return apply_transform(self.transform, image, mask)
 
     def __repr__(self) -> str:

@@ -27,6 +27,7 @@ from ._io import (
     Transform,
     apply_transform,
     check_files_exist,
+    check_labels,
     check_same_size,
     read_id_list,
     read_image,
@@ -170,6 +171,7 @@ class VOCSegmentation(Dataset):
         image = read_image(ip)
         mask = read_mask_png(mp)
         check_same_size(image, mask, ip, mp)
+        check_labels(mask, mp, self.num_classes)
         return apply_transform(self.transform, image, mask)
 
     def __repr__(self) -> str:
@@ -220,6 +222,7 @@ class SBDSegmentation(Dataset):
         image = read_image(ip)
         mask = _load_sbd_mat(mp)
         check_same_size(image, mask, ip, mp)
+        check_labels(mask, mp, self.num_classes)
         return apply_transform(self.transform, image, mask)
 
     def __repr__(self) -> str:
