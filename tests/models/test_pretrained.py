@@ -464,7 +464,7 @@ class TestLoadPretrained:
         with torch.no_grad():
             batch = model(images)
             single = torch.cat([model(images[:1]), model(images[1:])])
-        torch.testing.assert_close(batch, single, rtol=1e-4, atol=1e-3)  # float32 batched convolutions
+        torch.testing.assert_close(batch, single, rtol=1e-3, atol=1e-2)  # float32 batched convolutions, 10 iterations
 
 
 class CrfRnnSegmenterPair(torch.nn.Module):
