@@ -20,6 +20,7 @@ COMMANDS = {
     "train": "crfrnn.cli.train",
     "evaluate": "crfrnn.cli.evaluate",
     "reproduce": "crfrnn.cli.reproduce",
+    "segment": "crfrnn.cli.segment",
 }
 
 

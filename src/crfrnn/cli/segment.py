@@ -1,0 +1,226 @@
+"""``crfrnn segment``: segment photos with the released CRF-RNN network (FCN-8s + CRF-RNN, PASCAL VOC).
+
+::
+
+    crfrnn segment photo.jpg photos/ --weights TVG_CRFRNN_COCO_VOC.caffemodel -o out/ --overlay --probs
+
+For every image ``NAME.ext`` it writes ``out/NAME.png`` (the labels as a VOC palette PNG), and with
+``--overlay`` ``out/NAME_overlay.png`` (the labels over the photo, with a legend of the classes present),
+with ``--probs`` ``out/NAME_probs.npy`` (``L x H x W`` float32 probabilities). Every file is written to a
+temporary name in the same directory and renamed into place (:mod:`crfrnn._io`).
+
+The work is done by :func:`crfrnn.models.load_pretrained` and :func:`crfrnn.models.segment_images`; this
+module only parses arguments, reads and writes files and reports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, List, Optional, Sequence
+
+import numpy as np
+
+from crfrnn.cli import CommandError, number_type
+
+__all__ = ["add_parser", "overlay_with_legend", "run"]
+
+_EPILOG = """\
+weights:
+  TVG_CRFRNN_COCO_VOC.caffemodel (torrvision/crfasrnn), crfasrnn_weights.pth (sadeepj/crfasrnn_pytorch) or
+  crfrnn_keras_model.h5 (sadeepj/crfasrnn_keras, needs h5py: pip install 'crfrnn[keras]'). The format is read
+  from the content. Each file runs the way its code base ran it (mean, resizing); see docs/pretrained.md.
+
+examples:
+  crfrnn segment photo.jpg --weights TVG_CRFRNN_COCO_VOC.caffemodel -o out/
+  crfrnn segment photos/ --weights crfasrnn_weights.pth -o out/ --batch-size 4 --overlay
+  crfrnn segment photo.jpg --weights TVG_CRFRNN_COCO_VOC.caffemodel -o out/ --no-crf --probs
+
+exit codes:
+  0 success; 1 some images failed or a file could not be written; 2 bad usage or input.
+"""
+
+
+def add_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> argparse.ArgumentParser:
+    """Register ``crfrnn segment`` and its options."""
+    from crfrnn.models.pretrained import FORMATS, RESIZE_POLICIES
+
+    parser = subparsers.add_parser(
+        "segment",
+        help="segment photos with the released CRF-RNN network (Caffe, PyTorch or Keras weights)",
+        description="Segment photos (files or folders) with the released FCN-8s + CRF-RNN network and write\n"
+        "the labels as VOC palette PNGs.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of images")
+    parser.add_argument("--weights", required=True, metavar="FILE", help="released weight file (see below)")
+    parser.add_argument("-o", "--out", required=True, metavar="DIR", help="output folder (created if missing)")
+    parser.add_argument("--format", choices=FORMATS, help="weight format (default: read from the content)")
+    parser.add_argument("--batch-size", type=number_type(int, 1), default=1, metavar="N",
+                        help="images per forward pass (default: 1)")  # fmt: skip
+    parser.add_argument("--no-crf", action="store_true", help="FCN-8s alone, without the CRF-RNN head")
+    parser.add_argument("--overlay", action="store_true", help="also write NAME_overlay.png with a class legend")
+    parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the labels (default: 0.5)")
+    parser.add_argument("--probs", action="store_true", help="also write NAME_probs.npy (L x H x W float32)")
+    conv = parser.add_argument_group("conventions (default: those of the weights' code base)")
+    conv.add_argument("--resize", choices=RESIZE_POLICIES,
+                      help="images larger than 500: shrink (Caffe demo), fit every image to 500 (PyTorch port), "
+                      "none = error (Keras port)")  # fmt: skip
+    conv.add_argument("--restore-size", action=argparse.BooleanOptionalAction, default=None,
+                      help="resize the labels back to the photo's size after a resize")  # fmt: skip
+    conv.add_argument("--mean", type=float, nargs=3, metavar=("B", "G", "R"), help="BGR mean to subtract")
+    conv.add_argument("--iterations", type=number_type(int, 0), default=10, metavar="T",
+                      help="mean-field iterations (default: 10, as released)")  # fmt: skip
+    conv.add_argument("--num-classes", type=number_type(int, 0), default=21, metavar="L",
+                      help="class count the weights must have (default: 21; 0: any)")  # fmt: skip
+    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def _collect(inputs: Sequence[str]) -> List[Path]:
+    from crfrnn.refine import IMAGE_SUFFIXES
+
+    paths: List[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(c for c in p.iterdir() if c.is_file() and c.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise CommandError(f"folder {p} holds no images (suffixes {', '.join(IMAGE_SUFFIXES)}).")
+            paths.extend(found)
+        elif p.is_file():
+            paths.append(p)
+        else:
+            raise CommandError(f"no such image or folder: {p}")
+    stems: dict[str, Path] = {}
+    for p in paths:
+        if p.stem in stems and stems[p.stem] != p:
+            raise CommandError(f"{stems[p.stem]} and {p} would both be written as {p.stem}.png; rename one of them.")
+        stems[p.stem] = p
+    return list(dict.fromkeys(paths))
+
+
+def overlay_with_legend(
+    image: np.ndarray, labels: np.ndarray, class_names: Optional[Sequence[str]] = None, alpha: float = 0.5
+) -> np.ndarray:
+    """The labels blended over the photo, with a legend of the classes present on the right.
+
+    Args:
+        image: ``(H, W, 3)`` uint8 RGB.
+        labels: ``(H, W)`` integer labels.
+        class_names: names by label index (VOC's for 21 classes); ``None`` writes ``class k``.
+        alpha: opacity of the label colours.
+
+    Returns:
+        ``(H, W + legend width, 3)`` uint8 RGB.
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    from crfrnn.data.palette import color_palette
+    from crfrnn.visualize import label_overlay
+
+    blended = label_overlay(image, labels, alpha)
+    present, counts = np.unique(labels, return_counts=True)
+    order = present[np.argsort(-counts, kind="stable")]
+    font = ImageFont.load_default()
+    row = 16
+    names = [class_names[k] if class_names is not None and k < len(class_names) else f"class {k}" for k in order]
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    width = 28 + max(int(measure.textlength(n, font=font)) for n in names) + 8
+    h = max(blended.shape[0], row * len(order) + 8)
+    canvas = Image.new("RGB", (blended.shape[1] + width, h), (255, 255, 255))
+    canvas.paste(Image.fromarray(blended), (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    palette = color_palette(256)
+    x0 = blended.shape[1] + 6
+    for i, (k, name) in enumerate(zip(order, names)):
+        y = 4 + i * row
+        draw.rectangle([x0, y + 2, x0 + 14, y + 14], fill=tuple(int(c) for c in palette[int(k)]), outline=(0, 0, 0))
+        draw.text((x0 + 20, y + 2), name, fill=(0, 0, 0), font=font)
+    return np.asarray(canvas)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Segment the images; see the module docstring."""
+    import torch
+    from PIL import Image
+
+    from crfrnn._io import atomic_np_save, atomic_save_image
+    from crfrnn.data import VOC_CLASSES
+    from crfrnn.data.palette import save_label_png
+    from crfrnn.models import load_pretrained, segment_images
+    from crfrnn.refine import read_rgb
+
+    if not 0.0 <= args.alpha <= 1.0:
+        raise CommandError(f"--alpha must be between 0 and 1, got {args.alpha}.")
+    paths = _collect(args.images)
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as err:
+        raise CommandError(f"--device {args.device!r} is not a torch device ({err}).") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CommandError(f"--device {args.device}: CUDA is not available on this machine; use --device cpu.")
+    try:
+        model = load_pretrained(
+            args.weights, format=args.format, crf=not args.no_crf, num_classes=args.num_classes or None,
+            num_iterations=args.iterations, mean=args.mean, device=device,
+        )  # fmt: skip
+    except (FileNotFoundError, ValueError, ImportError) as err:
+        raise CommandError(str(err)) from err
+    names = list(VOC_CLASSES) if model.num_classes == len(VOC_CLASSES) else None
+    out = Path(args.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise CommandError(f"cannot create the output folder {out}: {err}", 1) from err
+
+    bar: Any = None
+    if not args.no_progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(paths), desc="segment", unit="image")
+    failures = 0
+    try:
+        for start in range(0, len(paths), args.batch_size):
+            chunk = paths[start : start + args.batch_size]
+            images, kept = [], []
+            for p in chunk:
+                try:
+                    images.append(read_rgb(p))
+                    kept.append(p)
+                except (OSError, ValueError) as err:
+                    failures += 1
+                    print(f"crfrnn segment: {p}: {err}", file=sys.stderr)
+            try:
+                results = segment_images(model, images, resize=args.resize, restore_size=args.restore_size,
+                                         use_crf=not args.no_crf, return_probs=args.probs) if images else []  # fmt: skip
+            except ValueError as err:  # e.g. an image too large for resize 'none'
+                if len(images) == 1:
+                    raise CommandError(f"{kept[0]}: {err}") from err
+                raise CommandError(f"{', '.join(map(str, kept))}: {err}") from err
+            for p, image, res in zip(kept, images, results):
+                try:
+                    save_label_png(out / f"{p.stem}.png", res.labels)
+                    if args.overlay:
+                        photo = image
+                        if res.labels.shape != image.shape[:2]:  # the network's size (no --restore-size)
+                            photo = np.asarray(Image.fromarray(image).resize(res.labels.shape[::-1], Image.BILINEAR))
+                        picture = overlay_with_legend(photo, res.labels, names, args.alpha)
+                        atomic_save_image(Image.fromarray(picture), out / f"{p.stem}_overlay.png")
+                    if args.probs:
+                        atomic_np_save(out / f"{p.stem}_probs.npy", res.probs)
+                except OSError as err:
+                    failures += 1
+                    print(f"crfrnn segment: cannot write the outputs of {p} to {out}: {err}", file=sys.stderr)
+            if bar is not None:
+                bar.update(len(chunk))
+    finally:
+        if bar is not None:
+            bar.close()
+    done = len(paths) - failures
+    print(f"segmented {done} of {len(paths)} images into {out}")
+    return 1 if failures else 0
