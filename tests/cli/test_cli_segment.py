@@ -126,3 +126,25 @@ def test_bad_inputs(weight_files, photos, tmp_path, capsys):
     (unreadable / "x.png").write_bytes(b"not a png")
     assert _run(str(unreadable), "--weights", str(weight_files["caffe"]), "-o", str(tmp_path / "j")) == 1
     assert "x.png" in capsys.readouterr().err
+
+
+def test_evaluate_with_released_weights(weight_files, tmp_path, capsys):
+    import json
+
+    from crfrnn.data.palette import save_label_png
+
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    rng = np.random.default_rng(3)
+    for name in ("2007_000001", "2007_000002"):
+        Image.fromarray((rng.random((30, 40, 3)) * 255).astype(np.uint8)).save(images / f"{name}.jpg", quality=95)
+        save_label_png(masks / f"{name}.png", rng.integers(0, 21, (30, 40)))
+    out = tmp_path / "report"
+    code = main(["evaluate", "--weights", str(weight_files["caffe"]), "--dataset", "folder", "--images", str(images),
+                 "--masks", str(masks), "--out", str(out), "--grid", "0", "--no-progress"])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["methods"]) == {"cnn", "crfrnn"} and results["num_images"] == 2
+    assert results["checkpoint"] == str(weight_files["caffe"])
+    assert main(["evaluate", "--out", str(out)]) == 2  # neither a checkpoint nor --weights

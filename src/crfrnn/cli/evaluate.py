@@ -32,7 +32,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
             "boundary.png and grid.png to --out."
         ),
     )
-    parser.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint written by crfrnn (crfrnn train)")
+    parser.add_argument("checkpoint", metavar="CHECKPOINT", nargs="?",
+                        help="checkpoint written by crfrnn (crfrnn train); or give --weights")  # fmt: skip
+    parser.add_argument("--weights", metavar="FILE",
+                        help="a released CRF-RNN weight file instead of a checkpoint (.caffemodel, .pth, .h5; see "
+                        "crfrnn segment), e.g. --dataset voc --ids seg12valid.txt")  # fmt: skip
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", choices=("synthetic", "voc", "folder"), default="synthetic",
@@ -207,9 +211,19 @@ def run(args: argparse.Namespace) -> int:
             "use --device cpu."
         )
 
+    if (args.checkpoint is None) == (args.weights is None):
+        raise CommandError("give either a CHECKPOINT or --weights FILE (a released CRF-RNN weight file).")
     try:
-        model, payload = load_model(args.checkpoint, map_location=device)
-    except (FileNotFoundError, ValueError) as err:
+        if args.weights is not None:  # the released network, run as its code base ran it (crfrnn.models.pretrained)
+            from crfrnn.data import VOC_CLASSES
+            from crfrnn.models import load_pretrained
+
+            model = load_pretrained(args.weights, num_classes=None, device=device)
+            names = list(VOC_CLASSES) if model.num_classes == len(VOC_CLASSES) else None
+            payload, args.checkpoint = {"num_classes": model.num_classes, "class_names": names}, args.weights
+        else:
+            model, payload = load_model(args.checkpoint, map_location=device)
+    except (FileNotFoundError, ValueError, ImportError) as err:
         raise CommandError(str(err)) from err
     except (KeyError, TypeError, RuntimeError) as err:  # a payload that does not rebuild its model
         raise CommandError(f"cannot rebuild the model of {args.checkpoint}: {err}".replace("\n", " ")) from err
