@@ -648,3 +648,13 @@ def test_full_size_caffemodel_lands_everywhere(tmp_path):
         assert bool((flat[n:] == c).all()), key
     for i, name in enumerate(("spatial_weights", "bilateral_weights", "compatibility")):
         torch.testing.assert_close(getattr(model.crf, name), torch.from_numpy(crf[i][0, 0]), rtol=0, atol=0)
+
+
+def test_released_network_is_the_loaded_pipeline(files):
+    from crfrnn.models import released_network
+
+    fresh = released_network("pytorch", widths=WIDTHS, fc_width=FC, pad_to=PAD)
+    loaded = _load(files["pytorch"])
+    assert set(fresh.state_dict()) == set(loaded.state_dict())
+    assert fresh.conventions == loaded.conventions and fresh.pad_value == loaded.pad_value
+    assert fresh.crf.num_eval_iterations == 10 and fresh.backbone.upscore2.bias is not None

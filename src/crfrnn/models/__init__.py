@@ -28,6 +28,7 @@ from crfrnn.models.pretrained import (
     Segmentation,
     detect_format,
     load_pretrained,
+    released_network,
     resize_for_network,
     segment_images,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "list_models",
     "load_pretrained",
     "register_model",
+    "released_network",
     "resize_for_network",
     "segment_images",
 ]

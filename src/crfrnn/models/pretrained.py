@@ -44,6 +44,7 @@ __all__ = [
     "Segmentation",
     "detect_format",
     "load_pretrained",
+    "released_network",
     "resize_for_network",
     "segment_images",
 ]
@@ -481,15 +482,28 @@ def load_pretrained(
                 )
         if L < 2:
             raise ValueError(f"{path}: a CRF needs at least 2 classes, the network has {L}; load it with crf=False.")
-        from crfrnn import CrfRnn  # imported here, as in crfrnn.models: the CRF is only needed when built
-
-        options = dict(theta_alpha=160.0, theta_beta=3.0, theta_gamma=3.0, normalization="row")
-        options.update(crf_kwargs or {})
-        head = CrfRnn(L, num_iterations=num_iterations, num_eval_iterations=num_iterations, **options)
+        head = _crf_head(L, num_iterations, crf_kwargs)
         with torch.no_grad():
             head.spatial_weights.copy_(weights.crf["spatial"])
             head.bilateral_weights.copy_(weights.crf["bilateral"])
             head.compatibility.copy_(weights.crf["compatibility"])
+    model = _assemble(backbone, head, conventions, pad_to)
+    model.weights_path = str(path)  # type: ignore[assignment]
+    return model.to(device or "cpu").eval()
+
+
+def _crf_head(num_classes: int, num_iterations: int, crf_kwargs: Optional[dict[str, Any]]) -> torch.nn.Module:
+    from crfrnn import CrfRnn  # imported here, as in crfrnn.models: the CRF is only needed when built
+
+    options: dict[str, Any] = dict(theta_alpha=160.0, theta_beta=3.0, theta_gamma=3.0, normalization="row")
+    options.update(crf_kwargs or {})
+    return CrfRnn(num_classes, num_iterations=num_iterations, num_eval_iterations=num_iterations, **options)
+
+
+def _assemble(
+    backbone: FCN8s, head: Optional[torch.nn.Module], conventions: Conventions, pad_to: Union[int, tuple[int, int], None]
+) -> CrfRnnSegmenter:
+    """The released pipeline around a backbone and a CRF head: padding with the mean colour, BGR guide."""
     if isinstance(pad_to, int) and not isinstance(pad_to, bool):
         pad_to = (pad_to, pad_to)
     pad_value = None if pad_to is None else tuple(float(v) for v in conventions.mean_bgr[::-1])
@@ -497,8 +511,31 @@ def load_pretrained(
         backbone, head, crf_input=CaffeInput(conventions.mean_bgr), pad_to=pad_to, pad_value=pad_value
     )
     model.conventions = conventions  # type: ignore[assignment]
-    model.weights_path = str(path)  # type: ignore[assignment]
-    return model.to(device or "cpu").eval()
+    return model
+
+
+def released_network(
+    format: str = "caffe",
+    *,
+    num_classes: int = 21,
+    widths: Optional[Sequence[int]] = None,
+    fc_width: int = 4096,
+    crf: bool = True,
+    num_iterations: int = 10,
+    pad_to: Union[int, tuple[int, int], None] = 500,
+    crf_kwargs: Optional[dict[str, Any]] = None,
+) -> CrfRnnSegmenter:
+    """The released network's pipeline with freshly initialised weights (benchmarks, tests, fine-tuning).
+
+    The same model :func:`load_pretrained` builds for a file of ``format``, without reading one: FCN-8s
+    with the ``upscore2`` bias (``widths``/``fc_width`` narrow it) and a CRF-RNN head at its initial values.
+    """
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {format!r}.")
+    conventions = CONVENTIONS[format]
+    backbone = FCN8s(num_classes, widths=widths, fc_width=fc_width, upscore2_bias=True, mean=conventions.mean_bgr)
+    head = _crf_head(num_classes, num_iterations, crf_kwargs) if crf else None
+    return _assemble(backbone, head, conventions, pad_to).eval()
 
 
 # ------------------------------------------------------------------------------------------ segmenting
