@@ -249,11 +249,13 @@ class CrfRnnSegmenter(nn.Module):
         self._check_image(image)
         h, w = image.shape[-2:]
         padded = self.pad(image)
-        unary = refined = self._unary(padded)
+        unary = self._unary(padded)
         if use_crf and self.crf is not None:
             guide = padded if self.crf_input is None else self.crf_input(padded)
-            refined = self.crf(unary, guide)
-        refined, unary = refined[..., :h, :w], unary[..., :h, :w]
+            refined = self.crf(unary, guide)[..., :h, :w]
+            unary = unary[..., :h, :w]
+        else:
+            refined = unary = unary[..., :h, :w]
         return (refined, unary) if self.return_unary else refined
 
     def extra_repr(self) -> str:
