@@ -43,13 +43,12 @@ def make_inputs(h: int, w: int, num_labels: int, seed: int = 0):
 
 def runner(tool: str, image: np.ndarray, probs: np.ndarray, iterations: int):
     if tool in ("crfrnn", "crfrnn_warm"):
-        from crfrnn import dense_crf
-        from crfrnn.crf import _spatial_kernel
+        from crfrnn import KernelCache, dense_crf
+
+        cache = KernelCache() if tool == "crfrnn_warm" else None  # cold: both lattices on every call, as densecrf
 
         def run():
-            if tool == "crfrnn":  # cold: build both lattices on every call, as densecrf does
-                _spatial_kernel.cache_clear()
-            return dense_crf(image, probs, iterations=iterations)
+            return dense_crf(image, probs, iterations=iterations, cache=cache)
 
         return run
     import pydensecrf.densecrf as dcrf

@@ -1,21 +1,26 @@
 """How many threads the compiled kernels use: what the machine has free right now, not what it has.
 
 A parallel region waits for its slowest thread. With every core busy (a data loader, another job, CI), one
-of our threads is descheduled in each of the dozens of parallel regions of a mean-field call and the whole
-call runs several times slower than with a single thread (measured in ``benchmarks/bench_refine.py``,
-"contended"). So before each call the number of threads is chosen from the instantaneous count of runnable
-tasks that the kernel reports in ``/proc/loadavg`` (our own threads excluded), capped by numba's setting
-(``NUMBA_NUM_THREADS`` / :func:`numba.set_num_threads`) and the CPUs this process may run on. Where that
-information does not exist (not Linux) numba's setting is used as it is.
+of our threads is descheduled in each of the dozens of parallel regions of a mean-field call (numba's and
+PyTorch's own, whose idle threads also spin and take the CPU from each other) and the whole call runs several
+times slower than with a single thread (measured in ``benchmarks/bench_engine.py``, "contended"). So for
+each call the number of threads is chosen from the instantaneous count of runnable tasks that the kernel
+reports in ``/proc/loadavg`` (our own threads excluded), capped by numba's and PyTorch's settings
+(``NUMBA_NUM_THREADS`` / :func:`numba.set_num_threads`, :func:`torch.set_num_threads`) and the CPUs this
+process may run on. Where that information does not exist (not Linux) the settings are used as they are.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
-from typing import Iterator, Optional
+import threading
+from typing import Callable, Iterator, Optional, TypeVar
 
-__all__ = ["free_cpus", "limit_threads"]
+import torch
+
+__all__ = ["adaptive_threads", "free_cpus", "limit_threads"]
 
 
 def _running_elsewhere() -> Optional[int]:
@@ -49,18 +54,59 @@ def free_cpus() -> int:
     return max(1, cpus - others)
 
 
+_state = threading.local()
+_torch_lock = threading.Lock()
+_torch_users = 0
+_torch_original = 0
+
+
 @contextlib.contextmanager
 def limit_threads() -> Iterator[int]:
-    """Run the block with numba's thread count lowered to the free CPUs (numba's setting is thread-local)."""
+    """Run the block with numba's and PyTorch's thread counts lowered to the free CPUs, then restore them.
+
+    numba's setting is thread-local. PyTorch's is process-wide: while any block runs it is only ever lowered,
+    and the last block to finish restores the original value (so concurrent calls cannot leave it changed).
+    Nested blocks keep the outer decision.
+    """
+    global _torch_users, _torch_original
+    if getattr(_state, "active", False):
+        yield -1
+        return
     import numba
 
-    before = numba.get_num_threads()
-    n = max(1, min(before, free_cpus()))
-    if n == before:
-        yield n
-        return
-    numba.set_num_threads(n)
+    numba_before = numba.get_num_threads()
+    free = free_cpus()
+    n_numba = max(1, min(numba_before, free))
+    _state.active = True
+    with _torch_lock:
+        if _torch_users == 0:
+            _torch_original = torch.get_num_threads()
+        _torch_users += 1
+        if free < torch.get_num_threads():
+            torch.set_num_threads(max(1, free))
     try:
-        yield n
+        if n_numba != numba_before:
+            numba.set_num_threads(n_numba)
+        yield n_numba
     finally:
-        numba.set_num_threads(before)
+        if n_numba != numba_before:
+            numba.set_num_threads(numba_before)
+        with _torch_lock:
+            _torch_users -= 1
+            if _torch_users == 0 and torch.get_num_threads() != _torch_original:
+                torch.set_num_threads(_torch_original)
+        _state.active = False
+
+
+F = TypeVar("F", bound=Callable)
+
+
+def adaptive_threads(fn: F) -> F:
+    """Decorate a public entry point so that its whole call runs under :func:`limit_threads`."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with limit_threads():
+            return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]

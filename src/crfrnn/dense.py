@@ -32,6 +32,7 @@ from torch import Tensor
 from crfrnn.crf.engine import Pairwise, infer
 from crfrnn.crf.features import bilateral_features, position_features
 from crfrnn.crf.kernels import KernelCache, check_normalization
+from crfrnn._threads import adaptive_threads
 from crfrnn.validation import check_guide, check_iterations, check_number, check_spacing, check_widths
 
 __all__ = ["dense_crf", "unary_from_labels", "unary_from_probs"]
@@ -161,6 +162,7 @@ def _layout(image: ArrayLike, src: Tensor, source_is_numpy: bool) -> tuple[Tenso
     return img.unsqueeze(0), src.unsqueeze(0), True
 
 
+@adaptive_threads
 def dense_crf(
     image: ArrayLike,
     probs: Optional[ArrayLike] = None,

@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
+from crfrnn._threads import adaptive_threads
 from crfrnn.crf.kernels import GaussianKernel, KernelCache, check_normalization
 from crfrnn.lattice import resolve_backend
 
@@ -205,6 +206,7 @@ def pairwise_logits(q: Tensor, built: Sequence[GaussianKernel], transforms: Sequ
     return torch.zeros_like(q) if out is None else out
 
 
+@adaptive_threads
 def infer(
     scores: Tensor,
     kernels: Sequence[Pairwise],
@@ -278,26 +280,24 @@ def infer(
 def _infer_fused(scores: Tensor, builder: _Builder, transforms: list, iterations: int, from_probs: bool,
                  clip: float, return_logits: bool, name: str, sum_tol: float) -> Tensor:
     from crfrnn import _numba
-    from crfrnn._threads import limit_threads
 
     b, num_labels, n = scores.shape
     dtype = scores.dtype
     np_dtype = np.float64 if dtype == torch.float64 else np.float32
-    with limit_threads():
-        padded, q0, stats = _numba.unary_from_scores(scores.detach(), clip, from_probs)
-        _check_scores(stats, from_probs, name, sum_tol)
-        mats = [np.asarray(t.detach().cpu().numpy() if isinstance(t, Tensor) else t, np_dtype) for t in transforms]
-        mats = [m if m.ndim else np.full(num_labels, float(m), np_dtype) for m in mats]
-        out = torch.empty((b, num_labels, n), dtype=dtype)
-        for i in range(b):
-            args = []
-            for k, mat in enumerate(mats):
-                kern = builder.kernel(k, i)  # one image's kernel (or the batch's shared one)
-                pre, post, selfw = (f[0].numpy() for f in kern.factors(dtype))
-                args.append((kern.lattice._operators(dtype), pre, post, selfw, mat))
-            rows = slice(i * n, (i + 1) * n)
-            out[i] = torch.from_numpy(_numba.mean_field(
-                padded[rows], num_labels, iterations, args, q0=None if q0 is None else q0[rows],
-                return_logits=return_logits,
-            ))  # fmt: skip
+    padded, q0, stats = _numba.unary_from_scores(scores.detach(), clip, from_probs)
+    _check_scores(stats, from_probs, name, sum_tol)
+    mats = [np.asarray(t.detach().cpu().numpy() if isinstance(t, Tensor) else t, np_dtype) for t in transforms]
+    mats = [m if m.ndim else np.full(num_labels, float(m), np_dtype) for m in mats]
+    out = torch.empty((b, num_labels, n), dtype=dtype)
+    for i in range(b):
+        args = []
+        for k, mat in enumerate(mats):
+            kern = builder.kernel(k, i)  # one image's kernel (or the batch's shared one)
+            pre, post, selfw = (f[0].numpy() for f in kern.factors(dtype))
+            args.append((kern.lattice._operators(dtype), pre, post, selfw, mat))
+        rows = slice(i * n, (i + 1) * n)
+        out[i] = torch.from_numpy(_numba.mean_field(
+            padded[rows], num_labels, iterations, args, q0=None if q0 is None else q0[rows],
+            return_logits=return_logits,
+        ))  # fmt: skip
     return out

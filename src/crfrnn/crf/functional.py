@@ -11,6 +11,8 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor
 
+from crfrnn._threads import adaptive_threads
+
 from crfrnn.crf.engine import Pairwise, Weight, infer
 from crfrnn.crf.features import bilateral_features, position_features
 from crfrnn.crf.kernels import KernelCache, check_normalization
@@ -66,6 +68,7 @@ def binary_to_two(unary: Tensor) -> Tensor:
     return torch.cat([torch.zeros_like(unary), unary], 1)
 
 
+@adaptive_threads
 def mean_field(
     unary: Tensor,
     image: Tensor,
