@@ -29,6 +29,7 @@ import torch
 from crfrnn.crf.engine import Pairwise, build_kernels, infer, label_transform, pairwise_logits
 from crfrnn.crf.features import bilateral_features, position_features
 from crfrnn.crf.kernels import KernelCache
+from crfrnn.energy import kl_divergence
 from crfrnn.validation import check_iterations, check_widths
 
 __all__ = [
@@ -183,11 +184,12 @@ class DenseCRF:
         Q[...] = torch.softmax(logits, -1)[0].t().numpy()
 
     def klDivergence(self, Q: np.ndarray) -> float:  # noqa: N802, N803
-        """densecrf's KL divergence of the marginals ``Q (L, N)`` (up to the log-partition constant)."""
-        q = self._marginals(Q)
-        entropy = (q * q.clamp_min(1e-20).log()).sum()
-        unary = (q * self._logits().transpose(1, 2)).sum()
-        return float(entropy - unary - (q * self._pairwise_logits(q)).sum())
+        """densecrf's KL divergence of the marginals ``Q (L, N)`` (up to the log-partition constant).
+
+        :func:`crfrnn.energy.kl_divergence` with ``convention="densecrf"``: no ``1/2`` on the pairwise term, each
+        point's own value included (see ``docs/losses.md``)."""
+        q = self._marginals(Q).transpose(1, 2)
+        return float(kl_divergence(q, self._logits(), self._pairwise, convention="densecrf", cache=self._cache)[0])
 
     def setKernelParameters(self, *args: Any, **kwargs: Any) -> None:  # noqa: N802
         raise NotImplementedError("learning the CRF's parameters is not supported here; use crfrnn.CrfRnn.")
