@@ -221,6 +221,7 @@ def infer(
     cache: Optional[KernelCache] = None,
     name: str = "unary",
     sum_tol: float = 1e-3,
+    iteration_weights: Optional[Sequence[Sequence[tuple]]] = None,
 ) -> Tensor:
     """Mean-field inference in a dense CRF with any number of Gaussian kernels.
 
@@ -237,6 +238,9 @@ def infer(
         cache: where kernels with a ``cache_key`` are kept between calls; None keeps nothing.
         name: the caller's name for ``scores``, for error messages.
         sum_tol: how far from 1 probabilities may sum (the caller's dtype decides).
+        iteration_weights: untied iterations: entry ``t`` holds one ``(weight, compatibility)`` pair per kernel for
+            iteration ``t``, used instead of the kernels' own; iterations past the end reuse the last entry. On the
+            fused path the iterations then run one at a time.
 
     Returns:
         ``(B, L, N)`` marginals (or logits) in the scores' dtype, differentiable on the torch path.
@@ -245,6 +249,12 @@ def infer(
     dtype = scores.dtype
     transforms = [label_transform(k.weight, k.compatibility, num_labels, scores, name=k.names[0],
                                   compat_name=k.names[1]) for k in kernels]  # fmt: skip
+    schedule = [transforms]
+    if iteration_weights is not None:
+        schedule = [_iteration_transforms(pairs, kernels, num_labels, scores) for pairs in iteration_weights]
+        if not schedule:
+            raise ValueError("iteration_weights must hold at least one iteration's (weight, compatibility) pairs.")
+        transforms = [t for ts in schedule for t in ts]
     for k in kernels:
         check_normalization(k.normalization)
         if k.features.dim() != 3 or k.features.shape[1] != n or k.features.shape[0] not in (1, b):
@@ -256,25 +266,72 @@ def infer(
     )
     builder = _Builder(kernels, dtype, exact, backend, cache)
     if fused:
-        return _infer_fused(scores, builder, transforms, iterations, from_probs, clip, return_logits, name, sum_tol)
+        if len(schedule) == 1:
+            return _infer_fused(scores, builder, schedule[0], iterations, from_probs, clip, return_logits, name,
+                                sum_tol)  # fmt: skip
+        return _infer_fused_untied(scores, builder, schedule, iterations, from_probs, clip, return_logits, name,
+                                   sum_tol)  # fmt: skip
     _check_scores(_torch_stats(scores), from_probs, name, sum_tol)
     u = scores.transpose(1, 2)  # (B, N, L)
     if from_probs:
         u = u.clamp(clip, 1.0).log()
     built = [builder.kernel(i, None) for i in range(len(kernels))]
 
-    def step(q: Tensor) -> Tensor:
-        return u + pairwise_logits(q, built, transforms)
+    def step(q: Tensor, *ts) -> Tensor:
+        return u + pairwise_logits(q, built, ts)
 
     logits = u
-    for _ in range(iterations):
+    for it in range(iterations):
         q = torch.softmax(logits, -1)
+        ts = schedule[min(it, len(schedule) - 1)]
         if memory_efficient and torch.is_grad_enabled():
-            logits = checkpoint(step, q, use_reentrant=False)
+            logits = checkpoint(step, q, *ts, use_reentrant=False)
         else:
-            logits = step(q)
+            logits = step(q, *ts)
     out = logits if return_logits else torch.softmax(logits, -1)
     return out.transpose(1, 2)
+
+
+def _iteration_transforms(pairs: Sequence[tuple], kernels: Sequence[Pairwise], num_labels: int, like: Tensor) -> list:
+    if len(pairs) != len(kernels):
+        raise ValueError(
+            f"each entry of iteration_weights needs one (weight, compatibility) pair per kernel ({len(kernels)}), "
+            f"got {len(pairs)}."
+        )
+    return [label_transform(w, c, num_labels, like, name=k.names[0], compat_name=k.names[1])
+            for (w, c), k in zip(pairs, kernels)]  # fmt: skip
+
+
+def _infer_fused_untied(scores: Tensor, builder: _Builder, schedule: list, iterations: int, from_probs: bool,
+                        clip: float, return_logits: bool, name: str, sum_tol: float) -> Tensor:
+    """The fused path one iteration at a time, each with its own label transforms (untied iterations)."""
+    from crfrnn import _numba
+
+    b, num_labels, n = scores.shape
+    dtype = scores.dtype
+    np_dtype = np.float64 if dtype == torch.float64 else np.float32
+    padded, q0, stats = _numba.unary_from_scores(scores.detach(), clip, from_probs)
+    _check_scores(stats, from_probs, name, sum_tol)
+    steps = []
+    for transforms in schedule:
+        mats = [np.asarray(t.detach().cpu().numpy() if isinstance(t, Tensor) else t, np_dtype) for t in transforms]
+        steps.append([m if m.ndim else np.full(num_labels, float(m), np_dtype) for m in mats])
+    out = torch.empty((b, num_labels, n), dtype=dtype)
+    for i in range(b):
+        ops = []
+        for k in range(len(builder.kernels)):
+            kern = builder.kernel(k, i)
+            pre, post, selfw = (f[0].numpy() for f in kern.factors(dtype))
+            ops.append((kern.lattice._operators(dtype), pre, post, selfw))
+        unary = padded[i * n : (i + 1) * n]
+        logits = torch.from_numpy(unary[:, :num_labels].T.copy())  # (L, N)
+        q = np.zeros_like(unary)  # this iteration's marginals, padded as the compiled loop wants them
+        for it in range(iterations):
+            q[:, :num_labels] = torch.softmax(logits, 0).t().numpy()
+            args = [op + (mat,) for op, mat in zip(ops, steps[min(it, len(steps) - 1)])]
+            logits = torch.from_numpy(_numba.mean_field(unary, num_labels, 1, args, q0=q, return_logits=True))
+        out[i] = logits if return_logits else torch.softmax(logits, 0)
+    return out
 
 
 def _infer_fused(scores: Tensor, builder: _Builder, transforms: list, iterations: int, from_probs: bool,

@@ -106,6 +106,10 @@ def mean_field(
         bilateral_weight: the same for ``W_bilateral``.
         compatibility: label compatibility ``mu``: an ``(L, L)`` matrix (asymmetric allowed) or an ``(L,)``
             diagonal; None is the Potts model (``1 - I``).
+
+            Untied iterations: a list (or tuple) of any of these three gives one value per iteration (the
+            others are shared); lists must have the same length ``T_u >= 1``, and iterations ``t >= T_u`` reuse
+            the last entry.
         num_iterations: ``T >= 0`` (``T = 0`` returns the unary).
         normalization: one of :data:`crfrnn.NORMALIZATIONS`; ``"row"`` is the released CRF-RNN code's.
         exclude_self: exclude ``j == i`` from the messages, as the paper writes them.
@@ -144,6 +148,23 @@ def mean_field(
         u = binary_to_two(u)
     b, num_labels = u.shape[:2]
     img = image.to(dtype)
+    lists = [v for v in (spatial_weight, bilateral_weight, compatibility) if isinstance(v, (list, tuple))]
+    iteration_weights = None
+    if lists:
+        count = len(lists[0])
+        if count == 0 or any(len(v) != count for v in lists):
+            raise ValueError(
+                "per-iteration spatial_weight, bilateral_weight and compatibility must be lists of the same length "
+                f">= 1, got lengths {[len(v) for v in lists]}."
+            )
+
+        def at(value, t):
+            return value[t] if isinstance(value, (list, tuple)) else value
+
+        iteration_weights = [((at(spatial_weight, t), at(compatibility, t)), (at(bilateral_weight, t),
+                              at(compatibility, t))) for t in range(count)]  # fmt: skip
+        spatial_weight, bilateral_weight, compatibility = iteration_weights[0][0][0], iteration_weights[0][1][0], \
+            iteration_weights[0][0][1]  # fmt: skip
     opts = dict(normalization=normalization, exclude_self=exclude_self, compatibility=compatibility)
     kernels = [
         Pairwise(position_features(shape, theta_g, spacing=steps, dtype=dtype, device=u.device, name="theta_gamma"),
@@ -154,7 +175,8 @@ def mean_field(
     ]  # fmt: skip
     with torch.autocast(u.device.type, enabled=False):
         out = infer(u.reshape(b, num_labels, -1), kernels, iterations=iterations, return_logits=True,
-                    memory_efficient=memory_efficient, exact=exact, backend=backend, cache=cache)  # fmt: skip
+                    memory_efficient=memory_efficient, exact=exact, backend=backend, cache=cache,
+                    iteration_weights=iteration_weights)  # fmt: skip
     out = out.reshape(u.shape)
     if binary:
         out = out[:, 1:] - out[:, :1]

@@ -40,6 +40,11 @@ class CrfRnn(nn.Module):
         exclude_self: exclude ``j == i`` from the messages.
         memory_efficient: recompute iterations in the backward pass to save activation memory.
         backend: lattice backend (``"auto"``, ``"torch"`` or ``"numba"``).
+        num_untied: untied iterations (the paper's ablation): ``T_u`` separate sets of kernel weights and
+            compatibility, stacked as ``(T_u, L, L)`` parameters; iteration ``t`` uses set ``min(t, T_u - 1)``, so
+            evaluating with more iterations than sets (e.g. train 5, eval 10) reuses the last set. None (default)
+            ties them: one set for every iteration. :meth:`untie` and :meth:`tie` convert; a tied state dict loads
+            into an untied layer (every set gets the tied values).
 
     Shape:
         - unary: ``(B, L, H, W)`` logits; image: ``(B, 3, H, W)`` on the 0..255 scale.
@@ -66,8 +71,12 @@ class CrfRnn(nn.Module):
         exclude_self: bool = False,
         memory_efficient: bool = False,
         backend: str = "auto",
+        num_untied: Optional[int] = None,
     ) -> None:
         super().__init__()
+        if num_untied is not None and (isinstance(num_untied, bool) or not isinstance(num_untied, int)
+                                       or num_untied < 1):  # fmt: skip
+            raise ValueError(f"num_untied must be None or an integer >= 1, got {num_untied!r}.")
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes must be an integer >= 1, got {num_classes!r}.")
         for name, theta in (("theta_alpha", theta_alpha), ("theta_beta", theta_beta), ("theta_gamma", theta_gamma)):
@@ -89,6 +98,9 @@ class CrfRnn(nn.Module):
         self.spatial_weights = nn.Parameter(spatial_weight * eye)
         self.bilateral_weights = nn.Parameter(bilateral_weight * eye)
         self.compatibility = nn.Parameter(1.0 - eye)
+        self.num_untied: Optional[int] = None
+        if num_untied is not None:
+            self.untie(num_untied)
         self.register_buffer("theta_alpha", torch.tensor(float(theta_alpha)))
         self.register_buffer("theta_beta", torch.tensor(float(theta_beta)))
         self.register_buffer("theta_gamma", torch.tensor(float(theta_gamma)))
@@ -99,7 +111,56 @@ class CrfRnn(nn.Module):
             f"theta_beta={float(self.theta_beta):g}, theta_gamma={float(self.theta_gamma):g}, "
             f"num_iterations={self.num_iterations}, num_eval_iterations={self.num_eval_iterations}, "
             f"normalization={self.normalization!r}"
+            + ("" if self.num_untied is None else f", num_untied={self.num_untied}")
         )
+
+    _UNTIED = ("spatial_weights", "bilateral_weights", "compatibility")
+
+    def untie(self, num_untied: Optional[int] = None) -> "CrfRnn":
+        """Give every iteration its own weights and compatibility (``num_untied`` sets, default ``num_iterations``),
+        each a copy of the current (tied) values, so the output does not change. Replaces the parameters: build
+        the optimiser afterwards. Returns ``self``."""
+        count = self.num_iterations if num_untied is None else num_untied
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ValueError(f"num_untied must be an integer >= 1, got {count!r}.")
+        if self.num_untied is not None:
+            raise ValueError(f"this CrfRnn is already untied (num_untied={self.num_untied}); call tie() first.")
+        for name in self._UNTIED:
+            value = getattr(self, name).detach()
+            setattr(self, name, nn.Parameter(value.expand(count, -1, -1).clone()))
+        self.num_untied = count
+        return self
+
+    def tie(self) -> "CrfRnn":
+        """Back to one set shared by every iteration: the **average** of the untied sets (exact when they are
+        equal; otherwise an approximation of the untied layer). Replaces the parameters. Returns ``self``."""
+        if self.num_untied is not None:
+            for name in self._UNTIED:
+                setattr(self, name, nn.Parameter(getattr(self, name).detach().mean(0).clone()))
+            self.num_untied = None
+        return self
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):  # noqa: D401 (PyTorch hook)
+        """A tied state dict (``(L, L)`` parameters) loads into an untied layer: every set gets the tied values."""
+        for name in self._UNTIED:
+            key = prefix + name
+            value = state_dict.get(key)
+            if value is None:
+                continue
+            if self.num_untied is not None and value.dim() == 2:
+                state_dict[key] = value.expand(self.num_untied, -1, -1)
+            elif self.num_untied is None and value.dim() == 3:
+                error_msgs.append(
+                    f"{key} holds {value.shape[0]} untied sets but this CrfRnn is tied; build it with "
+                    f"num_untied={value.shape[0]} (or call .untie({value.shape[0]})) before loading."
+                )
+                return
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)  # fmt: skip
+
+    def _per_iteration(self, value: Tensor):
+        return value if self.num_untied is None else list(value.unbind(0))
 
     def forward(self, unary: Tensor, image: Tensor) -> Tensor:
         """Refine ``unary (B, L, *S)`` logits with ``image (B, C, *S)``; returns ``(B, L, *S)`` logits."""
@@ -114,9 +175,9 @@ class CrfRnn(nn.Module):
             theta_alpha=float(self.theta_alpha),
             theta_beta=float(self.theta_beta),
             theta_gamma=float(self.theta_gamma),
-            spatial_weight=self.spatial_weights,
-            bilateral_weight=self.bilateral_weights,
-            compatibility=self.compatibility,
+            spatial_weight=self._per_iteration(self.spatial_weights),
+            bilateral_weight=self._per_iteration(self.bilateral_weights),
+            compatibility=self._per_iteration(self.compatibility),
             num_iterations=self.num_iterations if self.training else self.num_eval_iterations,
             normalization=self.normalization,
             exclude_self=self.exclude_self,
