@@ -54,10 +54,10 @@ def main() -> None:
     for c in (21, 24):
         q = np.ascontiguousarray(np.random.default_rng(0).random((h * w, c), np.float32))
         out = np.empty_like(q)
-        bufs, tmp = ops.workspace(c)
+        buf, tmp = ops.workspace(c)
         ms(f"bilateral splat + slice, {c} channels", lambda: _numba._slice(
-            _numba._splat(q, ones, ops.weights, ops.offsets, bufs), ops.weights, ops.offsets, np.float32(1), out))
-    ms("bilateral blur, 24 channels", lambda: _numba._blur(bufs[0], tmp, ops.neighbours, False))
+            ops.splat(q, ones, buf), ops.weights, ops.offsets, np.float32(1), out))
+    ms("bilateral blur, 24 channels", lambda: _numba._blur(buf, tmp, ops.neighbours, False))
     logits = np.ascontiguousarray(np.log(probs.reshape(num_labels, -1).T))
     padded = np.zeros((h * w, 24), np.float32)
     padded[:, :num_labels] = logits

@@ -37,7 +37,8 @@ class TestExp:
         exp(y, np.empty(x.size, np.int32))
         ref = np.exp(x.astype(np.float64))
         rel = np.abs(y - ref) / ref
-        assert rel.max() < (2e-7 if dtype == np.float32 else 1e-15), rel.max()
+        # float32: within 3 ulp (the softmax kernels compile it with FMA contraction, which rounds differently)
+        assert rel.max() < (4e-7 if dtype == np.float32 else 1e-15), rel.max()
 
     def test_underflow_is_tiny_not_nan(self, kernels):
         _, exp, _ = kernels

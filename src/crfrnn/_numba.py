@@ -191,33 +191,46 @@ if AVAILABLE:
                     out[j, s, v] = found
         return out
 
-    @njit(cache=True, parallel=True, nogil=True)
-    def _splat(values, pre, weights, offsets, bufs):  # pragma: no cover - compiled
-        """Scatter ``pre * values`` onto the vertices; returns the summed buffer ``bufs[0]`` ``(M + 1, C)``.
+    @njit(cache=True, nogil=True)
+    def _invert(offsets, weights, m):  # pragma: no cover - compiled
+        """The points of every vertex, as CSR: ``points[start[v]:start[v + 1]]`` are the points whose simplex
+        has vertex ``v`` as a corner (in increasing order) and ``bary`` their barycentric weights there."""
+        num_points, d1 = offsets.shape
+        start = np.zeros(m + 2, np.int64)
+        for p in range(num_points):
+            for r in range(d1):
+                start[offsets[p, r] + 2] += 1
+        for v in range(2, m + 2):
+            start[v] += start[v - 1]
+        points = np.empty(num_points * d1, np.int32)
+        bary = np.empty(num_points * d1, weights.dtype)
+        for p in range(num_points):  # start[v + 1] is vertex v's fill pointer until the loop ends
+            for r in range(d1):
+                v = offsets[p, r] + 1
+                points[start[v]] = p
+                bary[start[v]] = weights[p, r]
+                start[v] += 1
+        return start[: m + 1].copy(), points, bary
 
-        Each thread scatters its own run of points into its own buffer (no races, and deterministic
-        for a given thread count), then the buffers are summed. Row ``M`` stays zero.
+    @njit(cache=True, parallel=True, nogil=True)
+    def _splat(values, pre, start, points, bary, buf):  # pragma: no cover - compiled
+        """Gather ``pre * values`` onto the vertices: ``buf[v] = sum of w * pre[p] * values[p]`` over the points
+        of vertex ``v`` (see :func:`_invert`); returns ``buf`` ``(M + 1, C)``, whose row ``M`` is zero.
+
+        A gather rather than a scatter: every vertex sums its own points in a fixed order, so the result is
+        the same for any number of threads (and no per-thread buffers or reduction are needed).
         """
-        num_points, c = values.shape
-        d1 = offsets.shape[1]
-        nthreads = bufs.shape[0]
-        m = bufs.shape[1] - 1
-        chunk = (num_points + nthreads - 1) // nthreads
-        for t in prange(nthreads):
-            b = bufs[t]
-            b[:] = 0.0
-            for p in range(t * chunk, min(num_points, (t + 1) * chunk)):
-                for r in range(d1):
-                    o = offsets[p, r]
-                    w = weights[p, r] * pre[p]
+        m = buf.shape[0] - 1
+        c = buf.shape[1]
+        for v in prange(m + 1):
+            for ch in range(c):
+                buf[v, ch] = 0.0
+            if v < m:
+                for e in range(start[v], start[v + 1]):
+                    p = points[e]
+                    w = bary[e] * pre[p]
                     for ch in range(c):
-                        b[o, ch] += w * values[p, ch]
-        buf = bufs[0]
-        if nthreads > 1:
-            for v in prange(m):
-                for t in range(1, nthreads):
-                    for ch in range(c):
-                        buf[v, ch] += bufs[t, v, ch]
+                        buf[v, ch] += w * values[p, ch]
         return buf
 
     @njit(cache=True, parallel=True, nogil=True)
@@ -294,38 +307,41 @@ if AVAILABLE:
 
     _BLOCK = 256  # points per softmax block: exp runs over BLOCK * C contiguous values at once
 
+    # Fast-math flags for the kernels that take softmaxes: reassociation lets LLVM vectorise the row maxima and
+    # sums (inputs are finite: the unary is checked, and exp is clamped, so no NaN or inf flags are needed).
+    _FAST = {"nsz", "arcp", "contract", "afn", "reassoc"}
+
     @njit(cache=True, inline="always")
     def _softmax_block(flat, c, cr, start, stop, scratch, rowbuf):  # pragma: no cover - compiled
         """Softmax over the first ``cr`` channels of each row of ``flat.reshape(-1, c)[start:stop]``, in place.
 
-        Channels ``cr..c-1`` are padding (see :func:`padded_channels`) and are set to 0. Row maxima and
-        sums are accumulated channel by channel across the rows of the block (independent operations
-        that pipeline) rather than along each row (a chain of ``cr`` dependent operations).
+        Channels ``cr..c-1`` are padding (see :func:`padded_channels`) and are set to 0. Each row's maximum
+        and sum run over its contiguous channels (vectorised under the callers' fast-math flags); the exp runs
+        over the whole block at once. ``rowbuf`` is unused (kept for the callers' scratch layout).
         """
-        m = stop - start
         base = start * c
-        for i in range(m):
-            rowbuf[i] = flat[base + i * c]
-        for ch in range(1, cr):
-            for i in range(m):
-                rowbuf[i] = max(rowbuf[i], flat[base + i * c + ch])
-        for i in range(m):
-            for ch in range(c):
-                flat[base + i * c + ch] -= rowbuf[i]
-        exp_inplace(flat[base : stop * c], scratch)
-        for i in range(m):
-            rowbuf[i] = flat[base + i * c]
-        for ch in range(1, cr):
-            for i in range(m):
-                rowbuf[i] += flat[base + i * c + ch]
-        for i in range(m):
-            inv = 1.0 / rowbuf[i]
+        for i in range(stop - start):
+            o = base + i * c
+            mx = flat[o]
+            for ch in range(1, cr):
+                mx = max(mx, flat[o + ch])
             for ch in range(cr):
-                flat[base + i * c + ch] *= inv
+                flat[o + ch] -= mx
             for ch in range(cr, c):
-                flat[base + i * c + ch] = 0.0
+                flat[o + ch] = -100.0  # exp gives ~1e-38 (clamped), then 0 below
+        exp_inplace(flat[base : stop * c], scratch)
+        for i in range(stop - start):
+            o = base + i * c
+            total = flat[o]
+            for ch in range(1, cr):
+                total += flat[o + ch]
+            inv = 1.0 / total
+            for ch in range(cr):
+                flat[o + ch] *= inv
+            for ch in range(cr, c):
+                flat[o + ch] = 0.0
 
-    @njit(cache=True, parallel=True, nogil=True)
+    @njit(cache=True, parallel=True, nogil=True, fastmath=_FAST)
     def _softmax_rows(x, out, cr):  # pragma: no cover - compiled
         """``out[:, :cr] = softmax(x[:, :cr], axis=1)``, ``out[:, cr:] = 0``; C-contiguous ``(N, C)`` arrays."""
         n, c = x.shape
@@ -337,9 +353,9 @@ if AVAILABLE:
             rowbuf = np.empty_like(flat[:_BLOCK])
             _softmax_block(flat, c, cr, blk * _BLOCK, min(n, (blk + 1) * _BLOCK), scratch, rowbuf)
 
-    @njit(cache=True, parallel=True, nogil=True)
+    @njit(cache=True, parallel=True, nogil=True, fastmath=_FAST)
     def _mean_field(unary, q, q_ready, cr, iterations, return_logits, alphas, offsets, weights, neighbours,
-                    pre, post, selfw, is_full, diag, mat, bufs, tmps):  # pragma: no cover - compiled
+                    starts, points, barys, pre, post, selfw, is_full, diag, mat, bufs, tmps):  # pragma: no cover
         """Mean field with any number of Gaussian kernels, in place in ``q`` (no autograd).
 
         Args:
@@ -356,7 +372,8 @@ if AVAILABLE:
             is_full: ``(K,)`` bool: kernel ``k``'s message goes through the matrix ``mat[k]`` (``logits +=
                 msg @ mat[k]``) instead of the per-label vector ``diag[k]`` (``logits += diag[k] * msg``).
             diag: ``(K, C)``; mat: ``(K, C, C)`` (zero padding).
-            bufs: tuple of ``K`` per-thread splat buffers ``(T, M_k + 1, C)``; tmps: ``K`` ``(M_k + 1, C)``.
+            starts, points, barys: tuples of ``K`` vertex-to-point CSR arrays (:func:`_invert`) for the splat.
+            bufs, tmps: tuples of ``K`` vertex buffers ``(M_k + 1, C)``.
 
         Each iteration splats and blurs every kernel's marginals, then one pass over each block of points
         slices all kernels, applies the label transforms, adds the unary and takes the softmax.
@@ -370,8 +387,8 @@ if AVAILABLE:
         for it in range(iterations):
             blurred = []
             for k in range(nk):
-                blurred.append(_blur(_splat(q, pre[k], weights[k], offsets[k], bufs[k]), tmps[k], neighbours[k],
-                                     False))
+                blurred.append(_blur(_splat(q, pre[k], starts[k], points[k], barys[k], bufs[k]), tmps[k],
+                                     neighbours[k], False))
             last = it == iterations - 1
             for blk in prange(num_blocks):
                 start = blk * _BLOCK
@@ -383,27 +400,35 @@ if AVAILABLE:
                 for p in range(start, stop):
                     for ch in range(c):
                         acc[ch] = unary[p, ch]
+                    for k in range(nk):  # the self-exclusion terms need q before it is overwritten
+                        coef = post[k, p] * selfw[k, p] * pre[k, p]
+                        if coef != 0.0 and not is_full[k]:
+                            for ch in range(c):
+                                acc[ch] -= coef * diag[k, ch] * q[p, ch]
                     for k in range(nk):
-                        s = selfw[k, p] * pre[k, p]
-                        for ch in range(c):
-                            msg[ch] = -s * q[p, ch]
                         b = blurred[k]
                         off = offsets[k]
                         wk = weights[k]
-                        for r in range(off.shape[1]):
-                            w = wk[p, r] * alphas[k]
-                            o = off[p, r]
-                            for ch in range(c):
-                                msg[ch] += w * b[o, ch]
-                        g = post[k, p]
+                        g = post[k, p] * alphas[k]
                         if is_full[k]:
+                            s = selfw[k, p] * pre[k, p] / alphas[k]
+                            for ch in range(c):
+                                msg[ch] = -s * q[p, ch]
+                            for r in range(off.shape[1]):
+                                w = wk[p, r]
+                                o = off[p, r]
+                                for ch in range(c):
+                                    msg[ch] += w * b[o, ch]
                             for ci in range(cr):
                                 v = g * msg[ci]
                                 for ch in range(c):
                                     acc[ch] += v * mat[k, ci, ch]
                         else:
-                            for ch in range(c):
-                                acc[ch] += g * diag[k, ch] * msg[ch]
+                            for r in range(off.shape[1]):
+                                w = wk[p, r] * g
+                                o = off[p, r]
+                                for ch in range(c):
+                                    acc[ch] += w * diag[k, ch] * b[o, ch]
                     for ch in range(c):
                         q[p, ch] = acc[ch]
                 if not (last and return_logits):
@@ -590,8 +615,9 @@ def build(features: Tensor, batch_size: int, max_code_bits: int) -> tuple[Tensor
 class NumbaOperators:
     """Splat/blur/slice of one lattice in one dtype with the compiled kernels (CPU tensors only).
 
-    The vertex buffers are kept between calls (per channel count and thread count): allocating
-    fresh multi-megabyte buffers on every call costs more in page faults than the blur itself.
+    The vertex buffers are kept between calls (per channel count): allocating fresh multi-megabyte
+    buffers on every call costs more in page faults than the blur itself. They are shared, so one filtering
+    runs at a time per lattice (the fused mean field allocates its own and needs no lock).
     """
 
     def __init__(self, offsets: Tensor, weights: Tensor, neighbours: Tensor, num_vertices: int, alpha: float):
@@ -601,19 +627,22 @@ class NumbaOperators:
         self.num_vertices = num_vertices
         self.alpha = alpha
         self._ones = np.ones(self.offsets.shape[0], self.weights.dtype)
-        self._work: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+        self.start, self.points, self.bary = _invert(self.offsets, self.weights, num_vertices)
+        self._work: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._lock = threading.Lock()  # the workspace is shared: one filtering at a time per lattice
 
     def workspace(self, channels: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(per-thread splat buffers (T, M + 1, C), blur buffer (M + 1, C))`` for ``channels``."""
-        nthreads = numba.get_num_threads()
-        key = (channels, nthreads)
-        work = self._work.get(key)
+        """``(splat buffer (M + 1, C), blur buffer (M + 1, C))`` for ``channels`` (hold the lock to use them)."""
+        work = self._work.get(channels)
         if work is None:
             shape = (self.num_vertices + 1, channels)
-            work = (np.zeros((nthreads,) + shape, self.weights.dtype), np.zeros(shape, self.weights.dtype))
-            self._work[key] = work
+            work = (np.zeros(shape, self.weights.dtype), np.zeros(shape, self.weights.dtype))
+            self._work[channels] = work
         return work
+
+    def splat(self, values: np.ndarray, pre: np.ndarray, buf: np.ndarray) -> np.ndarray:
+        """``buf (M + 1, C)`` = the splat of ``pre * values (P, C)``."""
+        return _splat(values, pre, self.start, self.points, self.bary, buf)
 
     def __call__(self, values: Tensor, reverse: bool) -> Tensor:
         vals = values.detach().numpy()
@@ -623,15 +652,15 @@ class NumbaOperators:
             vals = np.concatenate([vals, np.zeros((vals.shape[0], padded - channels), vals.dtype)], 1)
         out = torch.empty((vals.shape[0], padded), dtype=values.dtype)
         with self._lock:
-            bufs, tmp = self.workspace(padded)
-            buf = _blur(_splat(vals, self._ones, self.weights, self.offsets, bufs), tmp, self.neighbours, reverse)
+            buf, tmp = self.workspace(padded)
+            buf = _blur(self.splat(vals, self._ones, buf), tmp, self.neighbours, reverse)
             _slice(buf, self.weights, self.offsets, vals.dtype.type(self.alpha), out.numpy())
         return out if padded == channels else out[:, :channels]
 
 
 def mean_field(
     unary: np.ndarray, num_labels: int, iterations: int, kernels: list, q0: Optional[np.ndarray] = None,
-    return_logits: bool = False,
+    return_logits: bool = False, out: Optional[np.ndarray] = None,
 ) -> np.ndarray:
     """Fused no-grad mean field on the CPU with any number of kernels: marginals (or logits) ``(L, P)``.
 
@@ -647,6 +676,7 @@ def mean_field(
         q0: ``softmax(unary)`` if already known (:func:`unary_from_scores` gives it for probabilities); it is
             overwritten.
         return_logits: return the last iteration's logits instead of the marginals.
+        out: where to write the result (``(L, P)``, C-contiguous, the unary's dtype); allocated if None.
 
     Returns:
         ``(L, P)``, labels first. Every buffer is allocated for this call, so concurrent calls from several
@@ -662,7 +692,6 @@ def mean_field(
             _softmax_rows(unary, q, num_labels)
     else:
         nk = len(kernels)
-        nthreads = numba.get_num_threads()
         alphas = np.empty(nk, dt)
         pre = np.empty((nk, num_points), dt)
         post = np.empty((nk, num_points), dt)
@@ -670,7 +699,7 @@ def mean_field(
         is_full = np.zeros(nk, np.bool_)
         diag = np.zeros((nk, c), dt)
         mat = np.zeros((nk, c, c), dt)
-        offsets, weights, neighbours, bufs, tmps = [], [], [], [], []
+        offsets, weights, neighbours, starts, points, barys, bufs, tmps = [], [], [], [], [], [], [], []
         for k, (ops, pre_k, post_k, self_k, transform) in enumerate(kernels):
             alphas[k] = ops.alpha
             pre[k], post[k], selfw[k] = pre_k, post_k, self_k
@@ -683,11 +712,16 @@ def mean_field(
             offsets.append(ops.offsets)
             weights.append(ops.weights)
             neighbours.append(ops.neighbours)
+            starts.append(ops.start)
+            points.append(ops.points)
+            barys.append(ops.bary)
             shape = (ops.num_vertices + 1, c)
-            bufs.append(np.empty((nthreads,) + shape, dt))
+            bufs.append(np.empty(shape, dt))
             tmps.append(np.empty(shape, dt))
         _mean_field(unary, q, q0 is not None, num_labels, iterations, return_logits, alphas, tuple(offsets),
-                    tuple(weights), tuple(neighbours), pre, post, selfw, is_full, diag, mat, tuple(bufs), tuple(tmps))
-    out = np.empty((num_labels, num_points), dt)
+                    tuple(weights), tuple(neighbours), tuple(starts), tuple(points), tuple(barys), pre, post, selfw, is_full, diag,
+                    mat, tuple(bufs), tuple(tmps))
+    if out is None:
+        out = np.empty((num_labels, num_points), dt)
     _channels_first(q, num_labels, out)
     return out

@@ -492,12 +492,14 @@ def _check_features(features: Tensor) -> None:
         raise TypeError(
             f"features must be float32 or float64, got {features.dtype}; convert with features.float()."
         )
-    if not bool(torch.isfinite(features).all()):
+    lo, hi = torch.aminmax(features.detach())  # one pass: NaN and inf show in the extremes
+    lo, hi = float(lo), float(hi)
+    if not (math.isfinite(lo) and math.isfinite(hi)):
         raise ValueError(
             "features contain NaN or infinite values; the lattice needs finite coordinates (check the "
             "image and the kernel widths, which must be positive)."
         )
-    largest = float(features.detach().abs().max())
+    largest = max(-lo, hi)
     if largest > _MAX_FEATURE:
         raise ValueError(
             f"features reach {largest:.3g} after dividing by the kernel widths, beyond the lattice's limit of "

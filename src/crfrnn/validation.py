@@ -125,11 +125,11 @@ def check_guide(guide: Tensor, name: str, *, channel_widths: Optional[Sequence[f
         )
     if guide.numel() == 0:
         raise ValueError(f"{name} is empty: shape {tuple(guide.shape)}.")
-    if guide.is_floating_point():
-        if not bool(torch.isfinite(guide).all()):
-            raise ValueError(f"{name} contains NaN or infinite values.")
+    lo, hi = torch.aminmax(guide.detach())  # one pass: NaN and inf show in the extremes
+    lo, hi = float(lo), float(hi)
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ValueError(f"{name} contains NaN or infinite values.")
     if scale_warning:
-        lo, hi = float(guide.min()), float(guide.max())
         if guide.is_floating_point() and hi <= 1.0 and lo >= -1.0 and hi - lo > 0:
             warnings.warn(
                 f"{name} values lie within [{lo:.3g}, {hi:.3g}], but colour widths are in units of a 0..255 image; "

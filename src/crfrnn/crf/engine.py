@@ -353,8 +353,6 @@ def _infer_fused(scores: Tensor, builder: _Builder, transforms: list, iterations
             pre, post, selfw = (f[0].numpy() for f in kern.factors(dtype))
             args.append((kern.lattice._operators(dtype), pre, post, selfw, mat))
         rows = slice(i * n, (i + 1) * n)
-        out[i] = torch.from_numpy(_numba.mean_field(
-            padded[rows], num_labels, iterations, args, q0=None if q0 is None else q0[rows],
-            return_logits=return_logits,
-        ))  # fmt: skip
+        _numba.mean_field(padded[rows], num_labels, iterations, args, q0=None if q0 is None else q0[rows],
+                          return_logits=return_logits, out=out[i].numpy())  # fmt: skip
     return out

@@ -65,7 +65,8 @@ def guide_features(guide: Tensor, theta: Width, *, name: str = "theta") -> Tenso
     b, c = guide.shape[:2]
     widths = check_widths(name, theta, c, "guide channel")
     flat = guide.reshape(b, c, -1)
-    extent = float(flat.abs().amax()) if flat.numel() else 0.0
+    lo, hi = torch.aminmax(flat.detach())
+    extent = max(-float(lo), float(hi))
     for width in widths:
         check_bound(name, extent, width)
     scale = torch.tensor(widths, dtype=guide.dtype, device=guide.device).view(1, c, 1)
