@@ -13,8 +13,10 @@ from crfrnn.crf import (
     position_features,
     spatial_features,
 )
+from crfrnn.energy import crf_energy, kl_divergence
 from crfrnn.filters import gaussian_filter
 from crfrnn.lattice import PermutohedralLattice, lattice_filter
+from crfrnn.losses import dense_crf_loss
 
 __all__ = [
     "CrfRnn",
@@ -24,9 +26,12 @@ __all__ = [
     "Pairwise",
     "PermutohedralLattice",
     "bilateral_features",
+    "crf_energy",
     "dense_crf",
+    "dense_crf_loss",
     "gaussian_filter",
     "infer",
+    "kl_divergence",
     "lattice_filter",
     "mean_field",
     "position_features",
