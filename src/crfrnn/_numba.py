@@ -353,6 +353,87 @@ if AVAILABLE:
             rowbuf = np.empty_like(flat[:_BLOCK])
             _softmax_block(flat, c, cr, blk * _BLOCK, min(n, (blk + 1) * _BLOCK), scratch, rowbuf)
 
+    @njit(cache=True, inline="always")
+    def _matvec_acc(acc, msg, mat, g, cr, c):  # pragma: no cover - compiled
+        """``acc[:c] += g * msg[:cr] @ mat[:cr, :c]`` with the accumulators in registers.
+
+        Eight (or four) output channels at a time are held in local scalars, which LLVM packs into one vector
+        register: a plain loop over ``acc`` reloads and stores it for every input channel, because it cannot
+        prove that ``acc`` and ``mat`` do not overlap.
+        """
+        if c % 8 == 0:
+            for cb in range(0, c, 8):
+                a0, a1, a2, a3 = acc[cb], acc[cb + 1], acc[cb + 2], acc[cb + 3]
+                a4, a5, a6, a7 = acc[cb + 4], acc[cb + 5], acc[cb + 6], acc[cb + 7]
+                for ci in range(cr):
+                    v = g * msg[ci]
+                    a0 += v * mat[ci, cb]
+                    a1 += v * mat[ci, cb + 1]
+                    a2 += v * mat[ci, cb + 2]
+                    a3 += v * mat[ci, cb + 3]
+                    a4 += v * mat[ci, cb + 4]
+                    a5 += v * mat[ci, cb + 5]
+                    a6 += v * mat[ci, cb + 6]
+                    a7 += v * mat[ci, cb + 7]
+                acc[cb], acc[cb + 1], acc[cb + 2], acc[cb + 3] = a0, a1, a2, a3
+                acc[cb + 4], acc[cb + 5], acc[cb + 6], acc[cb + 7] = a4, a5, a6, a7
+        elif c % 4 == 0:
+            for cb in range(0, c, 4):
+                a0, a1, a2, a3 = acc[cb], acc[cb + 1], acc[cb + 2], acc[cb + 3]
+                for ci in range(cr):
+                    v = g * msg[ci]
+                    a0 += v * mat[ci, cb]
+                    a1 += v * mat[ci, cb + 1]
+                    a2 += v * mat[ci, cb + 2]
+                    a3 += v * mat[ci, cb + 3]
+                acc[cb], acc[cb + 1], acc[cb + 2], acc[cb + 3] = a0, a1, a2, a3
+        else:
+            for ci in range(cr):
+                v = g * msg[ci]
+                for ch in range(c):
+                    acc[ch] += v * mat[ci, ch]
+
+    @njit(cache=True, inline="always")
+    def _matvec_acc(acc, i, msg, mat, k, g, cr, c):  # pragma: no cover - compiled
+        """``acc[i, :c] += g * msg[:cr] @ mat[k, :cr, :c]`` with the accumulators in registers.
+
+        Eight (or four) output channels at a time are held in local scalars, which LLVM packs into one vector
+        register (a plain loop over ``acc`` reloads and stores it for every input channel, as it cannot prove
+        that ``acc`` and ``mat`` do not overlap). Everything is indexed in place: no array views are made,
+        since each view touches the array's shared reference count.
+        """
+        if c % 8 == 0:
+            for cb in range(0, c, 8):
+                a0, a1, a2, a3 = acc[i, cb], acc[i, cb + 1], acc[i, cb + 2], acc[i, cb + 3]
+                a4, a5, a6, a7 = acc[i, cb + 4], acc[i, cb + 5], acc[i, cb + 6], acc[i, cb + 7]
+                for ci in range(cr):
+                    v = g * msg[ci]
+                    a0 += v * mat[k, ci, cb]
+                    a1 += v * mat[k, ci, cb + 1]
+                    a2 += v * mat[k, ci, cb + 2]
+                    a3 += v * mat[k, ci, cb + 3]
+                    a4 += v * mat[k, ci, cb + 4]
+                    a5 += v * mat[k, ci, cb + 5]
+                    a6 += v * mat[k, ci, cb + 6]
+                    a7 += v * mat[k, ci, cb + 7]
+                acc[i, cb], acc[i, cb + 1], acc[i, cb + 2], acc[i, cb + 3] = a0, a1, a2, a3
+                acc[i, cb + 4], acc[i, cb + 5], acc[i, cb + 6], acc[i, cb + 7] = a4, a5, a6, a7
+        elif c % 4 == 0:
+            for cb in range(0, c, 4):
+                a0, a1, a2, a3 = acc[i, cb], acc[i, cb + 1], acc[i, cb + 2], acc[i, cb + 3]
+                for ci in range(cr):
+                    v = g * msg[ci]
+                    a0 += v * mat[k, ci, cb]
+                    a1 += v * mat[k, ci, cb + 1]
+                    a2 += v * mat[k, ci, cb + 2]
+                    a3 += v * mat[k, ci, cb + 3]
+                acc[i, cb], acc[i, cb + 1], acc[i, cb + 2], acc[i, cb + 3] = a0, a1, a2, a3
+        else:
+            for ci in range(cr):
+                v = g * msg[ci]
+                for ch in range(c):
+                    acc[i, ch] += v * mat[k, ci, ch]
+
     @njit(cache=True, parallel=True, nogil=True, fastmath=_FAST)
     def _mean_field(unary, q, q_ready, cr, iterations, return_logits, alphas, offsets, weights, neighbours,
                     starts, points, barys, pre, post, selfw, is_full, diag, mat, bufs, tmps):  # pragma: no cover
@@ -393,44 +474,55 @@ if AVAILABLE:
             for blk in prange(num_blocks):
                 start = blk * _BLOCK
                 stop = min(num_points, start + _BLOCK)
+                m = stop - start
                 scratch = np.empty(_BLOCK * c, np.int32)
                 rowbuf = np.empty_like(flat[:_BLOCK])
                 msg = np.empty_like(flat[:c])
-                acc = np.empty_like(flat[:c])
-                for p in range(start, stop):
+                acc = np.empty((_BLOCK, c), q.dtype)
+                for i in range(m):
                     for ch in range(c):
-                        acc[ch] = unary[p, ch]
-                    for k in range(nk):  # the self-exclusion terms need q before it is overwritten
-                        coef = post[k, p] * selfw[k, p] * pre[k, p]
-                        if coef != 0.0 and not is_full[k]:
-                            for ch in range(c):
-                                acc[ch] -= coef * diag[k, ch] * q[p, ch]
-                    for k in range(nk):
-                        b = blurred[k]
-                        off = offsets[k]
-                        wk = weights[k]
-                        g = post[k, p] * alphas[k]
-                        if is_full[k]:
-                            s = selfw[k, p] * pre[k, p] / alphas[k]
+                        acc[i, ch] = unary[start + i, ch]
+                for k in range(nk):  # self-exclusion of the vector kernels (reads q before it is overwritten)
+                    if not is_full[k]:
+                        for i in range(m):
+                            p = start + i
+                            coef = post[k, p] * selfw[k, p] * pre[k, p]
+                            if coef != 0.0:
+                                for ch in range(c):
+                                    acc[i, ch] -= coef * diag[k, ch] * q[p, ch]
+                # Kernels outside, points inside: each kernel's arrays are fetched once per block, not once per
+                # point (fetching an array from a tuple touches its shared reference count, which two threads
+                # doing it per point fight over).
+                for k in range(nk):
+                    b = blurred[k]
+                    off = offsets[k]
+                    wk = weights[k]
+                    d1 = off.shape[1]
+                    alpha = alphas[k]
+                    if is_full[k]:
+                        for i in range(m):
+                            p = start + i
+                            s = selfw[k, p] * pre[k, p] / alpha
                             for ch in range(c):
                                 msg[ch] = -s * q[p, ch]
-                            for r in range(off.shape[1]):
+                            for r in range(d1):
                                 w = wk[p, r]
                                 o = off[p, r]
                                 for ch in range(c):
                                     msg[ch] += w * b[o, ch]
-                            for ci in range(cr):
-                                v = g * msg[ci]
-                                for ch in range(c):
-                                    acc[ch] += v * mat[k, ci, ch]
-                        else:
-                            for r in range(off.shape[1]):
+                            _matvec_acc(acc, i, msg, mat, k, post[k, p] * alpha, cr, c)
+                    else:
+                        for i in range(m):
+                            p = start + i
+                            g = post[k, p] * alpha
+                            for r in range(d1):
                                 w = wk[p, r] * g
                                 o = off[p, r]
                                 for ch in range(c):
-                                    acc[ch] += w * diag[k, ch] * b[o, ch]
+                                    acc[i, ch] += w * diag[k, ch] * b[o, ch]
+                for i in range(m):
                     for ch in range(c):
-                        q[p, ch] = acc[ch]
+                        q[start + i, ch] = acc[i, ch]
                 if not (last and return_logits):
                     _softmax_block(flat, c, cr, start, stop, scratch, rowbuf)
 

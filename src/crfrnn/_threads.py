@@ -46,8 +46,9 @@ def _running_elsewhere() -> Optional[int]:
 def free_cpus(samples: int = 3) -> int:
     """CPUs this process may use that no other runnable task is using now (at least 1).
 
-    The most other runnable tasks seen in ``samples`` looks half a millisecond apart: a competitor that is busy
-    most of the time (a data loader) is seen even if it is between two bursts at one instant.
+    The fewest other runnable tasks seen in ``samples`` looks half a millisecond apart: a CPU-bound competitor
+    is runnable in every look, while kernel threads and short-lived tasks, which also show in the count, are
+    not (taking the most instead made a quiet machine look busy in about half the calls).
     """
     try:
         cpus = len(os.sched_getaffinity(0))
@@ -55,17 +56,17 @@ def free_cpus(samples: int = 3) -> int:
         cpus = os.cpu_count() or 1
     if cpus == 1:
         return 1
-    others = 0
+    others = None
     for i in range(samples):
         seen = _running_elsewhere()
         if seen is None:
             return cpus
-        others = max(others, seen)
-        if others >= cpus - 1:
+        others = seen if others is None else min(others, seen)
+        if others == 0:
             break
         if i + 1 < samples:
             time.sleep(0.0005)
-    return max(1, cpus - others)
+    return max(1, cpus - (others or 0))
 
 
 _state = threading.local()
