@@ -63,7 +63,8 @@ class TestLog:
 class TestLayout:
     @pytest.mark.parametrize(
         "channels, dtype, expected",
-        [(1, np.float32, 1), (2, np.float32, 2), (3, np.float32, 8), (8, np.float32, 8), (21, np.float32, 24),
+        [(1, np.float32, 1), (2, np.float32, 2), (3, np.float32, 4), (4, np.float32, 4), (5, np.float32, 8),
+         (8, np.float32, 8), (21, np.float32, 24),
          (21, np.float64, 24), (5, np.float64, 8), (3, np.float64, 4)],
     )  # fmt: skip
     def test_padded_channels(self, kernels, channels, dtype, expected):

@@ -191,26 +191,44 @@ if AVAILABLE:
                     out[j, s, v] = found
         return out
 
-    @njit(cache=True, nogil=True)
+    _INVERT_CHUNKS = 8  # fixed, so that the result does not depend on the number of threads
+
+    @njit(cache=True, parallel=True, nogil=True)
     def _invert(offsets, weights, m):  # pragma: no cover - compiled
         """The points of every vertex, as CSR: ``points[start[v]:start[v + 1]]`` are the points whose simplex
-        has vertex ``v`` as a corner (in increasing order) and ``bary`` their barycentric weights there."""
+        has vertex ``v`` as a corner (in increasing order) and ``bary`` their barycentric weights there.
+
+        A counting sort in parallel over fixed chunks of points: each chunk counts its corners per vertex,
+        an exclusive prefix over (vertex, chunk) gives every chunk its own slots, and each chunk fills them.
+        """
         num_points, d1 = offsets.shape
-        start = np.zeros(m + 2, np.int64)
-        for p in range(num_points):
-            for r in range(d1):
-                start[offsets[p, r] + 2] += 1
-        for v in range(2, m + 2):
-            start[v] += start[v - 1]
+        nc = _INVERT_CHUNKS
+        chunk = (num_points + nc - 1) // nc
+        counts = np.zeros((nc, m + 1), np.int64)
+        for t in prange(nc):
+            for p in range(t * chunk, min(num_points, (t + 1) * chunk)):
+                for r in range(d1):
+                    counts[t, offsets[p, r]] += 1
+        start = np.empty(m + 1, np.int64)
+        total = 0
+        for v in range(m):
+            start[v] = total
+            for t in range(nc):
+                here = counts[t, v]
+                counts[t, v] = total
+                total += here
+        start[m] = total
         points = np.empty(num_points * d1, np.int32)
         bary = np.empty(num_points * d1, weights.dtype)
-        for p in range(num_points):  # start[v + 1] is vertex v's fill pointer until the loop ends
-            for r in range(d1):
-                v = offsets[p, r] + 1
-                points[start[v]] = p
-                bary[start[v]] = weights[p, r]
-                start[v] += 1
-        return start[: m + 1].copy(), points, bary
+        for t in prange(nc):
+            for p in range(t * chunk, min(num_points, (t + 1) * chunk)):
+                for r in range(d1):
+                    v = offsets[p, r]
+                    j = counts[t, v]
+                    points[j] = p
+                    bary[j] = weights[p, r]
+                    counts[t, v] = j + 1
+        return start, points, bary
 
     @njit(cache=True, parallel=True, nogil=True)
     def _splat(values, pre, start, points, bary, buf):  # pragma: no cover - compiled
@@ -637,13 +655,13 @@ if AVAILABLE:
 
 
 def padded_channels(channels: int, dtype: np.dtype) -> int:
-    """Channel count the compiled kernels work with: a multiple of the SIMD width (8 float32 or 4
-    float64 values) for 3 channels and more, so that every per-vertex loop vectorises without a scalar
-    tail. Measured at 500x375 in 5-D: splat and slice of 21 float32 channels take 7.1 ms, of 24 channels
-    3.8 ms (``benchmarks/README.md``)."""
+    """Channel count the compiled kernels work with: a multiple of the SIMD width (8 float32 or 4 float64
+    values) for 5 channels and more, of 4 for 3 or 4 channels, none for 1 or 2, so that every per-vertex loop
+    vectorises without a scalar tail while padding never doubles the work. Measured at 500x375 in 5-D: splat
+    and slice of 21 float32 channels take 7.1 ms, of 24 channels 3.8 ms (``benchmarks/README.md``)."""
     if channels <= 2:
         return channels
-    width = 8 if np.dtype(dtype) == np.float32 else 4
+    width = 8 if np.dtype(dtype) == np.float32 and channels > 4 else 4
     return -(-channels // width) * width
 
 

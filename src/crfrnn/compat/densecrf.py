@@ -123,11 +123,13 @@ class DenseCRF:
         u = np.asarray(u)
         if u.shape != (self._nlabel, self._nvar):
             raise ValueError(f"Bad shape for unary energy (Need {(self._nlabel, self._nvar)}, got {u.shape})")
-        energy = np.array(u, dtype=np.float32)
-        if np.isnan(energy).any() or np.isneginf(energy).any():
-            raise ValueError("unary energy contains NaN or -inf values; energies are -log(p) >= any finite bound.")
-        energy[np.isposinf(energy)] = 1e30  # probability 0: exp(-1e30) underflows to 0 as exp(-inf) does
-        self._unary = -torch.from_numpy(energy)[None]
+        logits = np.negative(u, dtype=np.float32)  # a copy of our own, in one pass
+        bad = ~np.isfinite(logits)
+        if bad.any():
+            if np.isnan(logits[bad]).any() or np.isposinf(logits[bad]).any():
+                raise ValueError("unary energy contains NaN or -inf values; energies are -log(p) >= any finite bound.")
+            logits[bad] = -1e30  # energy +inf (probability 0): exp(-1e30) underflows to 0 as exp(-inf) does
+        self._unary = torch.from_numpy(logits)[None]
 
     def addPairwiseEnergy(  # noqa: N802
         self, features: np.ndarray, compat: Any, kernel: int = DIAG_KERNEL, normalization: int = NORMALIZE_SYMMETRIC

@@ -31,15 +31,18 @@ def unary_from_softmax(sm: np.ndarray, scale: Optional[float] = None, clip: Opti
         clip: smallest probability kept (None: no clipping, so ``p = 0`` gives ``inf``).
     """
     sm = np.asarray(sm)
-    p = sm.astype(np.float64).reshape(sm.shape[0], -1)
+    p = sm.reshape(sm.shape[0], -1)
+    if p.dtype.kind != "f":
+        p = p.astype(np.float32)
     if scale is not None:
         if not 0 < scale <= 1:
             raise ValueError("`scale` needs to be in (0,1]")
         p = scale * p + (1.0 - scale) / p.shape[0]
     if clip is not None:
         p = np.clip(p, clip, 1.0)
-    with np.errstate(divide="ignore"):
-        return (-np.log(p)).astype(np.float32)
+    with np.errstate(divide="ignore"):  # in the input's precision, as pydensecrf computes it
+        out = np.log(p)
+    return np.negative(out, out=out).astype(np.float32, copy=False)
 
 
 def unary_from_labels(labels: np.ndarray, n_labels: int, gt_prob: float, zero_unsure: bool = True) -> np.ndarray:
