@@ -31,11 +31,19 @@ inputs:
   probabilities (summing to 1 over labels) or, with --logits, raw scores. It may also be a label PNG
   (palette or index PNG, pixel values = labels), trusted with probability --gt-prob.
 
+  Volumes and other N-d data: IMAGE may be an array file (.npy, .npz, or NIfTI .nii/.nii.gz with the
+  'nifti' extra) of shape S or S x C (channels last, e.g. MRI modalities), S of 1 to 3 axes; PROBS is then
+  L x S or S x L (.npy/.npz/.nii/.nii.gz), and -o is a .nii/.nii.gz (written with the image's affine and
+  header) or .npy label volume. Widths (--gaussian-sxy, --bilateral-sxy) are in voxels, or in mm with the
+  spacing read from a NIfTI header or given with --spacing; --bilateral-srgb is in the volume's intensity
+  units.
+
 examples:
   crfrnn refine photo.jpg probs.npy -o labels.png
   crfrnn refine photo.jpg scores.npz --key logits --logits -o labels.png --overlay compare.png
   crfrnn refine photo.jpg coarse.png --gt-prob 0.7 --unknown 255 -o labels.png
   crfrnn refine --images photos/ --probs outputs/ -o refined/ --save-probs refined_probs/
+  crfrnn refine t1.nii.gz tumour_probs.nii.gz -o tumour_labels.nii.gz --bilateral-sxy 10 --bilateral-srgb 20
 
 safety:
   Outputs are written to a temporary file and renamed into place, so an interrupted run never leaves a
@@ -141,6 +149,12 @@ def add_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]"
         "--resize", action="store_true",
         help="resize scores of another resolution (a network's output stride) to the image, bilinearly on logits "
         "(on log-probabilities for probabilities)",
+    )  # fmt: skip
+
+    inputs.add_argument(
+        "--spacing", type=number_type(float, 0, True), nargs="+", metavar="S",
+        help="volumes: voxel size per axis (e.g. 2.5 1 1 mm), so that the widths are in those units (default: "
+        "the NIfTI header's, else 1)",
     )  # fmt: skip
 
     limits = parser.add_argument_group("limits")
@@ -292,7 +306,92 @@ def _check_suffix(path: Optional[str], suffix: str, option: str) -> None:
         raise CommandError(f"{option} must name a {suffix} file, got '{path}'.", 2)
 
 
+def _refine_volume(args: argparse.Namespace, guide_path: Path, probs_path: Path, out: Path,
+                   save_probs: Optional[Path]) -> List[str]:
+    """Refine an N-d guide (a volume) and its scores; write labels (.nii/.nii.gz/.npy/.png) and marginals."""
+    import numpy as np
+
+    from crfrnn._io import atomic_np_save
+    from crfrnn.dense import dense_crf
+    from crfrnn.refine import MemoryLimitError, check_memory
+    from crfrnn.volumes import read_guide, read_volume_scores, write_labels
+
+    _check_collisions({"-o/--output": out, "--save-probs": save_probs},
+                      {"IMAGE": guide_path, "PROBS": probs_path}, "file")  # fmt: skip
+    labels_last = {None: None, "lhw": False, "hwl": True}[args.layout]
+    try:
+        guide = read_guide(guide_path, max_bytes=args.max_memory)
+        scores, shape, notes = read_volume_scores(probs_path, guide.data.shape, key=args.key, labels_last=labels_last,
+                                                  max_bytes=args.max_memory)  # fmt: skip
+        check_memory(guide_path, (1, int(np.prod(shape))), scores.shape[0], args.max_memory)
+    except (MemoryLimitError, MemoryError) as err:
+        raise CommandError(str(err), 2) from err
+    except (OSError, ValueError, TypeError, ImportError) as err:
+        raise CommandError(str(err), 2) from err
+    ndim = len(shape)
+    spacing = args.spacing if args.spacing is not None else (guide.spacing[:ndim] if guide.spacing else None)
+    if spacing is not None and len(spacing) != ndim:
+        raise CommandError(f"--spacing needs {ndim} numbers (one per axis of {shape}), got {len(spacing)}.", 2)
+    data = guide.data
+    if data.dtype.kind == "f" or data.max() > 255:
+        notes.append(f"guide intensities span {float(data.min()):g}..{float(data.max()):g}; --bilateral-srgb "
+                     f"{args.bilateral_srgb:g} is in those units.")  # fmt: skip
+    if spacing is not None:
+        shown = ", ".join(f"{float(v):.4g}" for v in spacing)
+        notes.append(f"spacing ({shown}): --gaussian-sxy and --bilateral-sxy are in those units.")
+    kind = "logits" if args.logits else "probs"
+    try:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # the intensity-scale hint is in the notes instead
+            marginals = dense_crf(data.astype(np.float32, copy=False), **{kind: scores}, spacing=spacing,
+                                  **_crf_options(args))  # fmt: skip
+    except MemoryError as err:
+        raise CommandError(f"ran out of memory refining '{guide_path}' (shape {shape}, {scores.shape[0]} labels).", 1) from err
+    except (ValueError, TypeError) as err:
+        raise CommandError(f"{guide_path}: {err}", 2) from err
+    labels = marginals.argmax(0)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if out.suffix.lower() == ".png":
+            from crfrnn.data.palette import save_label_png
+
+            save_label_png(out, labels)
+        else:
+            write_labels(out, labels, guide, spacing)
+        if save_probs is not None:
+            save_probs.parent.mkdir(parents=True, exist_ok=True)
+            atomic_np_save(save_probs, marginals.astype("float32", copy=False))
+    except (OSError, ImportError) as err:
+        raise CommandError(f"could not write output: {err}", 1) from err
+    return notes
+
+
+def _run_volume(args: argparse.Namespace) -> int:
+    name = args.output.lower()
+    if not name.endswith((".nii", ".nii.gz", ".npy", ".png")):
+        raise CommandError(f"-o/--output for a volume must name a .nii, .nii.gz or .npy file (.png for 2-d data), got "
+                           f"'{args.output}'.", 2)  # fmt: skip
+    if args.overlay is not None:
+        raise CommandError("--overlay draws 2-d images; for volumes, write the labels and view them in a volume viewer.", 2)
+    _check_suffix(args.save_probs, ".npy", "--save-probs")
+    out = Path(args.output)
+    save_probs = Path(args.save_probs) if args.save_probs else None
+    notes = _refine_volume(args, Path(args.image), Path(args.probs), out, save_probs)
+    for note in notes:
+        print(f"crfrnn refine: note: {note}", file=sys.stderr)
+    print("wrote " + ", ".join(f"'{p}'" for p in (out, save_probs) if p is not None))
+    return 0
+
+
 def _run_single(args: argparse.Namespace) -> int:
+    from crfrnn.volumes import is_array_path
+
+    if is_array_path(args.image):
+        return _run_volume(args)
+    if args.spacing is not None:
+        raise CommandError("--spacing applies to volumes (an IMAGE given as .npy, .npz, .nii or .nii.gz).", 2)
     _check_suffix(args.output, ".png", "-o/--output")
     _check_suffix(args.save_probs, ".npy", "--save-probs")
     _check_suffix(args.overlay, ".png", "--overlay")

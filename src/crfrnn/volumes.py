@@ -1,0 +1,208 @@
+"""Volumes (and any N-d guide) for ``crfrnn refine``: NumPy arrays and NIfTI files in, labels out.
+
+A guide is ``S`` (one channel) or ``S + (C,)`` (channels last: several MRI modalities); scores are ``(L, *S)``
+or ``S + (L,)`` (NIfTI probability maps are usually stored labels last). ``S`` has 1 to 3 axes. NIfTI files
+(``.nii``, ``.nii.gz``) are read with nibabel (``pip install 'crfrnn[nifti]'``): the voxel spacing comes from the
+header (``pixdim``, in mm) so that the CRF's position widths are in mm, and labels are written back as NIfTI
+with the guide's affine and spacing. NumPy files are read with ``allow_pickle=False``; every size is checked
+before any array is loaded, and every file is written to a temporary name and renamed into place.
+
+>>> import tempfile, os
+>>> d = tempfile.mkdtemp()
+>>> np.save(os.path.join(d, "v.npy"), np.zeros((4, 5, 6), np.uint8))
+>>> read_guide(os.path.join(d, "v.npy")).data.shape
+(4, 5, 6)
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional, Tuple, Union
+
+import numpy as np
+
+__all__ = [
+    "ARRAY_SUFFIXES",
+    "Guide",
+    "is_array_path",
+    "read_guide",
+    "read_volume_scores",
+    "write_labels",
+]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+#: suffixes read as N-d arrays (guides, scores) rather than as images
+ARRAY_SUFFIXES: Tuple[str, ...] = (".npy", ".npz", ".nii", ".nii.gz")
+_MAX_ELEMENTS = 2**33  # refuse headers that claim more values than any machine holds
+
+
+def _suffix(path: PathLike) -> str:
+    name = os.fspath(path).lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else Path(name).suffix
+
+
+def is_array_path(path: PathLike) -> bool:
+    """Whether ``path`` names an N-d array file (``.npy``, ``.npz``, ``.nii``, ``.nii.gz``)."""
+    return _suffix(path) in ARRAY_SUFFIXES
+
+
+def _nibabel():
+    try:
+        import nibabel
+    except ImportError as e:
+        raise ImportError("reading NIfTI files needs nibabel: pip install 'crfrnn[nifti]' (or pip install nibabel).") from e
+    return nibabel
+
+
+@dataclass
+class Guide:
+    """An N-d guide as read from a file.
+
+    Attributes:
+        data: ``S`` or ``S + (C,)`` array, as stored (integer or float).
+        spacing: voxel size per spatial axis from a NIfTI header (mm), or None.
+        affine: the NIfTI affine (4 x 4), or None for NumPy files.
+        header: the NIfTI header (for writing labels back), or None.
+        path: the file.
+    """
+
+    data: np.ndarray
+    spacing: Optional[Tuple[float, ...]]
+    affine: Optional[np.ndarray]
+    header: object
+    path: str
+    notes: List[str] = field(default_factory=list)
+
+
+def _read_nifti(path: str, max_bytes: Optional[int]) -> Tuple[np.ndarray, object]:
+    nib = _nibabel()
+    try:
+        img = nib.load(path)
+    except Exception as e:  # nibabel raises many kinds on bad files
+        raise OSError(f"could not read '{path}' as NIfTI ({type(e).__name__}: {e}); is it corrupt or truncated?") from e
+    shape = tuple(int(s) for s in img.shape)
+    count = int(np.prod(shape, dtype=np.float64)) if shape else 0
+    itemsize = np.dtype(img.get_data_dtype()).itemsize
+    if count == 0:
+        raise ValueError(f"'{path}' holds an empty volume (shape {shape}).")
+    if count > _MAX_ELEMENTS or (max_bytes is not None and count * max(itemsize, 4) > max_bytes):
+        raise MemoryError(f"'{path}' claims shape {shape} ({count * itemsize / 2**30:.1f} GB), more than allowed.")
+    try:
+        data = np.asanyarray(img.dataobj)
+    except Exception as e:
+        raise OSError(f"could not read the data of '{path}' ({type(e).__name__}: {e}); is it truncated?") from e
+    return np.asarray(data), img
+
+
+def _read_numpy(path: str, key: Optional[str]) -> np.ndarray:
+    from crfrnn.refine import _load_array  # the one safe NumPy reader (no pickles, clear errors)
+
+    return np.asarray(_load_array(path, key))
+
+
+def read_guide(path: PathLike, *, key: Optional[str] = None, max_bytes: Optional[int] = None) -> Guide:
+    """Read an N-d guide (``S`` or ``S + (C,)``) from ``.npy``/``.npz``/``.nii``/``.nii.gz``.
+
+    Raises:
+        FileNotFoundError, OSError (unreadable), ValueError (empty, non-numeric), ImportError (NIfTI without
+        nibabel).
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"guide not found: '{path}'")
+    suffix = _suffix(path)
+    if suffix in (".nii", ".nii.gz"):
+        data, img = _read_nifti(path, max_bytes)
+        zooms = tuple(float(z) for z in img.header.get_zooms())
+        guide = Guide(data, zooms, np.asarray(img.affine), img.header, path)
+    elif suffix in (".npy", ".npz"):
+        guide = Guide(_read_numpy(path, key), None, None, None, path)
+    else:
+        raise ValueError(f"'{path}' is not an array file; expected one of {', '.join(ARRAY_SUFFIXES)}.")
+    if guide.data.size == 0:
+        raise ValueError(f"'{path}' holds an empty array (shape {guide.data.shape}).")
+    if guide.data.dtype.kind not in "uif":
+        raise TypeError(f"'{path}' holds {guide.data.dtype} values; a guide must be numeric (integer or float).")
+    return guide
+
+
+def read_volume_scores(
+    path: PathLike, guide_shape: Tuple[int, ...], *, key: Optional[str] = None, labels_last: Optional[bool] = None,
+    max_bytes: Optional[int] = None,
+) -> Tuple[np.ndarray, Tuple[int, ...], List[str]]:
+    """Scores ``(L, *S)`` float32 for a guide of shape ``S`` or ``S + (C,)``.
+
+    The labels axis is found by matching the guide: first if ``probs.shape[1:]`` is ``S``, last if
+    ``probs.shape[:-1]`` is; when both fit, first for NumPy files and last for NIfTI, unless ``labels_last``.
+
+    Returns:
+        ``(scores (L, *S) float32, S, notes)``.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"scores not found: '{path}'")
+    suffix = _suffix(path)
+    nifti = suffix in (".nii", ".nii.gz")
+    arr = _read_nifti(path, max_bytes)[0] if nifti else _read_numpy(path, key)
+    if arr.dtype.kind != "f" and not (arr.dtype.kind in "ui" and False):
+        raise TypeError(f"'{path}' holds {arr.dtype} values; scores must be floating point (probabilities or logits).")
+    notes: List[str] = []
+    shapes = []
+    g = tuple(guide_shape)
+    for s in {g, g[:-1]}:  # the guide without, and with, a channel axis
+        if len(s) < 1 or len(s) > 3:
+            continue
+        if arr.ndim == len(s) + 1 and tuple(arr.shape[1:]) == s:
+            shapes.append((s, False))
+        if arr.ndim == len(s) + 1 and tuple(arr.shape[:-1]) == s:
+            shapes.append((s, True))
+    if labels_last is not None:
+        shapes = [c for c in shapes if c[1] == labels_last]
+    if not shapes:
+        raise ValueError(
+            f"scores in '{path}' have shape {tuple(arr.shape)}, which does not fit the guide of shape {g}: expected "
+            f"(L, *S) or S + (L,) with S = {g} (or S = {g[:-1]} if the guide's last axis holds channels)."
+        )
+    # prefer the guide without a channel axis, then the file's usual label position
+    shapes.sort(key=lambda c: (len(c[0]) != len(g), c[1] != nifti))
+    s, last = shapes[0]
+    if len(shapes) > 1:
+        notes.append(f"'{path}': read the labels {'last' if last else 'first'} (shape {tuple(arr.shape)}).")
+    scores = np.moveaxis(arr, -1, 0) if last else arr
+    return np.ascontiguousarray(scores, dtype=np.float32), s, notes
+
+
+def write_labels(path: PathLike, labels: np.ndarray, guide: Optional[Guide] = None,
+                 spacing: Optional[Tuple[float, ...]] = None) -> Path:
+    """Write a label volume atomically: ``.nii``/``.nii.gz`` (the guide's affine and header when it was NIfTI, else
+    a diagonal affine from ``spacing``) or ``.npy``.
+
+    Returns:
+        The path written.
+    """
+    from crfrnn._io import atomic_np_save, atomic_write_bytes
+
+    path = Path(path)
+    suffix = _suffix(path)
+    dtype = np.uint8 if labels.max() < 256 else np.uint16
+    labels = np.ascontiguousarray(labels.astype(dtype))
+    if suffix == ".npy":
+        return atomic_np_save(path, labels)
+    if suffix not in (".nii", ".nii.gz"):
+        raise ValueError(f"volume labels are written as .nii, .nii.gz or .npy, got '{path}'.")
+    nib = _nibabel()
+    if guide is not None and guide.affine is not None:
+        header = guide.header.copy()
+        header.set_data_dtype(dtype)
+        img = nib.Nifti1Image(labels, guide.affine, header)
+    else:
+        steps = list(spacing or (1.0,) * labels.ndim) + [1.0] * (3 - labels.ndim)
+        img = nib.Nifti1Image(labels, np.diag(steps[:3] + [1.0]))
+    data = img.to_bytes()
+    if suffix == ".nii.gz":
+        data = gzip.compress(data, compresslevel=6)
+    return atomic_write_bytes(path, data)
