@@ -610,10 +610,11 @@ if AVAILABLE:
             neg = 0
             lo = np.inf
             hi = -np.inf
-            for i in range(start, stop):
+            zero = clip - clip  # 0 in the output's dtype, once per block (reading out[0] per point would make every
+            for i in range(start, stop):  # thread share the cache line that the first block writes)
                 row = b * n + i
                 total = 0.0
-                clipped = flat[0] * 0.0
+                clipped = zero
                 for ch in range(num_labels):
                     v = src[b, ch, i]
                     if not np.isfinite(v):
