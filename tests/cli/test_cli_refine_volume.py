@@ -106,3 +106,20 @@ class TestVolumeReaders:
         (tmp_path / "big.nii").write_bytes(data)
         with pytest.raises((MemoryError, OSError)):
             read_guide(tmp_path / "big.nii", max_bytes=2**30)
+
+
+class TestTinyWidths:
+    """Issue: `crfrnn refine img.png probs.npy -o o.png --gaussian-sxy 1e-18` segfaulted (lattice keys overflowed)."""
+
+    @pytest.mark.parametrize("flag", ["--gaussian-sxy", "--bilateral-sxy", "--bilateral-srgb"])
+    def test_refused_with_the_width_named(self, tmp_path, capsys, flag):
+        from PIL import Image
+
+        rng = np.random.default_rng(0)
+        Image.fromarray(rng.integers(0, 255, (12, 16, 3), dtype=np.uint8)).save(tmp_path / "img.png")
+        np.save(tmp_path / "p.npy", rng.dirichlet(np.ones(3), (12, 16)).transpose(2, 0, 1).astype(np.float32))
+        code = main(["refine", str(tmp_path / "img.png"), str(tmp_path / "p.npy"), "-o", str(tmp_path / "o.png"),
+                     flag, "1e-18"])  # fmt: skip
+        err = capsys.readouterr().err
+        assert code == 2 and "too small" in err and flag.lstrip("-").replace("-", "_") in err
+        assert not (tmp_path / "o.png").exists()
