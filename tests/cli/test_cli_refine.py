@@ -295,6 +295,21 @@ class TestBatch:
             assert np.load(tmp_path / "m" / f"img{i}.npy").shape == (L, H, W)
             assert (tmp_path / "o" / f"img{i}.png").is_file()
 
+    def test_worker_processes_give_the_same_files(self, tmp_path, capsys):
+        images, scores = self._dirs(tmp_path)
+        (scores / "img1.npy").write_bytes(b"not a numpy file")  # a failure inside a worker is reported too
+        assert refine("--images", images, "--probs", scores, "-o", tmp_path / "one", "--jobs", "1") == 1
+        capsys.readouterr()
+        assert refine("--images", images, "--probs", scores, "-o", tmp_path / "two", "--jobs", "2",
+                      "--save-probs", tmp_path / "m") == 1  # fmt: skip
+        captured = capsys.readouterr()
+        assert "in 2 worker processes" in captured.err and "failed '" in captured.err and "img1" in captured.err
+        assert "2 done, 1 failed" in captured.out
+        for i in (0, 2):
+            assert np.array_equal(load_label_png(tmp_path / "one" / f"img{i}.png"),
+                                  load_label_png(tmp_path / "two" / f"img{i}.png"))  # fmt: skip
+            assert (tmp_path / "m" / f"img{i}.npy").is_file()
+
     def test_one_corrupt_file_is_skipped(self, tmp_path, capsys):
         images, scores = self._dirs(tmp_path)
         (scores / "img1.npy").write_bytes(b"not a numpy file")

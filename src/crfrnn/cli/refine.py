@@ -19,7 +19,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from crfrnn.cli import CommandError, number_type
 
@@ -155,6 +155,12 @@ def add_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]"
         "--spacing", type=number_type(float, 0, True), nargs="+", metavar="S",
         help="volumes: voxel size per axis (e.g. 2.5 1 1 mm), so that the widths are in those units (default: "
         "the NIfTI header's, else 1)",
+    )  # fmt: skip
+
+    batch.add_argument(
+        "--jobs", type=number_type(int, 1, False), metavar="N",
+        help="worker processes for a folder, one thread each (default: the free CPUs when there are at least "
+        f"{_MIN_IMAGES_FOR_PROCESSES} images, else this process with all its threads)",
     )  # fmt: skip
 
     limits = parser.add_argument_group("limits")
@@ -416,6 +422,66 @@ def _output_dir(path: Optional[str], option: str) -> Optional[Path]:
     return directory
 
 
+#: Below this many images a folder is refined in this process: starting a worker (importing torch and the
+#: compiled kernels) costs about as much as refining 30 photos of 500x375 (benchmarks/README.md).
+_MIN_IMAGES_FOR_PROCESSES = 48
+
+
+def _worker_count(jobs: Optional[int], count: int) -> int:
+    """Worker processes for ``count`` images: ``jobs`` if given, else the free CPUs when there are enough images.
+
+    Single-threaded processes beat one process with as many threads because part of every call (building the
+    lattices) is sequential; below :data:`_MIN_IMAGES_FOR_PROCESSES` images their start-up costs more than that.
+    """
+    if jobs is not None:
+        return max(1, min(jobs, count))
+    from crfrnn._threads import free_cpus
+
+    cpus = free_cpus()
+    return cpus if cpus > 1 and count >= _MIN_IMAGES_FOR_PROCESSES else 1
+
+
+def _refine_target(args: argparse.Namespace, target: tuple) -> Tuple[Path, Optional[str], List[str]]:
+    """One pair: ``(image_path, failure message or None, notes)``; never raises but for KeyboardInterrupt."""
+    stem, image_path, probs_path, out, save_probs, overlay = target
+    try:
+        return image_path, None, _refine_one(args, image_path, probs_path, out, save_probs, overlay)
+    except CommandError as err:
+        return image_path, str(err), []
+    except Exception as err:  # anything else fails this pair only; KeyboardInterrupt still stops the run
+        text = " ".join(str(err).split()) or "(no message)"
+        return image_path, f"{type(err).__name__}: {text}", []
+
+
+def _refine_in_this_process(args: argparse.Namespace, targets: list) -> Iterator[Tuple[Path, Optional[str], List[str]]]:
+    for target in targets:
+        yield _refine_target(args, target)
+
+
+def _worker_init() -> None:
+    import numba
+    import torch
+
+    numba.set_num_threads(1)
+    torch.set_num_threads(1)
+
+
+def _refine_in_processes(args: argparse.Namespace, targets: list, jobs: int) -> Iterator[Tuple[Path, Optional[str], List[str]]]:
+    """Refine in ``jobs`` spawned single-threaded processes, yielding results as they finish."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from functools import partial
+
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_worker_init)  # fmt: skip
+    try:
+        futures = [pool.submit(partial(_refine_target, args), target) for target in targets]
+        for future in as_completed(futures):
+            yield future.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def _run_batch(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -437,22 +503,22 @@ def _run_batch(args: argparse.Namespace) -> int:
     for name, reason in problems:
         print(f"crfrnn refine: skipped '{name}': {reason}", file=sys.stderr)
     start = time.perf_counter()
+    jobs = _worker_count(args.jobs, len(pairs))
+    targets = [
+        (stem, image_path, probs_path, out_dir / f"{stem}.png", None if probs_dir is None else probs_dir / f"{stem}.npy",
+         None if overlay_dir is None else overlay_dir / f"{stem}.png")
+        for stem, image_path, probs_path in pairs
+    ]  # fmt: skip
+    if jobs > 1:
+        print(f"crfrnn refine: {len(pairs)} images in {jobs} worker processes, one thread each", file=sys.stderr)
+        results = _refine_in_processes(args, targets, jobs)
+    else:
+        results = _refine_in_this_process(args, targets)
     done = 0
-    bar = tqdm(pairs, desc="refine", unit="image", file=sys.stderr, disable=None)
-    for stem, image_path, probs_path in bar:
-        bar.set_postfix_str(stem, refresh=False)
-        try:
-            notes = _refine_one(
-                args, image_path, probs_path, out_dir / f"{stem}.png",
-                None if probs_dir is None else probs_dir / f"{stem}.npy",
-                None if overlay_dir is None else overlay_dir / f"{stem}.png",
-            )  # fmt: skip
-        except CommandError as err:
-            tqdm.write(f"crfrnn refine: failed '{image_path}': {err}", file=sys.stderr)
-            continue
-        except Exception as err:  # anything else fails this pair only; KeyboardInterrupt still stops the run
-            text = " ".join(str(err).split()) or "(no message)"
-            tqdm.write(f"crfrnn refine: failed '{image_path}': {type(err).__name__}: {text}", file=sys.stderr)
+    bar = tqdm(results, total=len(targets), desc="refine", unit="image", file=sys.stderr, disable=None)
+    for image_path, failure, notes in bar:
+        if failure is not None:
+            tqdm.write(f"crfrnn refine: failed '{image_path}': {failure}", file=sys.stderr)
             continue
         for note in notes:
             tqdm.write(f"crfrnn refine: note: {note}", file=sys.stderr)
