@@ -18,7 +18,7 @@ from torch import Tensor
 from crfrnn.filters import gaussian_filter
 from crfrnn.lattice import PermutohedralLattice
 
-__all__ = ["NORMALIZATIONS", "GaussianKernel", "KernelCache"]
+__all__ = ["GaussianKernel", "KernelCache", "NORMALIZATIONS"]
 
 #: Normalisations of the filtered messages, with their names in Krähenbühl's densecrf:
 #: ``"row"`` divides by the filtered all-ones image (``NORMALIZE_AFTER``; the released CRF-RNN code),

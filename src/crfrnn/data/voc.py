@@ -36,7 +36,7 @@ from ._io import (
     resolve_split,
 )
 
-__all__ = ["VOC_CLASSES", "SBDSegmentation", "VOCSegmentation", "voc_train_aug"]
+__all__ = ["SBDSegmentation", "VOCSegmentation", "VOC_CLASSES", "voc_train_aug"]
 
 SplitLike = Union[str, PathLike, Sequence[str]]
 

@@ -39,8 +39,8 @@ from crfrnn.models.segmenter import CrfRnnSegmenter
 
 __all__ = [
     "CONVENTIONS",
-    "FORMATS",
     "Conventions",
+    "FORMATS",
     "Segmentation",
     "detect_format",
     "load_pretrained",
