@@ -1,0 +1,167 @@
+"""The public API surface, pinned: a change of any public ``__all__`` is a visible change of this file.
+
+Also checks that every ``__all__`` (public or private module) is sorted and names only things that exist, and
+that the package ships its ``py.typed`` marker (PEP 561).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.resources
+import pkgutil
+import sys
+from pathlib import Path
+
+import pytest
+
+import crfrnn
+
+#: ``sorted(module.__all__)`` of every public module (no component of its name starts with ``_``).
+PUBLIC_API = {
+    "crfrnn": [
+        "CrfRnn", "GaussianKernel", "KernelCache", "NORMALIZATIONS", "Pairwise", "PermutohedralLattice",
+        "bilateral_features", "crf_energy", "dense_crf", "dense_crf_loss", "gaussian_filter", "infer", "kl_divergence",
+        "lattice_filter", "mean_field", "position_features", "spatial_features", "unary_from_labels",
+        "unary_from_probs",
+    ],
+    "crfrnn.checkpoint": ["FORMAT", "load_checkpoint", "load_model", "save_checkpoint"],
+    "crfrnn.cli": ["CommandError", "build_parser", "main", "number_type"],
+    "crfrnn.cli.evaluate": ["add_parser", "run"],
+    "crfrnn.cli.refine": ["add_parser", "run"],
+    "crfrnn.cli.reproduce": ["add_parser", "run"],
+    "crfrnn.cli.segment": ["add_parser", "overlay_with_legend", "run"],
+    "crfrnn.cli.train": ["add_parser", "run"],
+    "crfrnn.compat": [
+        "CONST_KERNEL", "DIAG_KERNEL", "DenseCRF", "DenseCRF2D", "FULL_KERNEL", "KernelType", "NORMALIZE_AFTER",
+        "NORMALIZE_BEFORE", "NORMALIZE_SYMMETRIC", "NO_NORMALIZATION", "NormalizationType", "compute_unary",
+        "create_pairwise_bilateral", "create_pairwise_gaussian", "softmax_to_unary", "unary_from_labels",
+        "unary_from_softmax",
+    ],
+    "crfrnn.compat.densecrf": [
+        "CONST_KERNEL", "DIAG_KERNEL", "DenseCRF", "DenseCRF2D", "FULL_KERNEL", "KernelType", "NORMALIZE_AFTER",
+        "NORMALIZE_BEFORE", "NORMALIZE_SYMMETRIC", "NO_NORMALIZATION", "NormalizationType",
+    ],
+    "crfrnn.compat.utils": [
+        "compute_unary", "create_pairwise_bilateral", "create_pairwise_gaussian", "softmax_to_unary",
+        "unary_from_labels", "unary_from_softmax",
+    ],
+    "crfrnn.crf": [
+        "CrfRnn", "GaussianKernel", "KernelCache", "NORMALIZATIONS", "Pairwise", "bilateral_features", "guide_features",
+        "infer", "label_transform", "mean_field", "position_features", "spatial_features",
+    ],
+    "crfrnn.crf.engine": ["Pairwise", "build_kernels", "infer", "label_transform", "pairwise_logits"],
+    "crfrnn.crf.features": ["bilateral_features", "guide_features", "position_features", "spatial_features"],
+    "crfrnn.crf.functional": ["mean_field"],
+    "crfrnn.crf.kernels": ["GaussianKernel", "KernelCache", "NORMALIZATIONS"],
+    "crfrnn.crf.module": ["CrfRnn"],
+    "crfrnn.data": [
+        "CenterCrop", "Compose", "PadTo", "RandomCrop", "RandomHorizontalFlip", "RandomScale", "SBDSegmentation",
+        "SegmentationFolder", "SyntheticShapes", "VOCSegmentation", "VOC_CLASSES", "color_palette", "colorize",
+        "load_label_png", "pad_collate", "save_label_png", "synthetic_splits", "voc_train_aug",
+    ],
+    "crfrnn.data.collate": ["pad_collate"],
+    "crfrnn.data.folder": ["SegmentationFolder"],
+    "crfrnn.data.palette": ["color_palette", "colorize", "load_label_png", "save_label_png"],
+    "crfrnn.data.synthetic": ["SyntheticShapes", "synthetic_splits"],
+    "crfrnn.data.transforms": ["CenterCrop", "Compose", "PadTo", "RandomCrop", "RandomHorizontalFlip", "RandomScale"],
+    "crfrnn.data.voc": ["SBDSegmentation", "VOCSegmentation", "VOC_CLASSES", "voc_train_aug"],
+    "crfrnn.dense": ["dense_crf", "unary_from_labels", "unary_from_probs"],
+    "crfrnn.energy": ["crf_energy", "dense_crf_energy", "dense_crf_kernels", "kl_divergence"],
+    "crfrnn.evaluation": [
+        "DEFAULT_SEARCH_GRID", "DENSE_CRF_DEFAULTS", "METHODS", "METHOD_TITLES", "PLOT_DPI", "PLOT_SIZE", "evaluate",
+        "format_table", "predict", "search_dense_crf", "write_report",
+    ],
+    "crfrnn.filters": ["gaussian_filter"],
+    "crfrnn.lattice": ["PermutohedralLattice", "lattice_filter"],
+    "crfrnn.losses": ["dense_crf_loss"],
+    "crfrnn.metrics": [
+        "BoundaryAccuracy", "ConfusionMatrix", "boundary_accuracy", "boundary_band", "boundary_mask",
+        "confusion_matrix", "metrics_from_confusion_matrix", "segmentation_metrics",
+    ],
+    "crfrnn.models": [
+        "CONVENTIONS", "CaffeInput", "Conventions", "CrfRnnSegmenter", "FCN8s", "Segmentation", "SmallFCN", "create",
+        "detect_format", "list_models", "load_pretrained", "register_model", "released_network", "resize_for_network",
+        "segment_images",
+    ],
+    "crfrnn.models.fcn8s": ["CAFFE_BGR_MEAN", "CaffeInput", "FCN8s", "FC_WIDTH", "VGG16_WIDTHS"],
+    "crfrnn.models.pretrained": [
+        "CONVENTIONS", "Conventions", "FORMATS", "Segmentation", "detect_format", "load_pretrained", "released_network",
+        "resize_for_network", "segment_images",
+    ],
+    "crfrnn.models.segmenter": ["CrfRnnSegmenter"],
+    "crfrnn.models.small": ["IMAGENET_MEAN", "IMAGENET_STD", "SmallFCN"],
+    "crfrnn.refine": [
+        "DEFAULT_MEMORY_FRACTION", "IMAGE_SUFFIXES", "LAYOUTS", "MEMORY_BYTES_PER_PIXEL",
+        "MEMORY_BYTES_PER_PIXEL_LABEL", "MemoryLimitError", "SCORE_SUFFIXES", "ScoreMap", "check_memory",
+        "default_memory_limit", "estimate_memory", "format_bytes", "make_overlay", "pair_by_stem", "read_rgb",
+        "read_scores",
+    ],
+    "crfrnn.reproduce": ["CLAIMS", "ROWS", "ReproduceConfig", "check_claims", "reproduce", "summarize"],
+    "crfrnn.training": [
+        "DATASETS", "IGNORE_INDEX", "LR_SCHEDULES", "OPTIMIZERS", "STAGES", "TrainConfig", "TrainingError",
+        "build_datasets", "build_model", "build_optimizer", "load_config", "segmentation_loss", "train",
+    ],
+    "crfrnn.validation": [
+        "MAX_FEATURE", "check_guide", "check_iterations", "check_number", "check_spacing", "check_widths",
+    ],
+    "crfrnn.visualize": ["VOID_COLOR", "colorize_labels", "label_overlay", "picture_grid", "save_prediction_grid"],
+    "crfrnn.volumes": ["ARRAY_SUFFIXES", "Guide", "is_array_path", "read_guide", "read_volume_scores", "write_labels"],
+}
+
+#: Modules whose ``__all__`` is not sorted yet, owned by work in progress elsewhere; strict, so that sorting one
+#: fails here until its name is removed.
+UNSORTED = {"crfrnn.refine"}
+
+
+def _all_modules() -> list[str]:
+    names = ["crfrnn"] + [m.name for m in pkgutil.walk_packages(crfrnn.__path__, "crfrnn.")]
+    return sorted(n for n in names if n.rsplit(".", 1)[-1] != "__main__")  # importing __main__ runs the CLI
+
+
+ALL_MODULES = _all_modules()
+PUBLIC_MODULES = [n for n in ALL_MODULES if not any(part.startswith("_") for part in n.split("."))]
+
+
+def test_public_modules_are_pinned():
+    # a new public module (or a removed one) must show up here
+    assert PUBLIC_MODULES == sorted(PUBLIC_API)
+
+
+@pytest.mark.parametrize("name", PUBLIC_MODULES)
+def test_public_all(name):
+    module = importlib.import_module(name)
+    assert sorted(module.__all__) == PUBLIC_API[name], f"the public API of {name} changed; update PUBLIC_API"
+
+
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason="unsorted, see UNSORTED")) if n in UNSORTED else n
+     for n in ALL_MODULES],
+)  # fmt: skip
+def test_all_is_sorted_and_exists(name):
+    module = importlib.import_module(name)
+    names = getattr(module, "__all__", None)
+    if names is None:
+        assert name.split(".")[-1].startswith("_"), f"the public module {name} has no __all__"
+        return
+    assert isinstance(names, list) and all(isinstance(n, str) for n in names), f"{name}.__all__: {names!r}"
+    assert len(set(names)) == len(names), f"{name}.__all__ lists a name twice"
+    missing = [n for n in names if not hasattr(module, n)]
+    assert not missing, f"{name}.__all__ names {missing}, which {name} does not define"
+    assert names == sorted(names), f"{name}.__all__ is not sorted; sorted it reads {sorted(names)}"
+
+
+def test_py_typed_is_installed():
+    marker = importlib.resources.files("crfrnn").joinpath("py.typed")
+    assert marker.is_file(), f"py.typed is missing next to {crfrnn.__file__}"
+    assert Path(crfrnn.__file__).with_name("py.typed").is_file()
+
+
+def test_py_typed_is_package_data():
+    # the editable install reads src/ directly; the wheel only holds py.typed if setuptools is told to ship it
+    tomllib = pytest.importorskip("tomllib") if sys.version_info >= (3, 11) else pytest.importorskip("tomli")
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    if not pyproject.is_file():
+        pytest.skip("not run from a source checkout")
+    config = tomllib.loads(pyproject.read_text(encoding="utf-8"))
+    assert "py.typed" in config["tool"]["setuptools"]["package-data"]["crfrnn"]
