@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -15,6 +17,7 @@ from crfrnn.checkpoint import load_checkpoint, load_model, save_checkpoint
 from crfrnn.models import create
 from crfrnn.training import (
     TrainConfig,
+    _coerce,
     build_model,
     build_optimizer,
     load_config,
@@ -94,6 +97,32 @@ class TestTrainConfig:
         (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
         with pytest.raises(ValueError, match="mapping"):
             load_config(tmp_path / "list.yaml")
+
+    def test_values_are_checked_against_the_real_type_hints(self):
+        # the annotations are strings (``from __future__ import annotations``); parsing them as text once let
+        # anything but "Optional[...]" through unchecked, e.g. a field annotated ``int | None``
+        @dataclasses.dataclass
+        class Extended(TrainConfig):
+            limit: int | None = None
+            ratio: float | None = None
+            kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+        assert Extended(out_dir="x", limit=3.0, ratio="0.5").limit == 3
+        assert Extended(out_dir="x", ratio="0.5").ratio == 0.5
+        assert Extended(out_dir="x").limit is None
+        for field, value, message in (("limit", "abc", "limit must be an integer, got 'abc'"),
+                                      ("ratio", "abc", "ratio must be a number, got 'abc'"),
+                                      ("kwargs", [1], "kwargs must be a mapping")):  # fmt: skip
+            with pytest.raises(ValueError, match=message):
+                Extended(out_dir="x", **{field: value})
+        with pytest.raises(ValueError, match="epochs must be an integer, got 'abc'"):
+            _coerce("epochs", "abc", int | None)
+        with pytest.raises(ValueError, match="epochs must not be None"):
+            _coerce("epochs", None, int)
+        with pytest.raises(ValueError, match=r"mode: TrainConfig cannot check the annotation int \| str"):
+            _coerce("mode", 1, int | str)
+        with pytest.raises(TypeError, match="epochs must be an integer"):  # still a TypeError for callers
+            TrainConfig(out_dir="x", epochs="abc")
 
 
 # ------------------------------------------------------------------------------------------ building

@@ -51,12 +51,15 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import hashlib
 import json
 import math
 import os
 import random
 import time
+import types
+import typing
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -205,9 +208,9 @@ class TrainConfig:
     eval_every: int = 1
 
     def __post_init__(self) -> None:
-        hints = {f.name: f.type for f in dataclasses.fields(self)}
-        for name, hint in hints.items():
-            setattr(self, name, _coerce(name, getattr(self, name), hint))
+        hints = _type_hints(type(self))
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, _coerce(f.name, getattr(self, f.name), hints[f.name]))
         for name, choices in (("stage", STAGES), ("dataset", DATASETS), ("optimizer", OPTIMIZERS),
                               ("lr_schedule", LR_SCHEDULES)):  # fmt: skip
             if getattr(self, name) not in choices:
@@ -278,26 +281,50 @@ class TrainConfig:
         return atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
+class _BadConfigValue(ValueError, TypeError):
+    """A configuration value of the wrong type: a ValueError like every bad setting, and a TypeError."""
+
+
+_UNIONS = (Union, types.UnionType)  # Optional[int] and int | None
+
+
+@functools.lru_cache(maxsize=None)
+def _type_hints(cls: type) -> dict[str, Any]:
+    """The evaluated annotations of a configuration dataclass (its fields' real types, not their strings)."""
+    return typing.get_type_hints(cls)
+
+
 def _coerce(name: str, value: Any, hint: Any) -> Any:
-    """Check (and, for numbers given as strings by YAML 1.1, convert) one field value."""
-    hint = str(hint)
-    optional = hint.startswith("Optional[")
-    base = hint[len("Optional[") : -1] if optional else hint
+    """Check (and, for numbers given as strings by YAML 1.1, convert) one field value.
+
+    ``hint`` is the field's evaluated type (from :func:`typing.get_type_hints`): ``bool``, ``int``, ``float``,
+    ``str`` or ``dict``, optionally ``Optional[...]`` / ``... | None``.
+    """
+    base, optional = hint, False
+    if typing.get_origin(hint) in _UNIONS:
+        args = typing.get_args(hint)
+        others = [a for a in args if a is not type(None)]
+        optional = len(others) < len(args)
+        base = others[0] if len(others) == 1 else None  # int | str: not one type to check against
+    base = typing.get_origin(base) or base  # dict[str, Any] -> dict
+    if base not in (bool, int, float, str, dict):
+        raise _BadConfigValue(f"{name}: TrainConfig cannot check the annotation {hint!r}; use one of "
+                              "bool, int, float, str, dict, optionally with '| None'.")  # fmt: skip
     if value is None:
         if optional:
             return None
-        raise TypeError(f"{name} must not be None (expected {base}).")
-    if base == "bool":
+        raise _BadConfigValue(f"{name} must not be None (expected {base.__name__}).")
+    if base is bool:
         if isinstance(value, bool):
             return value
-        raise TypeError(f"{name} must be true or false, got {value!r}.")
-    if base == "int":
+        raise _BadConfigValue(f"{name} must be true or false, got {value!r}.")
+    if base is int:
         if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
             return int(value)
         if isinstance(value, float) and value.is_integer():
             return int(value)
-        raise TypeError(f"{name} must be an integer, got {value!r}.")
-    if base == "float":
+        raise _BadConfigValue(f"{name} must be an integer, got {value!r}.")
+    if base is float:
         if isinstance(value, (int, float, np.number)) and not isinstance(value, bool):
             out = float(value)
         else:
@@ -306,19 +333,19 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
             except ValueError:
                 out = math.nan
             if math.isnan(out):
-                raise TypeError(f"{name} must be a number, got {value!r}.")
+                raise _BadConfigValue(f"{name} must be a number, got {value!r}.")
         if not math.isfinite(out):
             raise ValueError(f"{name} must be finite, got {value!r}.")
         return out
-    if base == "str":
+    if base is str:
         if isinstance(value, (str, os.PathLike)):
             return os.fspath(value)
-        raise TypeError(f"{name} must be a string, got {value!r}.")
-    if base == "dict":
+        raise _BadConfigValue(f"{name} must be a string, got {value!r}.")
+    if base is dict:
         if isinstance(value, Mapping):
             return _plain(dict(value))
-        raise TypeError(f"{name} must be a mapping of keyword arguments, got {value!r}.")
-    return value  # pragma: no cover - every field has one of the types above
+        raise _BadConfigValue(f"{name} must be a mapping of keyword arguments, got {value!r}.")
+    raise AssertionError(f"unreachable: {base!r}")  # pragma: no cover - every base is one of the above
 
 
 def _plain(value: Any) -> Any:
