@@ -15,6 +15,7 @@ import crfrnn.compat as dcrf
 from crfrnn import CrfRnn, KernelCache, Pairwise, dense_crf, infer, mean_field, position_features
 from crfrnn._numba import AVAILABLE as NUMBA
 from crfrnn.crf.features import bilateral_features
+from tests.conftest import DEVICE
 
 needs_numba = pytest.mark.skipif(not NUMBA, reason="the fused path needs numba")
 
@@ -69,6 +70,11 @@ def random_terms(count, n, num_labels, dtype, g, batch=1):
     return terms
 
 
+def on(device, terms):
+    """The terms with their tensors moved to ``device`` (drawn on the CPU, so every device gets the same numbers)."""
+    return [tuple(x.to(device) if isinstance(x, torch.Tensor) else x for x in t) for t in terms]
+
+
 def as_pairwise(terms):
     return [Pairwise(f, weight=w, compatibility=mu, normalization=norm, exclude_self=ex) for f, w, mu, norm, ex in terms]
 
@@ -80,7 +86,9 @@ class TestEngine:
         n, num_labels = 60, 4
         terms = random_terms(count, n, num_labels, torch.float64, g, batch=2)
         u = torch.randn(2, num_labels, n, dtype=torch.float64, generator=g)
-        ours = infer(u, as_pairwise(terms), iterations=4, exact=True)
+        ours = infer(u.to(DEVICE), as_pairwise(on(DEVICE, terms)), iterations=4, exact=True)
+        assert ours.device.type == DEVICE.type
+        ours = ours.cpu()  # the reference runs on the CPU
         for b in range(2):
             ref = dense_reference(u[b], [(t[0][b],) + t[1:] for t in terms], 4)
             assert torch.allclose(ours[b], ref, atol=1e-10), (ours[b] - ref).abs().max()
@@ -89,6 +97,7 @@ class TestEngine:
     @pytest.mark.parametrize("count", [1, 2, 3, 4])
     @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
     def test_fused_equals_differentiable(self, count, dtype):
+        # on the CPU: the fused path is compiled CPU code
         g = torch.Generator().manual_seed(10 + count)
         n, num_labels = 300, 5
         terms = random_terms(count, n, num_labels, dtype, g, batch=2)
@@ -108,8 +117,8 @@ class TestEngine:
     @pytest.mark.parametrize("count", [1, 3])
     def test_lattice_close_to_exact(self, count):
         g = torch.Generator().manual_seed(20 + count)
-        terms = random_terms(count, 400, 3, torch.float64, g)
-        u = torch.randn(1, 3, 400, dtype=torch.float64, generator=g) * 2
+        terms = on(DEVICE, random_terms(count, 400, 3, torch.float64, g))
+        u = (torch.randn(1, 3, 400, dtype=torch.float64, generator=g) * 2).to(DEVICE)
         exact = infer(u, as_pairwise(terms), iterations=5, exact=True)
         approx = infer(u, as_pairwise(terms), iterations=5)
         assert (approx - exact).abs().mean() < 0.03
@@ -117,8 +126,8 @@ class TestEngine:
 
     def test_batch_equals_singles(self):
         g = torch.Generator().manual_seed(3)
-        terms = random_terms(3, 100, 4, torch.float64, g, batch=3)
-        u = torch.randn(3, 4, 100, dtype=torch.float64, generator=g)
+        terms = on(DEVICE, random_terms(3, 100, 4, torch.float64, g, batch=3))
+        u = torch.randn(3, 4, 100, dtype=torch.float64, generator=g).to(DEVICE)
         batched = infer(u, as_pairwise(terms), iterations=3)
         for b in range(3):
             single = infer(u[b : b + 1], as_pairwise([(t[0][b : b + 1],) + t[1:] for t in terms]), iterations=3)
@@ -126,10 +135,10 @@ class TestEngine:
 
     def test_gradcheck_every_form(self):
         g = torch.Generator().manual_seed(4)
-        terms = random_terms(4, 12, 3, torch.float64, g)
-        u = torch.randn(1, 3, 12, dtype=torch.float64, generator=g, requires_grad=True)
-        w = torch.randn(3, 3, dtype=torch.float64, generator=g, requires_grad=True)
-        mu = torch.rand(3, dtype=torch.float64, generator=g, requires_grad=True)
+        terms = on(DEVICE, random_terms(4, 12, 3, torch.float64, g))
+        u = torch.randn(1, 3, 12, dtype=torch.float64, generator=g).to(DEVICE).requires_grad_()
+        w = torch.randn(3, 3, dtype=torch.float64, generator=g).to(DEVICE).requires_grad_()
+        mu = torch.rand(3, dtype=torch.float64, generator=g).to(DEVICE).requires_grad_()
 
         def fn(u, w, mu):
             ts = [terms[0], (terms[1][0], w, mu, "row", True), terms[3]]
@@ -210,9 +219,10 @@ class TestEntryPoints:
         kw = dict(theta_alpha=10.0, theta_beta=20.0, theta_gamma=3.0, normalization="symmetric")
         exact = densecrf_reference(img, probs, 5)
         with torch.no_grad():
-            q = mean_field(u, img, **kw, spatial_weight=3.0, bilateral_weight=5.0, num_iterations=5).softmax(1)[0]
-            crf = CrfRnn(4, **kw, spatial_weight=3.0, bilateral_weight=5.0, num_eval_iterations=5).eval()
-            q2 = crf(u, img).softmax(1)[0]
+            q = mean_field(u.to(DEVICE), img.to(DEVICE), **kw, spatial_weight=3.0, bilateral_weight=5.0,
+                           num_iterations=5).softmax(1)[0].cpu()  # fmt: skip
+            crf = CrfRnn(4, **kw, spatial_weight=3.0, bilateral_weight=5.0, num_eval_iterations=5).eval().to(DEVICE)
+            q2 = crf(u.to(DEVICE), img.to(DEVICE)).softmax(1)[0].cpu()
         self._close(q, exact)
         assert (q - q2).abs().max() < 1e-5
         q3 = dense_crf(img, probs, iterations=5, bilateral_sxy=10.0, bilateral_srgb=20.0, bilateral_compat=5.0)[0]
@@ -226,8 +236,8 @@ class TestDimensions:
         guide = torch.rand(1, 2, *shape, generator=g, dtype=torch.float64) * 100
         u = torch.randn(1, 3, *shape, generator=g, dtype=torch.float64) * 2
         kw = dict(theta_alpha=4.0, theta_beta=30.0, theta_gamma=2.0, num_iterations=4)
-        exact = mean_field(u, guide, **kw, exact=True).softmax(1)
-        approx = mean_field(u, guide, **kw).softmax(1)
+        exact = mean_field(u.to(DEVICE), guide.to(DEVICE), **kw, exact=True).softmax(1).cpu()
+        approx = mean_field(u.to(DEVICE), guide.to(DEVICE), **kw).softmax(1).cpu()
         assert approx.shape == u.shape
         assert (approx - exact).abs().mean() < 0.03
         # and against the dense reference written from scratch
@@ -241,8 +251,8 @@ class TestDimensions:
     def test_spacing_is_physical_units(self):
         """A volume with 2 mm slices and widths in mm equals one resampled to unit steps with widths / step."""
         g = torch.Generator().manual_seed(5)
-        u = torch.randn(1, 2, 4, 6, 6, generator=g, dtype=torch.float64)
-        guide = torch.rand(1, 1, 4, 6, 6, generator=g, dtype=torch.float64) * 200
+        u = torch.randn(1, 2, 4, 6, 6, generator=g, dtype=torch.float64).to(DEVICE)
+        guide = (torch.rand(1, 1, 4, 6, 6, generator=g, dtype=torch.float64) * 200).to(DEVICE)
         kw = dict(theta_beta=20.0, num_iterations=3, exact=True)
         mm = mean_field(u, guide, theta_alpha=8.0, theta_gamma=4.0, spacing=(2.0, 1.0, 1.0), **kw)
         steps = mean_field(u, guide, theta_alpha=(4.0, 8.0, 8.0), theta_gamma=(2.0, 4.0, 4.0), **kw)
