@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from crfrnn import CrfRnn, GaussianKernel, NORMALIZATIONS, bilateral_features, gaussian_filter, mean_field
 from crfrnn._numba import AVAILABLE as NUMBA
 from crfrnn._profiling import saved_activation_bytes
-from tests.conftest import photo
+from tests.conftest import DEVICE, photo
 
 BACKENDS = ["torch"] + (["numba"] if NUMBA else [])
 
@@ -45,14 +45,15 @@ def reference_mean_field(unary, image, *, theta_alpha, theta_beta, theta_gamma, 
 
 
 class TestMeanField:
-    def test_smoke(self):
-        out = mean_field(torch.randn(2, 3, 8, 9), torch.rand(2, 3, 8, 9) * 255)
+    def test_smoke(self, device):
+        out = mean_field(torch.randn(2, 3, 8, 9, device=device), torch.rand(2, 3, 8, 9, device=device) * 255)
         assert out.shape == (2, 3, 8, 9) and out.dtype == torch.float32 and torch.isfinite(out).all()
+        assert out.device.type == device.type
 
     @pytest.mark.parametrize("shape", [(1, 2, 1, 1), (1, 2, 1, 7), (3, 5, 6, 4), (2, 21, 13, 11)])
-    def test_cardinality(self, shape):
+    def test_cardinality(self, shape, device):
         b, num_labels, h, w = shape
-        assert mean_field(torch.randn(shape), torch.rand(b, 3, h, w) * 255).shape == shape
+        assert mean_field(torch.randn(shape, device=device), torch.rand(b, 3, h, w, device=device) * 255).shape == shape
 
     def test_zero_iterations_return_the_unary(self):
         u = torch.randn(1, 3, 5, 5)
@@ -65,8 +66,9 @@ class TestMeanField:
         img = smooth_image(2, 7, 9)
         ws, wb, mu = (torch.randn(4, 4, dtype=torch.float64, generator=g) for _ in range(3))
         kw = dict(theta_alpha=4.0, theta_beta=20.0, theta_gamma=1.5)
-        ours = mean_field(u, img, **kw, spatial_weight=ws, bilateral_weight=wb, compatibility=mu,
-                          num_iterations=4, exact=True)
+        ours = mean_field(u.to(DEVICE), img.to(DEVICE), **kw, spatial_weight=ws.to(DEVICE),
+                          bilateral_weight=wb.to(DEVICE), compatibility=mu.to(DEVICE), num_iterations=4,
+                          exact=True).cpu()  # fmt: skip
         ref = reference_mean_field(u, img, **kw, ws=ws, wb=wb, mu=mu, iters=4)
         assert torch.allclose(ours, ref, rtol=1e-10, atol=1e-10)
 
@@ -88,9 +90,9 @@ class TestMeanField:
 
     def test_gradcheck(self):
         g = torch.Generator().manual_seed(1)
-        img = smooth_image(2, 4, 5)
-        u = torch.randn(2, 3, 4, 5, dtype=torch.float64, generator=g, requires_grad=True)
-        ws, wb, mu = (torch.randn(3, 3, dtype=torch.float64, generator=g, requires_grad=True) for _ in range(3))
+        img = smooth_image(2, 4, 5).to(DEVICE)
+        u = torch.randn(2, 3, 4, 5, dtype=torch.float64, generator=g).to(DEVICE).requires_grad_()
+        ws, wb, mu = (torch.randn(3, 3, dtype=torch.float64, generator=g).to(DEVICE).requires_grad_() for _ in range(3))
 
         def fn(u, ws, wb, mu):
             return mean_field(u, img, theta_alpha=5.0, theta_beta=40.0, spatial_weight=ws,
@@ -101,8 +103,8 @@ class TestMeanField:
     @pytest.mark.parametrize("normalization", NORMALIZATIONS)
     @pytest.mark.parametrize("exclude_self", [False, True])
     def test_gradcheck_options(self, normalization, exclude_self):
-        img = smooth_image(1, 4, 4)
-        u = torch.randn(1, 2, 4, 4, dtype=torch.float64, requires_grad=True)
+        img = smooth_image(1, 4, 4).to(DEVICE)
+        u = torch.randn(1, 2, 4, 4, dtype=torch.float64, device=DEVICE, requires_grad=True)
 
         def fn(u):
             return mean_field(u, img, theta_alpha=5.0, theta_beta=40.0, normalization=normalization,
@@ -327,20 +329,20 @@ class TestCrfRnn:
         assert "num_classes=5" in repr(crf)
 
     def test_module_equals_functional(self):
-        crf = CrfRnn(4, theta_alpha=30.0, num_iterations=3, num_eval_iterations=7).double()
+        crf = CrfRnn(4, theta_alpha=30.0, num_iterations=3, num_eval_iterations=7).double().to(DEVICE)
         with torch.no_grad():
-            crf.compatibility.add_(0.1 * torch.randn(4, 4, dtype=torch.float64))
-        u = torch.randn(2, 4, 9, 7, dtype=torch.float64)
-        img = smooth_image(2, 9, 7)
+            crf.compatibility.add_(0.1 * torch.randn(4, 4, dtype=torch.float64, device=DEVICE))
+        u = torch.randn(2, 4, 9, 7, dtype=torch.float64, device=DEVICE)
+        img = smooth_image(2, 9, 7).to(DEVICE)
         kw = dict(theta_alpha=30.0, spatial_weight=crf.spatial_weights, bilateral_weight=crf.bilateral_weights,
                   compatibility=crf.compatibility)
         assert torch.allclose(crf.train()(u, img), mean_field(u, img, **kw, num_iterations=3))
         assert torch.allclose(crf.eval()(u, img), mean_field(u, img, **kw, num_iterations=7))
 
     def test_gradcheck_through_module(self):
-        crf = CrfRnn(3, theta_alpha=5.0, theta_beta=40.0, num_iterations=2).double()
-        img = smooth_image(2, 4, 5)
-        u = torch.randn(2, 3, 4, 5, dtype=torch.float64, requires_grad=True)
+        crf = CrfRnn(3, theta_alpha=5.0, theta_beta=40.0, num_iterations=2).double().to(DEVICE)
+        img = smooth_image(2, 4, 5).to(DEVICE)
+        u = torch.randn(2, 3, 4, 5, dtype=torch.float64, device=DEVICE, requires_grad=True)
         params = dict(crf.named_parameters())
 
         def fn(u, ws, wb, mu):
@@ -352,11 +354,11 @@ class TestCrfRnn:
             fn, (u, params["spatial_weights"], params["bilateral_weights"], params["compatibility"])
         )
 
-    def test_training_step_moves_parameters(self):
-        crf = CrfRnn(3)
-        u = torch.randn(2, 3, 12, 12)
-        img = torch.rand(2, 3, 12, 12) * 255
-        loss = F.cross_entropy(crf(u, img), torch.randint(0, 3, (2, 12, 12)))
+    def test_training_step_moves_parameters(self, device):
+        crf = CrfRnn(3).to(device)
+        u = torch.randn(2, 3, 12, 12, device=device)
+        img = torch.rand(2, 3, 12, 12, device=device) * 255
+        loss = F.cross_entropy(crf(u, img), torch.randint(0, 3, (2, 12, 12), device=device))
         loss.backward()
         for p in crf.parameters():
             assert p.grad is not None and p.grad.abs().sum() > 0
