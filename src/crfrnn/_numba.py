@@ -32,7 +32,7 @@ try:
 except ImportError:  # pragma: no cover - exercised only where numba is missing
     AVAILABLE = False
 
-__all__ = ["AVAILABLE", "NumbaOperators", "build", "mean_field", "padded_channels", "unary_from_scores"]
+__all__ = ["AVAILABLE", "NumbaOperators", "build", "mean_field", "padded_channels", "softmax_rows", "unary_from_scores"]
 
 if AVAILABLE:
 
@@ -589,6 +589,12 @@ def padded_channels(channels: int, dtype: np.dtype) -> int:
     return -(-channels // width) * width
 
 
+def softmax_rows(x: np.ndarray, out: np.ndarray, num_labels: int) -> np.ndarray:
+    """``out[:, :L] = softmax(x[:, :L])`` over each row of padded ``(P, C)`` arrays, padding set to 0."""
+    _softmax_rows(x, out, num_labels)
+    return out
+
+
 def unary_from_scores(scores: Tensor, clip: float, from_probs: bool) -> tuple[np.ndarray, Optional[np.ndarray], dict]:
     """Padded channels-last unary ``(B * N, C)`` from ``(B, L, *S)`` CPU scores, and what a check found.
 
@@ -694,7 +700,7 @@ class NumbaOperators:
 
 def mean_field(
     unary: np.ndarray, num_labels: int, iterations: int, kernels: list, q0: Optional[np.ndarray] = None,
-    return_logits: bool = False, out: Optional[np.ndarray] = None,
+    return_logits: bool = False, out: Optional[np.ndarray] = None, transpose: bool = True,
 ) -> np.ndarray:
     """Fused no-grad mean field on the CPU with any number of kernels: marginals (or logits) ``(L, P)``.
 
@@ -711,6 +717,8 @@ def mean_field(
             overwritten.
         return_logits: return the last iteration's logits instead of the marginals.
         out: where to write the result (``(L, P)``, C-contiguous, the unary's dtype); allocated if None.
+        transpose: False leaves the result in ``q0`` (padded ``(P, C)``) only and returns it (one step of a
+            longer schedule; no labels-first copy is made).
 
     Returns:
         ``(L, P)``, labels first. Every buffer is allocated for this call, so concurrent calls from several
@@ -755,6 +763,8 @@ def mean_field(
         _mean_field(unary, q, q0 is not None, num_labels, iterations, return_logits, alphas, tuple(offsets),
                     tuple(weights), tuple(neighbours), tuple(starts), tuple(points), tuple(barys), pre, post, selfw, is_full, diag,
                     mat, tuple(bufs), tuple(tmps))
+    if not transpose:
+        return q
     if out is None:
         out = np.empty((num_labels, num_points), dt)
     _channels_first(q, num_labels, out)

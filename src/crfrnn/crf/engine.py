@@ -267,11 +267,7 @@ def infer(
     )
     builder = _Builder(kernels, dtype, exact, backend, cache)
     if fused:
-        if len(schedule) == 1:
-            return _infer_fused(scores, builder, schedule[0], iterations, from_probs, clip, return_logits, name,
-                                sum_tol)  # fmt: skip
-        return _infer_fused_untied(scores, builder, schedule, iterations, from_probs, clip, return_logits, name,
-                                   sum_tol)  # fmt: skip
+        return _infer_fused(scores, builder, schedule, iterations, from_probs, clip, return_logits, name, sum_tol)
     _check_scores(_torch_stats(scores), from_probs, name, sum_tol)
     u = scores.transpose(1, 2)  # (B, N, L)
     if from_probs:
@@ -303,38 +299,6 @@ def _iteration_transforms(pairs: Sequence[tuple], kernels: Sequence[Pairwise], n
             for (w, c), k in zip(pairs, kernels)]  # fmt: skip
 
 
-def _infer_fused_untied(scores: Tensor, builder: _Builder, schedule: list, iterations: int, from_probs: bool,
-                        clip: float, return_logits: bool, name: str, sum_tol: float) -> Tensor:
-    """The fused path one iteration at a time, each with its own label transforms (untied iterations)."""
-    from crfrnn import _numba
-
-    b, num_labels, n = scores.shape
-    dtype = scores.dtype
-    np_dtype = np.float64 if dtype == torch.float64 else np.float32
-    padded, q0, stats = _numba.unary_from_scores(scores.detach(), clip, from_probs)
-    _check_scores(stats, from_probs, name, sum_tol)
-    steps = []
-    for transforms in schedule:
-        mats = [np.asarray(t.detach().cpu().numpy() if isinstance(t, Tensor) else t, np_dtype) for t in transforms]
-        steps.append([m if m.ndim else np.full(num_labels, float(m), np_dtype) for m in mats])
-    out = torch.empty((b, num_labels, n), dtype=dtype)
-    for i in range(b):
-        ops = []
-        for k in range(len(builder.kernels)):
-            kern = builder.kernel(k, i)
-            pre, post, selfw = (f[0].numpy() for f in kern.factors(dtype))
-            ops.append((kern.lattice._operators(dtype), pre, post, selfw))
-        unary = padded[i * n : (i + 1) * n]
-        logits = torch.from_numpy(unary[:, :num_labels].T.copy())  # (L, N)
-        q = np.zeros_like(unary)  # this iteration's marginals, padded as the compiled loop wants them
-        for it in range(iterations):
-            q[:, :num_labels] = torch.softmax(logits, 0).t().numpy()
-            args = [op + (mat,) for op, mat in zip(ops, steps[min(it, len(steps) - 1)])]
-            logits = torch.from_numpy(_numba.mean_field(unary, num_labels, 1, args, q0=q, return_logits=True))
-        out[i] = logits if return_logits else torch.softmax(logits, 0)
-    return out
-
-
 def _build_concurrently(builder: _Builder, count: int, image: int, num_points: int) -> list[GaussianKernel]:
     """Kernels ``0..count-1`` of one image, built side by side in threads when CPUs are free.
 
@@ -361,8 +325,11 @@ def _build_concurrently(builder: _Builder, count: int, image: int, num_points: i
         return list(pool.map(build, range(count)))
 
 
-def _infer_fused(scores: Tensor, builder: _Builder, transforms: list, iterations: int, from_probs: bool,
+def _infer_fused(scores: Tensor, builder: _Builder, schedule: list, iterations: int, from_probs: bool,
                  clip: float, return_logits: bool, name: str, sum_tol: float) -> Tensor:
+    """The compiled path: all iterations in one compiled call when they share their label transforms, else one
+    compiled iteration at a time (untied iterations; iteration ``t`` takes ``schedule[min(t, len - 1)]``), the
+    marginals kept in the compiled loop's padded layout between iterations."""
     from crfrnn import _numba
 
     b, num_labels, n = scores.shape
@@ -370,15 +337,29 @@ def _infer_fused(scores: Tensor, builder: _Builder, transforms: list, iterations
     np_dtype = np.float64 if dtype == torch.float64 else np.float32
     padded, q0, stats = _numba.unary_from_scores(scores.detach(), clip, from_probs)
     _check_scores(stats, from_probs, name, sum_tol)
-    mats = [np.asarray(t.detach().cpu().numpy() if isinstance(t, Tensor) else t, np_dtype) for t in transforms]
-    mats = [m if m.ndim else np.full(num_labels, float(m), np_dtype) for m in mats]
+    steps = []
+    for transforms in schedule:
+        mats = [np.asarray(t.detach().cpu().numpy() if isinstance(t, Tensor) else t, np_dtype) for t in transforms]
+        steps.append([m if m.ndim else np.full(num_labels, float(m), np_dtype) for m in mats])
     out = torch.empty((b, num_labels, n), dtype=dtype)
     for i in range(b):
-        args = []
-        for kern, mat in zip(_build_concurrently(builder, len(mats), i, n), mats):
+        ops = []
+        for kern in _build_concurrently(builder, len(builder.kernels), i, n):
             pre, post, selfw = (f[0].numpy() for f in kern.factors(dtype))
-            args.append((kern.lattice._operators(dtype), pre, post, selfw, mat))
+            ops.append((kern.lattice._operators(dtype), pre, post, selfw))
         rows = slice(i * n, (i + 1) * n)
-        _numba.mean_field(padded[rows], num_labels, iterations, args, q0=None if q0 is None else q0[rows],
-                          return_logits=return_logits, out=out[i].numpy())  # fmt: skip
+        unary, q = padded[rows], None if q0 is None else q0[rows]
+        if len(steps) == 1 or iterations <= 1:
+            args = [op + (mat,) for op, mat in zip(ops, steps[0])]
+            _numba.mean_field(unary, num_labels, iterations, args, q0=q, return_logits=return_logits,
+                              out=out[i].numpy())  # fmt: skip
+            continue
+        if q is None:
+            q = np.empty_like(unary)
+            _numba.softmax_rows(unary, q, num_labels)
+        for it in range(iterations):  # q holds each iteration's marginals, updated in place
+            args = [op + (mat,) for op, mat in zip(ops, steps[min(it, len(steps) - 1)])]
+            last = it == iterations - 1
+            _numba.mean_field(unary, num_labels, 1, args, q0=q, return_logits=last and return_logits,
+                              out=out[i].numpy(), transpose=last)  # fmt: skip
     return out

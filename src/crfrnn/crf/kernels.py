@@ -108,9 +108,8 @@ class GaussianKernel:
         one = torch.ones(shape, dtype=dtype, device=dev)
         pre = one if self.pre is None else self.pre.reshape(shape).to(dtype)
         post = one if self.post is None else self.post.reshape(shape).to(dtype)
-        selfw = torch.zeros(shape, dtype=dtype, device=dev) if self.self_weight is None else (
-            self.self_weight.reshape(shape).to(dtype) * 1.0
-        )
+        selfw = (torch.zeros(shape, dtype=dtype, device=dev) if self.self_weight is None
+                 else self.self_weight.reshape(shape).to(dtype))  # fmt: skip
         return pre, post, selfw
 
     def __call__(self, q: Tensor) -> Tensor:
