@@ -145,10 +145,11 @@ def _torch_stats(scores: Tensor) -> dict:
             "min_sum": float(total.min()), "max_sum": float(total.max())}  # fmt: skip
 
 
-def _needs_grad(scores: Tensor, transforms: Sequence) -> bool:
+def _needs_grad(scores: Tensor, transforms: Sequence, kernels: Sequence[Pairwise] = ()) -> bool:
     if not torch.is_grad_enabled():
         return False
-    return scores.requires_grad or any(isinstance(t, Tensor) and t.requires_grad for t in transforms)
+    return (scores.requires_grad or any(isinstance(t, Tensor) and t.requires_grad for t in transforms)
+            or any(k.features.requires_grad for k in kernels))  # fmt: skip
 
 
 class _Builder:
@@ -263,7 +264,7 @@ def infer(
                 f"kernel features must be (B, N, D) = ({b}, {n}, D) or (1, {n}, D), got {tuple(k.features.shape)}."
             )
     fused = (
-        not exact and not _needs_grad(scores, transforms) and resolve_backend(backend, scores.device) == "numba"
+        not exact and not _needs_grad(scores, transforms, kernels) and resolve_backend(backend, scores.device) == "numba"
     )
     builder = _Builder(kernels, dtype, exact, backend, cache)
     if fused:
