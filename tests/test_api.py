@@ -19,14 +19,15 @@ import crfrnn
 #: ``sorted(module.__all__)`` of every public module (no component of its name starts with ``_``).
 PUBLIC_API = {
     "crfrnn": [
-        "CrfRnn", "GaussianKernel", "KernelCache", "NORMALIZATIONS", "Pairwise", "PermutohedralLattice",
-        "bilateral_features", "crf_energy", "dense_crf", "dense_crf_loss", "gaussian_filter", "infer", "kl_divergence",
-        "lattice_filter", "mean_field", "position_features", "spatial_features", "unary_from_labels",
-        "unary_from_probs",
+        "CrfRnn", "FitResult", "GaussianKernel", "KernelCache", "NORMALIZATIONS", "Pairwise", "PermutohedralLattice",
+        "bilateral_features", "crf_energy", "dense_crf", "dense_crf_loss", "fit_crf", "gaussian_filter", "infer",
+        "kl_divergence", "lattice_filter", "load_params", "mean_field", "position_features", "save_params",
+        "spatial_features", "unary_from_labels", "unary_from_probs",
     ],
     "crfrnn.checkpoint": ["FORMAT", "load_checkpoint", "load_model", "save_checkpoint"],
     "crfrnn.cli": ["CommandError", "build_parser", "main", "number_type"],
     "crfrnn.cli.evaluate": ["add_parser", "run"],
+    "crfrnn.cli.fit": ["add_parser", "run"],
     "crfrnn.cli.refine": ["add_parser", "run"],
     "crfrnn.cli.reproduce": ["add_parser", "run"],
     "crfrnn.cli.segment": ["add_parser", "overlay_with_legend", "run"],
@@ -72,6 +73,9 @@ PUBLIC_API = {
         "format_table", "predict", "search_dense_crf", "write_report",
     ],
     "crfrnn.filters": ["gaussian_filter"],
+    "crfrnn.fit": [
+        "FIT_DEFAULTS", "FitResult", "degraded_probs", "fit_crf", "to_mean_field", "width_gradients_available",
+    ],
     "crfrnn.lattice": ["PermutohedralLattice", "lattice_filter"],
     "crfrnn.losses": ["dense_crf_loss"],
     "crfrnn.metrics": [
@@ -96,6 +100,7 @@ PUBLIC_API = {
         "default_memory_limit", "estimate_memory", "format_bytes", "make_overlay", "pair_by_stem", "read_rgb",
         "read_scores",
     ],
+    "crfrnn.params": ["MAX_FILE_BYTES", "PARAM_NAMES", "check_params", "load_params", "save_params"],
     "crfrnn.reproduce": ["CLAIMS", "ROWS", "ReproduceConfig", "check_claims", "reproduce", "summarize"],
     "crfrnn.training": [
         "DATASETS", "IGNORE_INDEX", "LR_SCHEDULES", "OPTIMIZERS", "STAGES", "TrainConfig", "TrainingError",

@@ -15,11 +15,14 @@ from crfrnn.crf import (
 )
 from crfrnn.energy import crf_energy, kl_divergence
 from crfrnn.filters import gaussian_filter
+from crfrnn.fit import FitResult, fit_crf
 from crfrnn.lattice import PermutohedralLattice, lattice_filter
 from crfrnn.losses import dense_crf_loss
+from crfrnn.params import load_params, save_params
 
 __all__ = [
     "CrfRnn",
+    "FitResult",
     "GaussianKernel",
     "KernelCache",
     "NORMALIZATIONS",
@@ -29,12 +32,15 @@ __all__ = [
     "crf_energy",
     "dense_crf",
     "dense_crf_loss",
+    "fit_crf",
     "gaussian_filter",
     "infer",
     "kl_divergence",
     "lattice_filter",
+    "load_params",
     "mean_field",
     "position_features",
+    "save_params",
     "spatial_features",
     "unary_from_labels",
     "unary_from_probs",

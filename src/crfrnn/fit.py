@@ -458,7 +458,7 @@ def fit_crf(
                 for k in _WIDTHS:
                     if k in logs:
                         logs[k].clamp_(width_lo, width_hi)
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         params = current()
         val_loss = evaluate(params)["loss"]
         history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "val_loss": val_loss, **params})

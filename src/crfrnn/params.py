@@ -215,5 +215,5 @@ def save_params(params: Mapping[str, Any], path: PathLike, *, comment: Optional[
     lines = ["# crfrnn dense CRF parameters (keyword arguments of crfrnn.dense_crf; crfrnn refine --params)"]
     if comment:
         lines += [f"# {line}".rstrip() for line in comment.splitlines()]
-    body = yaml.safe_dump(checked, sort_keys=False, default_flow_style=None)
+    body = yaml.safe_dump(checked, sort_keys=False, default_flow_style=False)
     return atomic_write_text(path, "\n".join(lines) + "\n" + body)

@@ -21,6 +21,7 @@ COMMANDS = {
     "evaluate": "crfrnn.cli.evaluate",
     "reproduce": "crfrnn.cli.reproduce",
     "segment": "crfrnn.cli.segment",
+    "fit": "crfrnn.cli.fit",
 }
 
 

@@ -175,30 +175,35 @@ def add_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]"
 
     crf = parser.add_argument_group("dense CRF (densecrf's parameters and defaults)")
     crf.add_argument(
-        "--iterations", type=number_type(int, 0, False), default=5, metavar="N", help="mean-field iterations (default 5)"
+        "--params", metavar="FILE.yaml",
+        help="read the parameters below from a file written by crfrnn fit (YAML); flags given on the command line "
+        "override the file's values",
+    )  # fmt: skip
+    crf.add_argument(
+        "--iterations", type=number_type(int, 0, False), default=None, metavar="N", help="mean-field iterations (default 5)"
     )
     crf.add_argument(
-        "--gaussian-sxy", type=number_type(float, 0, True), default=3.0, metavar="PX",
+        "--gaussian-sxy", type=number_type(float, 0, True), default=None, metavar="PX",
         help="smoothness kernel width in pixels (default 3)",
     )  # fmt: skip
     crf.add_argument(
-        "--gaussian-compat", type=number_type(float, 0, False), default=3.0, metavar="W",
+        "--gaussian-compat", type=number_type(float, 0, False), default=None, metavar="W",
         help="smoothness kernel weight (default 3)",
     )  # fmt: skip
     crf.add_argument(
-        "--bilateral-sxy", type=number_type(float, 0, True), default=80.0, metavar="PX",
+        "--bilateral-sxy", type=number_type(float, 0, True), default=None, metavar="PX",
         help="appearance kernel width in pixels (default 80)",
     )  # fmt: skip
     crf.add_argument(
-        "--bilateral-srgb", type=number_type(float, 0, True), default=13.0, metavar="C",
+        "--bilateral-srgb", type=number_type(float, 0, True), default=None, metavar="C",
         help="appearance kernel colour width, 0..255 scale (default 13)",
     )  # fmt: skip
     crf.add_argument(
-        "--bilateral-compat", type=number_type(float, 0, False), default=10.0, metavar="W",
+        "--bilateral-compat", type=number_type(float, 0, False), default=None, metavar="W",
         help="appearance kernel weight (default 10)",
     )  # fmt: skip
     crf.add_argument(
-        "--normalization", choices=NORMALIZATIONS, default="symmetric", help="kernel normalisation (default symmetric)"
+        "--normalization", choices=NORMALIZATIONS, default=None, help="kernel normalisation (default symmetric)"
     )
 
     out = parser.add_argument_group("more outputs (directories with --images)")
@@ -216,9 +221,30 @@ def add_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]"
     return parser
 
 
+_CRF_DEFAULTS = {"iterations": 5, "gaussian_sxy": 3.0, "gaussian_compat": 3.0, "bilateral_sxy": 80.0,
+                 "bilateral_srgb": 13.0, "bilateral_compat": 10.0, "normalization": "symmetric"}  # fmt: skip
+
+
+def _resolve_crf_options(args: argparse.Namespace) -> None:
+    """Fill the CRF options not given as flags from --params FILE, then from densecrf's defaults."""
+    from crfrnn.params import load_params
+
+    params: Dict[str, Any] = {}
+    if getattr(args, "params", None) is not None:
+        try:
+            params = load_params(args.params)
+        except (OSError, ValueError, TypeError) as err:
+            raise CommandError(str(err), 2) from err
+    args.crf_extra = {k: v for k, v in params.items() if k not in _CRF_DEFAULTS}  # e.g. clip
+    for name, default in _CRF_DEFAULTS.items():
+        if getattr(args, name, None) is None:
+            setattr(args, name, params.get(name, default))
+
+
 def _crf_options(args: argparse.Namespace) -> Dict[str, Any]:
     names = ("iterations", "gaussian_sxy", "gaussian_compat", "bilateral_sxy", "bilateral_srgb", "bilateral_compat")
-    return {name: getattr(args, name) for name in names} | {"normalization": args.normalization}
+    return {name: getattr(args, name) for name in names} | {"normalization": args.normalization} | \
+        getattr(args, "crf_extra", {})
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -544,6 +570,7 @@ def run(args: argparse.Namespace) -> int:
             raise CommandError("pass either IMAGE PROBS or --images DIR --probs DIR, not both.", 2)
     elif args.image is None or args.probs is None:
         raise CommandError("expected IMAGE and PROBS (or --images DIR --probs DIR); see 'crfrnn refine --help'.", 2)
+    _resolve_crf_options(args)
     if args.max_memory is None:
         args.max_memory = default_memory_limit()
     saved_limit = Image.MAX_IMAGE_PIXELS
