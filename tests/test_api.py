@@ -108,9 +108,43 @@ PUBLIC_API = {
     ],
     "crfrnn.validation": [
         "MAX_FEATURE", "check_guide", "check_iterations", "check_number", "check_spacing", "check_widths",
+        "width_tensor", "widths_need_grad",
     ],
     "crfrnn.visualize": ["VOID_COLOR", "colorize_labels", "label_overlay", "picture_grid", "save_prediction_grid"],
     "crfrnn.volumes": ["ARRAY_SUFFIXES", "Guide", "is_array_path", "read_guide", "read_volume_scores", "write_labels"],
+    "crfrnn.workflow": [],
+    "crfrnn.workflow.build": [
+        "SYNTHETIC_SPLITS", "build_datasets", "build_model", "build_optimizer", "build_scheduler", "fill_caches",
+        "open_dataset", "train_transform",
+    ],
+    "crfrnn.workflow.claims": [
+        "CLAIMS", "MARGIN", "ROWS", "check_claims", "plot_summary", "report_markdown", "summarize",
+    ],
+    "crfrnn.workflow.config": [
+        "DATASETS", "DEFAULT_MODELS", "IGNORE_INDEX", "LR_SCHEDULES", "OPTIMIZERS", "RESUMABLE_CHANGES", "STAGES",
+        "TrainConfig", "coerce_value", "load_config", "plain",
+    ],
+    "crfrnn.workflow.distributed": [
+        "DistInfo", "all_reduce_sum_", "broadcast_buffers", "env_int", "gather", "init_distributed",
+        "is_main_process", "rank_and_world", "resolve_device", "set_threads", "state_hash", "sum_across",
+    ],
+    "crfrnn.workflow.experiment": ["ReproduceConfig", "reproduce"],
+    "crfrnn.workflow.loop": [
+        "EpochResult", "SaveResult", "TrainingError", "save_epoch", "segmentation_loss", "train", "train_epoch",
+    ],
+    "crfrnn.workflow.predict": [
+        "DEFAULT_SEARCH_GRID", "DENSE_CRF_DEFAULTS", "METHODS", "METHOD_TITLES", "check_count", "check_methods",
+        "cnn_logits", "eval_mode", "merge_dense_crf_params", "model_device", "predict", "predict_timed", "unwrap",
+    ],
+    "crfrnn.workflow.report": [
+        "BoundaryCurve", "PLOT_DPI", "PLOT_SIZE", "finite", "format_table", "jsonable", "plot_boundary",
+        "save_method_grid", "write_report",
+    ],
+    "crfrnn.workflow.rundir": ["RunDir", "RunLock", "check_resume", "read_metrics"],
+    "crfrnn.workflow.seeding": ["derived_seed", "rng_state", "seed_all", "seed_worker", "set_rng_state"],
+    "crfrnn.workflow.validate": [
+        "MethodTotals", "accumulate", "evaluate", "search_dense_crf", "sharded_loader", "validation_metrics",
+    ],
 }
 
 #: Modules whose ``__all__`` is not sorted yet, owned by work in progress elsewhere; strict, so that sorting one

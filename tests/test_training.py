@@ -17,13 +17,14 @@ from crfrnn.checkpoint import load_checkpoint, load_model, save_checkpoint
 from crfrnn.models import create
 from crfrnn.training import (
     TrainConfig,
-    _coerce,
     build_model,
     build_optimizer,
     load_config,
     segmentation_loss,
     train,
 )
+from crfrnn.workflow.config import coerce_value
+from crfrnn.workflow.distributed import state_hash
 
 # A run that takes about a second: 8 images of 48x48, a width-8 SmallFCN, 2 steps per epoch.
 TINY = dict(num_train=8, num_val=4, image_size=48, crop_size=48, batch_size=4, model_kwargs={"width": 8})
@@ -116,11 +117,11 @@ class TestTrainConfig:
             with pytest.raises(ValueError, match=message):
                 Extended(out_dir="x", **{field: value})
         with pytest.raises(ValueError, match="epochs must be an integer, got 'abc'"):
-            _coerce("epochs", "abc", int | None)
+            coerce_value("epochs", "abc", int | None)
         with pytest.raises(ValueError, match="epochs must not be None"):
-            _coerce("epochs", None, int)
+            coerce_value("epochs", None, int)
         with pytest.raises(ValueError, match=r"mode: TrainConfig cannot check the annotation int \| str"):
-            _coerce("mode", 1, int | str)
+            coerce_value("mode", 1, int | str)
         with pytest.raises(TypeError, match="epochs must be an integer"):  # still a TypeError for callers
             TrainConfig(out_dir="x", epochs="abc")
 
@@ -390,9 +391,7 @@ def test_distributed_two_processes(tmp_path):
     assert len(payload["rng_states"]) == 2
     assert not torch.equal(payload["rng_states"][0]["torch"], payload["rng_states"][1]["torch"])
     model, _ = load_model(out / "last.pt")
-    from crfrnn.training import _state_hash
-
-    assert _state_hash(model) == hashes[0]  # and rank 0 saved exactly that model
+    assert state_hash(model) == hashes[0]  # and rank 0 saved exactly that model
     records = read_jsonl(out / "metrics.jsonl")
     assert [r["epoch"] for r in records] == [1, 2]  # one line per epoch: only rank 0 writes
     # validation was sharded (3 + 2 images) and its confusion matrices summed: same as all 5 in one process

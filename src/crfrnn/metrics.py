@@ -26,6 +26,8 @@ from typing import Any, Iterable, Optional, Union
 import torch
 from torch import Tensor
 
+from crfrnn.workflow.distributed import all_reduce_sum_
+
 __all__ = [
     "BoundaryAccuracy",
     "ConfusionMatrix",
@@ -182,12 +184,6 @@ def metrics_from_confusion_matrix(matrix: Tensor) -> dict[str, Any]:
     }
 
 
-def _all_reduce_(tensor: Tensor) -> Tensor:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.SUM)
-    return tensor
-
-
 class ConfusionMatrix:
     """Accumulates a confusion matrix over batches of label maps.
 
@@ -248,7 +244,7 @@ class ConfusionMatrix:
 
         Call it once, after the last :meth:`update` and before :meth:`compute`, on every process.
         """
-        _all_reduce_(self.matrix)
+        all_reduce_sum_(self.matrix)
         return self
 
     def compute(self) -> dict[str, Any]:

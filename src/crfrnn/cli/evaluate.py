@@ -17,9 +17,6 @@ from crfrnn.cli import CommandError
 
 __all__ = ["add_parser", "run"]
 
-_SYNTHETIC_SPLITS = ("train", "val", "test")
-
-
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register the ``evaluate`` sub-command."""
     parser = subparsers.add_parser(
@@ -143,28 +140,26 @@ def _synthetic_options(args: argparse.Namespace, payload: dict[str, Any]) -> dic
 def _dataset(
     args: argparse.Namespace, split: str, synthetic: dict[str, Any], num_classes: Optional[int] = None
 ) -> Any:
-    """The data set named by the arguments; data problems become CommandErrors.
+    """The data set named by the arguments (:func:`crfrnn.workflow.build.open_dataset`); data problems become
+    CommandErrors.
 
     ``num_classes``: folder masks with other labels are reported by file name when read."""
-    from crfrnn.data import SegmentationFolder, VOCSegmentation, synthetic_splits
+    from crfrnn.workflow.build import SYNTHETIC_SPLITS, open_dataset
 
+    if args.dataset == "synthetic":
+        if split not in SYNTHETIC_SPLITS:
+            raise CommandError(
+                f"--split for the synthetic data set must be one of {list(SYNTHETIC_SPLITS)}, got {split!r}."
+            )
+        if args.num_images < 1:
+            raise CommandError(f"--num-images must be >= 1, got {args.num_images}.")
+    elif args.dataset == "voc" and not args.voc_root:
+        raise CommandError("--dataset voc needs --voc-root DIR (the folder containing VOCdevkit).")
+    elif args.dataset == "folder" and (not args.images or not args.masks):
+        raise CommandError("--dataset folder needs --images DIR and --masks DIR.")
     try:
-        if args.dataset == "synthetic":
-            if split not in _SYNTHETIC_SPLITS:
-                raise CommandError(
-                    f"--split for the synthetic data set must be one of {list(_SYNTHETIC_SPLITS)}, got {split!r}."
-                )
-            if args.num_images < 1:
-                raise CommandError(f"--num-images must be >= 1, got {args.num_images}.")
-            counts = {f"num_{s}": (args.num_images if s == split else 0) for s in _SYNTHETIC_SPLITS}
-            return synthetic_splits(**synthetic, **counts)[_SYNTHETIC_SPLITS.index(split)]
-        if args.dataset == "voc":
-            if not args.voc_root:
-                raise CommandError("--dataset voc needs --voc-root DIR (the folder containing VOCdevkit).")
-            return VOCSegmentation(args.voc_root, split)
-        if not args.images or not args.masks:
-            raise CommandError("--dataset folder needs --images DIR and --masks DIR.")
-        return SegmentationFolder(args.images, args.masks, num_classes=num_classes)
+        return open_dataset(args.dataset, split, num_images=args.num_images, synthetic=synthetic,
+                            voc_root=args.voc_root, images=args.images, masks=args.masks, num_classes=num_classes)
     except (FileNotFoundError, NotADirectoryError, OSError, ValueError, TypeError) as err:
         raise CommandError(f"cannot open the {args.dataset} data set: {err}".replace("\n", " ")) from err
 
@@ -191,9 +186,10 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from crfrnn.checkpoint import load_model
-    from crfrnn.evaluation import METHOD_TITLES, evaluate, format_table, predict, search_dense_crf, write_report
+    from crfrnn.evaluation import evaluate, format_table, search_dense_crf, write_report
     from crfrnn.models import CrfRnnSegmenter
-    from crfrnn.visualize import save_prediction_grid
+    from crfrnn.workflow.distributed import resolve_device
+    from crfrnn.workflow.report import save_method_grid
 
     _check_positive(args.max_images, "--max-images")
     _check_positive(args.batch_size, "--batch-size")
@@ -202,14 +198,9 @@ def run(args: argparse.Namespace) -> int:
     crf_params = _dense_crf_params(args.dense_crf_param)
     grid_spec = _search_grid(args.search_grid)
     try:
-        device = torch.device(args.device)
-    except RuntimeError as err:
-        raise CommandError(f"--device {args.device!r} is not a torch device ({err}).") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise CommandError(
-            f"--device {args.device}: CUDA is not available on this machine (torch {torch.__version__}); "
-            "use --device cpu."
-        )
+        device = resolve_device(args.device)
+    except ValueError as err:
+        raise CommandError(f"--device {args.device}: {err} (torch {torch.__version__}; --device cpu runs on the CPU)")
 
     if (args.checkpoint is None) == (args.weights is None):
         raise CommandError("give either a CHECKPOINT or --weights FILE (a released CRF-RNN weight file).")
@@ -281,16 +272,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         paths = write_report(results, out, class_names=class_names, title=title)
         if args.grid:
-            n = min(args.grid, len(dataset))
-            images, masks, columns = [], [], {METHOD_TITLES[m]: [] for m in methods}
-            for k in range(n):
-                image, mask = dataset[k]
-                labels = predict(model, image[None].to(device), methods=methods, dense_crf_params=crf_params)
-                images.append(image)
-                masks.append(mask)
-                for m in methods:
-                    columns[METHOD_TITLES[m]].append(labels[m][0].cpu())
-            paths["grid"] = save_prediction_grid(out / "grid.png", images, columns, gt=masks)
+            runs = [(model, methods, crf_params)]
+            paths["grid"] = save_method_grid(out / "grid.png", dataset, runs, args.grid, device=device)
     except OSError as err:
         raise CommandError(f"cannot write the report to {out}: {err}", 1) from err
 
