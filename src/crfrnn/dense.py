@@ -33,12 +33,12 @@ from crfrnn.crf.engine import Pairwise, infer
 from crfrnn.crf.features import bilateral_features, position_features
 from crfrnn.crf.kernels import KernelCache, check_normalization
 from crfrnn._threads import adaptive_threads
-from crfrnn.validation import check_guide, check_iterations, check_number, check_spacing, check_widths
+from crfrnn.validation import check_guide, check_iterations, check_number, check_spacing, check_widths, widths_need_grad
 
 __all__ = ["dense_crf", "unary_from_labels", "unary_from_probs"]
 
 ArrayLike = Union[np.ndarray, Tensor]
-Width = Union[float, Sequence[float]]
+Width = Union[float, Sequence[float], Tensor]
 
 
 def unary_from_probs(probs: ArrayLike, *, clip: float = 1e-5, scale: Optional[float] = None) -> ArrayLike:
@@ -206,6 +206,10 @@ def dense_crf(
             (folders of same-sized images); None keeps nothing.
         backend: lattice backend (``"auto"``: compiled kernels on the CPU, PyTorch elsewhere).
 
+    With torch input, the widths (``gaussian_sxy``, ``bilateral_sxy``, ``bilateral_srgb``) may be tensors that
+    require a gradient, and so may a floating-point image tensor: the marginals are differentiable with respect to
+    them (``docs/widths.md``).
+
     Returns:
         Marginals of the same shape as the probabilities, float32 (float64 for a float64 tensor), the same kind
         (NumPy or torch); torch input keeps its device and stays differentiable.
@@ -263,10 +267,14 @@ def dense_crf(
     if num_labels == 1:  # a binary network's single map: the two-label problem it is
         scores = torch.cat([1.0 - scores, scores] if probs is not None else [torch.zeros_like(scores), scores], 1)
     img = img.to(device=scores.device, dtype=dtype)
+    learned = widths_need_grad(gaussian_sxy)  # a kernel with a graph is never cached
     kernels = [
-        Pairwise(position_features(shape, sxy_g, spacing=steps, dtype=dtype, device=scores.device, name="gaussian_sxy"),
-                 weight=weights[0], normalization=normalization, cache_key=("position", shape, sxy_g, steps)),
-        Pairwise(bilateral_features(img, sxy_b, bilateral_srgb, spacing=steps, names=("bilateral_sxy", "bilateral_srgb")),
+        Pairwise(position_features(shape, gaussian_sxy if learned else sxy_g, spacing=steps, dtype=dtype,
+                                   device=scores.device, name="gaussian_sxy"),
+                 weight=weights[0], normalization=normalization,
+                 cache_key=None if learned else ("position", shape, sxy_g, steps)),
+        Pairwise(bilateral_features(img, bilateral_sxy if widths_need_grad(bilateral_sxy) else sxy_b, bilateral_srgb,
+                                    spacing=steps, names=("bilateral_sxy", "bilateral_srgb")),
                  weight=weights[1], normalization=normalization),
     ]  # fmt: skip
     q = infer(scores.reshape(b, scores.shape[1], -1), kernels, iterations=iterations, from_probs=probs is not None,

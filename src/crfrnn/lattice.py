@@ -289,7 +289,8 @@ class PermutohedralLattice:
     Filtering approximates the Gaussian ``out_i = sum_j exp(-|f_i - f_j|^2 / 2) v_j`` for every image of
     the batch separately (divide the features by the kernel widths first). The filter is linear in the
     values and differentiable with respect to them (the backward pass is the adjoint filter on the same
-    lattice); gradients do not flow to the features, as in the paper.
+    lattice); gradients flow to the features only when they are passed to :meth:`filter` (``features=``), by
+    the exact Gaussian's derivative in moment channels (``docs/widths.md``).
 
     Args:
         features: ``(B, N, D)`` float32 or float64, ``B >= 1`` point sets of ``N >= 1`` points with
@@ -380,19 +381,42 @@ class PermutohedralLattice:
         """Filter ``(B * N, C)`` values without autograd: splat, blur (directions reversed for ``K^T``), slice."""
         return self._operators(values.dtype)(values, reverse)
 
-    def filter(self, values: Tensor, *, reverse: bool = False) -> Tensor:
+    def filter(self, values: Tensor, *, reverse: bool = False, features: Optional[Tensor] = None,
+               widths: Optional[Tensor] = None) -> Tensor:
         """Gaussian-filter values with this lattice.
 
         Args:
             values: ``(B, N, C)`` float32 or float64, on the lattice's device.
             reverse: apply the adjoint ``K^T`` (blur directions in reverse order) instead of ``K``.
+            features: the ``(B, N, D)`` features this lattice was built from, when they need a gradient: the
+                result is then differentiable with respect to them too, by the exact Gaussian's derivative
+                written as lattice filterings of moment channels (``docs/widths.md``; not with ``reverse``).
+            widths: ``(D,)``, when ``features`` are given undivided: the lattice's features are
+                ``features / widths``, and the result is differentiable with respect to both (when the
+                undivided features need no gradient, the widths' gradient costs about half of theirs).
 
         Returns:
             ``(B, N, C)`` filtered values, differentiable with respect to ``values``.
         """
         self._check_values(values)
         b, n, c = values.shape
-        out = _LatticeFilter.apply(values.reshape(b * n, c), self, reverse)
+        if features is None:
+            if widths is not None:
+                raise ValueError("widths are the divisors of features: pass features= with them.")
+            out = _LatticeFilter.apply(values.reshape(b * n, c), self, reverse)
+            return out.view(b, n, c)
+        if reverse:
+            raise ValueError("gradients with respect to the features are available for the forward filter only.")
+        if features.shape != (b, n, self.dim):
+            raise ValueError(
+                f"features must have the lattice's shape (B, N, D) = ({b}, {n}, {self.dim}), got "
+                f"{tuple(features.shape)}."
+            )
+        if widths is not None and widths.shape != (self.dim,):
+            raise ValueError(f"widths must have shape (D,) = ({self.dim},), got {tuple(widths.shape)}.")
+        dtype = values.dtype
+        w = None if widths is None else widths.to(dtype)
+        out = _FeatureFilter.apply(values.reshape(b * n, c), features.reshape(b * n, self.dim).to(dtype), w, self)
         return out.view(b, n, c)
 
     def _check_values(self, values: Tensor) -> None:
@@ -436,6 +460,92 @@ class _LatticeFilter(torch.autograd.Function):
         return _LatticeFilter.apply(grad.contiguous(), ctx.lattice, not ctx.reverse), None, None
 
 
+def _feature_backward(
+    filt, values: Tensor, out: Tensor, grad: Tensor, base: Tensor, widths: Optional[Tensor], batch: int,
+    need: tuple[bool, bool, bool],
+) -> tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
+    """Gradients of ``L`` through ``out = K v`` with respect to ``v``, the undivided features and the widths.
+
+    ``K`` is a Gaussian filter ``k_ij = exp(-|f_i - f_j|^2 / 2)`` with ``f = base / widths`` (``widths`` None:
+    ``f = base``), given as ``filt(x, reverse)`` (``K x`` or ``K^T x`` of ``(P, C')`` values). With
+    ``g = dL/dout`` and every label channel ``c`` summed, the exact Gaussian's derivative is
+
+        dL/dv = K^T g,
+        dL/df_id = -sum_c g_ic (f_id (K v)_ic - (K (f_d v))_ic) - sum_c v_ic (f_id (K^T g)_ic - (K^T (f_d g))_ic),
+
+    whatever ``K`` approximates it (the lattice): moment channels ``f_d v`` and ``f_d g`` filtered by ``K``
+    and ``K^T``. When only the widths need a gradient, ``dL/dw_d = -S_d / w_d`` needs just
+    ``S_d = sum_i f_id dL/df_id``, which by ``<f_d v, K^T (f_d g)> = <K (f_d v), f_d g>`` and
+    ``<f_d^2 v, K^T g> = <K (f_d^2 v), g>`` is
+
+        S_d = 2 <f_d v, K^T (f_d g)> - <f_d^2 (g . K v + v . K^T g), 1>,
+
+    one ``K^T`` call on ``[g, f_1 g, .., f_D g]``, half the channels of the per-point gradient. The features
+    are centred per image first: the Gaussian depends only on ``f_i - f_j`` and ``sum_i dL/df_i = 0`` (for
+    any linear ``K`` and its exact adjoint), so this changes nothing but rounding.
+
+    Args:
+        filt: ``filt(x (P, C'), reverse) -> (P, C')``.
+        values, out, grad: ``(P, C)`` with ``P = batch * N``.
+        base: ``(P, D)`` undivided features; widths: ``(D,)`` or None.
+        batch: images in ``P`` (each centred on its own).
+        need: which of ``(values, base, widths)`` need a gradient.
+
+    Returns:
+        ``(dL/dv (P, C), dL/dbase (P, D), dL/dwidths (D,))``, None where not needed.
+    """
+    p, c = values.shape
+    d = base.shape[1]
+    f = base if widths is None else base / widths
+    f = f.detach().view(batch, -1, d)
+    f = (f - f.mean(1, keepdim=True)).view(p, d)
+    per_point = need[1]
+    if not (need[1] or need[2]):
+        return filt(grad, True), None, None
+    moments_g = (f.unsqueeze(2) * grad.unsqueeze(1)).reshape(p, d * c)  # [f_1 g, .., f_D g]
+    back = filt(torch.cat([grad, moments_g], 1), True)
+    grad_v, kt_fg = back[:, :c], back[:, c:].view(p, d, c)
+    local = (grad * out).sum(1) + (values * grad_v).sum(1)  # g . K v + v . K^T g per point
+    acc = torch.float64
+    grad_base = grad_w = None
+    if per_point:
+        k_fv = filt((f.unsqueeze(2) * values.unsqueeze(1)).reshape(p, d * c), False).view(p, d, c)
+        df = (-f * local.unsqueeze(1) + (grad.unsqueeze(1) * k_fv).sum(2) + (values.unsqueeze(1) * kt_fg).sum(2))
+        grad_base = df if widths is None else df / widths.detach()
+        s = (f.to(acc) * df.to(acc)).sum(0)
+    else:
+        s = 2.0 * (values.unsqueeze(1) * kt_fg).sum(2).to(acc).mul(f.to(acc)).sum(0) \
+            - (f.to(acc) ** 2 * local.to(acc).unsqueeze(1)).sum(0)  # fmt: skip
+    if need[2]:
+        grad_w = (-s / widths.detach().to(acc)).to(values.dtype)
+    return (grad_v if need[0] else None), (grad_base if need[1] else None), grad_w
+
+
+class _FeatureFilter(torch.autograd.Function):
+    """``out = K values`` on a fixed lattice built from ``base / widths``, differentiable w.r.t. all three
+    (:func:`_feature_backward`); the backward is not itself differentiable."""
+
+    @staticmethod
+    def forward(ctx, values: Tensor, base: Tensor, widths: Optional[Tensor], lattice: PermutohedralLattice) -> Tensor:  # type: ignore[override]
+        out = lattice._apply(values.contiguous(), False)
+        ctx.lattice = lattice
+        ctx.save_for_backward(values, base, widths, out)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        values, base, widths, out = ctx.saved_tensors
+        lattice = ctx.lattice
+        need = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], widths is not None and ctx.needs_input_grad[2])
+
+        def filt(x: Tensor, reverse: bool) -> Tensor:
+            return lattice._apply(x.contiguous(), reverse)
+
+        gv, gb, gw = _feature_backward(filt, values, out, grad.contiguous(), base, widths, lattice.batch_size, need)
+        return gv, gb, gw, None
+
+
 def lattice_filter(values: Tensor, features: Tensor, *, backend: str = "auto") -> Tensor:
     """Approximate Gaussian filtering with a permutohedral lattice built for this one call.
 
@@ -445,9 +555,11 @@ def lattice_filter(values: Tensor, features: Tensor, *, backend: str = "auto") -
         backend: see :class:`PermutohedralLattice`.
 
     Returns:
-        ``(B, N, C)`` approximately ``sum_j exp(-|f_i - f_j|^2 / 2) v_j``.
+        ``(B, N, C)`` approximately ``sum_j exp(-|f_i - f_j|^2 / 2) v_j``, differentiable with respect to the
+        values and (when they require a gradient) the features.
     """
-    return PermutohedralLattice(features, backend=backend).filter(values)
+    lattice = PermutohedralLattice(features, backend=backend)
+    return lattice.filter(values, features=features if features.requires_grad else None)
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:

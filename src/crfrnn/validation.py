@@ -22,6 +22,8 @@ __all__ = [
     "check_number",
     "check_spacing",
     "check_widths",
+    "width_tensor",
+    "widths_need_grad",
 ]
 
 #: Largest magnitude a lattice coordinate (a position or guide value divided by its kernel width) may have.
@@ -61,8 +63,20 @@ def check_iterations(name: str, value: object) -> int:
     return int(value)
 
 
+def _scalar(value: object) -> object:
+    """A one-element tensor or NumPy value as a Python number (detached); anything else unchanged."""
+    if isinstance(value, Tensor) and value.numel() == 1:
+        return value.detach().item()
+    if isinstance(value, (np.ndarray, np.generic)) and np.size(value) == 1:
+        return value.item()
+    return value
+
+
 def check_widths(name: str, value: Union[float, Sequence[float], Tensor], count: int, what: str) -> tuple[float, ...]:
     """Kernel widths: one positive finite number, or one per ``what`` (``count`` of them).
+
+    Numbers, sequences of numbers, NumPy arrays and tensors (also tensors that require a gradient, and sequences
+    of one-element tensors) are accepted; their values are checked here, detached.
 
     Returns:
         ``count`` floats.
@@ -74,7 +88,7 @@ def check_widths(name: str, value: Union[float, Sequence[float], Tensor], count:
     if _is_number(value):
         values = [value] * count
     elif isinstance(value, (list, tuple)):
-        values = list(value)
+        values = [_scalar(v) for v in value]
         if len(values) == 1:
             values = values * count
         if len(values) != count:
@@ -86,9 +100,35 @@ def check_widths(name: str, value: Union[float, Sequence[float], Tensor], count:
     out = []
     for v in values:
         if not _is_number(v) or not math.isfinite(float(v)) or not float(v) > 0:
-            raise ValueError(f"{name} must be positive finite numbers ({what} units), got {tuple(values)}.")
+            raise ValueError(
+                f"{name} must be positive finite numbers ({what} units), got {tuple(values)}; a width learned by "
+                "gradient descent stays positive when it is parameterised by its logarithm (width = log_width.exp())."
+            )
         out.append(float(v))
     return tuple(out)
+
+
+def widths_need_grad(value: object) -> bool:
+    """Whether kernel widths (a tensor, or a sequence holding tensors) need a gradient right now."""
+    if not torch.is_grad_enabled():
+        return False
+    if isinstance(value, Tensor):
+        return value.requires_grad
+    return isinstance(value, (list, tuple)) and any(isinstance(v, Tensor) and v.requires_grad for v in value)
+
+
+def width_tensor(name: str, value: Union[float, Sequence[float], Tensor], count: int, what: str, *,
+                 dtype: torch.dtype, device: Optional[torch.device]) -> Tensor:
+    """Kernel widths as a ``(count,)`` tensor that keeps their autograd graph (values checked by
+    :func:`check_widths`); one width is expanded to ``count``."""
+    check_widths(name, value, count, what)
+    if isinstance(value, Tensor):
+        t = value.reshape(-1).to(dtype=dtype, device=device)
+    else:
+        parts = value if isinstance(value, (list, tuple)) else [value]
+        t = torch.stack([v.reshape(()).to(dtype=dtype, device=device) if isinstance(v, Tensor)
+                         else torch.tensor(float(_scalar(v)), dtype=dtype, device=device) for v in parts])  # fmt: skip
+    return t.expand(count) if t.numel() == 1 else t
 
 
 def check_spacing(spacing: Optional[Union[float, Sequence[float]]], ndim: int) -> tuple[float, ...]:

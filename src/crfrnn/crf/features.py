@@ -5,6 +5,11 @@ for every axis ``a``, listed from the last axis to the first (for an image ``(H,
 densecrf orders them), then guide features ``g_c / theta_c`` for every guide channel ``c``. Widths are given
 in array-axis order (``(theta_H, theta_W)`` for an image, ``(theta_D, theta_H, theta_W)`` for a volume) and in
 physical units when a ``spacing`` is given.
+
+Widths may be tensors that require a gradient (learned widths), and the guide may require one (a feature map
+learned upstream). The features are then ``base / widths`` with the autograd graph kept, and they remember that
+factorisation (:func:`width_factors`), so that a kernel whose guide needs no gradient can compute the widths'
+gradient without a per-point feature gradient, at about half the cost (see ``docs/widths.md``).
 """
 
 from __future__ import annotations
@@ -14,11 +19,60 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from crfrnn.validation import check_bound, check_spacing, check_widths
+from crfrnn.validation import check_bound, check_spacing, check_widths, width_tensor, widths_need_grad
 
 __all__ = ["bilateral_features", "guide_features", "position_features", "spatial_features"]
 
-Width = Union[float, Sequence[float]]
+Width = Union[float, Sequence[float], Tensor]
+
+# Attribute under which features that need a gradient keep their factors ``(base, widths)``.
+_FACTORS = "_crfrnn_width_factors"
+
+
+def _divided(base: Tensor, widths: Tensor) -> Tensor:
+    """``base / widths`` (``widths (D,)`` over the last axis), remembering both factors."""
+    out = base / widths
+    setattr(out, _FACTORS, (base, widths))
+    return out
+
+
+def width_factors(features: Tensor) -> Optional[tuple[Tensor, Tensor]]:
+    """``(base (B, N, D), widths (D,))`` with ``features = base / widths`` for features built here that need a
+    gradient, or None (features built elsewhere, or derived from these by any operation)."""
+    factors = getattr(features, _FACTORS, None)
+    if factors is None or factors[0].shape != features.shape or factors[1].shape != features.shape[-1:]:
+        return None
+    return factors
+
+
+def _position_base(shape: Sequence[int], steps: Sequence[float], dtype: torch.dtype,
+                   device: Optional[torch.device]) -> Tensor:
+    """Undivided positions ``(1, N, len(S))`` in the units of ``steps``, the last axis first."""
+    axes = [torch.arange(n, dtype=torch.float64, device=device) * step for n, step in zip(shape, steps)]
+    grids = torch.meshgrid(*axes, indexing="ij")
+    return torch.stack(grids[::-1], -1).reshape(1, -1, len(shape)).to(dtype)
+
+
+def _check_positions(shape: Sequence[int], theta: Width, spacing: Optional[Width],
+                     name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Checked ``(widths, steps)`` of a grid's position features (floats, array-axis order)."""
+    widths = check_widths(name, theta, len(shape), "spatial axis")
+    steps = check_spacing(spacing, len(shape))
+    for size, width, step in zip(shape, widths, steps):
+        check_bound(name, (size - 1) * step, width)
+    return widths, steps
+
+
+def _check_guide(guide: Tensor, theta: Width, name: str) -> tuple[Tensor, tuple[float, ...]]:
+    """``(guide (B, C, N), checked widths)``."""
+    b, c = guide.shape[:2]
+    widths = check_widths(name, theta, c, "guide channel")
+    flat = guide.reshape(b, c, -1)
+    lo, hi = torch.aminmax(flat.detach())
+    extent = max(-float(lo), float(hi))
+    for width in widths:
+        check_bound(name, extent, width)
+    return flat, widths
 
 
 def position_features(
@@ -29,7 +83,8 @@ def position_features(
 
     Args:
         shape: the spatial shape ``S`` (1 to 3 axes, any number works).
-        theta: width, one number or one per axis (array-axis order), in the units of ``spacing``.
+        theta: width, one number or one per axis (array-axis order), in the units of ``spacing``; a tensor
+            (or a sequence of tensors) that requires a gradient keeps its graph.
         spacing: physical size of a step along each axis (e.g. mm per voxel); None is 1 (pixels).
         name: the caller's name for ``theta``, for error messages.
 
@@ -41,10 +96,10 @@ def position_features(
         [[0.0, 0.0], [1.0, 0.0], [2.0, 0.0], [0.0, 1.0]]
     """
     ndim = len(shape)
-    widths = check_widths(name, theta, ndim, "spatial axis")
-    steps = check_spacing(spacing, ndim)
-    for size, width, step in zip(shape, widths, steps):
-        check_bound(name, (size - 1) * step, width)
+    widths, steps = _check_positions(shape, theta, spacing, name)
+    if widths_need_grad(theta):
+        w = width_tensor(name, theta, ndim, "spatial axis", dtype=dtype, device=device)
+        return _divided(_position_base(shape, steps, dtype, device), w.flip(0))
     axes = [(torch.arange(n, dtype=torch.float64, device=device) * step) / width
             for n, step, width in zip(shape, steps, widths)]  # fmt: skip
     grids = torch.meshgrid(*axes, indexing="ij")
@@ -56,19 +111,17 @@ def guide_features(guide: Tensor, theta: Width, *, name: str = "theta") -> Tenso
     """Guide channels divided by their widths.
 
     Args:
-        guide: ``(B, C, *S)`` floating point.
-        theta: one width for all channels or one per channel.
+        guide: ``(B, C, *S)`` floating point (it may require a gradient).
+        theta: one width for all channels or one per channel (tensors that require a gradient keep their graph).
 
     Returns:
         ``(B, N, C)``.
     """
-    b, c = guide.shape[:2]
-    widths = check_widths(name, theta, c, "guide channel")
-    flat = guide.reshape(b, c, -1)
-    lo, hi = torch.aminmax(flat.detach())
-    extent = max(-float(lo), float(hi))
-    for width in widths:
-        check_bound(name, extent, width)
+    c = guide.shape[1]
+    flat, widths = _check_guide(guide, theta, name)
+    if guide.requires_grad or widths_need_grad(theta):
+        w = width_tensor(name, theta, c, "guide channel", dtype=guide.dtype, device=guide.device)
+        return _divided(flat.transpose(1, 2), w)
     scale = torch.tensor(widths, dtype=guide.dtype, device=guide.device).view(1, c, 1)
     return (flat / scale).transpose(1, 2)
 
@@ -89,6 +142,15 @@ def bilateral_features(
         ``(B, N, len(S) + C)``.
     """
     b = image.shape[0]
+    if image.requires_grad or widths_need_grad(theta_alpha) or widths_need_grad(theta_beta):
+        shape, c = image.shape[2:], image.shape[1]
+        _, steps = _check_positions(shape, theta_alpha, spacing, names[0])
+        flat, _ = _check_guide(image, theta_beta, names[1])
+        like = dict(dtype=image.dtype, device=image.device)
+        w_pos = width_tensor(names[0], theta_alpha, len(shape), "spatial axis", **like)
+        w_g = width_tensor(names[1], theta_beta, c, "guide channel", **like)
+        base = torch.cat([_position_base(shape, steps, **like).expand(b, -1, -1), flat.transpose(1, 2)], -1)
+        return _divided(base, torch.cat([w_pos.flip(0), w_g]))
     pos = position_features(image.shape[2:], theta_alpha, spacing=spacing, dtype=image.dtype, device=image.device,
                             name=names[0])  # fmt: skip
     return torch.cat([pos.expand(b, -1, -1), guide_features(image, theta_beta, name=names[1])], -1)

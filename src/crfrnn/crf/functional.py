@@ -16,11 +16,11 @@ from crfrnn._threads import adaptive_threads
 from crfrnn.crf.engine import Pairwise, Weight, infer
 from crfrnn.crf.features import bilateral_features, position_features
 from crfrnn.crf.kernels import KernelCache, check_normalization
-from crfrnn.validation import check_guide, check_iterations, check_spacing, check_widths
+from crfrnn.validation import check_guide, check_iterations, check_spacing, check_widths, widths_need_grad
 
 __all__ = ["mean_field"]
 
-Width = Union[float, Sequence[float]]
+Width = Union[float, Sequence[float], Tensor]
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
@@ -102,6 +102,10 @@ def mean_field(
         theta_alpha: bilateral kernel's position width, one number or one per spatial axis (array-axis order).
         theta_beta: bilateral kernel's guide width, one number or one per guide channel.
         theta_gamma: spatial kernel's width, one number or one per spatial axis.
+
+            Any width may be a tensor (0-d, or one entry per axis or channel; or a sequence of 0-d tensors) that
+            requires a gradient: the output is then differentiable with respect to it (the exact Gaussian's
+            derivative through the lattice, ``docs/widths.md``). So is an ``image`` that requires a gradient.
         spatial_weight: a number, an ``(L,)`` vector or an ``(L, L)`` matrix ``W_spatial``.
         bilateral_weight: the same for ``W_bilateral``.
         compatibility: label compatibility ``mu``: an ``(L, L)`` matrix (asymmetric allowed) or an ``(L,)``
@@ -131,6 +135,10 @@ def mean_field(
         >>> image = torch.rand(2, 3, 16, 16) * 255
         >>> mean_field(unary, image, num_iterations=3).shape
         torch.Size([2, 4, 16, 16])
+        >>> theta_alpha = torch.tensor(20.0, requires_grad=True)
+        >>> mean_field(unary, image, theta_alpha=theta_alpha).logsumexp(1).mean().backward()
+        >>> theta_alpha.grad.shape
+        torch.Size([])
     """
     num_labels, dtype = check_scores_tensor(unary)
     check_image_tensor(image, unary)
@@ -166,11 +174,14 @@ def mean_field(
         spatial_weight, bilateral_weight, compatibility = iteration_weights[0][0][0], iteration_weights[0][1][0], \
             iteration_weights[0][0][1]  # fmt: skip
     opts = dict(normalization=normalization, exclude_self=exclude_self, compatibility=compatibility)
+    learned = widths_need_grad(theta_gamma)  # a kernel with a graph is never cached
     kernels = [
-        Pairwise(position_features(shape, theta_g, spacing=steps, dtype=dtype, device=u.device, name="theta_gamma"),
-                 weight=spatial_weight, cache_key=("position", shape, theta_g, steps), names=("spatial_weight", "compatibility"),
-                 **opts),
-        Pairwise(bilateral_features(img, theta_a, theta_beta, spacing=steps), weight=bilateral_weight,
+        Pairwise(position_features(shape, theta_gamma if learned else theta_g, spacing=steps, dtype=dtype,
+                                   device=u.device, name="theta_gamma"),
+                 weight=spatial_weight, cache_key=None if learned else ("position", shape, theta_g, steps),
+                 names=("spatial_weight", "compatibility"), **opts),
+        Pairwise(bilateral_features(img, theta_alpha if widths_need_grad(theta_alpha) else theta_a, theta_beta,
+                                    spacing=steps), weight=bilateral_weight,
                  names=("bilateral_weight", "compatibility"), **opts),
     ]  # fmt: skip
     with torch.autocast(u.device.type, enabled=False):

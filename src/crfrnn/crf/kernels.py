@@ -4,6 +4,11 @@ A :class:`GaussianKernel` is everything about one kernel that depends only on it
 permutohedral lattice, the normalisation factors and the self-weights. It is built once per call (or kept
 in a :class:`KernelCache` when the features depend only on the image size, as the spatial kernel's do) and
 then used read-only by every label, iteration and the backward pass, from any number of threads.
+
+Features that require a gradient (learned widths, a learned guide) keep their graph: every filtering, the
+normaliser ``K 1`` included, is then differentiable with respect to them (the exact Gaussian's derivative in
+lattice filterings of moment channels, ``docs/widths.md``); the lattice's self-weight (``exclude_self``) is held
+constant. Such kernels are never kept in a :class:`KernelCache` (they would hold the caller's graph).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from typing import Callable, Hashable, Optional
 import torch
 from torch import Tensor
 
+from crfrnn.crf.features import width_factors
 from crfrnn.filters import gaussian_filter
 from crfrnn.lattice import PermutohedralLattice
 
@@ -41,7 +47,9 @@ class GaussianKernel:
     the normalisation and ``self`` the self-weight when the point's own value is excluded.
 
     Args:
-        features: ``(B, N, D)`` features already divided by the kernel widths.
+        features: ``(B, N, D)`` features already divided by the kernel widths; when they require a gradient the
+            kernel is differentiable with respect to them (and to the widths and guide they were built from with
+            :mod:`crfrnn.crf.features`).
         normalization: one of :data:`NORMALIZATIONS`.
         exclude_self: leave each point's own value out of its message (the paper's ``j != i``); with the
             lattice this subtracts the lattice's exact self-weight (see
@@ -61,9 +69,18 @@ class GaussianKernel:
     ) -> None:
         self.normalization = check_normalization(normalization)
         self.exact = exact
-        self.features = features.detach()
+        grad = features.requires_grad and torch.is_grad_enabled()
+        self.features = features if grad else features.detach()
+        #: ``(base, widths)`` with features ``base / widths`` (or ``(features, None)``) when they need a gradient
+        self.grad_features: Optional[tuple[Tensor, Optional[Tensor]]] = None
+        if grad and not exact:
+            factors = width_factors(features)
+            if factors is not None and not factors[0].requires_grad:
+                self.grad_features = (factors[0].detach(), factors[1])  # the widths' gradient alone: cheaper
+            else:
+                self.grad_features = (features, None)
         self.batch_size, self.num_points = features.shape[:2]
-        self.lattice = None if exact else PermutohedralLattice(self.features, backend=backend)
+        self.lattice = None if exact else PermutohedralLattice(features.detach(), backend=backend)
         b, n, _ = features.shape
         self.self_weight: Optional[Tensor] = None
         if exclude_self:
@@ -95,6 +112,9 @@ class GaussianKernel:
     def _filter(self, q: Tensor) -> Tensor:
         if self.exact:
             out = gaussian_filter(q, self.features.to(q.dtype), exact=True)
+        elif self.grad_features is not None:
+            base, widths = self.grad_features
+            out = self.lattice.filter(q, features=base.to(q.dtype).view(*q.shape[:2], -1), widths=widths)
         else:
             out = self.lattice.filter(q)
         if self.self_weight is not None:
@@ -106,8 +126,8 @@ class GaussianKernel:
         shape = (self.batch_size, self.num_points)
         dev = self.features.device
         one = torch.ones(shape, dtype=dtype, device=dev)
-        pre = one if self.pre is None else self.pre.reshape(shape).to(dtype)
-        post = one if self.post is None else self.post.reshape(shape).to(dtype)
+        pre = one if self.pre is None else self.pre.detach().reshape(shape).to(dtype)
+        post = one if self.post is None else self.post.detach().reshape(shape).to(dtype)
         selfw = (torch.zeros(shape, dtype=dtype, device=dev) if self.self_weight is None
                  else self.self_weight.reshape(shape).to(dtype))  # fmt: skip
         return pre, post, selfw
@@ -134,7 +154,8 @@ class KernelCache:
     Give one to :func:`crfrnn.dense_crf` or :func:`crfrnn.mean_field` (``cache=``) when refining many images of
     the same size; :class:`crfrnn.CrfRnn` owns one. Safe to share between threads: kernels are immutable once
     built (two threads missing the same key at once may both build it; one result is kept). Without a cache
-    nothing outlives the call.
+    nothing outlives the call. A kernel whose features require a gradient is built and returned but never
+    kept (it would hold the caller's autograd graph, and its widths change with every step).
 
     Args:
         maxsize: kernels kept, least recently used dropped first.
@@ -177,6 +198,8 @@ class KernelCache:
                 self._items.move_to_end(key)
                 return kernel
         kernel = build()
+        if kernel.features.requires_grad:
+            return kernel
         with self._lock:
             kernel = self._items.setdefault(key, kernel)
             self._items.move_to_end(key)

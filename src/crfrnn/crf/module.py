@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -19,7 +20,9 @@ class CrfRnn(nn.Module):
 
     Learnable: ``spatial_weights`` and ``bilateral_weights`` (``L x L``, initialised to ``w I``) and
     ``compatibility`` (``L x L``, initialised to the Potts model ``1 - I``; learned freely, asymmetric
-    allowed). The kernel widths are fixed buffers, as in the paper.
+    allowed). The kernel widths are fixed buffers, as in the paper, or with ``learn_widths=True`` learned too:
+    parameters ``log_theta_alpha``, ``log_theta_beta`` and ``log_theta_gamma`` (positive by construction);
+    ``crf.theta_alpha`` etc. read the current widths either way.
 
     In eval mode (or under ``torch.no_grad()``) on the CPU it runs the compiled fused mean field; in training
     the differentiable path. The spatial kernel of each input size is kept in :attr:`cache` (a
@@ -45,6 +48,9 @@ class CrfRnn(nn.Module):
             evaluating with more iterations than sets (e.g. train 5, eval 10) reuses the last set. None (default)
             ties them: one set for every iteration. :meth:`untie` and :meth:`tie` convert; a tied state dict loads
             into an untied layer (every set gets the tied values).
+        learn_widths: learn the three kernel widths by their logarithms (``docs/widths.md``: the exact Gaussian's
+            derivative through the lattice). A state dict with fixed widths loads into a layer that learns them
+            and back (the widths converted).
 
     Shape:
         - unary: ``(B, L, H, W)`` logits; image: ``(B, 3, H, W)`` on the 0..255 scale.
@@ -54,7 +60,14 @@ class CrfRnn(nn.Module):
         >>> crf = CrfRnn(4, num_iterations=5, num_eval_iterations=10)
         >>> crf(torch.randn(1, 4, 20, 30), torch.rand(1, 3, 20, 30) * 255).shape
         torch.Size([1, 4, 20, 30])
+        >>> learned = CrfRnn(4, learn_widths=True)
+        >>> sorted(n for n, _ in learned.named_parameters() if "theta" in n)
+        ['log_theta_alpha', 'log_theta_beta', 'log_theta_gamma']
+        >>> round(learned.theta_alpha.item(), 3)
+        160.0
     """
+
+    _WIDTHS = ("theta_alpha", "theta_beta", "theta_gamma")
 
     def __init__(
         self,
@@ -72,6 +85,7 @@ class CrfRnn(nn.Module):
         memory_efficient: bool = False,
         backend: str = "auto",
         num_untied: Optional[int] = None,
+        learn_widths: bool = False,
     ) -> None:
         super().__init__()
         if num_untied is not None and (isinstance(num_untied, bool) or not isinstance(num_untied, int)
@@ -79,8 +93,6 @@ class CrfRnn(nn.Module):
             raise ValueError(f"num_untied must be None or an integer >= 1, got {num_untied!r}.")
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes must be an integer >= 1, got {num_classes!r}.")
-        for name, theta in (("theta_alpha", theta_alpha), ("theta_beta", theta_beta), ("theta_gamma", theta_gamma)):
-            check_widths(name, theta, 1, "kernel")
         for name, t in (("num_iterations", num_iterations), ("num_eval_iterations", num_eval_iterations)):
             if t is not None:
                 check_iterations(name, t)
@@ -101,17 +113,33 @@ class CrfRnn(nn.Module):
         self.num_untied: Optional[int] = None
         if num_untied is not None:
             self.untie(num_untied)
-        self.register_buffer("theta_alpha", torch.tensor(float(theta_alpha)))
-        self.register_buffer("theta_beta", torch.tensor(float(theta_beta)))
-        self.register_buffer("theta_gamma", torch.tensor(float(theta_gamma)))
+        self.learn_widths = bool(learn_widths)
+        widths = {"theta_alpha": theta_alpha, "theta_beta": theta_beta, "theta_gamma": theta_gamma}
+        for name in self._WIDTHS:
+            value = float(check_widths(name, widths[name], 1, "kernel")[0])
+            if self.learn_widths:
+                self.register_parameter("log_" + name, nn.Parameter(torch.tensor(math.log(value))))
+            else:
+                self.register_buffer(name, torch.tensor(value))
+        self._refresh_widths()
+
+    def __getattr__(self, name: str):
+        if name in CrfRnn._WIDTHS and "log_" + name in self.__dict__.get("_parameters", {}):
+            return self._parameters["log_" + name].exp()  # the learned width, differentiable
+        return super().__getattr__(name)
+
+    def _refresh_widths(self) -> None:
+        """Keep Python copies of fixed widths, so that ``forward`` reads no tensor (no device sync on a GPU)."""
+        self._fixed_widths = None if self.learn_widths else {n: float(self._buffers[n]) for n in self._WIDTHS}
 
     def extra_repr(self) -> str:
+        widths = ", ".join(f"{n}={float(getattr(self, n).detach()):g}" for n in self._WIDTHS)
         return (
-            f"num_classes={self.num_classes}, theta_alpha={float(self.theta_alpha):g}, "
-            f"theta_beta={float(self.theta_beta):g}, theta_gamma={float(self.theta_gamma):g}, "
+            f"num_classes={self.num_classes}, {widths}, "
             f"num_iterations={self.num_iterations}, num_eval_iterations={self.num_eval_iterations}, "
             f"normalization={self.normalization!r}"
             + ("" if self.num_untied is None else f", num_untied={self.num_untied}")
+            + (", learn_widths=True" if self.learn_widths else "")
         )
 
     _UNTIED = ("spatial_weights", "bilateral_weights", "compatibility")
@@ -142,7 +170,14 @@ class CrfRnn(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):  # noqa: D401 (PyTorch hook)
-        """A tied state dict (``(L, L)`` parameters) loads into an untied layer: every set gets the tied values."""
+        """A tied state dict (``(L, L)`` parameters) loads into an untied layer: every set gets the tied values; fixed
+        widths (``theta_*`` buffers) load into a layer that learns them (``log_theta_*``) and back."""
+        for name in self._WIDTHS:
+            fixed, learned = prefix + name, prefix + "log_" + name
+            if self.learn_widths and fixed in state_dict and learned not in state_dict:
+                state_dict[learned] = state_dict.pop(fixed).log()
+            elif not self.learn_widths and learned in state_dict and fixed not in state_dict:
+                state_dict[fixed] = state_dict.pop(learned).exp()
         for name in self._UNTIED:
             key = prefix + name
             value = state_dict.get(key)
@@ -158,6 +193,7 @@ class CrfRnn(nn.Module):
                 return
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)  # fmt: skip
+        self._refresh_widths()
 
     def _per_iteration(self, value: Tensor):
         return value if self.num_untied is None else list(value.unbind(0))
@@ -169,12 +205,11 @@ class CrfRnn(nn.Module):
                 f"unary has {unary.shape[1]} labels in dimension 1 (shape {tuple(unary.shape)}) but this "
                 f"CrfRnn was built for num_classes={self.num_classes}."
             )
+        widths = self._fixed_widths or {n: getattr(self, n) for n in self._WIDTHS}
         return mean_field(
             unary,
             image,
-            theta_alpha=float(self.theta_alpha),
-            theta_beta=float(self.theta_beta),
-            theta_gamma=float(self.theta_gamma),
+            **widths,
             spatial_weight=self._per_iteration(self.spatial_weights),
             bilateral_weight=self._per_iteration(self.bilateral_weights),
             compatibility=self._per_iteration(self.compatibility),
