@@ -113,16 +113,16 @@ PUBLIC_API = {
     "crfrnn.visualize": ["VOID_COLOR", "colorize_labels", "label_overlay", "picture_grid", "save_prediction_grid"],
     "crfrnn.volumes": ["ARRAY_SUFFIXES", "Guide", "is_array_path", "read_guide", "read_volume_scores", "write_labels"],
     "crfrnn.workflow": [],
-    "crfrnn.workflow.build": [
-        "SYNTHETIC_SPLITS", "build_datasets", "build_model", "build_optimizer", "build_scheduler", "fill_caches",
-        "open_dataset", "train_transform",
-    ],
+    "crfrnn.workflow.build": ["build_model", "build_optimizer", "build_scheduler"],
     "crfrnn.workflow.claims": [
         "CLAIMS", "MARGIN", "ROWS", "check_claims", "plot_summary", "report_markdown", "summarize",
     ],
     "crfrnn.workflow.config": [
         "DATASETS", "DEFAULT_MODELS", "IGNORE_INDEX", "LR_SCHEDULES", "OPTIMIZERS", "RESUMABLE_CHANGES", "STAGES",
         "TrainConfig", "coerce_value", "load_config", "plain",
+    ],
+    "crfrnn.workflow.datasets": [
+        "SYNTHETIC_SPLITS", "build_datasets", "fill_caches", "open_dataset", "synthetic_spec", "train_transform",
     ],
     "crfrnn.workflow.distributed": [
         "DistInfo", "all_reduce_sum_", "broadcast_buffers", "env_int", "gather", "init_distributed",

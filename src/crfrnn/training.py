@@ -46,12 +46,13 @@ gradients). Each process sees a disjoint shard of every epoch (``DistributedSamp
 per process; the running statistics of rank 0 are broadcast to all ranks after every epoch (as DDP does before
 every forward), so all ranks hold the same model. Only rank 0 writes files and shows progress.
 
-The work is done in :mod:`crfrnn.workflow` (``config``, ``build``, ``loop``, ``rundir``, ``distributed``,
+The work is done in :mod:`crfrnn.workflow` (``config``, ``datasets``, ``build``, ``loop``, ``rundir``, ``distributed``,
 ``seeding``, ``validate``); this module gathers its public names.
 """
 
-from crfrnn.workflow.build import build_datasets, build_model, build_optimizer
+from crfrnn.workflow.build import build_model, build_optimizer
 from crfrnn.workflow.config import DATASETS, IGNORE_INDEX, LR_SCHEDULES, OPTIMIZERS, STAGES, TrainConfig, load_config
+from crfrnn.workflow.datasets import build_datasets
 from crfrnn.workflow.loop import TrainingError, segmentation_loss, train
 
 __all__ = [

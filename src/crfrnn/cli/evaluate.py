@@ -115,36 +115,14 @@ def _search_grid(text: Optional[str]) -> Optional[dict[str, Any]]:
     return grid
 
 
-def _synthetic_options(args: argparse.Namespace, payload: dict[str, Any]) -> dict[str, Any]:
-    """Synthetic data options: the flags, else the checkpoint's training config (``crfrnn train``), else defaults.
-
-    Returns ``{"seed", "size", **SyntheticShapes options}``. Without a training config, the shapes are read
-    from the class names when they name a subset of :attr:`SyntheticShapes.SHAPES`.
-    """
-    from crfrnn.data import SyntheticShapes
-
-    config = payload.get("config") if isinstance(payload.get("config"), dict) else {}
-    kwargs = dict(config.get("synthetic_kwargs") or {}) if config.get("dataset", "synthetic") == "synthetic" else {}
-    names = payload.get("class_names")
-    if "shapes" not in kwargs and names and names[0] == "background" and all(
-        c in SyntheticShapes.SHAPES for c in names[1:]
-    ):
-        kwargs["shapes"] = tuple(names[1:])
-    if args.void_band is not None:
-        kwargs["void_band"] = args.void_band
-    size = args.image_size if args.image_size is not None else config.get("image_size", 96)
-    seed = args.data_seed if args.data_seed is not None else config.get("data_seed", 0)
-    return {"seed": seed, "size": size, **kwargs}
-
-
 def _dataset(
     args: argparse.Namespace, split: str, synthetic: dict[str, Any], num_classes: Optional[int] = None
 ) -> Any:
-    """The data set named by the arguments (:func:`crfrnn.workflow.build.open_dataset`); data problems become
+    """The data set named by the arguments (:func:`crfrnn.workflow.datasets.open_dataset`); data problems become
     CommandErrors.
 
     ``num_classes``: folder masks with other labels are reported by file name when read."""
-    from crfrnn.workflow.build import SYNTHETIC_SPLITS, open_dataset
+    from crfrnn.workflow.datasets import SYNTHETIC_SPLITS, open_dataset
 
     if args.dataset == "synthetic":
         if split not in SYNTHETIC_SPLITS:
@@ -188,6 +166,7 @@ def run(args: argparse.Namespace) -> int:
     from crfrnn.checkpoint import load_model
     from crfrnn.evaluation import evaluate, format_table, search_dense_crf, write_report
     from crfrnn.models import CrfRnnSegmenter
+    from crfrnn.workflow.datasets import synthetic_spec
     from crfrnn.workflow.distributed import resolve_device
     from crfrnn.workflow.report import save_method_grid
 
@@ -222,7 +201,8 @@ def run(args: argparse.Namespace) -> int:
     class_names = payload.get("class_names")
 
     split = args.ids if (args.ids and args.dataset == "voc") else args.split
-    synthetic = _synthetic_options(args, payload) if args.dataset == "synthetic" else {}
+    synthetic = (synthetic_spec(payload, size=args.image_size, seed=args.data_seed, void_band=args.void_band)
+                 if args.dataset == "synthetic" else {})  # fmt: skip
     dataset = _dataset(args, split, synthetic, num_classes)
     _check_classes(dataset, num_classes, args.dataset)
     if class_names is None and getattr(dataset, "class_names", None) is not None:

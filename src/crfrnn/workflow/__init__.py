@@ -1,7 +1,8 @@
 """The workflow layer: training, evaluating and reporting, one job per module.
 
 - :mod:`~crfrnn.workflow.config`: :class:`~crfrnn.workflow.config.TrainConfig`, typed and validated;
-- :mod:`~crfrnn.workflow.build`: data sets, model, optimiser and schedule from a config;
+- :mod:`~crfrnn.workflow.datasets`: data sets from a spec, and the training and validation sets of a config;
+- :mod:`~crfrnn.workflow.build`: model, optimiser and schedule from a config;
 - :mod:`~crfrnn.workflow.distributed`: processes, devices, threads and the collectives;
 - :mod:`~crfrnn.workflow.seeding`: seeds and random states;
 - :mod:`~crfrnn.workflow.rundir`: the run directory (config, metrics, checkpoints, resume checks, the lock);

@@ -4,7 +4,7 @@ for the recipe, the files and distributed training).
 One epoch is three steps, each a function returning what it did: :func:`train_epoch` (the optimiser steps,
 an :class:`EpochResult`), :func:`crfrnn.workflow.validate.validation_metrics` (the validation record) and
 :func:`save_epoch` (the checkpoints and the metrics line, a :class:`SaveResult`). :func:`train` builds the run
-(:func:`crfrnn.workflow.build`), restores a resumed one, and calls them epoch after epoch.
+(:mod:`crfrnn.workflow.datasets`, :mod:`crfrnn.workflow.build`), restores a resumed one, and calls them epoch after epoch.
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
 from crfrnn.models.segmenter import CrfRnnSegmenter
-from crfrnn.workflow.build import build_datasets, build_model, build_optimizer, build_scheduler, fill_caches
+from crfrnn.workflow.build import build_model, build_optimizer, build_scheduler
 from crfrnn.workflow.config import IGNORE_INDEX, TrainConfig
+from crfrnn.workflow.datasets import build_datasets, fill_caches
 from crfrnn.workflow.distributed import (
     DistInfo,
     broadcast_buffers,
