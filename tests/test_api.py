@@ -119,7 +119,7 @@ PUBLIC_API = {
     ],
     "crfrnn.workflow.config": [
         "DATASETS", "DEFAULT_MODELS", "IGNORE_INDEX", "LR_SCHEDULES", "OPTIMIZERS", "RESUMABLE_CHANGES", "STAGES",
-        "TrainConfig", "coerce_value", "load_config", "plain",
+        "TrainConfig", "coerce_fields", "coerce_value", "load_config", "plain",
     ],
     "crfrnn.workflow.datasets": [
         "SYNTHETIC_SPLITS", "build_datasets", "fill_caches", "open_dataset", "synthetic_spec", "train_transform",

@@ -77,6 +77,12 @@ class TestReproduce:
             ReproduceConfig(out_dir=str(tmp_path), cnn_epochs=0)
         with pytest.raises(ValueError, match="cnn_lr"):
             ReproduceConfig(out_dir=str(tmp_path), cnn_lr=-1.0)
+        # checked against the fields' type hints, like TrainConfig
+        with pytest.raises(ValueError, match="num_test must be an integer, got 'many'"):
+            ReproduceConfig(out_dir=str(tmp_path), num_test="many")
+        with pytest.raises(ValueError, match="crf_kwargs must be a mapping"):
+            ReproduceConfig(out_dir=str(tmp_path), crf_kwargs=[1])
+        assert ReproduceConfig(out_dir=str(tmp_path), cnn_lr="1e-3").cnn_lr == 1e-3  # YAML 1.1 reads 1e-3 as text
         (tmp_path / "file").write_text("x")
         with pytest.raises(NotADirectoryError):
             reproduce(tiny(tmp_path / "file"), progress=False)

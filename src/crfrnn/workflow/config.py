@@ -30,6 +30,7 @@ __all__ = [
     "RESUMABLE_CHANGES",
     "STAGES",
     "TrainConfig",
+    "coerce_fields",
     "coerce_value",
     "load_config",
     "plain",
@@ -151,9 +152,7 @@ class TrainConfig:
     eval_every: int = 1
 
     def __post_init__(self) -> None:
-        hints = _type_hints(type(self))
-        for f in dataclasses.fields(self):
-            setattr(self, f.name, coerce_value(f.name, getattr(self, f.name), hints[f.name]))
+        coerce_fields(self)
         for name, choices in (("stage", STAGES), ("dataset", DATASETS), ("optimizer", OPTIMIZERS),
                               ("lr_schedule", LR_SCHEDULES)):  # fmt: skip
             if getattr(self, name) not in choices:
@@ -237,11 +236,22 @@ def _type_hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def coerce_value(name: str, value: Any, hint: Any) -> Any:
+def coerce_fields(instance: Any, *, skip: tuple[str, ...] = ()) -> None:
+    """Check (and convert, see :func:`coerce_value`) every field of a configuration dataclass instance against
+    its evaluated type hint, in place; the fields in ``skip`` are left to the class."""
+    hints = _type_hints(type(instance))
+    for f in dataclasses.fields(instance):
+        if f.name not in skip:
+            value = coerce_value(f.name, getattr(instance, f.name), hints[f.name], owner=type(instance).__name__)
+            setattr(instance, f.name, value)
+
+
+def coerce_value(name: str, value: Any, hint: Any, *, owner: str = "TrainConfig") -> Any:
     """Check (and, for numbers given as strings by YAML 1.1, convert) one field value.
 
     ``hint`` is the field's evaluated type (from :func:`typing.get_type_hints`): ``bool``, ``int``, ``float``,
-    ``str`` or ``dict``, optionally ``Optional[...]`` / ``... | None``.
+    ``str`` or ``dict``, optionally ``Optional[...]`` / ``... | None``. ``owner`` names the configuration class
+    in the message about an annotation it cannot check.
     """
     base, optional = hint, False
     if typing.get_origin(hint) in _UNIONS:
@@ -251,7 +261,7 @@ def coerce_value(name: str, value: Any, hint: Any) -> Any:
         base = others[0] if len(others) == 1 else None  # int | str: not one type to check against
     base = typing.get_origin(base) or base  # dict[str, Any] -> dict
     if base not in (bool, int, float, str, dict):
-        raise _BadConfigValue(f"{name}: TrainConfig cannot check the annotation {hint!r}; use one of "
+        raise _BadConfigValue(f"{name}: {owner} cannot check the annotation {hint!r}; use one of "
                               "bool, int, float, str, dict, optionally with '| None'.")  # fmt: skip
     if value is None:
         if optional:

@@ -31,8 +31,6 @@ run directories (checkpoints and metrics logs of :func:`crfrnn.training.train`).
 
 from __future__ import annotations
 
-from __future__ import annotations
-
 import dataclasses
 import json
 import time
@@ -44,6 +42,7 @@ import torch
 
 from crfrnn._io import atomic_write_text
 from crfrnn.workflow.claims import check_claims, plot_summary, report_markdown, summarize
+from crfrnn.workflow.config import coerce_fields
 from crfrnn.workflow.report import jsonable, save_method_grid
 
 __all__ = ["ReproduceConfig", "reproduce"]
@@ -113,14 +112,16 @@ class ReproduceConfig:
         self.seeds = tuple(int(s) for s in self.seeds)
         if not self.seeds or len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
             raise ValueError(f"seeds must be distinct non-negative integers, got {self.seeds!r}.")
+        coerce_fields(self, skip=("seeds",))  # every other value against its type hint
         for name in ("num_train", "num_val", "num_test", "image_size", "width", "batch_size", "cnn_epochs",
                      "crf_epochs", "train_iterations", "test_iterations", "search_images"):  # fmt: skip
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}.")
         for name in ("cnn_lr", "crf_lr"):
-            if not (isinstance(getattr(self, name), (int, float)) and getattr(self, name) > 0):
+            if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be a positive number, got {getattr(self, name)!r}.")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1 or None, got {self.threads}.")
         if self.preset not in ("full", "quick"):
             raise ValueError(f"preset must be 'full' or 'quick', got {self.preset!r}.")
         if self.grid_images < 0 or self.data_seed < 0:
