@@ -27,6 +27,7 @@ block-diagonal lattice and one splat/blur/slice call, while no image ever sees a
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from typing import Optional
@@ -225,6 +226,13 @@ class _TorchOperators:
 
 
 def _blur_paths(d: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """:func:`_canonical_paths` on ``device``."""
+    steps, weight = _canonical_paths(d)
+    return steps.to(device), weight.to(device)
+
+
+@functools.lru_cache(maxsize=None)
+def _canonical_paths(d: int) -> tuple[Tensor, Tensor]:
     """Every way the blur moves mass between two corners of one simplex, for the canonical simplex.
 
     Along direction ``j`` the blur keeps a vertex's value (weight 1) or moves it to a neighbour at
@@ -253,7 +261,7 @@ def _blur_paths(d: int, device: torch.device) -> tuple[Tensor, Tensor]:
                 steps[r, q, c] = st
                 weight[r, q, c] = 0.5 ** int((st != 0).sum())
                 c += 1
-    return steps.to(device), weight.to(device)
+    return steps, weight  # computed once per dimension (about 10 ms each in Python) and never written to
 
 
 def _self_weights(offsets: Tensor, weights: Tensor, rank: Tensor, neighbours: Tensor, alpha: float) -> Tensor:

@@ -18,8 +18,11 @@ constant).
   compiled loop per image does all iterations: splat and blur every kernel, then one pass that slices all of
   them, applies the label transforms (vectors cost ``L``, matrices ``L^2`` per point) and takes the softmax.
   Its buffers belong to the call, so concurrent calls are safe.
-- **differentiable** (PyTorch ops around the lattice's autograd filter): otherwise, on any device. The
-  lattices of one call are built once and reused by every iteration and by the backward pass.
+- **compiled differentiable** (:mod:`crfrnn.crf._compiled`): when a gradient is needed on the CPU: the same
+  compiled iteration forward, and its exact adjoint, compiled too, backward.
+- **differentiable** (PyTorch ops around the lattice's autograd filter): otherwise, on any device (and when a
+  kernel's features need a gradient, or ``memory_efficient``). The lattices of one call are built once and
+  reused by every iteration and by the backward pass.
 
 Both paths use the same lattices and give the same result to rounding (``tests/crf/test_engine.py``).
 """
@@ -224,6 +227,7 @@ def infer(
     name: str = "unary",
     sum_tol: float = 1e-3,
     iteration_weights: Optional[Sequence[Sequence[tuple]]] = None,
+    compiled: bool = True,
 ) -> Tensor:
     """Mean-field inference in a dense CRF with any number of Gaussian kernels.
 
@@ -243,6 +247,9 @@ def infer(
         iteration_weights: untied iterations: entry ``t`` holds one ``(weight, compatibility)`` pair per kernel for
             iteration ``t``, used instead of the kernels' own; iterations past the end reuse the last entry. On the
             fused path the iterations then run one at a time.
+        compiled: use the compiled paths where they apply (the CPU with numba): the fused loop without a gradient,
+            the compiled forward and backward (:mod:`crfrnn.crf._compiled`) with one (unless a kernel's features
+            need a gradient, or ``memory_efficient``). False runs the differentiable PyTorch ops (the reference).
 
     Returns:
         ``(B, L, N)`` marginals (or logits) in the scores' dtype, differentiable on the torch path.
@@ -263,13 +270,16 @@ def infer(
             raise ValueError(
                 f"kernel features must be (B, N, D) = ({b}, {n}, D) or (1, {n}, D), got {tuple(k.features.shape)}."
             )
-    fused = (
-        not exact and not _needs_grad(scores, transforms, kernels) and resolve_backend(backend, scores.device) == "numba"
-    )
+    compiled = compiled and not exact and resolve_backend(backend, scores.device) == "numba"
     builder = _Builder(kernels, dtype, exact, backend, cache)
-    if fused:
+    if compiled and not _needs_grad(scores, transforms, kernels):
         return _infer_fused(scores, builder, schedule, iterations, from_probs, clip, return_logits, name, sum_tol)
     _check_scores(_torch_stats(scores), from_probs, name, sum_tol)
+    if compiled and iterations > 0 and not memory_efficient and not any(k.features.requires_grad for k in kernels):
+        from crfrnn.crf._compiled import compiled_mean_field
+
+        logits = scores.clamp(clip, 1.0).log() if from_probs else scores
+        return compiled_mean_field(logits, builder, schedule, iterations, return_logits)
     u = scores.transpose(1, 2)  # (B, N, L)
     if from_probs:
         u = u.clamp(clip, 1.0).log()

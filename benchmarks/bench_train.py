@@ -1,0 +1,155 @@
+"""Training at the speed of inference: CrfRnn forward+backward (train mode) against dense_crf's inference.
+
+At 500x375 with 21 labels and T=5 (the paper's training setting), in one run: the inference time of
+``crfrnn.dense_crf`` at the same T with the layer's widths (3, 160, 3: the same lattices; the reference, both
+lattices built), and ``CrfRnn`` forward+backward in train
+mode on the compiled differentiable path (the default on the CPU) and on the PyTorch-ops path (``compiled=False``,
+what training ran before), batch 1 and batch 4. Medians of --repeats calls after a warm-up; every image is a new
+image (the bilateral lattice is built inside every call; the spatial one is kept by the layer's cache, as in
+training). "saved" is what autograd keeps between forward and backward.
+
+    python benchmarks/bench_train.py                 # quiet machine, default threads
+    python benchmarks/bench_train.py --busy          # with one competing CPU-bound process: default vs 1 thread
+    python benchmarks/bench_train.py --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import multiprocessing as mp
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _harness import report, time_it  # noqa: E402
+
+
+def _spin(stop) -> None:  # pragma: no cover - a competing process
+    x = 0
+    while not stop.is_set():
+        for _ in range(100_000):
+            x += 1
+
+
+def setup(h: int, w: int, num_labels: int, batch: int, iters: int):
+    import numpy as np
+    import torch
+    from skimage.data import astronaut
+    from skimage.transform import resize
+
+    from crfrnn import CrfRnn
+
+    img = torch.from_numpy(resize(astronaut(), (h, w), anti_aliasing=True) * 255).float().permute(2, 0, 1)
+    image = img[None].expand(batch, -1, -1, -1).contiguous()
+    g = torch.Generator().manual_seed(0)
+    unary = torch.randn(batch, num_labels, h // 8, w // 8, generator=g)
+    unary = torch.nn.functional.interpolate(unary, size=(h, w), mode="bilinear").requires_grad_(True)
+    crf = CrfRnn(num_labels, num_iterations=iters).train()
+
+    def forward_backward():
+        crf.zero_grad(set_to_none=True)
+        unary.grad = None
+        crf(unary, image).square().mean().backward()
+
+    probs = torch.softmax(unary.detach()[0], 0).numpy()
+    photo = np.ascontiguousarray(img.permute(1, 2, 0).numpy().astype(np.uint8))
+
+    def inference():
+        from crfrnn import dense_crf
+
+        # the CrfRnn's widths, so that both build the same lattices
+        return dense_crf(photo, probs, iterations=iters, gaussian_sxy=3.0, bilateral_sxy=160.0, bilateral_srgb=3.0,
+                         normalization="row")
+
+    def saved_bytes():
+        from crfrnn._profiling import saved_activation_bytes
+
+        return saved_activation_bytes(lambda: crf(unary, image))
+
+    return inference, forward_backward, saved_bytes
+
+
+@functools.lru_cache(None)
+def _engine():
+    import crfrnn.crf.functional as functional
+
+    return functional, functional.infer
+
+
+def torch_ops(enabled: bool) -> None:
+    """Route CrfRnn's mean field through the PyTorch-ops path (``compiled=False``) or back to the default."""
+    functional, infer = _engine()
+    functional.infer = functools.partial(infer, compiled=False) if enabled else infer
+
+
+def run(args, label: str) -> dict:
+    import numba
+    import torch
+
+    h, w = args.size
+    inference, fb1, saved1 = setup(h, w, args.labels, 1, args.iterations)
+    _, fb4, _ = setup(h, w, args.labels, 4, args.iterations)
+    row = {"condition": label, "threads": (torch.get_num_threads(), numba.get_num_threads())}
+    row["dense_crf"] = time_it(inference, repeats=args.repeats)
+    row["compiled_b1"] = time_it(fb1, repeats=args.repeats)
+    row["compiled_saved_bytes"] = saved1()
+    if not args.skip_batch:
+        row["compiled_b4"] = time_it(fb4, repeats=max(3, args.repeats // 2))
+    torch_ops(True)
+    try:
+        row["torch_b1"] = time_it(fb1, repeats=args.repeats)
+        row["torch_saved_bytes"] = saved1()
+    finally:
+        torch_ops(False)
+    ref = row["dense_crf"]["median"]
+    print(f"[{label}] dense_crf T={args.iterations}: {ref * 1e3:.0f} ms")
+    print(f"  CrfRnn fwd+bwd B=1 compiled: {row['compiled_b1']['median'] * 1e3:.0f} ms = "
+          f"{row['compiled_b1']['median'] / ref:.2f}x dense_crf (target <= 2.2x); saved {row['compiled_saved_bytes'] / 2**20:.0f} MB")
+    print(f"  CrfRnn fwd+bwd B=1 torch ops: {row['torch_b1']['median'] * 1e3:.0f} ms = "
+          f"{row['torch_b1']['median'] / ref:.2f}x dense_crf; saved {row['torch_saved_bytes'] / 2**20:.0f} MB")
+    print(f"  compiled / torch ops: {row['compiled_b1']['median'] / row['torch_b1']['median']:.2f}x")
+    if "compiled_b4" in row:
+        print(f"  compiled B=4 / B=1: {row['compiled_b4']['median'] / row['compiled_b1']['median']:.2f}x (target <= 4x)")
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, nargs=2, default=(375, 500), metavar=("H", "W"))
+    parser.add_argument("--labels", type=int, default=21)
+    parser.add_argument("--iterations", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--busy", action="store_true", help="also run with one competing CPU-bound process")
+    parser.add_argument("--skip-batch", action="store_true")
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    rows = [run(args, "quiet")]
+    if args.busy:
+        import numba
+        import torch
+
+        stop = mp.Event()
+        proc = mp.Process(target=_spin, args=(stop,), daemon=True)
+        proc.start()
+        try:
+            rows.append(run(args, "busy, default threads"))
+            before = (torch.get_num_threads(), numba.get_num_threads())
+            torch.set_num_threads(1)
+            numba.set_num_threads(1)
+            try:
+                rows.append(run(args, "busy, 1 thread"))
+            finally:
+                torch.set_num_threads(before[0])
+                numba.set_num_threads(before[1])
+            ratio = rows[1]["compiled_b1"]["median"] / rows[2]["compiled_b1"]["median"]
+            print(f"busy: default threads / 1 thread, compiled fwd+bwd: {ratio:.2f}x (target <= 1)")
+        finally:
+            stop.set()
+            proc.join()
+    report({"benchmark": "bench_train", "size": list(args.size), "labels": args.labels,
+            "iterations": args.iterations, "rows": rows}, args.json)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,208 @@
+"""The compiled differentiable mean field on the CPU: the engine's fused loop forward, its exact adjoint backward.
+
+Training needs the gradient of ``T`` unrolled mean-field iterations with respect to the unary and the label
+transforms ``T_k = -mu_k W_k`` (hence the kernel weights and the compatibility). Written as PyTorch ops around the
+lattice filter, every iteration is a dozen passes over ``(N, L)`` tensors and autograd replays them all. Here the
+forward is the fused compiled iteration of :mod:`crfrnn._numba` (one call per iteration, which also keeps each
+kernel's message), and the backward runs, per iteration in reverse order:
+
+1. the softmax's vector-Jacobian product ``dz = q * (g - <q, g>)`` (compiled; ``du += dz``);
+2. for each kernel, the transform's gradient from the kept message (``dz^T m`` for a matrix, ``sum dz * m`` for a
+   vector: one BLAS product), and the message's gradient ``dz T`` (matrices) pushed back through the message's
+   adjoint ``pre * (K^T(post * dm) - selfw * post * dm)``: the same lattice's splat, reversed blur and slice
+   (compiled; a vector transform is folded into that last pass).
+
+The lattices are those the forward built (one per image and kernel, shared kernels from the cache); the backward
+keeps ``T`` marginals and ``T K`` messages per image, ``O(T K B L N)`` like the torch path. It is reached through
+:func:`crfrnn.crf.engine.infer`, which picks it whenever a gradient is needed on the CPU and no kernel's features
+need one (those take the torch path).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from crfrnn._memory import empty
+from crfrnn._threads import limit_threads
+
+__all__ = ["compiled_mean_field"]
+
+
+def compiled_mean_field(unary: Tensor, builder, schedule: Sequence[Sequence], iterations: int,
+                        return_logits: bool) -> Tensor:
+    """``iterations`` mean-field iterations on the CPU, differentiable with respect to ``unary`` and every tensor
+    label transform in ``schedule``.
+
+    Args:
+        unary: ``(B, L, N)`` float32/float64 logits, checked finite by the caller.
+        builder: the engine's kernel builder (``crfrnn.crf.engine._Builder``), kernels built once per image.
+        schedule: entry ``s`` holds one label transform per kernel (a number, or an ``()``, ``(L,)`` or ``(L, L)``
+            tensor) for iteration ``s``; iterations past the end reuse the last entry.
+        iterations: ``T >= 1``.
+        return_logits: return the last iteration's logits instead of the marginals.
+
+    Returns:
+        ``(B, L, N)`` marginals or logits in the unary's dtype.
+    """
+    tensors = []
+    layout = []  # per step and kernel: index into ``tensors`` or None (a number)
+    for transforms in schedule:
+        row = []
+        for t in transforms:
+            if isinstance(t, Tensor):
+                row.append(len(tensors))
+                tensors.append(t)
+            else:
+                row.append(None)
+        layout.append(row)
+    plan = _Plan(builder, schedule, layout, iterations, return_logits)
+    return _CompiledMeanField.apply(unary, plan, *tensors)
+
+
+class _Plan:
+    """What the forward needs besides tensors, and what it leaves for the backward (non-tensor state)."""
+
+    def __init__(self, builder, schedule, layout, iterations: int, return_logits: bool) -> None:
+        self.builder = builder
+        self.schedule = schedule
+        self.layout = layout
+        self.iterations = iterations
+        self.return_logits = return_logits
+        self.ops: list = []  # per image: (operators, pre, post, selfw) per kernel
+        self.steps: list = []  # per step: (forward transform, backward matrix or None, backward scale) per kernel
+
+
+def _padded_steps(schedule, num_labels: int, channels: int, np_dtype) -> list:
+    steps = []
+    for transforms in schedule:
+        row = []
+        for t in transforms:
+            arr = np.asarray(t.detach().cpu().numpy() if isinstance(t, Tensor) else t, np_dtype)
+            if arr.ndim == 2:
+                mat = np.zeros((channels, channels), np_dtype)
+                mat[:num_labels, :num_labels] = arr
+                row.append((arr, mat, np.ones(channels, np_dtype)))
+            else:
+                vec = np.full(num_labels, float(arr), np_dtype) if arr.ndim == 0 else arr
+                scale = np.zeros(channels, np_dtype)
+                scale[:num_labels] = vec
+                row.append((vec, None, scale))
+        steps.append(row)
+    return steps
+
+
+class _CompiledMeanField(torch.autograd.Function):
+    """``unary, *transforms -> T iterations of mean field``; forward and backward compiled (see the module)."""
+
+    @staticmethod
+    def forward(ctx, unary: Tensor, plan: _Plan, *transforms: Tensor) -> Tensor:  # type: ignore[override]
+        from crfrnn import _numba
+        from crfrnn.crf.engine import _build_concurrently
+
+        b, num_labels, n = unary.shape
+        dtype = unary.dtype
+        np_dtype = np.float64 if dtype == torch.float64 else np.float32
+        padded, _, _ = _numba.unary_from_scores(unary.detach(), 0.0, False)
+        c = padded.shape[1]
+        iters = plan.iterations
+        nk = len(plan.builder.kernels)
+        plan.steps = _padded_steps(plan.schedule, num_labels, c, np_dtype)
+        keep_msgs = any(t.requires_grad for t in transforms)
+        hist = empty((b, iters, n, c), dtype)  # q_t, the input of iteration t
+        last = empty((b, n, c), dtype)  # q_T (or the logits of iteration T)
+        msgs = empty((b, iters, nk, n, c) if keep_msgs else (0,), dtype)
+        out = torch.empty((b, num_labels, n), dtype=dtype)
+        plan.ops = []
+        for i in range(b):
+            ops = []
+            for kern in _build_concurrently(plan.builder, nk, i, n):
+                pre, post, selfw = (f[0].numpy() for f in kern.factors(dtype))
+                ops.append((kern.lattice._operators(dtype), pre, post, selfw))
+            plan.ops.append(ops)
+            work = [(np.empty((o.num_vertices + 1, c), np_dtype), np.empty((o.num_vertices + 1, c), np_dtype))
+                    for o, *_ in ops]  # fmt: skip
+            unary_i = padded[i * n : (i + 1) * n]
+            h = hist[i].numpy()
+            _numba.softmax_rows(unary_i, h[0], num_labels)
+            for it in range(iters):
+                q = h[it + 1] if it + 1 < iters else last[i].numpy()
+                step = plan.steps[min(it, len(plan.steps) - 1)]
+                args = [op + (fwd,) for op, (fwd, _, _) in zip(ops, step)]
+                final = it + 1 == iters
+                _numba.mean_field(unary_i, num_labels, 1, args, q0=h[it], q_out=q,
+                                  return_logits=final and plan.return_logits,
+                                  transpose=False, msgs=msgs[i, it].numpy() if keep_msgs else None,
+                                  work=work)  # fmt: skip
+            _numba.channels_first(last[i].numpy(), num_labels, out[i].numpy())
+        ctx.plan = plan
+        ctx.save_for_backward(hist, last, msgs)
+        ctx.shapes = [t.shape for t in transforms]
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        with limit_threads():
+            return _backward(ctx, grad)
+
+
+def _backward(ctx, grad: Tensor) -> tuple:
+    from crfrnn import _numba
+
+    plan: _Plan = ctx.plan
+    hist, last, msgs = ctx.saved_tensors
+    b, iters, n, c = hist.shape
+    num_labels = grad.shape[1]
+    dtype = hist.dtype
+    grad = grad.to(dtype).contiguous()
+    wanted = ctx.needs_input_grad[2:]
+    grads = [torch.zeros(s, dtype=dtype) if w else None for s, w in zip(ctx.shapes, wanted)]
+    du_out = torch.empty((b, num_labels, n), dtype=dtype) if ctx.needs_input_grad[0] else None
+    g = torch.empty((n, c), dtype=dtype)
+    g_prev = torch.empty((n, c), dtype=dtype)
+    dz = torch.empty((n, c), dtype=dtype)
+    dm = torch.empty((n, c), dtype=dtype)
+    du = torch.empty((n, c), dtype=dtype)
+    for i in range(b):
+        ops = plan.ops[i]
+        work = [(np.empty((o.num_vertices + 1, c), o.weights.dtype), np.empty((o.num_vertices + 1, c), o.weights.dtype))
+                for o, *_ in ops]  # fmt: skip
+        _numba.channels_last(grad[i].numpy(), g.numpy())
+        du.zero_()
+        for it in reversed(range(iters)):
+            if it + 1 == iters and plan.return_logits:
+                dz.copy_(g)
+                du += g
+            else:
+                q_next = last[i] if it + 1 == iters else hist[i, it + 1]
+                _numba.softmax_backward(q_next.numpy(), g.numpy(), num_labels, dz.numpy(), du.numpy())
+            s = min(it, len(plan.steps) - 1)
+            for k, ((o, pre, post, selfw), (_, mat, scale)) in enumerate(zip(ops, plan.steps[s])):
+                index = plan.layout[s][k]
+                if index is not None and grads[index] is not None:
+                    grads[index] += _transform_grad(dz, msgs[i, it, k], grads[index].dim(), num_labels)
+                if mat is not None:
+                    torch.mm(dz, torch.from_numpy(mat), out=dm)
+                    src = dm
+                else:
+                    src = dz
+                buf, tmp = work[k]
+                _numba.message_backward(o, src.numpy(), pre, post, selfw, scale, g_prev.numpy(), k > 0, buf, tmp)
+            g, g_prev = g_prev, g
+        _numba.softmax_backward(hist[i, 0].numpy(), g.numpy(), num_labels, dz.numpy(), du.numpy())
+        if du_out is not None:
+            _numba.channels_first(du.numpy(), num_labels, du_out[i].numpy())
+    return (du_out, None, *grads)
+
+
+def _transform_grad(dz: Tensor, msg: Tensor, ndim: int, num_labels: int) -> Tensor:
+    """Gradient of ``logits += msg T^T`` (matrix), ``T * msg`` (vector) or ``T msg`` (number) with respect to ``T``."""
+    if ndim == 2:
+        return (dz.t() @ msg)[:num_labels, :num_labels]
+    per_label = (dz * msg).sum(0)[:num_labels]
+    return per_label if ndim == 1 else per_label.sum()

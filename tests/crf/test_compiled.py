@@ -1,0 +1,206 @@
+"""The compiled differentiable mean field (``crfrnn.crf._compiled``) against the PyTorch-ops path of the engine.
+
+Both paths run the same lattices, so their forward values and gradients agree to rounding; gradcheck in float64
+checks the compiled backward against finite differences of the compiled forward.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from crfrnn import CrfRnn, mean_field
+from crfrnn.crf.engine import Pairwise, infer
+from crfrnn.crf.features import position_features
+from crfrnn.crf.kernels import NORMALIZATIONS, KernelCache
+
+pytest.importorskip("numba")
+
+H, W, L, B = 9, 11, 4, 2
+N = H * W
+
+
+def _problem(dtype, form: str, normalization: str = "row", exclude_self: bool = False, seed: int = 0,
+             shape: tuple[int, int] = (H, W)):
+    """A unary, two kernels (one shared by the batch, one per image) and the tensors the gradient is taken of."""
+    g = torch.Generator().manual_seed(seed)
+    n = shape[0] * shape[1]
+    unary = torch.randn(B, L, n, generator=g, dtype=dtype).requires_grad_(True)
+    shared = position_features(shape, 2.5, dtype=dtype)
+    per_image = torch.cat([shared.expand(B, -1, -1), torch.rand(B, n, 3, generator=g, dtype=dtype) * 4], -1)
+    if form == "number":
+        w1, c1 = torch.tensor(1.5, dtype=dtype, requires_grad=True), None
+    elif form == "vector":
+        w1 = (torch.rand(L, generator=g, dtype=dtype) + 0.5).requires_grad_(True)
+        c1 = torch.rand(L, generator=g, dtype=dtype).requires_grad_(True)
+    else:  # full, asymmetric
+        w1 = torch.rand(L, L, generator=g, dtype=dtype).requires_grad_(True)
+        c1 = torch.rand(L, L, generator=g, dtype=dtype).requires_grad_(True)
+    w2 = (torch.rand(L, L, generator=g, dtype=dtype) * 2).requires_grad_(True)
+    opts = dict(normalization=normalization, exclude_self=exclude_self)
+    kernels = [Pairwise(shared, weight=w1, compatibility=c1, **opts), Pairwise(per_image, weight=w2, **opts)]
+    params = [unary, w1, w2] + ([] if c1 is None else [c1])
+    return unary, kernels, params
+
+
+def _grads(unary, kernels, params, compiled: bool, upstream: torch.Tensor, **kwargs):
+    out = infer(unary, kernels, compiled=compiled, **kwargs)
+    return out.detach(), torch.autograd.grad((out * upstream).sum(), params)
+
+
+class TestAgainstTorchPath:
+    @pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-10), (torch.float32, 2e-4)])
+    @pytest.mark.parametrize("form", ["number", "vector", "matrix"])
+    @pytest.mark.parametrize("normalization", NORMALIZATIONS)
+    @pytest.mark.parametrize("exclude_self", [False, True])
+    def test_values_and_gradients(self, dtype, tol, form, normalization, exclude_self):
+        unary, kernels, params = _problem(dtype, form, normalization, exclude_self)
+        upstream = torch.randn(B, L, N, generator=torch.Generator().manual_seed(5), dtype=dtype)
+        kwargs = dict(iterations=3, return_logits=form == "matrix")
+        out_c, grads_c = _grads(unary, kernels, params, True, upstream, **kwargs)
+        out_t, grads_t = _grads(unary, kernels, params, False, upstream, **kwargs)
+        assert torch.allclose(out_c, out_t, rtol=tol, atol=tol * out_t.abs().max())
+        for gc, gt in zip(grads_c, grads_t):
+            assert gc.shape == gt.shape
+            assert float((gc - gt).abs().max()) <= tol * float(gt.abs().max()), (gc - gt).abs().max()
+
+    def test_untied_iterations(self):
+        unary, kernels, params = _problem(torch.float64, "matrix")
+        g = torch.Generator().manual_seed(3)
+        sets = [[(torch.rand(L, L, generator=g, dtype=torch.float64).requires_grad_(True), None) for _ in kernels]
+                for _ in range(2)]  # fmt: skip
+        extra = [w for pairs in sets for w, _ in pairs]
+        upstream = torch.randn(B, L, N, generator=g, dtype=torch.float64)
+        kwargs = dict(iterations=4, iteration_weights=sets)
+        out_c, grads_c = _grads(unary, kernels, [unary] + extra, True, upstream, **kwargs)
+        out_t, grads_t = _grads(unary, kernels, [unary] + extra, False, upstream, **kwargs)
+        assert torch.allclose(out_c, out_t, atol=1e-12)
+        for gc, gt in zip(grads_c, grads_t):
+            assert torch.allclose(gc, gt, atol=1e-10 * float(gt.abs().max()))
+
+    def test_probabilities(self):
+        _, kernels, params = _problem(torch.float64, "vector")
+        g = torch.Generator().manual_seed(4)
+        probs = torch.softmax(torch.randn(B, L, N, generator=g, dtype=torch.float64) * 3, 1).requires_grad_(True)
+        upstream = torch.randn(B, L, N, generator=g, dtype=torch.float64)
+        out_c, grads_c = _grads(probs, kernels, [probs] + params[1:], True, upstream, iterations=2, from_probs=True)
+        out_t, grads_t = _grads(probs, kernels, [probs] + params[1:], False, upstream, iterations=2, from_probs=True)
+        assert torch.allclose(out_c, out_t, atol=1e-12)
+        for gc, gt in zip(grads_c, grads_t):
+            assert torch.allclose(gc, gt, atol=1e-10 * float(gt.abs().max()))
+
+    def test_only_the_unary_needs_a_gradient(self):
+        unary, kernels, _ = _problem(torch.float64, "matrix")
+        for k in kernels:
+            k.weight = k.weight.detach()
+            k.compatibility = None if k.compatibility is None else k.compatibility.detach()
+        upstream = torch.randn(B, L, N, dtype=torch.float64)
+        (gc,) = _grads(unary, kernels, [unary], True, upstream, iterations=3)[1]
+        (gt,) = _grads(unary, kernels, [unary], False, upstream, iterations=3)[1]
+        assert torch.allclose(gc, gt, atol=1e-12)
+
+    def test_batch_equals_singles(self):
+        unary, kernels, params = _problem(torch.float64, "matrix")
+        upstream = torch.randn(B, L, N, dtype=torch.float64)
+        out, grads = _grads(unary, kernels, params, True, upstream, iterations=3)
+        for i in range(B):
+            single = [Pairwise(k.features if k.features.shape[0] == 1 else k.features[i : i + 1], weight=k.weight,
+                               compatibility=k.compatibility) for k in kernels]  # fmt: skip
+            u = unary[i : i + 1]
+            out_i = infer(u, single, iterations=3)
+            assert torch.allclose(out_i.detach(), out[i : i + 1], atol=1e-13)
+            (g_i,) = torch.autograd.grad((out_i * upstream[i : i + 1]).sum(), [unary])
+            assert torch.allclose(g_i[i], grads[0][i], atol=1e-12)
+
+
+class TestGradcheck:
+    @pytest.mark.parametrize("form", ["vector", "matrix"])
+    def test_float64(self, form):
+        unary, kernels, params = _problem(torch.float64, form, "symmetric", True, shape=(3, 4))
+
+        def fn(u, *ts):
+            ks = [Pairwise(k.features, weight=w, compatibility=None if k.compatibility is None else c,
+                           normalization=k.normalization, exclude_self=True)
+                  for k, w, c in zip(kernels, ts[:2], (ts[2:] or [None]) * 2)]  # fmt: skip
+            return infer(u, ks, iterations=2)
+
+        inputs = (unary, *params[1:])
+        assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-7, rtol=1e-5)
+
+    def test_gradcheck_can_fail(self):
+        """A deliberately wrong backward (the gradient halved) is caught: the check above is not vacuous."""
+        from crfrnn.crf import _compiled
+
+        unary, kernels, params = _problem(torch.float64, "matrix", shape=(3, 4))
+        original = _compiled._backward
+
+        def wrong(ctx, grad):
+            du, *rest = original(ctx, grad)
+            return (du * 0.5, *rest)
+
+        _compiled._backward = wrong
+        try:
+            with pytest.raises(RuntimeError, match="Jacobian mismatch"):
+                torch.autograd.gradcheck(lambda u: infer(u, kernels[:1], iterations=2), (unary,), eps=1e-6, atol=1e-7)
+        finally:
+            _compiled._backward = original
+
+
+class TestPathChoice:
+    def _fn_name(self, out: torch.Tensor) -> str:
+        return type(out.grad_fn).__name__
+
+    def test_gradient_on_the_cpu_takes_the_compiled_path(self):
+        unary, kernels, _ = _problem(torch.float32, "matrix")
+        assert "CompiledMeanField" in self._fn_name(infer(unary, kernels, iterations=2))
+
+    def test_memory_efficient_and_feature_gradients_take_the_torch_path(self):
+        unary, kernels, _ = _problem(torch.float32, "matrix")
+        assert "CompiledMeanField" not in self._fn_name(infer(unary, kernels, iterations=2, memory_efficient=True))
+        feats = kernels[1].features.clone().requires_grad_(True)
+        kernels[1].features = feats
+        assert "CompiledMeanField" not in self._fn_name(infer(unary, kernels, iterations=2))
+        assert "CompiledMeanField" not in self._fn_name(infer(unary, kernels, iterations=2, compiled=False))
+
+    def test_crfrnn_training_uses_it_and_matches_the_torch_path(self, monkeypatch):
+        torch.manual_seed(0)
+        crf = CrfRnn(L, num_iterations=3).train()
+        unary = torch.randn(2, L, H, W, requires_grad=True)
+        image = torch.rand(2, 3, H, W) * 255
+        out = crf(unary, image)
+        assert "CompiledMeanField" in type(out.grad_fn).__name__ or any(
+            "CompiledMeanField" in type(f[0]).__name__ for f in out.grad_fn.next_functions if f[0] is not None
+        )
+        out.square().sum().backward()
+        compiled = [p.grad.clone() for p in crf.parameters()] + [unary.grad.clone()]
+        crf.zero_grad()
+        unary.grad = None
+        import crfrnn.crf.functional as functional
+
+        monkeypatch.setattr(functional, "infer", lambda *a, **k: infer(*a, compiled=False, **k))
+        crf(unary, image).square().sum().backward()
+        reference = [p.grad for p in crf.parameters()] + [unary.grad]
+        for a, b in zip(compiled, reference):
+            assert torch.allclose(a, b, rtol=1e-4, atol=1e-4 * float(b.abs().max()))
+
+    def test_retain_graph_twice_gives_the_same_gradient(self):
+        unary, kernels, params = _problem(torch.float64, "matrix")
+        out = infer(unary, kernels, iterations=2, cache=KernelCache())
+        first = torch.autograd.grad(out.sum(), params, retain_graph=True)
+        second = torch.autograd.grad(out.sum(), params)
+        for a, b in zip(first, second):
+            assert torch.equal(a, b)
+
+    def test_double_backward_is_refused_clearly(self):
+        unary, kernels, _ = _problem(torch.float64, "matrix")
+        out = infer(unary, kernels, iterations=2)
+        (g,) = torch.autograd.grad(out.square().sum(), [unary], create_graph=True)
+        with pytest.raises(RuntimeError, match="once_differentiable|twice"):
+            g.sum().backward()
+
+    def test_mean_field_grad_matches_no_grad_forward(self):
+        unary = torch.randn(1, L, H, W, requires_grad=True)
+        image = torch.rand(1, 3, H, W) * 255
+        with torch.no_grad():
+            fused = mean_field(unary, image, num_iterations=4)
+        assert torch.allclose(mean_field(unary, image, num_iterations=4).detach(), fused, atol=1e-5)
