@@ -140,7 +140,7 @@ PUBLIC_API = {
         "BoundaryCurve", "PLOT_DPI", "PLOT_SIZE", "finite", "format_table", "jsonable", "plot_boundary",
         "save_method_grid", "write_report",
     ],
-    "crfrnn.workflow.rundir": ["RunDir", "RunLock", "check_resume", "read_metrics"],
+    "crfrnn.workflow.rundir": ["RunDir", "RunLock", "check_resume", "load_run_config", "read_metrics"],
     "crfrnn.workflow.seeding": ["derived_seed", "rng_state", "seed_all", "seed_worker", "set_rng_state"],
     "crfrnn.workflow.validate": [
         "MethodTotals", "accumulate", "evaluate", "search_dense_crf", "sharded_loader", "validation_metrics",

@@ -14,7 +14,6 @@ flags (flags win). With ``--resume`` the run's own ``OUT/config.yaml`` replaces 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 from crfrnn.cli import CommandError, number_type
@@ -131,6 +130,7 @@ def add_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]"
 def _config(args: argparse.Namespace) -> Any:
     """The TrainConfig: defaults < the run's config.yaml (with --resume) < --config < flags."""
     from crfrnn.training import TrainConfig, load_config
+    from crfrnn.workflow.rundir import load_run_config
 
     flags = {k: v for k, v in vars(args).items() if k in TrainConfig.field_names()}
     config_file = getattr(args, "config", None)
@@ -139,10 +139,7 @@ def _config(args: argparse.Namespace) -> Any:
     out = flags.get("out_dir") or (load_config(config_file, **flags).out_dir if config_file else None)
     if out is None:
         raise CommandError("--resume needs --out DIR, the run directory to continue.", 2)
-    saved = Path(out) / "config.yaml"
-    if not saved.is_file():
-        raise CommandError(f"cannot resume: '{saved}' not found; is '{out}' a run directory?", 2)
-    return load_config(saved, config_file, **flags)
+    return load_run_config(out, config_file, **flags)
 
 
 def _one_line(err: BaseException) -> str:

@@ -12,13 +12,13 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Union
 
 from torch import nn
 
-from crfrnn.workflow.config import RESUMABLE_CHANGES, TrainConfig
+from crfrnn.workflow.config import RESUMABLE_CHANGES, TrainConfig, load_config
 
-__all__ = ["RunDir", "RunLock", "check_resume", "read_metrics"]
+__all__ = ["RunDir", "RunLock", "check_resume", "load_run_config", "read_metrics"]
 
 
 @dataclass(frozen=True)
@@ -189,3 +189,19 @@ def check_resume(config: TrainConfig, saved: Mapping[str, Any], path: Path) -> N
             f"cannot resume '{path}' with different settings ({detail}). Resume with the run's config.yaml "
             f"(only {sorted(RESUMABLE_CHANGES)} may change), or start a new run in another out_dir."
         )
+
+
+def load_run_config(
+    run: Union[str, os.PathLike], /, *paths: Optional[Union[str, os.PathLike]], **overrides: Any
+) -> TrainConfig:
+    """The configuration to resume the run in folder ``run`` with: its ``config.yaml``, then the YAML files
+    ``paths``, then ``overrides`` (see :func:`~crfrnn.workflow.config.load_config`; ``out_dir`` may be one).
+
+    Raises:
+        FileNotFoundError: ``run`` has no ``config.yaml`` (it is not a run directory).
+    """
+    saved = RunDir(Path(run)).config_path
+    if not saved.is_file():
+        raise FileNotFoundError(f"cannot resume: '{saved}' not found; is '{run}' a run directory?")
+    return load_config(saved, *paths, **overrides)
+
