@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import math
 import mmap
+import threading
+import weakref
 
 import numpy as np
 import torch
 
-__all__ = ["empty"]
+__all__ = ["Workspace", "empty"]
 
 _MIN_BYTES = 8 << 20  # smaller buffers come from the ordinary allocator
 _HUGE = getattr(mmap, "MADV_HUGEPAGE", None)
@@ -36,3 +38,82 @@ def empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         return torch.empty(shape, dtype=dtype)
     # the array holds the mapping (a buffer export) and the tensor holds the array: unmapped when both are gone
     return torch.from_numpy(np.frombuffer(region, dtype=np_dtype, count=count).reshape(shape))
+
+
+class Workspace:
+    """Large buffers handed from one call to the next instead of being freed and faulted in again.
+
+    A buffer is taken for the caller's exclusive use (:meth:`take`) and given back when the caller is done
+    (:meth:`give`), or, for buffers an autograd node saved for its backward pass, when that node no longer needs
+    them (:meth:`give_after`): after its backward has run without ``retain_graph`` (its saved tensors are then
+    released) or once the node is gone. Until then they are never handed out again, so a retained graph keeps
+    its own values. Safe to share between threads.
+
+    At most ``per_key`` free buffers of one shape are kept, and at most ``max_bytes`` in all; the rest are freed.
+    :meth:`clear` frees them all.
+    """
+
+    def __init__(self, per_key: int = 2, max_bytes: int = 2 << 30) -> None:
+        self.per_key = per_key
+        self.max_bytes = max_bytes
+        self._free: dict[tuple, list[torch.Tensor]] = {}
+        self._pending: list[tuple[list[torch.Tensor], "weakref.ref"]] = []
+        self._lock = threading.Lock()
+
+    def take(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        """An uninitialised buffer of ``shape`` for the caller alone (a kept one if any is free)."""
+        key = (tuple(shape), dtype)
+        with self._lock:
+            self._collect()
+            free = self._free.get(key)
+            if free:
+                return free.pop()
+        return empty(tuple(shape), dtype)
+
+    def give(self, *buffers: torch.Tensor) -> None:
+        """Buffers the caller will not touch again."""
+        with self._lock:
+            for buf in buffers:
+                self._keep(buf)
+
+    def give_after(self, buffers: list[torch.Tensor], ctx) -> None:
+        """Buffers that autograd node ``ctx`` saved: free for others once its saved tensors are released."""
+        with self._lock:
+            self._pending.append((list(buffers), weakref.ref(ctx)))
+            del self._pending[:-8]  # nodes never run backward (a forward under grad, then dropped): forget the oldest
+
+    def clear(self) -> None:
+        """Free every kept buffer."""
+        with self._lock:
+            self._free.clear()
+            self._pending.clear()
+
+    def _collect(self) -> None:
+        still = []
+        for buffers, ref in self._pending:
+            if _released(ref):
+                for buf in buffers:
+                    self._keep(buf)
+            else:
+                still.append((buffers, ref))
+        self._pending = still
+
+    def _keep(self, buf: torch.Tensor) -> None:
+        if buf.numel() == 0:
+            return
+        key = (tuple(buf.shape), buf.dtype)
+        free = self._free.setdefault(key, [])
+        total = sum(b.numel() * b.element_size() for bufs in self._free.values() for b in bufs)
+        if len(free) < self.per_key and total + buf.numel() * buf.element_size() <= self.max_bytes:
+            free.append(buf)
+
+
+def _released(ref: "weakref.ref") -> bool:
+    ctx = ref()
+    if ctx is None:
+        return True
+    try:
+        ctx.saved_tensors
+    except RuntimeError:  # "Trying to backward through the graph a second time": released after backward
+        return True
+    return False

@@ -191,6 +191,29 @@ class TestPathChoice:
         for a, b in zip(first, second):
             assert torch.equal(a, b)
 
+    def test_a_retained_graph_keeps_its_buffers_while_others_run(self):
+        """Buffers are reused between calls, but never while a retained graph may still need them."""
+        unary, kernels, params = _problem(torch.float64, "matrix")
+        out = infer(unary, kernels, iterations=3)
+        first = torch.autograd.grad(out.sum(), params, retain_graph=True)
+        for seed in (1, 2):  # other calls of the same shape in between, their graphs released
+            u2, k2, p2 = _problem(torch.float64, "matrix", seed=seed)
+            torch.autograd.grad(infer(u2, k2, iterations=3).sum(), p2)
+        again = torch.autograd.grad(out.sum(), params)
+        for a, b in zip(first, again):
+            assert torch.equal(a, b)
+
+    def test_buffers_are_reused_once_backward_has_run(self):
+        from crfrnn.crf import _compiled
+
+        unary, kernels, params = _problem(torch.float32, "matrix")
+        out = infer(unary, kernels, iterations=2)
+        saved = {t.data_ptr() for t in out.grad_fn.saved_tensors if t.numel()}
+        out.sum().backward()
+        out2 = infer(unary, kernels, iterations=2)
+        assert saved & {t.data_ptr() for t in out2.grad_fn.saved_tensors if t.numel()}
+        _compiled.release_buffers()
+
     def test_double_backward_is_refused_clearly(self):
         unary, kernels, _ = _problem(torch.float64, "matrix")
         out = infer(unary, kernels, iterations=2)

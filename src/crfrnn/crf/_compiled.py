@@ -27,10 +27,34 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from crfrnn._memory import empty
+from crfrnn._memory import Workspace
 from crfrnn._threads import limit_threads
 
-__all__ = ["compiled_mean_field"]
+__all__ = ["compiled_mean_field", "release_buffers"]
+
+#: Buffers reused from one call to the next (those a backward pass saved, once it has run): faulting in a few
+#: hundred fresh megabytes on every training step cost about a tenth of the step.
+_WORKSPACE = Workspace()
+
+
+def release_buffers() -> None:
+    """Free the buffers kept for reuse between training steps."""
+    _WORKSPACE.clear()
+
+
+def _vertex_buffers(ops, channels: int, dtype: torch.dtype) -> list:
+    """Two ``(M + 1, C)`` vertex buffers per kernel, views of kept buffers rounded up (lattices vary in size)."""
+    out = []
+    for o, *_ in ops:
+        rows = o.num_vertices + 1
+        step = 1 << max(0, rows.bit_length() - 4)  # within 1/8 of the size: buffers fit lattices of similar size
+        cap = -(-rows // step) * step
+        out.append(tuple(_WORKSPACE.take((cap, channels), dtype) for _ in range(2)))
+    return out
+
+
+def _views(bufs: list, ops) -> list:
+    return [(a[: o.num_vertices + 1].numpy(), b[: o.num_vertices + 1].numpy()) for (a, b), (o, *_) in zip(bufs, ops)]
 
 
 def compiled_mean_field(unary: Tensor, builder, schedule: Sequence[Sequence], iterations: int,
@@ -113,9 +137,9 @@ class _CompiledMeanField(torch.autograd.Function):
         nk = len(plan.builder.kernels)
         plan.steps = _padded_steps(plan.schedule, num_labels, c, np_dtype)
         keep_msgs = any(t.requires_grad for t in transforms)
-        hist = empty((b, iters, n, c), dtype)  # q_t, the input of iteration t
-        last = empty((b, n, c), dtype)  # q_T (or the logits of iteration T)
-        msgs = empty((b, iters, nk, n, c) if keep_msgs else (0,), dtype)
+        hist = _WORKSPACE.take((b, iters, n, c), dtype)  # q_t, the input of iteration t
+        last = _WORKSPACE.take((b, n, c), dtype)  # q_T (or the logits of iteration T)
+        msgs = _WORKSPACE.take((b, iters, nk, n, c) if keep_msgs else (0,), dtype)
         out = torch.empty((b, num_labels, n), dtype=dtype)
         plan.ops = []
         for i in range(b):
@@ -124,8 +148,8 @@ class _CompiledMeanField(torch.autograd.Function):
                 pre, post, selfw = (f[0].numpy() for f in kern.factors(dtype))
                 ops.append((kern.lattice._operators(dtype), pre, post, selfw))
             plan.ops.append(ops)
-            work = [(np.empty((o.num_vertices + 1, c), np_dtype), np.empty((o.num_vertices + 1, c), np_dtype))
-                    for o, *_ in ops]  # fmt: skip
+            bufs = _vertex_buffers(ops, c, dtype)
+            work = _views(bufs, ops)
             unary_i = padded[i * n : (i + 1) * n]
             h = hist[i].numpy()
             _numba.softmax_rows(unary_i, h[0], num_labels)
@@ -139,8 +163,10 @@ class _CompiledMeanField(torch.autograd.Function):
                                   transpose=False, msgs=msgs[i, it].numpy() if keep_msgs else None,
                                   work=work)  # fmt: skip
             _numba.channels_first(last[i].numpy(), num_labels, out[i].numpy())
+            _WORKSPACE.give(*(x for pair in bufs for x in pair))
         ctx.plan = plan
         ctx.save_for_backward(hist, last, msgs)
+        _WORKSPACE.give_after([hist, last, msgs], ctx)
         ctx.shapes = [t.shape for t in transforms]
         return out
 
@@ -163,15 +189,12 @@ def _backward(ctx, grad: Tensor) -> tuple:
     wanted = ctx.needs_input_grad[2:]
     grads = [torch.zeros(s, dtype=dtype) if w else None for s, w in zip(ctx.shapes, wanted)]
     du_out = torch.empty((b, num_labels, n), dtype=dtype) if ctx.needs_input_grad[0] else None
-    g = torch.empty((n, c), dtype=dtype)
-    g_prev = torch.empty((n, c), dtype=dtype)
-    dz = torch.empty((n, c), dtype=dtype)
-    dm = torch.empty((n, c), dtype=dtype)
-    du = torch.empty((n, c), dtype=dtype)
+    scratch = [_WORKSPACE.take((n, c), dtype) for _ in range(5)]
+    g, g_prev, dz, dm, du = scratch
     for i in range(b):
         ops = plan.ops[i]
-        work = [(np.empty((o.num_vertices + 1, c), o.weights.dtype), np.empty((o.num_vertices + 1, c), o.weights.dtype))
-                for o, *_ in ops]  # fmt: skip
+        bufs = _vertex_buffers(ops, c, dtype)
+        work = _views(bufs, ops)
         _numba.channels_last(grad[i].numpy(), g.numpy())
         du.zero_()
         for it in reversed(range(iters)):
@@ -197,6 +220,8 @@ def _backward(ctx, grad: Tensor) -> tuple:
         _numba.softmax_backward(hist[i, 0].numpy(), g.numpy(), num_labels, dz.numpy(), du.numpy())
         if du_out is not None:
             _numba.channels_first(du.numpy(), num_labels, du_out[i].numpy())
+        _WORKSPACE.give(*(x for pair in bufs for x in pair))
+    _WORKSPACE.give(*scratch)
     return (du_out, None, *grads)
 
 
