@@ -369,7 +369,7 @@ def fit_crf(
         boundary_width: band half-width (pixels) of the boundary accuracy.
         min_delta: relative decrease of the validation loss that counts as an improvement.
         seed: seed of the split and of the order of the training images.
-        progress: show a progress bar (on stderr).
+        progress: show a progress bar (on stderr, when it is a terminal).
 
     Returns:
         A :class:`FitResult`; ``result.params`` go to :func:`crfrnn.dense_crf` and :func:`crfrnn.save_params`.
@@ -441,7 +441,8 @@ def fit_crf(
     best_loss, best_epoch, best_params = start["loss"], 0, current()
     rng = np.random.default_rng(seed)
     stopped_early = False
-    bar = tqdm(range(1, epochs + 1), desc="fit", unit="epoch", file=sys.stderr, disable=not progress)
+    bar = tqdm(range(1, epochs + 1), desc="fit", unit="epoch", file=sys.stderr,
+               disable=None if progress else True)  # None: not on a non-terminal stderr (logs)
     for epoch in bar:
         losses = []
         for i in rng.permutation(train):
