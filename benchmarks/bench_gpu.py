@@ -1,0 +1,119 @@
+"""dense_crf and CrfRnn on a CUDA GPU: forward and forward+backward times and peak GPU memory.
+
+At 500x375 and 1000x750, 21 labels, batch 1 and 8, T=5 and 10, float32, on the device-agnostic PyTorch path
+(lattices built on the GPU). Each time is the median of --repeats calls after a warm-up, with
+``torch.cuda.synchronize()`` around every call; peak memory is ``torch.cuda.max_memory_allocated`` during the
+call over what was allocated before it. Without a GPU it says so and exits 0.
+
+    python benchmarks/bench_gpu.py
+    python benchmarks/bench_gpu.py --sizes 375x500 --batches 1 --iterations 5 --repeats 3   # a quick look
+    python benchmarks/bench_gpu.py --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _harness import report  # noqa: E402
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"sizes are HxW, e.g. 375x500, got {text!r}") from None
+    return h, w
+
+
+def _time(fn, repeats: int, cuda: bool) -> tuple[float, int]:
+    import torch
+
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    fn()  # warm-up (kernels, allocator pools)
+    sync()
+    times = []
+    peak = 0
+    for _ in range(repeats):
+        if cuda:
+            before = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+        t = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t)
+        if cuda:
+            peak = max(peak, torch.cuda.max_memory_allocated() - before)
+    return statistics.median(times), peak
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=_size, nargs="+", default=[(375, 500), (750, 1000)])
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--iterations", type=int, nargs="+", default=[5, 10])
+    parser.add_argument("--labels", type=int, default=21)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--json")
+    parser.add_argument("--device", default="cuda", help="cuda (default); cpu runs the same script logic (a smoke test)")
+    args = parser.parse_args()
+
+    import torch
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("bench_gpu: no CUDA GPU here (torch.cuda.is_available() is False); nothing to measure.")
+        return 0
+    from crfrnn import CrfRnn, dense_crf
+
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    name = torch.cuda.get_device_name(device) if cuda else "cpu (torch path)"
+    print(f"{name}, torch {torch.__version__}, {args.labels} labels")
+    print(f"{'size':>9} {'B':>2} {'T':>3} | {'dense_crf':>10} | {'CrfRnn fwd':>10} | {'fwd+bwd':>10} | peak fwd+bwd")
+    rows = []
+    g = torch.Generator(device="cpu").manual_seed(0)
+    for h, w in args.sizes:
+        for batch in args.batches:
+            image = (torch.rand(batch, 3, h, w, generator=g) * 255).to(device)
+            logits = torch.randn(batch, args.labels, h // 8, w // 8, generator=g)
+            logits = torch.nn.functional.interpolate(logits, size=(h, w), mode="bilinear").to(device)
+            probs = torch.softmax(logits, 1)
+            for iters in args.iterations:
+                crf = CrfRnn(args.labels, num_iterations=iters, backend="torch").to(device).train()
+                unary = logits.clone().requires_grad_(True)
+
+                def infer():
+                    with torch.no_grad():
+                        return dense_crf(image, probs, iterations=iters, backend="torch")
+
+                def forward():
+                    with torch.no_grad():
+                        return crf(unary, image)
+
+                def forward_backward():
+                    crf.zero_grad(set_to_none=True)
+                    unary.grad = None
+                    crf(unary, image).square().mean().backward()
+
+                t_inf, _ = _time(infer, args.repeats, cuda)
+                t_fwd, _ = _time(forward, args.repeats, cuda)
+                t_fb, peak = _time(forward_backward, args.repeats, cuda)
+                row = {"size": [h, w], "batch": batch, "iterations": iters, "dense_crf_s": t_inf, "forward_s": t_fwd,
+                       "forward_backward_s": t_fb, "peak_bytes": peak}  # fmt: skip
+                rows.append(row)
+                print(f"{h:>4}x{w:<4} {batch:>2} {iters:>3} | {t_inf * 1e3:7.1f} ms | {t_fwd * 1e3:7.1f} ms | "
+                      f"{t_fb * 1e3:7.1f} ms | {peak / 2**20:8.0f} MB", flush=True)
+                del crf, unary
+                if cuda:
+                    torch.cuda.empty_cache()
+    report({"benchmark": "bench_gpu", "labels": args.labels, "device": name,
+            "rows": rows}, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
