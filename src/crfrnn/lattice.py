@@ -390,7 +390,7 @@ class PermutohedralLattice:
         return self._operators(values.dtype)(values, reverse)
 
     def filter(self, values: Tensor, *, reverse: bool = False, features: Optional[Tensor] = None,
-               widths: Optional[Tensor] = None) -> Tensor:
+               widths: Optional[Tensor] = None, width_probes: int = 0) -> Tensor:
         """Gaussian-filter values with this lattice.
 
         Args:
@@ -402,6 +402,10 @@ class PermutohedralLattice:
             widths: ``(D,)``, when ``features`` are given undivided: the lattice's features are
                 ``features / widths``, and the result is differentiable with respect to both (when the
                 undivided features need no gradient, the widths' gradient costs about half of theirs).
+            width_probes: estimate the widths' gradient (when the undivided features need none) with this
+                many random sign probes over the value channels instead of exactly: unbiased and much cheaper
+                (``D`` moment channels per probe instead of ``D C``), but noisy (with many channels, several
+                times the gradient per probe: ``docs/widths.md``); 0 (default) is exact.
 
         Returns:
             ``(B, N, C)`` filtered values, differentiable with respect to ``values``.
@@ -424,7 +428,10 @@ class PermutohedralLattice:
             raise ValueError(f"widths must have shape (D,) = ({self.dim},), got {tuple(widths.shape)}.")
         dtype = values.dtype
         w = None if widths is None else widths.to(dtype)
-        out = _FeatureFilter.apply(values.reshape(b * n, c), features.reshape(b * n, self.dim).to(dtype), w, self)
+        if isinstance(width_probes, bool) or not isinstance(width_probes, int) or width_probes < 0:
+            raise ValueError(f"width_probes must be an integer >= 0, got {width_probes!r}.")
+        out = _FeatureFilter.apply(values.reshape(b * n, c), features.reshape(b * n, self.dim).to(dtype), w, self,
+                                   width_probes)  # fmt: skip
         return out.view(b, n, c)
 
     def _check_values(self, values: Tensor) -> None:
@@ -468,9 +475,23 @@ class _LatticeFilter(torch.autograd.Function):
         return _LatticeFilter.apply(grad.contiguous(), ctx.lattice, not ctx.reverse), None, None
 
 
+def _moments(x: Tensor, f: Tensor, lead: Optional[Tensor], pad) -> Tensor:
+    """``[lead, f_1 x, .., f_D x]`` as one ``(P, pad(C'))`` buffer (zero columns after), written in place."""
+    p, c = x.shape
+    d = f.shape[1]
+    first = 0 if lead is None else lead.shape[1]
+    width = first + d * c
+    buf = x.new_empty(p, pad(width))
+    if lead is not None:
+        buf[:, :first] = lead
+    torch.mul(f.unsqueeze(2), x.unsqueeze(1), out=buf[:, first:width].view(p, d, c))
+    buf[:, width:] = 0
+    return buf
+
+
 def _feature_backward(
     filt, values: Tensor, out: Tensor, grad: Tensor, base: Tensor, widths: Optional[Tensor], batch: int,
-    need: tuple[bool, bool, bool],
+    need: tuple[bool, bool, bool], pad=lambda channels: channels, probes: int = 0,
 ) -> tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
     """Gradients of ``L`` through ``out = K v`` with respect to ``v``, the undivided features and the widths.
 
@@ -488,7 +509,12 @@ def _feature_backward(
 
         S_d = 2 <f_d v, K^T (f_d g)> - <f_d^2 (g . K v + v . K^T g), 1>,
 
-    one ``K^T`` call on ``[g, f_1 g, .., f_D g]``, half the channels of the per-point gradient. The features
+    one ``K^T`` call on ``[g, f_1 g, .., f_D g]``, half the channels of the per-point gradient.
+
+    With ``probes = R > 0`` (widths only) the ``D C`` moment channels are replaced by ``D R``: ``K`` acts on
+    every channel alike, so for random signs ``s_c`` (Rademacher, ``R`` independent draws, averaged) ``S_d``
+    of the single channels ``v s`` and ``g s`` has the expectation ``S_d`` of all channels: an unbiased, noisy
+    estimate (both of its terms from the same probe, so that they cancel as the exact ones do). The features
     are centred per image first: the Gaussian depends only on ``f_i - f_j`` and ``sum_i dL/df_i = 0`` (for
     any linear ``K`` and its exact adjoint), so this changes nothing but rounding.
 
@@ -498,35 +524,48 @@ def _feature_backward(
         base: ``(P, D)`` undivided features; widths: ``(D,)`` or None.
         batch: images in ``P`` (each centred on its own).
         need: which of ``(values, base, widths)`` need a gradient.
+        pad: the channel count to filter for ``C'`` channels (the compiled kernels' SIMD padding).
+        probes: random sign probes over the label channels for the widths' gradient (0: exact).
 
     Returns:
         ``(dL/dv (P, C), dL/dbase (P, D), dL/dwidths (D,))``, None where not needed.
     """
     p, c = values.shape
     d = base.shape[1]
-    f = base if widths is None else base / widths
-    f = f.detach().view(batch, -1, d)
-    f = (f - f.mean(1, keepdim=True)).view(p, d)
-    per_point = need[1]
     if not (need[1] or need[2]):
         return filt(grad, True), None, None
-    moments_g = (f.unsqueeze(2) * grad.unsqueeze(1)).reshape(p, d * c)  # [f_1 g, .., f_D g]
-    back = filt(torch.cat([grad, moments_g], 1), True)
-    grad_v, kt_fg = back[:, :c], back[:, c:].view(p, d, c)
-    local = (grad * out).sum(1) + (values * grad_v).sum(1)  # g . K v + v . K^T g per point
+    f = base if widths is None else base / widths
+    f = f.detach().reshape(batch, -1, d)
+    f = (f - f.mean(1, keepdim=True)).view(p, d)
+    sampled = probes > 0 and not need[1]
+    if sampled:  # random signs per probe and channel, shared by every point (and image)
+        signs = torch.randint(0, 2, (c, probes), device=values.device).to(values.dtype).mul_(2).sub_(1)
+        probe_g, probe_v = grad @ signs, values @ signs  # (P, R)
+    else:
+        probe_g, probe_v = grad, values
+    r = probe_g.shape[1]
+    back = filt(_moments(probe_g, f, grad, pad), True)  # K^T [g, f_1 g, .., f_D g]
+    grad_v, kt_fg = back[:, :c], back[:, c : c + d * r].view(p, d, r)
+    v_kt_fg = torch.einsum("pdc,pc->pd", kt_fg, probe_v)  # sum_c v_ic (K^T (f_d g))_ic
+    if sampled:  # the local term with the same probes (K acts per channel: (K v) s = K (v s)), so that each
+        # probe's two large terms cancel as the exact ones do and only small cross terms are left as noise
+        local = (torch.einsum("pr,pr->p", probe_g, out @ signs) + torch.einsum("pr,pr->p", probe_v, grad_v @ signs))
+        local, v_kt_fg = local / probes, v_kt_fg / probes
+    else:
+        local = torch.einsum("pc,pc->p", grad, out) + torch.einsum("pc,pc->p", values, grad_v)  # g.Kv + v.K^T g
     acc = torch.float64
     grad_base = grad_w = None
-    if per_point:
-        k_fv = filt((f.unsqueeze(2) * values.unsqueeze(1)).reshape(p, d * c), False).view(p, d, c)
-        df = (-f * local.unsqueeze(1) + (grad.unsqueeze(1) * k_fv).sum(2) + (values.unsqueeze(1) * kt_fg).sum(2))
+    if need[1]:
+        k_fv = filt(_moments(values, f, None, pad), False)[:, : d * c].view(p, d, c)  # K [f_1 v, .., f_D v]
+        df = torch.einsum("pdc,pc->pd", k_fv, grad) + v_kt_fg - f * local.unsqueeze(1)
         grad_base = df if widths is None else df / widths.detach()
         s = (f.to(acc) * df.to(acc)).sum(0)
     else:
-        s = 2.0 * (values.unsqueeze(1) * kt_fg).sum(2).to(acc).mul(f.to(acc)).sum(0) \
-            - (f.to(acc) ** 2 * local.to(acc).unsqueeze(1)).sum(0)  # fmt: skip
+        f64 = f.to(acc)
+        s = 2.0 * (f64 * v_kt_fg.to(acc)).sum(0) - (f64 * f64 * local.to(acc).unsqueeze(1)).sum(0)
     if need[2]:
         grad_w = (-s / widths.detach().to(acc)).to(values.dtype)
-    return (grad_v if need[0] else None), (grad_base if need[1] else None), grad_w
+    return (grad_v if need[0] else None), grad_base, grad_w
 
 
 class _FeatureFilter(torch.autograd.Function):
@@ -534,9 +573,11 @@ class _FeatureFilter(torch.autograd.Function):
     (:func:`_feature_backward`); the backward is not itself differentiable."""
 
     @staticmethod
-    def forward(ctx, values: Tensor, base: Tensor, widths: Optional[Tensor], lattice: PermutohedralLattice) -> Tensor:  # type: ignore[override]
+    def forward(ctx, values: Tensor, base: Tensor, widths: Optional[Tensor], lattice: PermutohedralLattice,  # type: ignore[override]
+                probes: int = 0) -> Tensor:
         out = lattice._apply(values.contiguous(), False)
         ctx.lattice = lattice
+        ctx.probes = probes
         ctx.save_for_backward(values, base, widths, out)
         return out
 
@@ -550,8 +591,14 @@ class _FeatureFilter(torch.autograd.Function):
         def filt(x: Tensor, reverse: bool) -> Tensor:
             return lattice._apply(x.contiguous(), reverse)
 
-        gv, gb, gw = _feature_backward(filt, values, out, grad.contiguous(), base, widths, lattice.batch_size, need)
-        return gv, gb, gw, None
+        pad = (lambda channels: channels)
+        if lattice.backend == "numba":  # hand the compiled kernels the channel count they pad to: no copy
+            from crfrnn._numba import padded_channels
+
+            pad = (lambda channels: padded_channels(channels, values.numpy().dtype))
+        gv, gb, gw = _feature_backward(filt, values, out, grad.contiguous(), base, widths, lattice.batch_size, need,
+                                       pad, ctx.probes)  # fmt: skip
+        return gv, gb, gw, None, None
 
 
 def lattice_filter(values: Tensor, features: Tensor, *, backend: str = "auto") -> Tensor:
