@@ -222,12 +222,16 @@ class TestFit:
         with pytest.raises((ValueError, TypeError), match=match):
             fit_crf(*change(*data), epochs=1, fit_widths=False, progress=False)
 
+    def test_per_axis_widths_stay_fixed(self, data):
+        r = fit_crf(*data, init={"bilateral_srgb": [10.0, 12.0, 14.0]}, epochs=1, fit_widths=False, progress=False)
+        assert r.params["bilateral_srgb"] == [10.0, 12.0, 14.0]
+
     @pytest.mark.parametrize(
         "option, match",
         [({"epochs": 0}, "epochs"), ({"val_fraction": 1.0}, "val_fraction"), ({"lr": float("nan")}, "lr"),
          ({"patience": 0}, "patience"), ({"init": {"bilateral_srgb": -1}}, "positive"),
          ({"init": {"sxy": 3}}, "unknown"), ({"iterations": 0}, "iterations"),
-         ({"init": {"gaussian_sxy": [2, 3]}}, "one number")],
+         ({"init": {"gaussian_sxy": [2, 3]}, "fit_widths": True}, "one number")],
     )  # fmt: skip
     def test_bad_options(self, data, option, match):
         with pytest.raises(ValueError, match=match):

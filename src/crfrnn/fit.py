@@ -265,10 +265,6 @@ def _initial(init: Optional[Mapping[str, Any]], iterations: Optional[int], norma
         if value is not None:
             params[key] = value
     params = check_params(params)
-    for key in _WIDTHS:
-        if isinstance(params[key], list):
-            raise ValueError(f"init[{key!r}] is a list of widths; fit_crf fits one width per kernel, so pass one "
-                             "number.")  # fmt: skip
     if params["iterations"] < 1:
         raise ValueError("iterations must be >= 1 to fit anything (with 0 the CRF returns its input).")
     return params
@@ -412,6 +408,10 @@ def fit_crf(
             "fit_widths=True needs gradients with respect to the kernel widths, which this build of "
             "crfrnn.mean_field does not give; pass fit_widths=False to fit the weights with the widths fixed."
         )
+    for key in _WIDTHS:
+        if fit_widths and isinstance(initial[key], list):
+            raise ValueError(f"init[{key!r}] is a list of widths; fit_crf fits one width per kernel, so pass one "
+                             "number (or fit_widths=False to keep per-axis widths fixed).")  # fmt: skip
     samples, num_labels = _prepare(images, probs, labels, logits=logits, clip=initial.get("clip", 1e-5),
                                    ignore_index=ignore_index)  # fmt: skip
     train, val = _split(len(samples), val_fraction, seed)
