@@ -11,6 +11,9 @@ training). "saved" is what autograd keeps between forward and backward.
     python benchmarks/bench_train.py                 # quiet machine, default threads
     python benchmarks/bench_train.py --busy          # with one competing CPU-bound process: default vs 1 thread
     python benchmarks/bench_train.py --json out.json
+
+It ends with one optimiser step of ``crfrnn train`` stage 2 at its defaults (the CRF's share of the step, on both
+paths; --skip-step leaves it out).
 """
 
 from __future__ import annotations
@@ -114,6 +117,43 @@ def run(args, label: str) -> dict:
     return row
 
 
+def training_step(args) -> dict:
+    """The CRF's share of one optimiser step of ``crfrnn train`` stage 2 at its defaults (small_fcn_crfrnn, synthetic
+    96x96 images, batch 8, 6 labels, T=5), compiled path against PyTorch ops."""
+    import torch
+
+    from crfrnn.models import create
+
+    torch.manual_seed(0)
+    model = create("small_fcn_crfrnn", num_classes=6).train()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    image = torch.rand(8, 3, 96, 96) * 255
+    target = torch.randint(0, 6, (8, 96, 96))
+
+    def step(use_crf: bool):
+        def run():
+            opt.zero_grad(set_to_none=True)
+            out = model(image, use_crf=use_crf)
+            torch.nn.functional.cross_entropy(out, target).backward()
+            opt.step()
+
+        return run
+
+    row = {"cnn_only": time_it(step(False), repeats=args.repeats), "compiled": time_it(step(True), repeats=args.repeats)}
+    torch_ops(True)
+    try:
+        row["torch"] = time_it(step(True), repeats=args.repeats)
+    finally:
+        torch_ops(False)
+    cnn = row["cnn_only"]["median"]
+    print(f"[training step, crfrnn train stage 2 defaults] CNN alone {cnn * 1e3:.0f} ms")
+    for name in ("torch", "compiled"):
+        t = row[name]["median"]
+        print(f"  with the CRF ({'compiled' if name == 'compiled' else 'torch ops'}): {t * 1e3:.0f} ms, "
+              f"the CRF is {(t - cnn) / t:.0%} of the step")
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, nargs=2, default=(375, 500), metavar=("H", "W"))
@@ -122,9 +162,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--busy", action="store_true", help="also run with one competing CPU-bound process")
     parser.add_argument("--skip-batch", action="store_true")
+    parser.add_argument("--skip-step", action="store_true", help="skip the crfrnn train stage 2 step")
     parser.add_argument("--json")
     args = parser.parse_args()
     rows = [run(args, "quiet")]
+    step = None if args.skip_step else training_step(args)
     if args.busy:
         import numba
         import torch
@@ -148,7 +190,7 @@ def main() -> None:
             stop.set()
             proc.join()
     report({"benchmark": "bench_train", "size": list(args.size), "labels": args.labels,
-            "iterations": args.iterations, "rows": rows}, args.json)
+            "iterations": args.iterations, "rows": rows, "training_step": step}, args.json)
 
 
 if __name__ == "__main__":
