@@ -214,6 +214,17 @@ class TestPathChoice:
         assert saved & {t.data_ptr() for t in out2.grad_fn.saved_tensors if t.numel()}
         _compiled.release_buffers()
 
+    def test_non_finite_unary_is_refused(self):
+        unary, kernels, _ = _problem(torch.float32, "matrix")
+        bad = unary.detach().clone()
+        bad[1, 2, 3] = float("inf")
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            infer(bad.requires_grad_(True), kernels, iterations=2)
+        probs = torch.softmax(unary.detach(), 1)
+        probs[0, 0, 0] = -0.5
+        with pytest.raises(ValueError, match="negative"):
+            infer(probs.requires_grad_(True), kernels, iterations=2, from_probs=True)
+
     def test_double_backward_is_refused_clearly(self):
         unary, kernels, _ = _problem(torch.float64, "matrix")
         out = infer(unary, kernels, iterations=2)

@@ -58,7 +58,7 @@ def _views(bufs: list, ops) -> list:
 
 
 def compiled_mean_field(unary: Tensor, builder, schedule: Sequence[Sequence], iterations: int,
-                        return_logits: bool) -> Tensor:
+                        return_logits: bool, check=None) -> Tensor:
     """``iterations`` mean-field iterations on the CPU, differentiable with respect to ``unary`` and every tensor
     label transform in ``schedule``.
 
@@ -69,6 +69,7 @@ def compiled_mean_field(unary: Tensor, builder, schedule: Sequence[Sequence], it
             tensor) for iteration ``s``; iterations past the end reuse the last entry.
         iterations: ``T >= 1``.
         return_logits: return the last iteration's logits instead of the marginals.
+        check: called with the statistics of ``unary`` (``nonfinite``, ...) before anything is built; raises.
 
     Returns:
         ``(B, L, N)`` marginals or logits in the unary's dtype.
@@ -84,14 +85,15 @@ def compiled_mean_field(unary: Tensor, builder, schedule: Sequence[Sequence], it
             else:
                 row.append(None)
         layout.append(row)
-    plan = _Plan(builder, schedule, layout, iterations, return_logits)
+    plan = _Plan(builder, schedule, layout, iterations, return_logits, check)
     return _CompiledMeanField.apply(unary, plan, *tensors)
 
 
 class _Plan:
     """What the forward needs besides tensors, and what it leaves for the backward (non-tensor state)."""
 
-    def __init__(self, builder, schedule, layout, iterations: int, return_logits: bool) -> None:
+    def __init__(self, builder, schedule, layout, iterations: int, return_logits: bool, check=None) -> None:
+        self.check = check
         self.builder = builder
         self.schedule = schedule
         self.layout = layout
@@ -131,7 +133,9 @@ class _CompiledMeanField(torch.autograd.Function):
         b, num_labels, n = unary.shape
         dtype = unary.dtype
         np_dtype = np.float64 if dtype == torch.float64 else np.float32
-        padded, _, _ = _numba.unary_from_scores(unary.detach(), 0.0, False)
+        padded, _, stats = _numba.unary_from_scores(unary.detach(), 0.0, False)
+        if plan.check is not None:
+            plan.check(stats)
         c = padded.shape[1]
         iters = plan.iterations
         nk = len(plan.builder.kernels)

@@ -141,8 +141,11 @@ def _check_scores(stats: dict, from_probs: bool, name: str, sum_tol: float) -> N
         )
 
 
-def _torch_stats(scores: Tensor) -> dict:
+def _torch_stats(scores: Tensor, from_probs: bool = True) -> dict:
+    """What :func:`_check_scores` needs to know about ``scores`` (for logits only whether they are finite: one pass)."""
     s = scores.detach()
+    if not from_probs:
+        return {"nonfinite": int(not bool(torch.isfinite(s).all())), "negative": 0, "min_sum": 1.0, "max_sum": 1.0}
     total = s.sum(1)
     return {"nonfinite": int((~torch.isfinite(s)).sum()), "negative": int((s < 0).sum()),
             "min_sum": float(total.min()), "max_sum": float(total.max())}  # fmt: skip
@@ -274,12 +277,15 @@ def infer(
     builder = _Builder(kernels, dtype, exact, backend, cache)
     if compiled and not _needs_grad(scores, transforms, kernels):
         return _infer_fused(scores, builder, schedule, iterations, from_probs, clip, return_logits, name, sum_tol)
-    _check_scores(_torch_stats(scores), from_probs, name, sum_tol)
     if compiled and iterations > 0 and not memory_efficient and not any(k.features.requires_grad for k in kernels):
         from crfrnn.crf._compiled import compiled_mean_field
 
+        if from_probs:  # the probabilities are checked here; logits by the compiled pass that lays them out
+            _check_scores(_torch_stats(scores), True, name, sum_tol)
         logits = scores.clamp(clip, 1.0).log() if from_probs else scores
-        return compiled_mean_field(logits, builder, schedule, iterations, return_logits)
+        return compiled_mean_field(logits, builder, schedule, iterations, return_logits,
+                                   check=lambda stats: _check_scores(stats, False, name, sum_tol))  # fmt: skip
+    _check_scores(_torch_stats(scores, from_probs), from_probs, name, sum_tol)
     u = scores.transpose(1, 2)  # (B, N, L)
     if from_probs:
         u = u.clamp(clip, 1.0).log()
