@@ -238,3 +238,31 @@ class TestPathChoice:
         with torch.no_grad():
             fused = mean_field(unary, image, num_iterations=4)
         assert torch.allclose(mean_field(unary, image, num_iterations=4).detach(), fused, atol=1e-5)
+
+
+class TestHalfPrecision:
+    """Under autocast, and with bfloat16/float16 unaries, the CRF computes in float32 and returns the caller's dtype."""
+
+    def test_autocast_bfloat16_training_step(self):
+        torch.manual_seed(0)
+        crf = CrfRnn(L, num_iterations=3).train()
+        unary = torch.randn(2, L, H, W, requires_grad=True)
+        image = torch.rand(2, 3, H, W) * 255
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = crf(unary, image)
+        assert out.dtype == torch.float32  # the caller's (the unary's) dtype, not autocast's
+        out.square().mean().backward()
+        reference = crf(unary.detach(), image)
+        assert torch.allclose(out.detach(), reference.detach(), atol=1e-5)
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in crf.parameters())
+
+    @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+    def test_low_precision_unary(self, dtype):
+        unary = torch.randn(1, L, H, W).to(dtype).requires_grad_(True)
+        image = torch.rand(1, 3, H, W) * 255
+        out = mean_field(unary, image, num_iterations=2)
+        assert out.dtype == dtype
+        (grad,) = torch.autograd.grad(out.float().sum(), [unary])
+        assert grad.dtype == dtype
+        expected = mean_field(unary.detach().float(), image, num_iterations=2)
+        assert torch.allclose(out.float(), expected, atol=0.05 * float(expected.abs().max()))
