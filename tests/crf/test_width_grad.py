@@ -201,6 +201,33 @@ class TestLatticeAgainstExact:
         assert F.cosine_similarity(grads[0], grads[1], 0) >= 0.95
 
 
+class TestLatticePaths:
+    """The same gradients from every way of running the lattice path."""
+
+    def grads(self, dtype=torch.float64, **kw):
+        img = smooth_photo(16, 20, batch=2)
+        u = smooth_unary(2, 4, 16, 20)
+        target = torch.randn(2, 4, 16, 20, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+        ws = widths(20.0, 13.0, 3.0, dtype=dtype)
+        im = img.to(dtype).requires_grad_(True)
+        out = mean_field(u.to(dtype), im, theta_alpha=ws[0], theta_beta=ws[1], theta_gamma=ws[2], num_iterations=3,
+                         **kw)  # fmt: skip
+        (out.softmax(1) * target.to(dtype)).sum().backward()
+        return torch.stack([t.grad for t in ws]).double(), im.grad.double()
+
+    def test_backends_and_memory_efficient(self):
+        ref = self.grads(backend="numba")
+        for kw in (dict(backend="torch"), dict(memory_efficient=True)):
+            for a, b in zip(ref, self.grads(**kw)):
+                assert torch.allclose(a, b, rtol=1e-9, atol=1e-12), kw
+
+    def test_float32_close_to_float64(self):
+        """Centred moments keep float32 usable (measured at 120x160, 21 labels, 80/13/3: 1e-4 relative)."""
+        (w64, g64), (w32, g32) = self.grads(), self.grads(torch.float32)
+        assert ((w32 - w64).abs() / w64.abs()).max() < 1e-2
+        assert (g32 - g64).norm() / g64.norm() < 1e-2
+
+
 class TestRecovery:
     def test_widths_recovered_from_twice_too_large(self):
         """Marginals of an exact dense CRF with known widths; Adam on the log-widths from 2x finds them (10%)."""
