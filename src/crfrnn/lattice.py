@@ -565,7 +565,8 @@ def _feature_backward(
         s = 2.0 * (f64 * v_kt_fg.to(acc)).sum(0) - (f64 * f64 * local.to(acc).unsqueeze(1)).sum(0)
     if need[2]:
         grad_w = (-s / widths.detach().to(acc)).to(values.dtype)
-    return (grad_v if need[0] else None), grad_base, grad_w
+    # a copy, so that the (P, (1 + D) C) buffer is freed with this call
+    return (grad_v.contiguous() if need[0] else None), grad_base, grad_w
 
 
 class _FeatureFilter(torch.autograd.Function):
@@ -593,9 +594,12 @@ class _FeatureFilter(torch.autograd.Function):
 
         pad = (lambda channels: channels)
         if lattice.backend == "numba":  # hand the compiled kernels the channel count they pad to: no copy
+            import numpy as np
+
             from crfrnn._numba import padded_channels
 
-            pad = (lambda channels: padded_channels(channels, values.numpy().dtype))
+            np_dtype = np.float64 if values.dtype == torch.float64 else np.float32
+            pad = (lambda channels: padded_channels(channels, np_dtype))
         gv, gb, gw = _feature_backward(filt, values, out, grad.contiguous(), base, widths, lattice.batch_size, need,
                                        pad, ctx.probes)  # fmt: skip
         return gv, gb, gw, None, None
