@@ -437,8 +437,8 @@ def fit_crf(
                          boundary_width=boundary_width, cache=cache)  # fmt: skip
 
     start = evaluate(initial)
-    history = [{"epoch": 0, "train_loss": None, "val_loss": start["loss"], **current()}]
-    best_loss, best_epoch, best_params = start["loss"], 0, current()
+    history = [{"epoch": 0, "train_loss": None, "val_loss": start["loss"], **initial}]
+    best_loss, best_epoch, best_params = start["loss"], 0, dict(initial)  # the fit never returns worse than this
     rng = np.random.default_rng(seed)
     stopped_early = False
     bar = tqdm(range(1, epochs + 1), desc="fit", unit="epoch", file=sys.stderr,
