@@ -304,7 +304,7 @@ def save_epoch(run: _Run, epoch: int, record: dict[str, Any], validated: bool) -
     if run.dist.is_main:
         config = run.config
         run.run_dir.append_metrics(record)
-        run.run_dir.save(
+        run.run_dir.save_checkpoints(
             run.model, best=improved, model_name=run.model_name, model_kwargs=run.model_kwargs,
             num_classes=run.num_classes, class_names=run.class_names, stage=config.stage, config=config.to_dict(),
             epoch=epoch, global_step=run.global_step, optimizer=run.optimizer.state_dict(),

@@ -92,7 +92,7 @@ class RunDir:
 
         append_line(self.metrics_path, json.dumps(record))
 
-    def save(self, model: nn.Module, *, best: bool, **payload: Any) -> None:
+    def save_checkpoints(self, model: nn.Module, *, best: bool, **payload: Any) -> None:
         """Write ``last.pt`` (and ``best.pt`` when ``best``): :func:`crfrnn.checkpoint.save_checkpoint` of
         ``model`` with ``payload`` (``model_name``, ``model_kwargs``, ``num_classes``, ... and any extras)."""
         from crfrnn.checkpoint import save_checkpoint
