@@ -22,11 +22,11 @@ from crfrnn import CrfRnn, KernelCache, PermutohedralLattice, dense_crf, mean_fi
 from crfrnn.crf.features import bilateral_features, position_features, width_factors
 from crfrnn.lattice import _feature_backward
 
-#: Lattice against exact gradients on the smooth 20x24 photo-like inputs below (docs/widths.md, "Accuracy"):
-#: measured cosine similarity >= 0.97 and relative error <= 0.25 for the guide gradient; the width gradients
-#: agree in sign and within 45% (the lattice's Gaussian is 3-9% wider than the nominal one, and the widths'
-#: gradient is a small difference of large terms).
-GUIDE_COSINE, GUIDE_RELATIVE = 0.95, 0.30
+#: Lattice against exact gradients on the smooth 20x24 photo-like inputs below (docs/widths.md, "Accuracy"),
+#: "row" and "symmetric" normalisation: measured guide-gradient cosine 0.971-0.978 and relative error 0.21-0.24,
+#: width-gradient cosine 0.904-0.968 (the lattice's Gaussian is 3-9% wider than the nominal one, and a width's
+#: gradient is a small difference of large terms); the widths that matter agree in sign.
+GUIDE_COSINE, GUIDE_RELATIVE, WIDTH_COSINE = 0.95, 0.30, 0.85
 
 
 def smooth_photo(h: int, w: int, batch: int = 1, dtype=torch.float64) -> torch.Tensor:
@@ -179,7 +179,7 @@ class TestLatticeAgainstExact:
         assert (ge - gl).norm() / ge.norm() <= GUIDE_RELATIVE
         big = we.abs() > 0.2 * we.abs().max()  # the widths that matter here agree in sign
         assert torch.equal(torch.sign(we[big]), torch.sign(wl[big]))
-        assert F.cosine_similarity(we, wl, 0) >= 0.9
+        assert F.cosine_similarity(we, wl, 0) >= WIDTH_COSINE
 
     def test_lattice_filter_features_gradient(self):
         """PermutohedralLattice.filter(features=...) against the exact Gaussian's autograd, dense random points."""
