@@ -115,13 +115,17 @@ class CrfRnn(nn.Module):
             self.untie(num_untied)
         self.learn_widths = bool(learn_widths)
         widths = {"theta_alpha": theta_alpha, "theta_beta": theta_beta, "theta_gamma": theta_gamma}
+        fixed = {}
         for name in self._WIDTHS:
             value = float(check_widths(name, widths[name], 1, "kernel")[0])
+            fixed[name] = value
             if self.learn_widths:
                 self.register_parameter("log_" + name, nn.Parameter(torch.tensor(math.log(value))))
             else:
                 self.register_buffer(name, torch.tensor(value))
-        self._refresh_widths()
+        # from the arguments, not the buffers: those may live on the meta device (a model built under
+        # ``torch.device("meta")`` and materialised later)
+        self._fixed_widths = None if self.learn_widths else fixed
 
     def __getattr__(self, name: str):
         if name in CrfRnn._WIDTHS and "log_" + name in self.__dict__.get("_parameters", {}):
@@ -130,7 +134,10 @@ class CrfRnn(nn.Module):
 
     def _refresh_widths(self) -> None:
         """Keep Python copies of fixed widths, so that ``forward`` reads no tensor (no device sync on a GPU)."""
-        self._fixed_widths = None if self.learn_widths else {n: float(self._buffers[n]) for n in self._WIDTHS}
+        if self.learn_widths:
+            self._fixed_widths = None
+        elif not any(self._buffers[n].is_meta for n in self._WIDTHS):
+            self._fixed_widths = {n: float(self._buffers[n]) for n in self._WIDTHS}
 
     def extra_repr(self) -> str:
         widths = ", ".join(f"{n}={float(getattr(self, n).detach()):g}" for n in self._WIDTHS)
