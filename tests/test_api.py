@@ -100,7 +100,7 @@ PUBLIC_API = {
         "default_memory_limit", "estimate_memory", "format_bytes", "make_overlay", "pair_by_stem", "read_rgb",
         "read_scores",
     ],
-    "crfrnn.params": ["MAX_FILE_BYTES", "PARAM_NAMES", "check_params", "load_params", "save_params"],
+    "crfrnn.params": ["DENSECRF_DEFAULTS", "MAX_FILE_BYTES", "PARAM_NAMES", "check_params", "load_params", "save_params"],
     "crfrnn.reproduce": ["CLAIMS", "ROWS", "ReproduceConfig", "check_claims", "reproduce", "summarize"],
     "crfrnn.training": [
         "DATASETS", "IGNORE_INDEX", "LR_SCHEDULES", "OPTIMIZERS", "STAGES", "TrainConfig", "TrainingError",

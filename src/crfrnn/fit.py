@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from crfrnn.params import DENSECRF_DEFAULTS
+
 __all__ = [
     "FIT_DEFAULTS",
     "FitResult",
@@ -46,15 +48,7 @@ __all__ = [
 ArrayLike = Union[np.ndarray, Tensor]
 
 #: densecrf's usual parameters (SPEC section 8), the default starting point of :func:`fit_crf`
-FIT_DEFAULTS: dict[str, Any] = {
-    "iterations": 5,
-    "gaussian_sxy": 3.0,
-    "gaussian_compat": 3.0,
-    "bilateral_sxy": 80.0,
-    "bilateral_srgb": 13.0,
-    "bilateral_compat": 10.0,
-    "normalization": "symmetric",
-}
+FIT_DEFAULTS: dict[str, Any] = dict(DENSECRF_DEFAULTS)
 _WEIGHTS = ("gaussian_compat", "bilateral_compat")
 _WIDTHS = ("gaussian_sxy", "bilateral_sxy", "bilateral_srgb")
 _MIN_WEIGHT = 1e-2  # a weight of 0 has no logarithm: the fit starts it here

@@ -28,7 +28,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
-__all__ = ["MAX_FILE_BYTES", "PARAM_NAMES", "check_params", "load_params", "save_params"]
+__all__ = ["DENSECRF_DEFAULTS", "MAX_FILE_BYTES", "PARAM_NAMES", "check_params", "load_params", "save_params"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -43,6 +43,17 @@ PARAM_NAMES: tuple[str, ...] = (
     "normalization",
     "clip",
 )
+#: Krähenbühl's densecrf parameters as usually called (SPEC section 8): where ``crfrnn fit`` starts and what
+#: ``crfrnn evaluate``'s grid search is centred on
+DENSECRF_DEFAULTS: dict[str, Any] = {
+    "iterations": 5,
+    "gaussian_sxy": 3.0,
+    "gaussian_compat": 3.0,
+    "bilateral_sxy": 80.0,
+    "bilateral_srgb": 13.0,
+    "bilateral_compat": 10.0,
+    "normalization": "symmetric",
+}
 #: largest parameter file read (a real one is a few hundred bytes)
 MAX_FILE_BYTES = 64 * 1024
 _MAX_ITERATIONS = 1000

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from crfrnn.dense import dense_crf
 from crfrnn.models.segmenter import CrfRnnSegmenter
+from crfrnn.params import DENSECRF_DEFAULTS
 
 __all__ = [
     "DEFAULT_SEARCH_GRID",
@@ -42,15 +43,7 @@ METHODS: tuple[str, ...] = ("cnn", "cnn+densecrf", "crfrnn")
 #: display names of the methods (report tables, plot legends, grid titles)
 METHOD_TITLES: dict[str, str] = {"cnn": "CNN", "cnn+densecrf": "CNN + dense CRF", "crfrnn": "CRF-RNN"}
 #: Krähenbühl's densecrf parameters as usually called (SPEC section 8); keyword arguments of dense_crf
-DENSE_CRF_DEFAULTS: dict[str, Any] = {
-    "iterations": 5,
-    "gaussian_sxy": 3.0,
-    "gaussian_compat": 3.0,
-    "bilateral_sxy": 80.0,
-    "bilateral_srgb": 13.0,
-    "bilateral_compat": 10.0,
-    "normalization": "symmetric",
-}
+DENSE_CRF_DEFAULTS: dict[str, Any] = dict(DENSECRF_DEFAULTS)
 #: the default grid of :func:`search_dense_crf` (27 points around densecrf's defaults)
 DEFAULT_SEARCH_GRID: dict[str, tuple[float, ...]] = {
     "bilateral_sxy": (20.0, 50.0, 80.0),
