@@ -15,6 +15,7 @@ of the batch; padded mask pixels are 255), or use ``batch_size=1``.
 from .collate import pad_collate
 from .folder import SegmentationFolder
 from .palette import color_palette, colorize, load_label_png, save_label_png
+from .scribbles import ScribbleDataset, scribbles_from_mask
 from .synthetic import SyntheticShapes, synthetic_splits
 from .transforms import CenterCrop, Compose, PadTo, RandomCrop, RandomHorizontalFlip, RandomScale
 from .voc import VOC_CLASSES, SBDSegmentation, VOCSegmentation, voc_train_aug
@@ -27,6 +28,7 @@ __all__ = [
     "RandomHorizontalFlip",
     "RandomScale",
     "SBDSegmentation",
+    "ScribbleDataset",
     "SegmentationFolder",
     "SyntheticShapes",
     "VOCSegmentation",
@@ -36,6 +38,7 @@ __all__ = [
     "load_label_png",
     "pad_collate",
     "save_label_png",
+    "scribbles_from_mask",
     "synthetic_splits",
     "voc_train_aug",
 ]
