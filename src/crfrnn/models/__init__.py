@@ -147,6 +147,7 @@ def _fcn8s_crfrnn(
     backbone_kwargs: Optional[dict[str, Any]] = None,
     crf_kwargs: Optional[dict[str, Any]] = None,
     return_unary: bool = False,
+    safe_start: bool = False,
 ) -> CrfRnnSegmenter:
     """FCN-8s with a CRF-RNN head, the network of Zheng et al. (ICCV 2015).
 
@@ -155,9 +156,12 @@ def _fcn8s_crfrnn(
         backbone_kwargs: further keyword arguments of :class:`FCN8s`.
         crf_kwargs: keyword arguments of :class:`crfrnn.CrfRnn` (e.g. ``num_iterations``).
         return_unary: see :class:`CrfRnnSegmenter`.
+        safe_start: gate the CRF's contribution, 0 at the start, for training from scratch (see
+            :class:`CrfRnnSegmenter`); ``False`` is the paper's network.
     """
     backbone = FCN8s(num_classes, **(backbone_kwargs or {}))
-    return CrfRnnSegmenter(backbone, _crf(num_classes, crf_kwargs), return_unary=return_unary)
+    return CrfRnnSegmenter(backbone, _crf(num_classes, crf_kwargs), return_unary=return_unary,
+                           safe_start=safe_start)
 
 
 @register_model("small_fcn_crfrnn")
@@ -167,6 +171,7 @@ def _small_fcn_crfrnn(
     backbone_kwargs: Optional[dict[str, Any]] = None,
     crf_kwargs: Optional[dict[str, Any]] = None,
     return_unary: bool = False,
+    safe_start: bool = False,
 ) -> CrfRnnSegmenter:
     """:class:`SmallFCN` with a CRF-RNN head.
 
@@ -175,6 +180,9 @@ def _small_fcn_crfrnn(
         backbone_kwargs: further keyword arguments of :class:`SmallFCN` (e.g. ``width``, ``norm``).
         crf_kwargs: keyword arguments of :class:`crfrnn.CrfRnn` (e.g. ``num_iterations``).
         return_unary: see :class:`CrfRnnSegmenter`.
+        safe_start: gate the CRF's contribution, 0 at the start, for training from scratch (see
+            :class:`CrfRnnSegmenter`); ``False`` is the paper's network.
     """
     backbone = SmallFCN(num_classes, **(backbone_kwargs or {}))
-    return CrfRnnSegmenter(backbone, _crf(num_classes, crf_kwargs), return_unary=return_unary)
+    return CrfRnnSegmenter(backbone, _crf(num_classes, crf_kwargs), return_unary=return_unary,
+                           safe_start=safe_start)

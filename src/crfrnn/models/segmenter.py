@@ -37,6 +37,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Optional, Sequence, Union
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -47,6 +49,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from crfrnn import CrfRnn
 
 __all__ = ["CrfRnnSegmenter"]
+
+#: The first training forward warns when the backbone's mean top probability is below
+#: ``1/L + _UNTRAINED_MARGIN * (1 - 1/L)``: near-uniform logits, the mark of a freshly initialised backbone.
+_UNTRAINED_MARGIN = 0.25
 
 
 class CrfRnnSegmenter(nn.Module):
@@ -76,7 +82,25 @@ class CrfRnnSegmenter(nn.Module):
         pad_value: per-channel RGB value of the padding (default 0). The released network padded its
             mean-subtracted input with zeros, i.e. the raw image with the mean colour.
 
+        safe_start: if ``True``, gate the CRF's contribution with a learnable scalar ``crf_gate`` initialised to
+            0: ``forward`` returns ``unary + crf_gate * (crf(unary, image) - unary)``, exactly the backbone's
+            logits at initialisation; the CRF's share grows as training finds it useful. For training the CNN
+            and the CRF together from scratch (see "Training" below). ``False`` (the default) is the paper's
+            network, ``crf(unary, image)``. A state dict without ``crf_gate`` (from a model built without
+            ``safe_start``) loads into a gated model as ``crf_gate = 1``, which gives the same output.
+
     ``crf`` may be ``None`` for the backbone alone (then the backbone must have an int ``num_classes``).
+
+    Training:
+        Train the CNN first, then the whole network end to end from it, as the paper did (stage 1
+        ``crfrnn train --stage cnn``, stage 2 ``crfrnn train --stage crfrnn --init-from runs/cnn/best.pt``, with
+        the CRF's own learning-rate multipliers ``--crf-kernel-lr-mult`` / ``--crf-compat-lr-mult``). A CRF head
+        on an untrained backbone is a trap: its pairwise term (kernel weights 3 and 5) is large against the
+        near-zero logits of a fresh backbone, so the mean field turns them into confident labels copied from
+        neighbouring pixels, and the training loss rises instead of falling (docs/training.md, "Training the
+        CRF head from scratch": measured curves). The first training forward through the CRF warns when the
+        backbone's logits are near-uniform (mean top probability below ``1/L + (1 - 1/L) / 4``), the mark of
+        an untrained backbone. If the two must be trained together from scratch, pass ``safe_start=True``.
 
     Shape:
         - image: ``(B, 3, H, W)`` RGB on the 0..255 scale.
@@ -104,6 +128,7 @@ class CrfRnnSegmenter(nn.Module):
         crf_input: Optional[nn.Module] = None,
         pad_to: Optional[tuple[int, int]] = None,
         pad_value: Optional[Sequence[float]] = None,
+        safe_start: bool = False,
     ) -> None:
         super().__init__()
         if not isinstance(backbone, nn.Module):
@@ -136,6 +161,43 @@ class CrfRnnSegmenter(nn.Module):
         self.crf_input = crf_input
         self.pad_to = pad_to
         self.pad_value = pad_value
+        if safe_start and crf is None:
+            raise ValueError("safe_start gates the CRF head's contribution, but crf is None; pass a CRF head.")
+        self.safe_start = bool(safe_start)
+        self.crf_gate: Optional[nn.Parameter]
+        if self.safe_start:
+            self.crf_gate = nn.Parameter(torch.zeros(()))
+        else:
+            self.register_parameter("crf_gate", None)  # the paper's network: no gate, nothing in the state dict
+        self._backbone_checked = False
+
+    def _check_backbone_trained(self, unary: Tensor) -> None:
+        """Warn once, at the first training forward through the CRF, if the backbone's logits are near-uniform."""
+        self._backbone_checked = True
+        num = unary.shape[1]
+        if num < 2 or unary.numel() == 0:
+            return
+        top = float(unary.detach().float().softmax(1).amax(1).mean())
+        limit = 1.0 / num + _UNTRAINED_MARGIN * (1.0 - 1.0 / num)
+        if top < limit:
+            warnings.warn(
+                f"CRF-RNN head on an untrained backbone: its logits are near-uniform (mean top probability "
+                f"{top:.3f}; {1.0 / num:.3f} is uniform over {num} labels). Trained from scratch this way, the CRF's "
+                "pairwise term dominates the backbone's logits and the loss rises instead of falling. Train the CNN "
+                "first (crfrnn train --stage cnn, then --stage crfrnn --init-from its best.pt), or build the model "
+                "with safe_start=True (docs/training.md, 'Training the CRF head from scratch').",
+                UserWarning,
+                stacklevel=2,
+            )
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):  # fmt: skip
+        # A state dict of an ungated model (e.g. a stage-2 checkpoint) loads into a gated one as gate 1: same output.
+        key = prefix + "crf_gate"
+        if self.crf_gate is not None and key not in state_dict and any(k.startswith(prefix + "crf.") for k in state_dict):
+            state_dict[key] = torch.ones((), dtype=self.crf_gate.dtype, device=self.crf_gate.device)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
     @property
     def num_classes(self) -> int:
@@ -251,13 +313,18 @@ class CrfRnnSegmenter(nn.Module):
         padded = self.pad(image)
         unary = self._unary(padded)
         if use_crf and self.crf is not None:
+            if self.training and not self.safe_start and not self._backbone_checked and torch.is_grad_enabled():
+                self._check_backbone_trained(unary)
             guide = padded if self.crf_input is None else self.crf_input(padded)
             refined = self.crf(unary, guide)[..., :h, :w]
             unary = unary[..., :h, :w]
+            if self.crf_gate is not None:
+                refined = unary + self.crf_gate * (refined - unary)
         else:
             refined = unary = unary[..., :h, :w]
         return (refined, unary) if self.return_unary else refined
 
     def extra_repr(self) -> str:
         extra = f", pad_to={self.pad_to}" if self.pad_to is not None else ""
+        extra += ", safe_start=True" if self.safe_start else ""
         return f"output_key={self.output_key!r}, return_unary={self.return_unary}{extra}"
