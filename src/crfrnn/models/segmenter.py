@@ -194,7 +194,8 @@ class CrfRnnSegmenter(nn.Module):
                               error_msgs):  # fmt: skip
         # A state dict of an ungated model (e.g. a stage-2 checkpoint) loads into a gated one as gate 1: same output.
         key = prefix + "crf_gate"
-        if self.crf_gate is not None and key not in state_dict and any(k.startswith(prefix + "crf.") for k in state_dict):
+        has_crf = any(k.startswith(prefix + "crf.") for k in state_dict)
+        if self.crf_gate is not None and key not in state_dict and has_crf:
             state_dict[key] = torch.ones((), dtype=self.crf_gate.dtype, device=self.crf_gate.device)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
