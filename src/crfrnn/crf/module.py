@@ -28,6 +28,11 @@ class CrfRnn(nn.Module):
     the differentiable path. The spatial kernel of each input size is kept in :attr:`cache` (a
     :class:`crfrnn.KernelCache`; ``crf.cache.clear()`` frees it).
 
+    Put it on a trained CNN, as the paper did (``crfrnn train --stage cnn``, then ``--stage crfrnn --init-from``):
+    on an untrained backbone's near-uniform logits the pairwise term (weights 3 and 5) dominates and the loss
+    rises instead of falling (docs/training.md). To train both from scratch, use
+    ``crfrnn.models.CrfRnnSegmenter(..., safe_start=True)``.
+
     Args:
         num_classes: number of labels ``L >= 2``, or ``1`` for a binary network's single logit map (the
             parameters are then the ``2 x 2`` ones of the two-label problem).
