@@ -33,7 +33,8 @@ except ImportError:  # pragma: no cover - exercised only where numba is missing
     AVAILABLE = False
 
 __all__ = [
-    "AVAILABLE", "NumbaOperators", "build", "channels_first", "channels_last", "mean_field", "message_backward",
+    "AVAILABLE", "NumbaOperators", "build", "channels_first", "channels_last", "mean_field", "message",
+    "message_backward",
     "padded_channels", "softmax_backward", "softmax_rows", "unary_from_scores",
 ]
 
@@ -337,9 +338,9 @@ if AVAILABLE:
         """Softmax over the first ``cr`` channels of each row of ``flat.reshape(-1, c)[start:stop]``, in place.
 
         Channels ``cr..c-1`` are padding (see :func:`padded_channels`) and are set to 0. The block is transposed
-        into ``rowbuf`` (a C-contiguous ``(C + 2, BLOCK)`` array: labels first, then each row's maximum and sum), so that the
-        maxima, the exp and the sums all run across rows with unit stride, then transposed back (0.52x of the time
-        of per-row maxima and sums over 21 labels, measured on one thread).
+        into ``rowbuf`` (a C-contiguous ``(C + 2, BLOCK)`` array: labels first, then each row's maximum and sum),
+        so that the maxima, the exp and the sums all run across rows with unit stride, then transposed back
+        (``softmax_rows`` 0.79x of the time of per-row maxima and sums over 21 labels, one thread).
         """
         m = stop - start
         t = rowbuf[:c]
@@ -724,6 +725,16 @@ def softmax_backward(q: np.ndarray, grad: np.ndarray, num_labels: int, dlogits: 
     """``dlogits = q * (grad - <q, grad>)`` row by row (the softmax's vector-Jacobian product), and ``du +=
     dlogits``; padded ``(P, C)`` arrays, padding channels 0."""
     _softmax_backward(q, grad, num_labels, dlogits, du)
+
+
+def message(ops: "NumbaOperators", q: np.ndarray, pre: np.ndarray, post: np.ndarray, selfw: np.ndarray,
+            out: np.ndarray, buf: np.ndarray, tmp: np.ndarray) -> np.ndarray:
+    """One kernel's message ``out (P, C) = post * (K(pre * q) - selfw * pre * q)`` (what the fused loop computes
+    and, when asked, keeps; recomputed by a memory-efficient backward). ``buf``, ``tmp``: ``(M + 1, C)``."""
+    b = _blur(_splat(q, pre, ops.start, ops.points, ops.bary, buf), tmp, ops.neighbours, False)
+    ones = np.ones(q.shape[1], q.dtype)
+    _message_backward(b, ops.weights, ops.offsets, q.dtype.type(ops.alpha), post, pre, selfw, ones, q, out, False)
+    return out
 
 
 def message_backward(ops: "NumbaOperators", dmsg: np.ndarray, pre: np.ndarray, post: np.ndarray, selfw: np.ndarray,

@@ -154,9 +154,23 @@ class TestPathChoice:
         unary, kernels, _ = _problem(torch.float32, "matrix")
         assert "CompiledMeanField" in self._fn_name(infer(unary, kernels, iterations=2))
 
-    def test_memory_efficient_and_feature_gradients_take_the_torch_path(self):
+    def test_memory_efficient_keeps_less_and_gives_the_same_gradients(self):
+        from crfrnn._profiling import saved_activation_bytes
+
+        unary, kernels, params = _problem(torch.float64, "matrix", exclude_self=True)
+        upstream = torch.randn(B, L, N, dtype=torch.float64)
+        out_d, grads_d = _grads(unary, kernels, params, True, upstream, iterations=3)
+        out_m, grads_m = _grads(unary, kernels, params, True, upstream, iterations=3, memory_efficient=True)
+        assert torch.equal(out_d, out_m)
+        for a, b in zip(grads_d, grads_m):
+            assert torch.allclose(a, b, atol=1e-12 * float(b.abs().max()))
+        default = saved_activation_bytes(lambda: infer(unary, kernels, iterations=3))
+        efficient = saved_activation_bytes(lambda: infer(unary, kernels, iterations=3, memory_efficient=True))
+        assert efficient * 2 < default  # marginals only: 1 / (1 + K) of the marginals and messages (K = 2 here)
+
+    def test_feature_gradients_and_compiled_false_take_the_torch_path(self):
         unary, kernels, _ = _problem(torch.float32, "matrix")
-        assert "CompiledMeanField" not in self._fn_name(infer(unary, kernels, iterations=2, memory_efficient=True))
+        assert "CompiledMeanField" in self._fn_name(infer(unary, kernels, iterations=2, memory_efficient=True))
         feats = kernels[1].features.clone().requires_grad_(True)
         kernels[1].features = feats
         assert "CompiledMeanField" not in self._fn_name(infer(unary, kernels, iterations=2))

@@ -13,7 +13,8 @@ kernel's message), and the backward runs, per iteration in reverse order:
    (compiled; a vector transform is folded into that last pass).
 
 The lattices are those the forward built (one per image and kernel, shared kernels from the cache); the backward
-keeps ``T`` marginals and ``T K`` messages per image, ``O(T K B L N)`` like the torch path. It is reached through
+keeps ``T`` marginals and ``T K`` messages per image, ``O(T K B L N)`` like the torch path (``memory_efficient``:
+the marginals only, the messages recomputed in the backward pass). It is reached through
 :func:`crfrnn.crf.engine.infer`, which picks it whenever a gradient is needed on the CPU and no kernel's features
 need one (those take the torch path).
 """
@@ -58,7 +59,7 @@ def _views(bufs: list, ops) -> list:
 
 
 def compiled_mean_field(unary: Tensor, builder, schedule: Sequence[Sequence], iterations: int,
-                        return_logits: bool, check=None) -> Tensor:
+                        return_logits: bool, check=None, memory_efficient: bool = False) -> Tensor:
     """``iterations`` mean-field iterations on the CPU, differentiable with respect to ``unary`` and every tensor
     label transform in ``schedule``.
 
@@ -70,6 +71,8 @@ def compiled_mean_field(unary: Tensor, builder, schedule: Sequence[Sequence], it
         iterations: ``T >= 1``.
         return_logits: return the last iteration's logits instead of the marginals.
         check: called with the statistics of ``unary`` (``nonfinite``, ...) before anything is built; raises.
+        memory_efficient: keep only the marginals for the backward pass and recompute the kernels' messages there
+            (one more filtering per kernel and iteration; ``1 / (1 + K)`` of the memory).
 
     Returns:
         ``(B, L, N)`` marginals or logits in the unary's dtype.
@@ -86,6 +89,7 @@ def compiled_mean_field(unary: Tensor, builder, schedule: Sequence[Sequence], it
                 row.append(None)
         layout.append(row)
     plan = _Plan(builder, schedule, layout, iterations, return_logits, check)
+    plan.recompute = memory_efficient
     return _CompiledMeanField.apply(unary, plan, *tensors)
 
 
@@ -99,6 +103,7 @@ class _Plan:
         self.layout = layout
         self.iterations = iterations
         self.return_logits = return_logits
+        self.recompute = False  # messages recomputed in the backward pass instead of kept
         self.ops: list = []  # per image: (operators, pre, post, selfw) per kernel
         self.steps: list = []  # per step: (forward transform, backward matrix or None, backward scale) per kernel
 
@@ -140,7 +145,7 @@ class _CompiledMeanField(torch.autograd.Function):
         iters = plan.iterations
         nk = len(plan.builder.kernels)
         plan.steps = _padded_steps(plan.schedule, num_labels, c, np_dtype)
-        keep_msgs = any(t.requires_grad for t in transforms)
+        keep_msgs = any(t.requires_grad for t in transforms) and not plan.recompute
         hist = _WORKSPACE.take((b, iters, n, c), dtype)  # q_t, the input of iteration t
         last = _WORKSPACE.take((b, n, c), dtype)  # q_T (or the logits of iteration T)
         msgs = _WORKSPACE.take((b, iters, nk, n, c) if keep_msgs else (0,), dtype)
@@ -195,6 +200,8 @@ def _backward(ctx, grad: Tensor) -> tuple:
     du_out = torch.empty((b, num_labels, n), dtype=dtype) if ctx.needs_input_grad[0] else None
     scratch = [_WORKSPACE.take((n, c), dtype) for _ in range(5)]
     g, g_prev, dz, dm, du = scratch
+    recompute = plan.recompute and any(x is not None for x in grads)
+    fresh = _WORKSPACE.take((n, c), dtype) if recompute else None  # a recomputed message
     for i in range(b):
         ops = plan.ops[i]
         bufs = _vertex_buffers(ops, c, dtype)
@@ -212,7 +219,12 @@ def _backward(ctx, grad: Tensor) -> tuple:
             for k, ((o, pre, post, selfw), (_, mat, scale)) in enumerate(zip(ops, plan.steps[s])):
                 index = plan.layout[s][k]
                 if index is not None and grads[index] is not None:
-                    grads[index] += _transform_grad(dz, msgs[i, it, k], grads[index].dim(), num_labels)
+                    if recompute:
+                        _numba.message(o, hist[i, it].numpy(), pre, post, selfw, fresh.numpy(), *work[k])
+                        msg = fresh
+                    else:
+                        msg = msgs[i, it, k]
+                    grads[index] += _transform_grad(dz, msg, grads[index].dim(), num_labels)
                 if mat is not None:
                     torch.mm(dz, torch.from_numpy(mat), out=dm)
                     src = dm
@@ -225,7 +237,7 @@ def _backward(ctx, grad: Tensor) -> tuple:
         if du_out is not None:
             _numba.channels_first(du.numpy(), num_labels, du_out[i].numpy())
         _WORKSPACE.give(*(x for pair in bufs for x in pair))
-    _WORKSPACE.give(*scratch)
+    _WORKSPACE.give(*scratch, *([fresh] if fresh is not None else []))
     return (du_out, None, *grads)
 
 

@@ -21,7 +21,7 @@ constant).
 - **compiled differentiable** (:mod:`crfrnn.crf._compiled`): when a gradient is needed on the CPU: the same
   compiled iteration forward, and its exact adjoint, compiled too, backward.
 - **differentiable** (PyTorch ops around the lattice's autograd filter): otherwise, on any device (and when a
-  kernel's features need a gradient, or ``memory_efficient``). The lattices of one call are built once and
+  kernel's features need a gradient). The lattices of one call are built once and
   reused by every iteration and by the backward pass.
 
 Both paths use the same lattices and give the same result to rounding (``tests/crf/test_engine.py``).
@@ -241,7 +241,8 @@ def infer(
         iterations: ``T >= 0``.
         return_logits: return the last iteration's logits (``softmax`` of them is the marginals) instead of
             the marginals.
-        memory_efficient: on the differentiable path, recompute each iteration in the backward pass.
+        memory_efficient: keep less for the backward pass and recompute the rest there (the compiled path keeps the
+            marginals and recomputes the messages; the torch path recomputes each iteration).
         exact: O(N^2) exact Gaussians instead of lattices (small inputs, for tests).
         backend: lattice backend (``"auto"``, ``"torch"``, ``"numba"``).
         cache: where kernels with a ``cache_key`` are kept between calls; None keeps nothing.
@@ -252,7 +253,7 @@ def infer(
             fused path the iterations then run one at a time.
         compiled: use the compiled paths where they apply (the CPU with numba): the fused loop without a gradient,
             the compiled forward and backward (:mod:`crfrnn.crf._compiled`) with one (unless a kernel's features
-            need a gradient, or ``memory_efficient``). False runs the differentiable PyTorch ops (the reference).
+            need a gradient). False runs the differentiable PyTorch ops (the reference).
 
     Returns:
         ``(B, L, N)`` marginals (or logits) in the scores' dtype, differentiable on the torch path.
@@ -277,14 +278,15 @@ def infer(
     builder = _Builder(kernels, dtype, exact, backend, cache)
     if compiled and not _needs_grad(scores, transforms, kernels):
         return _infer_fused(scores, builder, schedule, iterations, from_probs, clip, return_logits, name, sum_tol)
-    if compiled and iterations > 0 and not memory_efficient and not any(k.features.requires_grad for k in kernels):
+    if compiled and iterations > 0 and not any(k.features.requires_grad for k in kernels):
         from crfrnn.crf._compiled import compiled_mean_field
 
         if from_probs:  # the probabilities are checked here; logits by the compiled pass that lays them out
             _check_scores(_torch_stats(scores), True, name, sum_tol)
         logits = scores.clamp(clip, 1.0).log() if from_probs else scores
         return compiled_mean_field(logits, builder, schedule, iterations, return_logits,
-                                   check=lambda stats: _check_scores(stats, False, name, sum_tol))  # fmt: skip
+                                   check=lambda stats: _check_scores(stats, False, name, sum_tol),
+                                   memory_efficient=memory_efficient)  # fmt: skip
     _check_scores(_torch_stats(scores, from_probs), from_probs, name, sum_tol)
     u = scores.transpose(1, 2)  # (B, N, L)
     if from_probs:

@@ -46,7 +46,7 @@ class CrfRnn(nn.Module):
             ``num_iterations``.
         normalization: one of :data:`NORMALIZATIONS` (``"row"``: the released code's).
         exclude_self: exclude ``j == i`` from the messages.
-        memory_efficient: recompute iterations in the backward pass to save activation memory.
+        memory_efficient: recompute in the backward pass what the default keeps (see :func:`crfrnn.mean_field`).
         backend: lattice backend (``"auto"``, ``"torch"`` or ``"numba"``).
         num_untied: untied iterations (the paper's ablation): ``T_u`` separate sets of kernel weights and
             compatibility, stacked as ``(T_u, L, L)`` parameters; iteration ``t`` uses set ``min(t, T_u - 1)``, so
