@@ -179,6 +179,14 @@ class TestBuildModel:
         assert ids(groups["crf_compatibility"]["params"]) == {id(model.crf.compatibility)}
         assert len(groups["cnn"]["params"]) == len(list(model.backbone.parameters()))
 
+    def test_the_safe_start_gate_is_a_crf_parameter_without_weight_decay(self, tmp_path):
+        cfg = tiny_crf(tmp_path, weight_decay=1e-4, model_kwargs={"safe_start": True})
+        model, _, _ = build_model(cfg, 7)
+        groups = {g["name"]: g for g in build_optimizer(model, cfg).param_groups}
+        assert {id(model.crf_gate)} == {id(p) for p in groups["crf_other"]["params"]}
+        assert groups["crf_other"]["weight_decay"] == 0.0
+        assert id(model.crf_gate) not in {id(p) for p in groups["cnn"]["params"]}
+
 
 class TestSegmentationLoss:
     def test_ignores_void_pixels(self):

@@ -125,9 +125,12 @@ def _check_stage(stage: str, name: str, has_crf: bool) -> None:
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     """The optimiser, with parameter groups: CNN (``lr``, ``weight_decay``), CRF kernel weights
     (``lr * crf_kernel_lr_mult``), CRF compatibility (``lr * crf_compat_lr_mult``), other CRF parameters
-    (``lr``); CRF groups have no weight decay. Each group's ``name`` says which it is."""
+    (``lr``; learned widths, and the ``safe_start`` gate); CRF groups have no weight decay. Each group's ``name`` says which it is."""
     crf = model.crf if isinstance(model, CrfRnnSegmenter) else None
+    gate = getattr(model, "crf_gate", None) if crf is not None else None  # safe_start's gate belongs to the CRF
     crf_ids = {id(p) for p in crf.parameters()} if crf is not None else set()
+    if gate is not None:
+        crf_ids.add(id(gate))
     groups: list[dict[str, Any]] = [
         {"name": "cnn", "params": [p for p in model.parameters() if id(p) not in crf_ids and p.requires_grad],
          "lr": config.lr, "weight_decay": config.weight_decay},
@@ -141,6 +144,8 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
             kind = ("crf_kernel" if leaf in ("spatial_weights", "bilateral_weights")
                     else "crf_compatibility" if leaf == "compatibility" else "crf_other")  # fmt: skip
             by_kind[kind].append(p)
+        if gate is not None and gate.requires_grad:
+            by_kind["crf_other"].append(gate)
         mult = {"crf_kernel": config.crf_kernel_lr_mult, "crf_compatibility": config.crf_compat_lr_mult,
                 "crf_other": 1.0}  # fmt: skip
         for kind, params in by_kind.items():

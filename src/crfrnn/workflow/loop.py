@@ -206,10 +206,11 @@ def _setup(
             )
     else:
         model, model_name, model_kwargs = build_model(config, num_classes)
-        if config.stage == "crfrnn" and config.init_from is None:
+        if config.stage == "crfrnn" and config.init_from is None and not config.model_kwargs.get("safe_start"):
             warnings.warn(
                 "stage 'crfrnn' without init_from trains the CNN from scratch together with the CRF; the paper "
-                "starts from a trained CNN (train stage 'cnn' first and pass its checkpoint as init_from).",
+                "starts from a trained CNN (train stage 'cnn' first and pass its checkpoint as init_from), or "
+                "gate the CRF in from zero with --model-kwargs '{safe_start: true}' (docs/training.md).",
                 stacklevel=3,
             )
     config = dataclasses.replace(config, model=model_name)  # config.yaml names the model actually built
