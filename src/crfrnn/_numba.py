@@ -35,7 +35,7 @@ except ImportError:  # pragma: no cover - exercised only where numba is missing
 __all__ = [
     "AVAILABLE", "NumbaOperators", "build", "channels_first", "channels_last", "mean_field", "message",
     "message_backward",
-    "padded_channels", "softmax_backward", "softmax_rows", "unary_from_scores",
+    "padded_channels", "prepare", "softmax_backward", "softmax_rows", "unary_from_scores",
 ]
 
 if AVAILABLE:
@@ -865,10 +865,51 @@ class NumbaOperators:
         return out if padded == channels else out[:, :channels]
 
 
+def prepare(kernels: list, num_labels: int, num_points: int, channels: int, dtype: np.dtype,
+            work: Optional[list] = None) -> tuple:
+    """The compiled loop's per-kernel arguments (see :func:`mean_field` for ``kernels`` and ``work``): stacked
+    factors, padded label transforms, the lattices' arrays and vertex buffers."""
+    dt, c = dtype, channels
+    nk = len(kernels)
+    alphas = np.empty(nk, dt)
+    pre = np.empty((nk, num_points), dt)
+    post = np.empty((nk, num_points), dt)
+    selfw = np.empty((nk, num_points), dt)
+    is_full = np.zeros(nk, np.bool_)
+    diag = np.zeros((nk, c), dt)
+    mat = np.zeros((nk, c, c), dt)
+    offsets, weights, neighbours, starts, points, barys, bufs, tmps = [], [], [], [], [], [], [], []
+    for k, (ops, pre_k, post_k, self_k, transform) in enumerate(kernels):
+        alphas[k] = ops.alpha
+        pre[k], post[k], selfw[k] = pre_k, post_k, self_k
+        t = np.asarray(transform, dt)
+        if t.ndim == 2:
+            is_full[k] = True
+            mat[k, :num_labels, :num_labels] = t.T
+        else:
+            diag[k, :num_labels] = t
+        offsets.append(ops.offsets)
+        weights.append(ops.weights)
+        neighbours.append(ops.neighbours)
+        starts.append(ops.start)
+        points.append(ops.points)
+        barys.append(ops.bary)
+        if work is None:
+            shape = (ops.num_vertices + 1, c)
+            bufs.append(np.empty(shape, dt))
+            tmps.append(np.empty(shape, dt))
+        else:
+            bufs.append(work[k][0])
+            tmps.append(work[k][1])
+    return (alphas, tuple(offsets), tuple(weights), tuple(neighbours), tuple(starts), tuple(points), tuple(barys),
+            pre, post, selfw, is_full, diag, mat, tuple(bufs), tuple(tmps))
+
+
 def mean_field(
     unary: np.ndarray, num_labels: int, iterations: int, kernels: list, q0: Optional[np.ndarray] = None,
     return_logits: bool = False, out: Optional[np.ndarray] = None, transpose: bool = True,
     msgs: Optional[np.ndarray] = None, work: Optional[list] = None, q_out: Optional[np.ndarray] = None,
+    prepared: Optional[tuple] = None,
 ) -> np.ndarray:
     """Fused no-grad mean field on the CPU with any number of kernels: marginals (or logits) ``(L, P)``.
 
@@ -888,6 +929,8 @@ def mean_field(
         transpose: False leaves the result in ``q_out`` (padded ``(P, C)``) only and returns it (one step of a
             longer schedule; no labels-first copy is made).
         q_out: where the padded result goes; by default ``q0`` itself (in place), or a new array.
+        prepared: :func:`prepare`'s result for these ``kernels`` (callers that run one iteration at a time build it
+            once per image and label transform, not per iteration).
         msgs: ``(K, P, C)``: where to keep each kernel's message of the last iteration (for a backward pass).
         work: ``(buf, tmp)`` vertex buffers ``(M_k + 1, C)`` per kernel, for callers that run one iteration at a
             time (fresh multi-megabyte buffers cost page faults on every call); allocated if None.
@@ -909,40 +952,9 @@ def mean_field(
         elif q_out is not q:
             q_out[:] = q
     else:
-        nk = len(kernels)
-        alphas = np.empty(nk, dt)
-        pre = np.empty((nk, num_points), dt)
-        post = np.empty((nk, num_points), dt)
-        selfw = np.empty((nk, num_points), dt)
-        is_full = np.zeros(nk, np.bool_)
-        diag = np.zeros((nk, c), dt)
-        mat = np.zeros((nk, c, c), dt)
-        offsets, weights, neighbours, starts, points, barys, bufs, tmps = [], [], [], [], [], [], [], []
-        for k, (ops, pre_k, post_k, self_k, transform) in enumerate(kernels):
-            alphas[k] = ops.alpha
-            pre[k], post[k], selfw[k] = pre_k, post_k, self_k
-            t = np.asarray(transform, dt)
-            if t.ndim == 2:
-                is_full[k] = True
-                mat[k, :num_labels, :num_labels] = t.T
-            else:
-                diag[k, :num_labels] = t
-            offsets.append(ops.offsets)
-            weights.append(ops.weights)
-            neighbours.append(ops.neighbours)
-            starts.append(ops.start)
-            points.append(ops.points)
-            barys.append(ops.bary)
-            if work is None:
-                shape = (ops.num_vertices + 1, c)
-                bufs.append(np.empty(shape, dt))
-                tmps.append(np.empty(shape, dt))
-            else:
-                bufs.append(work[k][0])
-                tmps.append(work[k][1])
-        _mean_field(unary, q, q_out, q0 is not None, num_labels, iterations, return_logits, alphas, tuple(offsets),
-                    tuple(weights), tuple(neighbours), tuple(starts), tuple(points), tuple(barys), pre, post, selfw, is_full, diag,
-                    mat, tuple(bufs), tuple(tmps), np.empty((0, 0, 0), dt) if msgs is None else msgs)
+        args = prepared if prepared is not None else prepare(kernels, num_labels, num_points, c, dt, work)
+        _mean_field(unary, q, q_out, q0 is not None, num_labels, iterations, return_logits, *args,
+                    np.empty((0, 0, 0), dt) if msgs is None else msgs)
     if not transpose:
         return q_out
     if out is None:

@@ -162,15 +162,16 @@ class _CompiledMeanField(torch.autograd.Function):
             unary_i = padded[i * n : (i + 1) * n]
             h = hist[i].numpy()
             _numba.softmax_rows(unary_i, h[0], num_labels)
+            # the compiled loop's arguments, once per image and step of the schedule (not per iteration)
+            args = [[op + (fwd,) for op, (fwd, _, _) in zip(ops, step)] for step in plan.steps]
+            prepared = [_numba.prepare(a, num_labels, n, c, np_dtype, work) for a in args]
             for it in range(iters):
                 q = h[it + 1] if it + 1 < iters else last[i].numpy()
-                step = plan.steps[min(it, len(plan.steps) - 1)]
-                args = [op + (fwd,) for op, (fwd, _, _) in zip(ops, step)]
+                s = min(it, len(plan.steps) - 1)
                 final = it + 1 == iters
-                _numba.mean_field(unary_i, num_labels, 1, args, q0=h[it], q_out=q,
-                                  return_logits=final and plan.return_logits,
-                                  transpose=False, msgs=msgs[i, it].numpy() if keep_msgs else None,
-                                  work=work)  # fmt: skip
+                _numba.mean_field(unary_i, num_labels, 1, args[s], q0=h[it], q_out=q,
+                                  return_logits=final and plan.return_logits, prepared=prepared[s],
+                                  transpose=False, msgs=msgs[i, it].numpy() if keep_msgs else None)  # fmt: skip
             _numba.channels_first(last[i].numpy(), num_labels, out[i].numpy())
             _WORKSPACE.give(*(x for pair in bufs for x in pair))
         ctx.plan = plan
@@ -233,8 +234,8 @@ def _backward(ctx, grad: Tensor) -> tuple:
                 buf, tmp = work[k]
                 _numba.message_backward(o, src.numpy(), pre, post, selfw, scale, g_prev.numpy(), k > 0, buf, tmp)
             g, g_prev = g_prev, g
-        _numba.softmax_backward(hist[i, 0].numpy(), g.numpy(), num_labels, dz.numpy(), du.numpy())
-        if du_out is not None:
+        if du_out is not None:  # the first marginals' softmax: only the unary's gradient goes through it
+            _numba.softmax_backward(hist[i, 0].numpy(), g.numpy(), num_labels, dz.numpy(), du.numpy())
             _numba.channels_first(du.numpy(), num_labels, du_out[i].numpy())
         _WORKSPACE.give(*(x for pair in bufs for x in pair))
     _WORKSPACE.give(*scratch, *([fresh] if fresh is not None else []))

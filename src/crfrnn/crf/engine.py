@@ -376,9 +376,15 @@ def _infer_fused(scores: Tensor, builder: _Builder, schedule: list, iterations: 
         if q is None:
             q = np.empty_like(unary)
             _numba.softmax_rows(unary, q, num_labels)
+        # one set of vertex buffers and one set of compiled arguments per schedule step, not per iteration
+        c = unary.shape[1]
+        work = [(np.empty((o.num_vertices + 1, c), np_dtype), np.empty((o.num_vertices + 1, c), np_dtype))
+                for o, *_ in ops]  # fmt: skip
+        args = [[op + (mat,) for op, mat in zip(ops, step)] for step in steps]
+        prepared = [_numba.prepare(a, num_labels, n, c, np_dtype, work) for a in args]
         for it in range(iterations):  # q holds each iteration's marginals, updated in place
-            args = [op + (mat,) for op, mat in zip(ops, steps[min(it, len(steps) - 1)])]
+            s = min(it, len(steps) - 1)
             last = it == iterations - 1
-            _numba.mean_field(unary, num_labels, 1, args, q0=q, return_logits=last and return_logits,
-                              out=out[i].numpy(), transpose=last)  # fmt: skip
+            _numba.mean_field(unary, num_labels, 1, args[s], q0=q, return_logits=last and return_logits,
+                              out=out[i].numpy(), transpose=last, prepared=prepared[s])  # fmt: skip
     return out
