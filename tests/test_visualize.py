@@ -165,3 +165,105 @@ class TestSavePredictionGrid:
             save_prediction_grid(tmp_path / "x.png", [], {})
         with pytest.raises(TypeError, match="mapping"):
             save_prediction_grid(tmp_path / "x.png", images, [np.zeros((8, 8), np.int64)] * 2)
+
+
+def find_swatch(arr: np.ndarray, colour, size: int = 6) -> list[tuple[int, int]]:
+    """Top-left corners (y, x) of the ``size`` x ``size`` blocks of ``arr`` that are all ``colour``, one per blob."""
+    match = (arr == np.asarray(colour, np.uint8)).all(-1).astype(np.int64)
+    sums = np.pad(match, ((1, 0), (1, 0))).cumsum(0).cumsum(1)
+    full = sums[size:, size:] - sums[:-size, size:] - sums[size:, :-size] + sums[:-size, :-size] == size * size
+    corners: list[tuple[int, int]] = []
+    for y, x in zip(*np.nonzero(full)):
+        if not any(abs(y - cy) <= size and abs(x - cx) <= size for cy, cx in corners):
+            corners.append((int(y), int(x)))
+    return corners
+
+
+class TestPredictionGridLegend:
+    NAMES = ["background", "pan", "box", "triangle", "star", "ring", "table"]  # the synthetic data set's 7 classes
+
+    @staticmethod
+    def grid(tmp_path, labels, name="g.png", **kwargs) -> np.ndarray:
+        images = [np.full(m.shape + (3,), 200, np.uint8) for m in labels]
+        path = save_prediction_grid(tmp_path / name, images, {"CNN": labels}, **kwargs)
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+
+    def test_legend_below_grid(self, tmp_path):
+        labels = [np.zeros((20, 20), np.int64), np.ones((20, 20), np.int64)]
+        plain = self.grid(tmp_path, labels, "plain.png")
+        legend = self.grid(tmp_path, labels, "legend.png", class_names=self.NAMES)
+        assert legend.shape[1] == plain.shape[1]  # no wider than the grid
+        assert legend.shape[0] > plain.shape[0]  # the strip is below it
+        np.testing.assert_array_equal(legend[: plain.shape[0]], plain)  # and leaves the grid as it was
+        assert (legend[plain.shape[0] :] != 255).any()
+
+    def test_swatches_have_the_label_colours_in_order(self, tmp_path):
+        labels = [np.zeros((20, 20), np.int64)]  # only class 0 is shown; every class is listed
+        strip = self.grid(tmp_path, labels, class_names=self.NAMES)[self.grid(tmp_path, labels, "p.png").shape[0] :]
+        corners = []
+        for k in range(len(self.NAMES)):
+            found = find_swatch(strip, colorize_labels(np.array([[k]]))[0, 0])
+            assert len(found) == 1, f"class {k}: {len(found)} swatches"
+            corners.append(found[0])
+        assert corners == sorted(corners)  # reading order, row after row (a row's swatches share their top)
+        assert find_swatch(strip, VOID_COLOR) == []  # no void in the label maps, no void swatch
+
+    def test_void_swatch_only_with_void(self, tmp_path):
+        labels = [np.zeros((20, 20), np.int64)]
+        labels[0][0, 0] = 255
+        names = self.NAMES[:3]
+        top = self.grid(tmp_path, labels, "p.png").shape[0]
+        strip = self.grid(tmp_path, labels, class_names=names)[top:]
+        assert len(find_swatch(strip, VOID_COLOR)) == 1
+        last = find_swatch(strip, colorize_labels(np.array([[2]]))[0, 0])[0]
+        assert find_swatch(strip, VOID_COLOR)[0] > last  # after the classes
+        strip = self.grid(tmp_path, labels, "c.png", class_names=names, void_color=(1, 2, 3))[top:]
+        assert len(find_swatch(strip, (1, 2, 3))) == 1  # in the colour the tiles give void
+        labels[0][0, 0] = 0
+        assert find_swatch(self.grid(tmp_path, labels, "n.png", class_names=names)[top:], VOID_COLOR) == []
+
+    def test_wraps_within_the_grid(self, tmp_path):
+        from crfrnn.data import VOC_CLASSES
+
+        labels = [np.zeros((20, 20), np.int64)]
+        plain = self.grid(tmp_path, labels, "p.png")
+        names = list(VOC_CLASSES[:-1]) + ["a class name far too long to fit in the strip of such a narrow grid"]
+        arr = self.grid(tmp_path, labels, class_names=names)
+        assert arr.shape[1] == plain.shape[1]
+        strip = arr[plain.shape[0] :]
+        corners = [find_swatch(strip, colorize_labels(np.array([[k]]))[0, 0]) for k in range(len(names))]
+        assert all(len(c) == 1 for c in corners)
+        assert len({c[0][0] for c in corners}) > 2  # several rows
+        assert (strip[:, -4:] == 255).all()  # nothing drawn in the right padding: the long name was shortened
+
+    def test_exception(self, tmp_path):
+        labels = [np.array([[0, 3], [1, 255]], np.int64)]
+        with pytest.raises(ValueError, match=r"label 3 but class_names has only 3 names.*one name per label"):
+            self.grid(tmp_path, labels, class_names=["a", "b", "c"])
+        with pytest.raises(TypeError, match=r"class_names\[1\] is of type int"):
+            self.grid(tmp_path, labels, class_names=["a", 1, "c", "d"])
+        with pytest.raises(TypeError, match="sequence of strings"):
+            self.grid(tmp_path, labels, class_names="abcd")
+        with pytest.raises(ValueError, match="empty"):
+            self.grid(tmp_path, labels, class_names=[])
+        assert self.grid(tmp_path, labels, class_names=["a", "b", "c", "d"]).shape[0] > 0  # 255 needs no name
+
+    def test_save_method_grid_takes_the_data_set_names(self, tmp_path):
+        from torch.utils.data import Subset
+
+        from crfrnn.data import synthetic_splits
+        from crfrnn.models import create
+        from crfrnn.workflow.report import save_method_grid
+
+        data = synthetic_splits(3, num_train=0, num_val=2, num_test=0, size=24)[1]
+        runs = [(create("small_fcn", num_classes=7, width=8), ("cnn",), None)]
+        sizes = {}
+        for name, dataset in (("set", data), ("subset", Subset(data, [0, 1])), ("plain", [data[0], data[1]])):
+            with Image.open(save_method_grid(tmp_path / f"{name}.png", dataset, runs, 2)) as im:
+                sizes[name] = im.size
+        assert sizes["set"] == sizes["subset"]
+        assert sizes["set"][0] == sizes["plain"][0] and sizes["set"][1] > sizes["plain"][1]  # a legend, below
+        with Image.open(save_method_grid(tmp_path / "n.png", [data[0], data[1]], runs, 2,
+                                         class_names=data.class_names)) as im:  # fmt: skip
+            assert im.size == sizes["set"]  # names given explicitly

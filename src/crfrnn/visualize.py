@@ -202,6 +202,84 @@ def _items(x: Any, name: str) -> list:
     return list(x)
 
 
+_SWATCH_OUTLINE: Color = (100, 100, 100)  # not a palette colour (the VOC palette's values are multiples of 32)
+
+
+def _check_class_names(class_names: Optional[Sequence[str]]) -> Optional[list[str]]:
+    """``class_names`` as a list of strings, checked; ``None`` stays ``None``."""
+    if class_names is None:
+        return None
+    if isinstance(class_names, (str, bytes)) or not isinstance(class_names, Sequence):
+        raise TypeError(
+            f"class_names must be a sequence of strings (one name per label), got {type(class_names).__name__}."
+        )
+    names = list(class_names)
+    bad = [(k, type(n).__name__) for k, n in enumerate(names) if not isinstance(n, str)]
+    if bad:
+        k, kind = bad[0]
+        raise TypeError(f"class_names must hold strings, but class_names[{k}] is of type {kind}.")
+    if not names:
+        raise ValueError("class_names is empty: give one name per label, class_names[k] naming label k.")
+    return names
+
+
+def _legend_labels(label_cols: Mapping[str, Sequence[Any]], num_names: int) -> bool:
+    """Check that every label (other than 255) of the label maps has one of ``num_names`` names.
+
+    Returns:
+        Whether any label map holds void (255).
+    """
+    has_void = False
+    for title, maps in label_cols.items():
+        for k, labels in enumerate(maps):
+            arr = _to_numpy(labels)
+            void = arr == 255
+            has_void = has_void or bool(void.any())
+            named = arr[~void]
+            if named.size and int(named.max()) >= num_names:
+                raise ValueError(
+                    f"column {title!r}: label map {k} holds label {int(named.max())} but class_names has only "
+                    f"{num_names} names (labels 0..{num_names - 1}); give one name per label, class_names[k] "
+                    "naming label k (e.g. the data set's class_names), or leave class_names out to draw no legend."
+                )
+    return has_void
+
+
+def _with_legend(
+    grid: Image.Image, entries: Sequence[tuple[Color, str]], *, padding: int = 4, background: Color = (255, 255, 255)
+) -> Image.Image:
+    """``grid`` with a legend strip below it: a swatch and a name per entry, in columns no wider than the grid.
+
+    Every entry takes a column as wide as the widest one (swatch, gap, name); as many columns as fit in the
+    grid's width are filled row after row. A swatch is a square of its colour as high as a line of text, in
+    a one-pixel grey outline (so that light colours show on the background).
+    """
+    font = ImageFont.load_default()
+    line_h = int(math.ceil(font.getbbox("Ag")[3]))
+    swatch = max(line_h, 8)
+    gap = padding  # between a swatch and its name
+    avail = grid.width - 2 * padding  # the strip spans the grid's padding-to-padding width
+    spacing = 3 * padding  # between columns
+    measure = ImageDraw.Draw(grid)
+    name_w = max(int(math.ceil(measure.textlength(name, font=font))) for _, name in entries)
+    lead = 2 + swatch + gap  # swatch with its outline, then the gap before the name
+    text_w = max(0, min(name_w, avail - lead))  # longer names are shortened with "..."
+    col_w = lead + text_w + spacing
+    num_cols = max(1, (avail + spacing) // col_w)
+    row_h = swatch + 2 + padding
+    num_rows = -(-len(entries) // num_cols)
+    canvas = Image.new("RGB", (grid.width, grid.height + num_rows * row_h), tuple(background))
+    canvas.paste(grid, (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for i, (colour, name) in enumerate(entries):
+        r, c = divmod(i, num_cols)
+        x, y = padding + c * col_w, grid.height + r * row_h
+        draw.rectangle((x, y, x + swatch + 1, y + swatch + 1), fill=tuple(colour), outline=_SWATCH_OUTLINE)
+        draw.text((x + lead, y + 1 + (swatch - line_h) // 2), _fit_text(draw, name, font, text_w), fill=(0, 0, 0),
+                  font=font)  # fmt: skip
+    return canvas
+
+
 def save_prediction_grid(
     path: PathLike,
     images: Any,
@@ -211,8 +289,16 @@ def save_prediction_grid(
     alpha: Optional[float] = None,
     scale: Optional[int] = None,
     void_color: Color = VOID_COLOR,
+    class_names: Optional[Sequence[str]] = None,
 ) -> Path:
     """Save a grid comparing segmentations: one row per image, columns image | ground truth | each method.
+
+    With ``class_names``, a colour legend is drawn below the grid: for every class, in index order, a swatch
+    of the colour :func:`colorize_labels` gives its label followed by its name, in aligned columns wrapped
+    over as many rows as needed to stay within the grid's width (names too long for a column are shortened
+    with "..."); a last swatch labelled "void" is added when any label map holds 255. All classes are listed,
+    not only those shown, so that grids of different runs read alike. With ``alpha``, the tiles blend these
+    colours over the image while the swatches show them plain.
 
     Args:
         path: output image file (the format follows the extension, e.g. ``.png``); the parent folder is
@@ -227,9 +313,16 @@ def save_prediction_grid(
         scale: integer up-scaling of the tiles; ``None`` picks the smallest one that makes tiles at least
             100 pixels wide, so that the titles fit.
         void_color: colour of void (255) pixels.
+        class_names: names by label index (``class_names[k]`` names label ``k``), e.g. a data set's
+            ``class_names``; ``None`` draws no legend. Every label in the label maps other than 255 must
+            have a name.
 
     Returns:
         The path written.
+
+    Raises:
+        TypeError: ``class_names`` is not a sequence of strings.
+        ValueError: a label map holds a label (other than 255) that has no name in ``class_names``.
 
     Example:
         >>> import tempfile
@@ -239,6 +332,7 @@ def save_prediction_grid(
         ...     Image.open(p).size  # image | CNN, 20-pixel tiles up-scaled 5 times, plus padding and titles
         (212, 124)
     """
+    names = _check_class_names(class_names)
     image_list = _items(images, "images")
     if not image_list:
         raise ValueError("images is empty: give at least one image.")
@@ -275,6 +369,13 @@ def save_prediction_grid(
         max_w = max(r[0].shape[1] for r in rows)
         scale = min(8, max(1, -(-_MIN_TILE_WIDTH // max_w)))
     grid = picture_grid(rows, titles=["image", *label_cols], scale=scale)
+    if names is not None:
+        named = names[:255]  # label 255 is void
+        swatches = colorize_labels(np.arange(len(named))[None])[0]  # the colours the tiles use
+        entries = [(tuple(int(v) for v in swatches[k]), name) for k, name in enumerate(named)]
+        if _legend_labels(label_cols, len(names)):
+            entries.append((tuple(int(c) for c in void_color), "void"))
+        grid = _with_legend(grid, entries)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_save_image(grid, path)

@@ -253,7 +253,9 @@ def run(args: argparse.Namespace) -> int:
         paths = write_report(results, out, class_names=class_names, title=title)
         if args.grid:
             runs = [(model, methods, crf_params)]
-            paths["grid"] = save_method_grid(out / "grid.png", dataset, runs, args.grid, device=device)
+            legend = class_names if class_names is not None and len(class_names) >= num_classes else None
+            paths["grid"] = save_method_grid(out / "grid.png", dataset, runs, args.grid, device=device,
+                                             class_names=legend)  # fmt: skip
     except OSError as err:
         raise CommandError(f"cannot write the report to {out}: {err}", 1) from err
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
 from torch import Tensor, nn
+from torch.utils.data import Subset
 
 from crfrnn._io import atomic_savefig, atomic_write_text
 from crfrnn.workflow.predict import METHOD_TITLES, predict
@@ -284,6 +285,7 @@ def save_method_grid(
     num_images: int,
     *,
     device: Any = None,
+    class_names: Optional[Sequence[str]] = None,
 ) -> Path:
     """Predict the first ``num_images`` samples of ``dataset`` and save the grid image | ground truth | methods.
 
@@ -294,12 +296,17 @@ def save_method_grid(
             (:func:`crfrnn.workflow.predict.predict`), one column per method titled by :data:`METHOD_TITLES`.
         num_images: rows (at most ``len(dataset)``).
         device: where the images are sent (``None``: left where they are).
+        class_names: names by label index for the grid's colour legend; ``None`` takes ``dataset.class_names``
+            (or, for a :class:`torch.utils.data.Subset`, its ``dataset.class_names``) and draws no legend when
+            there is none.
 
     Returns:
         The path written (see :func:`crfrnn.visualize.save_prediction_grid`).
     """
     from crfrnn.visualize import save_prediction_grid
 
+    if class_names is None:
+        class_names = _dataset_class_names(dataset)
     images, masks = [], []
     columns: dict[str, list] = {METHOD_TITLES[m]: [] for _, methods, _ in runs for m in methods}
     for k in range(min(num_images, len(dataset))):
@@ -311,7 +318,15 @@ def save_method_grid(
                 columns[METHOD_TITLES[m]].append(labels[m][0].cpu())
         images.append(image)
         masks.append(mask)
-    return save_prediction_grid(path, images, columns, gt=masks)
+    return save_prediction_grid(path, images, columns, gt=masks, class_names=class_names)
+
+
+def _dataset_class_names(dataset: Any) -> Optional[Sequence[str]]:
+    """``dataset.class_names``, looking through one :class:`torch.utils.data.Subset`; ``None`` if none."""
+    names = getattr(dataset, "class_names", None)
+    if names is None and isinstance(dataset, Subset):
+        names = getattr(dataset.dataset, "class_names", None)
+    return names
 
 
 def write_report(
