@@ -54,7 +54,7 @@ PUBLIC_API = {
     "crfrnn.crf.features": ["bilateral_features", "guide_features", "position_features", "spatial_features"],
     "crfrnn.crf.functional": ["mean_field"],
     "crfrnn.crf.kernels": ["GaussianKernel", "KernelCache", "NORMALIZATIONS"],
-    "crfrnn.crf.module": ["CrfRnn"],
+    "crfrnn.crf.module": ["CrfRnn", "KERNEL_WEIGHTS"],
     "crfrnn.data": [
         "CenterCrop", "Compose", "PadTo", "RandomCrop", "RandomHorizontalFlip", "RandomScale", "SBDSegmentation",
         "ScribbleDataset", "SegmentationFolder", "SyntheticShapes", "VOCSegmentation", "VOC_CLASSES", "color_palette",
@@ -115,9 +115,10 @@ PUBLIC_API = {
     "crfrnn.visualize": ["VOID_COLOR", "colorize_labels", "label_overlay", "picture_grid", "save_prediction_grid"],
     "crfrnn.volumes": ["ARRAY_SUFFIXES", "Guide", "is_array_path", "read_guide", "read_volume_scores", "write_labels"],
     "crfrnn.workflow": [],
-    "crfrnn.workflow.build": ["build_model", "build_optimizer", "build_scheduler"],
+    "crfrnn.workflow.build": ["build_model", "build_optimizer", "build_scheduler", "freeze_backbone"],
     "crfrnn.workflow.claims": [
-        "CLAIMS", "MARGIN", "ROWS", "check_claims", "plot_summary", "report_markdown", "summarize",
+        "ABLATION_CLAIMS", "CLAIMS", "MARGIN", "ROWS", "check_claims", "machine_description", "plot_summary",
+        "report_markdown", "summarize",
     ],
     "crfrnn.workflow.config": [
         "DATASETS", "DEFAULT_MODELS", "IGNORE_INDEX", "LR_SCHEDULES", "OPTIMIZERS", "RESUMABLE_CHANGES", "STAGES",
@@ -130,7 +131,7 @@ PUBLIC_API = {
         "DistInfo", "all_reduce_sum_", "broadcast_buffers", "env_int", "gather", "init_distributed",
         "is_main_process", "rank_and_world", "resolve_device", "set_threads", "state_hash", "sum_across",
     ],
-    "crfrnn.workflow.experiment": ["ReproduceConfig", "reproduce"],
+    "crfrnn.workflow.experiment": ["ABLATIONS", "ReproduceConfig", "reproduce"],
     "crfrnn.workflow.loop": [
         "EpochResult", "SaveResult", "TrainingError", "save_epoch", "segmentation_loss", "train", "train_epoch",
     ],

@@ -1,6 +1,6 @@
 """``crfrnn reproduce``: the paper's comparison (CNN, CNN + dense CRF, CRF-RNN) on the built-in data set.
 
-    crfrnn reproduce                       # 3 seeds, about 18 minutes on 2 CPU cores, into runs/reproduce
+    crfrnn reproduce                       # 5 seeds and the paper's ablations, into runs/reproduce
     crfrnn reproduce --quick --out DIR     # 1 seed, less data: a first look in under 3 minutes
 
 The work is done by :func:`crfrnn.reproduce.reproduce`; this module parses arguments and prints the summary.
@@ -22,6 +22,7 @@ files written to OUT:
   boundary.png   accuracy against the width of the band around ground-truth boundaries
   grid.png       image, ground truth, CNN, CNN + dense CRF, CRF-RNN on test images
   seed<N>/       the training runs (checkpoints, metrics.jsonl), reused when the command is run again
+  worker<K>.log  the warnings of each worker process (with --workers above 1)
 
 exit codes:
   0 success (whether or not the claims hold: read report.md); 1 a run failed; 2 bad usage or input.
@@ -38,6 +39,19 @@ def _seeds(text: str) -> tuple[int, ...]:
     return seeds
 
 
+def _ablations(text: str) -> tuple[str, ...]:
+    from crfrnn.workflow.experiment import ABLATIONS
+
+    names = tuple(part.strip() for part in text.split(",") if part.strip())
+    if text.strip().lower() == "none":
+        return ()
+    unknown = [n for n in names if n not in ABLATIONS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"expected 'none' or comma-separated names from {','.join(ABLATIONS)}, got {text!r}")
+    return names
+
+
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``crfrnn reproduce``."""
     parser = subparsers.add_parser(
@@ -46,7 +60,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         description=(
             "Train a small CNN, search an offline dense CRF's parameters on validation images, train CNN + "
             "CRF-RNN end to end, and compare them on test images over several seeds, with two controls "
-            "(the CNN trained as long, an untrained CRF-RNN head) and the T=5/T=10 ablation. Writes "
+            "(the CNN trained as long, an untrained CRF-RNN head), the T=5/T=10 ablation and the paper's ablations "
+            "(scalar kernel weights, symmetric compatibility, the CRF trained alone). Writes "
             "report.md, results.json, boundary.png and grid.png."
         ),
         epilog=_EPILOG,
@@ -55,12 +70,18 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--out", default=None, metavar="DIR",
                         help="output folder (default: runs/reproduce, or runs/reproduce-quick with --quick)")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="one seed, less data, shorter training (< 3 minutes)")
-    parser.add_argument("--seeds", type=_seeds, metavar="S,S,...", help="training seeds (default 0,1,2; quick: 0)")
+    parser.add_argument("--seeds", type=_seeds, metavar="S,S,...", help="training seeds (default 0,1,2,3,4; quick: 0)")
+    parser.add_argument("--ablations", type=_ablations, metavar="NAME,...|none",
+                        help="the paper's ablations to run (default all: scalar_weights,symmetric_compatibility,"
+                             "crf_alone; quick: none)")  # fmt: skip
+    parser.add_argument("--workers", type=number_type(int, 1), metavar="N",
+                        help="processes training at the same time (default: one per CPU core)")
     parser.add_argument("--cnn-epochs", type=number_type(int, 1), metavar="N", help="stage-1 epochs (40; quick: 15)")
     parser.add_argument("--crf-epochs", type=number_type(int, 1), metavar="N", help="stage-2 epochs (5; quick: 2)")
     parser.add_argument("--num-train", type=number_type(int, 1), metavar="N", help="training images (1000)")
     parser.add_argument("--num-test", type=number_type(int, 1), metavar="N", help="test images (200; quick: 80)")
-    parser.add_argument("--threads", type=number_type(int, 1), metavar="N", help="CPU threads (default: torch's)")
+    parser.add_argument("--threads", type=number_type(int, 1), metavar="N",
+                        help="CPU threads of each process (default: the cores shared out between the processes)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
     return parser
@@ -73,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
 
     out = args.out or ("runs/reproduce-quick" if args.quick else "runs/reproduce")
     overrides = {k: getattr(args, k) for k in ("seeds", "cnn_epochs", "crf_epochs", "num_train", "num_test",
-                                                "threads") if getattr(args, k) is not None}  # fmt: skip
+                                                "threads", "workers", "ablations") if getattr(args, k) is not None}  # fmt: skip
     try:
         config = ReproduceConfig.quick(out, **overrides) if args.quick else ReproduceConfig(out_dir=out, **overrides)
         results = reproduce(config, progress=not args.no_progress)

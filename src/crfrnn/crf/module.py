@@ -12,16 +12,20 @@ from crfrnn.crf.functional import mean_field
 from crfrnn.crf.kernels import NORMALIZATIONS, KernelCache
 from crfrnn.validation import check_iterations, check_widths
 
-__all__ = ["CrfRnn"]
+__all__ = ["CrfRnn", "KERNEL_WEIGHTS"]
+
+#: the shapes a :class:`CrfRnn`'s kernel weights can have (its ``kernel_weights`` argument)
+KERNEL_WEIGHTS = ("matrix", "vector", "scalar")
 
 
 class CrfRnn(nn.Module):
     """The CRF-RNN layer: ``T`` mean-field iterations of a dense CRF as a recurrent, trainable module.
 
-    Learnable: ``spatial_weights`` and ``bilateral_weights`` (``L x L``, initialised to ``w I``) and
-    ``compatibility`` (``L x L``, initialised to the Potts model ``1 - I``; learned freely, asymmetric
-    allowed). The kernel widths are fixed buffers, as in the paper, or with ``learn_widths=True`` learned too:
-    parameters ``log_theta_alpha``, ``log_theta_beta`` and ``log_theta_gamma`` (positive by construction);
+    Learnable: ``spatial_weights`` and ``bilateral_weights`` (``L x L``, initialised to ``w I``; or per label,
+    or one number each, see ``kernel_weights``) and ``compatibility`` (``L x L``, initialised to the Potts model
+    ``1 - I``; learned freely, asymmetric allowed unless ``symmetric_compatibility``). The kernel widths are
+    fixed buffers, as in the paper, or with ``learn_widths=True`` learned too: parameters ``log_theta_alpha``,
+    ``log_theta_beta`` and ``log_theta_gamma`` (positive by construction);
     ``crf.theta_alpha`` etc. read the current widths either way.
 
     In eval mode (or under ``torch.no_grad()``) on the CPU it runs the compiled fused mean field; in training
@@ -56,6 +60,11 @@ class CrfRnn(nn.Module):
         learn_widths: learn the three kernel widths by their logarithms (``docs/widths.md``: the exact Gaussian's
             derivative through the lattice). A state dict with fixed widths loads into a layer that learns them
             and back (the widths converted).
+        kernel_weights: the shape of each kernel's learnable weight: ``"matrix"`` (``L x L``, initialised to
+            ``w I``: the released model's), ``"vector"`` (one weight per label, ``(L,)``) or ``"scalar"`` (one
+            number per kernel, the paper's ablation without class-specific weights).
+        symmetric_compatibility: use ``(mu + mu^T) / 2`` of the learned ``compatibility`` (the paper's ablation
+            without an asymmetric compatibility); ``False`` (default) uses ``mu`` as learned.
 
     Shape:
         - unary: ``(B, L, H, W)`` logits; image: ``(B, 3, H, W)`` on the 0..255 scale.
@@ -91,6 +100,8 @@ class CrfRnn(nn.Module):
         backend: str = "auto",
         num_untied: Optional[int] = None,
         learn_widths: bool = False,
+        kernel_weights: str = "matrix",
+        symmetric_compatibility: bool = False,
     ) -> None:
         super().__init__()
         if num_untied is not None and (isinstance(num_untied, bool) or not isinstance(num_untied, int)
@@ -110,10 +121,17 @@ class CrfRnn(nn.Module):
         self.exclude_self = exclude_self
         self.memory_efficient = memory_efficient
         self.backend = backend
+        if kernel_weights not in KERNEL_WEIGHTS:
+            raise ValueError(f"kernel_weights must be one of {KERNEL_WEIGHTS}, got {kernel_weights!r}.")
+        if not isinstance(symmetric_compatibility, bool):
+            raise TypeError(f"symmetric_compatibility must be True or False, got {symmetric_compatibility!r}.")
+        self.kernel_weights = kernel_weights
+        self.symmetric_compatibility = symmetric_compatibility
         self.cache = KernelCache()
         eye = torch.eye(max(num_classes, 2))
-        self.spatial_weights = nn.Parameter(spatial_weight * eye)
-        self.bilateral_weights = nn.Parameter(bilateral_weight * eye)
+        shape = {"matrix": eye, "vector": torch.ones(len(eye)), "scalar": torch.tensor(1.0)}[kernel_weights]
+        self.spatial_weights = nn.Parameter(spatial_weight * shape)
+        self.bilateral_weights = nn.Parameter(bilateral_weight * shape)
         self.compatibility = nn.Parameter(1.0 - eye)
         self.num_untied: Optional[int] = None
         if num_untied is not None:
@@ -152,7 +170,25 @@ class CrfRnn(nn.Module):
             f"normalization={self.normalization!r}"
             + ("" if self.num_untied is None else f", num_untied={self.num_untied}")
             + (", learn_widths=True" if self.learn_widths else "")
+            + ("" if self.kernel_weights == "matrix" else f", kernel_weights={self.kernel_weights!r}")
+            + (", symmetric_compatibility=True" if self.symmetric_compatibility else "")
         )
+
+    def kernel_weight_means(self) -> dict[str, float]:
+        """The mean weight each kernel gives a label with itself (the diagonal of a matrix weight; for untied
+        layers over all sets): ``{"spatial": ..., "bilateral": ...}``, for logs and reports."""
+        out = {}
+        for kind in ("spatial", "bilateral"):
+            w = getattr(self, kind + "_weights").detach()
+            w = w.diagonal(dim1=-2, dim2=-1) if self.kernel_weights == "matrix" else w
+            out[kind] = float(w.float().mean())
+        return out
+
+    def effective_compatibility(self) -> Tensor:
+        """The compatibility the mean field uses: ``compatibility``, or its symmetric part with
+        ``symmetric_compatibility`` (``(L, L)``, or ``(T_u, L, L)`` untied)."""
+        mu = self.compatibility
+        return 0.5 * (mu + mu.transpose(-1, -2)) if self.symmetric_compatibility else mu
 
     _UNTIED = ("spatial_weights", "bilateral_weights", "compatibility")
 
@@ -167,7 +203,7 @@ class CrfRnn(nn.Module):
             raise ValueError(f"this CrfRnn is already untied (num_untied={self.num_untied}); call tie() first.")
         for name in self._UNTIED:
             value = getattr(self, name).detach()
-            setattr(self, name, nn.Parameter(value.expand(count, -1, -1).clone()))
+            setattr(self, name, nn.Parameter(value.expand(count, *value.shape).clone()))
         self.num_untied = count
         return self
 
@@ -195,9 +231,10 @@ class CrfRnn(nn.Module):
             value = state_dict.get(key)
             if value is None:
                 continue
-            if self.num_untied is not None and value.dim() == 2:
-                state_dict[key] = value.expand(self.num_untied, -1, -1)
-            elif self.num_untied is None and value.dim() == 3:
+            tied_dim = 2 if name == "compatibility" else {"matrix": 2, "vector": 1, "scalar": 0}[self.kernel_weights]
+            if self.num_untied is not None and value.dim() == tied_dim:
+                state_dict[key] = value.expand(self.num_untied, *value.shape)
+            elif self.num_untied is None and value.dim() == tied_dim + 1:
                 error_msgs.append(
                     f"{key} holds {value.shape[0]} untied sets but this CrfRnn is tied; build it with "
                     f"num_untied={value.shape[0]} (or call .untie({value.shape[0]})) before loading."
@@ -224,7 +261,7 @@ class CrfRnn(nn.Module):
             **widths,
             spatial_weight=self._per_iteration(self.spatial_weights),
             bilateral_weight=self._per_iteration(self.bilateral_weights),
-            compatibility=self._per_iteration(self.compatibility),
+            compatibility=self._per_iteration(self.effective_compatibility()),
             num_iterations=self.num_iterations if self.training else self.num_eval_iterations,
             normalization=self.normalization,
             exclude_self=self.exclude_self,

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from crfrnn.models.segmenter import CrfRnnSegmenter
 from crfrnn.workflow.config import DEFAULT_MODELS, TrainConfig
 
-__all__ = ["build_model", "build_optimizer", "build_scheduler"]
+__all__ = ["build_model", "build_optimizer", "build_scheduler", "freeze_backbone"]
 
 
 def _backbone_state(payload: Mapping[str, Any]) -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -120,6 +120,20 @@ def _check_stage(stage: str, name: str, has_crf: bool) -> None:
             f"stage 'crfrnn' trains a CNN with a CRF-RNN head, but model {name!r} has none; use one of {crf_names} "
             f"(e.g. {name + '_crfrnn'!r} with init_from a stage-1 {name!r} checkpoint), or stage 'cnn'."
         )
+
+
+def freeze_backbone(model: nn.Module) -> nn.Module:
+    """Fix a segmenter's CNN (``TrainConfig.freeze_backbone``): its parameters stop requiring gradients, so the
+    optimiser leaves them out and the backward stops at the CRF. Returns ``model``.
+
+    Raises:
+        ValueError: if ``model`` has no CRF-RNN head (nothing would be left to train).
+    """
+    if not isinstance(model, CrfRnnSegmenter) or model.crf is None:
+        raise ValueError(f"freeze_backbone needs a CNN with a CRF-RNN head, got {type(model).__name__}.")
+    for p in model.backbone.parameters():
+        p.requires_grad_(False)
+    return model
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:

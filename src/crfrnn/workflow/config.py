@@ -101,6 +101,9 @@ class TrainConfig:
         poly_power: exponent of the poly schedule.
         crf_kernel_lr_mult: learning-rate multiplier of the CRF's ``spatial_weights`` and ``bilateral_weights``.
         crf_compat_lr_mult: learning-rate multiplier of the CRF's ``compatibility``.
+        freeze_backbone: stage crfrnn: train the CRF alone on a fixed CNN (the backbone's parameters get no
+            gradient and it stays in eval mode, so its normalisation statistics do not move either): the paper's
+            ablation "CRF trained apart" against end-to-end training.
         seed: seed of initialisation, shuffling, augmentation and dropout.
         workers: DataLoader worker processes (0: load in the main process, fully deterministic).
         device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
@@ -145,6 +148,7 @@ class TrainConfig:
     poly_power: float = 0.9
     crf_kernel_lr_mult: float = 10.0
     crf_compat_lr_mult: float = 1.0
+    freeze_backbone: bool = False
     seed: int = 0
     workers: int = 0
     device: str = "auto"
@@ -175,6 +179,11 @@ class TrainConfig:
             raise ValueError(f"min_scale ({self.min_scale}) must not exceed max_scale ({self.max_scale}).")
         if not str(self.out_dir):
             raise ValueError("out_dir must name the run directory, got an empty string.")
+        if self.freeze_backbone and self.stage != "crfrnn":
+            raise ValueError(
+                "freeze_backbone trains the CRF alone on a fixed CNN, so it needs stage 'crfrnn' (got stage "
+                f"{self.stage!r}); a CNN trained with its weights frozen would not train at all."
+            )
         if self.model is None and self.stage == "cnn":
             self.model = DEFAULT_MODELS["cnn"]
 

@@ -17,7 +17,13 @@ place of FCN-8s, for several training seeds, and writes a report. For each seed:
 4. two controls: the stage-1 CNN trained further for as many epochs as stage 2, with the same optimiser
    (does the gain come from the extra training alone?), and the stage-1 CNN with a CRF-RNN head at its
    initial parameters, not trained (does it come from the head without training?);
-5. evaluate everything on the test split (mean IoU, accuracy, and accuracy in bands around boundaries).
+5. the paper's ablations (:data:`ABLATIONS`), each a stage-2 run from the same stage-1 weights with one thing
+   changed: one scalar weight per kernel instead of per-class ``L x L`` weights, a symmetric compatibility
+   instead of a free one, the CRF trained alone on the fixed CNN instead of end to end;
+6. evaluate everything on the test split (mean IoU, accuracy, and accuracy in bands around boundaries).
+
+Seeds run in parallel processes (``workers``), each with its share of the CPU threads: on a 2-core machine two
+single-threaded seeds at a time finish sooner than one seed on two threads (``benchmarks/README.md``).
 
 Everything runs from a seed: the data set is generated on the fly (no downloads) and the results are the same
 on every run on the same machine. Stages already finished in ``out_dir`` are not trained again, so an
@@ -33,19 +39,28 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import torch
 
 from crfrnn._io import atomic_write_text
-from crfrnn.workflow.claims import check_claims, plot_summary, report_markdown, summarize
+from crfrnn.workflow.claims import check_claims, machine_description, plot_summary, report_markdown, summarize
 from crfrnn.workflow.config import coerce_fields
 from crfrnn.workflow.report import jsonable, save_method_grid
 
-__all__ = ["ReproduceConfig", "reproduce"]
+__all__ = ["ABLATIONS", "ReproduceConfig", "reproduce"]
+
+#: the paper's ablations: name -> (row of the report, what the stage-2 run changes: CrfRnn keyword arguments
+#: under ``crf_kwargs``, TrainConfig fields otherwise)
+ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
+    "scalar_weights": ("crfrnn_scalar", {"crf_kwargs": {"kernel_weights": "scalar"}}),
+    "symmetric_compatibility": ("crfrnn_symmetric", {"crf_kwargs": {"symmetric_compatibility": True}}),
+    "crf_alone": ("crfrnn_crf_alone", {"freeze_backbone": True}),
+}
 
 
 @dataclass
@@ -73,12 +88,16 @@ class ReproduceConfig:
         search_grid: the offline dense CRF's grid (:func:`crfrnn.evaluation.search_dense_crf`).
         search_images: validation images used by the search.
         grid_images: test images shown in ``grid.png``.
-        threads: CPU threads (``None``: leave torch's default).
+        ablations: which of :data:`ABLATIONS` to run (each one more stage-2 run per seed).
+        workers: seeds trained at the same time, in separate processes (``None``: as many as there are CPU
+            cores and seeds; ``1``: one after the other in this process).
+        threads: CPU threads of each seed's process (``None``: the cores shared out between the workers, or
+            torch's default with ``workers=1``).
         preset: ``"full"`` or ``"quick"`` (set by :meth:`quick`; only the report's wording depends on it).
     """
 
     out_dir: str
-    seeds: tuple[int, ...] = (0, 1, 2)
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     num_train: int = 1000
     num_val: int = 100
     num_test: int = 200
@@ -87,7 +106,7 @@ class ReproduceConfig:
     width: int = 32
     batch_size: int = 8
     cnn_epochs: int = 40
-    cnn_lr: float = 3e-3
+    cnn_lr: float = 1e-3
     crf_epochs: int = 5
     crf_lr: float = 5e-4
     crf_kernel_lr_mult: float = 10.0
@@ -105,6 +124,8 @@ class ReproduceConfig:
     )
     search_images: int = 50
     grid_images: int = 6
+    ablations: tuple[str, ...] = tuple(ABLATIONS)
+    workers: Optional[int] = None
     threads: Optional[int] = None
     preset: str = "full"
 
@@ -112,7 +133,13 @@ class ReproduceConfig:
         self.seeds = tuple(int(s) for s in self.seeds)
         if not self.seeds or len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
             raise ValueError(f"seeds must be distinct non-negative integers, got {self.seeds!r}.")
-        coerce_fields(self, skip=("seeds",))  # every other value against its type hint
+        if isinstance(self.ablations, str) or not all(isinstance(a, str) for a in self.ablations):
+            raise TypeError(f"ablations must be a sequence of names from {list(ABLATIONS)}, got {self.ablations!r}.")
+        self.ablations = tuple(self.ablations)
+        unknown = [a for a in self.ablations if a not in ABLATIONS]
+        if unknown or len(set(self.ablations)) != len(self.ablations):
+            raise ValueError(f"ablations must be distinct names from {list(ABLATIONS)}, got {list(self.ablations)}.")
+        coerce_fields(self, skip=("seeds", "ablations"))  # every other value against its type hint
         for name in ("num_train", "num_val", "num_test", "image_size", "width", "batch_size", "cnn_epochs",
                      "crf_epochs", "train_iterations", "test_iterations", "search_images"):  # fmt: skip
             if getattr(self, name) < 1:
@@ -120,8 +147,9 @@ class ReproduceConfig:
         for name in ("cnn_lr", "crf_lr"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be a positive number, got {getattr(self, name)!r}.")
-        if self.threads is not None and self.threads < 1:
-            raise ValueError(f"threads must be >= 1 or None, got {self.threads}.")
+        for name in ("threads", "workers"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1 or None, got {getattr(self, name)}.")
         if self.preset not in ("full", "quick"):
             raise ValueError(f"preset must be 'full' or 'quick', got {self.preset!r}.")
         if self.grid_images < 0 or self.data_seed < 0:
@@ -134,6 +162,7 @@ class ReproduceConfig:
         """The reduced reproduction (one seed, less data, shorter training, a smaller search): a few minutes."""
         values: dict[str, Any] = dict(
             preset="quick", seeds=(0,), num_val=40, num_test=80, cnn_epochs=15, crf_epochs=2, search_images=20,
+            ablations=(),
             search_grid={"bilateral_sxy": [3.0, 5.0, 20.0], "bilateral_srgb": [5.0, 13.0],
                          "bilateral_compat": [10.0, 20.0], "gaussian_compat": [1.0]},
         )  # fmt: skip
@@ -143,7 +172,16 @@ class ReproduceConfig:
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["seeds"] = list(self.seeds)
+        out["ablations"] = list(self.ablations)
         return out
+
+    def resolved_workers(self) -> tuple[int, Optional[int]]:
+        """``(processes, threads per process)`` this configuration runs with on this machine."""
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        workers = min(len(self.seeds), self.workers if self.workers is not None else cores)
+        if workers <= 1:
+            return 1, self.threads
+        return workers, self.threads if self.threads is not None else max(1, cores // workers)
 
 
 # ------------------------------------------------------------------------------------------------ stages
@@ -178,55 +216,82 @@ def _metrics(result: Mapping[str, Any], method: str) -> dict[str, Any]:
     return {k: m[k] for k in keep}
 
 
-def _run_seed(
-    config: ReproduceConfig, seed: int, data: tuple, bar: Any, log: Callable[[str], None]
-) -> tuple[dict, tuple]:
-    """One seed's record for ``results.json``, and ``(stage-1 CNN, CRF-RNN, dense CRF parameters)`` for pictures."""
-    from crfrnn import CrfRnn
-    from crfrnn.checkpoint import load_model
-    from crfrnn.evaluation import evaluate, search_dense_crf
-    from crfrnn.models import CrfRnnSegmenter
+def _stage_keys(config: ReproduceConfig) -> list[str]:
+    """The training runs of one seed, in order: stage 1, then those that start from its weights."""
+    return ["cnn", "crfrnn", "cnn_longer", *(f"ablation_{name}" for name in config.ablations)]
 
-    _, val, test, num_classes = data
-    times: dict[str, float] = {}
+
+def _checkpoint_key(key: str) -> str:
+    return ABLATIONS[key[len("ablation_"):]][0] if key.startswith("ablation_") else key
+
+
+def _stage_config(config: ReproduceConfig, seed: int, key: str, cnn_ckpt: Optional[Path]) -> tuple[str, Any]:
+    """``(progress title, TrainConfig)`` of one of :func:`_stage_keys`."""
+    if key == "cnn":
+        return "(a) CNN", _train_config(config, seed, key, stage="cnn", model="small_fcn",
+                                        model_kwargs={"width": config.width}, epochs=config.cnn_epochs,
+                                        lr=config.cnn_lr)  # fmt: skip
+    if key == "cnn_longer":
+        return "control", _train_config(config, seed, key, stage="cnn", model="small_fcn", init_from=str(cnn_ckpt),
+                                        model_kwargs={"width": config.width}, epochs=config.crf_epochs,
+                                        lr=config.crf_lr)  # fmt: skip
+    crf_kwargs, fields, title = dict(config.crf_kwargs), {}, "(c) CRF-RNN"
+    if key.startswith("ablation_"):
+        name = key[len("ablation_"):]
+        change = ABLATIONS[name][1]
+        crf_kwargs.update(change.get("crf_kwargs", {}))
+        fields = {k: v for k, v in change.items() if k != "crf_kwargs"}
+        title = f"ablation {name}"
+    return title, _train_config(
+        config, seed, key, stage="crfrnn", model="small_fcn_crfrnn", init_from=str(cnn_ckpt),
+        model_kwargs={"crf_kwargs": crf_kwargs}, epochs=config.crf_epochs, lr=config.crf_lr,
+        crf_kernel_lr_mult=config.crf_kernel_lr_mult, crf_compat_lr_mult=config.crf_compat_lr_mult, **fields,
+    )  # fmt: skip
+
+
+def _train_stages(config: ReproduceConfig, seed: int, keys: Sequence[str], bar: Any,
+                  times: dict[str, float]) -> dict[str, Path]:  # fmt: skip
+    """Train (or continue, or find complete) the runs ``keys`` of one seed, stage 1 first; their checkpoints by
+    row (``"cnn"``, ``"crfrnn"``, ``"cnn_longer"``, ablation rows), with each run's seconds added to ``times``."""
 
     def advance(record: dict) -> None:
         bar.update(1)
         if record.get("val_mean_iou") is not None:
             bar.set_postfix(seed=seed, val_mIoU=f"{100 * record['val_mean_iou']:.1f}")
 
-    t0 = time.perf_counter()
-    bar.set_description(f"seed {seed}: (a) CNN")
-    cnn_ckpt = _run_stage(
-        _train_config(config, seed, "cnn", stage="cnn", model="small_fcn", model_kwargs={"width": config.width},
-                      epochs=config.cnn_epochs, lr=config.cnn_lr),
-        advance,
-    )  # fmt: skip
-    times["train_cnn"] = time.perf_counter() - t0
+    checkpoints: dict[str, Path] = {}
+    if "cnn" not in keys:  # trained by another process: read its folder (train() would take the run's lock)
+        folder = Path(_stage_config(config, seed, "cnn", None)[1].out_dir)
+        found = [folder / name for name in ("best.pt", "last.pt") if (folder / name).is_file()]
+        if not found:
+            raise FileNotFoundError(f"seed {seed}'s stage-1 run '{folder}' has no checkpoint; train it first.")
+        checkpoints["cnn"] = found[0]
+    for key in ["cnn", *(k for k in keys if k != "cnn")] if "cnn" in keys else keys:
+        title, train_config = _stage_config(config, seed, key, checkpoints.get("cnn"))
+        t0 = time.perf_counter()
+        bar.set_description(f"seed {seed}: {title}")
+        checkpoints[_checkpoint_key(key)] = _run_stage(train_config, advance)
+        if key in keys:
+            times[f"train_{key}"] = time.perf_counter() - t0
+    return checkpoints
 
-    t0 = time.perf_counter()
-    bar.set_description(f"seed {seed}: (c) CRF-RNN")
-    crf_ckpt = _run_stage(
-        _train_config(config, seed, "crfrnn", stage="crfrnn", model="small_fcn_crfrnn", init_from=str(cnn_ckpt),
-                      model_kwargs={"crf_kwargs": dict(config.crf_kwargs)}, epochs=config.crf_epochs, lr=config.crf_lr,
-                      crf_kernel_lr_mult=config.crf_kernel_lr_mult, crf_compat_lr_mult=config.crf_compat_lr_mult),
-        advance,
-    )  # fmt: skip
-    times["train_crfrnn"] = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
-    bar.set_description(f"seed {seed}: control")
-    longer_ckpt = _run_stage(
-        _train_config(config, seed, "cnn_longer", stage="cnn", model="small_fcn", init_from=str(cnn_ckpt),
-                      model_kwargs={"width": config.width}, epochs=config.crf_epochs, lr=config.crf_lr),
-        advance,
-    )  # fmt: skip
-    times["train_control"] = time.perf_counter() - t0
+def _run_seed(config: ReproduceConfig, seed: int, data: tuple, bar: Any, log: Callable[[str], None],
+              times: Optional[dict[str, float]] = None) -> dict:  # fmt: skip
+    """One seed's record for ``results.json`` (its checkpoints under ``"checkpoints"``): trains what is not
+    trained yet (``times``: the seconds of runs trained elsewhere), searches the dense CRF and evaluates."""
+    from crfrnn import CrfRnn
+    from crfrnn.checkpoint import load_model
+    from crfrnn.evaluation import evaluate, search_dense_crf
+    from crfrnn.models import CrfRnnSegmenter
+
+    _, val, test, num_classes = data
+    trained: dict[str, float] = {}
+    checkpoints = _train_stages(config, seed, _stage_keys(config), bar, trained)  # complete runs: found, not trained
+    times = {**trained, **(times or {})}
+    cnn_ckpt = checkpoints["cnn"]
 
     cnn, _ = load_model(cnn_ckpt)
-    crfrnn, _ = load_model(crf_ckpt)
-    longer, _ = load_model(longer_ckpt)
-
     t0 = time.perf_counter()
     bar.set_description(f"seed {seed}: (b) dense CRF search")
     search_set = torch.utils.data.Subset(val, range(min(config.search_images, len(val))))
@@ -237,24 +302,34 @@ def _run_seed(
     t0 = time.perf_counter()
     bar.set_description(f"seed {seed}: evaluate")
     kw = dict(num_classes=num_classes, progress=False)
+
+    def crf_row(model: Any) -> dict:
+        return _metrics(evaluate(model, test, methods=("crfrnn",), **kw), "crfrnn")
+
     base = evaluate(cnn, test, methods=("cnn", "cnn+densecrf"), dense_crf_params=params, **kw)
     rows = {"cnn": _metrics(base, "cnn"), "cnn+densecrf": _metrics(base, "cnn+densecrf")}
-    rows["crfrnn"] = _metrics(evaluate(crfrnn, test, methods=("crfrnn",), **kw), "crfrnn")
+    crfrnn, _ = load_model(checkpoints["crfrnn"])
+    rows["crfrnn"] = crf_row(crfrnn)
     crfrnn.crf.num_eval_iterations = config.train_iterations
-    rows["crfrnn_t5"] = _metrics(evaluate(crfrnn, test, methods=("crfrnn",), **kw), "crfrnn")
+    rows["crfrnn_t5"] = crf_row(crfrnn)
     crfrnn.crf.num_eval_iterations = config.test_iterations
-    rows["cnn_longer"] = _metrics(evaluate(longer, test, methods=("cnn",), **kw), "cnn")
+    rows["cnn_longer"] = _metrics(evaluate(load_model(checkpoints["cnn_longer"])[0], test, methods=("cnn",), **kw),
+                                  "cnn")  # fmt: skip
     untrained = CrfRnnSegmenter(
         cnn, CrfRnn(num_classes, num_iterations=config.train_iterations,
                     num_eval_iterations=config.test_iterations, **config.crf_kwargs)
     )  # fmt: skip
-    rows["crfrnn_untrained"] = _metrics(evaluate(untrained, test, methods=("crfrnn",), **kw), "crfrnn")
+    rows["crfrnn_untrained"] = crf_row(untrained)
+    for name in config.ablations:
+        row = ABLATIONS[name][0]
+        rows[row] = crf_row(load_model(checkpoints[row])[0])
     times["evaluate"] = time.perf_counter() - t0
 
     crf = crfrnn.crf
+    means = crf.kernel_weight_means()
     learned = {
-        "spatial_weight_diagonal_mean": float(crf.spatial_weights.detach().diagonal().mean()),
-        "bilateral_weight_diagonal_mean": float(crf.bilateral_weights.detach().diagonal().mean()),
+        "spatial_weight_diagonal_mean": means["spatial"],
+        "bilateral_weight_diagonal_mean": means["bilateral"],
         "compatibility_asymmetry": float((crf.compatibility - crf.compatibility.t()).detach().abs().max()),
     }
     log(
@@ -262,8 +337,192 @@ def _run_seed(
         f"(c) {100 * rows['crfrnn']['mean_iou']:.2f}  [{sum(times.values()):.0f} s]"
     )
     return {"seed": seed, "rows": rows, "dense_crf_params": params, "dense_crf_search": table, "crf_learned": learned,
-            "seconds": times, "checkpoints": {"cnn": str(cnn_ckpt), "crfrnn": str(crf_ckpt),
-                                              "cnn_longer": str(longer_ckpt)}}, (cnn, crfrnn, params)  # fmt: skip
+            "seconds": times, "threads": torch.get_num_threads(),
+            "checkpoints": {k: str(v) for k, v in checkpoints.items()}}  # fmt: skip
+
+
+def _splits(config: ReproduceConfig) -> tuple:
+    from crfrnn.data import synthetic_splits
+
+    train_set, val, test = synthetic_splits(
+        config.data_seed, num_train=config.num_train, num_val=config.num_val, num_test=config.num_test,
+        size=config.image_size,
+    )  # fmt: skip
+    return train_set, val, test, train_set.num_classes
+
+
+class _PipeBar:
+    """What :func:`_run_seed` calls on its progress bar, written as JSON lines for the parent process."""
+
+    def __init__(self, stream: Any, seed: int) -> None:
+        self.stream, self.seed = stream, seed
+
+    def send(self, kind: str, value: Any) -> None:
+        self.stream.write(json.dumps({"kind": kind, "seed": self.seed, "value": jsonable(value)}) + "\n")
+        self.stream.flush()
+
+    def update(self, n: int = 1) -> None:
+        self.send("update", n)
+
+    def set_description(self, text: str) -> None:
+        self.send("description", text)
+
+    def set_postfix(self, **values: Any) -> None:
+        self.send("postfix", values)
+
+
+def _worker_main(argv: Optional[list[str]] = None) -> int:
+    """``python -m crfrnn.workflow._seed_worker CONFIG_JSON THREADS``: a worker process of :func:`_run_parallel`.
+
+    Reads jobs from stdin, one JSON line each: ``{"seed": N, "job": KEY}`` trains one of :func:`_stage_keys`,
+    ``{"seed": N, "job": "evaluate", "times": {...}}`` gives the seed's record. Answers on stdout in JSON lines
+    (progress, log lines, then ``"done"`` with the job's seconds, ``"record"`` or ``"error"``).
+    """
+    import sys
+
+    from crfrnn.workflow.distributed import set_threads
+
+    config_path, threads = (argv if argv is not None else sys.argv[1:])[:2]
+    values = json.loads(Path(config_path).read_text(encoding="utf-8"))
+    values["seeds"], values["ablations"] = tuple(values["seeds"]), tuple(values["ablations"])
+    config = ReproduceConfig(**{**values, "threads": int(threads), "workers": 1})
+    set_threads(int(threads), None)
+    data = None
+    for line in sys.stdin:
+        job = json.loads(line)
+        bar = _PipeBar(sys.stdout, int(job["seed"]))
+        try:
+            if job["job"] == "evaluate":
+                data = data or _splits(config)
+                record = _run_seed(config, bar.seed, data, bar, lambda text: bar.send("log", text), job["times"])
+                bar.send("record", record)
+            else:
+                times: dict[str, float] = {}
+                _train_stages(config, bar.seed, [job["job"]], bar, times)
+                bar.send("done", times)
+        except Exception as err:  # reported to the parent, which raises it again
+            bar.send("error", {"type": type(err).__name__, "message": str(err)})
+    return 0
+
+
+def _run_parallel(config: ReproduceConfig, workers: int, threads: int, bar: Any,
+                  log: Callable[[str], None]) -> list[dict]:  # fmt: skip
+    """Every seed's runs shared out over ``workers`` Python processes with ``threads`` threads each.
+
+    The jobs are each seed's training runs (:func:`_stage_keys`; stage 1 first, the others once it is done) and
+    its evaluation; a free worker takes the first ready one, stage-1 runs first because everything waits on them,
+    so no core idles while one seed finishes. Plain subprocesses rather than :mod:`multiprocessing`: a script that
+    calls :func:`reproduce` needs no ``if __name__ == "__main__"`` guard, and no forked torch or numba thread
+    pool is inherited. The workers' warnings go to ``worker<K>.log`` in ``out_dir``.
+    """
+    import queue as queue_module
+    import subprocess
+    import sys
+    import threading
+
+    import crfrnn
+    from crfrnn.workflow.loop import TrainingError
+
+    out = Path(config.out_dir)
+    spec = out / "worker_config.json"
+    atomic_write_text(spec, json.dumps(config.to_dict()))
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
+               NUMBA_NUM_THREADS=str(threads))  # fmt: skip
+    source = str(Path(crfrnn.__file__).resolve().parent.parent)  # this crfrnn, even when not installed
+    env["PYTHONPATH"] = os.pathsep.join([source] + [p for p in [env.get("PYTHONPATH")] if p])
+
+    stages = _stage_keys(config)
+    todo = [(seed, key) for seed in config.seeds for key in stages] + [(seed, "evaluate") for seed in config.seeds]
+    rank = {"cnn": 0, "evaluate": 2}
+    todo.sort(key=lambda job: (rank.get(job[1], 1), config.seeds.index(job[0])))
+    finished: dict[int, dict[str, float]] = {seed: {} for seed in config.seeds}
+    records: dict[int, dict] = {}
+    status: dict[int, str] = {}
+    errors: list[tuple[int, dict]] = []
+    messages: "queue_module.Queue[tuple[int, Optional[dict]]]" = queue_module.Queue()
+
+    def ready(job: tuple[int, str]) -> bool:
+        seed, key = job
+        done = finished[seed]
+        if key == "cnn":
+            return True
+        if key == "evaluate":
+            return all(f"train_{k}" in done for k in stages)
+        return "train_cnn" in done
+
+    def read(worker: int, stream: Any) -> None:
+        for line in stream:
+            try:
+                messages.put((worker, json.loads(line)))
+            except json.JSONDecodeError:  # something else printed on stdout
+                messages.put((worker, {"kind": "log", "value": line.rstrip()}))
+        messages.put((worker, None))  # the worker closed its stdout: it has ended
+
+    procs, logs, busy = [], [], {}
+    try:
+        for k in range(workers):
+            logs.append(open(out / f"worker{k}.log", "w", encoding="utf-8"))
+            proc = subprocess.Popen([sys.executable, "-m", "crfrnn.workflow._seed_worker", str(spec), str(threads)],
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=logs[k], text=True,
+                                    env=env)  # fmt: skip
+            threading.Thread(target=read, args=(k, proc.stdout), daemon=True).start()
+            procs.append(proc)
+        while (todo or busy) and not errors:
+            for k in range(workers):
+                job = next((j for j in todo if ready(j)), None) if k not in busy else None
+                if job is None:
+                    continue
+                todo.remove(job)
+                busy[k] = job
+                payload = {"seed": job[0], "job": job[1], "times": finished[job[0]]}
+                procs[k].stdin.write(json.dumps(payload) + "\n")  # type: ignore[union-attr]
+                procs[k].stdin.flush()  # type: ignore[union-attr]
+            worker, message = messages.get()
+            if message is None:
+                if worker in busy:
+                    tail = (out / f"worker{worker}.log").read_text(encoding="utf-8").strip().splitlines()[-5:]
+                    errors.append((busy[worker][0], {"type": "RuntimeError", "message": (
+                        f"its worker process ended (exit code {procs[worker].wait()}): " + " / ".join(tail))}))
+                continue
+            kind, seed, value = message["kind"], message.get("seed"), message.get("value")
+            if kind == "update":
+                bar.update(value)
+            elif kind == "log":
+                log(value)
+            elif kind == "done":
+                finished[seed].update(value)
+                busy.pop(worker)
+            elif kind == "record":
+                records[seed] = value
+                busy.pop(worker)
+            elif kind == "error":
+                errors.append((seed, value))
+            else:
+                status[seed] = value if kind == "description" else f"seed {seed}: " + ", ".join(
+                    f"{k} {v}" for k, v in value.items() if k != "seed")  # fmt: skip
+                bar.set_description(" | ".join(status[s] for s in sorted(status) if s in
+                                               {j[0] for j in busy.values()}))  # fmt: skip
+    finally:
+        for proc in procs:
+            if proc.stdin is not None:
+                proc.stdin.close()  # a worker ends when its stdin does
+            if errors or todo or busy:
+                proc.kill()  # interrupted or failed: stop the others too
+            proc.wait()
+        for fh in logs:
+            fh.close()
+        spec.unlink(missing_ok=True)
+    if errors:
+        seed, err = errors[0]
+        kind = {"TrainingError": TrainingError, "ValueError": ValueError, "TypeError": TypeError}.get(err["type"],
+                                                                                                     RuntimeError)
+        raise kind(f"seed {seed}: {err['message']}")
+    return [records[s] for s in config.seeds]
+
+
+#: settings that only decide how the work is spread over the CPU: they may change when a reproduction is continued
+_RESUMABLE = ("workers", "threads")
+
 
 def reproduce(
     config: ReproduceConfig, *, progress: bool = True, log: Optional[Callable[[str], None]] = None
@@ -283,7 +542,7 @@ def reproduce(
     import yaml
     from tqdm.auto import tqdm
 
-    from crfrnn.data import synthetic_splits
+    from crfrnn.checkpoint import load_model
 
     if not isinstance(config, ReproduceConfig):
         raise TypeError(f"config must be a ReproduceConfig, got {type(config).__name__}.")
@@ -294,48 +553,51 @@ def reproduce(
     saved = out / "config.yaml"
     if saved.is_file():
         previous = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
-        if previous != config.to_dict():
-            changed = sorted(k for k in config.to_dict() if previous.get(k) != config.to_dict()[k])
+        changed = sorted(k for k, v in config.to_dict().items() if k not in _RESUMABLE and previous.get(k) != v)
+        if changed:
             raise ValueError(
                 f"'{out}' holds a reproduction with other settings ({', '.join(changed)} differ); choose another "
                 "--out, or delete that folder to start again."
             )
     atomic_write_text(saved, yaml.safe_dump(config.to_dict(), sort_keys=False))
     log = log or (lambda line: print(line, flush=True))
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
+    workers, threads = config.resolved_workers()
 
-    train_set, val, test = synthetic_splits(
-        config.data_seed, num_train=config.num_train, num_val=config.num_val, num_test=config.num_test,
-        size=config.image_size,
-    )  # fmt: skip
-    data = (train_set, val, test, train_set.num_classes)
+    data = _splits(config)
     start = time.perf_counter()
-    total_epochs = len(config.seeds) * (config.cnn_epochs + 2 * config.crf_epochs)
-    per_seed, models = [], None
+    total_epochs = len(config.seeds) * (config.cnn_epochs + (2 + len(config.ablations)) * config.crf_epochs)
     with tqdm(total=total_epochs, unit="epoch", disable=not progress, dynamic_ncols=True) as bar:
-        for seed in config.seeds:
-            record, seed_models = _run_seed(config, seed, data, bar,
-                                            lambda line: bar.write(line) if progress else log(line))  # fmt: skip
-            per_seed.append(record)
-            models = models or seed_models  # the pictures show the first seed's networks
+        say = (lambda line: bar.write(line)) if progress else log
+        say(f"{len(config.seeds)} seed(s) in {workers} process(es), {threads or torch.get_num_threads()} thread(s) each")
+        if workers > 1:
+            per_seed = _run_parallel(config, workers, threads, bar, say)
+        else:
+            if threads is not None:
+                torch.set_num_threads(threads)
+            per_seed = [_run_seed(config, seed, data, bar, say) for seed in config.seeds]
     seconds = time.perf_counter() - start
 
     summary = summarize(per_seed)
     claims = check_claims(summary, per_seed)
     files = {"report": str(out / "report.md"), "results": str(out / "results.json")}
+    spread = len(per_seed) > 1
     try:
-        plot_summary(summary, out / "boundary.png", "Accuracy near ground-truth boundaries (mean and range over seeds)")
+        plot_summary(summary, out / "boundary.png", "Accuracy near ground-truth boundaries" + (
+            " (mean and range over seeds)" if spread else f" (one seed: {per_seed[0]['seed']})"))  # fmt: skip
         files["boundary"] = str(out / "boundary.png")
     except ImportError as err:
         log(f"boundary.png not written: matplotlib is needed ({err}); pip install 'crfrnn[repro]'")
-    if config.grid_images:
-        cnn, crfrnn, params = models  # type: ignore[misc]
-        runs = [(cnn, ("cnn", "cnn+densecrf"), params), (crfrnn, ("crfrnn",), None)]
-        save_method_grid(out / "grid.png", test, runs, config.grid_images)
+    if config.grid_images:  # the first seed's networks
+        first = per_seed[0]["checkpoints"]
+        cnn, crfrnn = load_model(first["cnn"])[0], load_model(first["crfrnn"])[0]
+        runs = [(cnn, ("cnn", "cnn+densecrf"), per_seed[0]["dense_crf_params"]), (crfrnn, ("crfrnn",), None)]
+        save_method_grid(out / "grid.png", data[2], runs, config.grid_images)
         files["grid"] = str(out / "grid.png")
-    results = {"config": config.to_dict(), "class_names": list(train_set.class_names), "per_seed": per_seed,
-               "summary": summary, "claims": claims, "seconds": seconds, "files": files}  # fmt: skip
+    machine = machine_description(workers, threads or torch.get_num_threads())
+    results = {"config": config.to_dict(), "class_names": list(data[0].class_names), "per_seed": per_seed,
+               "summary": summary, "claims": claims, "seconds": seconds, "machine": machine,
+               "files": files}  # fmt: skip
     atomic_write_text(files["results"], json.dumps(jsonable(results), indent=2) + "\n")
-    atomic_write_text(files["report"], report_markdown(config, summary, claims, per_seed, seconds))
+    atomic_write_text(files["report"], report_markdown(config, summary, claims, per_seed, seconds, machine))
     return results
+

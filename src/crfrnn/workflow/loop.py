@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
 from crfrnn.models.segmenter import CrfRnnSegmenter
-from crfrnn.workflow.build import build_model, build_optimizer, build_scheduler
+from crfrnn.workflow.build import build_model, build_optimizer, build_scheduler, freeze_backbone
 from crfrnn.workflow.config import IGNORE_INDEX, TrainConfig
 from crfrnn.workflow.datasets import build_datasets, fill_caches
 from crfrnn.workflow.distributed import (
@@ -214,6 +214,8 @@ def _setup(
                 stacklevel=3,
             )
     config = dataclasses.replace(config, model=model_name)  # config.yaml names the model actually built
+    if config.freeze_backbone:
+        freeze_backbone(model)
     model.to(device).train()
     optimizer = build_optimizer(model, config)
     if config.workers > 0:  # fill the in-memory caches once here; forked workers share them
@@ -266,6 +268,8 @@ def train_epoch(run: _Run, epoch: int) -> EpochResult:
         worker_init_fn=seed_worker, generator=generator,  # worker seeds depend on (seed, epoch, rank) only
     )  # fmt: skip
     run.net.train()
+    if config.freeze_backbone:  # a fixed CNN: no dropout, and batch norm keeps its statistics
+        run.model.backbone.eval()
     loss_sum, batches = 0.0, 0
     bar = _batches(loader, run.show, f"epoch {epoch}/{config.epochs}")
     for images, masks in bar:
@@ -328,10 +332,10 @@ def _loop(
         t0 = time.perf_counter()
         done = train_epoch(run, epoch)
         record = {"epoch": epoch, "train_loss": done.train_loss, "lr": done.lr, "global_step": done.global_step}
-        if isinstance(model, CrfRnnSegmenter):
-            crf = model.crf
-            record["crf_spatial_weight_mean"] = float(crf.spatial_weights.detach().diagonal().mean())
-            record["crf_bilateral_weight_mean"] = float(crf.bilateral_weights.detach().diagonal().mean())
+        if isinstance(model, CrfRnnSegmenter) and hasattr(model.crf, "kernel_weight_means"):
+            means = model.crf.kernel_weight_means()
+            record["crf_spatial_weight_mean"] = means["spatial"]
+            record["crf_bilateral_weight_mean"] = means["bilateral"]
         validate = run.val_set is not None and len(run.val_set) > 0  # type: ignore[arg-type]
         validate = validate and (epoch % config.eval_every == 0 or epoch == config.epochs)
         if validate:
