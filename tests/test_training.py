@@ -188,6 +188,25 @@ class TestBuildModel:
         assert id(model.crf_gate) not in {id(p) for p in groups["cnn"]["params"]}
 
 
+    def test_freeze_backbone_trains_the_crf_alone(self, tmp_path):
+        stage1 = train(tiny(tmp_path / "cnn", epochs=1), progress=False)
+        result = train(tiny_crf(tmp_path / "crf", epochs=1, init_from=stage1["last_checkpoint"], freeze_backbone=True),
+                       progress=False)  # fmt: skip
+        model, _ = load_model(result["last_checkpoint"])
+        start = load_checkpoint(stage1["last_checkpoint"])["state_dict"]
+        for key, value in model.backbone.state_dict().items():  # weights and batch-norm statistics alike
+            assert torch.equal(value, start[key]), key
+        assert not torch.equal(model.crf.compatibility, 1 - torch.eye(7))  # the CRF did train
+        from crfrnn.workflow.build import freeze_backbone
+
+        groups = {g["name"] for g in build_optimizer(freeze_backbone(model), tiny_crf(tmp_path)).param_groups}
+        assert groups == {"crf_kernel", "crf_compatibility"}  # nothing of the CNN left for the optimiser
+        with pytest.raises(ValueError, match="needs a CNN with a CRF-RNN head"):
+            freeze_backbone(create("small_fcn", num_classes=3))
+        with pytest.raises(ValueError, match="freeze_backbone .* needs stage 'crfrnn'"):
+            tiny(tmp_path, freeze_backbone=True)
+
+
 class TestSegmentationLoss:
     def test_ignores_void_pixels(self):
         torch.manual_seed(0)
