@@ -1,10 +1,11 @@
 """Where torch.compile breaks the graph of CrfRnn's differentiable (device-agnostic) path.
 
-Runs ``torch._dynamo.explain`` on a training-mode ``CrfRnn`` with the PyTorch lattice backend (the GPU path, here on
-the CPU; capture only, no code generation) and prints the number of graphs and breaks and each distinct reason with
-the line that causes it. The lattice's construction has data-dependent sizes (the number of vertices) and its
-filter is a sparse product, so a graph without breaks needs them as opaque custom ops; the input checks read
-tensors (``float(x.min())``), which a compiled caller can skip.
+Runs ``torch._dynamo.explain`` on a training-mode ``CrfRnn`` (capture only, no code generation) and prints the
+number of graphs and breaks and each distinct reason with the line that causes it, twice: with PyTorch's default
+settings, and with ``torch._dynamo.config.capture_dynamic_output_shape_ops = True``. Under the compiler the lattice
+goes through custom operators (``crfrnn._ops``) and the input checks become device-side assertions; the only
+operator left with a data-dependent output size is the lattice's construction (its vertex count), which dynamo
+captures only with that setting.
 
     python benchmarks/graph_breaks.py
     python benchmarks/graph_breaks.py --size 32 32 --labels 5
@@ -30,12 +31,20 @@ def main() -> None:
 
     logging.getLogger("torch._dynamo").setLevel(logging.ERROR)
     h, w = args.size
-    crf = CrfRnn(args.labels, num_iterations=args.iterations, backend="torch").train()
+    crf = CrfRnn(args.labels, num_iterations=args.iterations).train()
     unary = torch.randn(1, args.labels, h, w, requires_grad=True)
     image = torch.rand(1, 3, h, w) * 255
-    explained = dynamo.explain(crf)(unary, image)
-    print(f"CrfRnn train mode, backend='torch', {h}x{w}, L={args.labels}, T={args.iterations}: "
-          f"{explained.graph_count} graphs, {explained.graph_break_count} breaks")
+    for capture in (False, True):
+        dynamo.reset()
+        with dynamo.config.patch(capture_dynamic_output_shape_ops=capture):
+            explained = dynamo.explain(crf)(unary, image)
+        print(f"CrfRnn train mode, {h}x{w}, L={args.labels}, T={args.iterations}, "
+              f"capture_dynamic_output_shape_ops={capture}: {explained.graph_count} graphs, "
+              f"{explained.graph_break_count} breaks")
+        _reasons(explained)
+
+
+def _reasons(explained) -> None:
     seen: dict[str, int] = {}
     where: dict[str, str] = {}
     for brk in explained.break_reasons:

@@ -121,6 +121,8 @@ def adaptive_threads(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        if torch.compiler.is_compiling():  # the compiled graph has its own threads; nothing to trace here
+            return fn(*args, **kwargs)
         with limit_threads():
             return fn(*args, **kwargs)
 

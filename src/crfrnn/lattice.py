@@ -315,8 +315,9 @@ class PermutohedralLattice:
     """
 
     def __init__(self, features: Tensor, *, backend: str = "auto") -> None:
-        _check_features(features)
-        backend = resolve_backend(backend, features.device)
+        compiling = _compiling()
+        _check_features(features, compiling)
+        backend = "ops" if compiling else resolve_backend(backend, features.device)
         self.backend = backend
         self.batch_size, self.num_points, self.dim = features.shape
         self.device = features.device
@@ -326,13 +327,18 @@ class PermutohedralLattice:
         self.alpha = 1.0 / (1.0 + 2.0 ** (-d))
         feats = features.detach().reshape(-1, d)
         built = None
-        if backend == "numba":
+        if compiling:  # under torch.compile: one opaque operator (crfrnn._ops), no graph break
+            from crfrnn import _ops
+
+            offsets, weights, rank, neighbours = _ops.lattice_build(feats, self.batch_size)
+            built = (offsets, weights, rank, neighbours, neighbours.shape[-1])
+        elif backend == "numba":
             from crfrnn import _numba
 
             built = _numba.build(feats, self.batch_size, _MAX_CODE_BITS)
-            if built is not None:
-                offsets, weights, rank, neighbours, m = built
-        if built is None:  # pure PyTorch (also the fallback when int64 key codes would overflow)
+        if built is not None:
+            offsets, weights, rank, neighbours, m = built
+        else:  # pure PyTorch (also the fallback when int64 key codes would overflow)
             with torch.no_grad():
                 keys, weights, rank = _simplex_coordinates(feats)
                 batch = torch.arange(self.batch_size, device=self.device)
@@ -368,8 +374,14 @@ class PermutohedralLattice:
         """
         cached = getattr(self, "_self_weights", None)
         if cached is None:
-            with torch.no_grad():
-                cached = _self_weights(self._offsets, self._weights, self._rank, self._neighbours, self.alpha)
+            if self.backend == "ops":
+                from crfrnn import _ops
+
+                cached = _ops.lattice_self_weights(self._offsets, self._weights, self._rank, self._neighbours,
+                                                   self.alpha)  # fmt: skip
+            else:
+                with torch.no_grad():
+                    cached = _self_weights(self._offsets, self._weights, self._rank, self._neighbours, self.alpha)
             self._self_weights = cached.view(self.batch_size, self.num_points)
         return self._self_weights
 
@@ -387,6 +399,10 @@ class PermutohedralLattice:
 
     def _apply(self, values: Tensor, reverse: bool) -> Tensor:
         """Filter ``(B * N, C)`` values without autograd: splat, blur (directions reversed for ``K^T``), slice."""
+        if self.backend == "ops":
+            from crfrnn import _ops
+
+            return _ops.gather_filter(values, self._offsets, self._weights, self._neighbours, self.alpha, reverse)
         return self._operators(values.dtype)(values, reverse)
 
     def filter(self, values: Tensor, *, reverse: bool = False, features: Optional[Tensor] = None,
@@ -415,7 +431,13 @@ class PermutohedralLattice:
         if features is None:
             if widths is not None:
                 raise ValueError("widths are the divisors of features: pass features= with them.")
-            out = _LatticeFilter.apply(values.reshape(b * n, c), self, reverse)
+            if self.backend == "ops":  # differentiable through the operator's own autograd formula
+                from crfrnn import _ops
+
+                out = _ops.lattice_filter(values.reshape(b * n, c).contiguous(), self._offsets, self._weights,
+                                          self._neighbours, self.alpha, reverse)  # fmt: skip
+            else:
+                out = _LatticeFilter.apply(values.reshape(b * n, c), self, reverse)
             return out.view(b, n, c)
         if reverse:
             raise ValueError("gradients with respect to the features are available for the forward filter only.")
@@ -645,7 +667,12 @@ def _numba_available() -> bool:
         return False
 
 
-def _check_features(features: Tensor) -> None:
+def _compiling() -> bool:
+    """Whether torch.compile is tracing this call (then the lattice goes through :mod:`crfrnn._ops`)."""
+    return torch.compiler.is_compiling()
+
+
+def _check_features(features: Tensor, compiling: bool = False) -> None:
     if not isinstance(features, Tensor):
         raise TypeError(f"features must be a torch.Tensor of shape (B, N, D), got {type(features).__name__}.")
     if features.dim() != 3:
@@ -664,6 +691,11 @@ def _check_features(features: Tensor) -> None:
             f"features must be float32 or float64, got {features.dtype}; convert with features.float()."
         )
     lo, hi = torch.aminmax(features.detach())  # one pass: NaN and inf show in the extremes
+    if compiling:  # checked on the device, without reading the values back (no graph break, no host sync)
+        torch._assert_async(torch.isfinite(lo) & torch.isfinite(hi) & (torch.maximum(-lo, hi) <= _MAX_FEATURE),
+                            "crfrnn: lattice features are NaN, infinite, or beyond the lattice's limit (a kernel "
+                            "width far too small for the data)")  # fmt: skip
+        return
     lo, hi = float(lo), float(hi)
     if not (math.isfinite(lo) and math.isfinite(hi)):
         raise ValueError(

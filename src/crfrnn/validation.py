@@ -166,6 +166,9 @@ def check_guide(guide: Tensor, name: str, *, channel_widths: Optional[Sequence[f
     if guide.numel() == 0:
         raise ValueError(f"{name} is empty: shape {tuple(guide.shape)}.")
     lo, hi = torch.aminmax(guide.detach())  # one pass: NaN and inf show in the extremes
+    if torch.compiler.is_compiling():  # on the device, no value read back (and so no scale warning)
+        torch._assert_async(torch.isfinite(lo) & torch.isfinite(hi), f"crfrnn: {name} contains NaN or infinite values")
+        return guide
     lo, hi = float(lo), float(hi)
     if not (math.isfinite(lo) and math.isfinite(hi)):
         raise ValueError(f"{name} contains NaN or infinite values.")

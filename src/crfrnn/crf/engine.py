@@ -104,7 +104,9 @@ def label_transform(weight: Weight, compatibility, num_labels: int, like: Tensor
                     f"{what} must be a number, an (L,) = ({num_labels},) vector or an (L, L) = ({num_labels}, "
                     f"{num_labels}) matrix, got shape {tuple(t.shape)}."
                 )
-            if not bool(torch.isfinite(t.detach()).all()):
+            if torch.compiler.is_compiling():  # on the device, no value read back
+                torch._assert_async(torch.isfinite(t.detach()).all(), f"crfrnn: {what} contains NaN or infinite values")
+            elif not bool(torch.isfinite(t.detach()).all()):
                 raise ValueError(f"{what} contains NaN or infinite values.")
             return t if t.dim() else t.reshape(())
         return check_number(what, value)
@@ -149,6 +151,17 @@ def _torch_stats(scores: Tensor, from_probs: bool = True) -> dict:
     total = s.sum(1)
     return {"nonfinite": int((~torch.isfinite(s)).sum()), "negative": int((s < 0).sum()),
             "min_sum": float(total.min()), "max_sum": float(total.max())}  # fmt: skip
+
+
+def _assert_scores(scores: Tensor, from_probs: bool, name: str, sum_tol: float) -> None:
+    """:func:`_check_scores` as device-side assertions (under torch.compile: no host synchronisation)."""
+    s = scores.detach()
+    ok = torch.isfinite(s).all()
+    if from_probs:
+        total = s.sum(1)
+        ok = ok & (s >= 0).all() & ((total - 1.0).abs() <= sum_tol).all()
+    torch._assert_async(ok, f"crfrnn: {name} contains NaN or infinite values" + (
+        ", negative values, or does not sum to 1 over labels" if from_probs else ""))  # fmt: skip
 
 
 def _needs_grad(scores: Tensor, transforms: Sequence, kernels: Sequence[Pairwise] = ()) -> bool:
@@ -274,8 +287,9 @@ def infer(
             raise ValueError(
                 f"kernel features must be (B, N, D) = ({b}, {n}, D) or (1, {n}, D), got {tuple(k.features.shape)}."
             )
-    compiled = compiled and not exact and resolve_backend(backend, scores.device) == "numba"
-    builder = _Builder(kernels, dtype, exact, backend, cache)
+    compiling = torch.compiler.is_compiling()  # torch.compile traces the torch path (the lattice as custom ops)
+    compiled = compiled and not compiling and not exact and resolve_backend(backend, scores.device) == "numba"
+    builder = _Builder(kernels, dtype, exact, backend, None if compiling else cache)
     if compiled and not _needs_grad(scores, transforms, kernels):
         return _infer_fused(scores, builder, schedule, iterations, from_probs, clip, return_logits, name, sum_tol)
     if compiled and iterations > 0 and not any(k.features.requires_grad for k in kernels):
@@ -287,7 +301,10 @@ def infer(
         return compiled_mean_field(logits, builder, schedule, iterations, return_logits,
                                    check=lambda stats: _check_scores(stats, False, name, sum_tol),
                                    memory_efficient=memory_efficient)  # fmt: skip
-    _check_scores(_torch_stats(scores, from_probs), from_probs, name, sum_tol)
+    if torch.compiler.is_compiling():  # checked on the device: no value read back, no graph break
+        _assert_scores(scores, from_probs, name, sum_tol)
+    else:
+        _check_scores(_torch_stats(scores, from_probs), from_probs, name, sum_tol)
     u = scores.transpose(1, 2)  # (B, N, L)
     if from_probs:
         u = u.clamp(clip, 1.0).log()

@@ -69,6 +69,8 @@ def _check_guide(guide: Tensor, theta: Width, name: str) -> tuple[Tensor, tuple[
     widths = check_widths(name, theta, c, "guide channel")
     flat = guide.reshape(b, c, -1)
     lo, hi = torch.aminmax(flat.detach())
+    if torch.compiler.is_compiling():  # the lattice checks its coordinates on the device (no value read back)
+        return flat, widths
     extent = max(-float(lo), float(hi))
     for width in widths:
         check_bound(name, extent, width)

@@ -1,0 +1,113 @@
+"""torch.compile: the lattice as custom operators (crfrnn._ops), so that CrfRnn's differentiable path compiles into
+one graph, with the same values and gradients as eager mode and its input checks kept (on the device)."""
+
+import logging
+
+import pytest
+import torch
+
+from crfrnn import CrfRnn
+from crfrnn import _ops
+from crfrnn.lattice import PermutohedralLattice
+
+F64 = torch.float64
+
+
+@pytest.fixture(autouse=True)
+def _quiet_dynamo():
+    logging.getLogger("torch._dynamo").setLevel(logging.ERROR)
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def _lattice(seed=0, b=2, n=40, d=3):
+    g = torch.Generator().manual_seed(seed)
+    feats = torch.rand(b, n, d, generator=g, dtype=F64) * 4
+    return feats, torch.randn(b, n, 5, generator=g, dtype=F64)
+
+
+class TestOperators:
+    @pytest.mark.parametrize("backend", ["torch", "numba"])
+    @pytest.mark.parametrize("reverse", [False, True])
+    def test_gather_filter_equals_the_lattice(self, backend, reverse):
+        feats, values = _lattice()
+        lat = PermutohedralLattice(feats, backend=backend)
+        ref = lat.filter(values, reverse=reverse)
+        offsets, weights, rank, neighbours = _ops.lattice_build(feats.reshape(-1, 3), 2)
+        out = _ops.gather_filter(values.reshape(-1, 5), offsets, weights, neighbours, lat.alpha, reverse)
+        torch.testing.assert_close(out.view_as(ref), ref, rtol=0, atol=1e-12)
+        torch.testing.assert_close(_ops.lattice_self_weights(offsets, weights, rank, neighbours, lat.alpha).view(2, -1),
+                                   lat.self_weights(), rtol=0, atol=1e-12)  # fmt: skip
+
+    def test_filter_gradient_is_the_adjoint(self):
+        feats, values = _lattice(1, b=1, n=12, d=2)
+        offsets, weights, _, neighbours = _ops.lattice_build(feats.reshape(-1, 2), 1)
+        x = values.reshape(-1, 5).requires_grad_(True)
+        assert torch.autograd.gradcheck(lambda v: _ops.lattice_filter(v, offsets, weights, neighbours, 0.8, False),
+                                        (x,))  # fmt: skip
+        assert torch.autograd.gradgradcheck(lambda v: _ops.lattice_filter(v, offsets, weights, neighbours, 0.8, True),
+                                            (x,))  # fmt: skip
+
+    def test_opcheck(self):
+        feats, values = _lattice(2, b=1, n=16, d=2)
+        offsets, weights, rank, neighbours = _ops.lattice_build(feats.reshape(-1, 2), 1)
+        torch.library.opcheck(_ops.lattice_filter, (values.reshape(-1, 5).requires_grad_(True), offsets, weights,
+                                                     neighbours, 0.8, False))  # fmt: skip
+        torch.library.opcheck(_ops.lattice_self_weights, (offsets, weights, rank, neighbours, 0.8))
+
+
+def _inputs(seed=0, b=2, shape=(12, 10)):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(b, 3, *shape, generator=g, dtype=F64).requires_grad_(True),
+            torch.rand(b, 3, *shape, generator=g, dtype=F64) * 255)  # fmt: skip
+
+
+class TestCompile:
+    def test_no_graph_break(self):
+        crf = CrfRnn(3, num_iterations=2).train()
+        unary, image = _inputs()
+        with torch._dynamo.config.patch(capture_dynamic_output_shape_ops=True):
+            explained = torch._dynamo.explain(crf)(unary.float(), image.float())
+        assert explained.graph_break_count == 0 and explained.graph_count == 1
+        torch._dynamo.reset()
+        without = torch._dynamo.explain(crf)(unary.float(), image.float())  # breaks only at the lattice builds
+        assert 0 < without.graph_break_count <= 12
+        assert all("lattice_build" in str(b.reason) for b in without.break_reasons)
+
+    @pytest.mark.parametrize("normalization,exclude_self", [("row", False), ("symmetric", True)])
+    def test_values_and_gradients_equal_eager(self, normalization, exclude_self):
+        crf = CrfRnn(3, num_iterations=3, normalization=normalization, exclude_self=exclude_self).double().train()
+        with torch.no_grad():
+            crf.compatibility.add_(0.1 * torch.randn(3, 3, dtype=F64))
+        unary, image = _inputs(1)
+        ref = crf(unary, image)
+        grads_ref = torch.autograd.grad((ref**2).sum(), (unary, crf.compatibility, crf.bilateral_weights))
+        with torch._dynamo.config.patch(capture_dynamic_output_shape_ops=True):
+            compiled = torch.compile(crf, backend="aot_eager", fullgraph=True)
+            out = compiled(unary, image)
+            grads = torch.autograd.grad((out**2).sum(), (unary, crf.compatibility, crf.bilateral_weights))
+            other, other_image = _inputs(2, b=1, shape=(9, 14))  # another size: traced again, still right
+            torch.testing.assert_close(compiled(other, other_image), crf(other, other_image), rtol=0, atol=1e-10)
+        torch.testing.assert_close(out, ref, rtol=0, atol=1e-10)
+        for g, r in zip(grads, grads_ref):
+            torch.testing.assert_close(g, r, rtol=0, atol=1e-9)
+
+    def test_eval_mode_compiles_the_torch_path(self):
+        crf = CrfRnn(3, num_iterations=2, num_eval_iterations=4).eval()
+        unary, image = _inputs(3)
+        unary = unary.detach().float()
+        with torch.no_grad(), torch._dynamo.config.patch(capture_dynamic_output_shape_ops=True):
+            out = torch.compile(crf, backend="aot_eager", fullgraph=True)(unary, image.float())
+            ref = crf(unary, image.float())  # eager: the compiled fused kernels
+        torch.testing.assert_close(out, ref, rtol=0, atol=2e-5)
+
+    def test_bad_input_is_still_refused(self):
+        crf = CrfRnn(3, num_iterations=2).train()
+        unary, image = _inputs(4)
+        unary = unary.detach().float().clone()
+        unary[0, 1, 2, 3] = float("nan")
+        with torch._dynamo.config.patch(capture_dynamic_output_shape_ops=True):
+            compiled = torch.compile(crf, backend="aot_eager", fullgraph=True)
+            with pytest.raises(RuntimeError, match="unary contains NaN"):
+                compiled(unary, image.float())
