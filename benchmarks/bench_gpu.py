@@ -8,6 +8,9 @@ call over what was allocated before it. Without a GPU it says so and exits 0.
     python benchmarks/bench_gpu.py
     python benchmarks/bench_gpu.py --sizes 375x500 --batches 1 --iterations 5 --repeats 3   # a quick look
     python benchmarks/bench_gpu.py --json out.json
+    python benchmarks/bench_gpu.py --compile    # also CrfRnn under torch.compile(fullgraph=True), fwd+bwd
+
+With ``--compile`` the first call of each configuration compiles (not timed: it is the warm-up).
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ def main() -> int:
     parser.add_argument("--labels", type=int, default=21)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile(CrfRnn, fullgraph=True)")
     parser.add_argument("--device", default="cuda", help="cuda (default); cpu runs the same script logic (a smoke test)")
     args = parser.parse_args()
 
@@ -73,7 +77,10 @@ def main() -> int:
     cuda = device.type == "cuda"
     name = torch.cuda.get_device_name(device) if cuda else "cpu (torch path)"
     print(f"{name}, torch {torch.__version__}, {args.labels} labels")
-    print(f"{'size':>9} {'B':>2} {'T':>3} | {'dense_crf':>10} | {'CrfRnn fwd':>10} | {'fwd+bwd':>10} | peak fwd+bwd")
+    print(f"{'size':>9} {'B':>2} {'T':>3} | {'dense_crf':>10} | {'CrfRnn fwd':>10} | {'fwd+bwd':>10} | peak fwd+bwd"
+          + (" | compiled fwd+bwd" if args.compile else ""))
+    if args.compile:
+        torch._dynamo.config.capture_dynamic_output_shape_ops = True  # the lattice's vertex count (docs/engine.md)
     rows = []
     g = torch.Generator(device="cpu").manual_seed(0)
     for h, w in args.sizes:
@@ -104,9 +111,20 @@ def main() -> int:
                 t_fb, peak = _time(forward_backward, args.repeats, cuda)
                 row = {"size": [h, w], "batch": batch, "iterations": iters, "dense_crf_s": t_inf, "forward_s": t_fwd,
                        "forward_backward_s": t_fb, "peak_bytes": peak}  # fmt: skip
+                extra = ""
+                if args.compile:
+                    compiled = torch.compile(crf, fullgraph=True)
+
+                    def compiled_forward_backward():
+                        crf.zero_grad(set_to_none=True)
+                        unary.grad = None
+                        compiled(unary, image).square().mean().backward()
+
+                    row["compiled_forward_backward_s"], _ = _time(compiled_forward_backward, args.repeats, cuda)
+                    extra = f" | {row['compiled_forward_backward_s'] * 1e3:7.1f} ms"
                 rows.append(row)
                 print(f"{h:>4}x{w:<4} {batch:>2} {iters:>3} | {t_inf * 1e3:7.1f} ms | {t_fwd * 1e3:7.1f} ms | "
-                      f"{t_fb * 1e3:7.1f} ms | {peak / 2**20:8.0f} MB", flush=True)
+                      f"{t_fb * 1e3:7.1f} ms | {peak / 2**20:8.0f} MB" + extra, flush=True)
                 del crf, unary
                 if cuda:
                     torch.cuda.empty_cache()
