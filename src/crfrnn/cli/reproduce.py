@@ -1,6 +1,7 @@
 """``crfrnn reproduce``: the paper's comparison (CNN, CNN + dense CRF, CRF-RNN) on the built-in data set.
 
-    crfrnn reproduce                       # 5 seeds and the paper's ablations, into runs/reproduce
+    crfrnn reproduce                       # 5 seeds, into runs/reproduce
+    crfrnn reproduce --ablations all       # and the paper's three ablations (reuses what is already trained)
     crfrnn reproduce --quick --out DIR     # 1 seed, less data: a first look in under 3 minutes
 
 The work is done by :func:`crfrnn.reproduce.reproduce`; this module parses arguments and prints the summary.
@@ -45,10 +46,12 @@ def _ablations(text: str) -> tuple[str, ...]:
     names = tuple(part.strip() for part in text.split(",") if part.strip())
     if text.strip().lower() == "none":
         return ()
+    if text.strip().lower() == "all":
+        return tuple(ABLATIONS)
     unknown = [n for n in names if n not in ABLATIONS]
     if unknown or not names:
         raise argparse.ArgumentTypeError(
-            f"expected 'none' or comma-separated names from {','.join(ABLATIONS)}, got {text!r}")
+            f"expected 'all', 'none' or comma-separated names from {','.join(ABLATIONS)}, got {text!r}")
     return names
 
 
@@ -60,8 +63,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         description=(
             "Train a small CNN, search an offline dense CRF's parameters on validation images, train CNN + "
             "CRF-RNN end to end, and compare them on test images over several seeds, with two controls "
-            "(the CNN trained as long, an untrained CRF-RNN head), the T=5/T=10 ablation and the paper's ablations "
-            "(scalar kernel weights, symmetric compatibility, the CRF trained alone). Writes "
+            "(the CNN trained as long, an untrained CRF-RNN head), the T=5/T=10 ablation and, with --ablations, the "
+            "paper's ablations (scalar kernel weights, symmetric compatibility, the CRF trained alone). Writes "
             "report.md, results.json, boundary.png and grid.png."
         ),
         epilog=_EPILOG,
@@ -71,9 +74,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         help="output folder (default: runs/reproduce, or runs/reproduce-quick with --quick)")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="one seed, less data, shorter training (< 3 minutes)")
     parser.add_argument("--seeds", type=_seeds, metavar="S,S,...", help="training seeds (default 0,1,2,3,4; quick: 0)")
-    parser.add_argument("--ablations", type=_ablations, metavar="NAME,...|none",
-                        help="the paper's ablations to run (default all: scalar_weights,symmetric_compatibility,"
-                             "crf_alone; quick: none)")  # fmt: skip
+    parser.add_argument("--ablations", type=_ablations, metavar="all|NAME,...",
+                        help="the paper's ablations, each one more stage-2 run per seed: all, or some of "
+                             "scalar_weights,symmetric_compatibility,crf_alone (default: none); may be added to a "
+                             "finished reproduction's --out")  # fmt: skip
     parser.add_argument("--workers", type=number_type(int, 1), metavar="N",
                         help="processes training at the same time (default: one per CPU core)")
     parser.add_argument("--cnn-epochs", type=number_type(int, 1), metavar="N", help="stage-1 epochs (40; quick: 15)")

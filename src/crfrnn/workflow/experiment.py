@@ -17,13 +17,13 @@ place of FCN-8s, for several training seeds, and writes a report. For each seed:
 4. two controls: the stage-1 CNN trained further for as many epochs as stage 2, with the same optimiser
    (does the gain come from the extra training alone?), and the stage-1 CNN with a CRF-RNN head at its
    initial parameters, not trained (does it come from the head without training?);
-5. the paper's ablations (:data:`ABLATIONS`), each a stage-2 run from the same stage-1 weights with one thing
-   changed: one scalar weight per kernel instead of per-class ``L x L`` weights, a symmetric compatibility
-   instead of a free one, the CRF trained alone on the fixed CNN instead of end to end;
+5. on request (``ablations``), the paper's ablations (:data:`ABLATIONS`), each a stage-2 run from the same
+   stage-1 weights with one thing changed: one scalar weight per kernel instead of per-class ``L x L`` weights,
+   a symmetric compatibility instead of a free one, the CRF trained alone on the fixed CNN instead of end to end;
 6. evaluate everything on the test split (mean IoU, accuracy, and accuracy in bands around boundaries).
 
-Seeds run in parallel processes (``workers``), each with its share of the CPU threads: on a 2-core machine two
-single-threaded seeds at a time finish sooner than one seed on two threads (``benchmarks/README.md``).
+The runs are shared out over worker processes (``workers``), each with its share of the CPU threads: on a 2-core
+machine two single-threaded processes finish sooner than one on two threads (``benchmarks/bench_reproduce.py``).
 
 Everything runs from a seed: the data set is generated on the fly (no downloads) and the results are the same
 on every run on the same machine. Stages already finished in ``out_dir`` are not trained again, so an
@@ -88,7 +88,8 @@ class ReproduceConfig:
         search_grid: the offline dense CRF's grid (:func:`crfrnn.evaluation.search_dense_crf`).
         search_images: validation images used by the search.
         grid_images: test images shown in ``grid.png``.
-        ablations: which of :data:`ABLATIONS` to run (each one more stage-2 run per seed).
+        ablations: which of :data:`ABLATIONS` to run (each one more stage-2 run per seed; none by default, so that
+            five seeds fit in 25 minutes on 2 cores; they can be added to a finished reproduction's folder later).
         workers: seeds trained at the same time, in separate processes (``None``: as many as there are CPU
             cores and seeds; ``1``: one after the other in this process).
         threads: CPU threads of each seed's process (``None``: the cores shared out between the workers, or
@@ -124,7 +125,7 @@ class ReproduceConfig:
     )
     search_images: int = 50
     grid_images: int = 6
-    ablations: tuple[str, ...] = tuple(ABLATIONS)
+    ablations: tuple[str, ...] = ()
     workers: Optional[int] = None
     threads: Optional[int] = None
     preset: str = "full"
@@ -162,7 +163,6 @@ class ReproduceConfig:
         """The reduced reproduction (one seed, less data, shorter training, a smaller search): a few minutes."""
         values: dict[str, Any] = dict(
             preset="quick", seeds=(0,), num_val=40, num_test=80, cnn_epochs=15, crf_epochs=2, search_images=20,
-            ablations=(),
             search_grid={"bilateral_sxy": [3.0, 5.0, 20.0], "bilateral_srgb": [5.0, 13.0],
                          "bilateral_compat": [10.0, 20.0], "gaussian_compat": [1.0]},
         )  # fmt: skip
@@ -520,8 +520,9 @@ def _run_parallel(config: ReproduceConfig, workers: int, threads: int, bar: Any,
     return [records[s] for s in config.seeds]
 
 
-#: settings that only decide how the work is spread over the CPU: they may change when a reproduction is continued
-_RESUMABLE = ("workers", "threads")
+#: settings that may change when a reproduction is continued: how the work is spread over the CPU, and which
+#: ablations run (each has runs of its own; the others are reused)
+_RESUMABLE = ("workers", "threads", "ablations")
 
 
 def reproduce(
