@@ -95,6 +95,15 @@ class TestReproduce:
             reproduce(tiny(tmp_path, workers=2, search_grid={"bilateral_sxy": [-1.0]}), progress=False,
                       log=lambda line: None)  # fmt: skip
 
+    def test_a_crashed_worker_is_reported_with_its_log(self, tmp_path, monkeypatch):
+        fake = tmp_path / "python"
+        fake.write_text("#!/bin/sh\necho 'boom: out of memory' >&2\nexit 3\n")
+        fake.chmod(0o755)
+        monkeypatch.setattr("sys.executable", str(fake))  # every worker process dies at once
+        with pytest.raises(RuntimeError, match="exit code 3.*boom: out of memory"):
+            reproduce(tiny(tmp_path / "out", workers=2), progress=False, log=lambda line: None)
+        assert "boom" in (tmp_path / "out" / "worker0.log").read_text()
+
     def test_rerun_reuses_the_runs(self, run):
         out, results, _ = run
         again = reproduce(tiny(out), progress=False, log=lambda line: None)  # without the ablations: reused

@@ -415,6 +415,8 @@ def _run_parallel(config: ReproduceConfig, workers: int, threads: int, bar: Any,
     calls :func:`reproduce` needs no ``if __name__ == "__main__"`` guard, and no forked torch or numba thread
     pool is inherited. The workers' warnings go to ``worker<K>.log`` in ``out_dir``.
     """
+    import collections
+    import contextlib
     import queue as queue_module
     import subprocess
     import sys
@@ -458,14 +460,19 @@ def _run_parallel(config: ReproduceConfig, workers: int, threads: int, bar: Any,
                 messages.put((worker, {"kind": "log", "value": line.rstrip()}))
         messages.put((worker, None))  # the worker closed its stdout: it has ended
 
-    procs, logs, busy = [], [], {}
+    def collect(lines: "collections.deque[str]", stream: Any) -> None:
+        lines.extend(stream)  # the worker's warnings, written to worker<K>.log at the end
+
+    procs, logs, readers, busy = [], [], [], {}
     try:
         for k in range(workers):
-            logs.append(open(out / f"worker{k}.log", "w", encoding="utf-8"))
             proc = subprocess.Popen([sys.executable, "-m", "crfrnn.workflow._seed_worker", str(spec), str(threads)],
-                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=logs[k], text=True,
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                     env=env)  # fmt: skip
+            logs.append(collections.deque(maxlen=10000))
             threading.Thread(target=read, args=(k, proc.stdout), daemon=True).start()
+            readers.append(threading.Thread(target=collect, args=(logs[k], proc.stderr), daemon=True))
+            readers[-1].start()
             procs.append(proc)
         while (todo or busy) and not errors:
             for k in range(workers):
@@ -475,12 +482,17 @@ def _run_parallel(config: ReproduceConfig, workers: int, threads: int, bar: Any,
                 todo.remove(job)
                 busy[k] = job
                 payload = {"seed": job[0], "job": job[1], "times": finished[job[0]]}
-                procs[k].stdin.write(json.dumps(payload) + "\n")  # type: ignore[union-attr]
-                procs[k].stdin.flush()  # type: ignore[union-attr]
+                try:
+                    procs[k].stdin.write(json.dumps(payload) + "\n")  # type: ignore[union-attr]
+                    procs[k].stdin.flush()  # type: ignore[union-attr]
+                except BrokenPipeError:  # the worker has died; its reader reports how
+                    pass
             worker, message = messages.get()
             if message is None:
                 if worker in busy:
-                    tail = (out / f"worker{worker}.log").read_text(encoding="utf-8").strip().splitlines()[-5:]
+                    procs[worker].wait()
+                    readers[worker].join(timeout=5)
+                    tail = [line.rstrip() for line in list(logs[worker])[-5:]]
                     errors.append((busy[worker][0], {"type": "RuntimeError", "message": (
                         f"its worker process ended (exit code {procs[worker].wait()}): " + " / ".join(tail))}))
                 continue
@@ -505,12 +517,14 @@ def _run_parallel(config: ReproduceConfig, workers: int, threads: int, bar: Any,
     finally:
         for proc in procs:
             if proc.stdin is not None:
-                proc.stdin.close()  # a worker ends when its stdin does
+                with contextlib.suppress(OSError):  # a dead worker's pipe
+                    proc.stdin.close()  # a worker ends when its stdin does
             if errors or todo or busy:
                 proc.kill()  # interrupted or failed: stop the others too
             proc.wait()
-        for fh in logs:
-            fh.close()
+        for k, (reader, lines) in enumerate(zip(readers, logs)):
+            reader.join(timeout=5)
+            atomic_write_text(out / f"worker{k}.log", "".join(lines))
         spec.unlink(missing_ok=True)
     if errors:
         seed, err = errors[0]
