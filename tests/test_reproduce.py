@@ -41,6 +41,8 @@ class TestReproduce:
         assert lines[0] == "2 seed(s) in 2 process(es), 1 thread(s) each"
         assert sorted(line.split(":")[0] for line in lines[1:]) == ["seed 0", "seed 1"]
         assert not (out / "worker_config.json").exists() and (out / "worker0.log").is_file()
+        search = json.loads((out / "seed0" / "dense_crf_search.json").read_text())  # a job of its own
+        assert search["params"] == saved["per_seed"][0]["dense_crf_params"] and len(search["table"]) == 2
         report = (out / "report.md").read_text()
         for title in ROWS.values():
             assert title in report
@@ -91,7 +93,7 @@ class TestReproduce:
             assert torch.equal(alone["backbone." + key], value), key
 
     def test_a_failing_seed_stops_the_run(self, tmp_path):
-        with pytest.raises(ValueError, match="seed 0: .*bilateral_sxy"):  # an error in a worker, raised here
+        with pytest.raises(ValueError, match="seed [01]: .*bilateral_sxy"):  # an error in a worker, raised here
             reproduce(tiny(tmp_path, workers=2, search_grid={"bilateral_sxy": [-1.0]}), progress=False,
                       log=lambda line: None)  # fmt: skip
 

@@ -249,6 +249,43 @@ def _stage_config(config: ReproduceConfig, seed: int, key: str, cnn_ckpt: Option
     )  # fmt: skip
 
 
+def _stage1_checkpoint(config: ReproduceConfig, seed: int) -> Path:
+    """The checkpoint of seed ``seed``'s finished stage-1 run, read from its folder (``train()`` would take the
+    run's lock, which another process may hold for the same reason)."""
+    folder = Path(_stage_config(config, seed, "cnn", None)[1].out_dir)
+    found = [folder / name for name in ("best.pt", "last.pt") if (folder / name).is_file()]
+    if not found:
+        raise FileNotFoundError(f"seed {seed}'s stage-1 run '{folder}' has no checkpoint; train it first.")
+    return found[0]
+
+
+def _search(config: ReproduceConfig, seed: int, cnn_ckpt: Path, val: Any, num_classes: int, bar: Any,
+            times: dict[str, float]) -> tuple[dict, list]:  # fmt: skip
+    """The offline dense CRF's parameters for seed ``seed`` (searched on the validation images, or read from the
+    ``dense_crf_search.json`` an earlier search wrote) and the search's table; its seconds go to ``times``."""
+    from crfrnn.checkpoint import load_model
+    from crfrnn.evaluation import search_dense_crf
+
+    saved = Path(config.out_dir) / f"seed{seed}" / "dense_crf_search.json"
+    stamp = [str(cnn_ckpt), os.stat(cnn_ckpt).st_mtime_ns]  # the search is of this very stage-1 checkpoint
+    if saved.is_file():
+        found = json.loads(saved.read_text(encoding="utf-8"))
+        if (isinstance(found, dict) and found.get("cnn_checkpoint") == stamp and isinstance(found.get("params"), dict)
+                and isinstance(found.get("table"), list)):  # fmt: skip
+            times.setdefault("search_dense_crf", float(found.get("seconds", 0.0)))
+            return found["params"], found["table"]
+    t0 = time.perf_counter()
+    bar.set_description(f"seed {seed}: (b) dense CRF search")
+    cnn, _ = load_model(cnn_ckpt)
+    search_set = torch.utils.data.Subset(val, range(min(config.search_images, len(val))))
+    params, table = search_dense_crf(cnn, search_set, num_classes=num_classes, grid=config.search_grid,
+                                     progress=False)  # fmt: skip
+    times["search_dense_crf"] = time.perf_counter() - t0
+    atomic_write_text(saved, json.dumps(jsonable({"params": params, "table": table, "cnn_checkpoint": stamp,
+                                                  "seconds": times["search_dense_crf"]})))  # fmt: skip
+    return params, table
+
+
 def _train_stages(config: ReproduceConfig, seed: int, keys: Sequence[str], bar: Any,
                   times: dict[str, float]) -> dict[str, Path]:  # fmt: skip
     """Train (or continue, or find complete) the runs ``keys`` of one seed, stage 1 first; their checkpoints by
@@ -260,12 +297,8 @@ def _train_stages(config: ReproduceConfig, seed: int, keys: Sequence[str], bar: 
             bar.set_postfix(seed=seed, val_mIoU=f"{100 * record['val_mean_iou']:.1f}")
 
     checkpoints: dict[str, Path] = {}
-    if "cnn" not in keys:  # trained by another process: read its folder (train() would take the run's lock)
-        folder = Path(_stage_config(config, seed, "cnn", None)[1].out_dir)
-        found = [folder / name for name in ("best.pt", "last.pt") if (folder / name).is_file()]
-        if not found:
-            raise FileNotFoundError(f"seed {seed}'s stage-1 run '{folder}' has no checkpoint; train it first.")
-        checkpoints["cnn"] = found[0]
+    if "cnn" not in keys:  # trained by another process
+        checkpoints["cnn"] = _stage1_checkpoint(config, seed)
     for key in ["cnn", *(k for k in keys if k != "cnn")] if "cnn" in keys else keys:
         title, train_config = _stage_config(config, seed, key, checkpoints.get("cnn"))
         t0 = time.perf_counter()
@@ -282,7 +315,7 @@ def _run_seed(config: ReproduceConfig, seed: int, data: tuple, bar: Any, log: Ca
     trained yet (``times``: the seconds of runs trained elsewhere), searches the dense CRF and evaluates."""
     from crfrnn import CrfRnn
     from crfrnn.checkpoint import load_model
-    from crfrnn.evaluation import evaluate, search_dense_crf
+    from crfrnn.evaluation import evaluate
     from crfrnn.models import CrfRnnSegmenter
 
     _, val, test, num_classes = data
@@ -291,13 +324,8 @@ def _run_seed(config: ReproduceConfig, seed: int, data: tuple, bar: Any, log: Ca
     times = {**trained, **(times or {})}
     cnn_ckpt = checkpoints["cnn"]
 
+    params, table = _search(config, seed, cnn_ckpt, val, num_classes, bar, times)
     cnn, _ = load_model(cnn_ckpt)
-    t0 = time.perf_counter()
-    bar.set_description(f"seed {seed}: (b) dense CRF search")
-    search_set = torch.utils.data.Subset(val, range(min(config.search_images, len(val))))
-    params, table = search_dense_crf(cnn, search_set, num_classes=num_classes, grid=config.search_grid,
-                                     progress=False)  # fmt: skip
-    times["search_dense_crf"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     bar.set_description(f"seed {seed}: evaluate")
@@ -396,8 +424,13 @@ def _worker_main(argv: Optional[list[str]] = None) -> int:
                 data = data or _splits(config)
                 record = _run_seed(config, bar.seed, data, bar, lambda text: bar.send("log", text), job["times"])
                 bar.send("record", record)
-            else:
+            elif job["job"] == "search":
+                data = data or _splits(config)
                 times: dict[str, float] = {}
+                _search(config, bar.seed, _stage1_checkpoint(config, bar.seed), data[1], data[3], bar, times)
+                bar.send("done", times)
+            else:
+                times = {}
                 _train_stages(config, bar.seed, [job["job"]], bar, times)
                 bar.send("done", times)
         except Exception as err:  # reported to the parent, which raises it again
@@ -409,8 +442,8 @@ def _run_parallel(config: ReproduceConfig, workers: int, threads: int, bar: Any,
                   log: Callable[[str], None]) -> list[dict]:  # fmt: skip
     """Every seed's runs shared out over ``workers`` Python processes with ``threads`` threads each.
 
-    The jobs are each seed's training runs (:func:`_stage_keys`; stage 1 first, the others once it is done) and
-    its evaluation; a free worker takes the first ready one, stage-1 runs first because everything waits on them,
+    The jobs are each seed's training runs (:func:`_stage_keys`; stage 1 first, the others once it is done), its
+    dense CRF search (once stage 1 is done) and its evaluation (once everything else is); a free worker takes the first ready one, stage-1 runs first because everything waits on them,
     so no core idles while one seed finishes. Plain subprocesses rather than :mod:`multiprocessing`: a script that
     calls :func:`reproduce` needs no ``if __name__ == "__main__"`` guard, and no forked torch or numba thread
     pool is inherited. The workers' warnings go to ``worker<K>.log`` in ``out_dir``.
@@ -434,9 +467,9 @@ def _run_parallel(config: ReproduceConfig, workers: int, threads: int, bar: Any,
     env["PYTHONPATH"] = os.pathsep.join([source] + [p for p in [env.get("PYTHONPATH")] if p])
 
     stages = _stage_keys(config)
-    todo = [(seed, key) for seed in config.seeds for key in stages] + [(seed, "evaluate") for seed in config.seeds]
-    rank = {"cnn": 0, "evaluate": 2}
-    todo.sort(key=lambda job: (rank.get(job[1], 1), config.seeds.index(job[0])))
+    todo = [(seed, key) for seed in config.seeds for key in [*stages, "search", "evaluate"]]
+    rank = {"cnn": 0, "search": 1, "evaluate": 3}  # then the stage-2 runs (2); the search needs stage 1 only
+    todo.sort(key=lambda job: (rank.get(job[1], 2), config.seeds.index(job[0])))
     finished: dict[int, dict[str, float]] = {seed: {} for seed in config.seeds}
     records: dict[int, dict] = {}
     status: dict[int, str] = {}
@@ -449,7 +482,7 @@ def _run_parallel(config: ReproduceConfig, workers: int, threads: int, bar: Any,
         if key == "cnn":
             return True
         if key == "evaluate":
-            return all(f"train_{k}" in done for k in stages)
+            return all(f"train_{k}" in done for k in stages) and "search_dense_crf" in done
         return "train_cnn" in done
 
     def read(worker: int, stream: Any) -> None:
@@ -475,6 +508,8 @@ def _run_parallel(config: ReproduceConfig, workers: int, threads: int, bar: Any,
             readers[-1].start()
             procs.append(proc)
         while (todo or busy) and not errors:
+            if not busy and not any(ready(j) for j in todo):  # cannot happen; never wait for nothing
+                raise RuntimeError(f"reproduce: no job can start ({todo[:3]}...); this is a bug, please report it.")
             for k in range(workers):
                 job = next((j for j in todo if ready(j)), None) if k not in busy else None
                 if job is None:

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from crfrnn.crf.kernels import KernelCache
 from crfrnn.dense import dense_crf
 from crfrnn.metrics import DEFAULT_WIDTHS, BoundaryAccuracy, ConfusionMatrix
 from crfrnn.models.segmenter import CrfRnnSegmenter
@@ -352,6 +353,7 @@ def search_dense_crf(
     dev = _device(model, device)
     loader, _ = sharded_loader(dataset, batch_size, max_images=max_images, ignore_index=ignore_index)
     matrices = [ConfusionMatrix(num_classes, ignore_index=ignore_index, device=dev) for _ in points]
+    cache = KernelCache()  # the spatial kernel of each image size, built once for every grid point and image
     with eval_mode(model), torch.no_grad():
         for image, mask in _progress(loader, progress, len(loader), "dense CRF search"):
             image, mask = image.to(dev), mask.to(dev)
@@ -361,7 +363,7 @@ def search_dense_crf(
                     f"the model returned scores for {unary.shape[1]} classes but num_classes={num_classes}."
                 )
             for point, cm in zip(points, matrices):
-                cm.update(dense_crf(image, logits=unary, **{**base, **point}).argmax(1), mask)
+                cm.update(dense_crf(image, logits=unary, cache=cache, **{**base, **point}).argmax(1), mask)
     table = []
     for point, cm in zip(points, matrices):
         m = cm.all_reduce().compute()
