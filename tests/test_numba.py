@@ -105,3 +105,21 @@ class TestUnaryFromScores:
         assert stats["nonfinite"] == 2 and stats["negative"] == int((logits < 0).sum())
         finite = torch.isfinite(logits).permute(0, 2, 3, 1).reshape(25, 3).numpy()
         assert np.array_equal(u[:, :3][finite], logits.permute(0, 2, 3, 1).reshape(25, 3).numpy()[finite])
+
+
+class TestInvert:
+    def test_same_csr_for_any_number_of_chunks(self, kernels):
+        """The vertex-to-point CSR (what the splat sums in order) must not depend on the thread count."""
+        numba_mod = kernels[0]
+        rng = np.random.default_rng(0)
+        offsets = rng.integers(0, 37, size=(1001, 4)).astype(np.int32)
+        weights = rng.random((1001, 4)).astype(np.float32)
+        start, points, bary = numba_mod._invert(offsets, weights, 37, 1)
+        for nc in (2, 3, 8, 64):
+            s, p, b = numba_mod._invert(offsets, weights, 37, nc)
+            assert np.array_equal(s, start) and np.array_equal(p, points) and np.array_equal(b, bary)
+        # vertex v's points are those with a corner at v, in increasing order, with their weights
+        for v in (0, 17, 36):
+            mine = points[start[v] : start[v + 1]]
+            rows, cols = np.nonzero(offsets == v)
+            assert np.array_equal(mine, rows) and np.array_equal(bary[start[v] : start[v + 1]], weights[rows, cols])
