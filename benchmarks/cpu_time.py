@@ -3,7 +3,8 @@
 Wall-clock medians on a shared machine move with its load; the CPU time of a single-threaded run moves much
 less (caches and memory bandwidth are still shared), so this is what the optimisations of the fused loop were
 measured with. Both tools run single-threaded in this process (numba and PyTorch set to one thread); set-up is
-a call with 0 iterations, per iteration is (T=10 - T=0) / 10. Minimum of --repeats calls after a warm-up.
+a call with 0 iterations, per iteration is (T=10 - T=0) / 10. Minimum of --repeats rounds after a warm-up
+round, the four calls (two tools, T=0 and T=10) made in turn in each round.
 
     python benchmarks/cpu_time.py            # 500x375 photo, 21 labels
     python benchmarks/cpu_time.py --volume   # 64x128x128 volume, 2 labels, the model of bench_volume.py
@@ -21,13 +22,17 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
-def cpu(fn, repeats: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.process_time()
+def cpu_interleaved(fns: dict, repeats: int) -> dict:
+    """Least CPU time of each function over ``repeats`` rounds, the functions called in turn within each round
+    (so that the machine's drift over the run reaches every one of them alike), after one warm-up round."""
+    for fn in fns.values():
         fn()
-        best = min(best, time.process_time() - t)
+    best = {name: float("inf") for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t = time.process_time()
+            fn()
+            best[name] = min(best[name], time.process_time() - t)
     return best
 
 
@@ -74,10 +79,13 @@ def main() -> None:
         def theirs(t):
             return runner("densecrf", image, probs, t)
 
-    for name, make in (("crfrnn", ours), ("densecrf", theirs)):
-        t0, t10 = cpu(make(0), args.repeats), cpu(make(10), args.repeats)
+    fns = {(name, t): make(t) for name, make in (("crfrnn", ours), ("densecrf", theirs)) for t in (0, 10)}
+    best = cpu_interleaved(fns, args.repeats)
+    for name in ("crfrnn", "densecrf"):
+        t0, t10 = best[name, 0], best[name, 10]
         print(f"{name:9s} set-up {t0 * 1e3:7.1f} ms CPU, per iteration {(t10 - t0) / 10 * 1e3:6.1f} ms CPU, "
               f"T=10 {t10 * 1e3:7.1f} ms CPU", flush=True)
+    print(f"crfrnn / densecrf at T=10: {best['crfrnn', 10] / best['densecrf', 10]:.2f}x")
 
 
 if __name__ == "__main__":
