@@ -345,12 +345,13 @@ def _build_concurrently(builder: _Builder, count: int, image: int, num_points: i
     import numba
 
     workers = min(count, numba.get_num_threads())
-    # Building costs about (D + 1)^2 per point; one thread per kernel pays the largest cost, all threads per
-    # kernel pay the sum divided by their speed-up (about 1.4 on 2 cores, measured: 16 + 36 ms against 27 and
-    # 62 ms at 500x375 for the spatial and bilateral lattices). So 2-D photos (D = 2 and 5) build one after the
-    # other and volumes (D = 3 and 4) side by side.
-    costs = [(builder.kernels[k].features.shape[-1] + 1) ** 2 for k in range(count)]
-    if workers < 2 or num_points < 20_000 or max(costs) * 1.4 > sum(costs):
+    # One thread per kernel waits for the costliest kernel; all threads per kernel pay the sum of the costs divided
+    # by their speed-up (1.4 to 1.6 on 2 cores). Costs differ more than the feature counts suggest: measured at
+    # 64x128x128, the 3-D and 4-D lattices took 100 and 210 ms on one thread, 63 and 149 ms on two, so side by
+    # side took 239 ms and one after the other 210 ms (at 500x375 the 2-D and 5-D ones took 11 and 25 ms). So
+    # kernels build side by side only when they all have the same number of features (two bilateral kernels).
+    dims = {builder.kernels[k].features.shape[-1] for k in range(count)}
+    if workers < 2 or num_points < 20_000 or len(dims) > 1:
         return [builder.kernel(k, image) for k in range(count)]
 
     def build(k: int) -> GaussianKernel:
