@@ -1,6 +1,7 @@
 """Where torch.compile breaks the graph of CrfRnn's differentiable (device-agnostic) path.
 
-Runs ``torch._dynamo.explain`` on a training-mode ``CrfRnn`` (capture only, no code generation) and prints the
+Runs ``torch._dynamo.explain`` on a training-mode ``CrfRnn``, with fixed and with learned widths (capture only, no
+code generation), and prints the
 number of graphs and breaks and each distinct reason with the line that causes it, twice: with PyTorch's default
 settings, and with ``torch._dynamo.config.capture_dynamic_output_shape_ops = True``. Under the compiler the lattice
 goes through custom operators (``crfrnn._ops``) and the input checks become device-side assertions; the only
@@ -31,17 +32,18 @@ def main() -> None:
 
     logging.getLogger("torch._dynamo").setLevel(logging.ERROR)
     h, w = args.size
-    crf = CrfRnn(args.labels, num_iterations=args.iterations).train()
     unary = torch.randn(1, args.labels, h, w, requires_grad=True)
     image = torch.rand(1, 3, h, w) * 255
-    for capture in (False, True):
-        dynamo.reset()
-        with dynamo.config.patch(capture_dynamic_output_shape_ops=capture):
-            explained = dynamo.explain(crf)(unary, image)
-        print(f"CrfRnn train mode, {h}x{w}, L={args.labels}, T={args.iterations}, "
-              f"capture_dynamic_output_shape_ops={capture}: {explained.graph_count} graphs, "
-              f"{explained.graph_break_count} breaks")
-        _reasons(explained)
+    for learned in (False, True):
+        crf = CrfRnn(args.labels, num_iterations=args.iterations, learn_widths=learned).train()
+        for capture in (False, True):
+            dynamo.reset()
+            with dynamo.config.patch(capture_dynamic_output_shape_ops=capture):
+                explained = dynamo.explain(crf)(unary, image)
+            print(f"CrfRnn train mode{', learned widths' if learned else ''}, {h}x{w}, L={args.labels}, "
+                  f"T={args.iterations}, capture_dynamic_output_shape_ops={capture}: {explained.graph_count} graphs, "
+                  f"{explained.graph_break_count} breaks")
+            _reasons(explained)
 
 
 def _reasons(explained) -> None:

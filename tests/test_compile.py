@@ -93,6 +93,38 @@ class TestCompile:
         for g, r in zip(grads, grads_ref):
             torch.testing.assert_close(g, r, rtol=0, atol=1e-9)
 
+    def test_learned_widths_compile_whole(self):
+        """Learned widths: one graph, and the widths' gradients (the moment-channel filterings) equal eager mode's."""
+        crf = CrfRnn(3, num_iterations=2, learn_widths=True).double().train()
+        unary, image = _inputs(5)
+        with torch._dynamo.config.patch(capture_dynamic_output_shape_ops=True):
+            explained = torch._dynamo.explain(crf)(unary, image)
+        assert explained.graph_break_count == 0 and explained.graph_count == 1
+        torch._dynamo.reset()
+        params = [p for n, p in crf.named_parameters() if n.startswith("log_theta")]
+        assert len(params) == 3
+        ref = crf(unary, image)
+        grads_ref = torch.autograd.grad((ref**2).sum(), (unary, *params))
+        with torch._dynamo.config.patch(capture_dynamic_output_shape_ops=True):
+            out = torch.compile(crf, backend="aot_eager", fullgraph=True)(unary, image)
+            grads = torch.autograd.grad((out**2).sum(), (unary, *params))
+        torch.testing.assert_close(out, ref, rtol=0, atol=1e-10)
+        for g, r in zip(grads, grads_ref):
+            assert r.abs().max() > 0
+            torch.testing.assert_close(g, r, rtol=1e-9, atol=1e-9)
+
+    def test_traced_widths_are_still_checked(self):
+        from crfrnn.validation import check_widths
+
+        def f(w):
+            return torch.stack(check_widths("theta_alpha", w, 2, "spatial axis")) * 2
+
+        compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
+        torch.testing.assert_close(compiled(torch.tensor([3.0, 4.0])), torch.tensor([6.0, 8.0]))
+        torch.testing.assert_close(compiled(torch.tensor([5.0])), torch.tensor([10.0, 10.0]))
+        with pytest.raises(RuntimeError, match="theta_alpha must be positive finite"):
+            compiled(torch.tensor([3.0, -1.0]))
+
     def test_eval_mode_compiles_the_torch_path(self):
         crf = CrfRnn(3, num_iterations=2, num_eval_iterations=4).eval()
         unary, image = _inputs(3)

@@ -503,6 +503,11 @@ def _moments(x: Tensor, f: Tensor, lead: Optional[Tensor], pad) -> Tensor:
     d = f.shape[1]
     first = 0 if lead is None else lead.shape[1]
     width = first + d * c
+    if _compiling():  # no out= into a strided view under torch.compile (a graph break): one concatenation
+        parts = ([] if lead is None else [lead]) + [(f.unsqueeze(2) * x.unsqueeze(1)).reshape(p, d * c)]
+        if pad(width) > width:
+            parts.append(x.new_zeros(p, pad(width) - width))
+        return torch.cat(parts, 1)
     buf = x.new_empty(p, pad(width))
     if lead is not None:
         buf[:, :first] = lead

@@ -81,6 +81,8 @@ def check_widths(name: str, value: Union[float, Sequence[float], Tensor], count:
     Returns:
         ``count`` floats.
     """
+    if isinstance(value, Tensor) and torch.compiler.is_compiling():
+        return _traced_widths(name, value, count, what)
     if isinstance(value, Tensor):
         value = value.detach().reshape(-1).tolist()
     elif isinstance(value, np.ndarray):
@@ -106,6 +108,17 @@ def check_widths(name: str, value: Union[float, Sequence[float], Tensor], count:
             )
         out.append(float(v))
     return tuple(out)
+
+
+def _traced_widths(name: str, value: Tensor, count: int, what: str) -> tuple[Tensor, ...]:
+    """:func:`check_widths` of a tensor under ``torch.compile``: the values are checked on the device (no value read
+    back, no graph break) and returned as ``count`` 0-d tensors."""
+    flat = value.detach().reshape(-1)
+    if flat.numel() not in (1, count):
+        raise ValueError(f"{name} must be one number or {count} numbers (one per {what}), got {flat.numel()}.")
+    torch._assert_async(((flat > 0) & torch.isfinite(flat)).all(), f"crfrnn: {name} must be positive finite numbers")
+    values = tuple(flat.unbind())
+    return values * count if len(values) == 1 else values
 
 
 def widths_need_grad(value: object) -> bool:
@@ -140,6 +153,8 @@ def check_spacing(spacing: Optional[Union[float, Sequence[float]]], ndim: int) -
 
 def check_bound(name: str, extent: float, width: float) -> None:
     """Refuse a width that would put lattice coordinates (``extent / width``) beyond :data:`MAX_FEATURE`."""
+    if isinstance(width, Tensor) or isinstance(extent, Tensor):  # traced: the lattice checks its coordinates itself
+        return
     if extent / width > MAX_FEATURE:
         raise ValueError(
             f"{name}={width:g} is too small for values spanning {extent:g}: the lattice coordinates would reach "
