@@ -34,9 +34,9 @@ except ImportError:  # pragma: no cover - exercised only where numba is missing
     AVAILABLE = False
 
 __all__ = [
-    "AVAILABLE", "NumbaOperators", "build", "channels_first", "channels_last", "mean_field", "message",
-    "message_backward",
-    "padded_channels", "prepare", "softmax_backward", "softmax_rows", "unary_from_scores",
+    "AVAILABLE", "NumbaOperators", "adjoint_slice", "blur", "blur_result", "build", "channels_first", "channels_last",
+    "mean_field", "message", "message_backward", "padded_channels", "prepare", "softmax_backward", "softmax_rows",
+    "splat", "unary_from_scores",
 ]
 
 if AVAILABLE:
@@ -802,6 +802,32 @@ def message_backward(ops: "NumbaOperators", dmsg: np.ndarray, pre: np.ndarray, p
     """
     b = _blur(_splat(dmsg, post, ops.start, ops.points, ops.bary, buf), tmp, ops.neighbours, True)
     _message_backward(b, ops.weights, ops.offsets, dmsg.dtype.type(ops.alpha), pre, post, selfw, scale, dmsg, out,
+                      accumulate)  # fmt: skip
+
+
+def splat(ops: "NumbaOperators", values: np.ndarray, pre: np.ndarray, buf: np.ndarray) -> np.ndarray:
+    """``buf (M + 1, C) = S^T (pre * values)``: the lattice's splat of ``values (P, C)`` weighted by ``pre (P,)``
+    (row ``M``, the absent neighbour, is 0)."""
+    return _splat(values, pre, ops.start, ops.points, ops.bary, buf)
+
+
+def blur(ops: "NumbaOperators", buf: np.ndarray, tmp: np.ndarray, reverse: bool) -> np.ndarray:
+    """The lattice's blur of ``buf (M + 1, C)`` (directions reversed for the adjoint), ``tmp`` as scratch; returns
+    whichever of the two holds the result (see :func:`blur_result`)."""
+    return _blur(buf, tmp, ops.neighbours, reverse)
+
+
+def blur_result(ops: "NumbaOperators", buf: np.ndarray, tmp: np.ndarray) -> np.ndarray:
+    """Which of a blur's two buffers holds its result: it swaps them once per lattice direction (``D + 1``), so
+    ``buf`` after an even number of directions, ``tmp`` after an odd one (also inside the fused loop)."""
+    return tmp if ops.neighbours.shape[0] % 2 else buf
+
+
+def adjoint_slice(ops: "NumbaOperators", buf: np.ndarray, dmsg: np.ndarray, pre: np.ndarray, post: np.ndarray,
+                  selfw: np.ndarray, scale: np.ndarray, out: np.ndarray, accumulate: bool) -> None:
+    """The last step of a message's adjoint: ``out (+)= scale * pre * (alpha * S buf - selfw * post * dmsg)`` with
+    ``buf = blur^T(S^T(post * dmsg))`` already computed (``dmsg`` is read only where ``selfw`` is not 0)."""
+    _message_backward(buf, ops.weights, ops.offsets, buf.dtype.type(ops.alpha), pre, post, selfw, scale, dmsg, out,
                       accumulate)  # fmt: skip
 
 

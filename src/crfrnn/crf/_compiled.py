@@ -43,19 +43,20 @@ def release_buffers() -> None:
     _WORKSPACE.clear()
 
 
-def _vertex_buffers(ops, channels: int, dtype: torch.dtype) -> list:
-    """Two ``(M + 1, C)`` vertex buffers per kernel, views of kept buffers rounded up (lattices vary in size)."""
-    out = []
-    for o, *_ in ops:
-        rows = o.num_vertices + 1
-        step = 1 << max(0, rows.bit_length() - 4)  # within 1/8 of the size: buffers fit lattices of similar size
-        cap = -(-rows // step) * step
-        out.append(tuple(_WORKSPACE.take((cap, channels), dtype) for _ in range(2)))
-    return out
+def _rounded(rows: int) -> int:
+    """``rows`` rounded up to within 1/8: kept buffers then fit lattices of similar size (lattices vary in size)."""
+    step = 1 << max(0, rows.bit_length() - 4)
+    return -(-rows // step) * step
+
+
+def _vertex_buffers(ops, channels: int, dtype: torch.dtype, count: int = 2) -> list:
+    """``count`` ``(M + 1, C)`` vertex buffers per kernel, views of kept buffers rounded up."""
+    return [tuple(_WORKSPACE.take((_rounded(o.num_vertices + 1), channels), dtype) for _ in range(count))
+            for o, *_ in ops]  # fmt: skip
 
 
 def _views(bufs: list, ops) -> list:
-    return [(a[: o.num_vertices + 1].numpy(), b[: o.num_vertices + 1].numpy()) for (a, b), (o, *_) in zip(bufs, ops)]
+    return [tuple(x[: o.num_vertices + 1].numpy() for x in pair) for pair, (o, *_) in zip(bufs, ops)]
 
 
 def compiled_mean_field(unary: Tensor, builder, schedule: Sequence[Sequence], iterations: int,
@@ -145,12 +146,14 @@ class _CompiledMeanField(torch.autograd.Function):
         iters = plan.iterations
         nk = len(plan.builder.kernels)
         plan.steps = _padded_steps(plan.schedule, num_labels, c, np_dtype)
-        keep_msgs = any(t.requires_grad for t in transforms) and not plan.recompute
+        # The transforms' gradients need each kernel's blurred vertex buffer of every iteration (``M_k + 1`` rows,
+        # fewer than the ``N`` of its message; see the module): kept, or recomputed by a memory-efficient backward.
+        keep_blurred = any(t.requires_grad for t in transforms) and not plan.recompute
         hist = _WORKSPACE.take((b, iters, n, c), dtype)  # q_t, the input of iteration t
         last = _WORKSPACE.take((b, n, c), dtype)  # q_T (or the logits of iteration T)
-        msgs = _WORKSPACE.take((b, iters, nk, n, c) if keep_msgs else (0,), dtype)
         out = torch.empty((b, num_labels, n), dtype=dtype)
         plan.ops = []
+        kept = []  # per image and kernel: (iterations, rows, C) buffers, the first M_k + 1 rows used
         for i in range(b):
             ops = []
             for kern in _build_concurrently(plan.builder, nk, i, n):
@@ -159,6 +162,8 @@ class _CompiledMeanField(torch.autograd.Function):
             plan.ops.append(ops)
             bufs = _vertex_buffers(ops, c, dtype)
             work = _views(bufs, ops)
+            if keep_blurred:
+                kept.append([_WORKSPACE.take((iters, _rounded(o.num_vertices + 1), c), dtype) for o, *_ in ops])
             unary_i = padded[i * n : (i + 1) * n]
             h = hist[i].numpy()
             _numba.softmax_rows(unary_i, h[0], num_labels)
@@ -171,12 +176,16 @@ class _CompiledMeanField(torch.autograd.Function):
                 final = it + 1 == iters
                 _numba.mean_field(unary_i, num_labels, 1, args[s], q0=h[it], q_out=q,
                                   return_logits=final and plan.return_logits, prepared=prepared[s],
-                                  transpose=False, msgs=msgs[i, it].numpy() if keep_msgs else None)  # fmt: skip
+                                  transpose=False)  # fmt: skip
+                if keep_blurred:
+                    for k, (o, *_) in enumerate(ops):
+                        np.copyto(kept[i][k][it, : o.num_vertices + 1].numpy(), _numba.blur_result(o, *work[k]))
             _numba.channels_first(last[i].numpy(), num_labels, out[i].numpy())
             _WORKSPACE.give(*(x for pair in bufs for x in pair))
         ctx.plan = plan
-        ctx.save_for_backward(hist, last, msgs)
-        _WORKSPACE.give_after([hist, last, msgs], ctx)
+        flat = [x for row in kept for x in row]
+        ctx.save_for_backward(hist, last, *flat)  # saved as tensors: autograd's hooks and memory accounting see them
+        _WORKSPACE.give_after([hist, last, *flat], ctx)
         ctx.shapes = [t.shape for t in transforms]
         return out
 
@@ -191,8 +200,10 @@ def _backward(ctx, grad: Tensor) -> tuple:
     from crfrnn import _numba
 
     plan: _Plan = ctx.plan
-    hist, last, msgs = ctx.saved_tensors
+    hist, last, *flat = ctx.saved_tensors
     b, iters, n, c = hist.shape
+    nk = len(plan.ops[0])
+    kept = [flat[i * nk : (i + 1) * nk] for i in range(b)] if flat else []
     num_labels = grad.shape[1]
     dtype = hist.dtype
     grad = grad.to(dtype).contiguous()
@@ -201,12 +212,14 @@ def _backward(ctx, grad: Tensor) -> tuple:
     du_out = torch.empty((b, num_labels, n), dtype=dtype) if ctx.needs_input_grad[0] else None
     scratch = [_WORKSPACE.take((n, c), dtype) for _ in range(5)]
     g, g_prev, dz, dm, du = scratch
-    recompute = plan.recompute and any(x is not None for x in grads)
-    fresh = _WORKSPACE.take((n, c), dtype) if recompute else None  # a recomputed message
+    need_blurred = any(x is not None for x in grads)
+    recompute = need_blurred and not kept
     for i in range(b):
         ops = plan.ops[i]
-        bufs = _vertex_buffers(ops, c, dtype)
+        # two vertex buffers per kernel for the adjoint, two more to recompute the forward's blurred buffer
+        bufs = _vertex_buffers(ops, c, dtype, 4 if recompute else 2)
         work = _views(bufs, ops)
+        with_self = [bool(selfw.any()) for _, _, _, selfw in ops]
         _numba.channels_last(grad[i].numpy(), g.numpy())
         # NumPy's single-threaded copies, not torch's: a torch pass here starts its own thread pool while numba's
         # threads still spin after the last kernel, which made these 18 MB passes 7x slower on 2 cores
@@ -222,33 +235,63 @@ def _backward(ctx, grad: Tensor) -> tuple:
                 _numba.softmax_backward(q_next.numpy(), g.numpy(), num_labels, dz.numpy(), du.numpy())
             s = min(it, len(plan.steps) - 1)
             for k, ((o, pre, post, selfw), (_, mat, scale)) in enumerate(zip(ops, plan.steps[s])):
+                buf, tmp = work[k][:2]
+                rows = o.num_vertices + 1
+                # S^T (post dz): the message's adjoint starts with it, and the transform's gradient is made from it
+                sp = _numba.splat(o, dz.numpy(), post, buf)
                 index = plan.layout[s][k]
                 if index is not None and grads[index] is not None:
-                    if recompute:
-                        _numba.message(o, hist[i, it].numpy(), pre, post, selfw, fresh.numpy(), *work[k])
-                        msg = fresh
+                    if recompute:  # the forward's blurred buffer blur(S^T(pre q_t)), again
+                        blurred = _numba.blur(o, _numba.splat(o, hist[i, it].numpy(), pre, work[k][2]), work[k][3],
+                                              False)  # fmt: skip
                     else:
-                        msg = msgs[i, it, k]
-                    grads[index] += _transform_grad(dz, msg, grads[index].dim(), num_labels)
+                        blurred = kept[i][k][it, :rows].numpy()
+                    self_term = (post * selfw * pre, hist[i, it]) if with_self[k] else None
+                    grads[index] += _transform_grad(sp, blurred, o.alpha, dz, self_term, grads[index].dim(),
+                                                    num_labels)  # fmt: skip
                 if mat is not None:
-                    torch.mm(dz, torch.from_numpy(mat), out=dm)
-                    src = dm
-                else:
-                    src = dz
-                buf, tmp = work[k]
-                _numba.message_backward(o, src.numpy(), pre, post, selfw, scale, g_prev.numpy(), k > 0, buf, tmp)
+                    # dm = dz T: its splat is S^T(post dz) T (per-point factors commute with the label product), an
+                    # (M + 1) x C product instead of N x C; dm itself only for the self-exclusion term
+                    torch.mm(torch.from_numpy(sp), torch.from_numpy(mat), out=torch.from_numpy(tmp))
+                    res = _numba.blur(o, tmp, buf, True)
+                    if with_self[k]:
+                        torch.mm(dz, torch.from_numpy(mat), out=dm)
+                    src, factor = (dm if with_self[k] else dz), _ones(c, dz.dtype)
+                else:  # a vector transform scales each channel: folded into the last pass
+                    res = _numba.blur(o, sp, tmp, True)
+                    src, factor = dz, scale
+                _numba.adjoint_slice(o, res, src.numpy(), pre, post, selfw, factor, g_prev.numpy(), k > 0)
             g, g_prev = g_prev, g
         if du_out is not None:  # the first marginals' softmax: only the unary's gradient goes through it
             _numba.softmax_backward(hist[i, 0].numpy(), g.numpy(), num_labels, dz.numpy(), du.numpy())
             _numba.channels_first(du.numpy(), num_labels, du_out[i].numpy())
         _WORKSPACE.give(*(x for pair in bufs for x in pair))
-    _WORKSPACE.give(*scratch, *([fresh] if fresh is not None else []))
+    _WORKSPACE.give(*scratch)
     return (du_out, None, *grads)
 
 
-def _transform_grad(dz: Tensor, msg: Tensor, ndim: int, num_labels: int) -> Tensor:
-    """Gradient of ``logits += msg T^T`` (matrix), ``T * msg`` (vector) or ``T msg`` (number) with respect to ``T``."""
+def _ones(channels: int, dtype: torch.dtype) -> np.ndarray:
+    return np.ones(channels, np.float64 if dtype == torch.float64 else np.float32)
+
+
+def _transform_grad(sp: np.ndarray, blurred: np.ndarray, alpha: float, dz: Tensor, self_term, ndim: int,
+                    num_labels: int) -> Tensor:
+    """Gradient of ``logits += msg T^T`` (matrix), ``T * msg`` (vector) or ``T msg`` (number) with respect to ``T``.
+
+    With ``msg = post (alpha S B - selfw pre q)`` (``B`` the blurred vertex buffer, ``S`` the slice), ``dz^T msg`` is
+    ``alpha (S^T(post dz))^T B - dz^T (post selfw pre q)``: the first product over the ``M + 1`` vertices, not the
+    ``N`` points; the second only with self-exclusion (``self_term = (post selfw pre, q)``).
+    """
+    s, bl = torch.from_numpy(sp), torch.from_numpy(blurred)
     if ndim == 2:
-        return (dz.t() @ msg)[:num_labels, :num_labels]
-    per_label = (dz * msg).sum(0)[:num_labels]
+        out = (s.t() @ bl) * alpha
+        if self_term is not None:
+            coef, q = self_term
+            out -= (dz * torch.from_numpy(coef).unsqueeze(1)).t() @ q
+        return out[:num_labels, :num_labels]
+    per_label = (s * bl).sum(0) * alpha
+    if self_term is not None:
+        coef, q = self_term
+        per_label -= (dz * q * torch.from_numpy(coef).unsqueeze(1)).sum(0)
+    per_label = per_label[:num_labels]
     return per_label if ndim == 1 else per_label.sum()
