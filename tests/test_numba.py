@@ -123,3 +123,38 @@ class TestInvert:
             mine = points[start[v] : start[v + 1]]
             rows, cols = np.nonzero(offsets == v)
             assert np.array_equal(mine, rows) and np.array_equal(bary[start[v] : start[v + 1]], weights[rows, cols])
+
+
+class TestMatrixOnVertices:
+    @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+    def test_same_marginals_as_point_by_point(self, kernels, dtype):
+        """``S (B T) = (S B) T``: a label matrix applied to the blurred vertices gives the point-by-point result."""
+        numba_mod = kernels[0]
+        from crfrnn.crf import spatial_features
+        from crfrnn.lattice import PermutohedralLattice
+
+        tdt = torch.float32 if dtype == np.float32 else torch.float64
+        h, w, num_labels = 30, 40, 5
+        ops = PermutohedralLattice(spatial_features(1, h, w, 3.0).to(tdt))._operators(tdt)
+        n = h * w
+        assert ops.num_vertices + 1 < n
+        rng = np.random.default_rng(0)
+        c = numba_mod.padded_channels(num_labels, dtype)
+        unary = np.zeros((n, c), dtype)
+        unary[:, :num_labels] = rng.normal(size=(n, num_labels))
+        pre, post = rng.uniform(0.5, 1.5, n).astype(dtype), rng.uniform(0.5, 1.5, n).astype(dtype)
+        matrix = rng.normal(size=(num_labels, num_labels)).astype(dtype)
+        kern = [(ops, pre, post, np.zeros(n, dtype), matrix)]
+        prepared = numba_mod.prepare(kern, num_labels, n, c, dtype)
+        assert prepared[11][0]  # on_vertices
+        point_by_point = list(prepared)
+        point_by_point[10] = np.ones(1, np.bool_)  # is_full
+        point_by_point[11] = np.zeros(1, np.bool_)
+        point_by_point[12] = np.zeros_like(prepared[12])  # diag
+        a = numba_mod.mean_field(unary, num_labels, 3, kern, prepared=prepared)
+        b = numba_mod.mean_field(unary, num_labels, 3, kern, prepared=tuple(point_by_point))
+        assert np.abs(a - b).max() < (1e-5 if dtype == np.float32 else 1e-12)
+        # with self-exclusion the product stays point by point
+        kern_self = [(ops, pre, post, np.full(n, 0.5, dtype), matrix)]
+        prep_self = numba_mod.prepare(kern_self, num_labels, n, c, dtype)
+        assert not prep_self[11][0] and prep_self[10][0]

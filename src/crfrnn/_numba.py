@@ -35,7 +35,7 @@ except ImportError:  # pragma: no cover - exercised only where numba is missing
 
 __all__ = [
     "AVAILABLE", "NumbaOperators", "adjoint_slice", "blur", "blur_result", "build", "channels_first", "channels_last",
-    "mean_field", "message", "message_backward", "padded_channels", "prepare", "softmax_backward", "softmax_rows",
+    "mean_field", "padded_channels", "prepare", "softmax_backward", "softmax_rows",
     "splat", "unary_from_scores",
 ]
 
@@ -441,8 +441,45 @@ if AVAILABLE:
             _softmax_block(flat, c, cr, blk * _BLOCK, min(n, (blk + 1) * _BLOCK), scratch, rowbuf)
 
     @njit(cache=True, parallel=True, nogil=True, fastmath=_FAST)
+    def _vertex_matmul(b, mat, cr, out):  # pragma: no cover - compiled
+        """``out (M + 1, C) = b[:, :cr] @ mat[:cr]``: a label transform applied to blurred vertex values; returns ``out``.
+
+        Eight rows at a time, as the fused loop's point-by-point product (each row of ``mat`` loaded once for eight).
+        """
+        rows, c = b.shape
+        for blk in prange((rows + _BLOCK - 1) // _BLOCK):
+            start = blk * _BLOCK
+            stop = min(rows, start + _BLOCK)
+            for v in range(start, stop):
+                for ch in range(c):
+                    out[v, ch] = 0.0
+            for i0 in range(start, stop, 8):
+                if i0 + 8 <= stop:
+                    for ci in range(cr):
+                        v0, v1, v2, v3 = b[i0, ci], b[i0 + 1, ci], b[i0 + 2, ci], b[i0 + 3, ci]
+                        v4, v5, v6, v7 = b[i0 + 4, ci], b[i0 + 5, ci], b[i0 + 6, ci], b[i0 + 7, ci]
+                        for ch in range(c):
+                            x = mat[ci, ch]
+                            out[i0, ch] += v0 * x
+                            out[i0 + 1, ch] += v1 * x
+                            out[i0 + 2, ch] += v2 * x
+                            out[i0 + 3, ch] += v3 * x
+                            out[i0 + 4, ch] += v4 * x
+                            out[i0 + 5, ch] += v5 * x
+                            out[i0 + 6, ch] += v6 * x
+                            out[i0 + 7, ch] += v7 * x
+                else:
+                    for v in range(i0, stop):
+                        for ci in range(cr):
+                            x = b[v, ci]
+                            for ch in range(c):
+                                out[v, ch] += x * mat[ci, ch]
+        return out
+
+    @njit(cache=True, parallel=True, nogil=True, fastmath=_FAST)
     def _mean_field(unary, q, q_out, q_ready, cr, iterations, return_logits, alphas, offsets, weights, neighbours,
-                    starts, points, barys, pre, post, selfw, is_full, diag, mat, bufs, tmps, msgs):  # pragma: no cover
+                    starts, points, barys, pre, post, selfw, is_full, on_vertices, diag, mat, bufs, tmps,
+                    vbufs):  # pragma: no cover
         """Mean field with any number of Gaussian kernels, in place in ``q`` (no autograd).
 
         Args:
@@ -459,19 +496,22 @@ if AVAILABLE:
             neighbours: tuple of ``K`` arrays ``(D_k + 1, 2, M_k)``: vertex neighbours (``M_k`` if absent).
             pre, post, selfw: ``(K, P)``: kernel ``k``'s message is ``post * (K_k(pre * q) - selfw * pre * q)``.
             is_full: ``(K,)`` bool: kernel ``k``'s message goes through the matrix ``mat[k]`` (``logits +=
-                msg @ mat[k]``) instead of the per-label vector ``diag[k]`` (``logits += diag[k] * msg``).
+                msg @ mat[k]``) point by point instead of the per-label vector ``diag[k]`` (``logits += diag[k] * msg``).
+            on_vertices: ``(K,)`` bool: apply ``mat[k]`` to the blurred vertex buffer instead (``S (B mat) = (S B) mat``
+                for the slice ``S``, and the normalisation and alpha are per point), then slice it as a vector kernel
+                with ``diag[k] = 1``: ``M_k + 1`` rows of products instead of ``P``. Only for kernels without
+                self-exclusion (whose ``selfw pre q`` term would need the product point by point again).
             diag: ``(K, C)``; mat: ``(K, C, C)`` (zero padding).
             starts, points, barys: tuples of ``K`` vertex-to-point CSR arrays (:func:`_invert`) for the splat.
-            bufs, tmps: tuples of ``K`` vertex buffers ``(M_k + 1, C)``.
-            msgs: ``(K, P, C)`` where to keep every kernel's message ``post * (K_k(pre * q) - selfw * pre * q)`` of
-                the last iteration (for the backward pass), or an empty ``(0, 0, 0)`` array to keep none.
+            bufs, tmps: tuples of ``K`` vertex buffers ``(M_k + 1, C)``; the blur leaves ``B_k`` in one of them
+                (:func:`blur_result`).
+            vbufs: tuple of ``K`` buffers ``(M_k + 1, C)`` for ``B_k mat[k]`` where ``on_vertices[k]`` (else any).
 
         Each iteration splats and blurs every kernel's marginals, then one pass over each block of points
         slices all kernels, applies the label transforms, adds the unary and takes the softmax.
         """
         num_points, c = unary.shape
         nk = alphas.shape[0]
-        save = msgs.shape[0] > 0
         if not q_ready:
             _softmax_rows(unary, q, cr)
         flat = q_out.reshape(-1)
@@ -480,8 +520,10 @@ if AVAILABLE:
             src = q if it == 0 else q_out
             blurred = []
             for k in range(nk):
-                blurred.append(_blur(_splat(src, pre[k], starts[k], points[k], barys[k], bufs[k]), tmps[k],
-                                     neighbours[k], False))
+                bk = _blur(_splat(src, pre[k], starts[k], points[k], barys[k], bufs[k]), tmps[k], neighbours[k], False)
+                if on_vertices[k]:
+                    bk = _vertex_matmul(bk, mat[k], cr, vbufs[k])
+                blurred.append(bk)
             last = it == iterations - 1
             for blk in prange(num_blocks):
                 start = blk * _BLOCK
@@ -495,7 +537,7 @@ if AVAILABLE:
                     for ch in range(c):
                         acc[i, ch] = unary[start + i, ch]
                 for k in range(nk):  # self-exclusion of the vector kernels (reads q before it is overwritten)
-                    if not (is_full[k] or save):
+                    if not is_full[k]:
                         for i in range(m):
                             p = start + i
                             coef = post[k, p] * selfw[k, p] * pre[k, p]
@@ -511,7 +553,7 @@ if AVAILABLE:
                     wk = weights[k]
                     d1 = off.shape[1]
                     alpha = alphas[k]
-                    if is_full[k] or save:
+                    if is_full[k]:
                         mk = mat[k]
                         for i0 in range(0, m, 8):  # eight points at a time
                             count = min(8, m - i0)
@@ -528,14 +570,7 @@ if AVAILABLE:
                                 g = post[k, p] * alpha
                                 for ch in range(c):
                                     msg[j, ch] *= g
-                                if save:
-                                    for ch in range(c):
-                                        msgs[k, p, ch] = msg[j, ch]
-                            if not is_full[k]:
-                                for j in range(count):
-                                    for ch in range(c):
-                                        acc[i0 + j, ch] += diag[k, ch] * msg[j, ch]
-                            elif count == 8:
+                            if count == 8:
                                 # The L x L product for eight points at once: each row of the matrix is loaded once
                                 # for eight points (twice as fast as one point at a time, measured at L = 21).
                                 for ci in range(cr):
@@ -776,35 +811,6 @@ def softmax_backward(q: np.ndarray, grad: np.ndarray, num_labels: int, dlogits: 
     _softmax_backward(q, grad, num_labels, dlogits, du)
 
 
-def message(ops: "NumbaOperators", q: np.ndarray, pre: np.ndarray, post: np.ndarray, selfw: np.ndarray,
-            out: np.ndarray, buf: np.ndarray, tmp: np.ndarray) -> np.ndarray:
-    """One kernel's message ``out (P, C) = post * (K(pre * q) - selfw * pre * q)`` (what the fused loop computes
-    and, when asked, keeps; recomputed by a memory-efficient backward). ``buf``, ``tmp``: ``(M + 1, C)``."""
-    b = _blur(_splat(q, pre, ops.start, ops.points, ops.bary, buf), tmp, ops.neighbours, False)
-    ones = np.ones(q.shape[1], q.dtype)
-    _message_backward(b, ops.weights, ops.offsets, q.dtype.type(ops.alpha), post, pre, selfw, ones, q, out, False)
-    return out
-
-
-def message_backward(ops: "NumbaOperators", dmsg: np.ndarray, pre: np.ndarray, post: np.ndarray, selfw: np.ndarray,
-                     scale: np.ndarray, out: np.ndarray, accumulate: bool, buf: np.ndarray, tmp: np.ndarray) -> None:
-    """The adjoint of one kernel's message ``m = post * (K(pre * q) - selfw * pre * q)``, times a per-label
-    ``scale (C,)``: ``out (+)= scale * (dm/dq)^T dmsg``, i.e. ``scale * pre * (K^T(post * dmsg) - selfw * post *
-    dmsg)``, with ``K^T`` the same lattice's splat, reversed blur and slice.
-
-    Args:
-        ops: the lattice's operators (:class:`NumbaOperators`).
-        dmsg: ``(P, C)`` gradient with respect to the message.
-        pre, post, selfw: ``(P,)`` the kernel's factors.
-        scale: ``(C,)``.
-        out: ``(P, C)``, overwritten or (``accumulate``) added to.
-        buf, tmp: vertex buffers ``(M + 1, C)`` owned by the caller.
-    """
-    b = _blur(_splat(dmsg, post, ops.start, ops.points, ops.bary, buf), tmp, ops.neighbours, True)
-    _message_backward(b, ops.weights, ops.offsets, dmsg.dtype.type(ops.alpha), pre, post, selfw, scale, dmsg, out,
-                      accumulate)  # fmt: skip
-
-
 def splat(ops: "NumbaOperators", values: np.ndarray, pre: np.ndarray, buf: np.ndarray) -> np.ndarray:
     """``buf (M + 1, C) = S^T (pre * values)``: the lattice's splat of ``values (P, C)`` weighted by ``pre (P,)``
     (row ``M``, the absent neighbour, is 0)."""
@@ -944,7 +950,12 @@ class NumbaOperators:
 def prepare(kernels: list, num_labels: int, num_points: int, channels: int, dtype: np.dtype,
             work: Optional[list] = None) -> tuple:
     """The compiled loop's per-kernel arguments (see :func:`mean_field` for ``kernels`` and ``work``): stacked
-    factors, padded label transforms, the lattices' arrays and vertex buffers."""
+    factors, padded label transforms, the lattices' arrays and vertex buffers.
+
+    A matrix transform is applied to the blurred vertex values (``on_vertices``) when the lattice has fewer vertices
+    than points and the kernel excludes no self-connection: at 500x375 the spatial lattice has 24540 vertices for
+    187500 pixels, so its ``L x L`` products cost an eighth.
+    """
     dt, c = dtype, channels
     nk = len(kernels)
     alphas = np.empty(nk, dt)
@@ -952,16 +963,22 @@ def prepare(kernels: list, num_labels: int, num_points: int, channels: int, dtyp
     post = np.empty((nk, num_points), dt)
     selfw = np.empty((nk, num_points), dt)
     is_full = np.zeros(nk, np.bool_)
+    on_vertices = np.zeros(nk, np.bool_)
     diag = np.zeros((nk, c), dt)
     mat = np.zeros((nk, c, c), dt)
-    offsets, weights, neighbours, starts, points, barys, bufs, tmps = [], [], [], [], [], [], [], []
+    offsets, weights, neighbours, starts, points, barys, bufs, tmps, vbufs = [], [], [], [], [], [], [], [], []
     for k, (ops, pre_k, post_k, self_k, transform) in enumerate(kernels):
         alphas[k] = ops.alpha
         pre[k], post[k], selfw[k] = pre_k, post_k, self_k
         t = np.asarray(transform, dt)
+        shape = (ops.num_vertices + 1, c)
         if t.ndim == 2:
-            is_full[k] = True
             mat[k, :num_labels, :num_labels] = t.T
+            if ops.num_vertices + 1 < num_points and not selfw[k].any():
+                on_vertices[k] = True
+                diag[k] = 1.0
+            else:
+                is_full[k] = True
         else:
             diag[k, :num_labels] = t
         offsets.append(ops.offsets)
@@ -971,20 +988,25 @@ def prepare(kernels: list, num_labels: int, num_points: int, channels: int, dtyp
         points.append(ops.points)
         barys.append(ops.bary)
         if work is None:
-            shape = (ops.num_vertices + 1, c)
             bufs.append(np.empty(shape, dt))
             tmps.append(np.empty(shape, dt))
         else:
             bufs.append(work[k][0])
             tmps.append(work[k][1])
+        if not on_vertices[k]:
+            vbufs.append(np.empty((1, c), dt))
+        elif work is not None and len(work[k]) > 2:
+            vbufs.append(work[k][2])
+        else:
+            vbufs.append(np.empty(shape, dt))
     return (alphas, tuple(offsets), tuple(weights), tuple(neighbours), tuple(starts), tuple(points), tuple(barys),
-            pre, post, selfw, is_full, diag, mat, tuple(bufs), tuple(tmps))
+            pre, post, selfw, is_full, on_vertices, diag, mat, tuple(bufs), tuple(tmps), tuple(vbufs))
 
 
 def mean_field(
     unary: np.ndarray, num_labels: int, iterations: int, kernels: list, q0: Optional[np.ndarray] = None,
     return_logits: bool = False, out: Optional[np.ndarray] = None, transpose: bool = True,
-    msgs: Optional[np.ndarray] = None, work: Optional[list] = None, q_out: Optional[np.ndarray] = None,
+    work: Optional[list] = None, q_out: Optional[np.ndarray] = None,
     prepared: Optional[tuple] = None,
 ) -> np.ndarray:
     """Fused no-grad mean field on the CPU with any number of kernels: marginals (or logits) ``(L, P)``.
@@ -1007,8 +1029,8 @@ def mean_field(
         q_out: where the padded result goes; by default ``q0`` itself (in place), or a new array.
         prepared: :func:`prepare`'s result for these ``kernels`` (callers that run one iteration at a time build it
             once per image and label transform, not per iteration).
-        msgs: ``(K, P, C)``: where to keep each kernel's message of the last iteration (for a backward pass).
-        work: ``(buf, tmp)`` vertex buffers ``(M_k + 1, C)`` per kernel, for callers that run one iteration at a
+        work: ``(buf, tmp[, vbuf])`` vertex buffers ``(M_k + 1, C)`` per kernel (``vbuf`` for a matrix transform
+            applied on the vertices, see :func:`prepare`), for callers that run one iteration at a
             time (fresh multi-megabyte buffers cost page faults on every call); allocated if None.
 
     Returns:
@@ -1029,8 +1051,7 @@ def mean_field(
             q_out[:] = q
     else:
         args = prepared if prepared is not None else prepare(kernels, num_labels, num_points, c, dt, work)
-        _mean_field(unary, q, q_out, q0 is not None, num_labels, iterations, return_logits, *args,
-                    np.empty((0, 0, 0), dt) if msgs is None else msgs)
+        _mean_field(unary, q, q_out, q0 is not None, num_labels, iterations, return_logits, *args)
     if not transpose:
         return q_out
     if out is None:

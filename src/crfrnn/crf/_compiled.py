@@ -160,7 +160,7 @@ class _CompiledMeanField(torch.autograd.Function):
                 pre, post, selfw = (f[0].numpy() for f in kern.factors(dtype))
                 ops.append((kern.lattice._operators(dtype), pre, post, selfw))
             plan.ops.append(ops)
-            bufs = _vertex_buffers(ops, c, dtype)
+            bufs = _vertex_buffers(ops, c, dtype, 3)
             work = _views(bufs, ops)
             if keep_blurred:
                 kept.append([_WORKSPACE.take((iters, _rounded(o.num_vertices + 1), c), dtype) for o, *_ in ops])
@@ -179,7 +179,7 @@ class _CompiledMeanField(torch.autograd.Function):
                                   transpose=False)  # fmt: skip
                 if keep_blurred:
                     for k, (o, *_) in enumerate(ops):
-                        np.copyto(kept[i][k][it, : o.num_vertices + 1].numpy(), _numba.blur_result(o, *work[k]))
+                        np.copyto(kept[i][k][it, : o.num_vertices + 1].numpy(), _numba.blur_result(o, *work[k][:2]))
             _numba.channels_first(last[i].numpy(), num_labels, out[i].numpy())
             _WORKSPACE.give(*(x for pair in bufs for x in pair))
         ctx.plan = plan

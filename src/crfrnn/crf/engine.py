@@ -396,8 +396,7 @@ def _infer_fused(scores: Tensor, builder: _Builder, schedule: list, iterations: 
             _numba.softmax_rows(unary, q, num_labels)
         # one set of vertex buffers and one set of compiled arguments per schedule step, not per iteration
         c = unary.shape[1]
-        work = [(np.empty((o.num_vertices + 1, c), np_dtype), np.empty((o.num_vertices + 1, c), np_dtype))
-                for o, *_ in ops]  # fmt: skip
+        work = [tuple(np.empty((o.num_vertices + 1, c), np_dtype) for _ in range(3)) for o, *_ in ops]
         args = [[op + (mat,) for op, mat in zip(ops, step)] for step in steps]
         prepared = [_numba.prepare(a, num_labels, n, c, np_dtype, work) for a in args]
         for it in range(iterations):  # q holds each iteration's marginals, updated in place
