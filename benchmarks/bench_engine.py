@@ -8,7 +8,8 @@
   ``addPairwiseEnergy``; all give the same marginals (the max difference is printed);
 - threads: ``dense_crf`` quiet with 2 threads and with 1, and with one CPU-bound competing process (a busy
   loop in a child process) with its default settings and with 1 thread, each against pydensecrf in the same
-  conditions.
+  conditions; then, under contention again, the default and 1 thread alternated call by call (the fairest
+  comparison of the two on a machine whose speed drifts).
 
 Medians of --repeats calls after a warm-up call; everything from the arrays to the marginals is timed.
 
@@ -53,6 +54,25 @@ def threads(n):
         yield
     finally:
         numba.set_num_threads(before)
+
+
+def alternated(fn, repeats: int) -> dict:
+    """Median of ``fn`` with the default threads and with one, the two called in turn (after a warm-up of each)."""
+    import statistics
+    import time
+
+    times: dict = {None: [], 1: []}
+    for n in times:
+        with threads(n):
+            fn()
+    for _ in range(repeats):
+        for n in times:
+            with threads(n):
+                t = time.perf_counter()
+                fn()
+                times[n].append(time.perf_counter() - t)
+    default, one = statistics.median(times[None]), statistics.median(times[1])
+    return {"default_ms": default * 1e3, "one_thread_ms": one * 1e3, "ratio": default / one}
 
 
 def entry_points(image: np.ndarray, probs: np.ndarray, iterations: int) -> dict:
@@ -140,6 +160,11 @@ def main() -> None:
     out["threads"] = rows
     c = rows["contended, default"]["crfrnn_ms"] / rows["contended, 1 thread"]["crfrnn_ms"]
     print(f"  contended default / contended 1 thread: {c:.2f}x")
+    with busy_process():  # the same comparison with the two settings alternated call by call (drift cancels)
+        alt = alternated(base_fn, args.repeats)
+    out["contended_alternated"] = alt
+    print(f"  contended, alternated call by call: default {alt['default_ms']:.1f} ms, 1 thread "
+          f"{alt['one_thread_ms']:.1f} ms: {alt['ratio']:.2f}x")
     report({"benchmark": "bench_engine", **out}, args.json)
 
 
