@@ -35,6 +35,7 @@ except ImportError:  # pragma: no cover - exercised only where numba is missing
 
 __all__ = [
     "AVAILABLE", "NumbaOperators", "adjoint_slice", "blur", "blur_result", "build", "channels_first", "channels_last",
+    "gram",
     "mean_field", "padded_channels", "prepare", "softmax_backward", "softmax_rows",
     "splat", "unary_from_scores",
 ]
@@ -440,6 +441,35 @@ if AVAILABLE:
             rowbuf = np.empty((c + 2, _BLOCK), flat.dtype)
             _softmax_block(flat, c, cr, blk * _BLOCK, min(n, (blk + 1) * _BLOCK), scratch, rowbuf)
 
+    _GRAM_CHUNKS = 16  # fixed, so that the sums do not depend on the number of threads
+
+    @njit(cache=True, parallel=True, nogil=True, fastmath=_FAST)
+    def _gram(a, b, w, cr, diagonal):  # pragma: no cover - compiled
+        """``sum_v w_v a[v, :cr]^T b[v]`` (``(cr, C)``; ``w`` empty: 1), or its diagonal ``sum_v w_v a[v] b[v]`` (``(1, C)``)
+        with ``diagonal``: partial sums over fixed chunks of rows added in order, the same for any number of threads
+        (BLAS splits such long reductions by its thread count, and the gradients moved with it in the last bit)."""
+        rows, c = b.shape
+        weighted = w.shape[0] > 0
+        height = 1 if diagonal else cr
+        parts = np.zeros((_GRAM_CHUNKS, height, c), b.dtype)
+        chunk = (rows + _GRAM_CHUNKS - 1) // _GRAM_CHUNKS
+        for t in prange(_GRAM_CHUNKS):
+            part = parts[t]
+            for v in range(t * chunk, min(rows, (t + 1) * chunk)):
+                f = w[v] if weighted else 1.0
+                if diagonal:
+                    for ch in range(c):
+                        part[0, ch] += f * a[v, ch] * b[v, ch]
+                else:
+                    for ci in range(cr):
+                        x = f * a[v, ci]
+                        for ch in range(c):
+                            part[ci, ch] += x * b[v, ch]
+        out = parts[0].copy()
+        for t in range(1, _GRAM_CHUNKS):
+            out += parts[t]
+        return out
+
     @njit(cache=True, parallel=True, nogil=True, fastmath=_FAST)
     def _vertex_matmul(b, mat, cr, out):  # pragma: no cover - compiled
         """``out (M + 1, C) = b[:, :cr] @ mat[:cr]``: a label transform applied to blurred vertex values; returns ``out``.
@@ -835,6 +865,15 @@ def adjoint_slice(ops: "NumbaOperators", buf: np.ndarray, dmsg: np.ndarray, pre:
     ``buf = blur^T(S^T(post * dmsg))`` already computed (``dmsg`` is read only where ``selfw`` is not 0)."""
     _message_backward(buf, ops.weights, ops.offsets, buf.dtype.type(ops.alpha), pre, post, selfw, scale, dmsg, out,
                       accumulate)  # fmt: skip
+
+
+def gram(a: np.ndarray, b: np.ndarray, num_labels: int, weights: Optional[np.ndarray] = None,
+         diagonal: bool = False) -> np.ndarray:
+    """``sum_v w_v a[v, :L]^T b[v, :L]`` ``(L, L)`` over the rows of two ``(R, C)`` arrays (``weights (R,)``, default 1),
+    or only its diagonal ``(L,)``; summed in an order that does not depend on the number of threads."""
+    w = np.empty(0, b.dtype) if weights is None else weights
+    out = _gram(a, b, w, num_labels, diagonal)
+    return out[0, :num_labels] if diagonal else out[:, :num_labels]
 
 
 def softmax_rows(x: np.ndarray, out: np.ndarray, num_labels: int) -> np.ndarray:

@@ -254,6 +254,49 @@ class TestPathChoice:
         assert torch.allclose(mean_field(unary, image, num_iterations=4).detach(), fused, atol=1e-5)
 
 
+class TestReproducible:
+    @pytest.mark.parametrize("exclude_self", [False, True])
+    def test_gradients_do_not_depend_on_the_thread_count(self, exclude_self):
+        """Bit for bit: a training run resumed on a busier machine (fewer threads) must continue the same way."""
+        import numba
+
+        torch.manual_seed(0)
+        crf = CrfRnn(5, num_iterations=3, exclude_self=exclude_self).train()
+        with torch.no_grad():
+            crf.compatibility.add_(0.1 * torch.randn(5, 5))
+        unary = torch.randn(2, 5, 40, 48, requires_grad=True)
+        image = torch.rand(2, 3, 40, 48) * 255
+        before = (torch.get_num_threads(), numba.get_num_threads())
+        results = []
+        try:
+            for threads in (1, 2):
+                torch.set_num_threads(threads)
+                numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+                crf.zero_grad()
+                unary.grad = None
+                (crf(unary, image) ** 2).mean().backward()
+                results.append([unary.grad.clone()] + [p.grad.clone() for p in crf.parameters() if p.grad is not None])
+        finally:
+            torch.set_num_threads(before[0])
+            numba.set_num_threads(before[1])
+        assert len(results[0]) == 4  # the unary, the two kernel weights and the compatibility
+        for a, b in zip(*results):
+            assert torch.equal(a, b)
+
+    def test_gram_is_the_product(self):
+        import numpy as np
+
+        from crfrnn import _numba
+
+        rng = np.random.default_rng(0)
+        a, b = rng.random((1001, 8), dtype=np.float32), rng.random((1001, 8), dtype=np.float32)
+        w = rng.random(1001, dtype=np.float32)
+        ref = (a[:, :5].astype(np.float64) * w[:, None]).T @ b[:, :5]
+        assert np.allclose(_numba.gram(a, b, 5, w), ref, rtol=1e-5)
+        assert np.allclose(_numba.gram(a, b, 5), a[:, :5].T.astype(np.float64) @ b[:, :5], rtol=1e-5)
+        assert np.allclose(_numba.gram(a, b, 5, diagonal=True), (a * b)[:, :5].sum(0), rtol=1e-5)
+
+
 class TestHalfPrecision:
     """Under autocast, and with bfloat16/float16 unaries, the CRF computes in float32 and returns the caller's dtype."""
 
