@@ -109,6 +109,7 @@ class _Plan:
         self.return_logits = return_logits
         self.recompute = False  # blurred vertex buffers recomputed in the backward pass instead of kept
         self.ops: list = []  # per image: (operators, pre, post, selfw) per kernel
+        self.kept: list = []  # per image: per kernel, whether the forward kept its blurred buffers
         self.steps: list = []  # per step: (forward transform, backward matrix or None, backward scale) per kernel
 
 
@@ -163,9 +164,11 @@ class _CompiledMeanField(torch.autograd.Function):
                 ops.append((kern.lattice._operators(dtype), pre, post, selfw))
             bufs = _vertex_buffers(ops, c, dtype, 3)
             work = _views(bufs, ops)
-            # (iterations, rows, C) per kernel, the first M_k + 1 rows used
-            kept = [_WORKSPACE.take((iters, _rounded(o.num_vertices + 1), c), dtype) for o, *_ in ops] \
-                if keep_blurred else []  # fmt: skip
+            # (iterations, rows, C) per kernel, the first M_k + 1 rows used; a lattice with more vertices than points
+            # (a tiny or very detailed image) keeps nothing and its buffer is recomputed, so that the memory stays
+            # within that of the marginals and messages, (1 + K) N C per iteration
+            kept = [_WORKSPACE.take((iters, _rounded(o.num_vertices + 1), c), dtype) if o.num_vertices < n else None
+                    for o, *_ in ops] if keep_blurred else []  # fmt: skip
             unary_i = padded[i * n : (i + 1) * n]
             h = hist[i].numpy()
             _numba.softmax_rows(unary_i, h[0], num_labels)
@@ -180,7 +183,8 @@ class _CompiledMeanField(torch.autograd.Function):
                                   return_logits=final and plan.return_logits, prepared=prepared[s],
                                   transpose=False)  # fmt: skip
                 for k, (o, *_) in enumerate(ops if keep_blurred else ()):
-                    np.copyto(kept[k][it, : o.num_vertices + 1].numpy(), _numba.blur_result(o, *work[k][:2]))
+                    if kept[k] is not None:
+                        np.copyto(kept[k][it, : o.num_vertices + 1].numpy(), _numba.blur_result(o, *work[k][:2]))
             _numba.channels_first(last[i].numpy(), num_labels, out[i].numpy())
             _WORKSPACE.give(*(x for pair in bufs for x in pair))
             return ops, kept
@@ -190,9 +194,10 @@ class _CompiledMeanField(torch.autograd.Function):
         # scratch memory
         done = [image(i) for i in range(b)]
         plan.ops = [ops for ops, _ in done]
-        kept = [k for _, k in done if k]
+        kept = [k for _, k in done]
+        plan.kept = [[x is not None for x in row] for row in kept]  # which kernels' buffers are kept, per image
         ctx.plan = plan
-        flat = [x for row in kept for x in row]
+        flat = [x for row in kept for x in row if x is not None]
         ctx.save_for_backward(hist, last, *flat)  # saved as tensors: autograd's hooks and memory accounting see them
         _WORKSPACE.give_after([hist, last, *flat], ctx)
         ctx.shapes = [t.shape for t in transforms]
@@ -211,15 +216,14 @@ def _backward(ctx, grad: Tensor) -> tuple:
     plan: _Plan = ctx.plan
     hist, last, *flat = ctx.saved_tensors
     b, iters, n, c = hist.shape
-    nk = len(plan.ops[0])
-    kept = [flat[i * nk : (i + 1) * nk] for i in range(b)] if flat else []
+    stored = iter(flat)
+    kept = [[next(stored) if here else None for here in row] for row in plan.kept]  # None: recomputed
     num_labels = grad.shape[1]
     dtype = hist.dtype
     grad = grad.to(dtype).contiguous()
     wanted = ctx.needs_input_grad[2:]
     du_out = torch.empty((b, num_labels, n), dtype=dtype) if ctx.needs_input_grad[0] else None
     need_blurred = any(wanted)
-    recompute = need_blurred and not kept
 
     def image(i: int) -> list:
         """Image ``i``'s backward: writes ``du_out[i]``, returns its share of the transforms' gradients."""
@@ -227,6 +231,7 @@ def _backward(ctx, grad: Tensor) -> tuple:
         scratch = [_WORKSPACE.take((n, c), dtype) for _ in range(5)]
         g, g_prev, dz, dm, du = scratch
         ops = plan.ops[i]
+        recompute = need_blurred and (not kept[i] or any(x is None for x in kept[i]))
         # two vertex buffers per kernel for the adjoint, two more to recompute the forward's blurred buffer
         bufs = _vertex_buffers(ops, c, dtype, 4 if recompute else 2)
         work = _views(bufs, ops)
@@ -252,11 +257,11 @@ def _backward(ctx, grad: Tensor) -> tuple:
                 sp = _numba.splat(o, dz.numpy(), post, buf)
                 index = plan.layout[s][k]
                 if index is not None and grads[index] is not None:
-                    if recompute:  # the forward's blurred buffer blur(S^T(pre q_t)), again
+                    if kept[i] and kept[i][k] is not None:
+                        blurred = kept[i][k][it, :rows].numpy()
+                    else:  # the forward's blurred buffer blur(S^T(pre q_t)), again
                         blurred = _numba.blur(o, _numba.splat(o, hist[i, it].numpy(), pre, work[k][2]), work[k][3],
                                               False)  # fmt: skip
-                    else:
-                        blurred = kept[i][k][it, :rows].numpy()
                     self_term = (post * selfw * pre, hist[i, it]) if with_self[k] else None
                     grads[index] += _transform_grad(sp, blurred, o.alpha, dz, self_term, grads[index].dim(),
                                                     num_labels)  # fmt: skip
