@@ -6,7 +6,8 @@ lattices built), and ``CrfRnn`` forward+backward in train
 mode on the compiled differentiable path (the default on the CPU) and on the PyTorch-ops path (``compiled=False``,
 what training ran before), batch 1 and batch 4. Medians of --repeats calls after a warm-up; every image is a new
 image (the bilateral lattice is built inside every call; the spatial one is kept by the layer's cache, as in
-training). "saved" is what autograd keeps between forward and backward.
+training). ``dense_crf``, batch 1 and batch 4 are called in turn, so that the ratios between them are not moved by
+the machine's drift. "saved" is what autograd keeps between forward and backward.
 
     python benchmarks/bench_train.py                 # quiet machine, default threads
     python benchmarks/bench_train.py --busy          # with one competing CPU-bound process: default vs 1 thread
@@ -94,11 +95,12 @@ def run(args, label: str) -> dict:
     inference, fb1, saved1 = setup(h, w, args.labels, 1, args.iterations)
     _, fb4, _ = setup(h, w, args.labels, 4, args.iterations)
     row = {"condition": label, "threads": (torch.get_num_threads(), numba.get_num_threads())}
-    row["dense_crf"] = time_it(inference, repeats=args.repeats)
-    row["compiled_b1"] = time_it(fb1, repeats=args.repeats)
-    row["compiled_saved_bytes"] = saved1()
+    # the reference, batch 1 and batch 4 called in turn (the machine's drift reaches the three alike)
+    fns = {"dense_crf": inference, "compiled_b1": fb1}
     if not args.skip_batch:
-        row["compiled_b4"] = time_it(fb4, repeats=max(3, args.repeats // 2))
+        fns["compiled_b4"] = fb4
+    row.update(alternated(fns, args.repeats))
+    row["compiled_saved_bytes"] = saved1()
     torch_ops(True)
     try:
         row["torch_b1"] = time_it(fb1, repeats=args.repeats)
@@ -115,6 +117,22 @@ def run(args, label: str) -> dict:
     if "compiled_b4" in row:
         print(f"  compiled B=4 / B=1: {row['compiled_b4']['median'] / row['compiled_b1']['median']:.2f}x (target <= 4x)")
     return row
+
+
+def alternated(fns: dict, repeats: int) -> dict:
+    """``{name: {"median": seconds, "times": [...]}}`` with the functions called in turn, after a warm-up of each."""
+    import statistics
+    import time
+
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    return {name: {"median": statistics.median(ts), "times": ts} for name, ts in times.items()}
 
 
 def training_step(args) -> dict:
