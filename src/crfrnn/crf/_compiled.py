@@ -167,11 +167,12 @@ class _CompiledMeanField(torch.autograd.Function):
                 ops.append((kern.lattice._operators(dtype), pre, post, selfw))
             bufs = _vertex_buffers(ops, c, dtype, 3)
             work = _views(bufs, ops)
-            # (iterations, rows, C) per kernel, the first M_k + 1 rows used; a lattice with more vertices than points
-            # (a tiny or very detailed image) keeps nothing and its buffer is recomputed, so that the memory stays
-            # within that of the marginals and messages, (1 + K) N C per iteration
-            kept = [_WORKSPACE.take((iters, _rounded(o.num_vertices + 1), c), dtype) if o.num_vertices < n else None
-                    for o, *_ in ops] if keep_blurred else []  # fmt: skip
+            # (iterations, rows, C) per kernel, the first M_k + 1 rows used. A lattice with more than 2 N vertices (a
+            # tiny or very detailed image: 5 N at 16x16) keeps nothing and its buffer is recomputed, so that the memory
+            # stays within (1 + 2 K) N C per iteration, O(T B L N); below that keeping is cheaper than recomputing (at
+            # 96x96 with CrfRnn's widths the bilateral lattice has 1.7 N vertices)
+            kept = [_WORKSPACE.take((iters, _rounded(o.num_vertices + 1), c), dtype) if o.num_vertices < 2 * n
+                    else None for o, *_ in ops] if keep_blurred else []  # fmt: skip
             unary_i = padded[i * n : (i + 1) * n]
             h = hist[i].numpy()
             _numba.softmax_rows(unary_i, h[0], num_labels)
