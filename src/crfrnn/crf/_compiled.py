@@ -38,7 +38,7 @@ __all__ = ["compiled_mean_field", "release_buffers"]
 
 #: Buffers reused from one call to the next (those a backward pass saved, once it has run): faulting in a few
 #: hundred fresh megabytes on every training step cost about a tenth of the step. Up to 16 of one shape: a batch
-#: keeps two vertex buffers per image of each shape (with 2 kept, batch 4 paid 146 ms per image in page faults).
+#: keeps vertex buffers of one shape for every image (with 2 kept, a batch of 4 faulted in fresh ones every step).
 _WORKSPACE = Workspace(per_key=16)
 
 
@@ -193,9 +193,8 @@ class _CompiledMeanField(torch.autograd.Function):
             _WORKSPACE.give(*(x for pair in bufs for x in pair))
             return ops, kept
 
-        # one image after the other, each with all threads: one image already keeps 2 cores busy (1.94x of one
-        # thread), and images side by side on one thread each measured 0.96x-1.06x of this (batch 4) for twice the
-        # scratch memory
+        # one image after the other, each with all threads: one image already keeps the cores busy, and images side
+        # by side on one thread each measured within a few percent of this, for twice the scratch memory
         done = [image(i) for i in range(b)]
         _WORKSPACE.give(padded_buf)
         plan.ops = [ops for ops, _ in done]
@@ -230,9 +229,10 @@ def _backward(ctx, grad: Tensor) -> tuple:
     du_out = torch.empty((b, num_labels, n), dtype=dtype) if ctx.needs_input_grad[0] else None
     need_blurred = any(wanted)
 
-    def image(i: int) -> list:
-        """Image ``i``'s backward: writes ``du_out[i]``, returns its share of the transforms' gradients."""
-        grads = [torch.zeros(s, dtype=dtype) if w else None for s, w in zip(ctx.shapes, wanted)]
+    grads = [torch.zeros(s, dtype=dtype) if w else None for s, w in zip(ctx.shapes, wanted)]
+
+    def image(i: int) -> None:
+        """Image ``i``'s backward: writes ``du_out[i]`` and adds its share of the transforms' gradients."""
         scratch = [_WORKSPACE.take((n, c), dtype) for _ in range(5)]
         g, g_prev, dz, dm, du = scratch
         ops = plan.ops[i]
@@ -240,7 +240,8 @@ def _backward(ctx, grad: Tensor) -> tuple:
         # two vertex buffers per kernel for the adjoint, two more to recompute the forward's blurred buffer
         bufs = _vertex_buffers(ops, c, dtype, 4 if recompute else 2)
         work = _views(bufs, ops)
-        with_self = [bool(selfw.any()) for _, _, _, selfw in ops]
+        # post selfw pre per kernel with self-exclusion (the transform gradient's second term), None without
+        self_coef = [post * selfw * pre if selfw.any() else None for _, pre, post, selfw in ops]
         _numba.channels_last(grad[i].numpy(), g.numpy())
         # NumPy's single-threaded copies, not torch's: a torch pass here starts its own thread pool while numba's
         # threads still spin after the last kernel, which made these 18 MB passes 7x slower on 2 cores
@@ -267,7 +268,7 @@ def _backward(ctx, grad: Tensor) -> tuple:
                     else:  # the forward's blurred buffer blur(S^T(pre q_t)), again
                         blurred = _numba.blur(o, _numba.splat(o, hist[i, it].numpy(), pre, work[k][2]), work[k][3],
                                               False)  # fmt: skip
-                    self_term = (post * selfw * pre, hist[i, it]) if with_self[k] else None
+                    self_term = None if self_coef[k] is None else (self_coef[k], hist[i, it])
                     grads[index] += _transform_grad(sp, blurred, o.alpha, dz, self_term, grads[index].dim(),
                                                     num_labels)  # fmt: skip
                 if mat is not None:
@@ -275,9 +276,9 @@ def _backward(ctx, grad: Tensor) -> tuple:
                     # (M + 1) x C product instead of N x C; dm itself only for the self-exclusion term
                     torch.mm(torch.from_numpy(sp), torch.from_numpy(mat), out=torch.from_numpy(tmp))
                     res = _numba.blur(o, tmp, buf, True)
-                    if with_self[k]:
+                    if self_coef[k] is not None:
                         torch.mm(dz, torch.from_numpy(mat), out=dm)
-                    src, factor = (dm if with_self[k] else dz), _ones(c, dz.dtype)
+                    src, factor = (dz if self_coef[k] is None else dm), _ones(c, dz.dtype)
                 else:  # a vector transform scales each channel: folded into the last pass
                     res = _numba.blur(o, sp, tmp, True)
                     src, factor = dz, scale
@@ -287,11 +288,9 @@ def _backward(ctx, grad: Tensor) -> tuple:
             _numba.softmax_backward(hist[i, 0].numpy(), g.numpy(), num_labels, dz.numpy(), du.numpy())
             _numba.channels_first(du.numpy(), num_labels, du_out[i].numpy())
         _WORKSPACE.give(*(x for pair in bufs for x in pair), *scratch)
-        return grads
 
-    shares = [image(i) for i in range(b)]
-    grads = [None if shares[0][j] is None else torch.stack([sh[j] for sh in shares]).sum(0) if b > 1
-             else shares[0][j] for j in range(len(wanted))]  # fmt: skip
+    for i in range(b):
+        image(i)
     return (du_out, None, *grads)
 
 
