@@ -3,7 +3,7 @@
 The four lattices of the benchmarks: the 500x375 photo's spatial (2-D) and bilateral (5-D) lattices (densecrf's
 widths: 3; 80 and 13) and the 64x128x128 volume's spatial (3-D) and bilateral (4-D) ones (``bench_volume.py``'s
 model). For each: the bounds of the elevated coordinates, the enclosing simplices (``_simplices``, compiled once
-per feature count), the vertex hash (sequential), the neighbour look-ups, the vertex-to-point sort (``_invert``)
+per feature count), the vertex hash (sequential), the neighbour look-ups
 and the whole ``PermutohedralLattice`` with its operators. Least CPU time of --repeats calls after a warm-up.
 
     python benchmarks/profile_build.py
@@ -94,7 +94,6 @@ def main() -> None:
         off = -np.ones((d1, d), np.int64) + d1 * np.eye(d1, d, dtype=np.int64)
         deltas = (off * strides[:d]).sum(1)
         t["neighbours"] = cpu(lambda: _numba._neighbour_ids(uniq, deltas, table), r)
-        t["invert"] = cpu(lambda: _numba._invert(ids.reshape(p, d1), weights, uniq.shape[0], 1), r)
         f32 = f[None].float()
         t["lattice"] = cpu(lambda: PermutohedralLattice(f32)._operators(torch.float32), r)
         print(f"{name:<24} {p:>8} points {uniq.shape[0]:>7} vertices | "

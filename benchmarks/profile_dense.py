@@ -54,9 +54,9 @@ def main() -> None:
     for c in (21, 24):
         q = np.ascontiguousarray(np.random.default_rng(0).random((h * w, c), np.float32))
         out = np.empty_like(q)
-        buf, tmp = ops.workspace(c)
+        buf, tmp, parts = ops.workspace(c)
         ms(f"bilateral splat + slice, {c} channels", lambda: _numba._slice(
-            ops.splat(q, ones, buf), ops.weights, ops.offsets, np.float32(1), out))
+            ops.splat(q, ones, buf, parts), ops.weights, ops.offsets, np.float32(1), out))
     ms("bilateral blur, 24 channels", lambda: _numba._blur(buf, tmp, ops.neighbours, False))
     logits = np.ascontiguousarray(np.log(probs.reshape(num_labels, -1).T))
     padded = np.zeros((h * w, 24), np.float32)

@@ -107,22 +107,54 @@ class TestUnaryFromScores:
         assert np.array_equal(u[:, :3][finite], logits.permute(0, 2, 3, 1).reshape(25, 3).numpy()[finite])
 
 
-class TestInvert:
-    def test_same_csr_for_any_number_of_chunks(self, kernels):
-        """The vertex-to-point CSR (what the splat sums in order) must not depend on the thread count."""
+class TestScatter:
+    @pytest.mark.parametrize("channels", [3, 8, 24, 40])
+    def test_partial_sums_add_up_to_the_splat(self, kernels, channels):
+        """Each run's partial sums hold exactly its points' weighted values; together they are the splat, for
+        channel counts compiled as constants (8, 24) and not (3, 40)."""
         numba_mod = kernels[0]
         rng = np.random.default_rng(0)
-        offsets = rng.integers(0, 37, size=(1001, 4)).astype(np.int32)
-        weights = rng.random((1001, 4)).astype(np.float32)
-        start, points, bary = numba_mod._invert(offsets, weights, 37, 1)
-        for nc in (2, 3, 8, 64):
-            s, p, b = numba_mod._invert(offsets, weights, 37, nc)
-            assert np.array_equal(s, start) and np.array_equal(p, points) and np.array_equal(b, bary)
-        # vertex v's points are those with a corner at v, in increasing order, with their weights
-        for v in (0, 17, 36):
-            mine = points[start[v] : start[v + 1]]
-            rows, cols = np.nonzero(offsets == v)
-            assert np.array_equal(mine, rows) and np.array_equal(bary[start[v] : start[v + 1]], weights[rows, cols])
+        n, d1, m = 1001, 4, 37
+        offsets = rng.integers(0, m, size=(n, d1)).astype(np.int32)
+        weights = rng.random((n, d1))
+        values = rng.standard_normal((n, channels))
+        pre = rng.random(n)
+        for runs in (1, 2, 3):
+            parts = np.full((runs, m + 1, channels), np.nan)
+            numba_mod._scatter(values, pre, offsets, weights, parts)
+            per = numba_mod._run_length(n, runs)
+            for j in range(runs):
+                expected = np.zeros((m + 1, channels))
+                for p in range(j * per, min(n, (j + 1) * per)):
+                    for r in range(d1):
+                        expected[offsets[p, r]] += weights[p, r] * pre[p] * values[p]
+                np.testing.assert_allclose(parts[j], expected, rtol=1e-12, atol=1e-12)
+            assert not parts[:, m].any()  # the absent neighbour's row stays 0
+            buf = numba_mod._reduce(parts, np.empty((m + 1, channels)))
+            np.testing.assert_allclose(buf, parts.sum(0), rtol=1e-12, atol=1e-12)
+
+    def test_same_sums_for_any_number_of_threads(self, kernels):
+        """The runs are fixed by the sizes, not by the threads: the splat is the same bit for bit at 1 and 2
+        threads."""
+        numba_mod = kernels[0]
+        import numba
+
+        rng = np.random.default_rng(1)
+        offsets = rng.integers(0, 500, size=(20_000, 6)).astype(np.int32)
+        weights = rng.random((20_000, 6)).astype(np.float32)
+        values = rng.random((20_000, 24)).astype(np.float32)
+        pre = rng.random(20_000).astype(np.float32)
+        before = numba.get_num_threads()
+        out = []
+        try:
+            for threads in (1, min(2, numba.config.NUMBA_NUM_THREADS)):
+                numba.set_num_threads(threads)
+                parts = np.empty((2, 501, 24), np.float32)
+                out.append(numba_mod._reduce(numba_mod._scatter(values, pre, offsets, weights, parts),
+                                             np.empty((501, 24), np.float32)))
+        finally:
+            numba.set_num_threads(before)
+        assert np.array_equal(out[0], out[1])
 
 
 class TestMatrixOnVertices:
@@ -146,15 +178,15 @@ class TestMatrixOnVertices:
         matrix = rng.normal(size=(num_labels, num_labels)).astype(dtype)
         kern = [(ops, pre, post, np.zeros(n, dtype), matrix)]
         prepared = numba_mod.prepare(kern, num_labels, n, c, dtype)
-        assert prepared[11][0]  # on_vertices
+        assert prepared[9][0]  # on_vertices
         point_by_point = list(prepared)
-        point_by_point[10] = np.ones(1, np.bool_)  # is_full
-        point_by_point[11] = np.zeros(1, np.bool_)
-        point_by_point[12] = np.zeros_like(prepared[12])  # diag
+        point_by_point[8] = np.ones(1, np.bool_)  # is_full
+        point_by_point[9] = np.zeros(1, np.bool_)
+        point_by_point[10] = np.zeros_like(prepared[10])  # diag
         a = numba_mod.mean_field(unary, num_labels, 3, kern, prepared=prepared)
         b = numba_mod.mean_field(unary, num_labels, 3, kern, prepared=tuple(point_by_point))
         assert np.abs(a - b).max() < (1e-5 if dtype == np.float32 else 1e-12)
         # with self-exclusion the product stays point by point
         kern_self = [(ops, pre, post, np.full(n, 0.5, dtype), matrix)]
         prep_self = numba_mod.prepare(kern_self, num_labels, n, c, dtype)
-        assert not prep_self[11][0] and prep_self[10][0]
+        assert not prep_self[9][0] and prep_self[8][0]

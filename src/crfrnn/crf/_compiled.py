@@ -178,14 +178,15 @@ class _CompiledMeanField(torch.autograd.Function):
             _numba.softmax_rows(unary_i, h[0], num_labels)
             # the compiled loop's arguments, once per image and step of the schedule (not per iteration)
             args = [[op + (fwd,) for op, (fwd, _, _) in zip(ops, step)] for step in plan.steps]
-            prepared = [_numba.prepare(a, num_labels, n, c, np_dtype, work) for a in args]
+            parts = _numba.splat_parts([o for o, *_ in ops], c, np_dtype)  # each iteration splats for the next
+            prepared = [_numba.prepare(a, num_labels, n, c, np_dtype, work, parts) for a in args]
             for it in range(iters):
                 q = h[it + 1] if it + 1 < iters else last[i].numpy()
                 s = min(it, len(plan.steps) - 1)
                 final = it + 1 == iters
                 _numba.mean_field(unary_i, num_labels, 1, args[s], q0=h[it], q_out=q,
                                   return_logits=final and plan.return_logits, prepared=prepared[s],
-                                  transpose=False)  # fmt: skip
+                                  transpose=False, splatted=it > 0, scatter_out=not final)  # fmt: skip
                 for k, (o, *_) in enumerate(ops if keep_blurred else ()):
                     if kept[k] is not None:
                         np.copyto(kept[k][it, : o.num_vertices + 1].numpy(), _numba.blur_result(o, *work[k][:2]))
@@ -240,6 +241,7 @@ def _backward(ctx, grad: Tensor) -> tuple:
         # two vertex buffers per kernel for the adjoint, two more to recompute the forward's blurred buffer
         bufs = _vertex_buffers(ops, c, dtype, 4 if recompute else 2)
         work = _views(bufs, ops)
+        parts = _numba.splat_parts([o for o, *_ in ops], c, hist.numpy().dtype)  # the splats' scratch, per image
         # post selfw pre per kernel with self-exclusion (the transform gradient's second term), None without
         self_coef = [post * selfw * pre if selfw.any() else None for _, pre, post, selfw in ops]
         _numba.channels_last(grad[i].numpy(), g.numpy())
@@ -260,13 +262,13 @@ def _backward(ctx, grad: Tensor) -> tuple:
                 buf, tmp = work[k][:2]
                 rows = o.num_vertices + 1
                 # S^T (post dz): the message's adjoint starts with it, and the transform's gradient is made from it
-                sp = _numba.splat(o, dz.numpy(), post, buf)
+                sp = _numba.splat(o, dz.numpy(), post, buf, parts[k])
                 index = plan.layout[s][k]
                 if index is not None and grads[index] is not None:
                     if kept[i] and kept[i][k] is not None:
                         blurred = kept[i][k][it, :rows].numpy()
                     else:  # the forward's blurred buffer blur(S^T(pre q_t)), again
-                        blurred = _numba.blur(o, _numba.splat(o, hist[i, it].numpy(), pre, work[k][2]), work[k][3],
+                        blurred = _numba.blur(o, _numba.splat(o, hist[i, it].numpy(), pre, work[k][2], parts[k]), work[k][3],
                                               False)  # fmt: skip
                     self_term = None if self_coef[k] is None else (self_coef[k], hist[i, it])
                     grads[index] += _transform_grad(sp, blurred, o.alpha, dz, self_term, grads[index].dim(),

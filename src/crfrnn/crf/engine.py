@@ -398,10 +398,12 @@ def _infer_fused(scores: Tensor, builder: _Builder, schedule: list, iterations: 
         c = unary.shape[1]
         work = [tuple(np.empty((o.num_vertices + 1, c), np_dtype) for _ in range(3)) for o, *_ in ops]
         args = [[op + (mat,) for op, mat in zip(ops, step)] for step in steps]
-        prepared = [_numba.prepare(a, num_labels, n, c, np_dtype, work) for a in args]
+        parts = _numba.splat_parts([o for o, *_ in ops], c, np_dtype)  # shared: each iteration splats for the next
+        prepared = [_numba.prepare(a, num_labels, n, c, np_dtype, work, parts) for a in args]
         for it in range(iterations):  # q holds each iteration's marginals, updated in place
             s = min(it, len(steps) - 1)
             last = it == iterations - 1
             _numba.mean_field(unary, num_labels, 1, args[s], q0=q, return_logits=last and return_logits,
-                              out=out[i].numpy(), transpose=last, prepared=prepared[s])  # fmt: skip
+                              out=out[i].numpy(), transpose=last, prepared=prepared[s], splatted=it > 0,
+                              scatter_out=not last)  # fmt: skip
     return out
