@@ -529,11 +529,11 @@ if AVAILABLE:
 
     @njit(cache=True, inline="always")
     def _block(unary, src, q_out, start, stop, cr, c, alphas, offsets, weights, pre, post, selfw, is_full, diag, mat,
-               blurred, parts, j, scatter, logits, scratch, msg, acc):  # pragma: no cover - compiled
+               blurred, parts, j, scatter, logits, out_t, to_t, scratch, msg, acc):  # pragma: no cover - compiled
         """One block of points ``start..stop-1`` of a fused iteration: the unary, every kernel's sliced message and
         label transform, the softmax (unless ``logits``) into ``q_out``, and if ``scatter`` the new marginals' splat
-        into the partial sums ``parts[k][j]`` of the next iteration (the block is still in cache). The arguments are
-        :func:`_mean_field`'s."""
+        into the partial sums ``parts[k][j]`` of the next iteration (the block is still in cache); the result goes to
+        ``out_t`` labels first instead if ``to_t``. The arguments are :func:`_mean_field`'s."""
         m = stop - start
         nk = alphas.shape[0]
         for i in range(m):
@@ -586,15 +586,20 @@ if AVAILABLE:
                             acc[i, ch] += w * dk[ch] * b[o, ch]
         if not logits:
             _softmax_any(acc.reshape(-1), c, cr, 0, m, scratch)
-        for i in range(m):
-            for ch in range(c):
-                q_out[start + i, ch] = acc[i, ch]
+        if to_t:  # the result, labels first: read across the block in cache, written in order
+            for ch in range(cr):
+                for i in range(m):
+                    out_t[ch, start + i] = acc[i, ch]
+        else:
+            for i in range(m):
+                for ch in range(c):
+                    q_out[start + i, ch] = acc[i, ch]
         if scatter:
             for k in range(nk):
                 _scatter_rows(acc, start, pre[k], offsets[k], weights[k], parts[k][j], start, stop, c)
 
     @njit(cache=True, parallel=True, nogil=True, fastmath=_FAST)
-    def _mean_field(unary, q, q_out, q_ready, cr, iterations, return_logits, splatted, scatter_out, alphas, offsets,
+    def _mean_field(unary, q, q_out, q_ready, cr, iterations, return_logits, splatted, scatter_out, out_t, alphas, offsets,
                     weights, neighbours, parts, pre, post, selfw, is_full, on_vertices, diag, mat, bufs, tmps,
                     vbufs):  # pragma: no cover
         """Mean field with any number of Gaussian kernels, in place in ``q`` (no autograd).
@@ -610,6 +615,8 @@ if AVAILABLE:
             splatted: ``parts`` already hold the splat of ``q`` (a previous call's ``scatter_out``).
             scatter_out: leave the splat of the result's marginals in ``parts`` for a following call (not with
                 ``return_logits``).
+            out_t: ``(cr, P)``: where the last iteration writes its result, labels first, instead of ``q_out``
+                (which then keeps the previous iteration's marginals); ``(0, 0)`` to write ``q_out``.
             alphas: ``(K,)`` each lattice's slice constant.
             offsets, weights: tuples of ``K`` arrays ``(P, D_k + 1)``: each point's simplex vertices and
                 barycentric weights in lattice ``k``.
@@ -654,6 +661,7 @@ if AVAILABLE:
             last = it == iterations - 1
             logits = last and return_logits
             scatter = not logits and (not last or scatter_out)
+            to_t = last and out_t.shape[0] > 0
             for j in prange(runs):
                 scratch = np.empty(_BLOCK * c, np.int32)
                 msg = np.empty((8, c), unary.dtype)
@@ -665,7 +673,7 @@ if AVAILABLE:
                     start = blk * _BLOCK
                     stop = min(num_points, start + _BLOCK)
                     _block(unary, src, q_out, start, stop, cr, c, alphas, offsets, weights, pre, post, selfw, is_full,
-                           diag, mat, blurred, parts, j, scatter, logits, scratch, msg, acc)
+                           diag, mat, blurred, parts, j, scatter, logits, out_t, to_t, scratch, msg, acc)
 
     # float32 log in the same vectorisable form (Cephes' logf): x = m 2^e with m in [sqrt(1/2), sqrt(2)), a degree-8
     # polynomial in m - 1. Subtracting the bits of sqrt(1/2) first moves that range onto one binade, so e and m come
@@ -709,7 +717,7 @@ if AVAILABLE:
 
         return impl64
 
-    @njit(cache=True, parallel=True, nogil=True)
+    @njit(cache=True, parallel=True, nogil=True, fastmath=_FAST)
     def _unary_from_scores(src, clip, from_probs, out, q0):  # pragma: no cover - compiled
         """``out[b * N + n, l] = log(max(src[b, l, n], clip))`` (or ``src`` itself for logits), padding 0.
 
@@ -728,39 +736,46 @@ if AVAILABLE:
             b = job // blocks
             start = (job % blocks) * _BLOCK
             stop = min(n, start + _BLOCK)
+            m = stop - start
             scratch = np.empty(_BLOCK * c, np.int32)
+            tot = np.zeros(_BLOCK)  # float64: the sums checked against 1
+            kept = np.zeros(_BLOCK, out.dtype)
             bad = 0
             neg = 0
+            base = b * n + start
+            for ch in range(num_labels):  # label by label: each label's run of the block is read in order
+                row = src[b, ch, start:stop]
+                for i in range(m):
+                    v = row[i]
+                    bad += 0 if np.isfinite(v) else 1
+                    neg += 1 if v < 0 else 0
+                    tot[i] += v
+                if from_probs:
+                    for i in range(m):
+                        v = max(row[i], clip)
+                        kept[i] += v
+                        out[base + i, ch] = v
+                else:
+                    for i in range(m):
+                        out[base + i, ch] = row[i]
+            pad = 1.0 if from_probs else 0.0
+            for i in range(m):
+                for ch in range(num_labels, c):
+                    out[base + i, ch] = pad
             lo = np.inf
             hi = -np.inf
-            zero = clip - clip  # 0 in the output's dtype, once per block (reading out[0] per point would make every
-            for i in range(start, stop):  # thread share the cache line that the first block writes)
-                row = b * n + i
-                total = 0.0
-                clipped = zero
-                for ch in range(num_labels):
-                    v = src[b, ch, i]
-                    if not np.isfinite(v):
-                        bad += 1
-                    elif v < 0:
-                        neg += 1
-                    total += v
-                    if from_probs:
-                        v = max(v, clip)
-                        clipped += v
-                    out[row, ch] = v
-                for ch in range(num_labels, c):
-                    out[row, ch] = 1.0 if from_probs else 0.0  # log(1) = 0 below
-                if from_probs:
-                    inv = 1.0 / clipped if clipped > 0 else 0.0
+            for i in range(m):
+                lo = min(lo, tot[i])
+                hi = max(hi, tot[i])
+            if from_probs:
+                for i in range(m):
+                    inv = 1.0 / kept[i] if kept[i] > 0 else 0.0
                     for ch in range(num_labels):
-                        q0[row, ch] = out[row, ch] * inv
+                        q0[base + i, ch] = out[base + i, ch] * inv
                     for ch in range(num_labels, c):
-                        q0[row, ch] = 0.0
-                lo = min(lo, total)
-                hi = max(hi, total)
-            if from_probs and bad == 0 and neg == 0:  # otherwise the caller raises: no log needed
-                log_inplace(flat[(b * n + start) * c : (b * n + stop) * c], scratch)
+                        q0[base + i, ch] = 0.0
+                if bad == 0 and neg == 0:
+                    log_inplace(flat[base * c : (base + m) * c], scratch)
             stats[job, 0] = bad
             stats[job, 1] = neg
             stats[job, 2] = lo
@@ -1129,7 +1144,8 @@ def mean_field(
         return_logits: return the last iteration's logits instead of the marginals.
         out: where to write the result (``(L, P)``, C-contiguous, the unary's dtype); allocated if None.
         transpose: False leaves the result in ``q_out`` (padded ``(P, C)``) only and returns it (one step of a
-            longer schedule; no labels-first copy is made).
+            longer schedule; no labels-first copy is made). True writes it to ``out`` only (the last iteration
+            writes labels first; ``q_out`` then holds the marginals before it).
         q_out: where the padded result goes; by default ``q0`` itself (in place), or a new array.
         prepared: :func:`prepare`'s result for these ``kernels`` (callers that run one iteration at a time build it
             once per image and label transform, not per iteration).
@@ -1159,8 +1175,12 @@ def mean_field(
             q_out[:] = q
     else:
         args = prepared if prepared is not None else prepare(kernels, num_labels, num_points, c, dt, work)
+        if transpose and out is None:
+            out = np.empty((num_labels, num_points), dt)
+        out_t = out if transpose else np.empty((0, 0), dt)
         _mean_field(unary, q, q_out, q0 is not None, num_labels, iterations, return_logits,
-                    splatted and q0 is not None, scatter_out and not return_logits, *args)
+                    splatted and q0 is not None, scatter_out and not return_logits, out_t, *args)
+        return out if transpose else q_out
     if not transpose:
         return q_out
     if out is None:
