@@ -190,3 +190,23 @@ class TestMatrixOnVertices:
         kern_self = [(ops, pre, post, np.full(n, 0.5, dtype), matrix)]
         prep_self = numba_mod.prepare(kern_self, num_labels, n, c, dtype)
         assert not prep_self[9][0] and prep_self[8][0]
+
+
+class TestInsertRuns:
+    @pytest.mark.parametrize("runs", [1, 2, 3, 7])
+    def test_same_ids_as_sequential(self, kernels, runs):
+        """The parallel hash gives the sequential first-seen ids and distinct codes, and a table that finds them."""
+        numba_mod = kernels[0]
+        rng = np.random.default_rng(runs)
+        d1 = 4
+        # codes with repeats within and across runs, and runs of a point sharing the previous point's vertex
+        codes = rng.integers(0, 3000, size=(5001, d1)).astype(np.int64)
+        codes[1::3] = codes[0:-1:3][: codes[1::3].shape[0]]
+        codes = codes.reshape(-1)
+        ids, uniq, table = numba_mod._insert_all(codes, d1)
+        ids2, uniq2, table2 = numba_mod._insert_runs(codes, d1, runs)
+        assert np.array_equal(ids, ids2) and np.array_equal(uniq, uniq2)
+        assert np.array_equal(uniq2[ids2], codes)
+        deltas = np.array([1, -7, 13], np.int64)
+        assert np.array_equal(numba_mod._neighbour_ids(uniq, deltas, table),
+                              numba_mod._neighbour_ids(uniq2, deltas, table2))
