@@ -9,8 +9,8 @@ reference on every device), but with fewer passes over memory:
 - splat with one private accumulation buffer per run of points (each run scatters its points in order,
   then the buffers are summed in order), so that it is parallel without atomics or races and gives the
   same sums for any number of threads; blur and slice are gathers by construction;
-- the per-point loops over channels are compiled for the usual padded channel counts (4, 8, 16, 24, 32)
-  as constants, so that they vectorise without a scalar tail.
+- the softmax's loops over channels are compiled for the usual padded channel counts (2, 4, 8, 16, 24,
+  32) as constants, so that they vectorise without a scalar tail.
 
 Kernels are compiled on first use and cached on disk (``cache=True``), so later processes start warm.
 """
@@ -481,7 +481,9 @@ if AVAILABLE:
     @njit(cache=True, inline="always")
     def _softmax_any(flat, c, cr, start, stop, scratch):  # pragma: no cover - compiled
         """:func:`_softmax_block` with ``c`` made a constant for the usual channel counts."""
-        if c == 4:
+        if c == 2:
+            _softmax_block(flat, 2, cr, start, stop, scratch)
+        elif c == 4:
             _softmax_block(flat, 4, cr, start, stop, scratch)
         elif c == 8:
             _softmax_block(flat, 8, cr, start, stop, scratch)
@@ -961,13 +963,13 @@ def splat(ops: "NumbaOperators", values: np.ndarray, pre: np.ndarray, buf: np.nd
     return _reduce(_scatter(values, pre, ops.offsets, ops.weights, parts), buf)
 
 
-_MAX_RUNS = 8
+_MAX_RUNS = 64  # the block pass runs its runs in parallel: this caps its threads
 
 
 def splat_runs(num_points: int, num_vertices: int) -> int:
     """How many runs of points a splat of ``num_points`` onto ``num_vertices`` vertices adds up separately (in
     parallel, each into its own ``(M + 1, C)`` buffer): one per thread numba may start (its configured maximum,
-    not the thread count of the moment, so that the sums do not depend on the machine's load), at most 8, and at
+    not the thread count of the moment, so that the sums do not depend on the machine's load), at most 64, and at
     most about ``4 N / M`` where the lattice has many vertices (the buffers' memory), but 2 where 2 threads can
     run. The same for every call with the same sizes in one process."""
     blocks = -(-num_points // _BLOCK)
