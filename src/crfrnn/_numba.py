@@ -320,8 +320,7 @@ if AVAILABLE:
     @njit(cache=True, inline="always")
     def _scatter_rows(values, first, pre, offsets, weights, part, start, stop, c):  # pragma: no cover - compiled
         """``part[o] += w * pre[p] * values[p - first, :c]`` for points ``start <= p < stop`` and their simplex vertices
-        ``o`` with barycentric weights ``w``, in the order of the points (inlined with a constant ``c``: see
-        :func:`_scatter`)."""
+        ``o`` with barycentric weights ``w``, in the order of the points."""
         d1 = offsets.shape[1]
         for p in range(start, stop):
             s = pre[p]
@@ -335,7 +334,8 @@ if AVAILABLE:
     @njit(cache=True, parallel=True, nogil=True, fastmath=_FAST)
     def _scatter(values, pre, offsets, weights, parts):  # pragma: no cover - compiled
         """The splat's partial sums: ``parts[j] (M + 1, C)`` = ``S^T(pre * values)`` over the ``j``-th of ``K = len(parts)``
-        equal runs of points (row ``M``, the absent neighbour, stays 0); :func:`_reduce` adds them.
+        runs of whole blocks of points (:func:`_run_length`; row ``M``, the absent neighbour, stays 0); :func:`_reduce`
+        adds them.
 
         A scatter point by point reads ``values`` once, in order, into a buffer that stays in cache (the gather
         vertex by vertex it replaced read ``values`` in random order: 2x slower at 500x375 on one thread). Each run
