@@ -185,6 +185,20 @@ if AVAILABLE:
         return np.int64((h >> np.uint64(32)) ^ (h & np.uint64(0xFFFFFFFF))) & mask
 
     @njit(cache=True, inline="always")
+    def _find_or_add(table, mask, c, m):  # pragma: no cover - compiled
+        """The id of code ``c`` in the hash table, or ``m`` after adding it with that id (linear probing)."""
+        h = _mix(c, mask)
+        while True:
+            e = table[2 * h + 1]
+            if e < 0:
+                table[2 * h] = c
+                table[2 * h + 1] = m
+                return m
+            if table[2 * h] == c:
+                return e
+            h = (h + 1) & mask
+
+    @njit(cache=True, inline="always")
     def _insert_range(codes, d1, start, stop, ids, uniq, first):  # pragma: no cover - compiled
         """Hash ``codes[start:stop]``: ``ids[k]`` = the dense id of code ``k`` in first-seen order within the range,
         ``uniq[first + i]`` = the code of id ``i``; returns ``(count, table)``.
@@ -202,20 +216,11 @@ if AVAILABLE:
             if k - d1 >= start and codes[k - d1] == c:  # same vertex as the previous point's
                 ids[k] = ids[k - d1]
                 continue
-            h = _mix(c, mask)
-            while True:
-                e = table[2 * h + 1]
-                if e < 0:
-                    table[2 * h] = c
-                    table[2 * h + 1] = m
-                    uniq[first + m] = c
-                    ids[k] = m
-                    m += 1
-                    break
-                if table[2 * h] == c:
-                    ids[k] = e
-                    break
-                h = (h + 1) & mask
+            e = _find_or_add(table, mask, c, m)
+            ids[k] = e
+            if e == m:  # a new code
+                uniq[first + m] = c
+                m += 1
             if 2 * m > cap:  # grow and re-insert
                 cap *= 4
                 mask = cap - 1
@@ -273,20 +278,11 @@ if AVAILABLE:
             start = min(n, j * per)
             for i in range(counts[j]):
                 c = uniq[start + i]
-                h = _mix(c, mask)
-                while True:
-                    e = table[2 * h + 1]
-                    if e < 0:
-                        table[2 * h] = c
-                        table[2 * h + 1] = m
-                        out[m] = c
-                        remap[offs[j] + i] = m
-                        m += 1
-                        break
-                    if table[2 * h] == c:
-                        remap[offs[j] + i] = e
-                        break
-                    h = (h + 1) & mask
+                e = _find_or_add(table, mask, c, m)
+                remap[offs[j] + i] = e
+                if e == m:  # first seen in this run
+                    out[m] = c
+                    m += 1
         for j in prange(runs):  # in place: the run ids become the global ids
             start = min(n, j * per)
             o = offs[j]
