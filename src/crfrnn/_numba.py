@@ -591,19 +591,21 @@ if AVAILABLE:
         return out
 
     @njit(cache=True, inline="always")
-    def _block(unary, src, q_out, start, stop, cr, c, alphas, offsets, weights, pre, post, selfw, is_full, diag, mat,
-               blurred, parts, j, scatter, logits, out_t, to_t, scratch, msg, acc):  # pragma: no cover - compiled
+    def _block(unary, src, q_out, start, stop, cr, c, alphas, offsets, weights, pre, post, selfw, has_self, is_full,
+               diag, mat, blurred, parts, j, scatter, logits, out_t, to_t, keep, scratch, msg, acc):  # pragma: no cover
         """One block of points ``start..stop-1`` of a fused iteration: the unary, every kernel's sliced message and
-        label transform, the softmax (unless ``logits``) into ``q_out``, and if ``scatter`` the new marginals' splat
-        into the partial sums ``parts[k][j]`` of the next iteration (the block is still in cache); the result goes to
-        ``out_t`` labels first instead if ``to_t``. The arguments are :func:`_mean_field`'s."""
+        label transform, the softmax (unless ``logits``) into ``q_out`` (if ``keep``), and if ``scatter`` the new
+        marginals' splat into the partial sums ``parts[k][j]`` of the next iteration (the block is still in cache);
+        the result goes to ``out_t`` labels first instead if ``to_t``. ``has_self[k]``: kernel ``k`` has a
+        self-exclusion term (only then are ``selfw[k]`` and ``src`` read). The other arguments are
+        :func:`_mean_field`'s."""
         m = stop - start
         nk = alphas.shape[0]
         for i in range(m):
             for ch in range(c):
                 acc[i, ch] = unary[start + i, ch]
         for k in range(nk):  # self-exclusion of the vector kernels (reads q before it is overwritten)
-            if not is_full[k]:
+            if has_self[k] and not is_full[k]:
                 for i in range(m):
                     p = start + i
                     coef = post[k, p] * selfw[k, p] * pre[k, p]
@@ -625,9 +627,13 @@ if AVAILABLE:
                     count = min(8, m - i0)
                     for jj in range(count):
                         p = start + i0 + jj
-                        s = selfw[k, p] * pre[k, p] / alpha
-                        for ch in range(c):
-                            msg[jj, ch] = -s * src[p, ch]
+                        if has_self[k]:
+                            s = selfw[k, p] * pre[k, p] / alpha
+                            for ch in range(c):
+                                msg[jj, ch] = -s * src[p, ch]
+                        else:
+                            for ch in range(c):
+                                msg[jj, ch] = 0.0
                         for r in range(d1):
                             w = wk[p, r]
                             o = off[p, r]
@@ -653,7 +659,7 @@ if AVAILABLE:
             for ch in range(cr):
                 for i in range(m):
                     out_t[ch, start + i] = acc[i, ch]
-        else:
+        elif keep:
             for i in range(m):
                 for ch in range(c):
                     q_out[start + i, ch] = acc[i, ch]
@@ -679,7 +685,8 @@ if AVAILABLE:
             scatter_out: leave the splat of the result's marginals in ``parts`` for a following call (not with
                 ``return_logits``).
             out_t: ``(cr, P)``: where the last iteration writes its result, labels first, instead of ``q_out``
-                (which then keeps the previous iteration's marginals); ``(0, 0)`` to write ``q_out``.
+                (``q_out`` is then scratch: without self-exclusion no iteration writes it); ``(0, 0)`` to write
+                ``q_out``.
             alphas: ``(K,)`` each lattice's slice constant.
             offsets, weights: tuples of ``K`` arrays ``(P, D_k + 1)``: each point's simplex vertices and
                 barycentric weights in lattice ``k``.
@@ -710,6 +717,16 @@ if AVAILABLE:
         if not splatted:
             for k in range(nk):
                 _scatter(q, pre[k], offsets[k], weights[k], parts[k])
+        has_self = np.zeros(nk, np.bool_)
+        for k in range(nk):
+            for p in range(num_points):
+                if selfw[k, p] != 0.0:
+                    has_self[k] = True
+                    break
+        # an iteration's marginals are read back (beyond its own splat) only by the next one's self-exclusion, and
+        # the caller reads q_out only when the last iteration writes there: other iterations skip the write (a
+        # fifth of an iteration's memory traffic)
+        any_self = has_self.any()
         runs = parts[0].shape[0]
         num_blocks = (num_points + _BLOCK - 1) // _BLOCK
         per = _run_length(num_points, runs) // _BLOCK
@@ -725,6 +742,7 @@ if AVAILABLE:
             logits = last and return_logits
             scatter = not logits and (not last or scatter_out)
             to_t = last and out_t.shape[0] > 0
+            keep = any_self or (last and not to_t)
             for j in prange(runs):
                 scratch = np.empty(_BLOCK * c, np.int32)
                 msg = np.empty((8, c), unary.dtype)
@@ -735,8 +753,8 @@ if AVAILABLE:
                 for blk in range(j * per, min(num_blocks, (j + 1) * per)):
                     start = blk * _BLOCK
                     stop = min(num_points, start + _BLOCK)
-                    _block(unary, src, q_out, start, stop, cr, c, alphas, offsets, weights, pre, post, selfw, is_full,
-                           diag, mat, blurred, parts, j, scatter, logits, out_t, to_t, scratch, msg, acc)
+                    _block(unary, src, q_out, start, stop, cr, c, alphas, offsets, weights, pre, post, selfw, has_self,
+                           is_full, diag, mat, blurred, parts, j, scatter, logits, out_t, to_t, keep, scratch, msg, acc)
 
     # float32 log in the same vectorisable form (Cephes' logf): x = m 2^e with m in [sqrt(1/2), sqrt(2)), a degree-8
     # polynomial in m - 1. Subtracting the bits of sqrt(1/2) first moves that range onto one binade, so e and m come
@@ -1210,7 +1228,7 @@ def mean_field(
         out: where to write the result (``(L, P)``, C-contiguous, the unary's dtype); allocated if None.
         transpose: False leaves the result in ``q_out`` (padded ``(P, C)``) only and returns it (one step of a
             longer schedule; no labels-first copy is made). True writes it to ``out`` only (the last iteration
-            writes labels first; ``q_out`` then holds the marginals before it).
+            writes labels first; ``q_out`` is then scratch).
         q_out: where the padded result goes; by default ``q0`` itself (in place), or a new array.
         prepared: :func:`prepare`'s result for these ``kernels`` (callers that run one iteration at a time build it
             once per image and label transform, not per iteration).
