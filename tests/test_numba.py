@@ -47,6 +47,40 @@ class TestExp:
         assert np.isfinite(y).all() and (y >= 0).all() and (y < 2e-38).all()
 
 
+class TestSoftmaxRows:
+    """The row softmax (vector code for the dispatched padded channel counts, loops for the others)."""
+
+    @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+    @pytest.mark.parametrize("c,cr", [(2, 2), (4, 3), (8, 5), (16, 13), (24, 21), (32, 32), (12, 11), (40, 33)])
+    def test_reference(self, kernels, dtype, c, cr):
+        _numba = kernels[0]
+        rng = np.random.default_rng(c)
+        n = 4 * 256 + 7  # whole groups of four rows and a remainder
+        x = np.zeros((n, c), dtype)
+        x[:, :cr] = rng.standard_normal((n, cr)) * 20
+        x[:5, :cr] -= 1e4  # every logit of the row far below 0: the maximum must be taken, not assumed
+        x[5:9, :cr] = 0.0  # ties
+        x[9, 0] = 1e3  # one dominant label
+        out = np.full_like(x, np.nan)
+        _numba.softmax_rows(x, out, cr)
+        z = x[:, :cr].astype(np.float64)
+        ref = np.exp(z - z.max(1, keepdims=True))
+        ref /= ref.sum(1, keepdims=True)
+        assert np.abs(out[:, :cr] - ref).max() < (1e-6 if dtype == np.float32 else 1e-14)
+        assert (out[:, cr:] == 0).all()
+        assert out[9, 0] == 1.0
+
+    def test_rows_are_independent_of_their_neighbours(self, kernels):
+        # rows go four at a time: a row's result must not depend on which group of four it falls in
+        _numba = kernels[0]
+        x = np.zeros((11, 24), np.float32)
+        x[:, :21] = np.random.default_rng(1).standard_normal((11, 21)) * 5
+        full = _numba.softmax_rows(x, np.empty_like(x), 21)
+        for i in range(11):
+            one = _numba.softmax_rows(x[i : i + 1].copy(), np.empty((1, 24), np.float32), 21)
+            assert np.array_equal(one[0], full[i])
+
+
 class TestLog:
     @pytest.mark.parametrize("dtype", [np.float32, np.float64])
     def test_reference(self, kernels, dtype):
