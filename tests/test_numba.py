@@ -81,6 +81,35 @@ class TestSoftmaxRows:
             assert np.array_equal(one[0], full[i])
 
 
+class TestAxpy:
+    """The row updates of the splat and slice (vector code with a scalar remainder)."""
+
+    @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+    @pytest.mark.parametrize("c", [1, 2, 4, 5, 12, 24, 37])
+    def test_reference(self, kernels, dtype, c):
+        from numba import njit
+
+        _numba = kernels[0]
+
+        @njit
+        def run(dst, src, scale, rows, w):
+            for i in range(rows.shape[0]):
+                _numba._axpy(dst, rows[i, 0], src, rows[i, 1], w, dst.shape[1])
+                _numba._axpy_scaled(dst, rows[i, 1], scale, src, rows[i, 0], w, dst.shape[1])
+
+        rng = np.random.default_rng(c)
+        dst = rng.standard_normal((9, c)).astype(dtype)
+        src = rng.standard_normal((9, c)).astype(dtype)
+        scale = rng.standard_normal(c).astype(dtype)
+        rows = rng.integers(0, 9, (40, 2))
+        want = dst.astype(np.float64)
+        for a, b in rows:
+            want[a] += 0.75 * src[b]
+            want[b] += 0.75 * scale * src[a]
+        run(dst, src, scale, rows, 0.75)
+        assert np.allclose(dst, want, rtol=1e-5 if dtype == np.float32 else 1e-13, atol=1e-5)
+
+
 class TestLog:
     @pytest.mark.parametrize("dtype", [np.float32, np.float64])
     def test_reference(self, kernels, dtype):

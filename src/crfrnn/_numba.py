@@ -30,6 +30,7 @@ try:
     import numba
     from numba import njit, prange, types
     from llvmlite import ir
+    from numba.core import cgutils
     from numba.extending import intrinsic, overload
 
     AVAILABLE = True
@@ -314,6 +315,95 @@ if AVAILABLE:
                     out[j, s, v] = found
         return out
 
+    # Hot row operations written as LLVM vector code (numba intrinsics), where numba's loops compile badly (see
+    # :func:`_axpy` and :func:`_softmax_rows_v`). The flags allow reassociation and assume finite values, which
+    # holds: the unary is checked finite, the messages are finite sums, and the exponent is clamped.
+    _VFLAGS = ("nnan", "ninf", "nsz", "arcp", "contract", "afn", "reassoc")
+
+    def _llvm_fn(builder, name, ret, arg_types):
+        fn = builder.module.globals.get(name)
+        return fn if fn is not None else ir.Function(builder.module, ir.FunctionType(ret, arg_types), name=name)
+
+    def _row_ptr(context, builder, aryty, ary_value, row):
+        """Pointer to ``ary[row, 0]`` of a 2-D array value."""
+        ary = context.make_array(aryty)(context, builder, ary_value)
+        zero = context.get_constant(types.intp, 0)
+        return cgutils.get_item_pointer(context, builder, aryty, ary, [row, zero], wraparound=False)
+
+    def _axpy_codegen(scaled):
+        def codegen(context, builder, signature, args):
+            if scaled:
+                dst_t, _, scale_t, src_t, _, w_t, c_t = signature.args
+                dst, di, scale, src, si, w, c = args
+            else:
+                dst_t, _, src_t, _, w_t, c_t = signature.args
+                dst, di, src, si, w, c = args
+            dtype = dst_t.dtype
+            ft = context.get_value_type(dtype)
+            width = 8 if dtype == types.float32 else 4
+            vty = ir.VectorType(ft, width)
+            intp = context.get_value_type(types.intp)
+            pd = _row_ptr(context, builder, dst_t, dst, context.cast(builder, di, signature.args[1], types.intp))
+            si_t = signature.args[4 if scaled else 3]
+            ps = _row_ptr(context, builder, src_t, src, context.cast(builder, si, si_t, types.intp))
+            pk = None
+            if scaled:
+                sc = context.make_array(scale_t)(context, builder, scale)
+                pk = sc.data
+            wf = context.cast(builder, w, w_t, dtype)
+            wv = builder.shuffle_vector(builder.insert_element(ir.Constant(vty, None), wf, ir.Constant(ir.IntType(32), 0)),
+                                        ir.Constant(vty, None), ir.Constant(ir.VectorType(ir.IntType(32), width), [0] * width))
+            n = context.cast(builder, c, c_t, types.intp)
+            groups = builder.udiv(n, ir.Constant(intp, width))
+            align = 4 if dtype == types.float32 else 8
+
+            def step(index, ty, weight, cast):
+                qd, qs = builder.gep(pd, [index]), builder.gep(ps, [index])
+                if cast:
+                    qd, qs = builder.bitcast(qd, ty.as_pointer()), builder.bitcast(qs, ty.as_pointer())
+                f = weight
+                if scaled:
+                    qk = builder.gep(pk, [index])
+                    if cast:
+                        qk = builder.bitcast(qk, ty.as_pointer())
+                    f = builder.fmul(weight, builder.load(qk, align=align), flags=_VFLAGS)
+                prod = builder.fmul(f, builder.load(qs, align=align), flags=_VFLAGS)
+                builder.store(builder.fadd(builder.load(qd, align=align), prod, flags=_VFLAGS), qd, align=align)
+
+            with cgutils.for_range(builder, groups) as loop:
+                step(builder.mul(loop.index, ir.Constant(intp, width)), vty, wv, True)
+            done = builder.mul(groups, ir.Constant(intp, width))
+            with cgutils.for_range(builder, builder.sub(n, done)) as loop:
+                step(builder.add(done, loop.index), ft, wf, False)
+            return context.get_dummy_value()
+
+        return codegen
+
+    def _axpy_typing(dst, src, w, c):
+        ok = (isinstance(dst, types.Array) and isinstance(src, types.Array) and dst.ndim == 2 and src.ndim == 2
+              and dst.layout == "C" and src.layout == "C" and dst.dtype == src.dtype
+              and dst.dtype in (types.float32, types.float64) and isinstance(w, types.Float)
+              and isinstance(c, types.Integer))
+        return ok
+
+    @intrinsic
+    def _axpy(typingctx, dst, di, src, si, w, c):  # pragma: no cover - compiled
+        """``dst[di, :c] += w * src[si, :c]`` in vectors of 8 float32 (4 float64), then a scalar remainder: for the
+        splat and slice's per-vertex row updates. Written as loops over a runtime ``c``, LLVM vectorised them at 4
+        lanes (its main body wants 32 floats; ``c`` is 24 at 21 labels); with ``c`` a constant it unrolled them to
+        scalar code. Same operations in the same order as the loops: the same bits."""
+        if not _axpy_typing(dst, src, w, c):
+            return None
+        return types.void(dst, di, src, si, w, c), _axpy_codegen(False)
+
+    @intrinsic
+    def _axpy_scaled(typingctx, dst, di, scale, src, si, w, c):  # pragma: no cover - compiled
+        """``dst[di, :c] += (w * scale[:c]) * src[si, :c]`` (:func:`_axpy` with a per-channel factor)."""
+        if not (_axpy_typing(dst, src, w, c) and isinstance(scale, types.Array) and scale.dtype == dst.dtype
+                and scale.ndim == 1 and scale.layout == "C"):
+            return None
+        return types.void(dst, di, scale, src, si, w, c), _axpy_codegen(True)
+
     @njit(cache=True, inline="always")
     def _scatter_rows(values, first, pre, offsets, weights, part, start, stop, c):  # pragma: no cover - compiled
         """``part[o] += w * pre[p] * values[p - first, :c]`` for points ``start <= p < stop`` and their simplex vertices
@@ -323,10 +413,7 @@ if AVAILABLE:
             s = pre[p]
             i = p - first
             for r in range(d1):
-                o = offsets[p, r]
-                w = weights[p, r] * s
-                for ch in range(c):
-                    part[o, ch] += w * values[i, ch]
+                _axpy(part, offsets[p, r], values, i, weights[p, r] * s, c)
 
     @njit(cache=True, parallel=True, nogil=True, fastmath=_FAST)
     def _scatter(values, pre, offsets, weights, parts):  # pragma: no cover - compiled
@@ -394,10 +481,7 @@ if AVAILABLE:
             for ch in range(c):
                 out[p, ch] = 0.0
             for r in range(d1):
-                w = weights[p, r] * alpha
-                o = offsets[p, r]
-                for ch in range(c):
-                    out[p, ch] += w * buf[o, ch]
+                _axpy(out, p, buf, offsets[p, r], weights[p, r] * alpha, c)
 
     # float32 exp in a form LLVM vectorises (no vector math library is needed): range reduction
     # x = n ln2 + r, |r| <= ln2 / 2, a degree-6 polynomial for exp(r) (Cephes' expf, ~1 ulp) and 2^n
@@ -444,17 +528,6 @@ if AVAILABLE:
 
     _BLOCK = 256  # points per softmax block: exp runs over BLOCK * C contiguous values at once
 
-    # The row softmax written as LLVM vector code. Written as loops, numba's row maxima and sums of 24 channels
-    # compiled to 23 dependent scalar max (or add) instructions per row (LLVM fully unrolls the short loop and
-    # its select-based max does not reassociate), which took 6 ms of a 23 ms iteration on one thread at 500x375;
-    # in vectors of 8 the whole softmax takes 1 ms. The flags allow reassociation and assume finite values, which
-    # holds: the unary is checked finite, the messages are finite sums, and the exponent is clamped.
-    _VFLAGS = ("nnan", "ninf", "nsz", "arcp", "contract", "afn", "reassoc")
-
-    def _llvm_fn(builder, name, ret, arg_types):
-        fn = builder.module.globals.get(name)
-        return fn if fn is not None else ir.Function(builder.module, ir.FunctionType(ret, arg_types), name=name)
-
     @intrinsic
     def _softmax_rows_v(typingctx, flat, offset, cr, c_lit, rows_lit):  # pragma: no cover - compiled
         """In place, the softmax over the first ``cr`` of ``c`` values of each of ``rows`` rows of ``flat`` from
@@ -465,6 +538,10 @@ if AVAILABLE:
         divides ``c``); the maximum and the sum are vector reductions; float32 takes the exp as
         :func:`exp_inplace` does (Cephes' polynomial, exponent bits), float64 LLVM's exp. The ``rows`` rows are
         emitted stage by stage, so that their independent dependency chains interleave (4 rows: 0.8x the time of 1).
+
+        Written as loops, numba compiled the maximum and the sum of a 24-channel row to 23 dependent scalar
+        instructions each (LLVM fully unrolls the short loop, and a select-based max never reassociates): 6 ms of a
+        23 ms iteration on one thread at 500x375, against 1 ms for the whole softmax in vectors of 8.
         """
         if not (isinstance(c_lit, types.IntegerLiteral) and isinstance(rows_lit, types.IntegerLiteral)):
             return None
@@ -756,10 +833,7 @@ if AVAILABLE:
                             for ch in range(c):
                                 msg[jj, ch] = 0.0
                         for r in range(d1):
-                            w = wk[p, r]
-                            o = off[p, r]
-                            for ch in range(c):
-                                msg[jj, ch] += w * b[o, ch]
+                            _axpy(msg, jj, b, off[p, r], wk[p, r], c)
                         g = post[k, p] * alpha
                         for ch in range(c):
                             msg[jj, ch] *= g
@@ -770,10 +844,7 @@ if AVAILABLE:
                     p = start + i
                     g = post[k, p] * alpha
                     for r in range(d1):
-                        w = wk[p, r] * g
-                        o = off[p, r]
-                        for ch in range(c):
-                            acc[i, ch] += w * dk[ch] * b[o, ch]
+                        _axpy_scaled(acc, i, dk, b, off[p, r], wk[p, r] * g, c)
         if not logits:
             _softmax_any(acc.reshape(-1), c, cr, 0, m, scratch)
         if to_t:  # the result, labels first: read across the block in cache, written in order
