@@ -351,8 +351,9 @@ if AVAILABLE:
                 sc = context.make_array(scale_t)(context, builder, scale)
                 pk = sc.data
             wf = context.cast(builder, w, w_t, dtype)
-            wv = builder.shuffle_vector(builder.insert_element(ir.Constant(vty, None), wf, ir.Constant(ir.IntType(32), 0)),
-                                        ir.Constant(vty, None), ir.Constant(ir.VectorType(ir.IntType(32), width), [0] * width))
+            undef, lane0 = ir.Constant(vty, None), ir.Constant(ir.IntType(32), 0)
+            zeros = ir.Constant(ir.VectorType(ir.IntType(32), width), [0] * width)
+            wv = builder.shuffle_vector(builder.insert_element(undef, wf, lane0), undef, zeros)  # w in every lane
             n = context.cast(builder, c, c_t, types.intp)
             groups = builder.udiv(n, ir.Constant(intp, width))
             align = 4 if dtype == types.float32 else 8
@@ -380,11 +381,11 @@ if AVAILABLE:
         return codegen
 
     def _axpy_typing(dst, src, w, c):
-        ok = (isinstance(dst, types.Array) and isinstance(src, types.Array) and dst.ndim == 2 and src.ndim == 2
-              and dst.layout == "C" and src.layout == "C" and dst.dtype == src.dtype
-              and dst.dtype in (types.float32, types.float64) and isinstance(w, types.Float)
-              and isinstance(c, types.Integer))
-        return ok
+        """Whether :func:`_axpy`'s arguments type: two C-contiguous 2-D float arrays of one dtype, a float, an int."""
+        return (isinstance(dst, types.Array) and isinstance(src, types.Array) and dst.ndim == 2 and src.ndim == 2
+                and dst.layout == "C" and src.layout == "C" and dst.dtype == src.dtype
+                and dst.dtype in (types.float32, types.float64) and isinstance(w, types.Float)
+                and isinstance(c, types.Integer))
 
     @intrinsic
     def _axpy(typingctx, dst, di, src, si, w, c):  # pragma: no cover - compiled
