@@ -28,6 +28,33 @@ def time_it(fn: Callable[[], object], *, warmup: int = 1, repeats: int = 5) -> d
             "repeats": repeats}
 
 
+def paired_ratio(fn: Callable[[], object], base: Callable[[], object], *, warmup: int = 1,
+                 repeats: int = 9) -> dict:
+    """Time ``fn`` and ``base`` in turn, call by call, and summarise the per-pair ratios ``fn / base``.
+
+    On a machine whose speed drifts from minute to minute (a shared VM), two medians taken one after the
+    other can differ by more than the effect measured; the ratio of two calls made back to back cancels most
+    of the drift. The order inside each pair alternates, so neither side always runs second (warm caches).
+    Returns the medians of both, the median ratio and its interquartile range.
+    """
+    for _ in range(warmup):
+        base()
+        fn()
+    ours, theirs, ratios = [], [], []
+    for i in range(repeats):
+        pair = {}
+        for name, f in ((("fn", fn), ("base", base)) if i % 2 == 0 else (("base", base), ("fn", fn))):
+            t = time.perf_counter()
+            f()
+            pair[name] = time.perf_counter() - t
+        ours.append(pair["fn"])
+        theirs.append(pair["base"])
+        ratios.append(pair["fn"] / pair["base"])
+    q1, q3 = np.percentile(ratios, [25, 75])
+    return {"median": statistics.median(ours), "base_median": statistics.median(theirs),
+            "ratio": statistics.median(ratios), "ratio_q1": float(q1), "ratio_q3": float(q3), "repeats": repeats}
+
+
 def _status(field: str) -> int:
     with open("/proc/self/status") as fh:
         for line in fh:

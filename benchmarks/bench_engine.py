@@ -5,7 +5,9 @@
 
 - entry points, as a new user calls them, relative to ``dense_crf``: ``mean_field`` under ``torch.no_grad()``,
   ``CrfRnn(21).eval()`` (which adds the L x L products), ``compat.DenseCRF2D`` and ``compat.DenseCRF`` with
-  ``addPairwiseEnergy``; all give the same marginals (the max difference is printed);
+  ``addPairwiseEnergy``; all give the same marginals (the max difference is printed); each is called in turn
+  with ``dense_crf``, and the median of the per-pair ratios is printed with its interquartile range (the
+  ratio of two back-to-back calls cancels the drift of a shared machine);
 - threads: ``dense_crf`` quiet with 2 threads and with 1, and with one CPU-bound competing process (a busy
   loop in a child process) with its default settings and with 1 thread, each against pydensecrf in the same
   conditions; then, under contention again, the default and 1 thread alternated call by call (the fairest
@@ -28,7 +30,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _harness import report, time_it  # noqa: E402
+from _harness import paired_ratio, report, time_it  # noqa: E402
 from bench_refine import have_densecrf, make_inputs, runner  # noqa: E402
 
 
@@ -132,15 +134,16 @@ def main() -> None:
     base_fn = runner("crfrnn", image, probs, t)
     ref = base_fn()
 
-    print(f"entry points, {w}x{h}, 21 labels, T={t}, quiet (ratio to dense_crf, measured in turn)")
+    print(f"entry points, {w}x{h}, 21 labels, T={t}, quiet (median of per-pair ratios to dense_crf, called in turn)")
     rows = {}
     for name, fn in entry_points(image, probs, t).items():
         diff = float(np.abs(fn() - ref).max())
-        base = time_it(base_fn, repeats=args.repeats)["median"]
-        this = time_it(fn, repeats=args.repeats)["median"]
-        rows[name] = {"ms": this * 1e3, "dense_crf_ms": base * 1e3, "ratio": this / base, "max_abs_diff": diff}
-        print(f"  {name:<38} {this * 1e3:8.1f} ms  dense_crf {base * 1e3:7.1f} ms  {this / base:5.2f}x  "
-              f"(max |dQ| {diff:.1e})", flush=True)  # fmt: skip
+        r = paired_ratio(fn, base_fn, repeats=args.repeats)
+        rows[name] = {"ms": r["median"] * 1e3, "dense_crf_ms": r["base_median"] * 1e3, "ratio": r["ratio"],
+                      "ratio_iqr": [r["ratio_q1"], r["ratio_q3"]], "max_abs_diff": diff}  # fmt: skip
+        print(f"  {name:<38} {r['median'] * 1e3:8.1f} ms  dense_crf {r['base_median'] * 1e3:7.1f} ms  "
+              f"{r['ratio']:5.2f}x  (IQR {r['ratio_q1']:.2f}-{r['ratio_q3']:.2f}; max |dQ| {diff:.1e})",
+              flush=True)  # fmt: skip
     out["entry_points"] = rows
 
     print("threads: dense_crf against pydensecrf (ratio = crfrnn / densecrf)")

@@ -241,18 +241,16 @@ class TestMatrixOnVertices:
         matrix = rng.normal(size=(num_labels, num_labels)).astype(dtype)
         kern = [(ops, pre, post, np.zeros(n, dtype), matrix)]
         prepared = numba_mod.prepare(kern, num_labels, n, c, dtype)
-        assert prepared[9][0]  # on_vertices
-        point_by_point = list(prepared)
-        point_by_point[8] = np.ones(1, np.bool_)  # is_full
-        point_by_point[9] = np.zeros(1, np.bool_)
-        point_by_point[10] = np.zeros_like(prepared[10])  # diag
+        assert prepared.on_vertices[0] and not prepared.has_self[0]
+        point_by_point = prepared._replace(is_full=np.ones(1, np.bool_), on_vertices=np.zeros(1, np.bool_),
+                                           diag=np.zeros_like(prepared.diag))
         a = numba_mod.mean_field(unary, num_labels, 3, kern, prepared=prepared)
-        b = numba_mod.mean_field(unary, num_labels, 3, kern, prepared=tuple(point_by_point))
+        b = numba_mod.mean_field(unary, num_labels, 3, kern, prepared=point_by_point)
         assert np.abs(a - b).max() < (1e-5 if dtype == np.float32 else 1e-12)
         # with self-exclusion the product stays point by point
         kern_self = [(ops, pre, post, np.full(n, 0.5, dtype), matrix)]
         prep_self = numba_mod.prepare(kern_self, num_labels, n, c, dtype)
-        assert not prep_self[9][0] and prep_self[8][0]
+        assert prep_self.has_self[0] and not prep_self.on_vertices[0] and prep_self.is_full[0]
 
 
 class TestInsertRuns:

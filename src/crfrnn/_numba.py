@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import math
 import threading
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -40,7 +40,7 @@ except ImportError:  # pragma: no cover - exercised only where numba is missing
 __all__ = [
     "AVAILABLE", "NumbaOperators", "adjoint_slice", "blur", "blur_result", "build", "channels_first", "channels_last",
     "gram",
-    "mean_field", "padded_channels", "prepare", "softmax_backward", "softmax_rows",
+    "Prepared", "mean_field", "padded_channels", "prepare", "softmax_backward", "softmax_rows",
     "splat", "splat_parts", "splat_runs", "unary_from_scores",
 ]
 
@@ -330,6 +330,13 @@ if AVAILABLE:
         zero = context.get_constant(types.intp, 0)
         return cgutils.get_item_pointer(context, builder, aryty, ary, [row, zero], wraparound=False)
 
+    def _broadcast(builder, x, vty):
+        """The scalar ``x`` in every lane of the vector type ``vty`` (insert into lane 0, then shuffle)."""
+        undef = ir.Constant(vty, None)
+        one = builder.insert_element(undef, x, ir.Constant(ir.IntType(32), 0))
+        zeros = ir.Constant(ir.VectorType(ir.IntType(32), vty.count), [0] * vty.count)
+        return builder.shuffle_vector(one, undef, zeros)
+
     def _axpy_codegen(scaled):
         def codegen(context, builder, signature, args):
             if scaled:
@@ -351,9 +358,7 @@ if AVAILABLE:
                 sc = context.make_array(scale_t)(context, builder, scale)
                 pk = sc.data
             wf = context.cast(builder, w, w_t, dtype)
-            undef, lane0 = ir.Constant(vty, None), ir.Constant(ir.IntType(32), 0)
-            zeros = ir.Constant(ir.VectorType(ir.IntType(32), width), [0] * width)
-            wv = builder.shuffle_vector(builder.insert_element(undef, wf, lane0), undef, zeros)  # w in every lane
+            wv = _broadcast(builder, wf, vty)  # w in every lane
             n = context.cast(builder, c, c_t, types.intp)
             groups = builder.udiv(n, ir.Constant(intp, width))
             align = 4 if dtype == types.float32 else 8
@@ -570,18 +575,13 @@ if AVAILABLE:
             def const(x):
                 return ir.Constant(vty, [x] * width)
 
-            def broadcast(x, ty):
-                undef = ir.Constant(ty, None)
-                one = builder.insert_element(undef, x, ir.Constant(i32, 0))
-                return builder.shuffle_vector(one, undef, ir.Constant(ity, [0] * width))
-
             def op(name, a, b):
                 return getattr(builder, name)(a, b, flags=_VFLAGS)
 
             def call(fn, *a):
                 return builder.call(fn, list(a), fastmath=_VFLAGS)
 
-            crv = broadcast(builder.trunc(ncr, i32), ity)
+            crv = _broadcast(builder, builder.trunc(ncr, i32), ity)
             masks = [builder.icmp_signed("<", ir.Constant(ity, [j * width + i for i in range(width)]), crv)
                      for j in range(groups)]
             base = builder.bitcast(builder.gep(ary.data, [off]), vty.as_pointer())
@@ -595,7 +595,7 @@ if AVAILABLE:
                 m = vals[r][0]
                 for v in vals[r][1:]:
                     m = call(vmax, m, v)
-                shifts.append(broadcast(call(rmax, m), vty))
+                shifts.append(_broadcast(builder, call(rmax, m), vty))
             exps = []
             for r in range(rows):
                 row = []
@@ -621,7 +621,7 @@ if AVAILABLE:
                 total = exps[r][0]
                 for e in exps[r][1:]:
                     total = op("fadd", total, e)
-                inv = broadcast(builder.fdiv(ir.Constant(ft, 1.0), call(radd, ir.Constant(ft, -0.0), total)), vty)
+                inv = _broadcast(builder, builder.fdiv(ir.Constant(ft, 1.0), call(radd, ir.Constant(ft, -0.0), total)), vty)
                 for j in range(groups):
                     builder.store(op("fmul", exps[r][j], inv), ptrs[r][j], align=align)
             return context.get_dummy_value()
@@ -862,8 +862,8 @@ if AVAILABLE:
 
     @njit(cache=True, parallel=True, nogil=True, fastmath=_FAST)
     def _mean_field(unary, q, q_out, q_ready, cr, iterations, return_logits, splatted, scatter_out, out_t, alphas, offsets,
-                    weights, neighbours, parts, pre, post, selfw, is_full, on_vertices, diag, mat, bufs, tmps,
-                    vbufs):  # pragma: no cover
+                    weights, neighbours, parts, pre, post, selfw, has_self, is_full, on_vertices, diag, mat, bufs,
+                    tmps, vbufs):  # pragma: no cover
         """Mean field with any number of Gaussian kernels, in place in ``q`` (no autograd).
 
         Args:
@@ -888,6 +888,7 @@ if AVAILABLE:
                 (:func:`_scatter`; ``R`` the same for every kernel). The block pass runs the same ``R`` runs, each
                 adding its marginals to its own partial sums.
             pre, post, selfw: ``(K, P)``: kernel ``k``'s message is ``post * (K_k(pre * q) - selfw * pre * q)``.
+            has_self: ``(K,)`` bool: ``selfw[k]`` is not all zero (the others skip the self term).
             is_full: ``(K,)`` bool: kernel ``k``'s message goes through the matrix ``mat[k]`` (``logits +=
                 msg @ mat[k]``) point by point instead of the per-label vector ``diag[k]`` (``logits += diag[k] * msg``).
             on_vertices: ``(K,)`` bool: apply ``mat[k]`` to the blurred vertex buffer instead (``S (B mat) = (S B) mat``
@@ -910,12 +911,6 @@ if AVAILABLE:
         if not splatted:
             for k in range(nk):
                 _scatter(q, pre[k], offsets[k], weights[k], parts[k])
-        has_self = np.zeros(nk, np.bool_)
-        for k in range(nk):
-            for p in range(num_points):
-                if selfw[k, p] != 0.0:
-                    has_self[k] = True
-                    break
         # an iteration's marginals are read back (beyond its own splat) only by the next one's self-exclusion, and
         # the caller reads q_out only when the last iteration writes there: other iterations skip the write (a
         # fifth of an iteration's memory traffic)
@@ -1342,8 +1337,30 @@ def splat_parts(ops: list, channels: int, dtype: np.dtype) -> tuple:
     return tuple(np.empty((runs, o.num_vertices + 1, channels), dtype) for o in ops)
 
 
+class Prepared(NamedTuple):
+    """:func:`prepare`'s result: the compiled loop's per-kernel arguments, in the order it takes them (the
+    fields are documented with :func:`_mean_field`'s arguments of the same names)."""
+
+    alphas: np.ndarray
+    offsets: tuple
+    weights: tuple
+    neighbours: tuple
+    parts: tuple
+    pre: np.ndarray
+    post: np.ndarray
+    selfw: np.ndarray
+    has_self: np.ndarray
+    is_full: np.ndarray
+    on_vertices: np.ndarray
+    diag: np.ndarray
+    mat: np.ndarray
+    bufs: tuple
+    tmps: tuple
+    vbufs: tuple
+
+
 def prepare(kernels: list, num_labels: int, num_points: int, channels: int, dtype: np.dtype,
-            work: Optional[list] = None, parts: Optional[tuple] = None) -> tuple:
+            work: Optional[list] = None, parts: Optional[tuple] = None) -> Prepared:
     """The compiled loop's per-kernel arguments (see :func:`mean_field` for ``kernels`` and ``work``): stacked
     factors, padded label transforms, the lattices' arrays and vertex buffers; ``parts``: :func:`splat_parts`
     (allocated if None).
@@ -1358,6 +1375,7 @@ def prepare(kernels: list, num_labels: int, num_points: int, channels: int, dtyp
     pre = np.empty((nk, num_points), dt)
     post = np.empty((nk, num_points), dt)
     selfw = np.empty((nk, num_points), dt)
+    has_self = np.zeros(nk, np.bool_)
     is_full = np.zeros(nk, np.bool_)
     on_vertices = np.zeros(nk, np.bool_)
     diag = np.zeros((nk, c), dt)
@@ -1366,11 +1384,12 @@ def prepare(kernels: list, num_labels: int, num_points: int, channels: int, dtyp
     for k, (ops, pre_k, post_k, self_k, transform) in enumerate(kernels):
         alphas[k] = ops.alpha
         pre[k], post[k], selfw[k] = pre_k, post_k, self_k
+        has_self[k] = bool(selfw[k].any())
         t = np.asarray(transform, dt)
         shape = (ops.num_vertices + 1, c)
         if t.ndim == 2:
             mat[k, :num_labels, :num_labels] = t.T
-            if ops.num_vertices + 1 < num_points and not selfw[k].any():
+            if ops.num_vertices + 1 < num_points and not has_self[k]:
                 on_vertices[k] = True
                 diag[k] = 1.0
             else:
@@ -1394,8 +1413,8 @@ def prepare(kernels: list, num_labels: int, num_points: int, channels: int, dtyp
             vbufs.append(np.empty(shape, dt))
     if parts is None:
         parts = splat_parts([k[0] for k in kernels], c, dt)
-    return (alphas, tuple(offsets), tuple(weights), tuple(neighbours), parts, pre, post, selfw, is_full, on_vertices,
-            diag, mat, tuple(bufs), tuple(tmps), tuple(vbufs))
+    return Prepared(alphas, tuple(offsets), tuple(weights), tuple(neighbours), parts, pre, post, selfw, has_self,
+                    is_full, on_vertices, diag, mat, tuple(bufs), tuple(tmps), tuple(vbufs))
 
 
 def mean_field(
