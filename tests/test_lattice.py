@@ -219,6 +219,22 @@ class TestPermutohedralLattice:
         diag = lat.filter(impulses)[:, idx, torch.arange(len(idx))]
         assert torch.allclose(lat.self_weights()[:, idx], diag, rtol=1e-12, atol=1e-12)
 
+    @pytest.mark.skipif(not NUMBA, reason="numba is not installed")
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+    def test_compiled_self_weights_on_a_photo(self, dtype):
+        """The compiled self weights (distinct simplices found per chunk of points, paths walked once per simplex)
+        equal the PyTorch walk of every path point by point, on a photo whose pixels share simplices, over more
+        points than one chunk holds, for a batch of two images (their lattices' vertices differ)."""
+        img = torch.cat([photo("astronaut", (120, 160)), photo("coffee", (120, 160))]).to(dtype)
+        for f in (bilateral_features(img, 20.0, 13.0), spatial_features(2, 120, 160, 3.0, dtype=dtype),
+                  bilateral_features(img, 5.0, 40.0)):
+            lat = PermutohedralLattice(f, backend="numba")
+            ref = lattice_mod._self_weights(lat._offsets, lat._weights, lat._rank, lat._neighbours, lat.alpha)
+            shared = 1.0 - torch.unique(lat._offsets, dim=0).shape[0] / lat._offsets.shape[0]
+            assert shared > 0.2  # the reuse is exercised
+            tol = 1e-6 if dtype == torch.float32 else 1e-13
+            assert relative_error(lat.self_weights().reshape(-1), ref) < tol
+
     def test_translation_invariance_of_features(self):
         """Translating every feature by a lattice vector maps the lattice onto itself: same filter.
 

@@ -379,6 +379,12 @@ class PermutohedralLattice:
 
                 cached = _ops.lattice_self_weights(self._offsets, self._weights, self._rank, self._neighbours,
                                                    self.alpha)  # fmt: skip
+            elif self.backend == "numba":
+                from crfrnn import _numba
+
+                steps, path_w = _canonical_paths(self.dim)
+                cached = _numba.self_weights(self._offsets, self._weights.detach(), self._rank, self._neighbours,
+                                             self.alpha, steps, path_w)  # fmt: skip
             else:
                 with torch.no_grad():
                     cached = _self_weights(self._offsets, self._weights, self._rank, self._neighbours, self.alpha)
