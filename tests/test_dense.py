@@ -116,6 +116,8 @@ class TestDenseCrf:
             dense_crf(image, np.full_like(probs, np.nan))
         with pytest.raises(ValueError, match="look like logits"):  # a binary map is a probability in [0, 1]
             dense_crf(image, -np.ones_like(probs[:1]))
+        with pytest.raises(ValueError, match=r"foreground probability and must lie in \[0, 1\]; got values in 1.5"):
+            dense_crf(image, np.full_like(probs[:1], 1.5))  # 1 - p would be negative: said as what it is
         with pytest.raises(ValueError, match="iterations"):
             dense_crf(image, probs, iterations=-1)
         with pytest.raises(TypeError, match="NumPy array or a torch tensor"):

@@ -264,6 +264,14 @@ def dense_crf(
     sxy_b = check_widths("bilateral_sxy", bilateral_sxy, ndim, "spatial axis")
     steps = check_spacing(spacing, ndim)
     scores = scores.to(dtype)
+    if num_labels == 1 and probs is not None:  # 1 - p must be a probability too (negative values: checked later)
+        lo, hi = (float(v) for v in torch.aminmax(scores))
+        if hi > 1 + sum_tol:
+            raise ValueError(
+                f"probs with one label (L = 1) is a binary network's foreground probability and must lie in [0, 1]; "
+                f"got values in {lo:.4g}..{hi:.4g}. Pass a sigmoid's raw scores as logits=, or a label map as "
+                "logits=unary_from_labels(labels, num_labels)."
+            )
     if num_labels == 1:  # a binary network's single map: the two-label problem it is
         scores = torch.cat([1.0 - scores, scores] if probs is not None else [torch.zeros_like(scores), scores], 1)
     img = img.to(device=scores.device, dtype=dtype)

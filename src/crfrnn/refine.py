@@ -45,6 +45,7 @@ __all__ = [
     "default_memory_limit",
     "estimate_memory",
     "format_bytes",
+    "labels_of",
     "make_overlay",
     "pair_by_stem",
     "read_rgb",
@@ -245,6 +246,15 @@ def _pickled_array(what: str) -> str:
     )
 
 
+def labels_of(scores: np.ndarray, is_logits: bool = False) -> np.ndarray:
+    """The labelling of ``(L, *S)`` scores: their argmax over labels, or for one map (``L = 1``, a binary
+    network's foreground probability or logit) foreground where ``p > 0.5`` (``z > 0``), as the argmax of the
+    two-label problem ``(1 - p, p)`` gives it (ties go to the background)."""
+    if scores.shape[0] == 1:
+        return (scores[0] > (0.0 if is_logits else 0.5)).astype(np.int64)
+    return scores.argmax(0).astype(np.int64)
+
+
 def _shape_for(layout: str, arr: np.ndarray) -> Tuple[int, int, int]:
     """``(L, h, w)`` of a 3-d array read with ``layout``."""
     return (arr.shape[0], *arr.shape[1:]) if layout == "lhw" else (arr.shape[2], *arr.shape[:2])  # type: ignore
@@ -261,7 +271,7 @@ def _looks_resizable(arr: np.ndarray, size: Tuple[int, int], layout: Optional[st
     best, best_err = None, math.inf
     for candidate in (layout,) if layout is not None else LAYOUTS:
         labels, sh, sw = _shape_for(candidate, arr)
-        if not 2 <= labels <= _MAX_LABELS or sh < 1 or sw < 1 or (strict and (1.5 * sh > h or 1.5 * sw > w)):
+        if not 1 <= labels <= _MAX_LABELS or sh < 1 or sw < 1 or (strict and (1.5 * sh > h or 1.5 * sw > w)):
             continue
         err = abs(math.log((sh / sw) / (h / w)))
         if err < best_err:
@@ -270,10 +280,13 @@ def _looks_resizable(arr: np.ndarray, size: Tuple[int, int], layout: Optional[st
 
 
 def _layout(
-    arr: np.ndarray, path: str, size: Tuple[int, int], layout: Optional[str], resize: bool, notes: List[str]
+    arr: np.ndarray, path: str, size: Tuple[int, int], layout: Optional[str], resize: bool, notes: List[str],
+    shown: Optional[Tuple[int, ...]] = None,
 ) -> Tuple[str, bool]:
-    """``(layout, needs_resize)`` of a 3-d score array for an image of ``size``."""
+    """``(layout, needs_resize)`` of a 3-d score array for an image of ``size`` (``shown``: the file's shape, for
+    messages, when ``arr`` has an axis added)."""
     h, w = size
+    shape = tuple(arr.shape) if shown is None else tuple(shown)
     fits = {"lhw": arr.shape[1:] == (h, w), "hwl": arr.shape[:2] == (h, w)}
     if layout is not None and layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}.")
@@ -281,7 +294,7 @@ def _layout(
         return layout, False
     if layout is None and fits["lhw"] and fits["hwl"]:
         notes.append(
-            f"scores of shape {tuple(arr.shape)} in '{path}' fit both L x H x W and H x W x L; assuming L x H x W "
+            f"scores of shape {shape} in '{path}' fit both L x H x W and H x W x L; assuming L x H x W "
             "(pass --layout hwl if the labels are last)."
         )
         return "lhw", False
@@ -291,7 +304,7 @@ def _layout(
     if resize:
         if small is None:
             raise ValueError(
-                f"scores in '{path}' have shape {tuple(arr.shape)}, which --resize cannot map onto the {w}x{h} (WxH) "
+                f"scores in '{path}' have shape {shape}, which --resize cannot map onto the {w}x{h} (WxH) "
                 "image: neither L x h x w nor h x w x L has the image's aspect ratio. Check that the file belongs "
                 "to this image (or --layout)."
             )
@@ -302,32 +315,34 @@ def _layout(
     if small is not None:
         labels, sh, sw = _shape_for(small, arr)
         hint = (
-            f" They look like the network's output at its own resolution ({labels} labels at {sw}x{sh}); pass "
+            f" They look like the network's output at its own resolution ({labels} label{'s' if labels != 1 else ''} at {sw}x{sh}); pass "
             "--resize to resize them bilinearly to the image (on logits; on log-probabilities for probabilities)."
         )
     if layout is not None:
         want = f"(L, {h}, {w})" if layout == "lhw" else f"({h}, {w}, L)"
         raise ValueError(
-            f"scores in '{path}' have shape {tuple(arr.shape)}, which is not {want} as --layout {layout} says "
+            f"scores in '{path}' have shape {shape}, which is not {want} as --layout {layout} says "
             f"for a {w}x{h} (WxH) image.{hint}"
         )
     raise ValueError(
-        f"scores in '{path}' have shape {tuple(arr.shape)}, which does not match the {w}x{h} (WxH) image: "
+        f"scores in '{path}' have shape {shape}, which does not match the {w}x{h} (WxH) image: "
         f"expected (L, {h}, {w}) or ({h}, {w}, L).{hint or ' Check that the file belongs to this image.'}"
     )
 
 
 def _resize(values: np.ndarray, size: Tuple[int, int], is_logits: bool) -> np.ndarray:
-    """Bilinear resize of ``(L, h, w)`` scores to ``size``: logits directly, probabilities as log-probabilities."""
+    """Bilinear resize of ``(L, h, w)`` scores to ``size``: logits directly, probabilities as log-probabilities (one
+    foreground map as log-odds)."""
     import torch
     import torch.nn.functional as F
 
     t = torch.from_numpy(values)
+    single = t.shape[0] == 1  # a foreground probability: resized as log-odds
     if not is_logits:
-        t = t.clamp_min(1e-12).log()
+        t = torch.logit(t, eps=1e-6) if single else t.clamp_min(1e-12).log()
     t = F.interpolate(t[None], size=size, mode="bilinear", align_corners=False)[0]
     if not is_logits:
-        t = t.softmax(0)
+        t = t.sigmoid() if single else t.softmax(0)
     return np.ascontiguousarray(t.numpy(), dtype=np.float32)
 
 
@@ -355,6 +370,14 @@ def _check_probs(values: np.ndarray, path: str, dtype: np.dtype) -> np.ndarray:
             f"'{path}' holds negative values (min {float(values.min()):.4g}), so these are not probabilities; "
             "if they are raw network scores, pass --logits."
         )
+    if values.shape[0] == 1:  # a binary network's foreground probability
+        if float(values.max()) > 1.0:
+            raise ValueError(
+                f"'{path}' holds one map with values up to {float(values.max()):.4g}, so it is not a foreground "
+                "probability in [0, 1]; if these are a sigmoid's raw scores, pass --logits (a label map must be "
+                "saved as integers)."
+            )
+        return values
     total = values.sum(0, dtype=np.float64)
     error = float(np.abs(total - 1.0).max())
     if error <= 1e-3:
@@ -532,16 +555,25 @@ def read_scores(
     if not (floating or np.issubdtype(arr.dtype, np.integer)) or arr.dtype == np.bool_:
         raise TypeError(f"'{path}' holds an array of dtype {arr.dtype}; expected floating-point scores.")
     h, w = size
+    shown = tuple(arr.shape)
+    if arr.ndim == 2:  # one float map: a binary network's output
+        if layout is not None:
+            raise ValueError(f"'{path}' holds one 2-d map (shape {tuple(arr.shape)}); --layout applies to L x H x W "
+                             "or H x W x L scores.")  # fmt: skip
+        arr = arr[None]
     if arr.ndim != 3:
-        what = "a 2-d float array without a label dimension" if arr.ndim == 2 else f"a {arr.ndim}-d array"
         raise ValueError(
-            f"'{path}' holds {what} (shape {tuple(arr.shape)}); expected L x H x W or H x W x L scores for the "
-            f"{w}x{h} (WxH) image, or a 2-d integer label map."
+            f"'{path}' holds a {arr.ndim}-d array (shape {tuple(arr.shape)}); expected L x H x W or H x W x L scores "
+            f"for the {w}x{h} (WxH) image, one H x W map (a binary network's foreground), or a 2-d integer label map."
         )
-    order, needs_resize = _layout(arr, path, size, layout, resize, notes)
+    order, needs_resize = _layout(arr, path, size, layout, resize, notes, shown)
     count = _shape_for(order, arr)[0]
-    if count < 2:
-        raise ValueError(f"'{path}' holds scores for {count} label; a CRF needs at least 2.")
+    if count == 1:
+        notes.append(
+            f"'{path}' holds one map: read as a binary network's foreground {'logit' if logits else 'probability'}, "
+            "refined as the two-label problem (labels 0 background, 1 foreground; --save-probs holds the refined "
+            "foreground probability)."
+        )
     if count > _MAX_LABELS:
         raise ValueError(
             f"'{path}' holds scores for {count} labels, but the output palette PNG holds at most "
@@ -555,7 +587,7 @@ def read_scores(
         values = _check_probs(values, path, arr.dtype)
     if needs_resize:
         values = _resize(values, size, logits)
-    return ScoreMap(values=values, is_logits=logits, labels=values.argmax(0).astype(np.int64), notes=notes)
+    return ScoreMap(values=values, is_logits=logits, labels=labels_of(values, logits), notes=notes)
 
 
 def _boundaries(labels: np.ndarray) -> np.ndarray:

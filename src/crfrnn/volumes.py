@@ -137,7 +137,8 @@ def read_volume_scores(
     """Scores ``(L, *S)`` float32 for a guide of shape ``S`` or ``S + (C,)``.
 
     The labels axis is found by matching the guide: first if ``probs.shape[1:]`` is ``S``, last if
-    ``probs.shape[:-1]`` is; when both fit, first for NumPy files and last for NIfTI, unless ``labels_last``.
+    ``probs.shape[:-1]`` is; when both fit, first for NumPy files and last for NIfTI, unless ``labels_last``. An
+    array of the guide's own shape is one map (``L = 1``, a binary network's foreground).
 
     Returns:
         ``(scores (L, *S) float32, S, notes)``.
@@ -153,6 +154,11 @@ def read_volume_scores(
     notes: List[str] = []
     shapes = []
     g = tuple(guide_shape)
+    if 1 <= len(g) <= 3 and tuple(arr.shape) == g and labels_last is None:  # one map: a binary network's output
+        notes.append(f"'{path}' holds one map of the guide's shape {g}: read as a binary network's foreground "
+                     "(probability, or logit with --logits), refined as the two-label problem (labels 0 background, "
+                     "1 foreground; --save-probs holds the refined foreground probability).")  # fmt: skip
+        return np.ascontiguousarray(arr[None], dtype=np.float32), g, notes
     for s in {g, g[:-1]}:  # the guide without, and with, a channel axis
         if len(s) < 1 or len(s) > 3:
             continue

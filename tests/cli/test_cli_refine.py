@@ -123,13 +123,48 @@ class TestSingle:
                       "--iterations", 0, "--save-probs", tmp_path / "a.npy") == 0  # fmt: skip
         assert "note" not in capsys.readouterr().err
         np.testing.assert_allclose(np.load(tmp_path / "a.npy"), probs.transpose(2, 0, 1), atol=1e-4)
-        np.save(tmp_path / "p.npy", np.ones((3, 3, 1), np.float32))  # one label only
-        assert refine(tmp_path / "tiny.png", tmp_path / "p.npy", "-o", tmp_path / "b.png") == 2
-        one_line_error(capsys, "1 label")
+        np.save(tmp_path / "p.npy", np.ones((3, 3, 1), np.float32))  # one map: a binary network's foreground
+        assert refine(tmp_path / "tiny.png", tmp_path / "p.npy", "-o", tmp_path / "b.png") == 0
+        assert "one map" in capsys.readouterr().err
+        assert (load_label_png(tmp_path / "b.png") == 1).all()
         np.save(tmp_path / "p.npy", probs)
         assert refine(tmp_path / "tiny.png", tmp_path / "p.npy", "-o", tmp_path / "c.png") == 0
         err = capsys.readouterr().err
         assert "note:" in err and "--layout hwl" in err
+
+    def test_binary_map_is_the_two_label_problem(self, files, tmp_path, capsys):
+        """A sigmoid's output, as ``(H, W)``, ``(1, H, W)`` or ``(H, W, 1)``, or its logit with --logits, or at a
+        network's lower resolution with --resize: the two-label problem ``(1 - p, p)``, labels 0 and 1, and
+        --save-probs holds the refined foreground probability."""
+        from crfrnn import dense_crf
+
+        image_path, _, truth, probs = files
+        image = np.array(Image.open(image_path))
+        fg = np.ascontiguousarray(probs[1] / (probs[0] + probs[1]))  # label 1 against label 0
+        two = dense_crf(image, np.stack([1 - fg, fg]))
+        np.save(tmp_path / "fg.npy", fg)
+        np.save(tmp_path / "fg1.npy", fg[None])
+        np.save(tmp_path / "fg_last.npy", fg[..., None])
+        for name in ("fg", "fg1", "fg_last"):
+            assert refine(image_path, tmp_path / f"{name}.npy", "-o", tmp_path / f"{name}.png",
+                          "--save-probs", tmp_path / f"{name}_q.npy") == 0, name  # fmt: skip
+            assert "one map" in capsys.readouterr().err
+            np.testing.assert_array_equal(load_label_png(tmp_path / f"{name}.png"), two.argmax(0), err_msg=name)
+            q = np.load(tmp_path / f"{name}_q.npy")
+            assert q.shape == (1, H, W) and np.allclose(q[0], two[1], atol=1e-6), name
+        z = np.log(fg) - np.log1p(-fg)
+        np.save(tmp_path / "z.npy", z.astype(np.float32))
+        assert refine(image_path, tmp_path / "z.npy", "--logits", "-o", tmp_path / "z.png") == 0
+        assert "foreground logit" in capsys.readouterr().err
+        assert (load_label_png(tmp_path / "z.png") == two.argmax(0)).mean() > 0.99  # the same model, up to clip
+        small = np.array(Image.fromarray(fg).resize((W // 4, H // 4), Image.Resampling.BILINEAR))
+        np.save(tmp_path / "small.npy", small)
+        assert refine(image_path, tmp_path / "small.npy", "-o", tmp_path / "small.png") == 2
+        line = one_line_error(capsys, "--resize", f"shape {small.shape}", "1 label at")
+        assert "(1," not in line
+        assert refine(image_path, tmp_path / "small.npy", "--resize", "-o", tmp_path / "small.png") == 0
+        refined = load_label_png(tmp_path / "small.png")
+        assert refined.shape == (H, W) and set(np.unique(refined)) <= {0, 1} and (refined[truth == 1] == 1).mean() > 0.9
 
     def test_logits(self, files, tmp_path, capsys):
         image, _, truth, probs = files
@@ -544,7 +579,8 @@ class TestTrust:
         "array, needles",
         [
             (np.zeros((3, 0, 0), np.float32), ["empty array"]),
-            (np.full((H, W), 0.5, np.float32), ["2-d float array", "label dimension"]),
+            (np.full((H, W), 1.5, np.float32), ["one map", "[0, 1]", "--logits", "integers"]),
+            (np.full((H, W, 2, 2), 0.5, np.float32), ["4-d array"]),
             (np.full((W,), 0.5, np.float32), ["1-d array"]),
         ],
     )

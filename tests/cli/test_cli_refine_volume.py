@@ -60,6 +60,27 @@ class TestRefineVolume:
         assert np.array_equal(np.load(tmp_path / "l.npy"), q.argmax(0))
         assert np.allclose(q, dense_crf(vol, probs, spacing=(2.0, 1.0, 1.0)), atol=1e-6)
 
+    def test_binary_map_of_the_guide_shape(self, tmp_path, capsys):
+        """A binary network's single foreground map (the guide's own shape) is the two-label problem: labels 0 and
+        1 as the library's two-label refinement gives them (before, every voxel came out 0: argmax of one map)."""
+        vol, probs = volume_problem(3)
+        fg = np.ascontiguousarray(probs[1])
+        np.save(tmp_path / "v.npy", vol)
+        np.save(tmp_path / "fg.npy", fg)
+        code = main(["refine", str(tmp_path / "v.npy"), str(tmp_path / "fg.npy"), "-o", str(tmp_path / "l.npy"),
+                     "--bilateral-srgb", "50", "--save-probs", str(tmp_path / "q.npy")])  # fmt: skip
+        assert code == 0
+        assert "one map of the guide's shape" in capsys.readouterr().err
+        two = dense_crf(vol, np.stack([1 - fg, fg]), bilateral_srgb=50.0)
+        labels = np.load(tmp_path / "l.npy")
+        assert np.array_equal(labels, two.argmax(0)) and set(np.unique(labels)) == {0, 1}
+        q = np.load(tmp_path / "q.npy")
+        assert q.shape == (1,) + vol.shape and np.allclose(q[0], two[1], atol=1e-6)
+        np.save(tmp_path / "bad.npy", fg * 3)  # not a probability
+        assert main(["refine", str(tmp_path / "v.npy"), str(tmp_path / "bad.npy"), "-o", str(tmp_path / "x.npy")]) == 2
+        err = capsys.readouterr().err
+        assert "[0, 1]" in err and "logits" in err
+
     def test_modalities_channels_last(self, tmp_path):
         vol, probs = volume_problem(2)
         two = np.stack([vol, 300 - vol], -1)

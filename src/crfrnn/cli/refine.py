@@ -284,7 +284,8 @@ def _refine_one(
     from crfrnn._io import atomic_np_save, atomic_save_image
     from crfrnn.data.palette import save_label_png
     from crfrnn.dense import dense_crf
-    from crfrnn.refine import MemoryLimitError, estimate_memory, format_bytes, make_overlay, read_rgb, read_scores
+    from crfrnn.refine import (MemoryLimitError, estimate_memory, format_bytes, labels_of, make_overlay, read_rgb,
+                               read_scores)
 
     _check_collisions({"-o/--output": out, "--save-probs": save_probs, "--overlay": overlay},
                       {"IMAGE": image_path, "PROBS": probs_path}, "file")  # fmt: skip
@@ -315,7 +316,7 @@ def _refine_one(
         ) from err  # fmt: skip
     except (ValueError, TypeError) as err:
         raise CommandError(f"{image_path}: {err}", 2) from err
-    labels = marginals.argmax(0)
+    labels = labels_of(marginals)
     try:
         for target in (t for t in (out, save_probs, overlay) if t is not None):
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -345,7 +346,7 @@ def _refine_volume(args: argparse.Namespace, guide_path: Path, probs_path: Path,
 
     from crfrnn._io import atomic_np_save
     from crfrnn.dense import dense_crf
-    from crfrnn.refine import MemoryLimitError, check_memory
+    from crfrnn.refine import MemoryLimitError, check_memory, labels_of
     from crfrnn.volumes import read_guide, read_volume_scores, write_labels
 
     _check_collisions({"-o/--output": out, "--save-probs": save_probs},
@@ -383,7 +384,7 @@ def _refine_volume(args: argparse.Namespace, guide_path: Path, probs_path: Path,
         raise CommandError(f"ran out of memory refining '{guide_path}' (shape {shape}, {scores.shape[0]} labels).", 1) from err
     except (ValueError, TypeError) as err:
         raise CommandError(f"{guide_path}: {err}", 2) from err
-    labels = marginals.argmax(0)
+    labels = labels_of(marginals)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         if out.suffix.lower() == ".png":
