@@ -99,8 +99,8 @@ PUBLIC_API = {
     "crfrnn.refine": [
         "DEFAULT_MEMORY_FRACTION", "IMAGE_SUFFIXES", "LAYOUTS", "MEMORY_BYTES_PER_PIXEL",
         "MEMORY_BYTES_PER_PIXEL_LABEL", "MemoryLimitError", "SCORE_SUFFIXES", "ScoreMap", "check_memory",
-        "default_memory_limit", "estimate_memory", "format_bytes", "make_overlay", "pair_by_stem", "read_rgb",
-        "read_scores",
+        "default_memory_limit", "estimate_memory", "format_bytes", "labels_of", "make_overlay", "pair_by_stem",
+        "read_rgb", "read_scores",
     ],
     "crfrnn.params": ["DENSECRF_DEFAULTS", "MAX_FILE_BYTES", "PARAM_NAMES", "check_params", "load_params", "save_params"],
     "crfrnn.reproduce": ["CLAIMS", "ROWS", "ReproduceConfig", "check_claims", "reproduce", "summarize"],

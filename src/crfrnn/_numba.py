@@ -38,10 +38,9 @@ except ImportError:  # pragma: no cover - exercised only where numba is missing
     AVAILABLE = False
 
 __all__ = [
-    "AVAILABLE", "NumbaOperators", "adjoint_slice", "blur", "blur_result", "build", "channels_first", "channels_last",
-    "gram",
-    "Prepared", "mean_field", "padded_channels", "prepare", "self_weights", "softmax_backward", "softmax_rows",
-    "splat", "splat_parts", "splat_runs", "unary_from_scores",
+    "AVAILABLE", "NumbaOperators", "Prepared", "adjoint_slice", "blur", "blur_result", "build", "channels_first",
+    "channels_last", "gram", "mean_field", "padded_channels", "prepare", "self_weights", "softmax_backward",
+    "softmax_rows", "splat", "splat_parts", "splat_runs", "unary_from_scores",
 ]
 
 if AVAILABLE:

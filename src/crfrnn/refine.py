@@ -314,8 +314,9 @@ def _layout(
     hint = ""
     if small is not None:
         labels, sh, sw = _shape_for(small, arr)
+        count = f"{labels} label" + ("s" if labels != 1 else "")
         hint = (
-            f" They look like the network's output at its own resolution ({labels} label{'s' if labels != 1 else ''} at {sw}x{sh}); pass "
+            f" They look like the network's output at its own resolution ({count} at {sw}x{sh}); pass "
             "--resize to resize them bilinearly to the image (on logits; on log-probabilities for probabilities)."
         )
     if layout is not None:

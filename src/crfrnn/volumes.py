@@ -156,8 +156,7 @@ def read_volume_scores(
     g = tuple(guide_shape)
     if 1 <= len(g) <= 3 and tuple(arr.shape) == g and labels_last is None:  # one map: a binary network's output
         notes.append(f"'{path}' holds one map of the guide's shape {g}: read as a binary network's foreground "
-                     "(probability, or logit with --logits), refined as the two-label problem (labels 0 background, "
-                     "1 foreground; --save-probs holds the refined foreground probability).")  # fmt: skip
+                     "(L = 1), refined as the two-label problem (labels 0 background, 1 foreground).")  # fmt: skip
         return np.ascontiguousarray(arr[None], dtype=np.float32), g, notes
     for s in {g, g[:-1]}:  # the guide without, and with, a channel axis
         if len(s) < 1 or len(s) > 3:
