@@ -287,6 +287,8 @@ class TestMeanField:
         img = torch.rand(1, 3, 5, 6) * 255
         with pytest.raises(ValueError, match=r"unary\[None\]"):
             mean_field(u[0], img)
+        with pytest.raises(ValueError, match=r"6-D tensor.*1, 2 or 3 spatial axes"):  # not a missing batch axis
+            mean_field(torch.randn(1, 2, 3, 3, 3, 3), torch.rand(1, 1, 3, 3, 3, 3))
         with pytest.raises(ValueError, match="image.*does not match"):
             mean_field(u, img[..., :5])
         with pytest.raises(ValueError, match="channels-last"):

@@ -29,9 +29,11 @@ def check_scores_tensor(unary: Tensor, name: str = "unary") -> tuple[int, torch.
     if not isinstance(unary, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape (B, L, *S), got {type(unary).__name__}.")
     if unary.dim() not in (3, 4, 5):
+        hint = (f"for a single image add the batch dimension with {name}[None]" if unary.dim() == 2 else
+                "signals, images and volumes have 1, 2 or 3 spatial axes")  # fmt: skip
         raise ValueError(
             f"{name} must have shape (B, L, *S) with 1 to 3 spatial axes S, got a {unary.dim()}-D tensor of shape "
-            f"{tuple(unary.shape)}; for a single image add the batch dimension with {name}[None]."
+            f"{tuple(unary.shape)}; {hint}."
         )
     if unary.dtype not in (torch.float32, torch.float64) + _LOW_PRECISION:
         raise TypeError(
