@@ -330,6 +330,18 @@ class TestBatch:
             assert np.load(tmp_path / "m" / f"img{i}.npy").shape == (L, H, W)
             assert (tmp_path / "o" / f"img{i}.png").is_file()
 
+    def test_a_note_for_every_file_is_told_once(self, tmp_path, capsys):
+        """A folder of binary maps: the note about reading one map is printed once, then counted."""
+        images, scores = self._dirs(tmp_path)
+        for i in range(3):
+            probs = scene(seed=i)[2]
+            (scores / f"img{i}.npz").unlink(missing_ok=True)
+            np.save(scores / f"img{i}.npy", probs[1])  # one map per image
+        assert refine("--images", images, "--probs", scores, "-o", tmp_path / "out") == 0
+        err = capsys.readouterr().err
+        assert err.count("holds one map") == 1 and "2 more notes like those above" in err
+        assert set(np.unique(load_label_png(tmp_path / "out" / "img0.png"))) <= {0, 1}
+
     def test_worker_processes_give_the_same_files(self, tmp_path, capsys):
         images, scores = self._dirs(tmp_path)
         (scores / "img1.npy").write_bytes(b"not a numpy file")  # a failure inside a worker is reported too

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -545,14 +546,24 @@ def _run_batch(args: argparse.Namespace) -> int:
     else:
         results = _refine_in_this_process(args, targets)
     done = 0
+    seen: Dict[str, int] = {}  # a note told once, with the file names taken out: how often it came again
     bar = tqdm(results, total=len(targets), desc="refine", unit="image", file=sys.stderr, disable=None)
     for image_path, failure, notes in bar:
         if failure is not None:
             tqdm.write(f"crfrnn refine: failed '{image_path}': {failure}", file=sys.stderr)
             continue
         for note in notes:
-            tqdm.write(f"crfrnn refine: note: {note}", file=sys.stderr)
+            kind = re.sub(r"'[^']*'", "''", note)
+            if kind in seen:
+                seen[kind] += 1
+            else:
+                seen[kind] = 0
+                tqdm.write(f"crfrnn refine: note: {note}", file=sys.stderr)
         done += 1
+    repeated = sum(seen.values())
+    if repeated:
+        print(f"crfrnn refine: note: {repeated} more notes like those above for other files were not repeated.",
+              file=sys.stderr)  # fmt: skip
     failed = len(pairs) - done + len(problems)
     elapsed = time.perf_counter() - start
     unpaired = f" ({len(problems)} without a partner)" if problems else ""
