@@ -10,7 +10,9 @@ reference on every device), but with fewer passes over memory:
   then the buffers are summed in order), so that it is parallel without atomics or races and gives the
   same sums for any number of threads; blur and slice are gathers by construction;
 - the softmax is LLVM vector code (an intrinsic) for the usual padded channel counts (2, 4, 8, 16, 24, 32):
-  each row's maximum and sum are vector reductions, four rows interleaved; other counts use loops.
+  each row's maximum and sum are vector reductions, four rows interleaved; other counts use loops;
+- each point's self weight (the lattice operator's diagonal, for self-exclusion) from the blur paths between
+  its simplex's corners, walked once per distinct simplex of each chunk of points.
 
 Kernels are compiled on first use and cached on disk (``cache=True``), so later processes start warm.
 """
@@ -1341,7 +1343,7 @@ def self_weights(offsets: Tensor, weights: Tensor, rank: Tensor, neighbours: Ten
     r, q, c = np.nonzero(pw)
     out = np.empty(offsets.shape[0], np.float64)
     _self_weights(np.ascontiguousarray(offsets.numpy(), dtype=np.int32), np.ascontiguousarray(weights.numpy()),
-                  np.ascontiguousarray(rank.numpy(), dtype=np.int64), moves, r.astype(np.int64), q.astype(np.int64),
+                  np.ascontiguousarray(rank.numpy()), moves, r.astype(np.int64), q.astype(np.int64),
                   pw[r, q, c].astype(np.float64), np.ascontiguousarray(steps.numpy()[r, q, c].T + 1, dtype=np.int32),
                   float(alpha), out)  # fmt: skip
     return torch.from_numpy(out).to(weights.dtype)
