@@ -1342,8 +1342,9 @@ def self_weights(offsets: Tensor, weights: Tensor, rank: Tensor, neighbours: Ten
     pw = path_w.numpy()
     r, q, c = np.nonzero(pw)
     out = np.empty(offsets.shape[0], np.float64)
-    _self_weights(np.ascontiguousarray(offsets.numpy(), dtype=np.int32), np.ascontiguousarray(weights.numpy()),
-                  np.ascontiguousarray(rank.numpy()), moves, r.astype(np.int64), q.astype(np.int64),
+    w = np.ascontiguousarray(weights.detach().numpy())
+    _self_weights(np.ascontiguousarray(offsets.numpy(), dtype=np.int32), w, np.ascontiguousarray(rank.numpy()),
+                  moves, r.astype(np.int64), q.astype(np.int64),
                   pw[r, q, c].astype(np.float64), np.ascontiguousarray(steps.numpy()[r, q, c].T + 1, dtype=np.int32),
                   float(alpha), out)  # fmt: skip
     return torch.from_numpy(out).to(weights.dtype)
