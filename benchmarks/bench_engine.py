@@ -59,22 +59,18 @@ def threads(n):
 
 
 def alternated(fn, repeats: int) -> dict:
-    """Median of ``fn`` with the default threads and with one, the two called in turn (after a warm-up of each)."""
-    import statistics
-    import time
+    """``fn`` with the default threads against one thread, called in turn (:func:`paired_ratio`)."""
 
-    times: dict = {None: [], 1: []}
-    for n in times:
-        with threads(n):
-            fn()
-    for _ in range(repeats):
-        for n in times:
+    def with_threads(n):
+        def run():
             with threads(n):
-                t = time.perf_counter()
-                fn()
-                times[n].append(time.perf_counter() - t)
-    default, one = statistics.median(times[None]), statistics.median(times[1])
-    return {"default_ms": default * 1e3, "one_thread_ms": one * 1e3, "ratio": default / one}
+                return fn()
+
+        return run
+
+    r = paired_ratio(with_threads(None), with_threads(1), repeats=repeats)
+    return {"default_ms": r["median"] * 1e3, "one_thread_ms": r["base_median"] * 1e3, "ratio": r["ratio"],
+            "ratio_iqr": [r["ratio_q1"], r["ratio_q3"]]}  # fmt: skip
 
 
 def entry_points(image: np.ndarray, probs: np.ndarray, iterations: int) -> dict:
@@ -167,7 +163,8 @@ def main() -> None:
         alt = alternated(base_fn, args.repeats)
     out["contended_alternated"] = alt
     print(f"  contended, alternated call by call: default {alt['default_ms']:.1f} ms, 1 thread "
-          f"{alt['one_thread_ms']:.1f} ms: {alt['ratio']:.2f}x")
+          f"{alt['one_thread_ms']:.1f} ms: {alt['ratio']:.2f}x (median of per-pair ratios, IQR "
+          f"{alt['ratio_iqr'][0]:.2f}-{alt['ratio_iqr'][1]:.2f})")
     report({"benchmark": "bench_engine", **out}, args.json)
 
 

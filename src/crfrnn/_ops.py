@@ -98,13 +98,10 @@ torch.library.register_autograd("crfrnn::lattice_filter", _filter_backward, setu
 def lattice_self_weights(offsets: Tensor, weights: Tensor, rank: Tensor, neighbours: Tensor, alpha: float) -> Tensor:
     """``(P,)`` the lattice operator's diagonal (see :meth:`crfrnn.lattice.PermutohedralLattice.self_weights`):
     compiled on the CPU where numba is installed (the same sums), the PyTorch walk elsewhere."""
-    from crfrnn import _numba
-    from crfrnn.lattice import _canonical_paths, _self_weights
+    from crfrnn._numba import AVAILABLE
+    from crfrnn.lattice import _diagonal
 
-    if _numba.AVAILABLE and offsets.device.type == "cpu":
-        steps, path_w = _canonical_paths(offsets.shape[1] - 1)
-        return _numba.self_weights(offsets, weights, rank, neighbours, alpha, steps, path_w)
-    return _self_weights(offsets, weights, rank, neighbours, alpha)
+    return _diagonal(offsets, weights, rank, neighbours, alpha, compiled=AVAILABLE and offsets.device.type == "cpu")
 
 
 @lattice_self_weights.register_fake

@@ -264,6 +264,19 @@ def _canonical_paths(d: int) -> tuple[Tensor, Tensor]:
     return steps, weight  # computed once per dimension (about 10 ms each in Python) and never written to
 
 
+def _diagonal(offsets: Tensor, weights: Tensor, rank: Tensor, neighbours: Tensor, alpha: float, *,
+              compiled: bool) -> Tensor:
+    """:func:`_self_weights`, by the compiled kernel (:func:`crfrnn._numba.self_weights`: CPU tensors, numba
+    installed) when ``compiled``, else by the PyTorch walk; no gradient either way."""
+    if compiled:
+        from crfrnn import _numba
+
+        steps, path_w = _canonical_paths(offsets.shape[1] - 1)
+        return _numba.self_weights(offsets, weights, rank, neighbours, alpha, steps, path_w)
+    with torch.no_grad():
+        return _self_weights(offsets, weights, rank, neighbours, alpha)
+
+
 def _self_weights(offsets: Tensor, weights: Tensor, rank: Tensor, neighbours: Tensor, alpha: float) -> Tensor:
     """``K_ii = alpha sum_{r,q} w_ir w_iq B[o_ir, o_iq]`` for every point, following every blur path."""
     num_points, d1 = offsets.shape
@@ -379,15 +392,9 @@ class PermutohedralLattice:
 
                 cached = _ops.lattice_self_weights(self._offsets, self._weights, self._rank, self._neighbours,
                                                    self.alpha)  # fmt: skip
-            elif self.backend == "numba":
-                from crfrnn import _numba
-
-                steps, path_w = _canonical_paths(self.dim)
-                cached = _numba.self_weights(self._offsets, self._weights.detach(), self._rank, self._neighbours,
-                                             self.alpha, steps, path_w)  # fmt: skip
             else:
-                with torch.no_grad():
-                    cached = _self_weights(self._offsets, self._weights, self._rank, self._neighbours, self.alpha)
+                cached = _diagonal(self._offsets, self._weights, self._rank, self._neighbours, self.alpha,
+                                   compiled=self.backend == "numba")  # fmt: skip
             self._self_weights = cached.view(self.batch_size, self.num_points)
         return self._self_weights
 

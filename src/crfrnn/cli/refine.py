@@ -362,9 +362,8 @@ def _refine_volume(args: argparse.Namespace, guide_path: Path, probs_path: Path,
         raise CommandError(str(err), 2) from err
     except (OSError, ValueError, TypeError, ImportError) as err:
         raise CommandError(str(err), 2) from err
-    if scores.shape[0] == 1:
-        notes.append(f"one map: the foreground {'logit' if args.logits else 'probability'}; --save-probs holds the "
-                     "refined foreground probability.")  # fmt: skip
+    if scores.shape[0] == 1 and save_probs is not None:
+        notes.append("--save-probs holds the refined foreground probability of the one map.")
     ndim = len(shape)
     spacing = args.spacing if args.spacing is not None else (guide.spacing[:ndim] if guide.spacing else None)
     if spacing is not None and len(spacing) != ndim:
