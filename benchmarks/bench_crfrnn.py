@@ -47,7 +47,7 @@ def setup(h: int, w: int, num_labels: int, batch: int, iters: int, memory_effici
         unary.grad = None
         crf(unary, image).square().mean().backward()
 
-    from crfrnn._profiling import saved_activation_bytes
+    from crfrnn._utils.profiling import saved_activation_bytes
 
     # what autograd keeps for backward (what grows with T, B, L and N)
     forward_backward.saved_activation_bytes = lambda: saved_activation_bytes(lambda: crf(unary, image))  # type: ignore

@@ -75,7 +75,7 @@ def setup(h: int, w: int, num_labels: int, batch: int, iters: int):
                          normalization="row")
 
     def saved_bytes():
-        from crfrnn._profiling import saved_activation_bytes
+        from crfrnn._utils.profiling import saved_activation_bytes
 
         return saved_activation_bytes(lambda: crf(unary, image))
 

@@ -139,7 +139,7 @@ def _plot(results: list[dict], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from crfrnn._io import atomic_savefig
+    from crfrnn._utils.files import atomic_savefig
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
     for r in results:
@@ -201,7 +201,7 @@ def main(argv=None) -> int:
         print(f"{variant:<13} {r['log']['loss'][0]:6.2f} {r['max_loss']:6.2f} {r['final_loss']:6.2f} "
               f"{r['miou']:6.1f} {r['miou_backbone']:8.1f} {r['seconds']:5.0f}s{extra}", flush=True)  # fmt: skip
     if args.json:
-        from crfrnn._io import atomic_write_text
+        from crfrnn._utils.files import atomic_write_text
 
         payload = {"meta": metadata(), "args": vars(args), "results": results}
         atomic_write_text(args.json, json.dumps(payload, indent=1) + "\n")

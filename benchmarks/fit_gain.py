@@ -172,7 +172,7 @@ def main() -> None:
         print(table(result, args), flush=True)
         print(f"  seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in result["seconds"].items()), flush=True)
     if args.json:
-        from crfrnn._io import atomic_write_text
+        from crfrnn._utils.files import atomic_write_text
 
         atomic_write_text(args.json, json.dumps(out, indent=2) + "\n")
     print(json.dumps(out["machine"]))

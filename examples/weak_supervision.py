@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from crfrnn._io import atomic_savefig, atomic_write_text
+from crfrnn._utils.files import atomic_savefig, atomic_write_text
 from crfrnn.data import scribbles_from_mask, synthetic_splits
 from crfrnn.losses import dense_crf_loss
 from crfrnn.metrics import ConfusionMatrix

@@ -108,10 +108,6 @@ PUBLIC_API = {
         "DATASETS", "IGNORE_INDEX", "LR_SCHEDULES", "OPTIMIZERS", "STAGES", "TrainConfig", "TrainingError",
         "build_datasets", "build_model", "build_optimizer", "load_config", "segmentation_loss", "train",
     ],
-    "crfrnn.validation": [
-        "MAX_FEATURE", "check_guide", "check_iterations", "check_number", "check_spacing", "check_widths",
-        "width_tensor", "widths_need_grad",
-    ],
     "crfrnn.visualize": ["VOID_COLOR", "colorize_labels", "label_overlay", "picture_grid", "save_prediction_grid"],
     "crfrnn.volumes": ["ARRAY_SUFFIXES", "Guide", "is_array_path", "read_guide", "read_volume_scores", "write_labels"],
     "crfrnn.workflow": [],

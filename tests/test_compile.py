@@ -114,7 +114,7 @@ class TestCompile:
             torch.testing.assert_close(g, r, rtol=1e-9, atol=1e-9)
 
     def test_traced_widths_are_still_checked(self):
-        from crfrnn.validation import check_widths
+        from crfrnn._utils.validation import check_widths
 
         def f(w):
             return torch.stack(check_widths("theta_alpha", w, 2, "spatial axis")) * 2

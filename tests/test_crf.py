@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from crfrnn import CrfRnn, GaussianKernel, NORMALIZATIONS, bilateral_features, gaussian_filter, mean_field
 from crfrnn._numba import AVAILABLE as NUMBA
-from crfrnn._profiling import saved_activation_bytes
+from crfrnn._utils.profiling import saved_activation_bytes
 from tests.conftest import DEVICE, photo
 
 BACKENDS = ["torch"] + (["numba"] if NUMBA else [])

@@ -1,4 +1,4 @@
-"""Tests of crfrnn._io: every file is written to a temporary file and renamed into place."""
+"""Tests of crfrnn._utils.files: every file is written to a temporary file and renamed into place."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from crfrnn import _io
+from crfrnn._utils import files as _io
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "crfrnn"
 
@@ -113,7 +113,7 @@ class TestAtomicWrites:
         assert (tmp_path / "log").read_text() == "one\ntwo\n"
 
 
-# names of calls that write files; they must go through crfrnn._io
+# names of calls that write files; they must go through crfrnn._utils.files
 _WRITE_ATTRS = {"savefig", "write_text", "write_bytes", "savez", "savez_compressed", "tofile", "dump", "safe_dump"}
 
 
@@ -146,14 +146,14 @@ def _write_mode(call: ast.Call, position: int) -> bool:
 
 
 def test_every_write_goes_through_the_helper():
-    """src/ writes files only through crfrnn._io (docstring examples are not code and are not checked)."""
+    """src/ writes files only through crfrnn._utils.files (docstring examples are not code and are not checked)."""
     offenders = []
     for path in sorted(SRC.rglob("*.py")):
-        if path.name == "_io.py" and path.parent == SRC:
+        if path == SRC / "_utils" / "files.py":
             continue
         for line, what in _direct_writes(ast.parse(path.read_text(encoding="utf-8"))):
             offenders.append(f"{path.relative_to(SRC.parent)}:{line}: {what}")
-    assert offenders == [], "write these through crfrnn._io:\n" + "\n".join(offenders)
+    assert offenders == [], "write these through crfrnn._utils.files:\n" + "\n".join(offenders)
 
 
 def test_the_write_check_can_fail():

@@ -1,5 +1,6 @@
 """crfrnn: CRF-RNN and dense CRFs in PyTorch (batched, differentiable, any device, fast on the CPU)."""
 
+from crfrnn import _deprecated
 from crfrnn.dense import dense_crf, unary_from_labels, unary_from_probs
 from crfrnn.crf import (
     NORMALIZATIONS,
@@ -46,3 +47,5 @@ __all__ = [
     "unary_from_probs",
 ]
 __version__ = "0.1.0"
+
+_deprecated.install()

@@ -23,12 +23,12 @@ from typing import Any, Optional, Union
 import torch
 from torch import nn
 
-from crfrnn._io import atomic_torch_save
+from crfrnn._utils.files import atomic_torch_save
 
 __all__ = ["FORMAT", "load_checkpoint", "load_model", "save_checkpoint"]
 
 FORMAT = "crfrnn-checkpoint-v1"
-PathLike = Union[str, os.PathLike]
+from crfrnn._utils.files import PathLike  # noqa: E402
 
 
 def save_checkpoint(

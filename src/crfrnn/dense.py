@@ -32,8 +32,8 @@ from torch import Tensor
 from crfrnn.crf.engine import Pairwise, infer
 from crfrnn.crf.features import bilateral_features, position_features
 from crfrnn.crf.kernels import KernelCache, check_normalization
-from crfrnn._threads import adaptive_threads
-from crfrnn.validation import check_guide, check_iterations, check_number, check_spacing, check_widths, widths_need_grad
+from crfrnn._utils.threads import adaptive_threads
+from crfrnn._utils.validation import check_guide, check_iterations, check_number, check_spacing, check_widths, widths_need_grad
 
 __all__ = ["dense_crf", "unary_from_labels", "unary_from_probs"]
 

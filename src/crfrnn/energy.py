@@ -41,7 +41,7 @@ from torch import Tensor
 from crfrnn.crf.engine import Pairwise, build_kernels, label_transform, pairwise_logits
 from crfrnn.crf.features import bilateral_features, position_features
 from crfrnn.crf.kernels import GaussianKernel, KernelCache, check_normalization
-from crfrnn.validation import check_guide, check_number, check_spacing, check_widths
+from crfrnn._utils.validation import check_guide, check_number, check_spacing, check_widths
 
 __all__ = ["crf_energy", "dense_crf_energy", "dense_crf_kernels", "kl_divergence"]
 

@@ -41,7 +41,7 @@ _BACKENDS = ("auto", "torch", "numba")
 # Vertex keys are packed into one int64 code when the key ranges allow it (almost always); beyond this
 # many bits the lattice falls back to deduplicating whole key rows, which is slower but has no limit.
 _MAX_CODE_BITS = 62
-# Largest |feature| accepted (crfrnn.validation.MAX_FEATURE): keys stay far inside int64 and float64's exact integers.
+# Largest |feature| accepted (crfrnn._utils.validation.MAX_FEATURE): keys stay far inside int64 and float64's exact integers.
 _MAX_FEATURE = 2.0**40
 
 

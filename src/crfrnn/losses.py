@@ -36,7 +36,7 @@ from torch import Tensor
 
 from crfrnn.crf.features import bilateral_features, position_features
 from crfrnn.crf.kernels import GaussianKernel
-from crfrnn.validation import check_guide, check_number, check_spacing, check_widths
+from crfrnn._utils.validation import check_guide, check_number, check_spacing, check_widths
 
 __all__ = ["dense_crf_loss"]
 

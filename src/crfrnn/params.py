@@ -30,7 +30,7 @@ from typing import Any, Mapping, Optional, Union
 
 __all__ = ["DENSECRF_DEFAULTS", "MAX_FILE_BYTES", "PARAM_NAMES", "check_params", "load_params", "save_params"]
 
-PathLike = Union[str, "os.PathLike[str]"]
+from crfrnn._utils.files import PathLike  # noqa: E402
 
 #: the keys a parameter file may hold: keyword arguments of :func:`crfrnn.dense_crf`, in the order written
 PARAM_NAMES: tuple[str, ...] = (
@@ -200,7 +200,7 @@ def load_params(path: PathLike) -> dict[str, Any]:
 
 
 def save_params(params: Mapping[str, Any], path: PathLike, *, comment: Optional[str] = None) -> Path:
-    """Write dense-CRF parameters as YAML, atomically (see :mod:`crfrnn._io`).
+    """Write dense-CRF parameters as YAML, atomically (see :mod:`crfrnn._utils.files`).
 
     Args:
         params: ``dense_crf`` keyword arguments (any subset of :data:`PARAM_NAMES`; numbers may be NumPy or
@@ -213,7 +213,7 @@ def save_params(params: Mapping[str, Any], path: PathLike, *, comment: Optional[
     """
     import yaml
 
-    from crfrnn._io import atomic_write_text
+    from crfrnn._utils.files import atomic_write_text
 
     plain = {}
     for key, value in dict(params).items():

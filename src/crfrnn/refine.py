@@ -52,7 +52,7 @@ __all__ = [
     "read_scores",
 ]
 
-PathLike = Union[str, "os.PathLike[str]"]
+from crfrnn._utils.files import PathLike  # noqa: E402
 
 #: file suffixes taken as images when pairing directories
 IMAGE_SUFFIXES: Tuple[str, ...] = (".bmp", ".gif", ".jpeg", ".jpg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp")

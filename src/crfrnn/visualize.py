@@ -17,12 +17,12 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from crfrnn._io import atomic_save_image
+from crfrnn._utils.files import atomic_save_image
 from crfrnn.data.palette import color_palette, colorize
 
 __all__ = ["VOID_COLOR", "colorize_labels", "label_overlay", "picture_grid", "save_prediction_grid"]
 
-PathLike = Union[str, "os.PathLike[str]"]
+from crfrnn._utils.files import PathLike  # noqa: E402
 Color = tuple[int, int, int]
 
 #: colour of void (255) pixels: VOC's own void colour (224, 224, 192)

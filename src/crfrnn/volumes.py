@@ -33,7 +33,7 @@ __all__ = [
     "write_labels",
 ]
 
-PathLike = Union[str, "os.PathLike[str]"]
+from crfrnn._utils.files import PathLike  # noqa: E402
 
 #: suffixes read as N-d arrays (guides, scores) rather than as images
 ARRAY_SUFFIXES: Tuple[str, ...] = (".npy", ".npz", ".nii", ".nii.gz")
@@ -189,7 +189,7 @@ def write_labels(path: PathLike, labels: np.ndarray, guide: Optional[Guide] = No
     Returns:
         The path written.
     """
-    from crfrnn._io import atomic_np_save, atomic_write_bytes
+    from crfrnn._utils.files import atomic_np_save, atomic_write_bytes
 
     path = Path(path)
     suffix = _suffix(path)

@@ -550,7 +550,7 @@ class TestTrust:
     def test_interrupted_folder_run_leaves_no_broken_file(self, tmp_path, monkeypatch):
         import os
 
-        import crfrnn._io
+        import crfrnn._utils.files
 
         images, scores = TestBatch()._dirs(tmp_path)
         real = os.fdopen
@@ -572,7 +572,7 @@ class TestTrust:
             def __exit__(self, *exc):
                 self.fh.close()
 
-        monkeypatch.setattr(crfrnn._io.os, "fdopen", lambda *a, **k: Breaks(real(*a, **k)))
+        monkeypatch.setattr(crfrnn._utils.files.os, "fdopen", lambda *a, **k: Breaks(real(*a, **k)))
         assert refine("--images", images, "--probs", scores, "-o", tmp_path / "out") == 130
         assert list((tmp_path / "out").iterdir()) == []  # no truncated label PNG, no temporary file
 

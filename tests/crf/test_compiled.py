@@ -155,7 +155,7 @@ class TestPathChoice:
         assert "CompiledMeanField" in self._fn_name(infer(unary, kernels, iterations=2))
 
     def test_memory_efficient_keeps_less_and_gives_the_same_gradients(self):
-        from crfrnn._profiling import saved_activation_bytes
+        from crfrnn._utils.profiling import saved_activation_bytes
 
         unary, kernels, params = _problem(torch.float64, "matrix", exclude_self=True)
         upstream = torch.randn(B, L, N, dtype=torch.float64)

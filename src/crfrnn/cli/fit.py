@@ -217,7 +217,7 @@ def run(args: argparse.Namespace) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         save_params(result.params, out, comment=_comment(args, result, stems))
         if args.report is not None:
-            from crfrnn._io import atomic_write_text
+            from crfrnn._utils.files import atomic_write_text
 
             report = {"params": result.params, "initial": result.initial, "metrics": result.metrics,
                       "best_epoch": result.best_epoch, "stopped_early": result.stopped_early,

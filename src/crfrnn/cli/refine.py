@@ -282,7 +282,7 @@ def _refine_one(
     overlay: Optional[Path],
 ) -> List[str]:
     """Refine one pair and write its outputs; returns notes. Raises CommandError (2: input, 1: writing)."""
-    from crfrnn._io import atomic_np_save, atomic_save_image
+    from crfrnn._utils.files import atomic_np_save, atomic_save_image
     from crfrnn.data.palette import save_label_png
     from crfrnn.dense import dense_crf
     from crfrnn.refine import (MemoryLimitError, estimate_memory, format_bytes, labels_of, make_overlay, read_rgb,
@@ -345,7 +345,7 @@ def _refine_volume(args: argparse.Namespace, guide_path: Path, probs_path: Path,
     """Refine an N-d guide (a volume) and its scores; write labels (.nii/.nii.gz/.npy/.png) and marginals."""
     import numpy as np
 
-    from crfrnn._io import atomic_np_save
+    from crfrnn._utils.files import atomic_np_save
     from crfrnn.dense import dense_crf
     from crfrnn.refine import MemoryLimitError, check_memory, labels_of
     from crfrnn.volumes import read_guide, read_volume_scores, write_labels
@@ -465,7 +465,7 @@ def _worker_count(jobs: Optional[int], count: int) -> int:
     """
     if jobs is not None:
         return max(1, min(jobs, count))
-    from crfrnn._threads import free_cpus
+    from crfrnn._utils.threads import free_cpus
 
     cpus = free_cpus()
     return cpus if cpus > 1 and count >= _MIN_IMAGES_FOR_PROCESSES else 1

@@ -7,7 +7,7 @@
 For every image ``NAME.ext`` it writes ``out/NAME.png`` (the labels as a VOC palette PNG), and with
 ``--overlay`` ``out/NAME_overlay.png`` (the labels over the photo, with a legend of the classes present),
 with ``--probs`` ``out/NAME_probs.npy`` (``L x H x W`` float32 probabilities). Every file is written to a
-temporary name in the same directory and renamed into place (:mod:`crfrnn._io`).
+temporary name in the same directory and renamed into place (:mod:`crfrnn._utils.files`).
 
 The work is done by :func:`crfrnn.models.load_pretrained` and :func:`crfrnn.models.segment_images`; this
 module only parses arguments, reads and writes files and reports.
@@ -149,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from PIL import Image
 
-    from crfrnn._io import atomic_np_save, atomic_save_image
+    from crfrnn._utils.files import atomic_np_save, atomic_save_image
     from crfrnn.data import VOC_CLASSES
     from crfrnn.data.palette import save_label_png
     from crfrnn.models import load_pretrained, segment_images

@@ -30,7 +30,7 @@ from crfrnn.crf.engine import Pairwise, build_kernels, infer, label_transform, p
 from crfrnn.crf.features import bilateral_features, position_features
 from crfrnn.crf.kernels import KernelCache
 from crfrnn.energy import kl_divergence
-from crfrnn.validation import check_iterations, check_widths
+from crfrnn._utils.validation import check_iterations, check_widths
 
 __all__ = [
     "CONST_KERNEL",

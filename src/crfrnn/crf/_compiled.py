@@ -31,8 +31,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from crfrnn._memory import Workspace
-from crfrnn._threads import limit_threads
+from crfrnn._utils.memory import Workspace
+from crfrnn._utils.threads import limit_threads
 
 __all__ = ["compiled_mean_field", "release_buffers"]
 

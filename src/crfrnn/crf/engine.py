@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from crfrnn._threads import adaptive_threads
+from crfrnn._utils.threads import adaptive_threads
 from crfrnn.crf.kernels import GaussianKernel, KernelCache, check_normalization
 from crfrnn.lattice import resolve_backend
 
@@ -92,7 +92,7 @@ def label_transform(weight: Weight, compatibility, num_labels: int, like: Tensor
     Raises:
         ValueError: a weight or compatibility of the wrong shape, or not finite.
     """
-    from crfrnn.validation import check_number
+    from crfrnn._utils.validation import check_number
 
     shapes = {(): "number", (num_labels,): "vector", (num_labels, num_labels): "matrix"}
 

@@ -19,7 +19,7 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from crfrnn.validation import check_bound, check_spacing, check_widths, width_tensor, widths_need_grad
+from crfrnn._utils.validation import check_bound, check_spacing, check_widths, width_tensor, widths_need_grad
 
 __all__ = ["bilateral_features", "guide_features", "position_features", "spatial_features"]
 

@@ -11,12 +11,12 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from crfrnn._threads import adaptive_threads
+from crfrnn._utils.threads import adaptive_threads
 
 from crfrnn.crf.engine import Pairwise, Weight, infer
 from crfrnn.crf.features import bilateral_features, position_features
 from crfrnn.crf.kernels import KernelCache, check_normalization
-from crfrnn.validation import check_guide, check_iterations, check_spacing, check_widths, widths_need_grad
+from crfrnn._utils.validation import check_guide, check_iterations, check_spacing, check_widths, widths_need_grad
 
 __all__ = ["mean_field"]
 

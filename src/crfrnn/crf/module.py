@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from crfrnn.crf.functional import mean_field
 from crfrnn.crf.kernels import NORMALIZATIONS, KernelCache
-from crfrnn.validation import check_iterations, check_widths
+from crfrnn._utils.validation import check_iterations, check_widths
 
 __all__ = ["CrfRnn", "KERNEL_WEIGHTS"]
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 from .palette import load_label_png
 
-PathLike = Union[str, "os.PathLike[str]"]
+from crfrnn._utils.files import PathLike  # noqa: E402
 Sample = Tuple[torch.Tensor, torch.Tensor]
 Transform = Callable[[torch.Tensor, torch.Tensor], Sample]
 

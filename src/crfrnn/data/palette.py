@@ -13,11 +13,11 @@ from typing import Any, Union
 import numpy as np
 from PIL import Image
 
-from .._io import atomic_save_image
+from crfrnn._utils.files import atomic_save_image
 
 __all__ = ["color_palette", "colorize", "load_label_png", "save_label_png"]
 
-PathLike = Union[str, "os.PathLike[str]"]
+from crfrnn._utils.files import PathLike  # noqa: E402
 
 # Modes whose pixel values are class indices. Anything else (RGB, RGBA, LA, ...) is a colour image.
 _INDEX_MODES = ("P", "L", "1", "I", "I;16", "I;16B", "I;16L")

@@ -43,7 +43,7 @@ from crfrnn.models._protobuf import (
 
 __all__ = ["CaffeBlob", "CaffeLayer", "CaffeNet", "looks_like_caffemodel", "parse_caffemodel", "read_caffemodel"]
 
-PathLike = Union[str, "os.PathLike[str]"]
+from crfrnn._utils.files import PathLike  # noqa: E402
 Buffer = Union[bytes, bytearray, memoryview, mmap.mmap]
 
 # Values of V1LayerParameter.LayerType that matter here (caffe.proto); others are reported by number.

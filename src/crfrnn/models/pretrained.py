@@ -49,7 +49,7 @@ __all__ = [
     "segment_images",
 ]
 
-PathLike = Union[str, "os.PathLike[str]"]
+from crfrnn._utils.files import PathLike  # noqa: E402
 
 #: Weight-file formats :func:`load_pretrained` reads.
 FORMATS = ("caffe", "pytorch", "keras")

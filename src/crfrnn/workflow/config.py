@@ -225,7 +225,7 @@ class TrainConfig:
         """Write the settings to a YAML file (atomically); :func:`load_config` reads it back."""
         import yaml
 
-        from crfrnn._io import atomic_write_text
+        from crfrnn._utils.files import atomic_write_text
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)

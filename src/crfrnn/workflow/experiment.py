@@ -47,7 +47,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 import torch
 
-from crfrnn._io import atomic_write_text
+from crfrnn._utils.files import atomic_write_text
 from crfrnn.workflow.claims import check_claims, machine_description, plot_summary, report_markdown, summarize
 from crfrnn.workflow.config import coerce_fields
 from crfrnn.workflow.report import jsonable, save_method_grid

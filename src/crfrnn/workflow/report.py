@@ -24,7 +24,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 from torch import Tensor, nn
 from torch.utils.data import Subset
 
-from crfrnn._io import atomic_savefig, atomic_write_text
+from crfrnn._utils.files import atomic_savefig, atomic_write_text
 from crfrnn.workflow.predict import METHOD_TITLES, predict
 
 __all__ = [
@@ -39,7 +39,7 @@ __all__ = [
     "write_report",
 ]
 
-PathLike = Union[str, "os.PathLike[str]"]
+from crfrnn._utils.files import PathLike  # noqa: E402
 #: size of ``boundary.png`` in inches and its resolution: 1000 x 400 pixels
 PLOT_SIZE: tuple[float, float] = (10.0, 4.0)
 PLOT_DPI: int = 100

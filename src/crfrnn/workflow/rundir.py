@@ -74,7 +74,7 @@ class RunDir:
     def start(self, config: TrainConfig, resumed_epoch: Optional[int]) -> list[dict[str, Any]]:
         """Write ``config.yaml`` and return the metrics records kept: those up to ``resumed_epoch`` (the records
         written after that checkpoint are dropped from the file), none for a new run (the file is removed)."""
-        from crfrnn._io import atomic_write_text
+        from crfrnn._utils.files import atomic_write_text
 
         self.path.mkdir(parents=True, exist_ok=True)
         config.save(self.config_path)
@@ -88,7 +88,7 @@ class RunDir:
 
     def append_metrics(self, record: Mapping[str, Any]) -> None:
         """Append one epoch's record to ``metrics.jsonl`` (one ``write()``; see :func:`read_metrics`)."""
-        from crfrnn._io import append_line
+        from crfrnn._utils.files import append_line
 
         append_line(self.metrics_path, json.dumps(record))
 
