@@ -50,11 +50,12 @@ PUBLIC_API = {
         "CrfRnn", "GaussianKernel", "KernelCache", "NORMALIZATIONS", "Pairwise", "bilateral_features", "guide_features",
         "infer", "label_transform", "mean_field", "position_features", "spatial_features",
     ],
-    "crfrnn.crf.engine": ["Pairwise", "build_kernels", "infer", "label_transform", "pairwise_logits"],
+    "crfrnn.crf.engine": ["infer"],
     "crfrnn.crf.features": ["bilateral_features", "guide_features", "position_features", "spatial_features"],
     "crfrnn.crf.functional": ["mean_field"],
     "crfrnn.crf.kernels": ["GaussianKernel", "KernelCache", "NORMALIZATIONS"],
     "crfrnn.crf.module": ["CrfRnn", "KERNEL_WEIGHTS"],
+    "crfrnn.crf.pairwise": ["Pairwise", "build_kernels", "image_kernels", "label_transform", "pairwise_logits"],
     "crfrnn.data": [
         "CenterCrop", "Compose", "PadTo", "RandomCrop", "RandomHorizontalFlip", "RandomScale", "SBDSegmentation",
         "ScribbleDataset", "SegmentationFolder", "SyntheticShapes", "VOCSegmentation", "VOC_CLASSES", "color_palette",

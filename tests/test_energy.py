@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from crfrnn.crf.engine import Pairwise
+from crfrnn.crf.pairwise import Pairwise
 from crfrnn.energy import crf_energy, dense_crf_energy, dense_crf_kernels, kl_divergence
 
 

@@ -23,22 +23,21 @@ released code uses ``"row"``).
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import Optional, Union
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from crfrnn.crf.engine import Pairwise, infer
-from crfrnn.crf.features import bilateral_features, position_features
+from crfrnn.crf.engine import infer
+from crfrnn.crf.pairwise import Width, image_kernels
 from crfrnn.crf.kernels import KernelCache, check_normalization
 from crfrnn._utils.threads import adaptive_threads
-from crfrnn._utils.validation import check_guide, check_iterations, check_number, check_spacing, check_widths, widths_need_grad
+from crfrnn._utils.validation import check_guide, check_iterations, check_number, check_spacing, check_widths
 
 __all__ = ["dense_crf", "unary_from_labels", "unary_from_probs"]
 
 ArrayLike = Union[np.ndarray, Tensor]
-Width = Union[float, Sequence[float], Tensor]
 
 
 def unary_from_probs(probs: ArrayLike, *, clip: float = 1e-5, scale: Optional[float] = None) -> ArrayLike:
@@ -275,16 +274,12 @@ def dense_crf(
     if num_labels == 1:  # a binary network's single map: the two-label problem it is
         scores = torch.cat([1.0 - scores, scores] if probs is not None else [torch.zeros_like(scores), scores], 1)
     img = img.to(device=scores.device, dtype=dtype)
-    learned = widths_need_grad(gaussian_sxy)  # a kernel with a graph is never cached
-    kernels = [
-        Pairwise(position_features(shape, gaussian_sxy if learned else sxy_g, spacing=steps, dtype=dtype,
-                                   device=scores.device, name="gaussian_sxy"),
-                 weight=weights[0], normalization=normalization,
-                 cache_key=None if learned else ("position", shape, sxy_g, steps)),
-        Pairwise(bilateral_features(img, bilateral_sxy if widths_need_grad(bilateral_sxy) else sxy_b, bilateral_srgb,
-                                    spacing=steps, names=("bilateral_sxy", "bilateral_srgb")),
-                 weight=weights[1], normalization=normalization),
-    ]  # fmt: skip
+    kernels = image_kernels(
+        shape, img, spatial_width=gaussian_sxy, bilateral_position_width=bilateral_sxy,
+        bilateral_guide_width=bilateral_srgb, checked_widths=(sxy_g, sxy_b), spacing=steps, weights=tuple(weights),
+        names=("gaussian_sxy", "bilateral_sxy", "bilateral_srgb", "gaussian_compat", "bilateral_compat", "compat"),
+        normalization=normalization,
+    )
     q = infer(scores.reshape(b, scores.shape[1], -1), kernels, iterations=iterations, from_probs=probs is not None,
               clip=clip, cache=cache, backend=backend, name=name, sum_tol=sum_tol)  # fmt: skip
     q = q.reshape((b, -1) + shape)

@@ -38,7 +38,7 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from crfrnn.crf.engine import Pairwise, build_kernels, label_transform, pairwise_logits
+from crfrnn.crf.pairwise import Pairwise, build_kernels, label_transform, pairwise_logits
 from crfrnn.crf.features import bilateral_features, position_features
 from crfrnn.crf.kernels import GaussianKernel, KernelCache, check_normalization
 from crfrnn._utils.validation import check_guide, check_number, check_spacing, check_widths

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from crfrnn import CrfRnn, mean_field
-from crfrnn.crf.engine import Pairwise, infer
+from crfrnn.crf.engine import infer
+from crfrnn.crf.pairwise import Pairwise
 from crfrnn.crf.features import position_features
 from crfrnn.crf.kernels import NORMALIZATIONS, KernelCache
 

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from crfrnn.crf.engine import Pairwise, infer
+from crfrnn.crf.engine import infer
+from crfrnn.crf.pairwise import Pairwise
 from crfrnn.crf.features import position_features
 from crfrnn.crf.functional import mean_field
 from crfrnn.crf.module import CrfRnn

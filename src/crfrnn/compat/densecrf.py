@@ -26,7 +26,8 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from crfrnn.crf.engine import Pairwise, build_kernels, infer, label_transform, pairwise_logits
+from crfrnn.crf.engine import infer
+from crfrnn.crf.pairwise import Pairwise, build_kernels, label_transform, pairwise_logits
 from crfrnn.crf.features import bilateral_features, position_features
 from crfrnn.crf.kernels import KernelCache
 from crfrnn.energy import kl_divergence

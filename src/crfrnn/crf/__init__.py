@@ -8,7 +8,8 @@
 - :mod:`crfrnn.crf.module`: :class:`CrfRnn`, the trainable layer.
 """
 
-from crfrnn.crf.engine import Pairwise, infer, label_transform
+from crfrnn.crf.engine import infer
+from crfrnn.crf.pairwise import Pairwise, label_transform
 from crfrnn.crf.features import bilateral_features, guide_features, position_features, spatial_features
 from crfrnn.crf.functional import mean_field
 from crfrnn.crf.kernels import NORMALIZATIONS, GaussianKernel, KernelCache

@@ -33,6 +33,8 @@ from torch.autograd.function import once_differentiable
 
 from crfrnn._utils.memory import Workspace
 from crfrnn._utils.threads import limit_threads
+from crfrnn import _numba
+from crfrnn.crf.pairwise import build_concurrently
 
 __all__ = ["compiled_mean_field", "release_buffers"]
 
@@ -70,7 +72,7 @@ def compiled_mean_field(unary: Tensor, builder, schedule: Sequence[Sequence], it
 
     Args:
         unary: ``(B, L, N)`` float32/float64 logits, checked finite by the caller.
-        builder: the engine's kernel builder (``crfrnn.crf.engine._Builder``), kernels built once per image.
+        builder: the engine's kernel builder (``crfrnn.crf.pairwise.KernelBuilder``), kernels built once per image.
         schedule: entry ``s`` holds one label transform per kernel (a number, or an ``()``, ``(L,)`` or ``(L, L)``
             tensor) for iteration ``s``; iterations past the end reuse the last entry.
         iterations: ``T >= 1``.
@@ -138,9 +140,6 @@ class _CompiledMeanField(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, unary: Tensor, plan: _Plan, *transforms: Tensor) -> Tensor:  # type: ignore[override]
-        from crfrnn import _numba
-        from crfrnn.crf.engine import _build_concurrently
-
         b, num_labels, n = unary.shape
         dtype = unary.dtype
         np_dtype = np.float64 if dtype == torch.float64 else np.float32
@@ -162,7 +161,7 @@ class _CompiledMeanField(torch.autograd.Function):
         def image(i: int) -> tuple[list, list]:
             """Image ``i``'s forward: its kernels (operators and factors) and its kept vertex buffers."""
             ops = []
-            for kern in _build_concurrently(plan.builder, nk, i, n):
+            for kern in build_concurrently(plan.builder, nk, i, n):
                 pre, post, selfw = (f[0].numpy() for f in kern.factors(dtype))
                 ops.append((kern.lattice._operators(dtype), pre, post, selfw))
             bufs = _vertex_buffers(ops, c, dtype, 3)
@@ -216,8 +215,6 @@ class _CompiledMeanField(torch.autograd.Function):
 
 
 def _backward(ctx, grad: Tensor) -> tuple:
-    from crfrnn import _numba
-
     plan: _Plan = ctx.plan
     hist, last, *flat = ctx.saved_tensors
     b, iters, n, c = hist.shape

@@ -6,68 +6,21 @@ A thin door onto :func:`crfrnn.crf.engine.infer`: it checks the inputs, builds t
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import Optional
 
 import torch
 from torch import Tensor
 
 from crfrnn._utils.threads import adaptive_threads
 
-from crfrnn.crf.engine import Pairwise, Weight, infer
-from crfrnn.crf.features import bilateral_features, position_features
+from crfrnn.crf._checks import binary_to_two, check_image_tensor, check_scores_tensor
+from crfrnn.crf.engine import infer
+from crfrnn.crf.pairwise import Weight, Width, image_kernels
 from crfrnn.crf.kernels import KernelCache, check_normalization
-from crfrnn._utils.validation import check_guide, check_iterations, check_spacing, check_widths, widths_need_grad
+from crfrnn._utils.validation import check_guide, check_iterations, check_spacing, check_widths
 
 __all__ = ["mean_field"]
 
-Width = Union[float, Sequence[float], Tensor]
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
-
-
-def check_scores_tensor(unary: Tensor, name: str = "unary") -> tuple[int, torch.dtype]:
-    """``unary (B, L, *S)``: a real tensor with 1 to 3 spatial axes; returns ``(L, compute dtype)``."""
-    if not isinstance(unary, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of shape (B, L, *S), got {type(unary).__name__}.")
-    if unary.dim() not in (3, 4, 5):
-        hint = (f"for a single image add the batch dimension with {name}[None]" if unary.dim() == 2 else
-                "signals, images and volumes have 1, 2 or 3 spatial axes")  # fmt: skip
-        raise ValueError(
-            f"{name} must have shape (B, L, *S) with 1 to 3 spatial axes S, got a {unary.dim()}-D tensor of shape "
-            f"{tuple(unary.shape)}; {hint}."
-        )
-    if unary.dtype not in (torch.float32, torch.float64) + _LOW_PRECISION:
-        raise TypeError(
-            f"{name} must be floating point logits (float32 or float64; float16/bfloat16 are computed in float32), got {unary.dtype}; convert with {name}.float() (for a label "
-            "map, build logits first, e.g. with crfrnn.unary_from_labels)."
-        )
-    if unary.numel() == 0:
-        raise ValueError(f"{name} is empty: shape {tuple(unary.shape)}; every dimension must be at least 1.")
-    return unary.shape[1], (torch.float32 if unary.dtype in _LOW_PRECISION else unary.dtype)
-
-
-def check_image_tensor(image: Tensor, unary: Tensor, name: str = "image") -> None:
-    """``image (B, C, *S)`` matching ``unary (B, L, *S)`` on the same device."""
-    if not isinstance(image, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of shape (B, C, *S), got {type(image).__name__}.")
-    b, s = unary.shape[0], tuple(unary.shape[2:])
-    if image.dim() != unary.dim() or image.shape[0] != b or tuple(image.shape[2:]) != s:
-        hint = ""
-        if image.dim() == unary.dim() + 1 and tuple(image.shape[2:]) == tuple(unary.shape[1:]):
-            hint = "; unary looks like a single image (L, *S): add the batch dimension with unary[None]"
-        elif image.dim() == unary.dim() and tuple(image.shape[1:-1]) == s:
-            hint = f"; the {name} looks channels-last (B, *S, C): pass {name}.movedim(-1, 1)"
-        raise ValueError(
-            f"{name} of shape {tuple(image.shape)} does not match unary of shape {tuple(unary.shape)}: expected "
-            f"(B, C, *S) = ({b}, C, {', '.join(map(str, s))}){hint}. Resize the unary to the {name}'s size (e.g. "
-            f"F.interpolate(unary, size={name}.shape[2:], mode='bilinear')) or the {name} to the unary's."
-        )
-    if image.device != unary.device:
-        raise ValueError(f"unary is on {unary.device} but {name} is on {image.device}; move one with .to(other.device).")
-
-
-def binary_to_two(unary: Tensor) -> Tensor:
-    """A single logit map ``(B, 1, *S)`` as the two-label problem ``(0, z)`` it is (softmax = sigmoid)."""
-    return torch.cat([torch.zeros_like(unary), unary], 1)
 
 
 @adaptive_threads
@@ -176,17 +129,12 @@ def mean_field(
                               at(compatibility, t))) for t in range(count)]  # fmt: skip
         spatial_weight, bilateral_weight, compatibility = iteration_weights[0][0][0], iteration_weights[0][1][0], \
             iteration_weights[0][0][1]  # fmt: skip
-    opts = dict(normalization=normalization, exclude_self=exclude_self, compatibility=compatibility)
-    learned = widths_need_grad(theta_gamma)  # a kernel with a graph is never cached
-    kernels = [
-        Pairwise(position_features(shape, theta_gamma if learned else theta_g, spacing=steps, dtype=dtype,
-                                   device=u.device, name="theta_gamma"),
-                 weight=spatial_weight, cache_key=None if learned else ("position", shape, theta_g, steps),
-                 names=("spatial_weight", "compatibility"), **opts),
-        Pairwise(bilateral_features(img, theta_alpha if widths_need_grad(theta_alpha) else theta_a, theta_beta,
-                                    spacing=steps), weight=bilateral_weight,
-                 names=("bilateral_weight", "compatibility"), **opts),
-    ]  # fmt: skip
+    kernels = image_kernels(
+        shape, img, spatial_width=theta_gamma, bilateral_position_width=theta_alpha, bilateral_guide_width=theta_beta,
+        checked_widths=(theta_g, theta_a), spacing=steps, weights=(spatial_weight, bilateral_weight),
+        names=("theta_gamma", "theta_alpha", "theta_beta", "spatial_weight", "bilateral_weight", "compatibility"),
+        normalization=normalization, exclude_self=exclude_self, compatibility=compatibility,
+    )
     with torch.autocast(u.device.type, enabled=False):
         out = infer(u.reshape(b, num_labels, -1), kernels, iterations=iterations, return_logits=True,
                     memory_efficient=memory_efficient, exact=exact, backend=backend, cache=cache,
