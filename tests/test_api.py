@@ -24,7 +24,6 @@ PUBLIC_API = {
         "kl_divergence", "lattice_filter", "load_params", "mean_field", "position_features", "save_params",
         "spatial_features", "unary_from_labels", "unary_from_probs",
     ],
-    "crfrnn.checkpoint": ["FORMAT", "load_checkpoint", "load_model", "save_checkpoint"],
     "crfrnn.cli": ["CommandError", "build_parser", "main", "number_type"],
     "crfrnn.cli.evaluate": ["add_parser", "run"],
     "crfrnn.cli.fit": ["add_parser", "run"],
@@ -79,6 +78,21 @@ PUBLIC_API = {
     "crfrnn.fit": [
         "FIT_DEFAULTS", "FitResult", "degraded_probs", "fit_crf", "to_mean_field", "width_gradients_available",
     ],
+    "crfrnn.io": [
+        "ARRAY_SUFFIXES", "DEFAULT_MEMORY_FRACTION", "Guide", "IMAGE_SUFFIXES", "LAYOUTS", "MEMORY_BYTES_PER_PIXEL",
+        "MEMORY_BYTES_PER_PIXEL_LABEL", "MemoryLimitError", "SCORE_SUFFIXES", "ScoreMap", "check_memory",
+        "default_memory_limit", "estimate_memory", "format_bytes", "is_array_path", "labels_of", "load_checkpoint",
+        "load_model", "pair_by_stem", "read_guide", "read_rgb", "read_scores", "read_volume_scores",
+        "save_checkpoint", "write_labels",
+    ],
+    "crfrnn.io.checkpoint": ["FORMAT", "load_checkpoint", "load_model", "save_checkpoint"],
+    "crfrnn.io.images": ["IMAGE_SUFFIXES", "pair_by_stem", "read_rgb"],
+    "crfrnn.io.memory": [
+        "DEFAULT_MEMORY_FRACTION", "MEMORY_BYTES_PER_PIXEL", "MEMORY_BYTES_PER_PIXEL_LABEL", "MemoryLimitError",
+        "check_memory", "default_memory_limit", "estimate_memory", "format_bytes",
+    ],
+    "crfrnn.io.scores": ["LAYOUTS", "SCORE_SUFFIXES", "ScoreMap", "labels_of", "read_scores"],
+    "crfrnn.io.volumes": ["ARRAY_SUFFIXES", "Guide", "is_array_path", "read_guide", "read_volume_scores", "write_labels"],
     "crfrnn.lattice": ["PermutohedralLattice", "lattice_filter"],
     "crfrnn.losses": ["dense_crf_loss"],
     "crfrnn.metrics": [
@@ -97,20 +111,15 @@ PUBLIC_API = {
     ],
     "crfrnn.models.segmenter": ["CrfRnnSegmenter"],
     "crfrnn.models.small": ["IMAGENET_MEAN", "IMAGENET_STD", "SmallFCN"],
-    "crfrnn.refine": [
-        "DEFAULT_MEMORY_FRACTION", "IMAGE_SUFFIXES", "LAYOUTS", "MEMORY_BYTES_PER_PIXEL",
-        "MEMORY_BYTES_PER_PIXEL_LABEL", "MemoryLimitError", "SCORE_SUFFIXES", "ScoreMap", "check_memory",
-        "default_memory_limit", "estimate_memory", "format_bytes", "labels_of", "make_overlay", "pair_by_stem",
-        "read_rgb", "read_scores",
-    ],
     "crfrnn.params": ["DENSECRF_DEFAULTS", "MAX_FILE_BYTES", "PARAM_NAMES", "check_params", "load_params", "save_params"],
     "crfrnn.reproduce": ["CLAIMS", "ROWS", "ReproduceConfig", "check_claims", "reproduce", "summarize"],
     "crfrnn.training": [
         "DATASETS", "IGNORE_INDEX", "LR_SCHEDULES", "OPTIMIZERS", "STAGES", "TrainConfig", "TrainingError",
         "build_datasets", "build_model", "build_optimizer", "load_config", "segmentation_loss", "train",
     ],
-    "crfrnn.visualize": ["VOID_COLOR", "colorize_labels", "label_overlay", "picture_grid", "save_prediction_grid"],
-    "crfrnn.volumes": ["ARRAY_SUFFIXES", "Guide", "is_array_path", "read_guide", "read_volume_scores", "write_labels"],
+    "crfrnn.visualize": [
+        "VOID_COLOR", "colorize_labels", "label_overlay", "make_overlay", "picture_grid", "save_prediction_grid",
+    ],
     "crfrnn.workflow": [],
     "crfrnn.workflow.build": ["build_model", "build_optimizer", "build_scheduler", "freeze_backbone"],
     "crfrnn.workflow.claims": [

@@ -1,4 +1,4 @@
-"""crfrnn.checkpoint: checkpoints hold tensors and plain values only, and are read without unpickling code."""
+"""crfrnn.io.checkpoint: checkpoints hold tensors and plain values only, and are read without unpickling code."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from crfrnn.checkpoint import load_checkpoint, load_model, save_checkpoint
+from crfrnn.io.checkpoint import load_checkpoint, load_model, save_checkpoint
 from crfrnn.models import create
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import torch
 
-from crfrnn.checkpoint import load_checkpoint, load_model, save_checkpoint
+from crfrnn.io.checkpoint import load_checkpoint, load_model, save_checkpoint
 from crfrnn.models import create
 from crfrnn.training import (
     TrainConfig,

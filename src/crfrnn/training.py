@@ -16,7 +16,7 @@ Everything is described by one :class:`TrainConfig`; :func:`train` runs it::
 
 A run directory holds ``config.yaml`` (the resolved configuration), ``metrics.jsonl`` (one JSON object per
 epoch), ``last.pt`` (written atomically after every epoch) and ``best.pt`` (best validation mean IoU). All
-checkpoints are :mod:`crfrnn.checkpoint` files, so ``crfrnn.checkpoint.load_model("runs/crf/best.pt")``
+checkpoints are :mod:`crfrnn.io.checkpoint` files, so ``crfrnn.io.load_model("runs/crf/best.pt")``
 rebuilds the trained network. ``train(config, resume=True)`` continues a run from ``last.pt`` exactly where it
 stopped: weights, optimiser, learning-rate schedule, epoch and the random states (torch, numpy, python) of
 every process are restored, and the data order of epoch ``e`` depends only on ``(seed, e)``.

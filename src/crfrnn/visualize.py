@@ -1,4 +1,8 @@
-"""Pictures of segmentations: label overlays and grids of predictions (PIL and NumPy only, no matplotlib).
+"""Pictures of segmentations: label overlays, before/after comparisons and grids of predictions (PIL and NumPy
+only, no matplotlib).
+
+:func:`label_overlay` is the one painter of label colours over an image; :func:`make_overlay` (``crfrnn refine
+--overlay``), :func:`save_prediction_grid` and ``crfrnn segment --overlay`` draw with it.
 
 Label maps are coloured with the PASCAL VOC palette (:func:`crfrnn.data.color_palette`); void pixels
 (255) are drawn in :data:`VOID_COLOR`, VOC's own neutral cream colour, which no class index below 255 uses.
@@ -10,19 +14,19 @@ uint8 arrays, ``(H, W)`` grey arrays or PIL images; label maps as ``(H, W)`` int
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from crfrnn._utils.files import atomic_save_image
+from crfrnn._utils.files import PathLike, atomic_save_image
 from crfrnn.data.palette import color_palette, colorize
 
-__all__ = ["VOID_COLOR", "colorize_labels", "label_overlay", "picture_grid", "save_prediction_grid"]
+__all__ = [
+    "VOID_COLOR", "colorize_labels", "label_overlay", "make_overlay", "picture_grid", "save_prediction_grid",
+]
 
-from crfrnn._utils.files import PathLike  # noqa: E402
 Color = tuple[int, int, int]
 
 #: colour of void (255) pixels: VOC's own void colour (224, 224, 192)
@@ -108,6 +112,78 @@ def label_overlay(image: Any, labels: Any, alpha: float = 0.5, *, void_color: Op
         void = _to_numpy(labels) == 255
         out[void] = rgb[void]
     return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+def _boundaries(labels: np.ndarray) -> np.ndarray:
+    edge = np.zeros(labels.shape, dtype=bool)
+    edge[:, 1:] |= labels[:, 1:] != labels[:, :-1]
+    edge[1:, :] |= labels[1:, :] != labels[:-1, :]
+    return edge
+
+
+def _font(size: int) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)  # scalable with FreeType (Pillow >= 10.1)
+    except (TypeError, OSError):  # pragma: no cover - old Pillow or no FreeType
+        return ImageFont.load_default()
+
+
+def make_overlay(
+    image: np.ndarray,
+    before: np.ndarray,
+    after: np.ndarray,
+    *,
+    alpha: float = 0.55,
+    titles: Optional[Sequence[str]] = ("image", "input (argmax)", "refined (dense CRF)"),
+    gap: int = 4,
+) -> np.ndarray:
+    """Side-by-side picture: image | labels before | labels after, labels coloured with the VOC palette.
+
+    Label colours are blended over the image by :func:`label_overlay` with weight ``alpha`` (1 shows the
+    palette alone; unknown labels, outside 0..254, in :data:`VOID_COLOR`) and label boundaries are drawn in
+    white, so that edges that snap to the image are easy to see.
+
+    Args:
+        image: ``(H, W, 3)`` uint8 RGB.
+        before: ``(H, W)`` integer labels in 0..255 (255 = unknown/void).
+        after: ``(H, W)`` integer labels in 0..255.
+        alpha: weight of the label colours, in ``[0, 1]``.
+        titles: three panel titles drawn above the panels, or None for none.
+        gap: white pixels between panels.
+
+    Returns:
+        ``(H', 3 W + 2 gap, 3)`` uint8 RGB, ``H' = H`` without titles.
+    """
+    if not 0 <= alpha <= 1:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}.")
+    if titles is not None and len(titles) != 3:
+        raise ValueError(f"titles must be three strings (image, before, after) or None, got {len(titles)}.")
+    image = np.asarray(image, dtype=np.uint8)
+    h, w = image.shape[:2]
+    panels = [image]
+    for labels in (before, after):
+        labels = np.asarray(labels)
+        if labels.shape != (h, w):
+            raise ValueError(f"labels of shape {labels.shape} do not match the image of shape {image.shape[:2]}.")
+        shown = np.where((labels >= 0) & (labels <= 255), labels, 255)
+        panel = label_overlay(image, shown, alpha, void_color=VOID_COLOR)
+        panel[_boundaries(labels)] = 255
+        panels.append(panel)
+    sep = np.full((h, gap, 3), 255, np.uint8)
+    row = np.concatenate([panels[0], sep, panels[1], sep, panels[2]], axis=1)
+    if titles is None:
+        return row
+    font_size = max(10, min(16, w // 14))
+    strip_h = font_size + 8
+    canvas = Image.new("RGB", (row.shape[1], h + strip_h), (255, 255, 255))
+    canvas.paste(Image.fromarray(row), (0, strip_h))
+    draw = ImageDraw.Draw(canvas)
+    font = _font(font_size)
+    for i, title in enumerate(titles):
+        x0 = i * (w + gap)
+        tw = draw.textlength(title, font=font)
+        draw.text((x0 + max(0.0, (w - tw) / 2), 3), title, fill=(0, 0, 0), font=font)
+    return np.array(canvas)
 
 
 def _fit_text(draw: ImageDraw.ImageDraw, text: str, font: Any, width: int) -> str:

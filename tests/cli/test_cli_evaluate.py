@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from crfrnn.checkpoint import save_checkpoint
+from crfrnn.io.checkpoint import save_checkpoint
 from crfrnn.cli import main
 from crfrnn.data import save_label_png
 from crfrnn.models import create

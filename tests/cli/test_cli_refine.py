@@ -13,7 +13,8 @@ from PIL import Image
 
 from crfrnn.cli import main
 from crfrnn.data import color_palette, load_label_png, save_label_png
-from crfrnn.refine import make_overlay, pair_by_stem, read_scores
+from crfrnn.io import pair_by_stem, read_scores
+from crfrnn.visualize import make_overlay
 
 H, W, L = 40, 56, 3
 
@@ -476,7 +477,7 @@ class TestTrust:
         assert not (tmp_path / "out.png").exists()
 
     def test_memory_estimate_of_the_issue(self):
-        from crfrnn.refine import MemoryLimitError, check_memory, default_memory_limit, estimate_memory
+        from crfrnn.io import MemoryLimitError, check_memory, default_memory_limit, estimate_memory
 
         need = estimate_memory(4000, 6000, 21)
         assert 20 * 2**30 < need < 26 * 2**30  # the issue's "~23 GB" for 6000x4000 and 21 labels
@@ -485,10 +486,10 @@ class TestTrust:
         assert default_memory_limit() is None or default_memory_limit() > 0
 
     def test_default_memory_limit_applies(self, files, tmp_path, capsys, monkeypatch):
-        import crfrnn.refine
+        import crfrnn.io
 
         image, probs_path, _, _ = files
-        monkeypatch.setattr(crfrnn.refine, "default_memory_limit", lambda: 2**20)
+        monkeypatch.setattr(crfrnn.io, "default_memory_limit", lambda: 2**20)
         assert refine(image, probs_path, "-o", tmp_path / "out.png") == 2
         one_line_error(capsys, "needs about", "--max-memory")
 
@@ -604,12 +605,13 @@ class TestTrust:
         assert "sum to 1" not in line and "zero-size" not in line
 
     def test_empty_image(self, tmp_path, monkeypatch):
-        import crfrnn.refine
+        import crfrnn._utils.images
+        import crfrnn.io
 
         (tmp_path / "empty.png").write_bytes(b"")  # Pillow cannot write a 0x0 file; decode one in memory
-        monkeypatch.setattr(crfrnn.refine.Image, "open", lambda path: Image.new("RGB", (0, 0)))
+        monkeypatch.setattr(crfrnn._utils.images.Image, "open", lambda path: Image.new("RGB", (0, 0)))
         with pytest.raises(ValueError, match=r"image '.*empty.png' is empty \(0x0 pixels\)"):
-            crfrnn.refine.read_rgb(tmp_path / "empty.png")
+            crfrnn.io.read_rgb(tmp_path / "empty.png")
 
     @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
     def test_half_precision_softmax_is_accepted(self, dtype, files, tmp_path):

@@ -7,7 +7,7 @@ import pytest
 
 from crfrnn import dense_crf
 from crfrnn.cli import main
-from crfrnn.volumes import read_guide, read_volume_scores
+from crfrnn.io.volumes import read_guide, read_volume_scores
 
 nib = pytest.importorskip("nibabel", reason="NIfTI support is the 'nifti' extra")
 

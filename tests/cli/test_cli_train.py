@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from crfrnn.checkpoint import load_checkpoint, load_model
+from crfrnn.io.checkpoint import load_checkpoint, load_model
 from crfrnn.cli import main
 
 TINY = ["--num-train", "8", "--num-val", "4", "--image-size", "48", "--crop-size", "48", "--batch-size", "4"]

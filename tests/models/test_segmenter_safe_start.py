@@ -178,7 +178,7 @@ class TestUntrainedBackboneWarning:
 
 
 def test_registry_builds_and_checkpoints_restore_the_gate(tmp_path):
-    from crfrnn.checkpoint import load_model, save_checkpoint
+    from crfrnn.io.checkpoint import load_model, save_checkpoint
     from crfrnn.models import create
 
     kwargs = {"num_classes": NUM_CLASSES, "backbone_kwargs": {"width": 8}, "crf_kwargs": {"num_iterations": 2},

@@ -163,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
     """Evaluate a checkpoint and write the report; see the module docstring."""
     import torch
 
-    from crfrnn.checkpoint import load_model
+    from crfrnn.io.checkpoint import load_model
     from crfrnn.evaluation import evaluate, format_table, search_dense_crf, write_report
     from crfrnn.models import CrfRnnSegmenter
     from crfrnn.workflow.datasets import synthetic_spec

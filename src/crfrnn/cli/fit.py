@@ -6,8 +6,9 @@
     crfrnn refine --images new_photos/ --probs new_outputs/ -o refined/ --params crf.yaml
 
 Files are paired by stem across the three folders and read as ``crfrnn refine`` reads them
-(:func:`crfrnn.refine.read_rgb`, :func:`crfrnn.refine.read_scores`); the fit is :func:`crfrnn.fit_crf` and the
-file :func:`crfrnn.save_params`. This module only parses arguments, reads, reports and sets the exit code.
+(:func:`crfrnn.io.read_rgb`, :func:`crfrnn.io.read_scores`); the fit is :func:`crfrnn.fit_crf` and the
+file :func:`crfrnn.save_params`. This module only parses arguments, reads, reports and sets the exit code; the
+readers' messages name their parameters, :data:`FLAGS` the flags that set them here.
 """
 
 from __future__ import annotations
@@ -18,9 +19,28 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
+
+from crfrnn._utils.files import atomic_write_text
 from crfrnn.cli import CommandError, number_type
+from crfrnn.cli._flags import name_flags
+from crfrnn.fit import fit_crf, width_gradients_available
+from crfrnn.io import LAYOUTS, default_memory_limit, format_bytes, pair_by_stem, read_rgb, read_scores
+from crfrnn.params import load_params, save_params
 
 __all__ = ["add_parser", "run"]
+
+#: the readers' parameters (named in their messages) and the flags that set them; ``unknown`` is the
+#: ground truth's ignored value
+FLAGS = {
+    "gt_prob": "--gt-prob",
+    "key": "--key",
+    "layout": "--layout",
+    "logits": "--logits",
+    "num_labels": "--num-labels",
+    "resize": "--resize",
+    "unknown": "--ignore-index",
+}
 
 _EPILOG = """\
 inputs:
@@ -55,8 +75,6 @@ exit codes:
 
 def add_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> argparse.ArgumentParser:
     """Register ``crfrnn fit`` and its options."""
-    from crfrnn.refine import LAYOUTS
-
     parser = subparsers.add_parser(
         "fit",
         help="fit the dense CRF's parameters to a network's outputs and ground truth (for refine --params)",
@@ -110,10 +128,6 @@ def add_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 def _read(args: argparse.Namespace) -> tuple[list, list, list, list[str], bool]:
     """Images, scores and masks paired by stem; raises CommandError (2) for unreadable or mismatched files."""
-    import numpy as np
-
-    from crfrnn.refine import default_memory_limit, format_bytes, pair_by_stem, read_rgb, read_scores
-
     for option, folder in (("IMAGES", args.images), ("PROBS", args.probs), ("LABELS", args.labels)):
         if not Path(folder).is_dir():
             raise CommandError(f"{option} must be a folder, but '{folder}' is {'a file' if Path(folder).exists() else 'missing'}.")
@@ -151,7 +165,7 @@ def _read(args: argparse.Namespace) -> tuple[list, list, list, list[str], bool]:
         except MemoryError as err:
             raise CommandError(f"ran out of memory reading '{image_path}': {err or 'MemoryError'}", 1) from err
         except (OSError, ValueError, TypeError) as err:
-            raise CommandError(str(err)) from err
+            raise CommandError(name_flags(str(err), FLAGS)) from err
         need += int(size[0] * size[1]) * (12 * count + 24)
         if limit is not None and need > limit:
             raise CommandError(f"the images read so far need about {format_bytes(need)} of memory, more than "
@@ -162,7 +176,7 @@ def _read(args: argparse.Namespace) -> tuple[list, list, list, list[str], bool]:
         labels.append(np.asarray(mask, dtype=np.int64))
         stems.append(stem)
         for note in s.notes:
-            print(f"crfrnn fit: note: {note}", file=sys.stderr)
+            print(f"crfrnn fit: note: {name_flags(note, FLAGS)}", file=sys.stderr)
     if len(kinds) > 1:
         raise CommandError("PROBS mixes label maps (read as logits) with probability arrays; give one kind, or "
                            "pass --logits for raw scores.")  # fmt: skip
@@ -182,9 +196,6 @@ def _comment(args: argparse.Namespace, result: Any, stems: list[str]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``crfrnn fit`` on parsed arguments; returns the exit code (see the module docstring)."""
-    from crfrnn.fit import fit_crf, width_gradients_available
-    from crfrnn.params import load_params, save_params
-
     out = Path(args.output)
     if out.suffix.lower() not in (".yaml", ".yml"):
         raise CommandError(f"-o/--output must name a .yaml file, got '{args.output}'.")
@@ -217,8 +228,6 @@ def run(args: argparse.Namespace) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         save_params(result.params, out, comment=_comment(args, result, stems))
         if args.report is not None:
-            from crfrnn._utils.files import atomic_write_text
-
             report = {"params": result.params, "initial": result.initial, "metrics": result.metrics,
                       "best_epoch": result.best_epoch, "stopped_early": result.stopped_early,
                       "fit_widths": result.fit_widths, "boundary_width": result.boundary_width,

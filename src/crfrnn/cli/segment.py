@@ -21,8 +21,18 @@ from pathlib import Path
 from typing import Any, List, Optional, Sequence
 
 import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
 
+from crfrnn._utils.files import atomic_np_save, atomic_save_image
 from crfrnn.cli import CommandError, number_type
+from crfrnn.cli._flags import name_flags
+from crfrnn.data import VOC_CLASSES
+from crfrnn.data.palette import color_palette, save_label_png
+from crfrnn.io import IMAGE_SUFFIXES, read_rgb
+from crfrnn.models import load_pretrained, segment_images
+from crfrnn.models.pretrained import FORMATS, RESIZE_POLICIES
+from crfrnn.visualize import label_overlay
 
 __all__ = ["add_parser", "overlay_with_legend", "run"]
 
@@ -44,8 +54,6 @@ exit codes:
 
 def add_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> argparse.ArgumentParser:
     """Register ``crfrnn segment`` and its options."""
-    from crfrnn.models.pretrained import FORMATS, RESIZE_POLICIES
-
     parser = subparsers.add_parser(
         "segment",
         help="segment photos with the released CRF-RNN network (Caffe, PyTorch or Keras weights)",
@@ -82,8 +90,6 @@ def add_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
 def _collect(inputs: Sequence[str]) -> List[Path]:
-    from crfrnn.refine import IMAGE_SUFFIXES
-
     paths: List[Path] = []
     for item in inputs:
         p = Path(item)
@@ -107,7 +113,8 @@ def _collect(inputs: Sequence[str]) -> List[Path]:
 def overlay_with_legend(
     image: np.ndarray, labels: np.ndarray, class_names: Optional[Sequence[str]] = None, alpha: float = 0.5
 ) -> np.ndarray:
-    """The labels blended over the photo, with a legend of the classes present on the right.
+    """The labels blended over the photo (:func:`crfrnn.visualize.label_overlay`), with a legend of the classes
+    present on the right.
 
     Args:
         image: ``(H, W, 3)`` uint8 RGB.
@@ -118,11 +125,6 @@ def overlay_with_legend(
     Returns:
         ``(H, W + legend width, 3)`` uint8 RGB.
     """
-    from PIL import Image, ImageDraw, ImageFont
-
-    from crfrnn.data.palette import color_palette
-    from crfrnn.visualize import label_overlay
-
     blended = label_overlay(image, labels, alpha)
     present, counts = np.unique(labels, return_counts=True)
     order = present[np.argsort(-counts, kind="stable")]
@@ -146,15 +148,6 @@ def overlay_with_legend(
 
 def run(args: argparse.Namespace) -> int:
     """Segment the images; see the module docstring."""
-    import torch
-    from PIL import Image
-
-    from crfrnn._utils.files import atomic_np_save, atomic_save_image
-    from crfrnn.data import VOC_CLASSES
-    from crfrnn.data.palette import save_label_png
-    from crfrnn.models import load_pretrained, segment_images
-    from crfrnn.refine import read_rgb
-
     if not 0.0 <= args.alpha <= 1.0:
         raise CommandError(f"--alpha must be between 0 and 1, got {args.alpha}.")
     paths = _collect(args.images)
@@ -194,7 +187,7 @@ def run(args: argparse.Namespace) -> int:
                     kept.append(p)
                 except (OSError, ValueError) as err:
                     failures += 1
-                    print(f"crfrnn segment: {p}: {err}", file=sys.stderr)
+                    print(f"crfrnn segment: {p}: {name_flags(str(err), {})}", file=sys.stderr)
             try:
                 results = segment_images(model, images, resize=args.resize, restore_size=args.restore_size,
                                          use_crf=not args.no_crf, return_probs=args.probs) if images else []  # fmt: skip

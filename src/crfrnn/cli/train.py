@@ -26,7 +26,7 @@ files written to OUT:
   metrics.jsonl  one JSON object per epoch: epoch, train_loss, val_mean_iou, val_pixel_accuracy, seconds, ...
   last.pt        checkpoint after every epoch (atomic): weights, optimiser, schedule, epoch, random states
   best.pt        checkpoint with the best validation mean IoU
-  Load a checkpoint with crfrnn.checkpoint.load_model(path).
+  Load a checkpoint with crfrnn.io.load_model(path).
 
 data-parallel training (batch size is per process):
   torchrun --nproc_per_node=2 -m crfrnn train --out runs/cnn ...

@@ -6,13 +6,13 @@ import os
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple, Union
 
-import numpy as np
 import torch
-from PIL import Image
+
+from crfrnn._utils.files import PathLike
+from crfrnn._utils.images import read_rgb
 
 from .palette import load_label_png
 
-from crfrnn._utils.files import PathLike  # noqa: E402
 Sample = Tuple[torch.Tensor, torch.Tensor]
 Transform = Callable[[torch.Tensor, torch.Tensor], Sample]
 
@@ -23,18 +23,11 @@ VOC_CLASSES: Tuple[str, ...] = (
 
 
 def read_image(path: PathLike) -> torch.Tensor:
-    """Decode an image file to a float32 ``(3, H, W)`` RGB tensor on the 0..255 scale."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"image file not found: '{path}'")
-    try:
-        with Image.open(path) as img:
-            arr = np.array(img.convert("RGB"), dtype=np.uint8)
-    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, EOFError, ... on bad data
-        raise OSError(
-            f"could not read image file '{path}': {type(e).__name__}: {e}. "
-            "The file is corrupt, truncated or not an image; re-download it or remove its id from the list."
-        ) from e
+    """Decode an image file to a float32 ``(3, H, W)`` RGB tensor on the 0..255 scale.
+
+    Decoded by :func:`crfrnn._utils.images.read_rgb`, guarded against decompression bombs.
+    """
+    arr = read_rgb(path, what="image file", hint="; re-download it or remove its id from the list.")
     return torch.from_numpy(arr).permute(2, 0, 1).to(torch.float32).contiguous()
 
 

@@ -8,16 +8,15 @@ shows them in colour. Index 255 is the "void"/ignore label.
 from __future__ import annotations
 
 import os
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from crfrnn._utils.files import atomic_save_image
+from crfrnn._utils.files import PathLike, atomic_save_image
+from crfrnn._utils.images import open_image
 
 __all__ = ["color_palette", "colorize", "load_label_png", "save_label_png"]
-
-from crfrnn._utils.files import PathLike  # noqa: E402
 
 # Modes whose pixel values are class indices. Anything else (RGB, RGBA, LA, ...) is a colour image.
 _INDEX_MODES = ("P", "L", "1", "I", "I;16", "I;16B", "I;16L")
@@ -131,22 +130,15 @@ def load_label_png(path: PathLike) -> np.ndarray:
     Raises:
         FileNotFoundError: the file does not exist.
         OSError: the file cannot be decoded (corrupt or truncated); the message names the path.
-        ValueError: the file is a colour (RGB/RGBA/...) image instead of an index image.
+        ValueError: the file is a colour (RGB/RGBA/...) image instead of an index image, or larger than
+            Pillow's decoding limit (``PIL.Image.MAX_IMAGE_PIXELS``, a guard against decompression bombs).
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"label file not found: '{path}'")
-    try:
-        with Image.open(path) as img:
-            mode = img.mode
-            if mode in _INDEX_MODES:
-                img.load()
-                arr = np.array(img)
-    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, EOFError, ... on bad data
-        raise OSError(
-            f"could not read label file '{path}': {type(e).__name__}: {e}. "
-            "The file is corrupt, truncated or not an image; re-create or re-download it."
-        ) from e
+    with open_image(path, what="label file", hint="; re-create or re-download it.") as img:
+        mode = img.mode
+        if mode in _INDEX_MODES:
+            img.load()
+            arr = np.array(img)
     if mode not in _INDEX_MODES:
         raise ValueError(
             f"label file '{path}' is a colour image (PIL mode '{mode}'), but label maps must be palette "

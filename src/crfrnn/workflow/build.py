@@ -40,7 +40,7 @@ def build_model(config: TrainConfig, num_classes: int) -> tuple[nn.Module, str, 
         FileNotFoundError: if ``init_from`` does not exist.
         ValueError: unknown model, a model that does not fit the stage, or ``init_from`` weights that do not fit.
     """
-    from crfrnn.checkpoint import load_checkpoint
+    from crfrnn.io.checkpoint import load_checkpoint
     from crfrnn.models import create, list_models
 
     init = load_checkpoint(config.init_from) if config.init_from is not None else None

@@ -263,7 +263,7 @@ def _search(config: ReproduceConfig, seed: int, cnn_ckpt: Path, val: Any, num_cl
             times: dict[str, float]) -> tuple[dict, list]:  # fmt: skip
     """The offline dense CRF's parameters for seed ``seed`` (searched on the validation images, or read from the
     ``dense_crf_search.json`` an earlier search wrote) and the search's table; its seconds go to ``times``."""
-    from crfrnn.checkpoint import load_model
+    from crfrnn.io.checkpoint import load_model
     from crfrnn.evaluation import search_dense_crf
 
     saved = Path(config.out_dir) / f"seed{seed}" / "dense_crf_search.json"
@@ -314,7 +314,7 @@ def _run_seed(config: ReproduceConfig, seed: int, data: tuple, bar: Any, log: Ca
     """One seed's record for ``results.json`` (its checkpoints under ``"checkpoints"``): trains what is not
     trained yet (``times``: the seconds of runs trained elsewhere), searches the dense CRF and evaluates."""
     from crfrnn import CrfRnn
-    from crfrnn.checkpoint import load_model
+    from crfrnn.io.checkpoint import load_model
     from crfrnn.evaluation import evaluate
     from crfrnn.models import CrfRnnSegmenter
 
@@ -592,7 +592,7 @@ def reproduce(
     import yaml
     from tqdm.auto import tqdm
 
-    from crfrnn.checkpoint import load_model
+    from crfrnn.io.checkpoint import load_model
 
     if not isinstance(config, ReproduceConfig):
         raise TypeError(f"config must be a ReproduceConfig, got {type(config).__name__}.")

@@ -57,7 +57,7 @@ class RunDir:
             FileNotFoundError: resume without ``last.pt`` (:meth:`check_resumable`).
             ValueError: resume with other settings (:func:`check_resume`), or a new run over an existing one.
         """
-        from crfrnn.checkpoint import load_checkpoint
+        from crfrnn.io.checkpoint import load_checkpoint
 
         if resume:
             self.check_resumable()
@@ -95,7 +95,7 @@ class RunDir:
     def save_checkpoints(self, model: nn.Module, *, best: bool, **payload: Any) -> None:
         """Write ``last.pt`` (and ``best.pt`` when ``best``): :func:`crfrnn.checkpoint.save_checkpoint` of
         ``model`` with ``payload`` (``model_name``, ``model_kwargs``, ``num_classes``, ... and any extras)."""
-        from crfrnn.checkpoint import save_checkpoint
+        from crfrnn.io.checkpoint import save_checkpoint
 
         save_checkpoint(self.last_path, model, **payload)
         if best:

@@ -15,7 +15,6 @@ so that :func:`load_model` can rebuild the network without the code that trained
 
 from __future__ import annotations
 
-import os
 import pickle
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -23,12 +22,12 @@ from typing import Any, Optional, Union
 import torch
 from torch import nn
 
-from crfrnn._utils.files import atomic_torch_save
+from crfrnn._utils.files import PathLike, atomic_torch_save
+from crfrnn.models import create
 
 __all__ = ["FORMAT", "load_checkpoint", "load_model", "save_checkpoint"]
 
 FORMAT = "crfrnn-checkpoint-v1"
-from crfrnn._utils.files import PathLike  # noqa: E402
 
 
 def save_checkpoint(
@@ -128,7 +127,7 @@ def load_checkpoint(path: PathLike, *, map_location: Union[str, torch.device] = 
     if missing:
         what = ", ".join(f"{k!r} ({_REQUIRED[k]})" for k in missing)
         raise ValueError(
-            f"checkpoint {path} lacks {what}; it is damaged or was not written by crfrnn.checkpoint.save_checkpoint."
+            f"checkpoint {path} lacks {what}; it is damaged or was not written by crfrnn.io.save_checkpoint."
         )
     return payload
 
@@ -139,8 +138,6 @@ def load_model(path: PathLike, *, map_location: Union[str, torch.device] = "cpu"
     Returns:
         ``(model, checkpoint)``, the model in eval mode.
     """
-    from crfrnn.models import create
-
     payload = load_checkpoint(path, map_location=map_location)
     model = create(payload["model"]["name"], **payload["model"]["kwargs"])
     model.load_state_dict(payload["state_dict"])

@@ -1,4 +1,4 @@
-"""Volumes (and any N-d guide) for ``crfrnn refine``: NumPy arrays and NIfTI files in, labels out.
+"""Volumes (and any N-d guide) for the dense CRF: NumPy arrays and NIfTI files in, labels out.
 
 A guide is ``S`` (one channel) or ``S + (C,)`` (channels last: several MRI modalities); scores are ``(L, *S)``
 or ``S + (L,)`` (NIfTI probability maps are usually stored labels last). ``S`` has 1 to 3 axes. NIfTI files
@@ -20,9 +20,13 @@ import gzip
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional, Tuple, Union
+from typing import List, Optional, Tuple
 
 import numpy as np
+
+from crfrnn._utils.files import PathLike, atomic_np_save, atomic_write_bytes
+
+from ._numpy import load_array
 
 __all__ = [
     "ARRAY_SUFFIXES",
@@ -32,8 +36,6 @@ __all__ = [
     "read_volume_scores",
     "write_labels",
 ]
-
-from crfrnn._utils.files import PathLike  # noqa: E402
 
 #: suffixes read as N-d arrays (guides, scores) rather than as images
 ARRAY_SUFFIXES: Tuple[str, ...] = (".npy", ".npz", ".nii", ".nii.gz")
@@ -99,9 +101,7 @@ def _read_nifti(path: str, max_bytes: Optional[int]) -> Tuple[np.ndarray, object
 
 
 def _read_numpy(path: str, key: Optional[str]) -> np.ndarray:
-    from crfrnn.refine import _load_array  # the one safe NumPy reader (no pickles, clear errors)
-
-    return np.asarray(_load_array(path, key))
+    return np.asarray(load_array(path, key))  # the one safe NumPy reader (no pickles, clear errors)
 
 
 def read_guide(path: PathLike, *, key: Optional[str] = None, max_bytes: Optional[int] = None) -> Guide:
@@ -189,8 +189,6 @@ def write_labels(path: PathLike, labels: np.ndarray, guide: Optional[Guide] = No
     Returns:
         The path written.
     """
-    from crfrnn._utils.files import atomic_np_save, atomic_write_bytes
-
     path = Path(path)
     suffix = _suffix(path)
     dtype = np.uint8 if labels.max() < 256 else np.uint16

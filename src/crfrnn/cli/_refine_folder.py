@@ -1,0 +1,143 @@
+"""``crfrnn refine --images DIR --probs DIR``: a folder of images, in this process or in worker processes."""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import re
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from functools import partial
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Tuple
+
+from crfrnn._utils.threads import free_cpus
+from crfrnn.cli import CommandError
+from crfrnn.cli._refine_steps import check_collisions, refine_one
+from crfrnn.io import pair_by_stem
+
+__all__ = ["MIN_IMAGES_FOR_PROCESSES", "run_folder"]
+
+
+def _output_dir(path: Optional[str], option: str) -> Optional[Path]:
+    if path is None:
+        return None
+    directory = Path(path)
+    if directory.exists() and not directory.is_dir():
+        raise CommandError(f"with --images, {option} must be a directory, but '{path}' is a file.", 2)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise CommandError(f"could not create the directory '{path}' for {option}: {err}", 1) from err
+    return directory
+
+
+#: Below this many images a folder is refined in this process: starting a worker (importing torch and the
+#: compiled kernels) costs as much as their speed-up gains on about 40 photos of 500x375 (benchmarks/README.md).
+MIN_IMAGES_FOR_PROCESSES = 48
+
+
+def _worker_count(jobs: Optional[int], count: int) -> int:
+    """Worker processes for ``count`` images: ``jobs`` if given, else the free CPUs when there are enough images.
+
+    Single-threaded processes beat one process with as many threads because part of every call (building the
+    lattices) is sequential; below :data:`MIN_IMAGES_FOR_PROCESSES` images their start-up costs more than that.
+    """
+    if jobs is not None:
+        return max(1, min(jobs, count))
+    cpus = free_cpus()
+    return cpus if cpus > 1 and count >= MIN_IMAGES_FOR_PROCESSES else 1
+
+
+def _refine_target(args: argparse.Namespace, target: tuple) -> Tuple[Path, Optional[str], List[str]]:
+    """One pair: ``(image_path, failure message or None, notes)``; never raises but for KeyboardInterrupt."""
+    stem, image_path, probs_path, out, save_probs, overlay = target
+    try:
+        return image_path, None, refine_one(args, image_path, probs_path, out, save_probs, overlay)
+    except CommandError as err:
+        return image_path, str(err), []
+    except Exception as err:  # anything else fails this pair only; KeyboardInterrupt still stops the run
+        text = " ".join(str(err).split()) or "(no message)"
+        return image_path, f"{type(err).__name__}: {text}", []
+
+
+def _refine_in_this_process(args: argparse.Namespace, targets: list) -> Iterator[Tuple[Path, Optional[str], List[str]]]:
+    for target in targets:
+        yield _refine_target(args, target)
+
+
+def _worker_init() -> None:
+    import numba
+    import torch
+
+    numba.set_num_threads(1)
+    torch.set_num_threads(1)
+
+
+def _refine_in_processes(args: argparse.Namespace, targets: list, jobs: int) -> Iterator[Tuple[Path, Optional[str], List[str]]]:
+    """Refine in ``jobs`` spawned single-threaded processes, yielding results as they finish."""
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_worker_init)  # fmt: skip
+    try:
+        futures = [pool.submit(partial(_refine_target, args), target) for target in targets]
+        for future in as_completed(futures):
+            yield future.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def run_folder(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    try:
+        pairs, problems = pair_by_stem(args.images_dir, args.probs_dir)
+    except NotADirectoryError as err:
+        raise CommandError(str(err), 2) from err
+    if not pairs and not problems:
+        raise CommandError(f"no images in '{args.images_dir}' and no scores in '{args.probs_dir}'.", 2)
+    inputs = {"--images": Path(args.images_dir), "--probs": Path(args.probs_dir)}
+    pngs = {o: None if p is None else Path(p) for o, p in (("-o/--output", args.output), ("--overlay", args.overlay))}
+    check_collisions(pngs, inputs, "directory")  # both write <stem>.png
+    check_collisions({"--save-probs": None if args.save_probs is None else Path(args.save_probs)}, inputs, "directory")
+    out_dir = _output_dir(args.output, "-o/--output")
+    probs_dir = _output_dir(args.save_probs, "--save-probs")
+    overlay_dir = _output_dir(args.overlay, "--overlay")
+    for name, reason in problems:
+        print(f"crfrnn refine: skipped '{name}': {reason}", file=sys.stderr)
+    start = time.perf_counter()
+    jobs = _worker_count(args.jobs, len(pairs))
+    targets = [
+        (stem, image_path, probs_path, out_dir / f"{stem}.png", None if probs_dir is None else probs_dir / f"{stem}.npy",
+         None if overlay_dir is None else overlay_dir / f"{stem}.png")
+        for stem, image_path, probs_path in pairs
+    ]  # fmt: skip
+    if jobs > 1:
+        print(f"crfrnn refine: {len(pairs)} images in {jobs} worker processes, one thread each", file=sys.stderr)
+        results = _refine_in_processes(args, targets, jobs)
+    else:
+        results = _refine_in_this_process(args, targets)
+    done = 0
+    seen: Dict[str, int] = {}  # a note told once, with the file names taken out: how often it came again
+    bar = tqdm(results, total=len(targets), desc="refine", unit="image", file=sys.stderr, disable=None)
+    for image_path, failure, notes in bar:
+        if failure is not None:
+            tqdm.write(f"crfrnn refine: failed '{image_path}': {failure}", file=sys.stderr)
+            continue
+        for note in notes:
+            kind = re.sub(r"'[^']*'", "''", note)
+            if kind in seen:
+                seen[kind] += 1
+            else:
+                seen[kind] = 0
+                tqdm.write(f"crfrnn refine: note: {note}", file=sys.stderr)
+        done += 1
+    repeated = sum(seen.values())
+    if repeated:
+        print(f"crfrnn refine: note: {repeated} more notes like those above for other files were not repeated.",
+              file=sys.stderr)  # fmt: skip
+    failed = len(pairs) - done + len(problems)
+    elapsed = time.perf_counter() - start
+    unpaired = f" ({len(problems)} without a partner)" if problems else ""
+    print(f"crfrnn refine: {done} done, {failed} failed{unpaired}, {elapsed:.1f} s; labels in '{out_dir}'")
+    return 0 if failed == 0 else 1

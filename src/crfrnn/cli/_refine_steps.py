@@ -1,0 +1,194 @@
+"""The steps of ``crfrnn refine`` on one input: read, check, refine, write (:mod:`crfrnn.cli.refine`).
+
+The readers (:mod:`crfrnn.io`) name their parameters in their messages; :data:`FLAGS` names the flags that set
+them, and :func:`input_error` rewrites a reader's error with them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+from PIL import Image
+
+import crfrnn.dense
+from crfrnn._utils.files import atomic_np_save, atomic_save_image
+from crfrnn.cli import CommandError
+from crfrnn.cli._flags import name_flags
+from crfrnn.data.palette import save_label_png
+from crfrnn.io import (
+    MemoryLimitError,
+    check_memory,
+    estimate_memory,
+    format_bytes,
+    labels_of,
+    read_guide,
+    read_rgb,
+    read_scores,
+    read_volume_scores,
+    write_labels,
+)
+from crfrnn.visualize import make_overlay
+
+__all__ = ["FLAGS", "check_collisions", "crf_options", "input_error", "refine_one", "refine_volume"]
+
+#: the readers' parameters (named in their messages) and the flags that set them
+FLAGS = {
+    "PIL.Image.MAX_IMAGE_PIXELS": "--max-pixels",
+    "gt_prob": "--gt-prob",
+    "key": "--key",
+    "layout": "--layout",
+    "logits": "--logits",
+    "max_memory": "--max-memory",
+    "num_labels": "--num-labels",
+    "resize": "--resize",
+    "unknown": "--unknown",
+}
+
+
+def input_error(err: BaseException) -> CommandError:
+    """A reader's error as this command's (exit code 2), its parameters named as flags."""
+    return CommandError(name_flags(str(err), FLAGS), 2)
+
+
+def crf_options(args: argparse.Namespace) -> Dict[str, Any]:
+    names = ("iterations", "gaussian_sxy", "gaussian_compat", "bilateral_sxy", "bilateral_srgb", "bilateral_compat")
+    return {name: getattr(args, name) for name in names} | {"normalization": args.normalization} | \
+        getattr(args, "crf_extra", {})
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file: the same file on disk, or the same path once resolved."""
+    if a.exists() and b.exists():
+        return os.path.samefile(a, b)
+    return a.resolve() == b.resolve()
+
+
+def check_collisions(outputs: Dict[str, Optional[Path]], inputs: Dict[str, Optional[Path]], kind: str) -> None:
+    """Refuse outputs that are the same file (or, with --images, the same folder) as another output or an input."""
+    named = [(o, p) for o, p in outputs.items() if p is not None]
+    for i, (option, path) in enumerate(named):
+        for other, other_path in named[i + 1 :]:
+            if _same_file(path, other_path):
+                raise CommandError(
+                    f"{option} and {other} name the same {kind} '{path}', so one output would overwrite the other; "
+                    f"give each output its own {kind}.", 2,
+                )  # fmt: skip
+        for other, source in inputs.items():
+            if source is not None and _same_file(path, source):
+                raise CommandError(
+                    f"{option} '{path}' is the input {other} '{source}'; refusing to overwrite an input with an "
+                    f"output. Choose another {kind}.", 2,
+                )  # fmt: skip
+
+
+def refine_one(
+    args: argparse.Namespace,
+    image_path: Path,
+    probs_path: Path,
+    out: Path,
+    save_probs: Optional[Path],
+    overlay: Optional[Path],
+) -> List[str]:
+    """Refine one pair and write its outputs; returns notes. Raises CommandError (2: input, 1: writing)."""
+    check_collisions({"-o/--output": out, "--save-probs": save_probs, "--overlay": overlay},
+                      {"IMAGE": image_path, "PROBS": probs_path}, "file")  # fmt: skip
+    try:
+        image = read_rgb(image_path)
+        scores = read_scores(
+            probs_path, image.shape[:2], key=args.key, layout=args.layout, logits=args.logits,
+            gt_prob=args.gt_prob, num_labels=args.num_labels, unknown=args.unknown, resize=args.resize,
+            max_memory=args.max_memory,
+        )  # fmt: skip
+    except MemoryLimitError as err:
+        raise input_error(err) from err
+    except MemoryError as err:
+        raise CommandError(f"ran out of memory reading '{image_path}' and '{probs_path}' ({err or 'MemoryError'}); "
+                           "use a smaller image or fewer labels.", 1) from err  # fmt: skip
+    except (OSError, ValueError, TypeError) as err:
+        raise input_error(err) from err
+    kind = "logits" if scores.is_logits else "probs"
+    try:
+        marginals = crfrnn.dense.dense_crf(image, **{kind: scores.values}, **crf_options(args))
+    except MemoryError as err:
+        h, w = image.shape[:2]
+        need = format_bytes(estimate_memory(h, w, scores.values.shape[0]))
+        raise CommandError(
+            f"ran out of memory refining '{image_path}' ({w}x{h} pixels, {scores.values.shape[0]} labels, estimated "
+            f"{need}); use fewer labels or a smaller image, or lower --max-memory so that such images are refused "
+            "before they start.", 1,
+        ) from err  # fmt: skip
+    except (ValueError, TypeError) as err:
+        raise CommandError(f"{image_path}: {err}", 2) from err
+    labels = labels_of(marginals)
+    try:
+        for target in (t for t in (out, save_probs, overlay) if t is not None):
+            target.parent.mkdir(parents=True, exist_ok=True)
+        save_label_png(out, labels)
+        if save_probs is not None:
+            atomic_np_save(save_probs, marginals.astype("float32", copy=False))
+        if overlay is not None:
+            titles = None if args.no_titles else ("image", "input (argmax)", "refined (dense CRF)")
+            picture = make_overlay(image, scores.labels, labels, alpha=args.overlay_alpha, titles=titles)
+            atomic_save_image(Image.fromarray(picture), overlay, format="PNG", optimize=True)
+    except OSError as err:
+        raise CommandError(f"could not write output: {err}", 1) from err
+    return [name_flags(note, FLAGS) for note in scores.notes]
+
+
+def refine_volume(args: argparse.Namespace, guide_path: Path, probs_path: Path, out: Path,
+                   save_probs: Optional[Path]) -> List[str]:
+    """Refine an N-d guide (a volume) and its scores; write labels (.nii/.nii.gz/.npy/.png) and marginals."""
+    check_collisions({"-o/--output": out, "--save-probs": save_probs},
+                      {"IMAGE": guide_path, "PROBS": probs_path}, "file")  # fmt: skip
+    labels_last = {None: None, "lhw": False, "hwl": True}[args.layout]
+    try:
+        guide = read_guide(guide_path, max_bytes=args.max_memory)
+        scores, shape, notes = read_volume_scores(probs_path, guide.data.shape, key=args.key, labels_last=labels_last,
+                                                  max_bytes=args.max_memory)  # fmt: skip
+        check_memory(guide_path, (1, int(np.prod(shape))), scores.shape[0], args.max_memory)
+    except (MemoryLimitError, MemoryError) as err:
+        raise input_error(err) from err
+    except (OSError, ValueError, TypeError, ImportError) as err:
+        raise input_error(err) from err
+    notes = [name_flags(note, FLAGS) for note in notes]
+    if scores.shape[0] == 1 and save_probs is not None:
+        notes.append("--save-probs holds the refined foreground probability of the one map.")
+    ndim = len(shape)
+    spacing = args.spacing if args.spacing is not None else (guide.spacing[:ndim] if guide.spacing else None)
+    if spacing is not None and len(spacing) != ndim:
+        raise CommandError(f"--spacing needs {ndim} numbers (one per axis of {shape}), got {len(spacing)}.", 2)
+    data = guide.data
+    if data.dtype.kind == "f" or data.max() > 255:
+        notes.append(f"guide intensities span {float(data.min()):g}..{float(data.max()):g}; --bilateral-srgb "
+                     f"{args.bilateral_srgb:g} is in those units.")  # fmt: skip
+    if spacing is not None:
+        shown = ", ".join(f"{float(v):.4g}" for v in spacing)
+        notes.append(f"spacing ({shown}): --gaussian-sxy and --bilateral-sxy are in those units.")
+    kind = "logits" if args.logits else "probs"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # the intensity-scale hint is in the notes instead
+            marginals = crfrnn.dense.dense_crf(data.astype(np.float32, copy=False), **{kind: scores}, spacing=spacing,
+                                  **crf_options(args))  # fmt: skip
+    except MemoryError as err:
+        raise CommandError(f"ran out of memory refining '{guide_path}' (shape {shape}, {scores.shape[0]} labels).", 1) from err
+    except (ValueError, TypeError) as err:
+        raise CommandError(f"{guide_path}: {err}", 2) from err
+    labels = labels_of(marginals)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if out.suffix.lower() == ".png":
+            save_label_png(out, labels)
+        else:
+            write_labels(out, labels, guide, spacing)
+        if save_probs is not None:
+            save_probs.parent.mkdir(parents=True, exist_ok=True)
+            atomic_np_save(save_probs, marginals.astype("float32", copy=False))
+    except (OSError, ImportError) as err:
+        raise CommandError(f"could not write output: {err}", 1) from err
+    return notes
