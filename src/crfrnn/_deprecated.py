@@ -21,6 +21,9 @@ MOVED: dict[str, str] = {
     "crfrnn._memory": "crfrnn._utils.memory",
     "crfrnn._profiling": "crfrnn._utils.profiling",
     "crfrnn._io": "crfrnn._utils.files",
+    "crfrnn.training": "crfrnn.workflow",
+    "crfrnn.evaluation": "crfrnn.workflow",
+    "crfrnn.reproduce": "crfrnn.workflow",
 }
 
 

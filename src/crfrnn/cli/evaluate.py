@@ -90,7 +90,7 @@ def _parse_value(text: str) -> Any:
 
 
 def _dense_crf_params(pairs: list[str]) -> dict[str, Any]:
-    from crfrnn.evaluation import DENSE_CRF_DEFAULTS
+    from crfrnn.workflow import DENSE_CRF_DEFAULTS
 
     params: dict[str, Any] = {}
     for pair in pairs:
@@ -164,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from crfrnn.checkpoint import load_model
-    from crfrnn.evaluation import evaluate, format_table, search_dense_crf, write_report
+    from crfrnn.workflow import evaluate, format_table, search_dense_crf, write_report
     from crfrnn.models import CrfRnnSegmenter
     from crfrnn.workflow.datasets import synthetic_spec
     from crfrnn.workflow.distributed import resolve_device

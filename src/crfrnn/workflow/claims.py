@@ -190,7 +190,7 @@ def report_markdown(config: ReproduceConfig, summary: Mapping[str, Any], claims:
                      f"asymmetry max |mu - mu^T| {c['compatibility_asymmetry']:.3f} (init 0)")
     lines += ["", "Files: `results.json` (every number), `boundary.png`, `grid.png`, `seed<N>/` (runs).",
               "Reproduce: `crfrnn reproduce" + (" --quick" if config.preset == "quick" else "")
-              + f" --out {config.out_dir}` (or the same settings through `crfrnn.reproduce.reproduce`)."]  # fmt: skip
+              + f" --out {config.out_dir}` (or the same settings through `crfrnn.workflow.reproduce`)."]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

@@ -101,7 +101,7 @@ def _table_widths(results: Mapping[str, Any], preferred: Sequence[int]) -> list[
 def _check_results(results: Any) -> None:
     if not isinstance(results, Mapping) or not isinstance(results.get("methods"), Mapping) or not results["methods"]:
         raise ValueError(
-            "results must be the dict returned by crfrnn.evaluation.evaluate (with a non-empty 'methods' "
+            "results must be the dict returned by crfrnn.workflow.evaluate (with a non-empty 'methods' "
             f"entry), got {type(results).__name__}"
             + (f" with keys {sorted(results)}" if isinstance(results, Mapping) else "")
             + "."
