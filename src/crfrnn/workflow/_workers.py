@@ -90,8 +90,8 @@ def run_parallel(config: ReproduceConfig, workers: int, threads: int, bar: Any,
     once it is done), its dense CRF search (once stage 1 is done) and its evaluation (once everything else is); a
     free worker takes the first ready one, stage-1 runs first because everything waits on them, so no core idles
     while one seed finishes. Plain subprocesses rather than :mod:`multiprocessing`: a script that calls
-    :func:`~crfrnn.workflow.experiment.reproduce` needs no ``if __name__ == "__main__"`` guard, and no forked torch or numba thread
-    pool is inherited. The workers' warnings go to ``worker<K>.log`` in ``out_dir``.
+    :func:`~crfrnn.workflow.experiment.reproduce` needs no ``if __name__ == "__main__"`` guard, and no forked torch
+    or numba thread pool is inherited. The workers' warnings go to ``worker<K>.log`` in ``out_dir``.
     """
     out = Path(config.out_dir)
     spec = out / "worker_config.json"
