@@ -28,7 +28,7 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    from crfrnn.reproduce import ReproduceConfig, reproduce
+    from crfrnn.workflow import ReproduceConfig, reproduce
 
     grid = {"bilateral_sxy": [3.0, 80.0], "bilateral_srgb": [5.0], "bilateral_compat": [10.0], "gaussian_compat": [1.0]}
     rows = {}

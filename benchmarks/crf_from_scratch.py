@@ -66,9 +66,9 @@ def _model(variant: str, num_classes: int, width: int, seed: int):
 
 
 def _optimizer(model, args, lr: float) -> torch.optim.Optimizer:
-    """``crfrnn train``'s optimiser (:func:`crfrnn.training.build_optimizer`): CNN group with weight decay, CRF
+    """``crfrnn train``'s optimiser (:func:`crfrnn.workflow.build_optimizer`): CNN group with weight decay, CRF
     kernel weights at ``lr * crf_kernel_lr_mult``, compatibility at ``lr * crf_compat_lr_mult``."""
-    from crfrnn.training import TrainConfig, build_optimizer
+    from crfrnn.workflow import TrainConfig, build_optimizer
 
     config = TrainConfig(out_dir="unused", stage="crfrnn", optimizer=args.optimizer, lr=lr, momentum=args.momentum,
                          crf_kernel_lr_mult=args.crf_kernel_lr_mult, crf_compat_lr_mult=args.crf_compat_lr_mult)

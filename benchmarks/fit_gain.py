@@ -5,7 +5,7 @@ For each scenario, images with known ground truth and a stand-in "network" (the 
 *fit* set and a *test* set that nothing is tuned on. On the fit set:
 
 - ``densecrf defaults``: nothing is tuned (SPEC section 8: Gaussian 3/3, bilateral 80/13/10, 5 iterations);
-- ``grid search``: :func:`crfrnn.evaluation.search_dense_crf`, the search of ``crfrnn evaluate --search``
+- ``grid search``: :func:`crfrnn.workflow.search_dense_crf`, the search of ``crfrnn evaluate --search``
   (its default 27-point grid over bilateral sxy, srgb and compat, picked by mean IoU over the fit set);
 - ``fit (weights)``: :func:`crfrnn.fit_crf` with the widths fixed (75 % of the fit set to fit, 25 % to stop);
 - ``fit (weights + widths)``: :func:`crfrnn.fit_crf` with the widths fitted too (when available).
@@ -111,7 +111,7 @@ def measure(images, masks, probs, num_labels, params):
 
 def run_scenario(name: str, args) -> dict:
     from crfrnn import fit_crf
-    from crfrnn.evaluation import DENSE_CRF_DEFAULTS, search_dense_crf
+    from crfrnn.workflow import DENSE_CRF_DEFAULTS, search_dense_crf
     from crfrnn.fit import width_gradients_available
 
     fit_set = scenes(name, args.fit_images, args.size, first_index=0)

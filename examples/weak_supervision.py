@@ -55,7 +55,7 @@ from crfrnn.data import scribbles_from_mask, synthetic_splits
 from crfrnn.losses import dense_crf_loss
 from crfrnn.metrics import ConfusionMatrix
 from crfrnn.models import create
-from crfrnn.training import segmentation_loss
+from crfrnn.workflow import segmentation_loss
 
 IGNORE = 255
 SETTINGS = ("full", "pce", "pce+crf")

@@ -70,10 +70,6 @@ PUBLIC_API = {
     "crfrnn.data.voc": ["SBDSegmentation", "VOCSegmentation", "VOC_CLASSES", "voc_train_aug"],
     "crfrnn.dense": ["dense_crf", "unary_from_labels", "unary_from_probs"],
     "crfrnn.energy": ["crf_energy", "dense_crf_energy", "dense_crf_kernels", "kl_divergence"],
-    "crfrnn.evaluation": [
-        "DEFAULT_SEARCH_GRID", "DENSE_CRF_DEFAULTS", "METHODS", "METHOD_TITLES", "PLOT_DPI", "PLOT_SIZE", "evaluate",
-        "format_table", "predict", "search_dense_crf", "write_report",
-    ],
     "crfrnn.filters": ["gaussian_filter"],
     "crfrnn.fit": [
         "FIT_DEFAULTS", "FitResult", "degraded_probs", "fit_crf", "to_mean_field", "width_gradients_available",
@@ -112,15 +108,16 @@ PUBLIC_API = {
     "crfrnn.models.segmenter": ["CrfRnnSegmenter"],
     "crfrnn.models.small": ["IMAGENET_MEAN", "IMAGENET_STD", "SmallFCN"],
     "crfrnn.params": ["DENSECRF_DEFAULTS", "MAX_FILE_BYTES", "PARAM_NAMES", "check_params", "load_params", "save_params"],
-    "crfrnn.reproduce": ["CLAIMS", "ROWS", "ReproduceConfig", "check_claims", "reproduce", "summarize"],
-    "crfrnn.training": [
-        "DATASETS", "IGNORE_INDEX", "LR_SCHEDULES", "OPTIMIZERS", "STAGES", "TrainConfig", "TrainingError",
-        "build_datasets", "build_model", "build_optimizer", "load_config", "segmentation_loss", "train",
-    ],
     "crfrnn.visualize": [
         "VOID_COLOR", "colorize_labels", "label_overlay", "make_overlay", "picture_grid", "save_prediction_grid",
     ],
-    "crfrnn.workflow": [],
+    "crfrnn.workflow": [
+        "ABLATIONS", "CLAIMS", "DATASETS", "DEFAULT_SEARCH_GRID", "DENSE_CRF_DEFAULTS", "IGNORE_INDEX", "LR_SCHEDULES",
+        "MARGIN", "METHODS", "METHOD_TITLES", "OPTIMIZERS", "PLOT_DPI", "PLOT_SIZE", "ROWS", "ReproduceConfig",
+        "STAGES", "TrainConfig", "TrainingError", "build_datasets", "build_model", "build_optimizer", "check_claims",
+        "evaluate", "format_table", "load_config", "predict", "reproduce", "search_dense_crf", "segmentation_loss",
+        "summarize", "train", "write_report",
+    ],
     "crfrnn.workflow.build": ["build_model", "build_optimizer", "build_scheduler", "freeze_backbone"],
     "crfrnn.workflow.claims": [
         "ABLATION_CLAIMS", "CLAIMS", "MARGIN", "ROWS", "check_claims", "machine_description", "plot_summary",
@@ -138,6 +135,7 @@ PUBLIC_API = {
         "is_main_process", "rank_and_world", "resolve_device", "set_threads", "state_hash", "sum_across",
     ],
     "crfrnn.workflow.experiment": ["ABLATIONS", "ReproduceConfig", "reproduce"],
+    "crfrnn.workflow.experiment_config": ["ABLATIONS", "ReproduceConfig"],
     "crfrnn.workflow.loop": [
         "EpochResult", "SaveResult", "TrainingError", "save_epoch", "segmentation_loss", "train", "train_epoch",
     ],

@@ -47,7 +47,7 @@ class TestLoadIsSafe:
         assert not marker.exists()
 
     def test_init_from_and_resume_do_not_run_code(self, tmp_path):
-        from crfrnn.training import TrainConfig, train
+        from crfrnn.workflow import TrainConfig, train
 
         path, marker = _hostile(tmp_path)
         config = TrainConfig(out_dir=str(tmp_path / "run"), init_from=str(path), num_train=2, num_val=0,

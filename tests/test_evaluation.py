@@ -1,4 +1,4 @@
-"""Tests of crfrnn.evaluation against independent NumPy / SciPy computations of the metrics."""
+"""Tests of evaluation (crfrnn.workflow) against independent NumPy / SciPy computations of the metrics."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from torch import nn
 
 from crfrnn import dense_crf
 from crfrnn.data import SyntheticShapes
-from crfrnn.evaluation import (
+from crfrnn.workflow import (
     DENSE_CRF_DEFAULTS,
     METHOD_TITLES,
     PLOT_DPI,

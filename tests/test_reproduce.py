@@ -1,4 +1,4 @@
-"""crfrnn.reproduce: the paper's comparison end to end on tiny settings, its summary and its claim checks."""
+"""crfrnn.workflow.reproduce: the paper's comparison end to end on tiny settings, its summary and its claim checks."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from crfrnn.reproduce import MARGIN, ROWS, ReproduceConfig, check_claims, reproduce, summarize
+from crfrnn.workflow import MARGIN, ROWS, ReproduceConfig, check_claims, reproduce, summarize
 from crfrnn.workflow.claims import plot_summary
 
 

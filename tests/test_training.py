@@ -1,4 +1,4 @@
-"""Tests of crfrnn.training: configuration, model building, parameter groups, exact resume and DDP."""
+"""Tests of training (crfrnn.workflow): configuration, model building, parameter groups, exact resume and DDP."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import torch
 
 from crfrnn.io.checkpoint import load_checkpoint, load_model, save_checkpoint
 from crfrnn.models import create
-from crfrnn.training import (
+from crfrnn.workflow import (
     TrainConfig,
     build_model,
     build_optimizer,

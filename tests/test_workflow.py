@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from crfrnn.data import synthetic_splits
-from crfrnn.evaluation import evaluate
+from crfrnn.workflow import evaluate
 from crfrnn.models import create
 from crfrnn.workflow.datasets import open_dataset, synthetic_spec
 from crfrnn.workflow.distributed import resolve_device

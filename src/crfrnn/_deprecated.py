@@ -24,6 +24,9 @@ MOVED: dict[str, str] = {
     "crfrnn.refine": "crfrnn.io",
     "crfrnn.volumes": "crfrnn.io.volumes",
     "crfrnn.checkpoint": "crfrnn.io.checkpoint",
+    "crfrnn.training": "crfrnn.workflow",
+    "crfrnn.evaluation": "crfrnn.workflow",
+    "crfrnn.reproduce": "crfrnn.workflow",
 }
 
 

@@ -26,7 +26,7 @@ from typing import Any, Iterable, Optional, Union
 import torch
 from torch import Tensor
 
-from crfrnn.workflow.distributed import all_reduce_sum_
+from crfrnn._utils.distributed import all_reduce_sum_
 
 __all__ = [
     "BoundaryAccuracy",

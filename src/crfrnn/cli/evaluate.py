@@ -1,6 +1,6 @@
 """``crfrnn evaluate``: compare the CNN, the CNN + offline dense CRF and CRF-RNN of a checkpoint on a data set.
 
-Writes ``results.json``, ``metrics.md``, ``boundary.png`` (see :func:`crfrnn.evaluation.write_report`) and
+Writes ``results.json``, ``metrics.md``, ``boundary.png`` (see :func:`crfrnn.workflow.write_report`) and
 ``grid.png`` (predictions on the first images, see :func:`crfrnn.visualize.save_prediction_grid`) to
 ``--out`` and prints the summary table.
 """
@@ -90,7 +90,7 @@ def _parse_value(text: str) -> Any:
 
 
 def _dense_crf_params(pairs: list[str]) -> dict[str, Any]:
-    from crfrnn.evaluation import DENSE_CRF_DEFAULTS
+    from crfrnn.workflow import DENSE_CRF_DEFAULTS
 
     params: dict[str, Any] = {}
     for pair in pairs:
@@ -164,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from crfrnn.io.checkpoint import load_model
-    from crfrnn.evaluation import evaluate, format_table, search_dense_crf, write_report
+    from crfrnn.workflow import evaluate, format_table, search_dense_crf, write_report
     from crfrnn.models import CrfRnnSegmenter
     from crfrnn.workflow.datasets import synthetic_spec
     from crfrnn.workflow.distributed import resolve_device

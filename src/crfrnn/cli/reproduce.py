@@ -4,7 +4,7 @@
     crfrnn reproduce --ablations all       # and the paper's three ablations (reuses what is already trained)
     crfrnn reproduce --quick --out DIR     # 1 seed, less data: a first look in under 3 minutes
 
-The work is done by :func:`crfrnn.reproduce.reproduce`; this module parses arguments and prints the summary.
+The work is done by :func:`crfrnn.workflow.reproduce`; this module parses arguments and prints the summary.
 """
 
 from __future__ import annotations
@@ -93,8 +93,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Build the configuration, run the reproduction and print the table."""
-    from crfrnn.reproduce import ReproduceConfig, reproduce
-    from crfrnn.training import TrainingError
+    from crfrnn.workflow import ReproduceConfig, TrainingError, reproduce
 
     out = args.out or ("runs/reproduce-quick" if args.quick else "runs/reproduce")
     overrides = {k: getattr(args, k) for k in ("seeds", "cnn_epochs", "crf_epochs", "num_train", "num_test",

@@ -5,10 +5,10 @@ The two stages of the paper on the built-in synthetic data::
     crfrnn train --stage cnn --out runs/cnn --epochs 20
     crfrnn train --stage crfrnn --init-from runs/cnn/best.pt --out runs/crf --epochs 5 --lr 0.001
 
-Settings come from the defaults of :class:`crfrnn.training.TrainConfig`, then ``--config FILE.yaml``, then the
+Settings come from the defaults of :class:`crfrnn.workflow.TrainConfig`, then ``--config FILE.yaml``, then the
 flags (flags win). With ``--resume`` the run's own ``OUT/config.yaml`` replaces the defaults, so
 ``crfrnn train --out runs/crf --resume`` continues a run with its settings. The work is done by
-:func:`crfrnn.training.train`; this module only parses arguments and reports failures.
+:func:`crfrnn.workflow.train`; this module only parses arguments and reports failures.
 """
 
 from __future__ import annotations
@@ -50,14 +50,14 @@ def _mapping(text: str) -> dict:
 
 def add_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> argparse.ArgumentParser:
     """Register ``crfrnn train`` and its options (every option defaults to the config file, then the library)."""
-    from crfrnn.training import DATASETS, LR_SCHEDULES, OPTIMIZERS, STAGES
+    from crfrnn.workflow import DATASETS, LR_SCHEDULES, OPTIMIZERS, STAGES
 
     S = argparse.SUPPRESS
     parser = subparsers.add_parser(
         "train",
         help="train a CNN (stage cnn) or CNN + CRF-RNN end to end (stage crfrnn)",
         description="Train a segmentation network: the CNN alone (stage cnn), then the CNN with a CRF-RNN head\n"
-        "end to end from the stage-1 checkpoint (stage crfrnn). Defaults: crfrnn.training.TrainConfig.",
+        "end to end from the stage-1 checkpoint (stage crfrnn). Defaults: crfrnn.workflow.TrainConfig.",
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         argument_default=S,
@@ -129,7 +129,7 @@ def add_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 def _config(args: argparse.Namespace) -> Any:
     """The TrainConfig: defaults < the run's config.yaml (with --resume) < --config < flags."""
-    from crfrnn.training import TrainConfig, load_config
+    from crfrnn.workflow import TrainConfig, load_config
     from crfrnn.workflow.rundir import load_run_config
 
     flags = {k: v for k, v in vars(args).items() if k in TrainConfig.field_names()}
@@ -149,7 +149,7 @@ def _one_line(err: BaseException) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Build the config, train, and print where the results are."""
-    from crfrnn.training import TrainingError, train
+    from crfrnn.workflow import TrainingError, train
 
     try:
         config = _config(args)

@@ -20,10 +20,6 @@ option. ``docs/pretrained.md`` lists them with the source files they were read f
 
 from __future__ import annotations
 
-import math
-import os
-import pickle
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -34,6 +30,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from crfrnn._utils.files import PathLike
+from crfrnn.models._keras import keras_kernel_to_torch, read_keras  # noqa: F401 (keras_kernel_to_torch: importable here)
+from crfrnn.models._weights import (
+    CAFFE_CRF_LAYER,
+    FCN_LAYERS,
+    FILE_NAME,
+    KERAS_CRF_LAYER,
+    read_caffe,
+    read_pytorch,
+    sniff,
+)
 from crfrnn.models.fcn8s import CAFFE_BGR_MEAN, FCN8s, CaffeInput
 from crfrnn.models.segmenter import CrfRnnSegmenter
 
@@ -48,8 +55,6 @@ __all__ = [
     "resize_for_network",
     "segment_images",
 ]
-
-from crfrnn._utils.files import PathLike  # noqa: E402
 
 #: Weight-file formats :func:`load_pretrained` reads.
 FORMATS = ("caffe", "pytorch", "keras")
@@ -89,56 +94,8 @@ CONVENTIONS: dict[str, Conventions] = {
     "keras": Conventions("keras", "sadeepj/crfasrnn_keras", PORT_RGB_MEAN[::-1], "none", False),
 }
 
-# (module of FCN8s, layer name in the Caffe and Keras files, key prefix in the PyTorch port, transposed?)
-_FCN_LAYERS: tuple[tuple[str, str, str, bool], ...] = (
-    *((f"conv{s}_{i}", f"conv{s}_{i}", f"conv{s}_{i}", False) for s, n in ((1, 2), (2, 2), (3, 3), (4, 3), (5, 3))
-      for i in range(1, n + 1)),
-    ("fc6", "fc6", "fc6", False),
-    ("fc7", "fc7", "fc7", False),
-    ("score_fr", "score-fr", "score_fr", False),
-    ("upscore2", "score2", "upscore2", True),
-    ("score_pool4", "score-pool4", "score_pool4", False),
-    ("upscore_pool4", "score4", "upscore_pool4", True),
-    ("score_pool3", "score-pool3", "score_pool3", False),
-    ("upscore8", "upsample", "upscore8", True),
-)  # fmt: skip
-_FILE_NAME = {ours: caffe for ours, caffe, _, _ in _FCN_LAYERS}
-_CRF_NAMES = ("spatial", "bilateral", "compatibility")
-_CAFFE_CRF_LAYER = "inference1"
-_KERAS_CRF_LAYER = "crfrnn"
-_KERAS_CRF_WEIGHTS = ("spatial_ker_weights", "bilateral_ker_weights", "compatibility_matrix")
-_PORT_CRF_KEYS = tuple(f"crfrnn.{n}" for n in _KERAS_CRF_WEIGHTS)
-
-_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
-_ZIP_MAGIC = b"PK\x03\x04"
-
 
 # --------------------------------------------------------------------------------------------- formats
-
-
-def _hdf5_signature(fh: Any, size: int) -> bool:
-    offset = 0
-    while offset + 8 <= size:  # the superblock sits at 0, 512, 1024, 2048, ... (after a user block)
-        fh.seek(offset)
-        if fh.read(8) == _HDF5_MAGIC:
-            return True
-        offset = 512 if offset == 0 else offset * 2
-    return False
-
-
-def _sniff(path: Path) -> Optional[str]:
-    from crfrnn.models._caffe import looks_like_caffemodel
-
-    with open(path, "rb") as fh:
-        size = os.fstat(fh.fileno()).st_size
-        head = fh.read(64)
-        if head[:8] == _HDF5_MAGIC or _hdf5_signature(fh, min(size, 1 << 20)):
-            return "keras"
-        if head[:4] == _ZIP_MAGIC or (len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5):
-            return "pytorch"  # torch.save's zip archive, or the legacy format (a pickle, protocol 2-5)
-        if looks_like_caffemodel(head, size):
-            return "caffe"
-    return None
 
 
 def detect_format(path: PathLike) -> str:
@@ -156,7 +113,7 @@ def detect_format(path: PathLike) -> str:
         raise FileNotFoundError(f"no such weight file: {path}")
     if path.stat().st_size == 0:
         raise ValueError(f"{path}: the file is empty (an interrupted download?).")
-    fmt = _sniff(path)
+    fmt = sniff(path)
     if fmt is None:
         raise ValueError(
             f"{path}: cannot tell the weight format from the content: not an HDF5 file (Keras), not a PyTorch "
@@ -166,195 +123,16 @@ def detect_format(path: PathLike) -> str:
     return fmt
 
 
-# ---------------------------------------------------------------------------------------------- readers
-
-
-@dataclass
-class _Weights:
-    """A file's weights in the layout of :class:`FCN8s` / :class:`crfrnn.CrfRnn` (``U - mu (W_s S + W_b B)``)."""
-
-    fcn: dict[str, Tensor]  # FCN8s state_dict keys
-    crf: Optional[dict[str, Tensor]]  # "spatial", "bilateral", "compatibility"
-    names: list[str]  # the layer (or key) names in the file, for error messages
-
-
-def _tensor(array: Any, path: Path, what: str) -> Tensor:
-    t = torch.as_tensor(np.asarray(array)) if not isinstance(array, Tensor) else array.detach()
-    if not t.is_floating_point():
-        raise ValueError(f"{path}: {what} holds {t.dtype} values, expected floating-point weights.")
-    t = t.to(torch.float32).contiguous()
-    if not bool(torch.isfinite(t).all()):
-        raise ValueError(f"{path}: {what} contains NaN or infinite values (a damaged file?).")
-    return t
-
-
-def _read_caffe(path: Path) -> _Weights:
-    from crfrnn.models._caffe import read_caffemodel
-
-    net = read_caffemodel(path)
-    fcn: dict[str, Tensor] = {}
-    for ours, name, _, _ in _FCN_LAYERS:
-        layer = net.layer(name)
-        if layer is None or not layer.blobs:
-            continue
-        weight = layer.blobs[0]
-        if len(weight.shape) != 4:
-            raise ValueError(
-                f"{path}: layer {name!r} has a weight blob of shape {weight.shape}; expected a 4-D "
-                "(out, in, kh, kw) convolution blob. Is this an FCN-8s?"
-            )
-        fcn[f"{ours}.weight"] = _tensor(weight.data.reshape(weight.shape), path, f"layer {name!r} weight")
-        if len(layer.blobs) > 1:
-            bias = layer.blobs[1].data  # (out,) or the legacy (1, 1, 1, out)
-            fcn[f"{ours}.bias"] = _tensor(bias.reshape(-1), path, f"layer {name!r} bias")
-        if len(layer.blobs) > 2:
-            raise ValueError(f"{path}: layer {name!r} has {len(layer.blobs)} blobs, expected a weight and a bias.")
-    crf = None
-    layer = net.layer(_CAFFE_CRF_LAYER)
-    if layer is not None and layer.blobs:
-        if len(layer.blobs) != 3:
-            raise ValueError(
-                f"{path}: the CRF-RNN layer {_CAFFE_CRF_LAYER!r} has {len(layer.blobs)} blobs, expected 3 "
-                "(spatial weights, bilateral weights, compatibility)."
-            )
-        crf = {}
-        for key, blob in zip(_CRF_NAMES, layer.blobs):
-            n = int(round(math.sqrt(blob.data.size)))
-            if n * n != blob.data.size or any(d != 1 for d in blob.shape[:-2]):
-                raise ValueError(
-                    f"{path}: CRF-RNN blob {key!r} of layer {_CAFFE_CRF_LAYER!r} has shape {blob.shape}, "
-                    "expected (1, 1, L, L)."
-                )
-            # Caffe (meanfield_iteration.cpp): message = W_s S + W_b B, output = U - C message, rows = output label
-            crf[key] = _tensor(blob.data.reshape(n, n), path, f"CRF-RNN blob {key!r}")
-    names = [layer.name for layer in net.layers]
-    return _Weights(fcn, crf, names)
-
-
-def _load_torch(path: Path) -> Mapping[str, Any]:
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise ValueError(
-            f"{path}: refused to load: it holds more than tensors (weights_only=True refuses arbitrary Python "
-            f"objects, which could run code). Only plain state dicts are read. ({err})"
-        ) from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as err:
-        raise ValueError(f"{path}: not a readable PyTorch checkpoint (truncated or damaged?): {err}") from None
-    if isinstance(obj, Mapping):
-        for key in ("state_dict", "model_state_dict", "model"):
-            if key in obj and isinstance(obj[key], Mapping):
-                obj = obj[key]
-                break
-    if not isinstance(obj, Mapping) or not all(isinstance(k, str) for k in obj):
-        raise ValueError(f"{path}: expected a state dict (a mapping of names to tensors), got {type(obj).__name__}.")
-    if obj and all(k.startswith("module.") for k in obj):  # saved from DataParallel
-        obj = {k[len("module."):]: v for k, v in obj.items()}
-    return obj
-
-
-def _read_pytorch(path: Path) -> _Weights:
-    state = _load_torch(path)
-    known = {f"{prefix}.{p}" for _, _, prefix, _ in _FCN_LAYERS for p in ("weight", "bias")} | set(_PORT_CRF_KEYS)
-    unexpected = sorted(k for k in state if k not in known)
-    if unexpected:
-        raise ValueError(
-            f"{path}: unexpected keys {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}: this is not the "
-            "crfasrnn_pytorch network (FCN-8s keys conv1_1..fc7, score_fr, upscore2, ..., crfrnn.*)."
-        )
-    for key, value in state.items():
-        if not isinstance(value, Tensor):
-            raise ValueError(f"{path}: entry {key!r} is a {type(value).__name__}, expected a tensor.")
-    fcn = {f"{ours}.{p}": _tensor(state[f"{prefix}.{p}"], path, f"{prefix}.{p}")
-           for ours, _, prefix, _ in _FCN_LAYERS for p in ("weight", "bias") if f"{prefix}.{p}" in state}  # fmt: skip
-    crf = None
-    present = [k for k in _PORT_CRF_KEYS if k in state]
-    if present:
-        missing = [k for k in _PORT_CRF_KEYS if k not in state]
-        if missing:
-            raise ValueError(f"{path}: the CRF-RNN parameters are incomplete: missing {missing}.")
-        spatial, bilateral, compat = (_tensor(state[k], path, k) for k in _PORT_CRF_KEYS)
-        # crfasrnn_pytorch/crfasrnn/crfrnn.py: cur_logits = C (W_s S + W_b B) + U, C initialised to I; this library
-        # computes U - mu (...): mu = -C
-        crf = {"spatial": spatial, "bilateral": bilateral, "compatibility": -compat}
-    return _Weights(fcn, crf, sorted(state))
-
-
-def keras_kernel_to_torch(kernel: Tensor, *, transposed: bool) -> Tensor:
-    """A Keras convolution kernel in the layout of PyTorch.
-
-    ``Conv2D`` stores ``(kh, kw, in, out)`` and :class:`torch.nn.Conv2d` wants ``(out, in, kh, kw)``;
-    ``Conv2DTranspose`` stores ``(kh, kw, out, in)`` and :class:`torch.nn.ConvTranspose2d` wants
-    ``(in, out, kh, kw)``. Both are the permutation ``(3, 2, 0, 1)``, with no spatial flip: TensorFlow,
-    Caffe and PyTorch all compute cross-correlations (and their transposes).
-    """
-    if kernel.dim() != 4:
-        raise ValueError(f"a Keras convolution kernel has 4 dimensions (kh, kw, ., .), got shape {tuple(kernel.shape)}.")
-    del transposed  # the same permutation for both (see above); kept in the signature to document the layouts
-    return kernel.permute(3, 2, 0, 1).contiguous()
-
-
-def _read_keras(path: Path) -> _Weights:
-    try:
-        import h5py
-    except ImportError:
-        raise ImportError(
-            f"reading the Keras weights {path} needs h5py: pip install 'crfrnn[keras]' (or pip install h5py)."
-        ) from None
-    try:
-        fh = h5py.File(path, "r")
-    except OSError as err:
-        raise ValueError(f"{path}: not a readable HDF5 file (truncated or damaged?): {err}") from None
-    with fh:
-        root = fh["model_weights"] if "model_weights" in fh else fh  # model.save() vs model.save_weights()
-        names = sorted(root.keys())
-
-        def layer_weights(name: str) -> dict[str, Any]:
-            if name not in root or not isinstance(root[name], h5py.Group):
-                return {}
-            found: dict[str, Any] = {}
-
-            def visit(key: str, obj: Any) -> None:
-                if isinstance(obj, h5py.Dataset):
-                    found[key.rsplit("/", 1)[-1].split(":")[0]] = obj
-
-            root[name].visititems(visit)
-            return found
-
-        def read(ds: Any, expected_dims: int, what: str) -> Tensor:
-            if len(ds.shape) != expected_dims:
-                raise ValueError(f"{path}: {what} has shape {ds.shape}, expected {expected_dims} dimensions.")
-            return _tensor(ds[()], path, what)  # the shape is known here: reading allocates what the file holds
-
-        fcn: dict[str, Tensor] = {}
-        for ours, name, _, transposed in _FCN_LAYERS:
-            weights = layer_weights(name)
-            if "kernel" in weights:
-                kernel = read(weights["kernel"], 4, f"layer {name!r} kernel")
-                fcn[f"{ours}.weight"] = keras_kernel_to_torch(kernel, transposed=transposed)
-            if "bias" in weights:
-                fcn[f"{ours}.bias"] = read(weights["bias"], 1, f"layer {name!r} bias")
-        crf = None
-        weights = layer_weights(_KERAS_CRF_LAYER)
-        if weights:
-            missing = [n for n in _KERAS_CRF_WEIGHTS if n not in weights]
-            if missing:
-                raise ValueError(f"{path}: the CRF-RNN layer {_KERAS_CRF_LAYER!r} lacks {missing}.")
-            # crfasrnn_keras crfrnn_layer.py: q = U - C (W_s S + W_b B), tf.matmul(W, x): rows = output label
-            crf = {key: read(weights[n], 2, f"{_KERAS_CRF_LAYER}/{n}") for key, n in zip(_CRF_NAMES, _KERAS_CRF_WEIGHTS)}
-    return _Weights(fcn, crf, names)
-
-
-_READERS = {"caffe": _read_caffe, "pytorch": _read_pytorch, "keras": _read_keras}
-
-
 # ---------------------------------------------------------------------------------------------- builder
+
+#: the reader of each of :data:`FORMATS`
+_READERS = {"caffe": read_caffe, "pytorch": read_pytorch, "keras": read_keras}
 
 
 def _infer_fcn(path: Path, fmt: str, fcn: Mapping[str, Tensor], names: Sequence[str]) -> dict[str, Any]:
     """FCN8s keyword arguments (widths, class count, bias of upscore2) read off the weights' shapes."""
-    key_name = (lambda ours: _FILE_NAME[ours]) if fmt != "pytorch" else (lambda ours: ours)
-    missing = [key_name(ours) for ours, _, _, _ in _FCN_LAYERS if f"{ours}.weight" not in fcn]
+    key_name = (lambda ours: FILE_NAME[ours]) if fmt != "pytorch" else (lambda ours: ours)
+    missing = [key_name(ours) for ours, _, _, _ in FCN_LAYERS if f"{ours}.weight" not in fcn]
     if missing:
         shown = ", ".join(map(repr, list(names)[:12])) + (" ..." if len(names) > 12 else "")
         raise ValueError(
@@ -375,7 +153,7 @@ def _check_shapes(path: Path, fmt: str, model: torch.nn.Module, fcn: Mapping[str
     problems = []
     for key in sorted(set(expected) | set(fcn)):
         layer, param = key.rsplit(".", 1)
-        shown = f"{_FILE_NAME.get(layer, layer) if fmt != 'pytorch' else layer} {param}"
+        shown = f"{FILE_NAME.get(layer, layer) if fmt != 'pytorch' else layer} {param}"
         if key not in fcn:
             problems.append(f"{shown}: missing")
         elif key not in expected:
@@ -469,7 +247,7 @@ def load_pretrained(
     if crf:
         if weights.crf is None:
             raise ValueError(
-                f"{path}: the file has no CRF-RNN layer ({_CAFFE_CRF_LAYER!r} in Caffe, {_KERAS_CRF_LAYER!r} in "
+                f"{path}: the file has no CRF-RNN layer ({CAFFE_CRF_LAYER!r} in Caffe, {KERAS_CRF_LAYER!r} in "
                 "Keras, crfrnn.* in PyTorch): it looks like FCN-8s alone. Load it with crf=False (crfrnn segment "
                 "--no-crf) to run the FCN-8s without a CRF."
             )

@@ -1,6 +1,6 @@
-"""One seed of a parallel ``crfrnn reproduce`` (started by :func:`crfrnn.workflow.experiment._run_parallel`)."""
+"""One seed of a parallel ``crfrnn reproduce`` (started by :func:`crfrnn.workflow._workers.run_parallel`)."""
 
-from crfrnn.workflow.experiment import _worker_main
+from crfrnn.workflow._workers import worker_main
 
 if __name__ == "__main__":
-    raise SystemExit(_worker_main())
+    raise SystemExit(worker_main())

@@ -5,14 +5,14 @@ statistics over seeds, the claims checked against them, and the report (``report
 from __future__ import annotations
 
 import math
+import os
+import platform
 import statistics
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
+from crfrnn.workflow.experiment_config import ReproduceConfig
 from crfrnn.workflow.report import BoundaryCurve, finite, plot_boundary
-
-if TYPE_CHECKING:  # pragma: no cover
-    from crfrnn.workflow.experiment import ReproduceConfig
 
 __all__ = ["ABLATION_CLAIMS", "CLAIMS", "MARGIN", "ROWS", "check_claims", "machine_description", "plot_summary",
            "report_markdown", "summarize"]
@@ -129,7 +129,7 @@ def _pm(stats: Mapping[str, float]) -> str:
     return f"{100 * stats['mean']:.2f} ± {100 * stats['std']:.2f}"
 
 
-def report_markdown(config: "ReproduceConfig", summary: Mapping[str, Any], claims: Sequence[Mapping[str, Any]],
+def report_markdown(config: ReproduceConfig, summary: Mapping[str, Any], claims: Sequence[Mapping[str, Any]],
                     per_seed: Sequence[Mapping[str, Any]], seconds: float, machine: str = "") -> str:  # fmt: skip
     """``report.md``: the table (mean ± sd over seeds), the claims with their numbers, per-seed details.
 
@@ -190,16 +190,13 @@ def report_markdown(config: "ReproduceConfig", summary: Mapping[str, Any], claim
                      f"asymmetry max |mu - mu^T| {c['compatibility_asymmetry']:.3f} (init 0)")
     lines += ["", "Files: `results.json` (every number), `boundary.png`, `grid.png`, `seed<N>/` (runs).",
               "Reproduce: `crfrnn reproduce" + (" --quick" if config.preset == "quick" else "")
-              + f" --out {config.out_dir}` (or the same settings through `crfrnn.reproduce.reproduce`)."]  # fmt: skip
+              + f" --out {config.out_dir}` (or the same settings through `crfrnn.workflow.reproduce`)."]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
 def machine_description(workers: int = 1, threads: int = 1) -> str:
     """``"<CPU model>, <n> cores, <workers> process(es) x <threads> thread(s)"`` of this machine (Linux names the
     model in ``/proc/cpuinfo``; elsewhere :func:`platform.processor`)."""
-    import os
-    import platform
-
     model = ""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as fh:

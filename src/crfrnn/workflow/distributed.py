@@ -2,7 +2,8 @@
 
 A run is launched with ``torchrun`` (``WORLD_SIZE``/``RANK``/``LOCAL_RANK`` in the environment) or as one
 process. :func:`init_distributed` joins (or starts) the process group and describes this process as a
-:class:`DistInfo`; :func:`rank_and_world` reads the same from an initialised group. The collectives
+:class:`DistInfo`; :func:`rank_and_world` reads the same from an initialised group (it and
+:func:`all_reduce_sum_` live in :mod:`crfrnn._utils.distributed`, for the layers below this one). The collectives
 (:func:`gather`, :func:`sum_across`, :func:`all_reduce_sum_`, :func:`broadcast_buffers`) do nothing in a single
 process, so the code that calls them is the same either way.
 """
@@ -15,7 +16,9 @@ from dataclasses import dataclass
 from typing import Any, Optional, Sequence, Union
 
 import torch
-from torch import Tensor, nn
+from torch import nn
+
+from crfrnn._utils.distributed import all_reduce_sum_, rank_and_world
 
 __all__ = [
     "DistInfo",
@@ -61,13 +64,6 @@ def env_int(name: str) -> Optional[int]:
         return int(value)
     except ValueError:
         raise ValueError(f"environment variable {name}={value!r} is not an integer.") from None
-
-
-def rank_and_world() -> tuple[int, int]:
-    """``(rank, world_size)`` of the initialised process group, ``(0, 1)`` without one."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
 
 
 def is_main_process() -> bool:
@@ -160,13 +156,6 @@ def sum_across(values: Sequence[float], dist_info: DistInfo, device: torch.devic
 
         dist.all_reduce(t)
     return t.tolist()
-
-
-def all_reduce_sum_(tensor: Tensor) -> Tensor:
-    """Sum ``tensor`` over the processes of the initialised group, in place (no-op without one)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.SUM)
-    return tensor
 
 
 def broadcast_buffers(model: nn.Module, dist_info: DistInfo) -> None:

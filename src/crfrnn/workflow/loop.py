@@ -1,4 +1,4 @@
-"""The training loop: :func:`train` runs a :class:`~crfrnn.workflow.config.TrainConfig` (see :mod:`crfrnn.training`
+"""The training loop: :func:`train` runs a :class:`~crfrnn.workflow.config.TrainConfig` (see :mod:`crfrnn.workflow`
 for the recipe, the files and distributed training).
 
 One epoch is three steps, each a function returning what it did: :func:`train_epoch` (the optimiser steps,
@@ -133,7 +133,7 @@ def train(
     config: TrainConfig, *, progress: bool = True, resume: bool = False, stop_after: Optional[int] = None,
     on_epoch: Optional[Callable[[dict[str, Any]], None]] = None,
 ) -> dict[str, Any]:
-    """Train the network described by ``config``; see :mod:`crfrnn.training` for the recipe and the files.
+    """Train the network described by ``config``; see :mod:`crfrnn.workflow` for the recipe and the files.
 
     Args:
         config: the settings.
@@ -158,7 +158,7 @@ def train(
         TrainingError: the loss became non-finite, or processes disagree on the model.
     """
     if not isinstance(config, TrainConfig):
-        raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}; see crfrnn.training.load_config.")
+        raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}; see crfrnn.workflow.load_config.")
     if stop_after is not None and stop_after < 1:
         raise ValueError(f"stop_after must be >= 1 or None, got {stop_after}.")
     run_dir = RunDir(Path(config.out_dir))

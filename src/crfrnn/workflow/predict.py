@@ -42,7 +42,7 @@ __all__ = [
 METHODS: tuple[str, ...] = ("cnn", "cnn+densecrf", "crfrnn")
 #: display names of the methods (report tables, plot legends, grid titles)
 METHOD_TITLES: dict[str, str] = {"cnn": "CNN", "cnn+densecrf": "CNN + dense CRF", "crfrnn": "CRF-RNN"}
-#: Krähenbühl's densecrf parameters as usually called (SPEC section 8); keyword arguments of dense_crf
+#: Krähenbühl's densecrf parameters as usually called; keyword arguments of dense_crf
 DENSE_CRF_DEFAULTS: dict[str, Any] = dict(DENSECRF_DEFAULTS)
 #: the default grid of :func:`search_dense_crf` (27 points around densecrf's defaults)
 DEFAULT_SEARCH_GRID: dict[str, tuple[float, ...]] = {

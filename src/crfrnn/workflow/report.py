@@ -15,16 +15,15 @@ from __future__ import annotations
 import json
 import math
 import numbers
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence
 
 from torch import Tensor, nn
 from torch.utils.data import Subset
 
-from crfrnn._utils.files import atomic_savefig, atomic_write_text
+from crfrnn._utils.files import PathLike, atomic_savefig, atomic_write_text
 from crfrnn.workflow.predict import METHOD_TITLES, predict
 
 __all__ = [
@@ -39,7 +38,6 @@ __all__ = [
     "write_report",
 ]
 
-from crfrnn._utils.files import PathLike  # noqa: E402
 #: size of ``boundary.png`` in inches and its resolution: 1000 x 400 pixels
 PLOT_SIZE: tuple[float, float] = (10.0, 4.0)
 PLOT_DPI: int = 100
@@ -103,7 +101,7 @@ def _table_widths(results: Mapping[str, Any], preferred: Sequence[int]) -> list[
 def _check_results(results: Any) -> None:
     if not isinstance(results, Mapping) or not isinstance(results.get("methods"), Mapping) or not results["methods"]:
         raise ValueError(
-            "results must be the dict returned by crfrnn.evaluation.evaluate (with a non-empty 'methods' "
+            "results must be the dict returned by crfrnn.workflow.evaluate (with a non-empty 'methods' "
             f"entry), got {type(results).__name__}"
             + (f" with keys {sorted(results)}" if isinstance(results, Mapping) else "")
             + "."

@@ -2,7 +2,7 @@
 
 A run directory holds ``config.yaml`` (the resolved configuration), ``metrics.jsonl`` (one JSON object per
 epoch, each written with one ``write()``), ``last.pt`` (written atomically after every epoch) and ``best.pt``
-(best validation mean IoU), all :mod:`crfrnn.checkpoint` files, and ``.lock``, held by the process writing it.
+(best validation mean IoU), all :mod:`crfrnn.io.checkpoint` files, and ``.lock``, held by the process writing it.
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ class RunDir:
         append_line(self.metrics_path, json.dumps(record))
 
     def save_checkpoints(self, model: nn.Module, *, best: bool, **payload: Any) -> None:
-        """Write ``last.pt`` (and ``best.pt`` when ``best``): :func:`crfrnn.checkpoint.save_checkpoint` of
+        """Write ``last.pt`` (and ``best.pt`` when ``best``): :func:`crfrnn.io.checkpoint.save_checkpoint` of
         ``model`` with ``payload`` (``model_name``, ``model_kwargs``, ``num_classes``, ... and any extras)."""
         from crfrnn.io.checkpoint import save_checkpoint
 

@@ -1,0 +1,204 @@
+"""The worker processes of a parallel reproduction: :func:`run_parallel` shares every seed's stages out over
+``python -m crfrnn.workflow._seed_worker`` processes, each running :func:`worker_main`.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import os
+import queue as queue_module
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from crfrnn._utils.files import atomic_write_text
+from crfrnn.workflow._stages import run_seed, search_stage, splits, stage1_checkpoint, stage_keys, train_stages
+from crfrnn.workflow.distributed import set_threads
+from crfrnn.workflow.experiment_config import ReproduceConfig
+from crfrnn.workflow.loop import TrainingError
+from crfrnn.workflow.report import jsonable
+
+__all__ = ["PipeBar", "run_parallel", "worker_main"]
+
+
+class PipeBar:
+    """What :func:`~crfrnn.workflow._stages.run_seed` calls on its progress bar, written as JSON lines for the
+    parent process."""
+
+    def __init__(self, stream: Any, seed: int) -> None:
+        self.stream, self.seed = stream, seed
+
+    def send(self, kind: str, value: Any) -> None:
+        self.stream.write(json.dumps({"kind": kind, "seed": self.seed, "value": jsonable(value)}) + "\n")
+        self.stream.flush()
+
+    def update(self, n: int = 1) -> None:
+        self.send("update", n)
+
+    def set_description(self, text: str) -> None:
+        self.send("description", text)
+
+    def set_postfix(self, **values: Any) -> None:
+        self.send("postfix", values)
+
+
+def worker_main(argv: Optional[list[str]] = None) -> int:
+    """``python -m crfrnn.workflow._seed_worker CONFIG_JSON THREADS``: a worker process of :func:`run_parallel`.
+
+    Reads jobs from stdin, one JSON line each: ``{"seed": N, "job": KEY}`` trains one of
+    :func:`~crfrnn.workflow._stages.stage_keys`, ``{"seed": N, "job": "search"}`` searches the dense CRF,
+    ``{"seed": N, "job": "evaluate", "times": {...}}`` gives the seed's record. Answers on stdout in JSON lines
+    (progress, log lines, then ``"done"`` with the job's seconds, ``"record"`` or ``"error"``).
+    """
+    config_path, threads = (argv if argv is not None else sys.argv[1:])[:2]
+    values = json.loads(Path(config_path).read_text(encoding="utf-8"))
+    values["seeds"], values["ablations"] = tuple(values["seeds"]), tuple(values["ablations"])
+    config = ReproduceConfig(**{**values, "threads": int(threads), "workers": 1})
+    set_threads(int(threads), None)
+    data = None
+    for line in sys.stdin:
+        job = json.loads(line)
+        bar = PipeBar(sys.stdout, int(job["seed"]))
+        try:
+            if job["job"] == "evaluate":
+                data = data or splits(config)
+                record = run_seed(config, bar.seed, data, bar, lambda text: bar.send("log", text), job["times"])
+                bar.send("record", record)
+            elif job["job"] == "search":
+                data = data or splits(config)
+                times: dict[str, float] = {}
+                search_stage(config, bar.seed, stage1_checkpoint(config, bar.seed), data[1], data[3], bar, times)
+                bar.send("done", times)
+            else:
+                times = {}
+                train_stages(config, bar.seed, [job["job"]], bar, times)
+                bar.send("done", times)
+        except Exception as err:  # reported to the parent, which raises it again
+            bar.send("error", {"type": type(err).__name__, "message": str(err)})
+    return 0
+
+
+def run_parallel(config: ReproduceConfig, workers: int, threads: int, bar: Any,
+                 log: Callable[[str], None]) -> list[dict]:  # fmt: skip
+    """Every seed's runs shared out over ``workers`` Python processes with ``threads`` threads each.
+
+    The jobs are each seed's training runs (:func:`~crfrnn.workflow._stages.stage_keys`; stage 1 first, the others
+    once it is done), its dense CRF search (once stage 1 is done) and its evaluation (once everything else is); a
+    free worker takes the first ready one, stage-1 runs first because everything waits on them, so no core idles
+    while one seed finishes. Plain subprocesses rather than :mod:`multiprocessing`: a script that calls
+    :func:`~crfrnn.workflow.experiment.reproduce` needs no ``if __name__ == "__main__"`` guard, and no forked torch
+    or numba thread pool is inherited. The workers' warnings go to ``worker<K>.log`` in ``out_dir``.
+    """
+    out = Path(config.out_dir)
+    spec = out / "worker_config.json"
+    atomic_write_text(spec, json.dumps(config.to_dict()))
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
+               NUMBA_NUM_THREADS=str(threads))  # fmt: skip
+    source = str(Path(__file__).resolve().parents[2])  # this crfrnn, even when not installed
+    env["PYTHONPATH"] = os.pathsep.join([source] + [p for p in [env.get("PYTHONPATH")] if p])
+
+    stages = stage_keys(config)
+    todo = [(seed, key) for seed in config.seeds for key in [*stages, "search", "evaluate"]]
+    rank = {"cnn": 0, "search": 1, "evaluate": 3}  # then the stage-2 runs (2); the search needs stage 1 only
+    todo.sort(key=lambda job: (rank.get(job[1], 2), config.seeds.index(job[0])))
+    finished: dict[int, dict[str, float]] = {seed: {} for seed in config.seeds}
+    records: dict[int, dict] = {}
+    status: dict[int, str] = {}
+    errors: list[tuple[int, dict]] = []
+    messages: "queue_module.Queue[tuple[int, Optional[dict]]]" = queue_module.Queue()
+
+    def ready(job: tuple[int, str]) -> bool:
+        seed, key = job
+        done = finished[seed]
+        if key == "cnn":
+            return True
+        if key == "evaluate":
+            return all(f"train_{k}" in done for k in stages) and "search_dense_crf" in done
+        return "train_cnn" in done
+
+    def read(worker: int, stream: Any) -> None:
+        for line in stream:
+            try:
+                messages.put((worker, json.loads(line)))
+            except json.JSONDecodeError:  # something else printed on stdout
+                messages.put((worker, {"kind": "log", "value": line.rstrip()}))
+        messages.put((worker, None))  # the worker closed its stdout: it has ended
+
+    def collect(lines: "collections.deque[str]", stream: Any) -> None:
+        lines.extend(stream)  # the worker's warnings, written to worker<K>.log at the end
+
+    procs, logs, readers, busy = [], [], [], {}
+    try:
+        for k in range(workers):
+            proc = subprocess.Popen([sys.executable, "-m", "crfrnn.workflow._seed_worker", str(spec), str(threads)],
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                    env=env)  # fmt: skip
+            logs.append(collections.deque(maxlen=10000))
+            threading.Thread(target=read, args=(k, proc.stdout), daemon=True).start()
+            readers.append(threading.Thread(target=collect, args=(logs[k], proc.stderr), daemon=True))
+            readers[-1].start()
+            procs.append(proc)
+        while (todo or busy) and not errors:
+            if not busy and not any(ready(j) for j in todo):  # cannot happen; never wait for nothing
+                raise RuntimeError(f"reproduce: no job can start ({todo[:3]}...); this is a bug, please report it.")
+            for k in range(workers):
+                job = next((j for j in todo if ready(j)), None) if k not in busy else None
+                if job is None:
+                    continue
+                todo.remove(job)
+                busy[k] = job
+                payload = {"seed": job[0], "job": job[1], "times": finished[job[0]]}
+                try:
+                    procs[k].stdin.write(json.dumps(payload) + "\n")  # type: ignore[union-attr]
+                    procs[k].stdin.flush()  # type: ignore[union-attr]
+                except BrokenPipeError:  # the worker has died; its reader reports how
+                    pass
+            worker, message = messages.get()
+            if message is None:
+                if worker in busy:
+                    procs[worker].wait()
+                    readers[worker].join(timeout=5)
+                    tail = [line.rstrip() for line in list(logs[worker])[-5:]]
+                    errors.append((busy[worker][0], {"type": "RuntimeError", "message": (
+                        f"its worker process ended (exit code {procs[worker].wait()}): " + " / ".join(tail))}))
+                continue
+            kind, seed, value = message["kind"], message.get("seed"), message.get("value")
+            if kind == "update":
+                bar.update(value)
+            elif kind == "log":
+                log(value)
+            elif kind == "done":
+                finished[seed].update(value)
+                busy.pop(worker)
+            elif kind == "record":
+                records[seed] = value
+                busy.pop(worker)
+            elif kind == "error":
+                errors.append((seed, value))
+            else:
+                status[seed] = value if kind == "description" else f"seed {seed}: " + ", ".join(
+                    f"{k} {v}" for k, v in value.items() if k != "seed")  # fmt: skip
+                bar.set_description(" | ".join(status[s] for s in sorted(status) if s in
+                                               {j[0] for j in busy.values()}))  # fmt: skip
+    finally:
+        for proc in procs:
+            if proc.stdin is not None:
+                with contextlib.suppress(OSError):  # a dead worker's pipe
+                    proc.stdin.close()  # a worker ends when its stdin does
+            if errors or todo or busy:
+                proc.kill()  # interrupted or failed: stop the others too
+            proc.wait()
+        for k, (reader, lines) in enumerate(zip(readers, logs)):
+            reader.join(timeout=5)
+            atomic_write_text(out / f"worker{k}.log", "".join(lines))
+        spec.unlink(missing_ok=True)
+    if errors:
+        seed, err = errors[0]
+        kind = {"TrainingError": TrainingError, "ValueError": ValueError, "TypeError": TypeError}.get(err["type"],
+                                                                                                     RuntimeError)
+        raise kind(f"seed {seed}: {err['message']}")
+    return [records[s] for s in config.seeds]
