@@ -111,7 +111,8 @@ def measure(images, masks, probs, num_labels, params):
 
 def run_scenario(name: str, args) -> dict:
     from crfrnn import fit_crf
-    from crfrnn.workflow import DENSE_CRF_DEFAULTS, search_dense_crf
+    from crfrnn.params import DENSECRF_DEFAULTS as DENSE_CRF_DEFAULTS
+    from crfrnn.workflow import search_dense_crf
     from crfrnn.fit import width_gradients_available
 
     fit_set = scenes(name, args.fit_images, args.size, first_index=0)

@@ -72,7 +72,7 @@ PUBLIC_API = {
     "crfrnn.energy": ["crf_energy", "dense_crf_energy", "dense_crf_kernels", "kl_divergence"],
     "crfrnn.filters": ["gaussian_filter"],
     "crfrnn.fit": [
-        "FIT_DEFAULTS", "FitResult", "degraded_probs", "fit_crf", "to_mean_field", "width_gradients_available",
+        "FitResult", "degraded_probs", "fit_crf", "to_mean_field", "width_gradients_available",
     ],
     "crfrnn.io": [
         "ARRAY_SUFFIXES", "DEFAULT_MEMORY_FRACTION", "Guide", "IMAGE_SUFFIXES", "LAYOUTS", "MEMORY_BYTES_PER_PIXEL",
@@ -92,9 +92,11 @@ PUBLIC_API = {
     "crfrnn.lattice": ["PermutohedralLattice", "lattice_filter"],
     "crfrnn.losses": ["dense_crf_loss"],
     "crfrnn.metrics": [
-        "BoundaryAccuracy", "ConfusionMatrix", "boundary_accuracy", "boundary_band", "boundary_mask",
+        "BoundaryAccuracy", "ConfusionMatrix", "DEFAULT_WIDTHS", "boundary_accuracy", "boundary_band", "boundary_mask",
         "confusion_matrix", "metrics_from_confusion_matrix", "segmentation_metrics",
     ],
+    "crfrnn.metrics.boundary": ["BoundaryAccuracy", "DEFAULT_WIDTHS", "boundary_accuracy", "boundary_band", "boundary_mask"],
+    "crfrnn.metrics.confusion": ["ConfusionMatrix", "confusion_matrix", "metrics_from_confusion_matrix", "segmentation_metrics"],
     "crfrnn.models": [
         "CONVENTIONS", "CaffeInput", "Conventions", "CrfRnnSegmenter", "FCN8s", "Segmentation", "SmallFCN", "create",
         "detect_format", "list_models", "load_pretrained", "register_model", "released_network", "resize_for_network",
@@ -112,7 +114,7 @@ PUBLIC_API = {
         "VOID_COLOR", "colorize_labels", "label_overlay", "make_overlay", "picture_grid", "save_prediction_grid",
     ],
     "crfrnn.workflow": [
-        "ABLATIONS", "CLAIMS", "DATASETS", "DEFAULT_SEARCH_GRID", "DENSE_CRF_DEFAULTS", "IGNORE_INDEX", "LR_SCHEDULES",
+        "ABLATIONS", "CLAIMS", "DATASETS", "DEFAULT_SEARCH_GRID", "IGNORE_INDEX", "LR_SCHEDULES",
         "MARGIN", "METHODS", "METHOD_TITLES", "OPTIMIZERS", "PLOT_DPI", "PLOT_SIZE", "ROWS", "ReproduceConfig",
         "STAGES", "TrainConfig", "TrainingError", "build_datasets", "build_model", "build_optimizer", "check_claims",
         "evaluate", "format_table", "load_config", "predict", "reproduce", "search_dense_crf", "segmentation_loss",
@@ -140,7 +142,7 @@ PUBLIC_API = {
         "EpochResult", "SaveResult", "TrainingError", "save_epoch", "segmentation_loss", "train", "train_epoch",
     ],
     "crfrnn.workflow.predict": [
-        "DEFAULT_SEARCH_GRID", "DENSE_CRF_DEFAULTS", "METHODS", "METHOD_TITLES", "check_count", "check_methods",
+        "DEFAULT_SEARCH_GRID", "METHODS", "METHOD_TITLES", "check_count", "check_methods",
         "cnn_logits", "eval_mode", "merge_dense_crf_params", "model_device", "predict", "predict_timed", "unwrap",
     ],
     "crfrnn.workflow.report": [

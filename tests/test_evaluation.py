@@ -18,8 +18,8 @@ from torch import nn
 
 from crfrnn import dense_crf
 from crfrnn.data import SyntheticShapes
+from crfrnn.params import DENSECRF_DEFAULTS as DENSE_CRF_DEFAULTS
 from crfrnn.workflow import (
-    DENSE_CRF_DEFAULTS,
     METHOD_TITLES,
     PLOT_DPI,
     PLOT_SIZE,

@@ -12,7 +12,8 @@ import torch
 import crfrnn
 from crfrnn import dense_crf, fit_crf, load_params, mean_field, save_params
 from crfrnn.data import SyntheticShapes
-from crfrnn.fit import FIT_DEFAULTS, degraded_probs, to_mean_field, width_gradients_available
+from crfrnn.fit import degraded_probs, to_mean_field, width_gradients_available
+from crfrnn.params import DENSECRF_DEFAULTS as FIT_DEFAULTS
 from crfrnn.params import MAX_FILE_BYTES, PARAM_NAMES, check_params
 
 FITTED = {"iterations": 4, "gaussian_sxy": 2.25, "gaussian_compat": 1.375, "bilateral_sxy": 31.7,

@@ -13,7 +13,7 @@ import importlib.util
 import sys
 import warnings
 from types import ModuleType
-from typing import Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 MOVED: dict[str, str] = {
     "crfrnn.validation": "crfrnn._utils.validation",
@@ -61,3 +61,26 @@ def install() -> None:
     """Put the finder for :data:`MOVED` on :data:`sys.meta_path` (once)."""
     if not any(isinstance(f, _Finder) for f in sys.meta_path):
         sys.meta_path.append(_Finder())
+
+
+def renamed(module: str, names: dict[str, tuple[str, Any]]) -> Callable[[str], Any]:
+    """A module ``__getattr__`` that answers old names with their new values, after one :class:`FutureWarning`.
+
+    Args:
+        module: the module's ``__name__``.
+        names: old name -> (the new name to tell, its value).
+
+    Returns:
+        The function to bind as the module's ``__getattr__``.
+    """
+
+    def __getattr__(name: str) -> Any:
+        if name in names:
+            new, value = names[name]
+            warnings.warn(
+                f"{module}.{name} is now {new}; the old name goes in the next release.", FutureWarning, stacklevel=2
+            )
+            return value
+        raise AttributeError(f"module {module!r} has no attribute {name!r}")
+
+    return __getattr__

@@ -90,14 +90,14 @@ def _parse_value(text: str) -> Any:
 
 
 def _dense_crf_params(pairs: list[str]) -> dict[str, Any]:
-    from crfrnn.workflow import DENSE_CRF_DEFAULTS
+    from crfrnn.params import DENSECRF_DEFAULTS
 
     params: dict[str, Any] = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
-        if not sep or name not in DENSE_CRF_DEFAULTS:
+        if not sep or name not in DENSECRF_DEFAULTS:
             raise CommandError(
-                f"--dense-crf-param {pair!r}: expected NAME=VALUE with NAME one of {sorted(DENSE_CRF_DEFAULTS)}."
+                f"--dense-crf-param {pair!r}: expected NAME=VALUE with NAME one of {sorted(DENSECRF_DEFAULTS)}."
             )
         params[name] = _parse_value(value)
     return params

@@ -7,7 +7,7 @@ from typing import Sequence, Tuple
 import torch
 
 from ._io import Sample
-from .transforms import PadValue, _crop_pad, _fill
+from .transforms import PadValue, crop_pad, fill_value
 
 __all__ = ["pad_collate"]
 
@@ -59,6 +59,6 @@ def pad_collate(
     h = -(-h // size_divisor) * size_divisor
     w = -(-w // size_divisor) * size_divisor
     padded = [
-        _crop_pad(img, msk, 0, 0, h, w, _fill(img, pad_value, "pad_collate"), int(ignore_index)) for img, msk in batch
+        crop_pad(img, msk, 0, 0, h, w, fill_value(img, pad_value, "pad_collate"), int(ignore_index)) for img, msk in batch
     ]
     return torch.stack([p[0] for p in padded]), torch.stack([p[1] for p in padded])

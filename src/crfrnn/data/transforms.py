@@ -60,7 +60,7 @@ def _pair_size(size: SizeLike, name: str) -> Tuple[int, int]:
     return h, w
 
 
-def _fill(image: torch.Tensor, pad_value: PadValue, name: str) -> torch.Tensor:
+def fill_value(image: torch.Tensor, pad_value: PadValue, name: str) -> torch.Tensor:
     """Per-channel fill value ``(C,)``: the image's mean colour when ``pad_value`` is None."""
     c = image.shape[0]
     if pad_value is None:
@@ -75,7 +75,7 @@ def _fill(image: torch.Tensor, pad_value: PadValue, name: str) -> torch.Tensor:
     return fill
 
 
-def _crop_pad(
+def crop_pad(
     image: torch.Tensor,
     mask: torch.Tensor,
     top: int,
@@ -211,8 +211,8 @@ class RandomCrop:
         (ch, cw), (h, w) = self.size, mask.shape
         top = _randint(min(0, h - ch), max(0, h - ch), self.generator)
         left = _randint(min(0, w - cw), max(0, w - cw), self.generator)
-        fill = _fill(image, self.pad_value, "RandomCrop")
-        return _crop_pad(image, mask, top, left, ch, cw, fill, self.ignore_index)
+        fill = fill_value(image, self.pad_value, "RandomCrop")
+        return crop_pad(image, mask, top, left, ch, cw, fill, self.ignore_index)
 
     def __repr__(self) -> str:
         return f"RandomCrop(size={self.size}, pad_value={self.pad_value}, ignore_index={self.ignore_index})"
@@ -235,8 +235,8 @@ class CenterCrop:
     def __call__(self, image: torch.Tensor, mask: torch.Tensor) -> Sample:
         _check_pair(image, mask, "CenterCrop")
         (ch, cw), (h, w) = self.size, mask.shape
-        fill = _fill(image, self.pad_value, "CenterCrop")
-        return _crop_pad(image, mask, (h - ch) // 2, (w - cw) // 2, ch, cw, fill, self.ignore_index)
+        fill = fill_value(image, self.pad_value, "CenterCrop")
+        return crop_pad(image, mask, (h - ch) // 2, (w - cw) // 2, ch, cw, fill, self.ignore_index)
 
     def __repr__(self) -> str:
         return f"CenterCrop(size={self.size}, pad_value={self.pad_value}, ignore_index={self.ignore_index})"
@@ -262,8 +262,8 @@ class PadTo:
     def __call__(self, image: torch.Tensor, mask: torch.Tensor) -> Sample:
         _check_pair(image, mask, "PadTo")
         (th, tw), (h, w) = self.size, mask.shape
-        fill = _fill(image, self.pad_value, "PadTo")
-        return _crop_pad(image, mask, 0, 0, max(h, th), max(w, tw), fill, self.ignore_index)
+        fill = fill_value(image, self.pad_value, "PadTo")
+        return crop_pad(image, mask, 0, 0, max(h, th), max(w, tw), fill, self.ignore_index)
 
     def __repr__(self) -> str:
         return f"PadTo(size={self.size}, pad_value={self.pad_value}, ignore_index={self.ignore_index})"

@@ -113,7 +113,7 @@ def create(name: str, /, **kwargs: Any) -> nn.Module:
 
 
 def _crf(num_classes: int, crf_kwargs: Optional[dict[str, Any]]) -> nn.Module:
-    from crfrnn import CrfRnn  # imported here: the CRF is only needed when a CRF model is built
+    from crfrnn.crf import CrfRnn  # imported here: the CRF is only needed when a CRF model is built
 
     return CrfRnn(num_classes, **(crf_kwargs or {}))
 

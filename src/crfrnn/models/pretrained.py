@@ -271,7 +271,7 @@ def load_pretrained(
 
 
 def _crf_head(num_classes: int, num_iterations: int, crf_kwargs: Optional[dict[str, Any]]) -> torch.nn.Module:
-    from crfrnn import CrfRnn  # imported here, as in crfrnn.models: the CRF is only needed when built
+    from crfrnn.crf import CrfRnn  # imported here, as in crfrnn.models: the CRF is only needed when built
 
     options: dict[str, Any] = dict(theta_alpha=160.0, theta_beta=3.0, theta_gamma=3.0, normalization="row")
     options.update(crf_kwargs or {})

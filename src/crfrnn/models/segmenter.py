@@ -10,7 +10,7 @@ torchvision's ``deeplabv3_resnet50`` expects ImageNet-normalised input and retur
     from torch import nn
     from torchvision.models.segmentation import deeplabv3_resnet50
 
-    from crfrnn import CrfRnn
+    from crfrnn.crf import CrfRnn
     from crfrnn.models import CrfRnnSegmenter
 
     class ImageNetInput(nn.Module):
@@ -46,7 +46,7 @@ from torch import Tensor, nn
 from crfrnn.models._utils import check_image
 
 if TYPE_CHECKING:  # pragma: no cover
-    from crfrnn import CrfRnn
+    from crfrnn.crf import CrfRnn
 
 __all__ = ["CrfRnnSegmenter"]
 

@@ -94,7 +94,7 @@ from crfrnn.workflow.datasets import build_datasets
 from crfrnn.workflow.experiment import reproduce
 from crfrnn.workflow.experiment_config import ABLATIONS, ReproduceConfig
 from crfrnn.workflow.loop import TrainingError, segmentation_loss, train
-from crfrnn.workflow.predict import DEFAULT_SEARCH_GRID, DENSE_CRF_DEFAULTS, METHOD_TITLES, METHODS, predict
+from crfrnn.workflow.predict import DEFAULT_SEARCH_GRID, METHOD_TITLES, METHODS, predict
 from crfrnn.workflow.report import PLOT_DPI, PLOT_SIZE, format_table, write_report
 from crfrnn.workflow.validate import evaluate, search_dense_crf
 
@@ -103,7 +103,6 @@ __all__ = [
     "CLAIMS",
     "DATASETS",
     "DEFAULT_SEARCH_GRID",
-    "DENSE_CRF_DEFAULTS",
     "IGNORE_INDEX",
     "LR_SCHEDULES",
     "MARGIN",

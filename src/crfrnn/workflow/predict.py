@@ -18,13 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from crfrnn import _deprecated
 from crfrnn.dense import dense_crf
 from crfrnn.models.segmenter import CrfRnnSegmenter
 from crfrnn.params import DENSECRF_DEFAULTS
 
 __all__ = [
     "DEFAULT_SEARCH_GRID",
-    "DENSE_CRF_DEFAULTS",
     "METHODS",
     "METHOD_TITLES",
     "check_count",
@@ -42,8 +42,6 @@ __all__ = [
 METHODS: tuple[str, ...] = ("cnn", "cnn+densecrf", "crfrnn")
 #: display names of the methods (report tables, plot legends, grid titles)
 METHOD_TITLES: dict[str, str] = {"cnn": "CNN", "cnn+densecrf": "CNN + dense CRF", "crfrnn": "CRF-RNN"}
-#: Krähenbühl's densecrf parameters as usually called; keyword arguments of dense_crf
-DENSE_CRF_DEFAULTS: dict[str, Any] = dict(DENSECRF_DEFAULTS)
 #: the default grid of :func:`search_dense_crf` (27 points around densecrf's defaults)
 DEFAULT_SEARCH_GRID: dict[str, tuple[float, ...]] = {
     "bilateral_sxy": (20.0, 50.0, 80.0),
@@ -84,17 +82,17 @@ def check_methods(methods: Union[str, Iterable[str]], model: nn.Module) -> tuple
 
 def merge_dense_crf_params(params: Optional[Mapping[str, Any]]) -> dict[str, Any]:
     """densecrf's defaults updated with ``params``; unknown names are rejected."""
-    out = dict(DENSE_CRF_DEFAULTS)
+    out = dict(DENSECRF_DEFAULTS)
     if params is None:
         return out
     if not isinstance(params, Mapping):
         raise TypeError(
             f"dense_crf_params must be a mapping of dense_crf keyword arguments, got {type(params).__name__}."
         )
-    unknown = sorted(set(params) - set(DENSE_CRF_DEFAULTS))
+    unknown = sorted(set(params) - set(DENSECRF_DEFAULTS))
     if unknown:
         raise ValueError(
-            f"unknown dense CRF parameter(s) {unknown}; valid names are {sorted(DENSE_CRF_DEFAULTS)} "
+            f"unknown dense CRF parameter(s) {unknown}; valid names are {sorted(DENSECRF_DEFAULTS)} "
             "(keyword arguments of crfrnn.dense_crf)."
         )
     out.update(params)
@@ -205,7 +203,7 @@ def predict(
         image: ``(B, 3, H, W)`` RGB on the 0..255 scale, on the model's device.
         methods: names from :data:`METHODS`; ``"crfrnn"`` needs a ``CrfRnnSegmenter``.
         dense_crf_params: keyword arguments of :func:`crfrnn.dense_crf` for ``"cnn+densecrf"``, updating
-            :data:`DENSE_CRF_DEFAULTS`.
+            :data:`DENSECRF_DEFAULTS`.
 
     Returns:
         ``{method: (B, H, W) int64 labels}`` on the image's device, methods in :data:`METHODS` order.
@@ -224,3 +222,6 @@ def predict(
         return predict_timed(model, image, methods, params)[0]
 
 
+__getattr__ = _deprecated.renamed(
+    __name__, {"DENSE_CRF_DEFAULTS": ("crfrnn.params.DENSECRF_DEFAULTS", DENSECRF_DEFAULTS)}
+)

@@ -25,10 +25,10 @@ from crfrnn.crf.kernels import KernelCache
 from crfrnn.dense import dense_crf
 from crfrnn.metrics import DEFAULT_WIDTHS, BoundaryAccuracy, ConfusionMatrix
 from crfrnn.models.segmenter import CrfRnnSegmenter
+from crfrnn.params import DENSECRF_DEFAULTS
 from crfrnn.workflow.distributed import rank_and_world, resolve_device
 from crfrnn.workflow.predict import (
     DEFAULT_SEARCH_GRID,
-    DENSE_CRF_DEFAULTS,
     check_count,
     check_methods,
     cnn_logits,
@@ -194,7 +194,7 @@ def evaluate(
         num_classes: number of labels ``L``.
         methods: names from :data:`METHODS`; ``"crfrnn"`` needs a ``CrfRnnSegmenter``.
         dense_crf_params: keyword arguments of :func:`crfrnn.dense_crf` for ``"cnn+densecrf"``, updating
-            :data:`DENSE_CRF_DEFAULTS` (densecrf's usual parameters).
+            :data:`DENSECRF_DEFAULTS` (densecrf's usual parameters).
         boundary_widths: band half-widths in pixels for the boundary metrics.
         batch_size: images per forward pass.
         device: where to run; the model is moved there if it is elsewhere. ``None``: the model's device.
@@ -288,10 +288,10 @@ def _grid_points(grid: Optional[Mapping[str, Any]]) -> list[dict[str, Any]]:
         raise ValueError(
             f"grid must be a non-empty mapping of dense_crf parameter names to lists of values, got {grid!r}."
         )
-    unknown = sorted(set(grid) - set(DENSE_CRF_DEFAULTS))
+    unknown = sorted(set(grid) - set(DENSECRF_DEFAULTS))
     if unknown:
         raise ValueError(
-            f"unknown dense CRF parameter(s) {unknown} in grid; valid names are {sorted(DENSE_CRF_DEFAULTS)}."
+            f"unknown dense CRF parameter(s) {unknown} in grid; valid names are {sorted(DENSECRF_DEFAULTS)}."
         )
     names, values = [], []
     for name, vals in grid.items():
@@ -328,7 +328,7 @@ def search_dense_crf(
         num_classes: number of labels ``L``.
         grid: ``{dense_crf parameter: values}``; every combination is tried. Default
             :data:`DEFAULT_SEARCH_GRID` (bilateral ``sxy``, ``srgb`` and ``compat``, 27 points).
-        base_params: values of the parameters not in the grid, updating :data:`DENSE_CRF_DEFAULTS`.
+        base_params: values of the parameters not in the grid, updating :data:`DENSECRF_DEFAULTS`.
         batch_size, device, progress, max_images, ignore_index: as in :func:`evaluate`.
 
     Returns:

@@ -1,6 +1,6 @@
 """Fitting a dense CRF's parameters to a network: gradient descent through mean field.
 
-Krähenbühl's densecrf is usually called with one set of parameters (SPEC section 8) that suits PASCAL VOC
+Krähenbühl's densecrf is usually called with one set of parameters that suits PASCAL VOC
 photos at 500x375 and a VGG network; another network, resolution or kind of image wants others, and a grid
 search (``crfrnn evaluate --search``) tries a few dozen points. :func:`fit_crf` instead fits them by gradient
 descent: the refined marginals of :func:`crfrnn.mean_field` (the differentiable engine, with densecrf's
@@ -34,10 +34,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from crfrnn.params import DENSECRF_DEFAULTS
+from crfrnn import _deprecated
+from crfrnn.crf import KernelCache, mean_field
+from crfrnn.fit._samples import (
+    check_count,
+    check_real,
+    degraded_probs,
+    evaluate_params,
+    prepare_samples,
+    split_indices,
+)
+from crfrnn.params import DENSECRF_DEFAULTS, check_params
 
 __all__ = [
-    "FIT_DEFAULTS",
     "FitResult",
     "degraded_probs",
     "fit_crf",
@@ -47,8 +56,6 @@ __all__ = [
 
 ArrayLike = Union[np.ndarray, Tensor]
 
-#: densecrf's usual parameters (SPEC section 8), the default starting point of :func:`fit_crf`
-FIT_DEFAULTS: dict[str, Any] = dict(DENSECRF_DEFAULTS)
 _WEIGHTS = ("gaussian_compat", "bilateral_compat")
 _WIDTHS = ("gaussian_sxy", "bilateral_sxy", "bilateral_srgb")
 _MIN_WEIGHT = 1e-2  # a weight of 0 has no logarithm: the fit starts it here
@@ -153,7 +160,6 @@ def width_gradients_available() -> bool:
     """Whether :func:`crfrnn.mean_field` differentiates with respect to tensor kernel widths (checked once)."""
     global _WIDTH_GRADIENTS
     if _WIDTH_GRADIENTS is None:
-        from crfrnn.crf import mean_field
 
         theta = torch.tensor(3.0, requires_grad=True)
         try:
@@ -168,92 +174,9 @@ def width_gradients_available() -> bool:
     return _WIDTH_GRADIENTS
 
 
-# --------------------------------------------------------------------------------------------------------
-# inputs
-# --------------------------------------------------------------------------------------------------------
-@dataclass
-class _Sample:
-    image: Tensor  # (1, C, H, W) float32, 0..255
-    scores: Tensor  # (1, L, H, W) float32 probabilities or logits (L >= 2)
-    unary: Tensor  # (1, L, H, W) float32 logits of mean_field
-    labels: Tensor  # (1, H, W) int64, ignore_index allowed
-    valid: int  # pixels not ignored
-
-
-def _as_tensor(x: Any, what: str, index: int) -> Tensor:
-    if isinstance(x, Tensor):
-        return x.detach().cpu()
-    if isinstance(x, np.ndarray):
-        return torch.from_numpy(np.ascontiguousarray(x))
-    raise TypeError(f"{what}[{index}] must be a NumPy array or a torch tensor, got {type(x).__name__}.")
-
-
-def _prepare(images: Sequence[ArrayLike], probs: Sequence[ArrayLike], labels: Sequence[ArrayLike], *, logits: bool,
-             clip: float, ignore_index: int) -> tuple[list[_Sample], int]:
-    n = len(images)
-    if not (len(probs) == len(labels) == n):
-        raise ValueError(f"images, probs and labels must have the same length, got {n}, {len(probs)} and {len(labels)}.")
-    samples: list[_Sample] = []
-    num_labels = None
-    for i in range(n):
-        p = _as_tensor(probs[i], "probs", i)
-        if p.dim() != 3 or not p.is_floating_point() or p.numel() == 0:
-            raise ValueError(f"probs[{i}] must be a floating-point (L, H, W) array, got shape {tuple(p.shape)} of "
-                             f"{p.dtype}.")  # fmt: skip
-        p = p.to(torch.float32)
-        if not bool(torch.isfinite(p).all()):
-            raise ValueError(f"probs[{i}] contains NaN or infinite values.")
-        h, w = p.shape[1:]
-        img = _as_tensor(images[i], "images", i)
-        if tuple(img.shape) == (h, w):
-            img = img[None]
-        elif img.dim() == 3 and tuple(img.shape[:2]) == (h, w):
-            img = img.movedim(-1, 0)  # (H, W, C), densecrf's layout
-        elif not (img.dim() == 3 and tuple(img.shape[1:]) == (h, w) and isinstance(images[i], Tensor)):
-            raise ValueError(f"images[{i}] of shape {tuple(img.shape)} does not match probs[{i}] of shape "
-                             f"{tuple(p.shape)}: expected ({h}, {w}) or ({h}, {w}, C).")  # fmt: skip
-        img = img.to(torch.float32)
-        lab = _as_tensor(labels[i], "labels", i)
-        if tuple(lab.shape) != (h, w) or lab.is_floating_point() or lab.dtype == torch.bool:
-            raise ValueError(f"labels[{i}] must be an integer ({h}, {w}) label map, got shape {tuple(lab.shape)} of "
-                             f"{lab.dtype}.")  # fmt: skip
-        lab = lab.to(torch.int64)
-        if p.shape[0] == 1:  # a binary network's foreground map: the two-label problem it is
-            p = torch.cat([torch.zeros_like(p), p] if logits else [1.0 - p, p], 0)
-        if not logits:
-            if bool((p < 0).any()) or float((p.sum(0) - 1).abs().max()) > 1e-3:
-                raise ValueError(f"probs[{i}] are not probabilities (non-negative, summing to 1 over labels); pass "
-                                 "logits=True for raw scores.")  # fmt: skip
-        count = p.shape[0]
-        if num_labels is None:
-            num_labels = count
-        elif count != num_labels:
-            raise ValueError(f"probs[{i}] has {count} labels but probs[0] has {num_labels}; every image needs the "
-                             "same labels.")  # fmt: skip
-        known = lab[lab != ignore_index]
-        if known.numel() and (int(known.min()) < 0 or int(known.max()) >= count):
-            raise ValueError(f"labels[{i}] holds labels outside 0..{count - 1} (besides {ignore_index}, ignored): "
-                             f"{int(known.min())}..{int(known.max())}.")  # fmt: skip
-        unary = p if logits else p.clamp(clip, 1.0).log()
-        samples.append(_Sample(img[None].contiguous(), p[None].contiguous(), unary[None].contiguous(), lab[None],
-                               int(known.numel())))  # fmt: skip
-    assert num_labels is not None
-    return samples, num_labels
-
-
-def _split(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    if n < 2:
-        raise ValueError(f"fitting needs at least 2 images (some to fit on, some to validate on), got {n}.")
-    count = min(n - 1, max(1, round(val_fraction * n)))
-    order = np.random.default_rng(seed).permutation(n)
-    return sorted(int(i) for i in order[count:]), sorted(int(i) for i in order[:count])
-
-
 def _initial(init: Optional[Mapping[str, Any]], iterations: Optional[int], normalization: Optional[str],
              clip: Optional[float]) -> dict[str, Any]:
-    from crfrnn.params import check_params
-
-    params = dict(FIT_DEFAULTS)
+    params = dict(DENSECRF_DEFAULTS)
     params.update(check_params(dict(init or {}), source="init"))
     for key, value in (("iterations", iterations), ("normalization", normalization), ("clip", clip)):
         if value is not None:
@@ -265,54 +188,8 @@ def _initial(init: Optional[Mapping[str, Any]], iterations: Optional[int], norma
 
 
 # --------------------------------------------------------------------------------------------------------
-# evaluation (dense_crf itself, the compiled path)
-# --------------------------------------------------------------------------------------------------------
-def _evaluate(samples: Sequence[_Sample], indices: Sequence[int], params: Optional[Mapping[str, Any]], num_labels: int,
-              *, logits: bool, ignore_index: int, boundary_width: int, cache) -> dict[str, Any]:
-    """Loss, mean IoU, pixel accuracy and boundary accuracy of ``params`` (None: the network alone) on images."""
-    from crfrnn.dense import dense_crf
-    from crfrnn.metrics import BoundaryAccuracy, ConfusionMatrix
-
-    cm = ConfusionMatrix(num_labels, ignore_index=ignore_index)
-    band = BoundaryAccuracy(num_labels, widths=(boundary_width,), ignore_index=ignore_index)
-    total, pixels = 0.0, 0
-    with torch.no_grad():
-        for i in indices:
-            s = samples[i]
-            if params is None:
-                q = s.scores.softmax(1) if logits else s.scores
-            else:
-                q = dense_crf(s.image, **{"logits" if logits else "probs": s.scores}, cache=cache, **params)
-            pred = q.argmax(1)
-            cm.update(pred, s.labels)
-            band.update(pred, s.labels)
-            if s.valid:
-                total += float(F.nll_loss(q.clamp_min(1e-12).log(), s.labels, ignore_index=ignore_index,
-                                          reduction="sum"))  # fmt: skip
-                pixels += s.valid
-    m = cm.compute()
-    b = band.compute()[boundary_width]
-    return {"loss": total / max(pixels, 1), "mean_iou": float(m["mean_iou"]), "pixel_accuracy": float(m["pixel_accuracy"]),
-            "boundary_accuracy": float(b["pixel_accuracy"]), "boundary_mean_iou": float(b["mean_iou"])}  # fmt: skip
-
-
-# --------------------------------------------------------------------------------------------------------
 # the fit
 # --------------------------------------------------------------------------------------------------------
-def _check_count(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
-    return int(value)
-
-
-def _check_real(name: str, value: Any, lo: float, hi: float, *, closed_lo: bool = False) -> float:
-    ok = isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool)
-    v = float(value) if ok else math.nan
-    if not (math.isfinite(v) and (lo <= v if closed_lo else lo < v) and v < hi):
-        raise ValueError(f"{name} must be a number in {'[' if closed_lo else '('}{lo:g}, {hi:g}), got {value!r}.")
-    return v
-
-
 def fit_crf(
     images: Sequence[ArrayLike],
     probs: Sequence[ArrayLike],
@@ -343,7 +220,7 @@ def fit_crf(
             foreground), or logits with ``logits=True``.
         labels: ``(H, W)`` integer ground truth for each image, ``ignore_index`` for pixels to leave out.
         logits: ``probs`` are unary logits (raw scores), not probabilities.
-        init: the starting point (any :data:`crfrnn.params.PARAM_NAMES`); default :data:`FIT_DEFAULTS`,
+        init: the starting point (any :data:`crfrnn.params.PARAM_NAMES`); default :data:`crfrnn.params.DENSECRF_DEFAULTS`,
             densecrf's usual parameters.
         iterations: mean-field iterations to fit with (and to write); default ``init``'s, else 5.
         epochs: passes over the training images (one Adam step per image).
@@ -376,22 +253,21 @@ def fit_crf(
         >>> masks = [ds[i][1].numpy() for i in range(3)]
         >>> probs = [degraded_probs(m, 7, seed=i) for i, m in enumerate(masks)]
         >>> result = fit_crf(images, probs, masks, epochs=1, fit_widths=False, progress=False)
-        >>> sorted(result.params) == sorted(FIT_DEFAULTS)
+        >>> sorted(result.params) == sorted(DENSECRF_DEFAULTS)
         True
     """
     from tqdm import tqdm
 
-    from crfrnn.crf import KernelCache, mean_field
 
-    epochs = _check_count("epochs", epochs, 1)
+    epochs = check_count("epochs", epochs, 1)
     if epochs > _MAX_EPOCHS:
         raise ValueError(f"epochs must be at most {_MAX_EPOCHS}, got {epochs}.")
-    patience = _check_count("patience", patience, 1)
-    boundary_width = _check_count("boundary_width", boundary_width, 0)
-    seed = _check_count("seed", seed, 0)
-    lr = _check_real("lr", lr, 0.0, 10.0)
-    val_fraction = _check_real("val_fraction", val_fraction, 0.0, 1.0)
-    min_delta = _check_real("min_delta", min_delta, 0.0, 1.0, closed_lo=True)
+    patience = check_count("patience", patience, 1)
+    boundary_width = check_count("boundary_width", boundary_width, 0)
+    seed = check_count("seed", seed, 0)
+    lr = check_real("lr", lr, 0.0, 10.0)
+    val_fraction = check_real("val_fraction", val_fraction, 0.0, 1.0)
+    min_delta = check_real("min_delta", min_delta, 0.0, 1.0, closed_lo=True)
     if not isinstance(ignore_index, int) or isinstance(ignore_index, bool):
         raise ValueError(f"ignore_index must be an integer, got {ignore_index!r}.")
     initial = _initial(init, iterations, normalization, clip)
@@ -406,9 +282,9 @@ def fit_crf(
         if fit_widths and isinstance(initial[key], list):
             raise ValueError(f"init[{key!r}] is a list of widths; fit_crf fits one width per kernel, so pass one "
                              "number (or fit_widths=False to keep per-axis widths fixed).")  # fmt: skip
-    samples, num_labels = _prepare(images, probs, labels, logits=logits, clip=initial.get("clip", 1e-5),
+    samples, num_labels = prepare_samples(images, probs, labels, logits=logits, clip=initial.get("clip", 1e-5),
                                    ignore_index=ignore_index)  # fmt: skip
-    train, val = _split(len(samples), val_fraction, seed)
+    train, val = split_indices(len(samples), val_fraction, seed)
     if not any(samples[i].valid for i in train):
         raise ValueError("every pixel of the training images is ignored (label "
                          f"{ignore_index}); there is nothing to fit.")  # fmt: skip
@@ -427,7 +303,7 @@ def fit_crf(
         return out
 
     def evaluate(params: Optional[Mapping[str, Any]]) -> dict[str, Any]:
-        return _evaluate(samples, val, params, num_labels, logits=logits, ignore_index=ignore_index,
+        return evaluate_params(samples, val, params, num_labels, logits=logits, ignore_index=ignore_index,
                          boundary_width=boundary_width, cache=cache)  # fmt: skip
 
     start = evaluate(initial)
@@ -470,50 +346,4 @@ def fit_crf(
                      boundary_width=boundary_width, fit_widths=bool(fit_widths))  # fmt: skip
 
 
-# --------------------------------------------------------------------------------------------------------
-# test data: a degraded ground truth that stands in for a coarse network
-# --------------------------------------------------------------------------------------------------------
-def degraded_probs(labels: ArrayLike, num_labels: int, *, factor: int = 8, noise: float = 1.0, confidence: float = 0.8,
-                   ignore_index: int = 255, seed: int = 0) -> np.ndarray:
-    """Probabilities that a coarse network might give for a ground truth: down-sampled, blurred and noisy.
-
-    The one-hot ground truth is averaged over ``factor x factor`` cells (a stride-``factor`` network's
-    resolution), mixed with the uniform distribution (``confidence``), perturbed with Gaussian noise of
-    standard deviation ``noise`` on the cells' log-probabilities, and up-sampled bilinearly to the full size:
-    interiors are right, boundaries are blurred and misplaced, thin parts are lost.
-
-    Args:
-        labels: ``(H, W)`` integer ground truth (``ignore_index`` pixels count as uniform).
-        num_labels: ``L``.
-        factor: down-sampling factor (1: no down-sampling).
-        noise: standard deviation of the noise on the cell log-probabilities.
-        confidence: weight of the ground truth against the uniform distribution, in ``(0, 1]``.
-        seed: seed of the noise.
-
-    Returns:
-        ``(L, H, W)`` float32 probabilities summing to 1 over labels.
-
-    Example:
-        >>> p = degraded_probs(np.zeros((16, 16), np.int64), 3)
-        >>> p.shape, bool(np.allclose(p.sum(0), 1))
-        ((3, 16, 16), True)
-    """
-    lab = torch.as_tensor(np.asarray(labels.detach().cpu() if isinstance(labels, Tensor) else labels)).long()
-    if lab.dim() != 2:
-        raise ValueError(f"labels must be an (H, W) label map, got shape {tuple(lab.shape)}.")
-    num_labels = _check_count("num_labels", num_labels, 2)
-    factor = _check_count("factor", factor, 1)
-    noise = _check_real("noise", noise, 0.0, 100.0, closed_lo=True)
-    confidence = _check_real("confidence", confidence, 0.0, 1.0 + 1e-12)
-    h, w = lab.shape
-    known = lab != ignore_index
-    if bool(((lab < 0) | (lab >= num_labels))[known].any()):
-        raise ValueError(f"labels hold values outside 0..{num_labels - 1} (besides {ignore_index}).")
-    onehot = F.one_hot(torch.where(known, lab, 0), num_labels).permute(2, 0, 1).to(torch.float64)
-    onehot = torch.where(known[None], onehot, torch.full_like(onehot, 1.0 / num_labels))[None]
-    low = F.avg_pool2d(onehot, factor, ceil_mode=True) if factor > 1 else onehot
-    low = confidence * low + (1 - confidence) / num_labels
-    gen = torch.Generator().manual_seed(int(seed))
-    low = low.log() + noise * torch.randn(low.shape, generator=gen, dtype=torch.float64)
-    up = F.interpolate(low, size=(h, w), mode="bilinear", align_corners=False) if factor > 1 else low
-    return up.softmax(1)[0].to(torch.float32).numpy()
+__getattr__ = _deprecated.renamed(__name__, {"FIT_DEFAULTS": ("crfrnn.params.DENSECRF_DEFAULTS", DENSECRF_DEFAULTS)})
