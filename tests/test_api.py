@@ -74,11 +74,12 @@ PUBLIC_API = {
         "DEFAULT_SEARCH_GRID", "DENSE_CRF_DEFAULTS", "METHODS", "METHOD_TITLES", "PLOT_DPI", "PLOT_SIZE", "evaluate",
         "format_table", "predict", "search_dense_crf", "write_report",
     ],
-    "crfrnn.filters": ["gaussian_filter"],
     "crfrnn.fit": [
         "FIT_DEFAULTS", "FitResult", "degraded_probs", "fit_crf", "to_mean_field", "width_gradients_available",
     ],
-    "crfrnn.lattice": ["PermutohedralLattice", "lattice_filter"],
+    "crfrnn.lattice": ["PermutohedralLattice", "gaussian_filter", "lattice_filter"],
+    "crfrnn.lattice.exact": ["exact_gaussian_filter"],
+    "crfrnn.lattice.filters": ["gaussian_filter"],
     "crfrnn.losses": ["dense_crf_loss"],
     "crfrnn.metrics": [
         "BoundaryAccuracy", "ConfusionMatrix", "boundary_accuracy", "boundary_band", "boundary_mask",

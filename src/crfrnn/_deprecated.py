@@ -21,6 +21,8 @@ MOVED: dict[str, str] = {
     "crfrnn._memory": "crfrnn._utils.memory",
     "crfrnn._profiling": "crfrnn._utils.profiling",
     "crfrnn._io": "crfrnn._utils.files",
+    "crfrnn.filters": "crfrnn.lattice.filters",
+    "crfrnn._ops": "crfrnn.lattice._custom_ops",
 }
 
 

@@ -40,7 +40,7 @@ from torch.utils.checkpoint import checkpoint
 
 from crfrnn._utils.threads import adaptive_threads
 from crfrnn.crf.kernels import GaussianKernel, KernelCache, check_normalization
-from crfrnn.lattice import resolve_backend
+from crfrnn.lattice._backends import resolve_backend
 
 __all__ = ["Pairwise", "build_kernels", "infer", "label_transform", "pairwise_logits"]
 
@@ -383,7 +383,7 @@ def _infer_fused(scores: Tensor, builder: _Builder, schedule: list, iterations: 
         ops = []
         for kern in _build_concurrently(builder, len(builder.kernels), i, n):
             pre, post, selfw = (f[0].numpy() for f in kern.factors(dtype))
-            ops.append((kern.lattice._operators(dtype), pre, post, selfw))
+            ops.append((kern.lattice.operators(dtype), pre, post, selfw))
         rows = slice(i * n, (i + 1) * n)
         unary, q = padded[rows], None if q0 is None else q0[rows]
         if len(steps) == 1 or iterations <= 1:
