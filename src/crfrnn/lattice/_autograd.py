@@ -150,7 +150,8 @@ def feature_backward(
 
 class FeatureFilter(torch.autograd.Function):
     """``out = K values`` on a fixed lattice built from ``base / widths``, differentiable w.r.t. all three
-    (:func:`feature_backward`); the backward is not itself differentiable."""
+    (:func:`feature_backward`); the backward is not itself differentiable.
+    """
 
     @staticmethod
     def forward(  # type: ignore[override]

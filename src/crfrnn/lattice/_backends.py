@@ -18,7 +18,8 @@ _EAGER: dict[str, type[LatticeOperator]] = {"torch": ReferenceOperator, "numba":
 
 def resolve_backend(backend: str, device: torch.device) -> str:
     """The backend that runs for ``backend`` on ``device``: ``"auto"`` becomes ``"numba"`` on the CPU when numba
-    is installed and ``"torch"`` otherwise; an unknown name, or ``"numba"`` off the CPU, is an error."""
+    is installed and ``"torch"`` otherwise; an unknown name, or ``"numba"`` off the CPU, is an error.
+    """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}.")
     if backend == "numba" and device.type != "cpu":

@@ -103,7 +103,8 @@ torch.library.register_autograd("crfrnn::lattice_filter", _filter_backward, setu
 @torch.library.custom_op("crfrnn::lattice_self_weights", mutates_args=())
 def lattice_self_weights(offsets: Tensor, weights: Tensor, rank: Tensor, neighbours: Tensor, alpha: float) -> Tensor:
     """``(P,)`` the lattice operator's diagonal (see :meth:`crfrnn.lattice.PermutohedralLattice.self_weights`):
-    compiled on the CPU where numba is installed (the same sums), the PyTorch walk elsewhere."""
+    compiled on the CPU where numba is installed (the same sums), the PyTorch walk elsewhere.
+    """
     lattice = eager_operator("auto", offsets.device)(offsets, weights, rank, neighbours, neighbours.shape[-1], alpha)
     return lattice.self_weights()
 
@@ -116,7 +117,8 @@ def _(offsets: Tensor, weights: Tensor, rank: Tensor, neighbours: Tensor, alpha:
 class CompiledOperator(LatticeOperator):
     """The lattice under torch.compile: built by ``crfrnn::lattice_build``, filtered with plain tensor ops
     (:func:`gather_filter`; ``crfrnn::lattice_filter`` where autograd differentiates it), self weights by
-    ``crfrnn::lattice_self_weights``. ``num_vertices`` is a symbolic size."""
+    ``crfrnn::lattice_self_weights``. ``num_vertices`` is a symbolic size.
+    """
 
     name = "ops"
 

@@ -43,7 +43,8 @@ __all__ = ["PermutohedralLattice", "lattice_filter", "select_operator"]
 
 def select_operator(backend: str, device: torch.device) -> type[LatticeOperator]:
     """The lattice operator for ``backend`` on ``device``: the custom operators while torch.compile traces (the
-    name is not looked at then), else the eager one (:func:`crfrnn.lattice._backends.resolve_backend`)."""
+    name is not looked at then), else the eager one (:func:`crfrnn.lattice._backends.resolve_backend`).
+    """
     if torch.compiler.is_compiling():
         return CompiledOperator
     return eager_operator(backend, device)
@@ -132,7 +133,8 @@ class PermutohedralLattice:
 
     def operators(self, dtype: torch.dtype) -> Any:
         """The backend's splat/blur/slice object for ``dtype`` (for ``"numba"`` the compiled kernels'
-        :class:`crfrnn._numba.NumbaOperators`, which the fused mean field takes), built once and reused."""
+        :class:`crfrnn._numba.NumbaOperators`, which the fused mean field takes), built once and reused.
+        """
         return self._operator.operators(dtype)
 
     def filter(self, values: Tensor, *, reverse: bool = False, features: Optional[Tensor] = None,
@@ -203,7 +205,6 @@ class PermutohedralLattice:
                 f"values are on {values.device} but the lattice was built on {self.device}; move them "
                 f"with values.to({str(self.device)!r})."
             )
-
 
 
 def lattice_filter(values: Tensor, features: Tensor, *, backend: str = "auto") -> Tensor:

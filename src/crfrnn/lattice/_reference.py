@@ -1,5 +1,6 @@
 """The PyTorch reference lattice operator (backend ``"torch"``, every device): splat, blur and slice as sparse CSR
-matrices, and the self weights by walking every blur path point by point."""
+matrices, and the self weights by walking every blur path point by point.
+"""
 
 from __future__ import annotations
 

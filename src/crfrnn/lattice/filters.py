@@ -1,5 +1,6 @@
 """Gaussian filtering: the exact O(N^2) reference (:mod:`crfrnn.lattice.exact`) and the lattice approximation
-behind one function."""
+behind one function.
+"""
 
 from __future__ import annotations
 
