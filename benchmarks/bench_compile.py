@@ -5,7 +5,8 @@ compiled call compiles; its time is printed apart), side by side in one run:
 
 - eager, the default path (on the CPU: the compiled numba forward and backward, ``crfrnn/crf/_compiled.py``);
 - eager, the PyTorch-ops path (``backend="torch"``: sparse CSR products, what other devices run);
-- ``torch.compile(crf, fullgraph=True)`` with inductor (the lattice as custom operators, ``crfrnn/_ops.py``).
+- ``torch.compile(crf, fullgraph=True)`` with inductor (the lattice as custom operators,
+  ``crfrnn/lattice/_custom_ops.py``).
 
     python benchmarks/bench_compile.py                     # 96x96, batch 8, 7 labels: crfrnn train's step
     python benchmarks/bench_compile.py --size 375 500 --batch 1 --labels 21

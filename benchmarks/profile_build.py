@@ -95,7 +95,7 @@ def main() -> None:
         deltas = (off * strides[:d]).sum(1)
         t["neighbours"] = cpu(lambda: _numba._neighbour_ids(uniq, deltas, table), r)
         f32 = f[None].float()
-        t["lattice"] = cpu(lambda: PermutohedralLattice(f32)._operators(torch.float32), r)
+        t["lattice"] = cpu(lambda: PermutohedralLattice(f32).operators(torch.float32), r)
         print(f"{name:<24} {p:>8} points {uniq.shape[0]:>7} vertices | "
               + "  ".join(f"{k} {v:6.1f}" for k, v in t.items()) + " ms CPU", flush=True)
 

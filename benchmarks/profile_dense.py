@@ -49,7 +49,7 @@ def main() -> None:
 
     for name, f in feats.items():
         ms(f"build lattice: {name}", lambda f=f: PermutohedralLattice(f))
-    ops = PermutohedralLattice(feats["bilateral"])._operators(torch.float32)
+    ops = PermutohedralLattice(feats["bilateral"]).operators(torch.float32)
     ones = np.ones(h * w, np.float32)
     for c in (21, 24):
         q = np.ascontiguousarray(np.random.default_rng(0).random((h * w, c), np.float32))

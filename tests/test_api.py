@@ -70,7 +70,6 @@ PUBLIC_API = {
     "crfrnn.data.voc": ["SBDSegmentation", "VOCSegmentation", "VOC_CLASSES", "voc_train_aug"],
     "crfrnn.dense": ["dense_crf", "unary_from_labels", "unary_from_probs"],
     "crfrnn.energy": ["crf_energy", "dense_crf_energy", "dense_crf_kernels", "kl_divergence"],
-    "crfrnn.filters": ["gaussian_filter"],
     "crfrnn.fit": [
         "FitResult", "degraded_probs", "fit_crf", "to_mean_field", "width_gradients_available",
     ],
@@ -89,7 +88,9 @@ PUBLIC_API = {
     ],
     "crfrnn.io.scores": ["LAYOUTS", "SCORE_SUFFIXES", "ScoreMap", "labels_of", "read_scores"],
     "crfrnn.io.volumes": ["ARRAY_SUFFIXES", "Guide", "is_array_path", "read_guide", "read_volume_scores", "write_labels"],
-    "crfrnn.lattice": ["PermutohedralLattice", "lattice_filter"],
+    "crfrnn.lattice": ["PermutohedralLattice", "gaussian_filter", "lattice_filter"],
+    "crfrnn.lattice.exact": ["exact_gaussian_filter"],
+    "crfrnn.lattice.filters": ["gaussian_filter"],
     "crfrnn.losses": ["dense_crf_loss"],
     "crfrnn.metrics": [
         "BoundaryAccuracy", "ConfusionMatrix", "DEFAULT_WIDTHS", "boundary_accuracy", "boundary_band", "boundary_mask",

@@ -1,5 +1,5 @@
-"""torch.compile: the lattice as custom operators (crfrnn._ops), so that CrfRnn's differentiable path compiles into
-one graph, with the same values and gradients as eager mode and its input checks kept (on the device)."""
+"""torch.compile: the lattice as custom operators (crfrnn.lattice._custom_ops), so that CrfRnn's differentiable path
+compiles into one graph, with the same values and gradients as eager mode and its input checks kept (on the device)."""
 
 import logging
 
@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from crfrnn import CrfRnn
-from crfrnn import _ops
 from crfrnn.lattice import PermutohedralLattice
+from crfrnn.lattice import _custom_ops as _ops
 
 F64 = torch.float64
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-import crfrnn.lattice as lattice_mod
+import crfrnn.lattice._construction as construction
 from crfrnn import PermutohedralLattice, bilateral_features, gaussian_filter, spatial_features
 from crfrnn._numba import AVAILABLE as NUMBA
+from crfrnn.lattice._reference import walk_self_weights
 from tests.conftest import photo, relative_error
 
 BACKENDS = ["torch"] + (["numba"] if NUMBA else [])
@@ -140,13 +141,13 @@ class TestPermutohedralLattice:
 
     def test_lattice_built_once(self, monkeypatch):
         calls = {"n": 0}
-        original = lattice_mod._simplex_coordinates
+        original = construction.simplex_coordinates
 
         def counting(*args):
             calls["n"] += 1
             return original(*args)
 
-        monkeypatch.setattr(lattice_mod, "_simplex_coordinates", counting)
+        monkeypatch.setattr(construction, "simplex_coordinates", counting)
         lat = PermutohedralLattice(dense_points(2, n=100), backend="torch")
         v = torch.rand(1, 100, 4, dtype=torch.float64, requires_grad=True)
         for _ in range(3):
@@ -202,7 +203,7 @@ class TestPermutohedralLattice:
         f = dense_points(4, n=500, batch=2)
         v = torch.rand(2, 500, 3, dtype=torch.float64)
         expected = PermutohedralLattice(f, backend="torch").filter(v)
-        monkeypatch.setattr(lattice_mod, "_MAX_CODE_BITS", 1)
+        monkeypatch.setattr(construction, "MAX_CODE_BITS", 1)
         for backend in BACKENDS:
             lat = PermutohedralLattice(f, backend=backend)
             assert lat.backend == backend
@@ -229,8 +230,8 @@ class TestPermutohedralLattice:
         for f in (bilateral_features(img, 20.0, 13.0), spatial_features(2, 120, 160, 3.0, dtype=dtype),
                   bilateral_features(img, 5.0, 40.0)):
             lat = PermutohedralLattice(f, backend="numba")
-            ref = lattice_mod._self_weights(lat._offsets, lat._weights, lat._rank, lat._neighbours, lat.alpha)
-            shared = 1.0 - torch.unique(lat._offsets, dim=0).shape[0] / lat._offsets.shape[0]
+            ref = walk_self_weights(lat.offsets, lat.weights, lat.rank, lat.neighbours, lat.alpha)
+            shared = 1.0 - torch.unique(lat.offsets, dim=0).shape[0] / lat.offsets.shape[0]
             assert shared > 0.2  # the reuse is exercised
             tol = 1e-6 if dtype == torch.float32 else 1e-13
             assert relative_error(lat.self_weights().reshape(-1), ref) < tol

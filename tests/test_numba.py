@@ -230,7 +230,7 @@ class TestMatrixOnVertices:
 
         tdt = torch.float32 if dtype == np.float32 else torch.float64
         h, w, num_labels = 30, 40, 5
-        ops = PermutohedralLattice(spatial_features(1, h, w, 3.0).to(tdt))._operators(tdt)
+        ops = PermutohedralLattice(spatial_features(1, h, w, 3.0).to(tdt)).operators(tdt)
         n = h * w
         assert ops.num_vertices + 1 < n
         rng = np.random.default_rng(0)

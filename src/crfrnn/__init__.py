@@ -15,9 +15,8 @@ from crfrnn.crf import (
     spatial_features,
 )
 from crfrnn.energy import crf_energy, kl_divergence
-from crfrnn.filters import gaussian_filter
 from crfrnn.fit import FitResult, fit_crf
-from crfrnn.lattice import PermutohedralLattice, lattice_filter
+from crfrnn.lattice import PermutohedralLattice, gaussian_filter, lattice_filter
 from crfrnn.losses import dense_crf_loss
 from crfrnn.params import load_params, save_params
 

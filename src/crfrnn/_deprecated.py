@@ -27,6 +27,8 @@ MOVED: dict[str, str] = {
     "crfrnn.training": "crfrnn.workflow",
     "crfrnn.evaluation": "crfrnn.workflow",
     "crfrnn.reproduce": "crfrnn.workflow",
+    "crfrnn.filters": "crfrnn.lattice.filters",
+    "crfrnn._ops": "crfrnn.lattice._custom_ops",
 }
 
 

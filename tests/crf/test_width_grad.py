@@ -20,7 +20,7 @@ from torch.autograd.gradcheck import GradcheckError
 
 from crfrnn import CrfRnn, KernelCache, PermutohedralLattice, dense_crf, mean_field
 from crfrnn.crf.features import bilateral_features, position_features, width_factors
-from crfrnn.lattice import _feature_backward
+from crfrnn.lattice._autograd import feature_backward as _feature_backward
 
 #: Lattice against exact gradients on the smooth 20x24 photo-like inputs below (docs/widths.md, "Accuracy"),
 #: "row" and "symmetric" normalisation: measured guide-gradient cosine 0.971-0.978 and relative error 0.21-0.24,

@@ -163,7 +163,7 @@ class _CompiledMeanField(torch.autograd.Function):
             ops = []
             for kern in build_concurrently(plan.builder, nk, i, n):
                 pre, post, selfw = (f[0].numpy() for f in kern.factors(dtype))
-                ops.append((kern.lattice._operators(dtype), pre, post, selfw))
+                ops.append((kern.lattice.operators(dtype), pre, post, selfw))
             bufs = _vertex_buffers(ops, c, dtype, 3)
             work = _views(bufs, ops)
             # (iterations, rows, C) per kernel, the first M_k + 1 rows used. A lattice with more than 2 N vertices (a

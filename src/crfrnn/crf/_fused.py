@@ -35,7 +35,7 @@ def infer_fused(scores: Tensor, builder: KernelBuilder, schedule: list, iteratio
         ops = []
         for kern in build_concurrently(builder, len(builder.kernels), i, n):
             pre, post, selfw = (f[0].numpy() for f in kern.factors(dtype))
-            ops.append((kern.lattice._operators(dtype), pre, post, selfw))
+            ops.append((kern.lattice.operators(dtype), pre, post, selfw))
         rows = slice(i * n, (i + 1) * n)
         unary, q = padded[rows], None if q0 is None else q0[rows]
         if len(steps) == 1 or iterations <= 1:

@@ -41,7 +41,7 @@ from crfrnn.crf._compiled import compiled_mean_field
 from crfrnn.crf._fused import infer_fused
 from crfrnn.crf.kernels import KernelCache, check_normalization
 from crfrnn.crf.pairwise import KernelBuilder, Pairwise, label_transform, pairwise_logits
-from crfrnn.lattice import resolve_backend
+from crfrnn.lattice._backends import resolve_backend
 
 __all__ = ["infer"]
 

@@ -21,8 +21,7 @@ import torch
 from torch import Tensor
 
 from crfrnn.crf.features import width_factors
-from crfrnn.filters import gaussian_filter
-from crfrnn.lattice import PermutohedralLattice
+from crfrnn.lattice import PermutohedralLattice, gaussian_filter
 
 __all__ = ["GaussianKernel", "KernelCache", "NORMALIZATIONS"]
 

@@ -2,7 +2,8 @@
 
 Under ``torch.compile`` the lattice's construction (data-dependent vertex count, hashing) and its filter (sparse
 products, or compiled CPU kernels) cannot be traced. :class:`crfrnn.lattice.PermutohedralLattice` then goes
-through these opaque operators instead, which the compiler treats as single nodes with known output shapes:
+through these opaque operators instead (:class:`CompiledOperator`, backend ``"ops"``), which the compiler treats as
+single nodes with known output shapes:
 
 - ``crfrnn::lattice_build(features (P, D), batch_size) -> offsets (P, D+1) int64, weights (P, D+1), rank
   (P, D+1) int64, neighbours (D+1, 2, M) int64``: the lattice, with ``M`` vertices (a size known only when it
@@ -13,7 +14,8 @@ through these opaque operators instead, which the compiler treats as single node
 - ``crfrnn::lattice_self_weights(offsets, weights, rank, neighbours, alpha) -> (P,)``: each point's own weight
   (see :meth:`PermutohedralLattice.self_weights`).
 
-Without the compiler nothing here runs: eager code keeps its faster paths (CSR products, compiled kernels).
+Without the compiler nothing here runs: eager code keeps its faster paths (CSR products, compiled kernels), and
+the operators' own bodies run the eager lattice chosen for ``"auto"`` on the data's device.
 """
 
 from __future__ import annotations
@@ -21,7 +23,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["gather_filter", "lattice_build", "lattice_filter", "lattice_self_weights"]
+from crfrnn.lattice._backends import eager_operator
+from crfrnn.lattice._construction import check_features
+from crfrnn.lattice._operators import LatticeOperator
+
+__all__ = ["CompiledOperator", "gather_filter", "lattice_build", "lattice_filter", "lattice_self_weights"]
 
 
 def gather_filter(values: Tensor, offsets: Tensor, weights: Tensor, neighbours: Tensor, alpha: float,
@@ -52,11 +58,11 @@ def gather_filter(values: Tensor, offsets: Tensor, weights: Tensor, neighbours: 
 @torch.library.custom_op("crfrnn::lattice_build", mutates_args=())
 def lattice_build(features: Tensor, batch_size: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The lattice of ``(P, D)`` features (``P = batch_size * N``, images contiguous); see the module docstring."""
-    from crfrnn.lattice import PermutohedralLattice
-
-    lattice = PermutohedralLattice(features.reshape(batch_size, -1, features.shape[1]))
-    return (lattice._offsets.to(torch.int64), lattice._weights.to(features.dtype).clone(),
-            lattice._rank.to(torch.int64), lattice._neighbours.to(torch.int64))  # fmt: skip
+    check_features(features.reshape(batch_size, -1, features.shape[1]))
+    alpha = 1.0 / (1.0 + 2.0 ** (-features.shape[1]))
+    lattice = eager_operator("auto", features.device).build(features.detach(), batch_size, alpha)
+    return (lattice.offsets.to(torch.int64), lattice.weights.to(features.dtype).clone(),
+            lattice.rank.to(torch.int64), lattice.neighbours.to(torch.int64))  # fmt: skip
 
 
 @lattice_build.register_fake
@@ -97,13 +103,36 @@ torch.library.register_autograd("crfrnn::lattice_filter", _filter_backward, setu
 @torch.library.custom_op("crfrnn::lattice_self_weights", mutates_args=())
 def lattice_self_weights(offsets: Tensor, weights: Tensor, rank: Tensor, neighbours: Tensor, alpha: float) -> Tensor:
     """``(P,)`` the lattice operator's diagonal (see :meth:`crfrnn.lattice.PermutohedralLattice.self_weights`):
-    compiled on the CPU where numba is installed (the same sums), the PyTorch walk elsewhere."""
-    from crfrnn._numba import AVAILABLE
-    from crfrnn.lattice import _diagonal
-
-    return _diagonal(offsets, weights, rank, neighbours, alpha, compiled=AVAILABLE and offsets.device.type == "cpu")
+    compiled on the CPU where numba is installed (the same sums), the PyTorch walk elsewhere.
+    """
+    lattice = eager_operator("auto", offsets.device)(offsets, weights, rank, neighbours, neighbours.shape[-1], alpha)
+    return lattice.self_weights()
 
 
 @lattice_self_weights.register_fake
 def _(offsets: Tensor, weights: Tensor, rank: Tensor, neighbours: Tensor, alpha: float) -> Tensor:
     return weights.new_empty((offsets.shape[0],))
+
+
+class CompiledOperator(LatticeOperator):
+    """The lattice under torch.compile: built by ``crfrnn::lattice_build``, filtered with plain tensor ops
+    (:func:`gather_filter`; ``crfrnn::lattice_filter`` where autograd differentiates it), self weights by
+    ``crfrnn::lattice_self_weights``. ``num_vertices`` is a symbolic size.
+    """
+
+    name = "ops"
+
+    @classmethod
+    def build(cls, features: Tensor, batch_size: int, alpha: float) -> CompiledOperator:
+        offsets, weights, rank, neighbours = lattice_build(features, batch_size)
+        return cls(offsets, weights, rank, neighbours, neighbours.shape[-1], alpha)
+
+    def apply(self, values: Tensor, reverse: bool) -> Tensor:
+        return gather_filter(values, self.offsets, self.weights, self.neighbours, self.alpha, reverse)
+
+    def filter(self, values: Tensor, reverse: bool) -> Tensor:
+        # differentiable through the operator's own autograd formula
+        return lattice_filter(values.contiguous(), self.offsets, self.weights, self.neighbours, self.alpha, reverse)
+
+    def self_weights(self) -> Tensor:
+        return lattice_self_weights(self.offsets, self.weights, self.rank, self.neighbours, self.alpha)
