@@ -33,15 +33,15 @@ from bench_refine import make_inputs  # noqa: E402
 @contextlib.contextmanager
 def torch_walk():
     """Self weights by the PyTorch walk of every path, point by point (what the CPU path ran before)."""
-    from crfrnn import _numba, lattice
+    from crfrnn import _kernels, lattice
 
-    compiled = _numba.self_weights
-    _numba.self_weights = lambda offsets, weights, rank, neighbours, alpha, steps, path_w: lattice._self_weights(
+    compiled = _kernels.self_weights
+    _kernels.self_weights = lambda offsets, weights, rank, neighbours, alpha, steps, path_w: lattice._self_weights(
         offsets, weights, rank, neighbours, alpha)
     try:
         yield
     finally:
-        _numba.self_weights = compiled
+        _kernels.self_weights = compiled
 
 
 def walked(fn):

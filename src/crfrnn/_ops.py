@@ -97,11 +97,10 @@ torch.library.register_autograd("crfrnn::lattice_filter", _filter_backward, setu
 @torch.library.custom_op("crfrnn::lattice_self_weights", mutates_args=())
 def lattice_self_weights(offsets: Tensor, weights: Tensor, rank: Tensor, neighbours: Tensor, alpha: float) -> Tensor:
     """``(P,)`` the lattice operator's diagonal (see :meth:`crfrnn.lattice.PermutohedralLattice.self_weights`):
-    compiled on the CPU where numba is installed (the same sums), the PyTorch walk elsewhere."""
-    from crfrnn._numba import AVAILABLE
+    compiled on the CPU (the same sums), the PyTorch walk elsewhere."""
     from crfrnn.lattice import _diagonal
 
-    return _diagonal(offsets, weights, rank, neighbours, alpha, compiled=AVAILABLE and offsets.device.type == "cpu")
+    return _diagonal(offsets, weights, rank, neighbours, alpha, compiled=offsets.device.type == "cpu")
 
 
 @lattice_self_weights.register_fake

@@ -35,6 +35,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from crfrnn import _kernels
+
 __all__ = ["PermutohedralLattice", "lattice_filter"]
 
 _BACKENDS = ("auto", "torch", "numba")
@@ -266,13 +268,11 @@ def _canonical_paths(d: int) -> tuple[Tensor, Tensor]:
 
 def _diagonal(offsets: Tensor, weights: Tensor, rank: Tensor, neighbours: Tensor, alpha: float, *,
               compiled: bool) -> Tensor:
-    """:func:`_self_weights`, by the compiled kernel (:func:`crfrnn._numba.self_weights`: CPU tensors, numba
-    installed) when ``compiled``, else by the PyTorch walk; no gradient either way."""
+    """:func:`_self_weights`, by the compiled kernel (:func:`crfrnn._kernels.self_weights`: CPU tensors) when
+    ``compiled``, else by the PyTorch walk; no gradient either way."""
     if compiled:
-        from crfrnn import _numba
-
         steps, path_w = _canonical_paths(offsets.shape[1] - 1)
-        return _numba.self_weights(offsets, weights, rank, neighbours, alpha, steps, path_w)
+        return _kernels.self_weights(offsets, weights, rank, neighbours, alpha, steps, path_w)
     with torch.no_grad():
         return _self_weights(offsets, weights, rank, neighbours, alpha)
 
@@ -316,8 +316,8 @@ class PermutohedralLattice:
     Args:
         features: ``(B, N, D)`` float32 or float64, ``B >= 1`` point sets of ``N >= 1`` points with
             ``D >= 1`` features each, already divided by the kernel widths.
-        backend: ``"auto"`` (compiled CPU kernels when the features are on the CPU and numba is
-            installed, pure PyTorch otherwise), ``"torch"`` (pure PyTorch sparse matrices, any device) or
+        backend: ``"auto"`` (compiled CPU kernels when the features are on the CPU, pure PyTorch
+            otherwise), ``"torch"`` (pure PyTorch sparse matrices, any device) or
             ``"numba"`` (CPU only).
 
     Example:
@@ -346,9 +346,7 @@ class PermutohedralLattice:
             offsets, weights, rank, neighbours = _ops.lattice_build(feats, self.batch_size)
             built = (offsets, weights, rank, neighbours, neighbours.shape[-1])
         elif backend == "numba":
-            from crfrnn import _numba
-
-            built = _numba.build(feats, self.batch_size, _MAX_CODE_BITS)
+            built = _kernels.build(feats, self.batch_size, _MAX_CODE_BITS)
         if built is not None:
             offsets, weights, rank, neighbours, m = built
         else:  # pure PyTorch (also the fallback when int64 key codes would overflow)
@@ -403,7 +401,7 @@ class PermutohedralLattice:
         ops = self._ops.get(dtype)
         if ops is None:
             if self.backend == "numba":
-                from crfrnn._numba import NumbaOperators as make
+                make = _kernels.NumbaOperators
             else:
                 make = _TorchOperators
             ops = make(self._offsets, self._weights.to(dtype), self._neighbours, self.num_vertices, self.alpha)
@@ -636,10 +634,8 @@ class _FeatureFilter(torch.autograd.Function):
         if lattice.backend == "numba":  # hand the compiled kernels the channel count they pad to: no copy
             import numpy as np
 
-            from crfrnn._numba import padded_channels
-
             np_dtype = np.float64 if values.dtype == torch.float64 else np.float32
-            pad = (lambda channels: padded_channels(channels, np_dtype))
+            pad = (lambda channels: _kernels.padded_channels(channels, np_dtype))
         gv, gb, gw = _feature_backward(filt, values, out, grad.contiguous(), base, widths, lattice.batch_size, need,
                                        pad, ctx.probes)  # fmt: skip
         return gv, gb, gw, None, None
@@ -662,8 +658,8 @@ def lattice_filter(values: Tensor, features: Tensor, *, backend: str = "auto") -
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
-    """The backend that runs for ``backend`` on ``device``: ``"auto"`` becomes ``"numba"`` on the CPU when numba
-    is installed and ``"torch"`` otherwise; an unknown name, or ``"numba"`` off the CPU, is an error."""
+    """The backend that runs for ``backend`` on ``device``: ``"auto"`` becomes ``"numba"`` on the CPU and
+    ``"torch"`` otherwise; an unknown name, or ``"numba"`` off the CPU, is an error."""
     if backend not in _BACKENDS:
         raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}.")
     if backend == "numba" and device.type != "cpu":
@@ -672,17 +668,8 @@ def resolve_backend(backend: str, device: torch.device) -> str:
             "for other devices."
         )
     if backend == "auto":
-        return "numba" if device.type == "cpu" and _numba_available() else "torch"
+        return "numba" if device.type == "cpu" else "torch"
     return backend
-
-
-def _numba_available() -> bool:
-    try:
-        from crfrnn import _numba
-
-        return _numba.AVAILABLE
-    except ImportError:
-        return False
 
 
 def _compiling() -> bool:

@@ -14,7 +14,7 @@ constant).
 
 :func:`infer` picks the path:
 
-- **fused** (compiled, :mod:`crfrnn._numba`): whenever no gradient is needed and the data are on the CPU. One
+- **fused** (compiled, :mod:`crfrnn._kernels`): whenever no gradient is needed and the data are on the CPU. One
   compiled loop per image does all iterations: splat and blur every kernel, then one pass that slices all of
   them, applies the label transforms (vectors cost ``L``, matrices ``L^2`` per point) and takes the softmax.
   Its buffers belong to the call, so concurrent calls are safe.
@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
+from crfrnn import _kernels
 from crfrnn._utils.threads import adaptive_threads
 from crfrnn.crf.kernels import GaussianKernel, KernelCache, check_normalization
 from crfrnn.lattice import resolve_backend
@@ -367,12 +368,10 @@ def _infer_fused(scores: Tensor, builder: _Builder, schedule: list, iterations: 
     """The compiled path: all iterations in one compiled call when they share their label transforms, else one
     compiled iteration at a time (untied iterations; iteration ``t`` takes ``schedule[min(t, len - 1)]``), the
     marginals kept in the compiled loop's padded layout between iterations."""
-    from crfrnn import _numba
-
     b, num_labels, n = scores.shape
     dtype = scores.dtype
     np_dtype = np.float64 if dtype == torch.float64 else np.float32
-    padded, q0, stats = _numba.unary_from_scores(scores.detach(), clip, from_probs)
+    padded, q0, stats = _kernels.unary_from_scores(scores.detach(), clip, from_probs)
     _check_scores(stats, from_probs, name, sum_tol)
     steps = []
     for transforms in schedule:
@@ -388,22 +387,22 @@ def _infer_fused(scores: Tensor, builder: _Builder, schedule: list, iterations: 
         unary, q = padded[rows], None if q0 is None else q0[rows]
         if len(steps) == 1 or iterations <= 1:
             args = [op + (mat,) for op, mat in zip(ops, steps[0])]
-            _numba.mean_field(unary, num_labels, iterations, args, q0=q, return_logits=return_logits,
+            _kernels.mean_field(unary, num_labels, iterations, args, q0=q, return_logits=return_logits,
                               out=out[i].numpy())  # fmt: skip
             continue
         if q is None:
             q = np.empty_like(unary)
-            _numba.softmax_rows(unary, q, num_labels)
+            _kernels.softmax_rows(unary, q, num_labels)
         # one set of vertex buffers and one set of compiled arguments per schedule step, not per iteration
         c = unary.shape[1]
         work = [tuple(np.empty((o.num_vertices + 1, c), np_dtype) for _ in range(3)) for o, *_ in ops]
         args = [[op + (mat,) for op, mat in zip(ops, step)] for step in steps]
-        parts = _numba.splat_parts([o for o, *_ in ops], c, np_dtype)  # shared: each iteration splats for the next
-        prepared = [_numba.prepare(a, num_labels, n, c, np_dtype, work, parts) for a in args]
+        parts = _kernels.splat_parts([o for o, *_ in ops], c, np_dtype)  # shared: each iteration splats for the next
+        prepared = [_kernels.prepare(a, num_labels, n, c, np_dtype, work, parts) for a in args]
         for it in range(iterations):  # q holds each iteration's marginals, updated in place
             s = min(it, len(steps) - 1)
             last = it == iterations - 1
-            _numba.mean_field(unary, num_labels, 1, args[s], q0=q, return_logits=last and return_logits,
+            _kernels.mean_field(unary, num_labels, 1, args[s], q0=q, return_logits=last and return_logits,
                               out=out[i].numpy(), transpose=last, prepared=prepared[s], splatted=it > 0,
                               scatter_out=not last)  # fmt: skip
     return out
