@@ -162,7 +162,7 @@ class NumbaOperators:
         self.alpha = alpha
         self._ones = np.ones(self.offsets.shape[0], self.weights.dtype)
         self.runs = splat_runs(self.offsets.shape[0], num_vertices)
-        self._work: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._work: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self._lock = threading.Lock()  # the workspace is shared: one filtering at a time per lattice
 
     def workspace(self, channels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
