@@ -33,16 +33,16 @@ from bench_refine import make_inputs  # noqa: E402
 @contextlib.contextmanager
 def torch_walk():
     """Self weights by the PyTorch walk of every path, point by point (what the CPU path ran before)."""
-    from crfrnn import _numba
+    from crfrnn import _kernels
     from crfrnn.lattice._reference import walk_self_weights
 
-    compiled = _numba.self_weights
-    _numba.self_weights = lambda offsets, weights, rank, neighbours, alpha, steps, path_w: walk_self_weights(
+    compiled = _kernels.self_weights
+    _kernels.self_weights = lambda offsets, weights, rank, neighbours, alpha, steps, path_w: walk_self_weights(
         offsets, weights, rank, neighbours, alpha)
     try:
         yield
     finally:
-        _numba.self_weights = compiled
+        _kernels.self_weights = compiled
 
 
 def walked(fn):

@@ -35,7 +35,7 @@ def lattices() -> dict:
     import torch
 
     import crfrnn
-    from crfrnn import _numba
+    from crfrnn import _kernels
     from crfrnn.crf import bilateral_features, spatial_features
     from bench_refine import make_inputs
     from bench_volume import BIL_I, BIL_POS, BIL_W, POS, POS_W, make_volume
@@ -46,13 +46,13 @@ def lattices() -> dict:
            "photo bilateral (5-D)": bilateral_features(img, 80.0, 13.0)[0]}  # fmt: skip
     vol, probs = make_volume((64, 128, 128), 2)
     seen = []
-    build = _numba.build
-    _numba.build = lambda f, b, bits: (seen.append(f.clone()), build(f, b, bits))[1]  # the volume's features
+    build = _kernels.build
+    _kernels.build = lambda f, b, bits: (seen.append(f.clone()), build(f, b, bits))[1]  # the volume's features
     try:
         crfrnn.dense_crf(vol, probs, iterations=1, gaussian_sxy=POS, gaussian_compat=POS_W, bilateral_sxy=BIL_POS,
                          bilateral_srgb=BIL_I, bilateral_compat=BIL_W)  # fmt: skip
     finally:
-        _numba.build = build
+        _kernels.build = build
     for f in seen:
         out[f"volume {'spatial' if f.shape[1] == 3 else 'bilateral'} ({f.shape[1]}-D)"] = f
     del np
@@ -69,7 +69,7 @@ def main() -> None:
 
     numba.set_num_threads(1)
     torch.set_num_threads(1)
-    from crfrnn import _numba
+    from crfrnn._kernels import construct
     from crfrnn.lattice import PermutohedralLattice
 
     r = args.repeats
@@ -79,21 +79,21 @@ def main() -> None:
         d1 = d + 1
         scale = math.sqrt(2.0 / 3.0) * d1 / np.sqrt((np.arange(d) + 1.0) * (np.arange(d) + 2.0))
         chunks = max(1, min(p // 1024, 8))
-        bounds = _numba._elevated_bounds(feats, scale, chunks)
+        bounds = construct.elevated_bounds(feats, scale, chunks)
         lo = np.floor(bounds[:, 0].min(0)).astype(np.int64) - (2 * d1 + 2 * d)
         hi = np.ceil(bounds[:, 1].max(0)).astype(np.int64) + (2 * d1 + 2 * d)
         strides = np.cumprod(np.concatenate([[1], np.append(hi - lo + 1, 1)[:-1]])).astype(np.int64)
         codes = np.empty(p * d1, np.int64)
         weights = np.empty((p, d1), np.float32)
         ranks = np.empty((p, d1), np.int8)
-        t = {"bounds": cpu(lambda: _numba._elevated_bounds(feats, scale, chunks), r),
-             "simplices": cpu(lambda: _numba._simplices(feats, scale, lo, strides, p, chunks, codes, weights, ranks),
+        t = {"bounds": cpu(lambda: construct.elevated_bounds(feats, scale, chunks), r),
+             "simplices": cpu(lambda: construct.simplices(feats, scale, lo, strides, p, chunks, codes, weights, ranks),
                               r),
-             "hash": cpu(lambda: _numba._insert_all(codes, d1), r)}  # fmt: skip
-        ids, uniq, table = _numba._insert_all(codes, d1)
+             "hash": cpu(lambda: construct.insert_all(codes, d1), r)}  # fmt: skip
+        ids, uniq, table = construct.insert_all(codes, d1)
         off = -np.ones((d1, d), np.int64) + d1 * np.eye(d1, d, dtype=np.int64)
         deltas = (off * strides[:d]).sum(1)
-        t["neighbours"] = cpu(lambda: _numba._neighbour_ids(uniq, deltas, table), r)
+        t["neighbours"] = cpu(lambda: construct.neighbour_ids(uniq, deltas, table), r)
         f32 = f[None].float()
         t["lattice"] = cpu(lambda: PermutohedralLattice(f32).operators(torch.float32), r)
         print(f"{name:<24} {p:>8} points {uniq.shape[0]:>7} vertices | "

@@ -29,7 +29,8 @@ from bench_refine import make_inputs  # noqa: E402
 def main() -> None:
     import torch
 
-    from crfrnn import _numba, dense_crf
+    from crfrnn import dense_crf
+    from crfrnn._kernels import filtering, softmax
     from crfrnn.crf import bilateral_features, spatial_features
     from crfrnn.lattice import PermutohedralLattice
 
@@ -55,13 +56,13 @@ def main() -> None:
         q = np.ascontiguousarray(np.random.default_rng(0).random((h * w, c), np.float32))
         out = np.empty_like(q)
         buf, tmp, parts = ops.workspace(c)
-        ms(f"bilateral splat + slice, {c} channels", lambda: _numba._slice(
+        ms(f"bilateral splat + slice, {c} channels", lambda: filtering.slice_vertices(
             ops.splat(q, ones, buf, parts), ops.weights, ops.offsets, np.float32(1), out))
-    ms("bilateral blur, 24 channels", lambda: _numba._blur(buf, tmp, ops.neighbours, False))
+    ms("bilateral blur, 24 channels", lambda: filtering.blur_vertices(buf, tmp, ops.neighbours, False))
     logits = np.ascontiguousarray(np.log(probs.reshape(num_labels, -1).T))
     padded = np.zeros((h * w, 24), np.float32)
     padded[:, :num_labels] = logits
-    ms("softmax of (N, 24) rows", lambda: _numba._softmax_rows(padded, out, num_labels))
+    ms("softmax of (N, 24) rows", lambda: softmax.softmax_rows_into(padded, out, num_labels))
 
     def cold(iterations: int):
         def run():

@@ -8,11 +8,10 @@ import torch
 import torch.nn.functional as F
 
 from crfrnn import CrfRnn, GaussianKernel, NORMALIZATIONS, bilateral_features, gaussian_filter, mean_field
-from crfrnn._numba import AVAILABLE as NUMBA
 from crfrnn._utils.profiling import saved_activation_bytes
 from tests.conftest import DEVICE, photo
 
-BACKENDS = ["torch"] + (["numba"] if NUMBA else [])
+BACKENDS = ["torch", "numba"]
 
 
 def smooth_image(b: int, h: int, w: int, seed: int = 0) -> torch.Tensor:

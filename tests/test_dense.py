@@ -8,7 +8,6 @@ import torch
 import torch.nn.functional as F
 
 from crfrnn import dense_crf, unary_from_labels, unary_from_probs
-from crfrnn._numba import AVAILABLE as NUMBA
 
 
 def scene(h: int = 40, w: int = 56, num_labels: int = 3, seed: int = 0):
@@ -54,7 +53,6 @@ class TestDenseCrf:
         assert torch.allclose(batched[0], torch.from_numpy(expected), atol=1e-6)
         assert torch.allclose(batched[1], torch.from_numpy(dense_crf(image2, probs2)), atol=1e-6)
 
-    @pytest.mark.skipif(not NUMBA, reason="numba is not installed")
     @pytest.mark.parametrize("normalization", ["symmetric", "row", "column", "none"])
     def test_fused_path_equals_generic_path(self, normalization):
         image, probs, _ = scene()

@@ -7,11 +7,10 @@ import torch
 
 import crfrnn.lattice._construction as construction
 from crfrnn import PermutohedralLattice, bilateral_features, gaussian_filter, spatial_features
-from crfrnn._numba import AVAILABLE as NUMBA
 from crfrnn.lattice._reference import walk_self_weights
 from tests.conftest import photo, relative_error
 
-BACKENDS = ["torch"] + (["numba"] if NUMBA else [])
+BACKENDS = ["torch", "numba"]
 # The lattice's impulse response fitted by A exp(-r^2 / (2 s^2)) on dense random points (docs/lattice.md,
 # reproduced by benchmarks/lattice_accuracy.py): amplitude A per dimension; effective width s ~ 1.05-1.07.
 AMPLITUDE = {1: 0.889, 2: 0.807, 3: 0.711, 5: 0.525}
@@ -184,7 +183,6 @@ class TestPermutohedralLattice:
         assert b.dtype == torch.float32
         assert relative_error(b.double(), a) < 1e-5
 
-    @pytest.mark.skipif(not NUMBA, reason="numba is not installed")
     @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
     @pytest.mark.parametrize("d", [1, 2, 3, 5, 8])
     def test_backends_agree(self, d, dtype):
@@ -220,7 +218,6 @@ class TestPermutohedralLattice:
         diag = lat.filter(impulses)[:, idx, torch.arange(len(idx))]
         assert torch.allclose(lat.self_weights()[:, idx], diag, rtol=1e-12, atol=1e-12)
 
-    @pytest.mark.skipif(not NUMBA, reason="numba is not installed")
     @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
     def test_compiled_self_weights_on_a_photo(self, dtype):
         """The compiled self weights (distinct simplices found per chunk of points, paths walked once per simplex)

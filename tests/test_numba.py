@@ -6,26 +6,24 @@ import numpy as np
 import pytest
 import torch
 
-from crfrnn._numba import AVAILABLE as NUMBA
-
-pytestmark = pytest.mark.skipif(not NUMBA, reason="numba is not installed")
+from crfrnn._kernels import construct, filtering, simd
 
 
 @pytest.fixture(scope="module")
 def kernels():
     from numba import njit
 
-    from crfrnn import _numba
+    from crfrnn import _kernels
 
     @njit
     def exp(x, scratch):
-        _numba.exp_inplace(x, scratch)
+        _kernels.exp_inplace(x, scratch)
 
     @njit
     def log(x, scratch):
-        _numba.log_inplace(x, scratch)
+        _kernels.log_inplace(x, scratch)
 
-    return _numba, exp, log
+    return _kernels, exp, log
 
 
 class TestExp:
@@ -53,7 +51,7 @@ class TestSoftmaxRows:
     @pytest.mark.parametrize("dtype", [np.float32, np.float64])
     @pytest.mark.parametrize("c,cr", [(2, 2), (4, 3), (8, 5), (16, 13), (24, 21), (32, 32), (12, 11), (40, 33)])
     def test_reference(self, kernels, dtype, c, cr):
-        _numba = kernels[0]
+        numba_mod = kernels[0]
         rng = np.random.default_rng(c)
         n = 4 * 256 + 7  # whole groups of four rows and a remainder
         x = np.zeros((n, c), dtype)
@@ -62,7 +60,7 @@ class TestSoftmaxRows:
         x[5:9, :cr] = 0.0  # ties
         x[9, 0] = 1e3  # one dominant label
         out = np.full_like(x, np.nan)
-        _numba.softmax_rows(x, out, cr)
+        numba_mod.softmax_rows(x, out, cr)
         z = x[:, :cr].astype(np.float64)
         ref = np.exp(z - z.max(1, keepdims=True))
         ref /= ref.sum(1, keepdims=True)
@@ -72,12 +70,12 @@ class TestSoftmaxRows:
 
     def test_rows_are_independent_of_their_neighbours(self, kernels):
         # rows go four at a time: a row's result must not depend on which group of four it falls in
-        _numba = kernels[0]
+        numba_mod = kernels[0]
         x = np.zeros((11, 24), np.float32)
         x[:, :21] = np.random.default_rng(1).standard_normal((11, 21)) * 5
-        full = _numba.softmax_rows(x, np.empty_like(x), 21)
+        full = numba_mod.softmax_rows(x, np.empty_like(x), 21)
         for i in range(11):
-            one = _numba.softmax_rows(x[i : i + 1].copy(), np.empty((1, 24), np.float32), 21)
+            one = numba_mod.softmax_rows(x[i : i + 1].copy(), np.empty((1, 24), np.float32), 21)
             assert np.array_equal(one[0], full[i])
 
 
@@ -89,13 +87,11 @@ class TestAxpy:
     def test_reference(self, kernels, dtype, c):
         from numba import njit
 
-        _numba = kernels[0]
-
         @njit
         def run(dst, src, scale, rows, w):
             for i in range(rows.shape[0]):
-                _numba._axpy(dst, rows[i, 0], src, rows[i, 1], w, dst.shape[1])
-                _numba._axpy_scaled(dst, rows[i, 1], scale, src, rows[i, 0], w, dst.shape[1])
+                simd.axpy(dst, rows[i, 0], src, rows[i, 1], w, dst.shape[1])
+                simd.axpy_scaled(dst, rows[i, 1], scale, src, rows[i, 0], w, dst.shape[1])
 
         rng = np.random.default_rng(c)
         dst = rng.standard_normal((9, c)).astype(dtype)
@@ -175,7 +171,6 @@ class TestScatter:
     def test_partial_sums_add_up_to_the_splat(self, kernels, channels):
         """Each run's partial sums hold exactly its points' weighted values; together they are the splat, for
         channel counts compiled as constants (8, 24) and not (3, 40)."""
-        numba_mod = kernels[0]
         rng = np.random.default_rng(0)
         n, d1, m = 1001, 4, 37
         offsets = rng.integers(0, m, size=(n, d1)).astype(np.int32)
@@ -184,8 +179,8 @@ class TestScatter:
         pre = rng.random(n)
         for runs in (1, 2, 3):
             parts = np.full((runs, m + 1, channels), np.nan)
-            numba_mod._scatter(values, pre, offsets, weights, parts)
-            per = numba_mod._run_length(n, runs)
+            filtering.scatter_parts(values, pre, offsets, weights, parts)
+            per = filtering.run_length(n, runs)
             for j in range(runs):
                 expected = np.zeros((m + 1, channels))
                 for p in range(j * per, min(n, (j + 1) * per)):
@@ -193,13 +188,12 @@ class TestScatter:
                         expected[offsets[p, r]] += weights[p, r] * pre[p] * values[p]
                 np.testing.assert_allclose(parts[j], expected, rtol=1e-12, atol=1e-12)
             assert not parts[:, m].any()  # the absent neighbour's row stays 0
-            buf = numba_mod._reduce(parts, np.empty((m + 1, channels)))
+            buf = filtering.reduce_parts(parts, np.empty((m + 1, channels)))
             np.testing.assert_allclose(buf, parts.sum(0), rtol=1e-12, atol=1e-12)
 
     def test_same_sums_for_any_number_of_threads(self, kernels):
         """The runs are fixed by the sizes, not by the threads: the splat is the same bit for bit at 1 and 2
         threads."""
-        numba_mod = kernels[0]
         import numba
 
         rng = np.random.default_rng(1)
@@ -213,7 +207,7 @@ class TestScatter:
             for threads in (1, min(2, numba.config.NUMBA_NUM_THREADS)):
                 numba.set_num_threads(threads)
                 parts = np.empty((2, 501, 24), np.float32)
-                out.append(numba_mod._reduce(numba_mod._scatter(values, pre, offsets, weights, parts),
+                out.append(filtering.reduce_parts(filtering.scatter_parts(values, pre, offsets, weights, parts),
                                              np.empty((501, 24), np.float32)))
         finally:
             numba.set_num_threads(before)
@@ -257,17 +251,16 @@ class TestInsertRuns:
     @pytest.mark.parametrize("runs", [1, 2, 3, 7])
     def test_same_ids_as_sequential(self, kernels, runs):
         """The parallel hash gives the sequential first-seen ids and distinct codes, and a table that finds them."""
-        numba_mod = kernels[0]
         rng = np.random.default_rng(runs)
         d1 = 4
         # codes with repeats within and across runs, and runs of a point sharing the previous point's vertex
         codes = rng.integers(0, 3000, size=(5001, d1)).astype(np.int64)
         codes[1::3] = codes[0:-1:3][: codes[1::3].shape[0]]
         codes = codes.reshape(-1)
-        ids, uniq, table = numba_mod._insert_all(codes, d1)
-        ids2, uniq2, table2 = numba_mod._insert_runs(codes, d1, runs)
+        ids, uniq, table = construct.insert_all(codes, d1)
+        ids2, uniq2, table2 = construct.insert_runs(codes, d1, runs)
         assert np.array_equal(ids, ids2) and np.array_equal(uniq, uniq2)
         assert np.array_equal(uniq2[ids2], codes)
         deltas = np.array([1, -7, 13], np.int64)
-        assert np.array_equal(numba_mod._neighbour_ids(uniq, deltas, table),
-                              numba_mod._neighbour_ids(uniq2, deltas, table2))
+        assert np.array_equal(construct.neighbour_ids(uniq, deltas, table),
+                              construct.neighbour_ids(uniq2, deltas, table2))

@@ -13,11 +13,8 @@ import torch.nn.functional as F
 import crfrnn
 import crfrnn.compat as dcrf
 from crfrnn import CrfRnn, KernelCache, Pairwise, dense_crf, infer, mean_field, position_features
-from crfrnn._numba import AVAILABLE as NUMBA
 from crfrnn.crf.features import bilateral_features
 from tests.conftest import DEVICE
-
-needs_numba = pytest.mark.skipif(not NUMBA, reason="the fused path needs numba")
 
 
 def dense_reference(unary, terms, iterations, from_probs=False, clip=1e-5):
@@ -93,7 +90,6 @@ class TestEngine:
             ref = dense_reference(u[b], [(t[0][b],) + t[1:] for t in terms], 4)
             assert torch.allclose(ours[b], ref, atol=1e-10), (ours[b] - ref).abs().max()
 
-    @needs_numba
     @pytest.mark.parametrize("count", [1, 2, 3, 4])
     @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
     def test_fused_equals_differentiable(self, count, dtype):

@@ -3,7 +3,7 @@
 Training needs the gradient of ``T`` unrolled mean-field iterations with respect to the unary and the label
 transforms ``T_k = -mu_k W_k`` (hence the kernel weights and the compatibility). Written as PyTorch ops around the
 lattice filter, every iteration is a dozen passes over ``(N, L)`` tensors and autograd replays them all. Here the
-forward is the fused compiled iteration of :mod:`crfrnn._numba` (one call per iteration, after which each kernel's
+forward is the fused compiled iteration of :mod:`crfrnn._kernels` (one call per iteration, after which each kernel's
 blurred vertex buffer ``B_k = blur(S^T(pre q))`` is kept), and the backward runs, per iteration in reverse order:
 
 1. the softmax's vector-Jacobian product ``dz = q * (g - <q, g>)`` (compiled; ``du += dz``);
@@ -31,9 +31,10 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from crfrnn import _kernels
 from crfrnn._utils.memory import Workspace
 from crfrnn._utils.threads import limit_threads
-from crfrnn import _numba
+from crfrnn import _kernels
 from crfrnn.crf.pairwise import build_concurrently
 
 __all__ = ["compiled_mean_field", "release_buffers"]
@@ -144,8 +145,8 @@ class _CompiledMeanField(torch.autograd.Function):
         dtype = unary.dtype
         np_dtype = np.float64 if dtype == torch.float64 else np.float32
         # the padded unary in a kept buffer: fresh, its page faults grew faster than the batch
-        padded_buf = _WORKSPACE.take((b * n, _numba.padded_channels(num_labels, np.dtype(np_dtype))), dtype)
-        padded, _, stats = _numba.unary_from_scores(unary.detach(), 0.0, False, out=padded_buf.numpy())
+        padded_buf = _WORKSPACE.take((b * n, _kernels.padded_channels(num_labels, np.dtype(np_dtype))), dtype)
+        padded, _, stats = _kernels.unary_from_scores(unary.detach(), 0.0, False, out=padded_buf.numpy())
         if plan.check is not None:
             plan.check(stats)
         c = padded.shape[1]
@@ -174,22 +175,22 @@ class _CompiledMeanField(torch.autograd.Function):
                     else None for o, *_ in ops] if keep_blurred else []  # fmt: skip
             unary_i = padded[i * n : (i + 1) * n]
             h = hist[i].numpy()
-            _numba.softmax_rows(unary_i, h[0], num_labels)
+            _kernels.softmax_rows(unary_i, h[0], num_labels)
             # the compiled loop's arguments, once per image and step of the schedule (not per iteration)
             args = [[op + (fwd,) for op, (fwd, _, _) in zip(ops, step)] for step in plan.steps]
-            parts = _numba.splat_parts([o for o, *_ in ops], c, np_dtype)  # each iteration splats for the next
-            prepared = [_numba.prepare(a, num_labels, n, c, np_dtype, work, parts) for a in args]
+            parts = _kernels.splat_parts([o for o, *_ in ops], c, np_dtype)  # each iteration splats for the next
+            prepared = [_kernels.prepare(a, num_labels, n, c, np_dtype, work, parts) for a in args]
             for it in range(iters):
                 q = h[it + 1] if it + 1 < iters else last[i].numpy()
                 s = min(it, len(plan.steps) - 1)
                 final = it + 1 == iters
-                _numba.mean_field(unary_i, num_labels, 1, args[s], q0=h[it], q_out=q,
+                _kernels.mean_field(unary_i, num_labels, 1, args[s], q0=h[it], q_out=q,
                                   return_logits=final and plan.return_logits, prepared=prepared[s],
                                   transpose=False, splatted=it > 0, scatter_out=not final)  # fmt: skip
                 for k, (o, *_) in enumerate(ops if keep_blurred else ()):
                     if kept[k] is not None:
-                        np.copyto(kept[k][it, : o.num_vertices + 1].numpy(), _numba.blur_result(o, *work[k][:2]))
-            _numba.channels_first(last[i].numpy(), num_labels, out[i].numpy())
+                        np.copyto(kept[k][it, : o.num_vertices + 1].numpy(), _kernels.blur_result(o, *work[k][:2]))
+            _kernels.channels_first(last[i].numpy(), num_labels, out[i].numpy())
             _WORKSPACE.give(*(x for pair in bufs for x in pair))
             return ops, kept
 
@@ -238,10 +239,10 @@ def _backward(ctx, grad: Tensor) -> tuple:
         # two vertex buffers per kernel for the adjoint, two more to recompute the forward's blurred buffer
         bufs = _vertex_buffers(ops, c, dtype, 4 if recompute else 2)
         work = _views(bufs, ops)
-        parts = _numba.splat_parts([o for o, *_ in ops], c, hist.numpy().dtype)  # the splats' scratch, per image
+        parts = _kernels.splat_parts([o for o, *_ in ops], c, hist.numpy().dtype)  # the splats' scratch, per image
         # post selfw pre per kernel with self-exclusion (the transform gradient's second term), None without
         self_coef = [post * selfw * pre if selfw.any() else None for _, pre, post, selfw in ops]
-        _numba.channels_last(grad[i].numpy(), g.numpy())
+        _kernels.channels_last(grad[i].numpy(), g.numpy())
         # NumPy's single-threaded copies, not torch's: a torch pass here starts its own thread pool while numba's
         # threads still spin after the last kernel, which made these 18 MB passes 7x slower on 2 cores
         if plan.return_logits:  # the last iteration's logits are the output: their gradient is the incoming one
@@ -253,19 +254,19 @@ def _backward(ctx, grad: Tensor) -> tuple:
                 np.copyto(dz.numpy(), g.numpy())
             else:
                 q_next = last[i] if it + 1 == iters else hist[i, it + 1]
-                _numba.softmax_backward(q_next.numpy(), g.numpy(), num_labels, dz.numpy(), du.numpy())
+                _kernels.softmax_backward(q_next.numpy(), g.numpy(), num_labels, dz.numpy(), du.numpy())
             s = min(it, len(plan.steps) - 1)
             for k, ((o, pre, post, selfw), (_, mat, scale)) in enumerate(zip(ops, plan.steps[s])):
                 buf, tmp = work[k][:2]
                 rows = o.num_vertices + 1
                 # S^T (post dz): the message's adjoint starts with it, and the transform's gradient is made from it
-                sp = _numba.splat(o, dz.numpy(), post, buf, parts[k])
+                sp = _kernels.splat(o, dz.numpy(), post, buf, parts[k])
                 index = plan.layout[s][k]
                 if index is not None and grads[index] is not None:
                     if kept[i] and kept[i][k] is not None:
                         blurred = kept[i][k][it, :rows].numpy()
                     else:  # the forward's blurred buffer blur(S^T(pre q_t)), again
-                        blurred = _numba.blur(o, _numba.splat(o, hist[i, it].numpy(), pre, work[k][2], parts[k]), work[k][3],
+                        blurred = _kernels.blur(o, _kernels.splat(o, hist[i, it].numpy(), pre, work[k][2], parts[k]), work[k][3],
                                               False)  # fmt: skip
                     self_term = None if self_coef[k] is None else (self_coef[k], hist[i, it])
                     grads[index] += _transform_grad(sp, blurred, o.alpha, dz, self_term, grads[index].dim(),
@@ -274,18 +275,18 @@ def _backward(ctx, grad: Tensor) -> tuple:
                     # dm = dz T: its splat is S^T(post dz) T (per-point factors commute with the label product), an
                     # (M + 1) x C product instead of N x C; dm itself only for the self-exclusion term
                     torch.mm(torch.from_numpy(sp), torch.from_numpy(mat), out=torch.from_numpy(tmp))
-                    res = _numba.blur(o, tmp, buf, True)
+                    res = _kernels.blur(o, tmp, buf, True)
                     if self_coef[k] is not None:
                         torch.mm(dz, torch.from_numpy(mat), out=dm)
                     src, factor = (dz if self_coef[k] is None else dm), _ones(c, dz.dtype)
                 else:  # a vector transform scales each channel: folded into the last pass
-                    res = _numba.blur(o, sp, tmp, True)
+                    res = _kernels.blur(o, sp, tmp, True)
                     src, factor = dz, scale
-                _numba.adjoint_slice(o, res, src.numpy(), pre, post, selfw, factor, g_prev.numpy(), k > 0)
+                _kernels.adjoint_slice(o, res, src.numpy(), pre, post, selfw, factor, g_prev.numpy(), k > 0)
             g, g_prev = g_prev, g
         if du_out is not None:  # the first marginals' softmax: only the unary's gradient goes through it
-            _numba.softmax_backward(hist[i, 0].numpy(), g.numpy(), num_labels, dz.numpy(), du.numpy())
-            _numba.channels_first(du.numpy(), num_labels, du_out[i].numpy())
+            _kernels.softmax_backward(hist[i, 0].numpy(), g.numpy(), num_labels, dz.numpy(), du.numpy())
+            _kernels.channels_first(du.numpy(), num_labels, du_out[i].numpy())
         _WORKSPACE.give(*(x for pair in bufs for x in pair), *scratch)
 
     for i in range(b):
@@ -304,14 +305,12 @@ def _transform_grad(sp: np.ndarray, blurred: np.ndarray, alpha: float, dz: Tenso
     With ``msg = post (alpha S B - selfw pre q)`` (``B`` the blurred vertex buffer, ``S`` the slice), ``dz^T msg`` is
     ``alpha (S^T(post dz))^T B - dz^T (post selfw pre q)``: the first product over the ``M + 1`` vertices, not the
     ``N`` points; the second only with self-exclusion (``self_term = (post selfw pre, q)``). Both are summed in an
-    order independent of the thread count (:func:`crfrnn._numba.gram`), so that training is reproducible.
+    order independent of the thread count (:func:`crfrnn._kernels.gram`), so that training is reproducible.
     """
-    from crfrnn import _numba
-
     diagonal = ndim < 2
-    out = _numba.gram(sp, blurred, num_labels, diagonal=diagonal) * alpha
+    out = _kernels.gram(sp, blurred, num_labels, diagonal=diagonal) * alpha
     if self_term is not None:
         coef, q = self_term
-        out = out - _numba.gram(dz.numpy(), q.numpy(), num_labels, coef, diagonal)
+        out = out - _kernels.gram(dz.numpy(), q.numpy(), num_labels, coef, diagonal)
     out = torch.from_numpy(np.ascontiguousarray(out))
     return out if ndim > 0 else out.sum()

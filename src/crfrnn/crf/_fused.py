@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from crfrnn import _numba
+from crfrnn import _kernels
 from crfrnn.crf._checks import check_scores
 from crfrnn.crf.pairwise import KernelBuilder, build_concurrently
 
@@ -24,7 +24,7 @@ def infer_fused(scores: Tensor, builder: KernelBuilder, schedule: list, iteratio
     b, num_labels, n = scores.shape
     dtype = scores.dtype
     np_dtype = np.float64 if dtype == torch.float64 else np.float32
-    padded, q0, stats = _numba.unary_from_scores(scores.detach(), clip, from_probs)
+    padded, q0, stats = _kernels.unary_from_scores(scores.detach(), clip, from_probs)
     check_scores(stats, from_probs, name, sum_tol)
     steps = []
     for transforms in schedule:
@@ -40,22 +40,22 @@ def infer_fused(scores: Tensor, builder: KernelBuilder, schedule: list, iteratio
         unary, q = padded[rows], None if q0 is None else q0[rows]
         if len(steps) == 1 or iterations <= 1:
             args = [op + (mat,) for op, mat in zip(ops, steps[0])]
-            _numba.mean_field(unary, num_labels, iterations, args, q0=q, return_logits=return_logits,
+            _kernels.mean_field(unary, num_labels, iterations, args, q0=q, return_logits=return_logits,
                               out=out[i].numpy())  # fmt: skip
             continue
         if q is None:
             q = np.empty_like(unary)
-            _numba.softmax_rows(unary, q, num_labels)
+            _kernels.softmax_rows(unary, q, num_labels)
         # one set of vertex buffers and one set of compiled arguments per schedule step, not per iteration
         c = unary.shape[1]
         work = [tuple(np.empty((o.num_vertices + 1, c), np_dtype) for _ in range(3)) for o, *_ in ops]
         args = [[op + (mat,) for op, mat in zip(ops, step)] for step in steps]
-        parts = _numba.splat_parts([o for o, *_ in ops], c, np_dtype)  # shared: each iteration splats for the next
-        prepared = [_numba.prepare(a, num_labels, n, c, np_dtype, work, parts) for a in args]
+        parts = _kernels.splat_parts([o for o, *_ in ops], c, np_dtype)  # shared: each iteration splats for the next
+        prepared = [_kernels.prepare(a, num_labels, n, c, np_dtype, work, parts) for a in args]
         for it in range(iterations):  # q holds each iteration's marginals, updated in place
             s = min(it, len(steps) - 1)
             last = it == iterations - 1
-            _numba.mean_field(unary, num_labels, 1, args[s], q0=q, return_logits=last and return_logits,
+            _kernels.mean_field(unary, num_labels, 1, args[s], q0=q, return_logits=last and return_logits,
                               out=out[i].numpy(), transpose=last, prepared=prepared[s], splatted=it > 0,
                               scatter_out=not last)  # fmt: skip
     return out

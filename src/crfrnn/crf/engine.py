@@ -14,7 +14,7 @@ constant).
 
 :func:`infer` picks the path:
 
-- **fused** (compiled, :mod:`crfrnn._numba`): whenever no gradient is needed and the data are on the CPU. One
+- **fused** (compiled, :mod:`crfrnn._kernels`): whenever no gradient is needed and the data are on the CPU. One
   compiled loop per image does all iterations: splat and blur every kernel, then one pass that slices all of
   them, applies the label transforms (vectors cost ``L``, matrices ``L^2`` per point) and takes the softmax.
   Its buffers belong to the call, so concurrent calls are safe.
@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
+from crfrnn import _kernels
 from crfrnn._utils.threads import adaptive_threads
 from crfrnn.crf._checks import assert_scores, check_scores, torch_stats
 from crfrnn.crf._compiled import compiled_mean_field

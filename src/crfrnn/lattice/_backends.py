@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from crfrnn.lattice._cpu import CpuOperator, numba_available
+from crfrnn.lattice._cpu import CpuOperator
 from crfrnn.lattice._operators import LatticeOperator
 from crfrnn.lattice._reference import ReferenceOperator
 
@@ -17,8 +17,8 @@ _EAGER: dict[str, type[LatticeOperator]] = {"torch": ReferenceOperator, "numba":
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
-    """The backend that runs for ``backend`` on ``device``: ``"auto"`` becomes ``"numba"`` on the CPU when numba
-    is installed and ``"torch"`` otherwise; an unknown name, or ``"numba"`` off the CPU, is an error.
+    """The backend that runs for ``backend`` on ``device``: ``"auto"`` becomes ``"numba"`` (the compiled kernels) on
+    the CPU and ``"torch"`` elsewhere; an unknown name, or ``"numba"`` off the CPU, is an error.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}.")
@@ -28,7 +28,7 @@ def resolve_backend(backend: str, device: torch.device) -> str:
             "for other devices."
         )
     if backend == "auto":
-        return "numba" if device.type == "cpu" and numba_available() else "torch"
+        return "numba" if device.type == "cpu" else "torch"
     return backend
 
 

@@ -1,6 +1,6 @@
 """The lattice's construction: features to vertex offsets, barycentric weights, simplex ranks and neighbours.
 
-This is the pure PyTorch reference build (every device; the compiled CPU kernels in :mod:`crfrnn._numba` compute
+This is the pure PyTorch reference build (every device; the compiled CPU kernels in :mod:`crfrnn._kernels` compute
 the same arithmetic). It follows Krähenbühl's ``densecrf`` (the code behind pydensecrf and the Caffe CRF-RNN
 layer): each point is elevated onto the hyperplane ``x . 1 = 0`` of ``R^(D+1)``, its enclosing simplex found by
 sorting, and the simplex's ``D + 1`` vertex keys deduplicated into vertex ids (all images of a batch in one

@@ -1,4 +1,4 @@
-"""The compiled CPU lattice operator (backend ``"numba"``): :mod:`crfrnn._numba`'s kernels behind the interface.
+"""The compiled CPU lattice operator (backend ``"numba"``): :mod:`crfrnn._kernels`'s kernels behind the interface.
 
 They compute what :class:`crfrnn.lattice._reference.ReferenceOperator` computes with fewer passes over memory. The
 build falls back to the reference construction when the vertex keys do not fit one int64 code.
@@ -11,16 +11,11 @@ import torch
 from torch import Tensor
 
 import crfrnn.lattice._construction as construction
-from crfrnn import _numba
+from crfrnn import _kernels
 from crfrnn.lattice._construction import build_lattice, canonical_paths
 from crfrnn.lattice._operators import LatticeOperator
 
-__all__ = ["CpuOperator", "numba_available"]
-
-
-def numba_available() -> bool:
-    """Whether the compiled kernels can run (numba is installed)."""
-    return _numba.AVAILABLE
+__all__ = ["CpuOperator"]
 
 
 class CpuOperator(LatticeOperator):
@@ -31,13 +26,13 @@ class CpuOperator(LatticeOperator):
     @classmethod
     def build(cls, features: Tensor, batch_size: int, alpha: float) -> CpuOperator:
         # the code width is read here, at build time (the tests narrow it to exercise the fallback)
-        built = _numba.build(features, batch_size, construction.MAX_CODE_BITS)
+        built = _kernels.build(features, batch_size, construction.MAX_CODE_BITS)
         if built is None:  # the keys do not fit one int64 code: the reference deduplicates whole key rows
             built = build_lattice(features, batch_size)
         return cls(*built, alpha)
 
-    def make_operators(self, dtype: torch.dtype) -> _numba.NumbaOperators:
-        return _numba.NumbaOperators(self.offsets, self.weights.to(dtype), self.neighbours, self.num_vertices,
+    def make_operators(self, dtype: torch.dtype) -> _kernels.NumbaOperators:
+        return _kernels.NumbaOperators(self.offsets, self.weights.to(dtype), self.neighbours, self.num_vertices,
                                      self.alpha)  # fmt: skip
 
     def apply(self, values: Tensor, reverse: bool) -> Tensor:
@@ -45,7 +40,7 @@ class CpuOperator(LatticeOperator):
 
     def self_weights(self) -> Tensor:
         steps, path_w = canonical_paths(self.offsets.shape[1] - 1)
-        return _numba.self_weights(self.offsets, self.weights, self.rank, self.neighbours, self.alpha, steps, path_w)
+        return _kernels.self_weights(self.offsets, self.weights, self.rank, self.neighbours, self.alpha, steps, path_w)
 
     def padded_channels(self, channels: int, dtype: torch.dtype) -> int:
-        return _numba.padded_channels(channels, np.float64 if dtype == torch.float64 else np.float32)
+        return _kernels.padded_channels(channels, np.float64 if dtype == torch.float64 else np.float32)

@@ -4,7 +4,7 @@ A :class:`LatticeOperator` holds a lattice's geometry (each point's simplex corn
 simplex orientation, each vertex's neighbours) and filters values on it. Its implementations:
 
 - :class:`crfrnn.lattice._reference.ReferenceOperator` (``"torch"``): sparse CSR products, every device;
-- :class:`crfrnn.lattice._cpu.CpuOperator` (``"numba"``): the compiled CPU kernels of :mod:`crfrnn._numba`;
+- :class:`crfrnn.lattice._cpu.CpuOperator` (``"numba"``): the compiled CPU kernels of :mod:`crfrnn._kernels`;
 - :class:`crfrnn.lattice._custom_ops.CompiledOperator` (``"ops"``): ``torch.library`` custom operators, which
   ``torch.compile`` sees as single nodes (no graph break).
 

@@ -133,7 +133,7 @@ class PermutohedralLattice:
 
     def operators(self, dtype: torch.dtype) -> Any:
         """The backend's splat/blur/slice object for ``dtype`` (for ``"numba"`` the compiled kernels'
-        :class:`crfrnn._numba.NumbaOperators`, which the fused mean field takes), built once and reused.
+        :class:`crfrnn._kernels.NumbaOperators`, which the fused mean field takes), built once and reused.
         """
         return self._operator.operators(dtype)
 

@@ -1,0 +1,373 @@
+"""The fused compiled mean-field loop: every iteration adds up and blurs each kernel's splat, then one pass over
+each block of points slices all kernels, applies the label transforms, adds the unary, takes the softmax and
+splats the result for the next iteration (:func:`mean_field`, with :func:`prepare` for its per-kernel
+arguments)."""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import numpy as np
+from numba import njit, prange
+
+from crfrnn._kernels.filtering import (
+    blur_vertices,
+    reduce_parts,
+    run_length,
+    scatter_parts,
+    scatter_rows,
+    splat_parts,
+)
+from crfrnn._kernels.layout import BLOCK, channels_first
+from crfrnn._kernels.simd import FAST, axpy, axpy_scaled
+from crfrnn._kernels.softmax import softmax_any, softmax_rows_into
+
+__all__ = ["Prepared", "mean_field", "prepare"]
+
+@njit(cache=True, inline="always")
+def _add_product(src, s0, count, mat, cr, out, o0):  # pragma: no cover - compiled
+    """``out[o0 + j] += src[s0 + j, :cr] @ mat[:cr]`` for ``j < count`` (at most 8): a full group of eight rows
+    at once, so that each row of ``mat`` is loaded once for eight (twice as fast as row by row at L = 21)."""
+    c = out.shape[1]
+    if count == 8:
+        for ci in range(cr):
+            v0, v1, v2, v3 = src[s0, ci], src[s0 + 1, ci], src[s0 + 2, ci], src[s0 + 3, ci]
+            v4, v5, v6, v7 = src[s0 + 4, ci], src[s0 + 5, ci], src[s0 + 6, ci], src[s0 + 7, ci]
+            for ch in range(c):
+                x = mat[ci, ch]
+                out[o0, ch] += v0 * x
+                out[o0 + 1, ch] += v1 * x
+                out[o0 + 2, ch] += v2 * x
+                out[o0 + 3, ch] += v3 * x
+                out[o0 + 4, ch] += v4 * x
+                out[o0 + 5, ch] += v5 * x
+                out[o0 + 6, ch] += v6 * x
+                out[o0 + 7, ch] += v7 * x
+    else:
+        for j in range(count):
+            for ci in range(cr):
+                v = src[s0 + j, ci]
+                for ch in range(c):
+                    out[o0 + j, ch] += v * mat[ci, ch]
+
+
+@njit(cache=True, parallel=True, nogil=True, fastmath=FAST)
+def _vertex_matmul(b, mat, cr, out):  # pragma: no cover - compiled
+    """``out (M + 1, C) = b[:, :cr] @ mat[:cr]``: a label transform applied to blurred vertex values; returns ``out``.
+
+    Eight rows at a time (:func:`_add_product`), as the fused loop's point-by-point product.
+    """
+    rows, c = b.shape
+    for blk in prange((rows + BLOCK - 1) // BLOCK):
+        start = blk * BLOCK
+        stop = min(rows, start + BLOCK)
+        for v in range(start, stop):
+            for ch in range(c):
+                out[v, ch] = 0.0
+        for i0 in range(start, stop, 8):
+            _add_product(b, i0, min(8, stop - i0), mat, cr, out, i0)
+    return out
+
+
+@njit(cache=True, inline="always")
+def _block(unary, src, q_out, start, stop, cr, c, alphas, offsets, weights, pre, post, selfw, has_self, is_full,
+           diag, mat, blurred, parts, j, scatter, logits, out_t, to_t, keep, scratch, msg, acc):  # pragma: no cover
+    """One block of points ``start..stop-1`` of a fused iteration: the unary, every kernel's sliced message and
+    label transform, the softmax (unless ``logits``) into ``q_out`` (if ``keep``), and if ``scatter`` the new
+    marginals' splat into the partial sums ``parts[k][j]`` of the next iteration (the block is still in cache);
+    the result goes to ``out_t`` labels first instead if ``to_t``. ``has_self[k]``: kernel ``k`` has a
+    self-exclusion term (only then are ``selfw[k]`` and ``src`` read). The other arguments are
+    :func:`_mean_field`'s."""
+    m = stop - start
+    nk = alphas.shape[0]
+    for i in range(m):
+        for ch in range(c):
+            acc[i, ch] = unary[start + i, ch]
+    for k in range(nk):  # self-exclusion of the vector kernels (reads q before it is overwritten)
+        if has_self[k] and not is_full[k]:
+            for i in range(m):
+                p = start + i
+                coef = post[k, p] * selfw[k, p] * pre[k, p]
+                if coef != 0.0:
+                    for ch in range(c):
+                        acc[i, ch] -= coef * diag[k, ch] * src[p, ch]
+    # Kernels outside, points inside: each kernel's arrays are fetched once per block, not once per point
+    # (fetching an array from a tuple touches its shared reference count, which two threads doing it per point
+    # fight over).
+    for k in range(nk):
+        b = blurred[k]
+        off = offsets[k]
+        wk = weights[k]
+        d1 = off.shape[1]
+        alpha = alphas[k]
+        if is_full[k]:
+            mk = mat[k]
+            for i0 in range(0, m, 8):  # eight points at a time
+                count = min(8, m - i0)
+                for jj in range(count):
+                    p = start + i0 + jj
+                    if has_self[k]:
+                        s = selfw[k, p] * pre[k, p] / alpha
+                        for ch in range(c):
+                            msg[jj, ch] = -s * src[p, ch]
+                    else:
+                        for ch in range(c):
+                            msg[jj, ch] = 0.0
+                    for r in range(d1):
+                        axpy(msg, jj, b, off[p, r], wk[p, r], c)
+                    g = post[k, p] * alpha
+                    for ch in range(c):
+                        msg[jj, ch] *= g
+                _add_product(msg, 0, count, mk, cr, acc, i0)  # the L x L product, eight points at once
+        else:
+            dk = diag[k]
+            for i in range(m):
+                p = start + i
+                g = post[k, p] * alpha
+                for r in range(d1):
+                    axpy_scaled(acc, i, dk, b, off[p, r], wk[p, r] * g, c)
+    if not logits:
+        softmax_any(acc.reshape(-1), c, cr, 0, m, scratch)
+    if to_t:  # the result, labels first: read across the block in cache, written in order
+        for ch in range(cr):
+            for i in range(m):
+                out_t[ch, start + i] = acc[i, ch]
+    elif keep:
+        for i in range(m):
+            for ch in range(c):
+                q_out[start + i, ch] = acc[i, ch]
+    if scatter:
+        for k in range(nk):
+            scatter_rows(acc, start, pre[k], offsets[k], weights[k], parts[k][j], start, stop, c)
+
+
+@njit(cache=True, parallel=True, nogil=True, fastmath=FAST)
+def _mean_field(unary, q, q_out, q_ready, cr, iterations, return_logits, splatted, scatter_out, out_t, alphas, offsets,
+                weights, neighbours, parts, pre, post, selfw, has_self, is_full, on_vertices, diag, mat, bufs,
+                tmps, vbufs):  # pragma: no cover
+    """Mean field with any number of Gaussian kernels, in place in ``q`` (no autograd).
+
+    Args:
+        unary: ``(P, C)`` logits with ``cr`` real labels and ``C - cr`` padding channels (0).
+        q: ``(P, C)`` the first marginals: ``softmax(unary)`` on entry if ``q_ready``, else written here.
+        q_out: ``(P, C)`` output (``q`` itself to work in place; a separate array keeps ``q``): the marginals
+            (padding 0), or the last iteration's logits if ``return_logits``. The first iteration reads ``q``,
+            later ones work in place on ``q_out``.
+        cr: number of real labels.
+        iterations: number of mean-field iterations (``>= 1``).
+        splatted: ``parts`` already hold the splat of ``q`` (a previous call's ``scatter_out``).
+        scatter_out: leave the splat of the result's marginals in ``parts`` for a following call (not with
+            ``return_logits``).
+        out_t: ``(cr, P)``: where the last iteration writes its result, labels first, instead of ``q_out``
+            (``q_out`` is then scratch: without self-exclusion no iteration writes it); ``(0, 0)`` to write
+            ``q_out``.
+        alphas: ``(K,)`` each lattice's slice constant.
+        offsets, weights: tuples of ``K`` arrays ``(P, D_k + 1)``: each point's simplex vertices and
+            barycentric weights in lattice ``k``.
+        neighbours: tuple of ``K`` arrays ``(D_k + 1, 2, M_k)``: vertex neighbours (``M_k`` if absent).
+        parts: tuple of ``K`` arrays ``(R, M_k + 1, C)``: the splat's partial sums over ``R`` runs of points
+            (:func:`scatter_parts`; ``R`` the same for every kernel). The block pass runs the same ``R`` runs, each
+            adding its marginals to its own partial sums.
+        pre, post, selfw: ``(K, P)``: kernel ``k``'s message is ``post * (K_k(pre * q) - selfw * pre * q)``.
+        has_self: ``(K,)`` bool: ``selfw[k]`` is not all zero (the others skip the self term).
+        is_full: ``(K,)`` bool: kernel ``k``'s message goes through the matrix ``mat[k]`` (``logits +=
+            msg @ mat[k]``) point by point instead of the per-label vector ``diag[k]`` (``logits += diag[k] * msg``).
+        on_vertices: ``(K,)`` bool: apply ``mat[k]`` to the blurred vertex buffer instead (``S (B mat) = (S B) mat``
+            for the slice ``S``, and the normalisation and alpha are per point), then slice it as a vector kernel
+            with ``diag[k] = 1``: ``M_k + 1`` rows of products instead of ``P``. Only for kernels without
+            self-exclusion (whose ``selfw pre q`` term would need the product point by point again).
+        diag: ``(K, C)``; mat: ``(K, C, C)`` (zero padding).
+        bufs, tmps: tuples of ``K`` vertex buffers ``(M_k + 1, C)``; the blur leaves ``B_k`` in one of them
+            (:func:`blur_result`).
+        vbufs: tuple of ``K`` buffers ``(M_k + 1, C)`` for ``B_k mat[k]`` where ``on_vertices[k]`` (else any).
+
+    Each iteration adds up and blurs every kernel's splat, then one pass over each block of points slices all
+    kernels, applies the label transforms, adds the unary, takes the softmax and splats the result for the
+    next iteration.
+    """
+    num_points, c = unary.shape
+    nk = alphas.shape[0]
+    if not q_ready:
+        softmax_rows_into(unary, q, cr)
+    if not splatted:
+        for k in range(nk):
+            scatter_parts(q, pre[k], offsets[k], weights[k], parts[k])
+    # an iteration's marginals are read back (beyond its own splat) only by the next one's self-exclusion, and
+    # the caller reads q_out only when the last iteration writes there: other iterations skip the write (a
+    # fifth of an iteration's memory traffic)
+    any_self = has_self.any()
+    runs = parts[0].shape[0]
+    num_blocks = (num_points + BLOCK - 1) // BLOCK
+    per = run_length(num_points, runs) // BLOCK
+    for it in range(iterations):
+        src = q if it == 0 else q_out
+        blurred = []
+        for k in range(nk):
+            bk = blur_vertices(reduce_parts(parts[k], bufs[k]), tmps[k], neighbours[k], False)
+            if on_vertices[k]:
+                bk = _vertex_matmul(bk, mat[k], cr, vbufs[k])
+            blurred.append(bk)
+        last = it == iterations - 1
+        logits = last and return_logits
+        scatter = not logits and (not last or scatter_out)
+        to_t = last and out_t.shape[0] > 0
+        keep = any_self or (last and not to_t)
+        for j in prange(runs):
+            scratch = np.empty(BLOCK * c, np.int32)
+            msg = np.empty((8, c), unary.dtype)
+            acc = np.empty((BLOCK, c), unary.dtype)
+            if scatter:
+                for k in range(nk):
+                    parts[k][j][:] = 0.0
+            for blk in range(j * per, min(num_blocks, (j + 1) * per)):
+                start = blk * BLOCK
+                stop = min(num_points, start + BLOCK)
+                _block(unary, src, q_out, start, stop, cr, c, alphas, offsets, weights, pre, post, selfw, has_self,
+                       is_full, diag, mat, blurred, parts, j, scatter, logits, out_t, to_t, keep, scratch, msg, acc)
+
+
+class Prepared(NamedTuple):
+    """:func:`prepare`'s result: the compiled loop's per-kernel arguments, in the order it takes them (the
+    fields are documented with :func:`_mean_field`'s arguments of the same names)."""
+
+    alphas: np.ndarray
+    offsets: tuple
+    weights: tuple
+    neighbours: tuple
+    parts: tuple
+    pre: np.ndarray
+    post: np.ndarray
+    selfw: np.ndarray
+    has_self: np.ndarray
+    is_full: np.ndarray
+    on_vertices: np.ndarray
+    diag: np.ndarray
+    mat: np.ndarray
+    bufs: tuple
+    tmps: tuple
+    vbufs: tuple
+
+
+def prepare(kernels: list, num_labels: int, num_points: int, channels: int, dtype: np.dtype,
+            work: Optional[list] = None, parts: Optional[tuple] = None) -> Prepared:
+    """The compiled loop's per-kernel arguments (see :func:`mean_field` for ``kernels`` and ``work``): stacked
+    factors, padded label transforms, the lattices' arrays and vertex buffers; ``parts``: :func:`splat_parts`
+    (allocated if None).
+
+    A matrix transform is applied to the blurred vertex values (``on_vertices``) when the lattice has fewer vertices
+    than points and the kernel excludes no self-connection: at 500x375 the spatial lattice has 24540 vertices for
+    187500 pixels, so its ``L x L`` products cost an eighth.
+    """
+    dt, c = dtype, channels
+    nk = len(kernels)
+    alphas = np.empty(nk, dt)
+    pre = np.empty((nk, num_points), dt)
+    post = np.empty((nk, num_points), dt)
+    selfw = np.empty((nk, num_points), dt)
+    has_self = np.zeros(nk, np.bool_)
+    is_full = np.zeros(nk, np.bool_)
+    on_vertices = np.zeros(nk, np.bool_)
+    diag = np.zeros((nk, c), dt)
+    mat = np.zeros((nk, c, c), dt)
+    offsets, weights, neighbours, bufs, tmps, vbufs = [], [], [], [], [], []
+    for k, (ops, pre_k, post_k, self_k, transform) in enumerate(kernels):
+        alphas[k] = ops.alpha
+        pre[k], post[k], selfw[k] = pre_k, post_k, self_k
+        has_self[k] = bool(selfw[k].any())
+        t = np.asarray(transform, dt)
+        shape = (ops.num_vertices + 1, c)
+        if t.ndim == 2:
+            mat[k, :num_labels, :num_labels] = t.T
+            if ops.num_vertices + 1 < num_points and not has_self[k]:
+                on_vertices[k] = True
+                diag[k] = 1.0
+            else:
+                is_full[k] = True
+        else:
+            diag[k, :num_labels] = t
+        offsets.append(ops.offsets)
+        weights.append(ops.weights)
+        neighbours.append(ops.neighbours)
+        if work is None:
+            bufs.append(np.empty(shape, dt))
+            tmps.append(np.empty(shape, dt))
+        else:
+            bufs.append(work[k][0])
+            tmps.append(work[k][1])
+        if not on_vertices[k]:
+            vbufs.append(np.empty((1, c), dt))
+        elif work is not None and len(work[k]) > 2:
+            vbufs.append(work[k][2])
+        else:
+            vbufs.append(np.empty(shape, dt))
+    if parts is None:
+        parts = splat_parts([k[0] for k in kernels], c, dt)
+    return Prepared(alphas, tuple(offsets), tuple(weights), tuple(neighbours), parts, pre, post, selfw, has_self,
+                    is_full, on_vertices, diag, mat, tuple(bufs), tuple(tmps), tuple(vbufs))
+
+
+def mean_field(
+    unary: np.ndarray, num_labels: int, iterations: int, kernels: list, q0: Optional[np.ndarray] = None,
+    return_logits: bool = False, out: Optional[np.ndarray] = None, transpose: bool = True,
+    work: Optional[list] = None, q_out: Optional[np.ndarray] = None,
+    prepared: Optional[tuple] = None, splatted: bool = False, scatter_out: bool = False,
+) -> np.ndarray:
+    """Fused no-grad mean field on the CPU with any number of kernels: marginals (or logits) ``(L, P)``.
+
+    Args:
+        unary: ``(P, C)`` logits, float32 or float64, with ``C = padded_channels(L)`` and the padding 0
+            (as :func:`unary_from_scores` makes them).
+        num_labels: ``L``.
+        iterations: number of mean-field iterations (``0`` returns ``softmax(unary)`` or ``unary``).
+        kernels: ``(operators, pre (P,), post (P,), self (P,), transform)`` per kernel, NumPy arrays in the
+            unary's dtype: the message of kernel ``k`` is ``post * (K(pre * q) - self * pre * q)`` and it is
+            added to the logits as ``transform * msg`` for a per-label vector ``(L,)``, or ``msg @ transform.T``
+            for an ``(L, L)`` matrix.
+        q0: ``softmax(unary)`` if already known (:func:`unary_from_scores` gives it for probabilities); it is
+            overwritten.
+        return_logits: return the last iteration's logits instead of the marginals.
+        out: where to write the result (``(L, P)``, C-contiguous, the unary's dtype); allocated if None.
+        transpose: False leaves the result in ``q_out`` (padded ``(P, C)``) only and returns it (one step of a
+            longer schedule; no labels-first copy is made). True writes it to ``out`` only (the last iteration
+            writes labels first; ``q_out`` is then scratch).
+        q_out: where the padded result goes; by default ``q0`` itself (in place), or a new array.
+        prepared: :func:`prepare`'s result for these ``kernels`` (callers that run one iteration at a time build it
+            once per image and label transform, not per iteration).
+        splatted: the partial sums in ``prepared`` already hold the splat of ``q0`` (a previous call's
+            ``scatter_out``), so the first iteration does not splat it again.
+        scatter_out: leave the splat of the result's marginals in ``prepared``'s partial sums for the next call
+            (ignored with ``return_logits``).
+        work: ``(buf, tmp[, vbuf])`` vertex buffers ``(M_k + 1, C)`` per kernel (``vbuf`` for a matrix transform
+            applied on the vertices, see :func:`prepare`), for callers that run one iteration at a
+            time (fresh multi-megabyte buffers cost page faults on every call); allocated if None.
+
+    Returns:
+        ``(L, P)``, labels first. Every buffer is allocated for this call, so concurrent calls from several
+        threads (on the same lattices) never share memory they write.
+    """
+    dt = unary.dtype
+    num_points, c = unary.shape
+    q = np.empty_like(unary) if q0 is None else q0
+    if q_out is None:
+        q_out = q
+    if iterations == 0 or not kernels:
+        if return_logits:
+            q_out[:] = unary
+        elif q0 is None:
+            softmax_rows_into(unary, q_out, num_labels)
+        elif q_out is not q:
+            q_out[:] = q
+    else:
+        args = prepared if prepared is not None else prepare(kernels, num_labels, num_points, c, dt, work)
+        if transpose and out is None:
+            out = np.empty((num_labels, num_points), dt)
+        out_t = out if transpose else np.empty((0, 0), dt)
+        _mean_field(unary, q, q_out, q0 is not None, num_labels, iterations, return_logits,
+                    splatted and q0 is not None, scatter_out and not return_logits, out_t, *args)
+        return out if transpose else q_out
+    if not transpose:
+        return q_out
+    if out is None:
+        out = np.empty((num_labels, num_points), dt)
+    channels_first(q_out, num_labels, out)
+    return out
