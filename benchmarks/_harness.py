@@ -24,12 +24,16 @@ def time_it(fn: Callable[[], object], *, warmup: int = 1, repeats: int = 5) -> d
         fn()
         times.append(time.perf_counter() - t)
     q1, q3 = np.percentile(times, [25, 75])
-    return {"median": statistics.median(times), "min": min(times), "max": max(times), "iqr": float(q3 - q1),
-            "repeats": repeats}
+    return {
+        "median": statistics.median(times),
+        "min": min(times),
+        "max": max(times),
+        "iqr": float(q3 - q1),
+        "repeats": repeats,
+    }
 
 
-def paired_ratio(fn: Callable[[], object], base: Callable[[], object], *, warmup: int = 1,
-                 repeats: int = 9) -> dict:
+def paired_ratio(fn: Callable[[], object], base: Callable[[], object], *, warmup: int = 1, repeats: int = 9) -> dict:
     """Time ``fn`` and ``base`` in turn, call by call, and summarise the per-pair ratios ``fn / base``.
 
     On a machine whose speed drifts from minute to minute (a shared VM), two medians taken one after the
@@ -43,7 +47,7 @@ def paired_ratio(fn: Callable[[], object], base: Callable[[], object], *, warmup
     ours, theirs, ratios = [], [], []
     for i in range(repeats):
         pair = {}
-        for name, f in ((("fn", fn), ("base", base)) if i % 2 == 0 else (("base", base), ("fn", fn))):
+        for name, f in (("fn", fn), ("base", base)) if i % 2 == 0 else (("base", base), ("fn", fn)):
             t = time.perf_counter()
             f()
             pair[name] = time.perf_counter() - t
@@ -51,8 +55,14 @@ def paired_ratio(fn: Callable[[], object], base: Callable[[], object], *, warmup
         theirs.append(pair["base"])
         ratios.append(pair["fn"] / pair["base"])
     q1, q3 = np.percentile(ratios, [25, 75])
-    return {"median": statistics.median(ours), "base_median": statistics.median(theirs),
-            "ratio": statistics.median(ratios), "ratio_q1": float(q1), "ratio_q3": float(q3), "repeats": repeats}
+    return {
+        "median": statistics.median(ours),
+        "base_median": statistics.median(theirs),
+        "ratio": statistics.median(ratios),
+        "ratio_q1": float(q1),
+        "ratio_q3": float(q3),
+        "repeats": repeats,
+    }
 
 
 def _status(field: str) -> int:
@@ -87,8 +97,13 @@ def in_child(script: str, args: list[str]) -> dict:
 def metadata() -> dict:
     import torch
 
-    info = {"python": platform.python_version(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "cpus": os.cpu_count(), "machine": platform.machine()}
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "machine": platform.machine(),
+    }
     try:
         with open("/proc/cpuinfo") as fh:
             info["cpu"] = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))

@@ -59,10 +59,15 @@ def main() -> None:
     t = time.perf_counter()
     step(compiled)()
     first = time.perf_counter() - t
-    print(f"CrfRnn fwd+bwd, {h}x{w}, B={args.batch}, L={args.labels}, T=5, {device}, torch {torch.__version__}; "
-          f"first compiled call (compiling) {first:.1f} s")
-    runs = {"eager (default path)": step(eager), "eager (backend='torch')": step(torch_ops),
-            "torch.compile (inductor)": step(compiled)}  # fmt: skip
+    print(
+        f"CrfRnn fwd+bwd, {h}x{w}, B={args.batch}, L={args.labels}, T=5, {device}, torch {torch.__version__}; "
+        f"first compiled call (compiling) {first:.1f} s"
+    )
+    runs = {
+        "eager (default path)": step(eager),
+        "eager (backend='torch')": step(torch_ops),
+        "torch.compile (inductor)": step(compiled),
+    }
     times: dict[str, list[float]] = {name: [] for name in runs}
     for fn in runs.values():
         fn()  # warm-up
@@ -76,8 +81,17 @@ def main() -> None:
     for name, ts in times.items():
         rows[name] = statistics.median(ts)
         print(f"{name:<28} {rows[name] * 1e3:8.1f} ms   {rows[name] / base:5.2f}x of the default path")
-    report({"benchmark": "bench_compile", "size": [h, w], "batch": args.batch, "labels": args.labels,
-            "first_compiled_call_s": first, "median_s": rows}, args.json)
+    report(
+        {
+            "benchmark": "bench_compile",
+            "size": [h, w],
+            "batch": args.batch,
+            "labels": args.labels,
+            "first_compiled_call_s": first,
+            "median_s": rows,
+        },
+        args.json,
+    )
 
 
 if __name__ == "__main__":

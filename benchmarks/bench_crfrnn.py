@@ -78,21 +78,31 @@ def main() -> None:
     for iters in (5, 10):
         for eff in (False, True):
             fwd, fwd_bwd = setup(h, w, args.labels, args.batch, iters, eff)
-            row = {"iterations": iters, "memory_efficient": eff, "forward": time_it(fwd, repeats=args.repeats),
-                   "forward_backward": time_it(fwd_bwd, repeats=args.repeats)}
+            row = {
+                "iterations": iters,
+                "memory_efficient": eff,
+                "forward": time_it(fwd, repeats=args.repeats),
+                "forward_backward": time_it(fwd_bwd, repeats=args.repeats),
+            }
             row["ratio"] = row["forward_backward"]["median"] / row["forward"]["median"]
             row["saved_bytes"] = fwd_bwd.saved_activation_bytes()
             if not args.no_memory:
-                child = in_child(__file__, ["--child", str(h), str(w), str(args.labels), str(args.batch), str(iters),
-                                            str(int(eff))])
+                child = in_child(
+                    __file__, ["--child", str(h), str(w), str(args.labels), str(args.batch), str(iters), str(int(eff))]
+                )
                 row["peak_bytes"] = child["peak_bytes"]
             mem = f"{row['peak_bytes'] / 2**20:8.0f} MB" if "peak_bytes" in row else ""
-            print(f"{iters:>3} {'memory-efficient' if eff else 'default':>17} | "
-                  f"{row['forward']['median'] * 1e3:7.1f} ms | {row['forward_backward']['median'] * 1e3:7.1f} ms | "
-                  f"{row['ratio']:4.2f}x | {row['saved_bytes'] / 2**20:10.0f} MB | {mem}", flush=True)
+            print(
+                f"{iters:>3} {'memory-efficient' if eff else 'default':>17} | "
+                f"{row['forward']['median'] * 1e3:7.1f} ms | {row['forward_backward']['median'] * 1e3:7.1f} ms | "
+                f"{row['ratio']:4.2f}x | {row['saved_bytes'] / 2**20:10.0f} MB | {mem}",
+                flush=True,
+            )
             rows.append(row)
-    report({"benchmark": "bench_crfrnn", "size": [h, w], "labels": args.labels, "batch": args.batch, "rows": rows},
-           args.json)
+    report(
+        {"benchmark": "bench_crfrnn", "size": [h, w], "labels": args.labels, "batch": args.batch, "rows": rows},
+        args.json,
+    )
 
 
 if __name__ == "__main__":

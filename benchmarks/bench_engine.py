@@ -69,8 +69,12 @@ def alternated(fn, repeats: int) -> dict:
         return run
 
     r = paired_ratio(with_threads(None), with_threads(1), repeats=repeats)
-    return {"default_ms": r["median"] * 1e3, "one_thread_ms": r["base_median"] * 1e3, "ratio": r["ratio"],
-            "ratio_iqr": [r["ratio_q1"], r["ratio_q3"]]}  # fmt: skip
+    return {
+        "default_ms": r["median"] * 1e3,
+        "one_thread_ms": r["base_median"] * 1e3,
+        "ratio": r["ratio"],
+        "ratio_iqr": [r["ratio_q1"], r["ratio_q3"]],
+    }
 
 
 def entry_points(image: np.ndarray, probs: np.ndarray, iterations: int) -> dict:
@@ -83,13 +87,19 @@ def entry_points(image: np.ndarray, probs: np.ndarray, iterations: int) -> dict:
     logits = torch.from_numpy(np.log(np.clip(probs, 1e-5, 1.0)))[None]
     img = torch.from_numpy(image).permute(2, 0, 1)[None].float()
     kw = dict(theta_alpha=80.0, theta_beta=13.0, theta_gamma=3.0, normalization="symmetric")
-    crf = crfrnn.CrfRnn(num_labels, **kw, spatial_weight=3.0, bilateral_weight=10.0,
-                        num_eval_iterations=iterations).eval()  # fmt: skip
+    crf = crfrnn.CrfRnn(
+        num_labels, **kw, spatial_weight=3.0, bilateral_weight=10.0, num_eval_iterations=iterations
+    ).eval()
 
     def mean_field():
         with torch.no_grad():
-            return crfrnn.mean_field(logits, img, **kw, spatial_weight=3.0, bilateral_weight=10.0,
-                                     num_iterations=iterations).softmax(1)[0].numpy()  # fmt: skip
+            return (
+                crfrnn.mean_field(
+                    logits, img, **kw, spatial_weight=3.0, bilateral_weight=10.0, num_iterations=iterations
+                )
+                .softmax(1)[0]
+                .numpy()
+            )
 
     def crfrnn_eval():
         crf.cache.clear()  # build both lattices every call, like the others
@@ -112,8 +122,12 @@ def entry_points(image: np.ndarray, probs: np.ndarray, iterations: int) -> dict:
         d.addPairwiseEnergy(np.concatenate([bil[1::-1], bil[2:]]), compat=10)
         return np.array(d.inference(iterations)).reshape(probs.shape)
 
-    return {"mean_field (no_grad)": mean_field, "CrfRnn.eval()": crfrnn_eval, "compat.DenseCRF2D": compat_2d,
-            "compat.DenseCRF (addPairwiseEnergy)": compat_generic}  # fmt: skip
+    return {
+        "mean_field (no_grad)": mean_field,
+        "CrfRnn.eval()": crfrnn_eval,
+        "compat.DenseCRF2D": compat_2d,
+        "compat.DenseCRF (addPairwiseEnergy)": compat_generic,
+    }
 
 
 def main() -> None:
@@ -135,18 +149,29 @@ def main() -> None:
     for name, fn in entry_points(image, probs, t).items():
         diff = float(np.abs(fn() - ref).max())
         r = paired_ratio(fn, base_fn, repeats=args.repeats)
-        rows[name] = {"ms": r["median"] * 1e3, "dense_crf_ms": r["base_median"] * 1e3, "ratio": r["ratio"],
-                      "ratio_iqr": [r["ratio_q1"], r["ratio_q3"]], "max_abs_diff": diff}  # fmt: skip
-        print(f"  {name:<38} {r['median'] * 1e3:8.1f} ms  dense_crf {r['base_median'] * 1e3:7.1f} ms  "
-              f"{r['ratio']:5.2f}x  (IQR {r['ratio_q1']:.2f}-{r['ratio_q3']:.2f}; max |dQ| {diff:.1e})",
-              flush=True)  # fmt: skip
+        rows[name] = {
+            "ms": r["median"] * 1e3,
+            "dense_crf_ms": r["base_median"] * 1e3,
+            "ratio": r["ratio"],
+            "ratio_iqr": [r["ratio_q1"], r["ratio_q3"]],
+            "max_abs_diff": diff,
+        }
+        print(
+            f"  {name:<38} {r['median'] * 1e3:8.1f} ms  dense_crf {r['base_median'] * 1e3:7.1f} ms  "
+            f"{r['ratio']:5.2f}x  (IQR {r['ratio_q1']:.2f}-{r['ratio_q3']:.2f}; max |dQ| {diff:.1e})",
+            flush=True,
+        )
     out["entry_points"] = rows
 
     print("threads: dense_crf against pydensecrf (ratio = crfrnn / densecrf)")
     dense = runner("densecrf", image, probs, t) if have_densecrf() else None
     rows = {}
-    for label, competing, n in [("quiet, 2 threads", False, 2), ("quiet, 1 thread", False, 1),
-                                ("contended, default", True, None), ("contended, 1 thread", True, 1)]:  # fmt: skip
+    for label, competing, n in [
+        ("quiet, 2 threads", False, 2),
+        ("quiet, 1 thread", False, 1),
+        ("contended, default", True, None),
+        ("contended, 1 thread", True, 1),
+    ]:
         with contextlib.ExitStack() as stack:
             if competing:
                 stack.enter_context(busy_process())
@@ -154,17 +179,21 @@ def main() -> None:
                 ours = time_it(base_fn, repeats=args.repeats)["median"]
             theirs = time_it(dense, repeats=args.repeats)["median"] if dense else float("nan")
         rows[label] = {"crfrnn_ms": ours * 1e3, "densecrf_ms": theirs * 1e3, "ratio": ours / theirs}
-        print(f"  {label:<22} crfrnn {ours * 1e3:8.1f} ms  densecrf {theirs * 1e3:8.1f} ms  {ours / theirs:5.2f}x",
-              flush=True)  # fmt: skip
+        print(
+            f"  {label:<22} crfrnn {ours * 1e3:8.1f} ms  densecrf {theirs * 1e3:8.1f} ms  {ours / theirs:5.2f}x",
+            flush=True,
+        )
     out["threads"] = rows
     c = rows["contended, default"]["crfrnn_ms"] / rows["contended, 1 thread"]["crfrnn_ms"]
     print(f"  contended default / contended 1 thread: {c:.2f}x")
     with busy_process():  # the same comparison with the two settings alternated call by call (drift cancels)
         alt = alternated(base_fn, args.repeats)
     out["contended_alternated"] = alt
-    print(f"  contended, alternated call by call: default {alt['default_ms']:.1f} ms, 1 thread "
-          f"{alt['one_thread_ms']:.1f} ms: {alt['ratio']:.2f}x (median of per-pair ratios, IQR "
-          f"{alt['ratio_iqr'][0]:.2f}-{alt['ratio_iqr'][1]:.2f})")
+    print(
+        f"  contended, alternated call by call: default {alt['default_ms']:.1f} ms, 1 thread "
+        f"{alt['one_thread_ms']:.1f} ms: {alt['ratio']:.2f}x (median of per-pair ratios, IQR "
+        f"{alt['ratio_iqr'][0]:.2f}-{alt['ratio_iqr'][1]:.2f})"
+    )
     report({"benchmark": "bench_engine", **out}, args.json)
 
 

@@ -41,8 +41,25 @@ def main() -> None:
         for jobs in (1, 2):
             out = os.path.join(root, f"out{jobs}")
             start = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "crfrnn", "refine", "--images", images, "--probs", probs, "-o", out,
-                            "--jobs", str(jobs)], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "crfrnn",
+                    "refine",
+                    "--images",
+                    images,
+                    "--probs",
+                    probs,
+                    "-o",
+                    out,
+                    "--jobs",
+                    str(jobs),
+                ],
+                check=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             times[jobs] = time.perf_counter() - start
             print(f"{args.count} images, --jobs {jobs}: {times[jobs]:.1f} s", flush=True)
         print(f"--jobs 2 / --jobs 1: {times[2] / times[1]:.2f}")

@@ -63,7 +63,9 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile(CrfRnn, fullgraph=True)")
-    parser.add_argument("--device", default="cuda", help="cuda (default); cpu runs the same script logic (a smoke test)")
+    parser.add_argument(
+        "--device", default="cuda", help="cuda (default); cpu runs the same script logic (a smoke test)"
+    )
     args = parser.parse_args()
 
     import torch
@@ -77,8 +79,10 @@ def main() -> int:
     cuda = device.type == "cuda"
     name = torch.cuda.get_device_name(device) if cuda else "cpu (torch path)"
     print(f"{name}, torch {torch.__version__}, {args.labels} labels")
-    print(f"{'size':>9} {'B':>2} {'T':>3} | {'dense_crf':>10} | {'CrfRnn fwd':>10} | {'fwd+bwd':>10} | peak fwd+bwd"
-          + (" | compiled fwd+bwd" if args.compile else ""))
+    print(
+        f"{'size':>9} {'B':>2} {'T':>3} | {'dense_crf':>10} | {'CrfRnn fwd':>10} | {'fwd+bwd':>10} | peak fwd+bwd"
+        + (" | compiled fwd+bwd" if args.compile else "")
+    )
     if args.compile:
         torch._dynamo.config.capture_dynamic_output_shape_ops = True  # the lattice's vertex count (docs/engine.md)
     rows = []
@@ -109,8 +113,15 @@ def main() -> int:
                 t_inf, _ = _time(infer, args.repeats, cuda)
                 t_fwd, _ = _time(forward, args.repeats, cuda)
                 t_fb, peak = _time(forward_backward, args.repeats, cuda)
-                row = {"size": [h, w], "batch": batch, "iterations": iters, "dense_crf_s": t_inf, "forward_s": t_fwd,
-                       "forward_backward_s": t_fb, "peak_bytes": peak}  # fmt: skip
+                row = {
+                    "size": [h, w],
+                    "batch": batch,
+                    "iterations": iters,
+                    "dense_crf_s": t_inf,
+                    "forward_s": t_fwd,
+                    "forward_backward_s": t_fb,
+                    "peak_bytes": peak,
+                }
                 extra = ""
                 if args.compile:
                     compiled = torch.compile(crf, fullgraph=True)
@@ -123,13 +134,15 @@ def main() -> int:
                     row["compiled_forward_backward_s"], _ = _time(compiled_forward_backward, args.repeats, cuda)
                     extra = f" | {row['compiled_forward_backward_s'] * 1e3:7.1f} ms"
                 rows.append(row)
-                print(f"{h:>4}x{w:<4} {batch:>2} {iters:>3} | {t_inf * 1e3:7.1f} ms | {t_fwd * 1e3:7.1f} ms | "
-                      f"{t_fb * 1e3:7.1f} ms | {peak / 2**20:8.0f} MB" + extra, flush=True)
+                print(
+                    f"{h:>4}x{w:<4} {batch:>2} {iters:>3} | {t_inf * 1e3:7.1f} ms | {t_fwd * 1e3:7.1f} ms | "
+                    f"{t_fb * 1e3:7.1f} ms | {peak / 2**20:8.0f} MB" + extra,
+                    flush=True,
+                )
                 del crf, unary
                 if cuda:
                     torch.cuda.empty_cache()
-    report({"benchmark": "bench_gpu", "labels": args.labels, "device": name,
-            "rows": rows}, args.json)
+    report({"benchmark": "bench_gpu", "labels": args.labels, "device": name, "rows": rows}, args.json)
     return 0
 
 

@@ -111,7 +111,8 @@ def main() -> None:
                 child = in_child(__file__, ["--child", tool, str(h), str(w), str(num_labels), str(iters)])
                 row[tool]["peak_bytes"] = child["peak_bytes"]
         line = f"{w:>5}x{h:<5} {num_labels:>3} {iters:>3} | " + " | ".join(
-            f"{row[t]['median'] * 1e3:8.1f} ms" + (f" {row[t]['peak_bytes'] / 2**20:4.0f}M" if "peak_bytes" in row[t] else "")
+            f"{row[t]['median'] * 1e3:8.1f} ms"
+            + (f" {row[t]['peak_bytes'] / 2**20:4.0f}M" if "peak_bytes" in row[t] else "")
             for t in tools
         )
         if "densecrf" in row:

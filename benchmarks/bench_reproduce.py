@@ -34,17 +34,31 @@ def main() -> None:
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, workers in (("one process, default threads", 1), ("worker processes (default)", None)):
-            config = ReproduceConfig(out_dir=os.path.join(tmp, str(workers)), seeds=(0, 1), cnn_epochs=2, crf_epochs=1,
-                                     num_test=50, search_images=10, grid_images=0, workers=workers,
-                                     ablations=("crf_alone",), search_grid=grid)  # fmt: skip
+            config = ReproduceConfig(
+                out_dir=os.path.join(tmp, str(workers)),
+                seeds=(0, 1),
+                cnn_epochs=2,
+                crf_epochs=1,
+                num_test=50,
+                search_images=10,
+                grid_images=0,
+                workers=workers,
+                ablations=("crf_alone",),
+                search_grid=grid,
+            )
             t = time.perf_counter()
             result = reproduce(config, progress=False, log=lambda line: None)
-            rows[name] = {"seconds": time.perf_counter() - t, "machine": result["machine"],
-                          "mean_iou": [s["rows"]["crfrnn"]["mean_iou"] for s in result["per_seed"]]}  # fmt: skip
+            rows[name] = {
+                "seconds": time.perf_counter() - t,
+                "machine": result["machine"],
+                "mean_iou": [s["rows"]["crfrnn"]["mean_iou"] for s in result["per_seed"]],
+            }
             print(f"{name:<32} {rows[name]['seconds']:7.1f} s  ({result['machine']})", flush=True)
     a, b = rows.values()
-    print(f"worker processes / one process: {b['seconds'] / a['seconds']:.2f}x "
-          f"(torch's default threads: {torch.get_num_threads()})")
+    print(
+        f"worker processes / one process: {b['seconds'] / a['seconds']:.2f}x "
+        f"(torch's default threads: {torch.get_num_threads()})"
+    )
     report({"benchmark": "bench_reproduce", "rows": rows}, args.json)
 
 

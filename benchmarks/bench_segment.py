@@ -75,13 +75,27 @@ def main(argv=None) -> dict:
 
             t_fcn = time_it(fcn, warmup=args.warmup, repeats=args.repeats)
             t_crf = time_it(crf, warmup=args.warmup, repeats=args.repeats)
-        row = {"batch": batch, "fcn8s": t_fcn, "crfrnn": t_crf,
-               "fcn8s_per_image_s": t_fcn["median"] / batch, "crfrnn_per_image_s": t_crf["median"] / batch}  # fmt: skip
+        row = {
+            "batch": batch,
+            "fcn8s": t_fcn,
+            "crfrnn": t_crf,
+            "fcn8s_per_image_s": t_fcn["median"] / batch,
+            "crfrnn_per_image_s": t_crf["median"] / batch,
+        }
         rows.append(row)
-        print(f"batch {batch}: FCN-8s {row['fcn8s_per_image_s'] * 1e3:8.1f} ms/image, "
-              f"CRF-RNN (T={args.iterations}) {row['crfrnn_per_image_s'] * 1e3:8.1f} ms/image")  # fmt: skip
-    result = {"benchmark": "segment", "image": [args.height, args.width], "padded_to": list(model.pad_to),
-              "iterations": args.iterations, "device": str(device), "quick": args.quick, "rows": rows}  # fmt: skip
+        print(
+            f"batch {batch}: FCN-8s {row['fcn8s_per_image_s'] * 1e3:8.1f} ms/image, "
+            f"CRF-RNN (T={args.iterations}) {row['crfrnn_per_image_s'] * 1e3:8.1f} ms/image"
+        )
+    result = {
+        "benchmark": "segment",
+        "image": [args.height, args.width],
+        "padded_to": list(model.pad_to),
+        "iterations": args.iterations,
+        "device": str(device),
+        "quick": args.quick,
+        "rows": rows,
+    }
     report(result, args.json)
     return result
 

@@ -38,7 +38,8 @@ def torch_walk():
 
     compiled = _kernels.self_weights
     _kernels.self_weights = lambda offsets, weights, rank, neighbours, alpha, steps, path_w: walk_self_weights(
-        offsets, weights, rank, neighbours, alpha)
+        offsets, weights, rank, neighbours, alpha
+    )
     try:
         yield
     finally:
@@ -85,8 +86,15 @@ def main() -> None:
         return run
 
     def layer(exclude_self):
-        crf = crfrnn.CrfRnn(21, theta_alpha=80.0, theta_beta=13.0, theta_gamma=3.0, normalization="symmetric",
-                            num_eval_iterations=10, exclude_self=exclude_self).eval()  # fmt: skip
+        crf = crfrnn.CrfRnn(
+            21,
+            theta_alpha=80.0,
+            theta_beta=13.0,
+            theta_gamma=3.0,
+            normalization="symmetric",
+            num_eval_iterations=10,
+            exclude_self=exclude_self,
+        ).eval()
 
         def run():
             crf.cache.clear()  # both lattices every call, as for a new image
@@ -104,10 +112,17 @@ def main() -> None:
         ("CrfRnn.eval(), exclude_self True / False", layer(True), layer(False)),
     ]:
         r = paired_ratio(fn, base, repeats=args.repeats)
-        rows[name] = {"ms": r["median"] * 1e3, "base_ms": r["base_median"] * 1e3, "ratio": r["ratio"],
-                      "ratio_iqr": [r["ratio_q1"], r["ratio_q3"]]}  # fmt: skip
-        print(f"  {name:<52} {r['median'] * 1e3:8.1f} ms  against {r['base_median'] * 1e3:8.1f} ms  "
-              f"{r['ratio']:5.2f}x  (IQR {r['ratio_q1']:.2f}-{r['ratio_q3']:.2f})", flush=True)  # fmt: skip
+        rows[name] = {
+            "ms": r["median"] * 1e3,
+            "base_ms": r["base_median"] * 1e3,
+            "ratio": r["ratio"],
+            "ratio_iqr": [r["ratio_q1"], r["ratio_q3"]],
+        }
+        print(
+            f"  {name:<52} {r['median'] * 1e3:8.1f} ms  against {r['base_median'] * 1e3:8.1f} ms  "
+            f"{r['ratio']:5.2f}x  (IQR {r['ratio_q1']:.2f}-{r['ratio_q3']:.2f})",
+            flush=True,
+        )
     print(f"  (building the bilateral lattice alone: {build['median'] * 1e3:.1f} ms)")
     report({"benchmark": "bench_self", "size": [h, w], "labels": 21, "rows": rows, "max_abs_diff": diff}, args.json)
 

@@ -71,8 +71,15 @@ def setup(h: int, w: int, num_labels: int, batch: int, iters: int):
         from crfrnn import dense_crf
 
         # the CrfRnn's widths, so that both build the same lattices
-        return dense_crf(photo, probs, iterations=iters, gaussian_sxy=3.0, bilateral_sxy=160.0, bilateral_srgb=3.0,
-                         normalization="row")
+        return dense_crf(
+            photo,
+            probs,
+            iterations=iters,
+            gaussian_sxy=3.0,
+            bilateral_sxy=160.0,
+            bilateral_srgb=3.0,
+            normalization="row",
+        )
 
     def saved_bytes():
         from crfrnn._utils.profiling import saved_activation_bytes
@@ -120,15 +127,23 @@ def run(args, label: str) -> dict:
     row["compiled_b1_forward"] = statistics.median(p[0] for p in parts)
     row["compiled_b1_backward"] = statistics.median(p[1] for p in parts)
     print(f"[{label}] dense_crf T={args.iterations}: {ref * 1e3:.0f} ms")
-    print(f"  CrfRnn B=1 compiled, timed apart: forward {row['compiled_b1_forward'] * 1e3:.0f} ms, backward "
-          f"{row['compiled_b1_backward'] * 1e3:.0f} ms")
-    print(f"  CrfRnn fwd+bwd B=1 compiled: {row['compiled_b1']['median'] * 1e3:.0f} ms = "
-          f"{row['compiled_b1']['median'] / ref:.2f}x dense_crf (target <= 2.2x); saved {row['compiled_saved_bytes'] / 2**20:.0f} MB")
-    print(f"  CrfRnn fwd+bwd B=1 torch ops: {row['torch_b1']['median'] * 1e3:.0f} ms = "
-          f"{row['torch_b1']['median'] / ref:.2f}x dense_crf; saved {row['torch_saved_bytes'] / 2**20:.0f} MB")
+    print(
+        f"  CrfRnn B=1 compiled, timed apart: forward {row['compiled_b1_forward'] * 1e3:.0f} ms, backward "
+        f"{row['compiled_b1_backward'] * 1e3:.0f} ms"
+    )
+    print(
+        f"  CrfRnn fwd+bwd B=1 compiled: {row['compiled_b1']['median'] * 1e3:.0f} ms = "
+        f"{row['compiled_b1']['median'] / ref:.2f}x dense_crf (target <= 2.2x); saved {row['compiled_saved_bytes'] / 2**20:.0f} MB"
+    )
+    print(
+        f"  CrfRnn fwd+bwd B=1 torch ops: {row['torch_b1']['median'] * 1e3:.0f} ms = "
+        f"{row['torch_b1']['median'] / ref:.2f}x dense_crf; saved {row['torch_saved_bytes'] / 2**20:.0f} MB"
+    )
     print(f"  compiled / torch ops: {row['compiled_b1']['median'] / row['torch_b1']['median']:.2f}x")
     if "compiled_b4" in row:
-        print(f"  compiled B=4 / B=1: {row['compiled_b4']['median'] / row['compiled_b1']['median']:.2f}x (target <= 4x)")
+        print(
+            f"  compiled B=4 / B=1: {row['compiled_b4']['median'] / row['compiled_b1']['median']:.2f}x (target <= 4x)"
+        )
     return row
 
 
@@ -175,7 +190,10 @@ def training_step(args) -> dict:
 
         return run
 
-    row = {"cnn_only": time_it(step(False), repeats=args.repeats), "compiled": time_it(step(True), repeats=args.repeats)}
+    row = {
+        "cnn_only": time_it(step(False), repeats=args.repeats),
+        "compiled": time_it(step(True), repeats=args.repeats),
+    }
     torch_ops(True)
     try:
         row["torch"] = time_it(step(True), repeats=args.repeats)
@@ -185,8 +203,10 @@ def training_step(args) -> dict:
     print(f"[training step, crfrnn train stage 2 defaults] CNN alone {cnn * 1e3:.0f} ms")
     for name in ("torch", "compiled"):
         t = row[name]["median"]
-        print(f"  with the CRF ({'compiled' if name == 'compiled' else 'torch ops'}): {t * 1e3:.0f} ms, "
-              f"the CRF is {(t - cnn) / t:.0%} of the step")
+        print(
+            f"  with the CRF ({'compiled' if name == 'compiled' else 'torch ops'}): {t * 1e3:.0f} ms, "
+            f"the CRF is {(t - cnn) / t:.0%} of the step"
+        )
     return row
 
 
@@ -250,13 +270,24 @@ def main() -> None:
             print(f"busy: default threads / 1 thread, compiled fwd+bwd: {ratio:.2f}x (target <= 1)")
             alternated = interleaved(args)
             rows.append({"condition": "busy, alternated", **alternated})
-            print(f"busy, alternated call by call: default {alternated['default_s'] * 1e3:.0f} ms, 1 thread "
-                  f"{alternated['one_thread_s'] * 1e3:.0f} ms: {alternated['ratio']:.2f}x (target <= 1)")
+            print(
+                f"busy, alternated call by call: default {alternated['default_s'] * 1e3:.0f} ms, 1 thread "
+                f"{alternated['one_thread_s'] * 1e3:.0f} ms: {alternated['ratio']:.2f}x (target <= 1)"
+            )
         finally:
             stop.set()
             proc.join()
-    report({"benchmark": "bench_train", "size": list(args.size), "labels": args.labels,
-            "iterations": args.iterations, "rows": rows, "training_step": step}, args.json)
+    report(
+        {
+            "benchmark": "bench_train",
+            "size": list(args.size),
+            "labels": args.labels,
+            "iterations": args.iterations,
+            "rows": rows,
+            "training_step": step,
+        },
+        args.json,
+    )
 
 
 if __name__ == "__main__":

@@ -58,8 +58,18 @@ def quiet_stdout():
 def runners(vol: np.ndarray, probs: np.ndarray) -> dict:
     from crfrnn import dense_crf
 
-    out = {"crfrnn": lambda: dense_crf(vol, probs, iterations=ITERS, gaussian_sxy=POS, gaussian_compat=POS_W,
-                                       bilateral_sxy=BIL_POS, bilateral_srgb=BIL_I, bilateral_compat=BIL_W)}  # fmt: skip
+    out = {
+        "crfrnn": lambda: dense_crf(
+            vol,
+            probs,
+            iterations=ITERS,
+            gaussian_sxy=POS,
+            gaussian_compat=POS_W,
+            bilateral_sxy=BIL_POS,
+            bilateral_srgb=BIL_I,
+            bilateral_compat=BIL_W,
+        )
+    }
     num_labels = probs.shape[0]
     try:
         import pydensecrf.densecrf as dcrf
@@ -78,9 +88,19 @@ def runners(vol: np.ndarray, probs: np.ndarray) -> dict:
     try:
         import denseCRF3D
 
-        param = {"MaxIterations": float(ITERS), "PosW": POS_W, "PosRStd": POS, "PosCStd": POS, "PosZStd": POS,
-                 "BilateralW": BIL_W, "BilateralRStd": BIL_POS, "BilateralCStd": BIL_POS, "BilateralZStd": BIL_POS,
-                 "ModalityNum": 1, "BilateralModsStds": (BIL_I,)}  # fmt: skip
+        param = {
+            "MaxIterations": float(ITERS),
+            "PosW": POS_W,
+            "PosRStd": POS,
+            "PosCStd": POS,
+            "PosZStd": POS,
+            "BilateralW": BIL_W,
+            "BilateralRStd": BIL_POS,
+            "BilateralCStd": BIL_POS,
+            "BilateralZStd": BIL_POS,
+            "ModalityNum": 1,
+            "BilateralModsStds": (BIL_I,),
+        }
         img = np.ascontiguousarray(vol[..., None])
         p = np.ascontiguousarray(probs.transpose(1, 2, 3, 0))
 
@@ -111,9 +131,13 @@ def main() -> None:
         v8, p8 = make_volume(small, num_labels)
         row["crfrnn, 1/8 of the voxels"] = time_it(runners(v8, p8)["crfrnn"], repeats=args.repeats)["median"]
         line = f"{'x'.join(map(str, shape))}, L={num_labels}: " + ", ".join(
-            f"{k} {v * 1e3:.0f} ms" for k, v in row.items() if isinstance(v, float))
-        ratios = [f"crfrnn / {k} = {row['crfrnn'] / row[k]:.2f}x" for k in ("pydensecrf DenseCRF", "SimpleCRF densecrf3d")
-                  if k in row]  # fmt: skip
+            f"{k} {v * 1e3:.0f} ms" for k, v in row.items() if isinstance(v, float)
+        )
+        ratios = [
+            f"crfrnn / {k} = {row['crfrnn'] / row[k]:.2f}x"
+            for k in ("pydensecrf DenseCRF", "SimpleCRF densecrf3d")
+            if k in row
+        ]
         ratios.append(f"full / (1/8) = {row['crfrnn'] / row['crfrnn, 1/8 of the voxels']:.2f} (8 if linear)")
         print(line + "\n    " + "; ".join(ratios), flush=True)
         rows.append(row)

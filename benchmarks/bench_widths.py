@@ -34,8 +34,10 @@ def setup(h: int, w: int, num_labels: int, iters: int):
     g = torch.Generator().manual_seed(0)
     unary = torch.randn(1, num_labels, h // 8, w // 8, generator=g)
     unary = torch.nn.functional.interpolate(unary, size=(h, w), mode="bilinear").requires_grad_(True)
-    layers = {"fixed widths": CrfRnn(num_labels, num_iterations=iters).train(),
-              "learn_widths=True": CrfRnn(num_labels, num_iterations=iters, learn_widths=True).train()}  # fmt: skip
+    layers = {
+        "fixed widths": CrfRnn(num_labels, num_iterations=iters).train(),
+        "learn_widths=True": CrfRnn(num_labels, num_iterations=iters, learn_widths=True).train(),
+    }
     guide = image.clone().requires_grad_(True)
 
     def step(crf, img):
@@ -66,14 +68,19 @@ def accuracy() -> list[dict]:
 
     h, w = 24, 32
     yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
-    smooth = torch.stack([127 + 100 * torch.sin(xx / 5), 127 + 100 * torch.cos(yy / 4),
-                          127 + 80 * torch.sin((xx + yy) / 7)])[None]  # fmt: skip
+    smooth = torch.stack(
+        [127 + 100 * torch.sin(xx / 5), 127 + 100 * torch.cos(yy / 4), 127 + 80 * torch.sin((xx + yy) / 7)]
+    )[None]
     images = {"astronaut": photo(astronaut(), h, w), "chelsea": photo(chelsea(), h, w), "smooth": smooth}
-    configs = {"8/30/3": (8.0, 30.0, 3.0), "80/13/3 (densecrf)": (80.0, 13.0, 3.0),
-               "160/3/3 (CRF-RNN)": (160.0, 3.0, 3.0)}  # fmt: skip
+    configs = {
+        "8/30/3": (8.0, 30.0, 3.0),
+        "80/13/3 (densecrf)": (80.0, 13.0, 3.0),
+        "160/3/3 (CRF-RNN)": (160.0, 3.0, 3.0),
+    }
     g = torch.Generator().manual_seed(0)
-    unary = F.interpolate(torch.randn(1, 3, h // 4, w // 4, generator=g, dtype=torch.float64) * 2, size=(h, w),
-                          mode="bilinear")  # fmt: skip
+    unary = F.interpolate(
+        torch.randn(1, 3, h // 4, w // 4, generator=g, dtype=torch.float64) * 2, size=(h, w), mode="bilinear"
+    )
     target = torch.randn(1, 3, h, w, generator=g, dtype=torch.float64)
     rows = []
     for iname, img in images.items():
@@ -82,19 +89,30 @@ def accuracy() -> list[dict]:
             for exact in (True, False):
                 ws = [torch.tensor(v, dtype=torch.float64, requires_grad=True) for v in (a, b, c)]
                 im = img.clone().requires_grad_(True)
-                out = mean_field(unary, im, theta_alpha=ws[0], theta_beta=ws[1], theta_gamma=ws[2], num_iterations=3,
-                                 exact=exact)  # fmt: skip
+                out = mean_field(
+                    unary, im, theta_alpha=ws[0], theta_beta=ws[1], theta_gamma=ws[2], num_iterations=3, exact=exact
+                )
                 (out.softmax(1) * target).sum().backward()
                 res[exact] = (im.grad.flatten(), torch.stack([t.grad for t in ws]))
             (ge, we), (gl, wl) = res[True], res[False]
-            row = {"image": iname, "widths": cname, "guide_cosine": float(F.cosine_similarity(ge, gl, 0)),
-                   "guide_relative": float((ge - gl).norm() / ge.norm()),
-                   "width_exact": we.tolist(), "width_lattice": wl.tolist(),
-                   "width_relative": ((wl - we).abs() / we.abs()).tolist()}  # fmt: skip
+            row = {
+                "image": iname,
+                "widths": cname,
+                "guide_cosine": float(F.cosine_similarity(ge, gl, 0)),
+                "guide_relative": float((ge - gl).norm() / ge.norm()),
+                "width_exact": we.tolist(),
+                "width_lattice": wl.tolist(),
+                "width_relative": ((wl - we).abs() / we.abs()).tolist(),
+            }
             rows.append(row)
-            print(f"{iname:>9} {cname:>18} | guide cos {row['guide_cosine']:.3f} rel {row['guide_relative']:.3f} | "
-                  "widths (alpha, beta, gamma) exact " + " ".join(f"{x:+.3g}" for x in row["width_exact"])
-                  + " lattice " + " ".join(f"{x:+.3g}" for x in row["width_lattice"]), flush=True)
+            print(
+                f"{iname:>9} {cname:>18} | guide cos {row['guide_cosine']:.3f} rel {row['guide_relative']:.3f} | "
+                "widths (alpha, beta, gamma) exact "
+                + " ".join(f"{x:+.3g}" for x in row["width_exact"])
+                + " lattice "
+                + " ".join(f"{x:+.3g}" for x in row["width_lattice"]),
+                flush=True,
+            )
     return rows
 
 
@@ -124,16 +142,28 @@ def main() -> None:
             fn()
             times[name].append(time.perf_counter() - t)
     base = statistics.median(times["fixed widths"])
-    print(f"CrfRnn forward+backward, {w}x{h}, L={args.labels}, T={args.iterations}, train mode, "
-          f"median of {args.repeats} after warm-up")
+    print(
+        f"CrfRnn forward+backward, {w}x{h}, L={args.labels}, T={args.iterations}, train mode, "
+        f"median of {args.repeats} after warm-up"
+    )
     rows = []
     for name, ts in times.items():
         med = statistics.median(ts)
         rows.append({"layer": name, "median": med, "min": min(ts), "max": max(ts), "ratio": med / base})
-        print(f"{name:>26} | {med * 1e3:8.0f} ms (min {min(ts) * 1e3:.0f}, max {max(ts) * 1e3:.0f}) | "
-              f"{med / base:4.2f}x", flush=True)
-    report({"benchmark": "bench_widths", "size": [h, w], "labels": args.labels, "iterations": args.iterations,
-            "rows": rows}, args.json)  # fmt: skip
+        print(
+            f"{name:>26} | {med * 1e3:8.0f} ms (min {min(ts) * 1e3:.0f}, max {max(ts) * 1e3:.0f}) | {med / base:4.2f}x",
+            flush=True,
+        )
+    report(
+        {
+            "benchmark": "bench_widths",
+            "size": [h, w],
+            "labels": args.labels,
+            "iterations": args.iterations,
+            "rows": rows,
+        },
+        args.json,
+    )
 
 
 if __name__ == "__main__":

@@ -57,8 +57,16 @@ def main() -> None:
         vol, probs = make_volume((64, 128, 128), 2)
 
         def ours(t):
-            return lambda: crfrnn.dense_crf(vol, probs, iterations=t, gaussian_sxy=POS, gaussian_compat=POS_W,
-                                            bilateral_sxy=BIL_POS, bilateral_srgb=BIL_I, bilateral_compat=BIL_W)
+            return lambda: crfrnn.dense_crf(
+                vol,
+                probs,
+                iterations=t,
+                gaussian_sxy=POS,
+                gaussian_compat=POS_W,
+                bilateral_sxy=BIL_POS,
+                bilateral_srgb=BIL_I,
+                bilateral_compat=BIL_W,
+            )
 
         def theirs(t):
             def run():
@@ -67,6 +75,7 @@ def main() -> None:
                 d.addPairwiseEnergy(create_pairwise_gaussian((POS,) * 3, vol.shape), compat=POS_W)
                 d.addPairwiseEnergy(create_pairwise_bilateral((BIL_POS,) * 3, (BIL_I,), vol, chdim=-1), compat=BIL_W)
                 return np.array(d.inference(t))
+
             return run
     else:
         from bench_refine import make_inputs, runner
@@ -83,8 +92,11 @@ def main() -> None:
     best = cpu_interleaved(fns, args.repeats)
     for name in ("crfrnn", "densecrf"):
         t0, t10 = best[name, 0], best[name, 10]
-        print(f"{name:9s} set-up {t0 * 1e3:7.1f} ms CPU, per iteration {(t10 - t0) / 10 * 1e3:6.1f} ms CPU, "
-              f"T=10 {t10 * 1e3:7.1f} ms CPU", flush=True)
+        print(
+            f"{name:9s} set-up {t0 * 1e3:7.1f} ms CPU, per iteration {(t10 - t0) / 10 * 1e3:6.1f} ms CPU, "
+            f"T=10 {t10 * 1e3:7.1f} ms CPU",
+            flush=True,
+        )
     print(f"crfrnn / densecrf at T=10: {best['crfrnn', 10] / best['densecrf', 10]:.2f}x")
 
 

@@ -56,8 +56,7 @@ def _model(variant: str, num_classes: int, width: int, seed: int):
     crf_kwargs = {"num_iterations": 5, "num_eval_iterations": 10}
     if variant == "zero_weights":
         crf_kwargs.update(spatial_weight=0.0, bilateral_weight=0.0)
-    model = create("small_fcn_crfrnn", num_classes=num_classes, backbone_kwargs={"width": width},
-                   crf_kwargs=crf_kwargs)  # fmt: skip
+    model = create("small_fcn_crfrnn", num_classes=num_classes, backbone_kwargs={"width": width}, crf_kwargs=crf_kwargs)
     if variant == "safe_start":
         model = CrfRnnSegmenter(model.backbone, model.crf, safe_start=True)
     if variant == "crf_frozen":
@@ -70,8 +69,15 @@ def _optimizer(model, args, lr: float) -> torch.optim.Optimizer:
     kernel weights at ``lr * crf_kernel_lr_mult``, compatibility at ``lr * crf_compat_lr_mult``."""
     from crfrnn.workflow import TrainConfig, build_optimizer
 
-    config = TrainConfig(out_dir="unused", stage="crfrnn", optimizer=args.optimizer, lr=lr, momentum=args.momentum,
-                         crf_kernel_lr_mult=args.crf_kernel_lr_mult, crf_compat_lr_mult=args.crf_compat_lr_mult)
+    config = TrainConfig(
+        out_dir="unused",
+        stage="crfrnn",
+        optimizer=args.optimizer,
+        lr=lr,
+        momentum=args.momentum,
+        crf_kernel_lr_mult=args.crf_kernel_lr_mult,
+        crf_compat_lr_mult=args.crf_compat_lr_mult,
+    )
     return build_optimizer(model, config)
 
 
@@ -82,8 +88,8 @@ def _mean_iou(model, images, masks, num_classes: int, use_crf: bool, batch: int 
     model.eval()
     total = torch.zeros(num_classes, num_classes, dtype=torch.int64)
     for i in range(0, len(images), batch):
-        pred = model(images[i:i + batch], use_crf=use_crf).argmax(1)
-        total += confusion_matrix(pred, masks[i:i + batch], num_classes)
+        pred = model(images[i : i + batch], use_crf=use_crf).argmax(1)
+        total += confusion_matrix(pred, masks[i : i + batch], num_classes)
     model.train()
     return float(metrics_from_confusion_matrix(total)["mean_iou"]) * 100
 
@@ -120,14 +126,18 @@ def run_variant(variant: str, args, train, val) -> dict:
     seconds = time.perf_counter() - start
     x_val, y_val = val
     result = {
-        "variant": variant, "seconds": round(seconds, 1), "log": log,
+        "variant": variant,
+        "seconds": round(seconds, 1),
+        "log": log,
         "final_loss": sum(log["loss"][-5:]) / len(log["loss"][-5:]),
         "max_loss": max(log["loss"]),
         "miou_backbone": _mean_iou(model, x_val, y_val, num_classes, use_crf=False),
         "miou": _mean_iou(model, x_val, y_val, num_classes, use_crf=variant != "cnn"),
-        "crf": {"spatial_weight_diag": model.crf.spatial_weights.diagonal().mean().item(),
-                "bilateral_weight_diag": model.crf.bilateral_weights.diagonal().mean().item()},
-    }  # fmt: skip
+        "crf": {
+            "spatial_weight_diag": model.crf.spatial_weights.diagonal().mean().item(),
+            "bilateral_weight_diag": model.crf.bilateral_weights.diagonal().mean().item(),
+        },
+    }
     if model.crf_gate is not None:
         result["gate"] = model.crf_gate.item()
     return result
@@ -198,8 +208,11 @@ def main(argv=None) -> int:
         r = run_variant(variant, args, train, val)
         results.append(r)
         extra = f"  gate {r['gate']:.3f}" if "gate" in r else ""
-        print(f"{variant:<13} {r['log']['loss'][0]:6.2f} {r['max_loss']:6.2f} {r['final_loss']:6.2f} "
-              f"{r['miou']:6.1f} {r['miou_backbone']:8.1f} {r['seconds']:5.0f}s{extra}", flush=True)  # fmt: skip
+        print(
+            f"{variant:<13} {r['log']['loss'][0]:6.2f} {r['max_loss']:6.2f} {r['final_loss']:6.2f} "
+            f"{r['miou']:6.1f} {r['miou_backbone']:8.1f} {r['seconds']:5.0f}s{extra}",
+            flush=True,
+        )
     if args.json:
         from crfrnn._utils.files import atomic_write_text
 

@@ -39,8 +39,11 @@ from torch import nn
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _harness import metadata  # noqa: E402
 
-SCENARIOS = {"coarse": {"factor": 8, "noise": 1.0}, "noisy": {"factor": 2, "noise": 2.5},
-             "textures": {"factor": 8, "noise": 1.0}}  # fmt: skip
+SCENARIOS = {
+    "coarse": {"factor": 8, "noise": 1.0},
+    "noisy": {"factor": 2, "noise": 2.5},
+    "textures": {"factor": 8, "noise": 1.0},
+}
 _TEXTURES = ("grass", "brick", "gravel", "coffee", "chelsea", "astronaut", "rocket")
 
 
@@ -89,8 +92,10 @@ class Outputs(nn.Module):
     def __init__(self, images, probs) -> None:
         super().__init__()
         self.register_buffer("anchor", torch.zeros(()))  # gives the module a device
-        self.table = {torch.from_numpy(im).permute(2, 0, 1).float().numpy().tobytes():
-                      torch.from_numpy(p).clamp_min(1e-5).log() for im, p in zip(images, probs)}  # fmt: skip
+        self.table = {
+            torch.from_numpy(im).permute(2, 0, 1).float().numpy().tobytes(): torch.from_numpy(p).clamp_min(1e-5).log()
+            for im, p in zip(images, probs)
+        }
 
     def forward(self, image):
         return torch.stack([self.table[x.numpy().tobytes()] for x in image])
@@ -111,9 +116,9 @@ def measure(images, masks, probs, num_labels, params):
 
 def run_scenario(name: str, args) -> dict:
     from crfrnn import fit_crf
+    from crfrnn.fit import width_gradients_available
     from crfrnn.params import DENSECRF_DEFAULTS as DENSE_CRF_DEFAULTS
     from crfrnn.workflow import search_dense_crf
-    from crfrnn.fit import width_gradients_available
 
     fit_set = scenes(name, args.fit_images, args.size, first_index=0)
     test_set = scenes(name, args.test_images, args.size, first_index=100_000)
@@ -127,30 +132,44 @@ def run_scenario(name: str, args) -> dict:
     times["grid search"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    fit = fit_crf(images, probs, masks, epochs=args.epochs, lr=args.lr, fit_widths=False, seed=args.seed,
-                  progress=False)
+    fit = fit_crf(
+        images, probs, masks, epochs=args.epochs, lr=args.lr, fit_widths=False, seed=args.seed, progress=False
+    )
     rows["fit: weights"] = fit.params
     times["fit: weights"] = time.perf_counter() - t
     if width_gradients_available():
         t = time.perf_counter()
-        fit = fit_crf(images, probs, masks, epochs=args.epochs, lr=args.lr, fit_widths=True, seed=args.seed,
-                      progress=False)
+        fit = fit_crf(
+            images, probs, masks, epochs=args.epochs, lr=args.lr, fit_widths=True, seed=args.seed, progress=False
+        )
         rows["fit: weights + widths"] = fit.params
         times["fit: weights + widths"] = time.perf_counter() - t
-    results = {row: {"params": params, "test": measure(*test_set[:3], num_labels, params)}
-               for row, params in rows.items()}  # fmt: skip
+    results = {
+        row: {"params": params, "test": measure(*test_set[:3], num_labels, params)} for row, params in rows.items()
+    }
     return {"scenario": name, **SCENARIOS[name], "results": results, "seconds": times}
 
 
 def table(result: dict, args) -> str:
-    head = (f"{result['scenario']} (stride {result['factor']}, noise {result['noise']}; fit on {args.fit_images}, "
-            f"test on {args.test_images} other {args.size}x{args.size} images)")  # fmt: skip
-    lines = [head, f"{'':44} {'mean IoU':>9} {'boundary acc (3 px)':>20}   parameters (bilateral sxy/srgb/compat, "
-             "gaussian sxy/compat)"]  # fmt: skip
+    head = (
+        f"{result['scenario']} (stride {result['factor']}, noise {result['noise']}; fit on {args.fit_images}, "
+        f"test on {args.test_images} other {args.size}x{args.size} images)"
+    )
+    lines = [
+        head,
+        f"{'':44} {'mean IoU':>9} {'boundary acc (3 px)':>20}   parameters (bilateral sxy/srgb/compat, "
+        "gaussian sxy/compat)",
+    ]
     for row, r in result["results"].items():
         m, p = r["test"], r["params"]
-        shown = "" if p is None else (f"{p['bilateral_sxy']:.3g}/{p['bilateral_srgb']:.3g}/{p['bilateral_compat']:.3g}, "
-                                      f"{p['gaussian_sxy']:.3g}/{p['gaussian_compat']:.3g}")  # fmt: skip
+        shown = (
+            ""
+            if p is None
+            else (
+                f"{p['bilateral_sxy']:.3g}/{p['bilateral_srgb']:.3g}/{p['bilateral_compat']:.3g}, "
+                f"{p['gaussian_sxy']:.3g}/{p['gaussian_compat']:.3g}"
+            )
+        )
         lines.append(f"{row:44} {100 * m['mean_iou']:>8.2f}% {100 * m['boundary_accuracy']:>19.2f}%   {shown}")
     return "\n".join(lines)
 
@@ -171,7 +190,7 @@ def main() -> None:
         result = run_scenario(name, args)
         out["scenarios"].append(result)
         print(table(result, args), flush=True)
-        print(f"  seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in result["seconds"].items()), flush=True)
+        print("  seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in result["seconds"].items()), flush=True)
     if args.json:
         from crfrnn._utils.files import atomic_write_text
 

@@ -40,9 +40,11 @@ def main() -> None:
             dynamo.reset()
             with dynamo.config.patch(capture_dynamic_output_shape_ops=capture):
                 explained = dynamo.explain(crf)(unary, image)
-            print(f"CrfRnn train mode{', learned widths' if learned else ''}, {h}x{w}, L={args.labels}, "
-                  f"T={args.iterations}, capture_dynamic_output_shape_ops={capture}: {explained.graph_count} graphs, "
-                  f"{explained.graph_break_count} breaks")
+            print(
+                f"CrfRnn train mode{', learned widths' if learned else ''}, {h}x{w}, L={args.labels}, "
+                f"T={args.iterations}, capture_dynamic_output_shape_ops={capture}: {explained.graph_count} graphs, "
+                f"{explained.graph_break_count} breaks"
+            )
             _reasons(explained)
 
 

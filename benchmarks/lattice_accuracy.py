@@ -81,13 +81,17 @@ def main() -> None:
     v = torch.rand(1, f.shape[1], 1, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) * 0.8 + 0.1
     ones = torch.ones_like(v)
     diff = lat.filter(v) / lat.filter(ones) - gaussian_filter(v, f) / gaussian_filter(ones, f)
-    print(f"   white-noise image 9x11, bilateral 5 px / 30: largest error {float(diff.abs().max()):.3f} "
-          "(values in 0.1..0.9)")
+    print(
+        f"   white-noise image 9x11, bilateral 5 px / 30: largest error {float(diff.abs().max()):.3f} "
+        "(values in 0.1..0.9)"
+    )
     f = dense_points(2, 500, 9.0)
     v = torch.rand(1, 500, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     a = PermutohedralLattice(f).filter(v)
     b = PermutohedralLattice(f + 0.37).filter(v)
-    print(f"   shifting all features by 0.37 (random points, D=2): relative change {float((b - a).norm() / a.norm()):.2%}")
+    print(
+        f"   shifting all features by 0.37 (random points, D=2): relative change {float((b - a).norm() / a.norm()):.2%}"
+    )
 
     print("\n3. mean field, 5 iterations, lattice vs exact kernel, photos at 40x56")
     import torch.nn.functional as F
@@ -99,14 +103,17 @@ def main() -> None:
         img = img.permute(2, 0, 1)[None].double()
         for seed in (0, 1):
             g = torch.Generator().manual_seed(seed)
-            u = F.interpolate(torch.randn(1, 3, 5, 7, dtype=torch.float64, generator=g) * 2, size=(40, 56),
-                              mode="bilinear")
+            u = F.interpolate(
+                torch.randn(1, 3, 5, 7, dtype=torch.float64, generator=g) * 2, size=(40, 56), mode="bilinear"
+            )
             kw = dict(theta_alpha=20.0, theta_beta=13.0, theta_gamma=3.0, num_iterations=5)
             exact = mean_field(u, img, **kw, exact=True).softmax(1)
             approx = mean_field(u, img, **kw).softmax(1)
             agree = float((approx.argmax(1) == exact.argmax(1)).double().mean())
-            print(f"   {name}, seed {seed}: mean |dQ| {float((approx - exact).abs().mean()):.4f}, "
-                  f"labels identical {agree:.1%}")
+            print(
+                f"   {name}, seed {seed}: mean |dQ| {float((approx - exact).abs().mean()):.4f}, "
+                f"labels identical {agree:.1%}"
+            )
 
 
 if __name__ == "__main__":

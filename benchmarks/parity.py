@@ -41,13 +41,20 @@ def main() -> None:
         for iterations in (5, 10):
             ours = runner("crfrnn_warm", image, probs, iterations)()
             ref = runner("densecrf", image, probs, iterations)().reshape(ours.shape)
-            row = {"photo": name, "iterations": iterations,
-                   "agreement": float((ours.argmax(0) == ref.argmax(0)).mean()),
-                   "mean_abs_diff": float(np.abs(ours - ref).mean()), "max_abs_diff": float(np.abs(ours - ref).max()),
-                   "changed": float((ref.argmax(0) != probs.argmax(0)).mean())}  # fmt: skip
+            row = {
+                "photo": name,
+                "iterations": iterations,
+                "agreement": float((ours.argmax(0) == ref.argmax(0)).mean()),
+                "mean_abs_diff": float(np.abs(ours - ref).mean()),
+                "max_abs_diff": float(np.abs(ours - ref).max()),
+                "changed": float((ref.argmax(0) != probs.argmax(0)).mean()),
+            }
             rows.append(row)
-            print(f"{name:>10} {iterations:>3} | {100 * row['agreement']:13.4f} % | {row['mean_abs_diff']:.2e} | "
-                  f"{row['max_abs_diff']:.2e} | {100 * row['changed']:.1f} %", flush=True)
+            print(
+                f"{name:>10} {iterations:>3} | {100 * row['agreement']:13.4f} % | {row['mean_abs_diff']:.2e} | "
+                f"{row['max_abs_diff']:.2e} | {100 * row['changed']:.1f} %",
+                flush=True,
+            )
     report({"benchmark": "parity", "rows": rows}, args.json)
 
 

@@ -35,22 +35,32 @@ def lattices() -> dict:
     import torch
 
     import crfrnn
-    from crfrnn import _kernels
-    from crfrnn.crf import bilateral_features, spatial_features
     from bench_refine import make_inputs
     from bench_volume import BIL_I, BIL_POS, BIL_W, POS, POS_W, make_volume
+    from crfrnn import _kernels
+    from crfrnn.crf import bilateral_features, spatial_features
 
     image, _ = make_inputs(375, 500, 21)
     img = torch.from_numpy(image).permute(2, 0, 1)[None].float()
-    out = {"photo spatial (2-D)": spatial_features(1, 375, 500, 3.0)[0],
-           "photo bilateral (5-D)": bilateral_features(img, 80.0, 13.0)[0]}  # fmt: skip
+    out = {
+        "photo spatial (2-D)": spatial_features(1, 375, 500, 3.0)[0],
+        "photo bilateral (5-D)": bilateral_features(img, 80.0, 13.0)[0],
+    }
     vol, probs = make_volume((64, 128, 128), 2)
     seen = []
     build = _kernels.build
     _kernels.build = lambda f, b, bits: (seen.append(f.clone()), build(f, b, bits))[1]  # the volume's features
     try:
-        crfrnn.dense_crf(vol, probs, iterations=1, gaussian_sxy=POS, gaussian_compat=POS_W, bilateral_sxy=BIL_POS,
-                         bilateral_srgb=BIL_I, bilateral_compat=BIL_W)  # fmt: skip
+        crfrnn.dense_crf(
+            vol,
+            probs,
+            iterations=1,
+            gaussian_sxy=POS,
+            gaussian_compat=POS_W,
+            bilateral_sxy=BIL_POS,
+            bilateral_srgb=BIL_I,
+            bilateral_compat=BIL_W,
+        )
     finally:
         _kernels.build = build
     for f in seen:
@@ -86,18 +96,25 @@ def main() -> None:
         codes = np.empty(p * d1, np.int64)
         weights = np.empty((p, d1), np.float32)
         ranks = np.empty((p, d1), np.int8)
-        t = {"bounds": cpu(lambda: construct.elevated_bounds(feats, scale, chunks), r),
-             "simplices": cpu(lambda: construct.simplices(feats, scale, lo, strides, p, chunks, codes, weights, ranks),
-                              r),
-             "hash": cpu(lambda: construct.insert_all(codes, d1), r)}  # fmt: skip
+        t = {
+            "bounds": cpu(lambda: construct.elevated_bounds(feats, scale, chunks), r),
+            "simplices": cpu(
+                lambda: construct.simplices(feats, scale, lo, strides, p, chunks, codes, weights, ranks), r
+            ),
+            "hash": cpu(lambda: construct.insert_all(codes, d1), r),
+        }
         ids, uniq, table = construct.insert_all(codes, d1)
         off = -np.ones((d1, d), np.int64) + d1 * np.eye(d1, d, dtype=np.int64)
         deltas = (off * strides[:d]).sum(1)
         t["neighbours"] = cpu(lambda: construct.neighbour_ids(uniq, deltas, table), r)
         f32 = f[None].float()
         t["lattice"] = cpu(lambda: PermutohedralLattice(f32).operators(torch.float32), r)
-        print(f"{name:<24} {p:>8} points {uniq.shape[0]:>7} vertices | "
-              + "  ".join(f"{k} {v:6.1f}" for k, v in t.items()) + " ms CPU", flush=True)
+        print(
+            f"{name:<24} {p:>8} points {uniq.shape[0]:>7} vertices | "
+            + "  ".join(f"{k} {v:6.1f}" for k, v in t.items())
+            + " ms CPU",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -56,8 +56,12 @@ def main() -> None:
         q = np.ascontiguousarray(np.random.default_rng(0).random((h * w, c), np.float32))
         out = np.empty_like(q)
         buf, tmp, parts = ops.workspace(c)
-        ms(f"bilateral splat + slice, {c} channels", lambda: filtering.slice_vertices(
-            ops.splat(q, ones, buf, parts), ops.weights, ops.offsets, np.float32(1), out))
+        ms(
+            f"bilateral splat + slice, {c} channels",
+            lambda: filtering.slice_vertices(
+                ops.splat(q, ones, buf, parts), ops.weights, ops.offsets, np.float32(1), out
+            ),
+        )
     ms("bilateral blur, 24 channels", lambda: filtering.blur_vertices(buf, tmp, ops.neighbours, False))
     logits = np.ascontiguousarray(np.log(probs.reshape(num_labels, -1).T))
     padded = np.zeros((h * w, 24), np.float32)

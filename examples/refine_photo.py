@@ -98,9 +98,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         Image.fromarray(image).save(work / "astronaut.png")
         np.save(work / "astronaut_probs.npy", probs)
         command: List[str] = [
-            "refine", str(work / "astronaut.png"), str(work / "astronaut_probs.npy"),
-            "-o", str(work / "astronaut_labels.png"), "--overlay", str(args.overlay),
-        ]  # fmt: skip
+            "refine",
+            str(work / "astronaut.png"),
+            str(work / "astronaut_probs.npy"),
+            "-o",
+            str(work / "astronaut_labels.png"),
+            "--overlay",
+            str(args.overlay),
+        ]
         shown = [os.path.relpath(a) if os.path.isabs(a) and Path(a).is_relative_to(Path.cwd()) else a for a in command]
         print("$ crfrnn " + shlex.join(shown))
         return crfrnn_main(command)

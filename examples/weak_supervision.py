@@ -59,8 +59,11 @@ from crfrnn.workflow import segmentation_loss
 
 IGNORE = 255
 SETTINGS = ("full", "pce", "pce+crf")
-TITLES = {"full": "(1) full masks, CE", "pce": "(2) scribbles, partial CE",
-          "pce+crf": "(3) scribbles, partial CE + dense-CRF loss"}  # fmt: skip
+TITLES = {
+    "full": "(1) full masks, CE",
+    "pce": "(2) scribbles, partial CE",
+    "pce+crf": "(3) scribbles, partial CE + dense-CRF loss",
+}
 
 
 @dataclass
@@ -92,26 +95,45 @@ class Config:
 
     @classmethod
     def quick_config(cls) -> "Config":
-        return cls(seeds=(0,), num_train=16, num_val=8, num_test=8, size=48, epochs=2, crf_from_epoch=1,
-                   lambdas=(0.1,), figure_images=2, quick=True)  # fmt: skip
+        return cls(
+            seeds=(0,),
+            num_train=16,
+            num_val=8,
+            num_test=8,
+            size=48,
+            epochs=2,
+            crf_from_epoch=1,
+            lambdas=(0.1,),
+            figure_images=2,
+            quick=True,
+        )
 
 
 # ------------------------------------------------------------------------------------------------ data
 def make_data(cfg: Config) -> Dict[str, Tensor]:
     """All splits as tensors (generated once), plus the training scribbles."""
-    train, val, test = synthetic_splits(cfg.data_seed, num_train=cfg.num_train, num_val=cfg.num_val,
-                                        num_test=cfg.num_test, size=cfg.size, shapes=cfg.shapes,
-                                        num_objects=cfg.num_objects)  # fmt: skip
+    train, val, test = synthetic_splits(
+        cfg.data_seed,
+        num_train=cfg.num_train,
+        num_val=cfg.num_val,
+        num_test=cfg.num_test,
+        size=cfg.size,
+        shapes=cfg.shapes,
+        num_objects=cfg.num_objects,
+    )
     out: Dict[str, Any] = {"num_classes": train.num_classes}
     for name, ds in (("train", train), ("val", val), ("test", test)):
         samples = [ds[i] for i in range(len(ds))]
         out[f"{name}_x"] = torch.stack([s[0] for s in samples])
         out[f"{name}_y"] = torch.stack([s[1] for s in samples])
-    out["train_scribbles"] = torch.stack([
-        scribbles_from_mask(m, fraction=cfg.fraction, width=cfg.stroke_width,
-                            rng=np.random.default_rng((cfg.data_seed, i)))
-        for i, m in enumerate(out["train_y"])
-    ])  # fmt: skip
+    out["train_scribbles"] = torch.stack(
+        [
+            scribbles_from_mask(
+                m, fraction=cfg.fraction, width=cfg.stroke_width, rng=np.random.default_rng((cfg.data_seed, i))
+            )
+            for i, m in enumerate(out["train_y"])
+        ]
+    )
     return out
 
 
@@ -128,17 +150,28 @@ class CrfTerm:
         if self.stride > 1:
             probs = F.avg_pool2d(probs, self.stride)
             images = F.avg_pool2d(images, self.stride)
-        return self.weight * dense_crf_loss(probs, images, theta_alpha=self.theta_alpha,
-                                            theta_beta=self.theta_beta, spacing=float(self.stride))  # fmt: skip
+        return self.weight * dense_crf_loss(
+            probs, images, theta_alpha=self.theta_alpha, theta_beta=self.theta_beta, spacing=float(self.stride)
+        )
 
 
 def _poly(step: int, total: int) -> float:
     return max(0.0, 1.0 - step / total) ** 0.9
 
 
-def train_epochs(cfg: Config, seed: int, images: Tensor, targets: Tensor, num_classes: int, *,
-                 first: int, last: int, state: Optional[dict] = None, crf: Optional[CrfTerm] = None,
-                 snapshot_at: Optional[int] = None) -> Tuple[torch.nn.Module, Optional[dict]]:  # fmt: skip
+def train_epochs(
+    cfg: Config,
+    seed: int,
+    images: Tensor,
+    targets: Tensor,
+    num_classes: int,
+    *,
+    first: int,
+    last: int,
+    state: Optional[dict] = None,
+    crf: Optional[CrfTerm] = None,
+    snapshot_at: Optional[int] = None,
+) -> Tuple[torch.nn.Module, Optional[dict]]:
     """Epochs ``first..last-1`` of one run; epoch ``e``'s order, flips and dropout depend only on ``(seed, e)``.
 
     ``state`` (a snapshot) continues a run; ``snapshot_at`` returns the state after that many epochs.
@@ -163,7 +196,7 @@ def train_epochs(cfg: Config, seed: int, images: Tensor, targets: Tensor, num_cl
         order = torch.randperm(len(images), generator=g)
         flips = torch.rand(len(images), generator=g) < 0.5
         for b in range(steps_per_epoch):
-            idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+            idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
             x, y = images[idx].clone(), targets[idx].clone()
             f = flips[idx]
             x[f], y[f] = x[f].flip(-1), y[f].flip(-1)
@@ -187,7 +220,7 @@ def train_epochs(cfg: Config, seed: int, images: Tensor, targets: Tensor, num_cl
 @torch.no_grad()
 def predict(model: torch.nn.Module, images: Tensor, batch: int = 25) -> Tensor:
     model.eval()
-    return torch.cat([model(images[i:i + batch]).argmax(1) for i in range(0, len(images), batch)])
+    return torch.cat([model(images[i : i + batch]).argmax(1) for i in range(0, len(images), batch)])
 
 
 def mean_iou(model: torch.nn.Module, images: Tensor, masks: Tensor, num_classes: int) -> float:
@@ -198,8 +231,11 @@ def mean_iou(model: torch.nn.Module, images: Tensor, masks: Tensor, num_classes:
 
 # ----------------------------------------------------------------------------------------- experiment
 def _stats(values: Sequence[float]) -> Dict[str, float]:
-    return {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "values": list(values)}  # fmt: skip
+    return {
+        "mean": statistics.fmean(values),
+        "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "values": list(values),
+    }
 
 
 def _gap(full: float, pce: float, crf: float) -> float:
@@ -209,15 +245,32 @@ def _gap(full: float, pce: float, crf: float) -> float:
 def tune(cfg: Config, data: Dict[str, Tensor], log) -> Tuple[dict, List[dict]]:
     """Choose lambda and the widths on the validation split, with the tuning seed (not a test seed)."""
     c = data["num_classes"]
-    model, snap = train_epochs(cfg, cfg.tune_seed, data["train_x"], data["train_scribbles"], c, first=0,
-                               last=cfg.epochs, snapshot_at=cfg.crf_from_epoch)  # fmt: skip
+    model, snap = train_epochs(
+        cfg,
+        cfg.tune_seed,
+        data["train_x"],
+        data["train_scribbles"],
+        c,
+        first=0,
+        last=cfg.epochs,
+        snapshot_at=cfg.crf_from_epoch,
+    )
     base = mean_iou(model, data["val_x"], data["val_y"], c)
     log(f"tuning (seed {cfg.tune_seed}, validation split): partial CE alone  val mIoU {base:.4f}")
     rows = [{"lambda": 0.0, "theta_alpha": None, "theta_beta": None, "val_miou": base}]
     for lam, ta, tb in itertools.product(cfg.lambdas, cfg.theta_alphas, cfg.theta_betas):
         crf = CrfTerm(lam, ta, tb, cfg.crf_stride)
-        model, _ = train_epochs(cfg, cfg.tune_seed, data["train_x"], data["train_scribbles"], c,
-                                first=cfg.crf_from_epoch, last=cfg.epochs, state=snap, crf=crf)  # fmt: skip
+        model, _ = train_epochs(
+            cfg,
+            cfg.tune_seed,
+            data["train_x"],
+            data["train_scribbles"],
+            c,
+            first=cfg.crf_from_epoch,
+            last=cfg.epochs,
+            state=snap,
+            crf=crf,
+        )
         v = mean_iou(model, data["val_x"], data["val_y"], c)
         rows.append({"lambda": lam, "theta_alpha": ta, "theta_beta": tb, "val_miou": v})
         log(f"  lambda {lam:<6g} theta_alpha {ta:<5g} theta_beta {tb:<5g}  val mIoU {v:.4f}")
@@ -231,29 +284,52 @@ def run(cfg: Config, out_dir: Path, figure: Optional[Path] = None, log=print) ->
     data = make_data(cfg)
     c = data["num_classes"]
     labelled = float((data["train_scribbles"] != IGNORE).float().mean())
-    log(f"data: {cfg.num_train}/{cfg.num_val}/{cfg.num_test} images of {cfg.size} px, {c} classes; scribbles "
-        f"label {100 * labelled:.2f}% of the training pixels")  # fmt: skip
+    log(
+        f"data: {cfg.num_train}/{cfg.num_val}/{cfg.num_test} images of {cfg.size} px, {c} classes; scribbles "
+        f"label {100 * labelled:.2f}% of the training pixels"
+    )
     best, tuning = tune(cfg, data, log)
-    log(f"chosen on validation: lambda {best['lambda']:g}, theta_alpha {best['theta_alpha']:g}, "
-        f"theta_beta {best['theta_beta']:g}")  # fmt: skip
+    log(
+        f"chosen on validation: lambda {best['lambda']:g}, theta_alpha {best['theta_alpha']:g}, "
+        f"theta_beta {best['theta_beta']:g}"
+    )
     crf = CrfTerm(best["lambda"], best["theta_alpha"], best["theta_beta"], cfg.crf_stride)
     per_seed: List[dict] = []
     shown: Dict[str, torch.nn.Module] = {}
     for seed in cfg.seeds:
         t0 = time.time()
         m_full, _ = train_epochs(cfg, seed, data["train_x"], data["train_y"], c, first=0, last=cfg.epochs)
-        m_pce, snap = train_epochs(cfg, seed, data["train_x"], data["train_scribbles"], c, first=0,
-                                   last=cfg.epochs, snapshot_at=cfg.crf_from_epoch)  # fmt: skip
-        m_crf, _ = train_epochs(cfg, seed, data["train_x"], data["train_scribbles"], c, first=cfg.crf_from_epoch,
-                                last=cfg.epochs, state=snap, crf=crf)  # fmt: skip
+        m_pce, snap = train_epochs(
+            cfg,
+            seed,
+            data["train_x"],
+            data["train_scribbles"],
+            c,
+            first=0,
+            last=cfg.epochs,
+            snapshot_at=cfg.crf_from_epoch,
+        )
+        m_crf, _ = train_epochs(
+            cfg,
+            seed,
+            data["train_x"],
+            data["train_scribbles"],
+            c,
+            first=cfg.crf_from_epoch,
+            last=cfg.epochs,
+            state=snap,
+            crf=crf,
+        )
         row = {"seed": seed}
         for name, m in zip(SETTINGS, (m_full, m_pce, m_crf)):
             row[name] = mean_iou(m, data["test_x"], data["test_y"], c)
         row["gap_closed"] = _gap(row["full"], row["pce"], row["pce+crf"])
         row["seconds"] = time.time() - t0
         per_seed.append(row)
-        log(f"seed {seed}: test mIoU full {row['full']:.4f}  pce {row['pce']:.4f}  pce+crf {row['pce+crf']:.4f}  "
-            f"gap closed {row['gap_closed']:.2f}  ({row['seconds']:.0f} s)")  # fmt: skip
+        log(
+            f"seed {seed}: test mIoU full {row['full']:.4f}  pce {row['pce']:.4f}  pce+crf {row['pce+crf']:.4f}  "
+            f"gap closed {row['gap_closed']:.2f}  ({row['seconds']:.0f} s)"
+        )
         if not shown:
             shown = {"full": m_full, "pce": m_pce, "pce+crf": m_crf}
     summary = {name: _stats([r[name] for r in per_seed]) for name in SETTINGS}
@@ -298,8 +374,10 @@ def table(result: dict) -> str:
     for name in SETTINGS:
         lines.append(f"| {TITLES[name]} | {s[name]['mean']:.3f} ± {s[name]['sd']:.3f} |")
     g = s["gap_closed_per_seed"]
-    lines.append(f"| gap (2) → (1) closed by (3) | {100 * s['gap_closed_of_means']:.0f}% of the means "
-                 f"(per seed {100 * g['mean']:.0f} ± {100 * g['sd']:.0f}%) |")  # fmt: skip
+    lines.append(
+        f"| gap (2) → (1) closed by (3) | {100 * s['gap_closed_of_means']:.0f}% of the means "
+        f"(per seed {100 * g['mean']:.0f} ± {100 * g['sd']:.0f}%) |"
+    )
     return "\n".join(lines)
 
 
@@ -314,8 +392,14 @@ def save_figure(path: Path, data: Dict[str, Tensor], models: Dict[str, torch.nn.
     x, y = data["test_x"][:count], data["test_y"][:count]
     scribbles = torch.stack([scribbles_from_mask(m, rng=np.random.default_rng((1, i))) for i, m in enumerate(y)])
     preds = {k: predict(m, x) for k, m in models.items()}
-    cols = [("image", None), ("scribbles (2%-3% of pixels)", scribbles), ("(2) partial CE", preds["pce"]),
-            ("(3) + dense-CRF loss", preds["pce+crf"]), ("(1) full masks", preds["full"]), ("ground truth", y)]
+    cols = [
+        ("image", None),
+        ("scribbles (2%-3% of pixels)", scribbles),
+        ("(2) partial CE", preds["pce"]),
+        ("(3) + dense-CRF loss", preds["pce+crf"]),
+        ("(1) full masks", preds["full"]),
+        ("ground truth", y),
+    ]
     fig, axes = plt.subplots(count, len(cols), figsize=(2.0 * len(cols), 2.0 * count), squeeze=False)
     for i in range(count):
         for j, (title, labels) in enumerate(cols):
@@ -342,8 +426,8 @@ def _thicken(labels: np.ndarray) -> np.ndarray:
     out = labels.copy()
     h, w = labels.shape
     for dy, dx in itertools.product((-1, 0, 1), repeat=2):
-        src = labels[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)]
-        dst = out[max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
+        src = labels[max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)]
+        dst = out[max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)]
         fill = (dst == IGNORE) & (src != IGNORE)
         dst[fill] = src[fill]
     return out
@@ -354,20 +438,39 @@ def _floats(text: str) -> Tuple[float, ...]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--out", default="runs/weak_supervision", help="output folder (results.json)")
     p.add_argument("--figure", default=None, help="PNG of test images: image, scribbles, predictions")
     p.add_argument("--quick", action="store_true", help="a tiny run for a smoke test")
     d = Config()
     p.add_argument("--seeds", default=None, help=f"comma-separated training seeds (default {d.seeds})")
-    for name in ("tune_seed", "data_seed", "num_train", "num_val", "num_test", "size", "epochs", "crf_from_epoch",
-                 "batch_size", "width", "stroke_width", "crf_stride", "figure_images"):  # fmt: skip
+    for name in (
+        "tune_seed",
+        "data_seed",
+        "num_train",
+        "num_val",
+        "num_test",
+        "size",
+        "epochs",
+        "crf_from_epoch",
+        "batch_size",
+        "width",
+        "stroke_width",
+        "crf_stride",
+        "figure_images",
+    ):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=None, help=f"default {getattr(d, name)}")
     for name in ("lr", "fraction"):
         p.add_argument("--" + name, type=float, default=None, help=f"default {getattr(d, name)}")
     for name in ("lambdas", "theta_alphas", "theta_betas"):
-        p.add_argument("--" + name.replace("_", "-"), type=_floats, default=None,
-                       help=f"comma-separated grid searched on the validation split (default {getattr(d, name)})")
+        p.add_argument(
+            "--" + name.replace("_", "-"),
+            type=_floats,
+            default=None,
+            help=f"comma-separated grid searched on the validation split (default {getattr(d, name)})",
+        )
     args = p.parse_args(argv)
     cfg = Config.quick_config() if args.quick else Config()
     for name, value in vars(args).items():

@@ -21,9 +21,30 @@ def test_without_a_gpu_it_says_so_and_exits_0():
 
 def test_the_script_logic_runs_on_the_cpu(tmp_path):
     report = tmp_path / "gpu.json"
-    out = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--sizes", "12x16", "--batches", "1", "2",
-                          "--iterations", "2", "--repeats", "1", "--labels", "3", "--json", str(report)],
-                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--device",
+            "cpu",
+            "--sizes",
+            "12x16",
+            "--batches",
+            "1",
+            "2",
+            "--iterations",
+            "2",
+            "--repeats",
+            "1",
+            "--labels",
+            "3",
+            "--json",
+            str(report),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     import json
 

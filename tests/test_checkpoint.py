@@ -33,8 +33,14 @@ def _hostile(tmp_path: Path, name: str = "evil.pt", *, looks_like_ours: bool = T
 
 def _small(tmp_path: Path, name: str = "ok.pt", **extra) -> Path:
     model = create("small_fcn", num_classes=3, width=4)
-    return save_checkpoint(tmp_path / name, model, model_name="small_fcn",
-                           model_kwargs={"num_classes": 3, "width": 4}, num_classes=3, **extra)  # fmt: skip
+    return save_checkpoint(
+        tmp_path / name,
+        model,
+        model_name="small_fcn",
+        model_kwargs={"num_classes": 3, "width": 4},
+        num_classes=3,
+        **extra,
+    )
 
 
 class TestLoadIsSafe:
@@ -50,8 +56,16 @@ class TestLoadIsSafe:
         from crfrnn.workflow import TrainConfig, train
 
         path, marker = _hostile(tmp_path)
-        config = TrainConfig(out_dir=str(tmp_path / "run"), init_from=str(path), num_train=2, num_val=0,
-                             image_size=32, crop_size=32, epochs=1, model_kwargs={"width": 4})  # fmt: skip
+        config = TrainConfig(
+            out_dir=str(tmp_path / "run"),
+            init_from=str(path),
+            num_train=2,
+            num_val=0,
+            image_size=32,
+            crop_size=32,
+            epochs=1,
+            model_kwargs={"width": 4},
+        )
         with pytest.raises(ValueError, match="refusing to load"):
             train(config, progress=False)
         run = tmp_path / "resume"

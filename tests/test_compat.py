@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from tests.test_dense import scene
 
 import crfrnn.compat as dcrf
 from crfrnn import dense_crf
-from tests.test_dense import scene
 
 
 def test_same_as_dense_crf():

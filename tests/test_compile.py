@@ -37,30 +37,39 @@ class TestOperators:
         offsets, weights, rank, neighbours = _ops.lattice_build(feats.reshape(-1, 3), 2)
         out = _ops.gather_filter(values.reshape(-1, 5), offsets, weights, neighbours, lat.alpha, reverse)
         torch.testing.assert_close(out.view_as(ref), ref, rtol=0, atol=1e-12)
-        torch.testing.assert_close(_ops.lattice_self_weights(offsets, weights, rank, neighbours, lat.alpha).view(2, -1),
-                                   lat.self_weights(), rtol=0, atol=1e-12)  # fmt: skip
+        torch.testing.assert_close(
+            _ops.lattice_self_weights(offsets, weights, rank, neighbours, lat.alpha).view(2, -1),
+            lat.self_weights(),
+            rtol=0,
+            atol=1e-12,
+        )
 
     def test_filter_gradient_is_the_adjoint(self):
         feats, values = _lattice(1, b=1, n=12, d=2)
         offsets, weights, _, neighbours = _ops.lattice_build(feats.reshape(-1, 2), 1)
         x = values.reshape(-1, 5).requires_grad_(True)
-        assert torch.autograd.gradcheck(lambda v: _ops.lattice_filter(v, offsets, weights, neighbours, 0.8, False),
-                                        (x,))  # fmt: skip
-        assert torch.autograd.gradgradcheck(lambda v: _ops.lattice_filter(v, offsets, weights, neighbours, 0.8, True),
-                                            (x,))  # fmt: skip
+        assert torch.autograd.gradcheck(
+            lambda v: _ops.lattice_filter(v, offsets, weights, neighbours, 0.8, False), (x,)
+        )
+        assert torch.autograd.gradgradcheck(
+            lambda v: _ops.lattice_filter(v, offsets, weights, neighbours, 0.8, True), (x,)
+        )
 
     def test_opcheck(self):
         feats, values = _lattice(2, b=1, n=16, d=2)
         offsets, weights, rank, neighbours = _ops.lattice_build(feats.reshape(-1, 2), 1)
-        torch.library.opcheck(_ops.lattice_filter, (values.reshape(-1, 5).requires_grad_(True), offsets, weights,
-                                                     neighbours, 0.8, False))  # fmt: skip
+        torch.library.opcheck(
+            _ops.lattice_filter, (values.reshape(-1, 5).requires_grad_(True), offsets, weights, neighbours, 0.8, False)
+        )
         torch.library.opcheck(_ops.lattice_self_weights, (offsets, weights, rank, neighbours, 0.8))
 
 
 def _inputs(seed=0, b=2, shape=(12, 10)):
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(b, 3, *shape, generator=g, dtype=F64).requires_grad_(True),
-            torch.rand(b, 3, *shape, generator=g, dtype=F64) * 255)  # fmt: skip
+    return (
+        torch.randn(b, 3, *shape, generator=g, dtype=F64).requires_grad_(True),
+        torch.rand(b, 3, *shape, generator=g, dtype=F64) * 255,
+    )
 
 
 class TestCompile:

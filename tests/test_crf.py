@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 import torch.nn.functional as F
-
-from crfrnn import CrfRnn, GaussianKernel, NORMALIZATIONS, bilateral_features, gaussian_filter, mean_field
-from crfrnn._utils.profiling import saved_activation_bytes
 from tests.conftest import DEVICE, photo
+
+from crfrnn import NORMALIZATIONS, CrfRnn, GaussianKernel, bilateral_features, gaussian_filter, mean_field
+from crfrnn._utils.profiling import saved_activation_bytes
 
 BACKENDS = ["torch", "numba"]
 
@@ -29,9 +28,9 @@ def reference_mean_field(unary, image, *, theta_alpha, theta_beta, theta_gamma, 
     out = []
     for i in range(b):
         col = image[i].permute(1, 2, 0).reshape(-1, 3).to(unary.dtype)
-        k_s = torch.exp(-torch.cdist(pos, pos) ** 2 / (2 * theta_gamma**2))
+        k_s = torch.exp(-(torch.cdist(pos, pos) ** 2) / (2 * theta_gamma**2))
         fb = torch.cat([pos / theta_alpha, col / theta_beta], 1)
-        k_b = torch.exp(-torch.cdist(fb, fb) ** 2 / 2)
+        k_b = torch.exp(-(torch.cdist(fb, fb) ** 2) / 2)
         u = unary[i].reshape(num_labels, -1)  # (L, N)
         logits = u
         for _ in range(iters):
@@ -65,9 +64,16 @@ class TestMeanField:
         img = smooth_image(2, 7, 9)
         ws, wb, mu = (torch.randn(4, 4, dtype=torch.float64, generator=g) for _ in range(3))
         kw = dict(theta_alpha=4.0, theta_beta=20.0, theta_gamma=1.5)
-        ours = mean_field(u.to(DEVICE), img.to(DEVICE), **kw, spatial_weight=ws.to(DEVICE),
-                          bilateral_weight=wb.to(DEVICE), compatibility=mu.to(DEVICE), num_iterations=4,
-                          exact=True).cpu()  # fmt: skip
+        ours = mean_field(
+            u.to(DEVICE),
+            img.to(DEVICE),
+            **kw,
+            spatial_weight=ws.to(DEVICE),
+            bilateral_weight=wb.to(DEVICE),
+            compatibility=mu.to(DEVICE),
+            num_iterations=4,
+            exact=True,
+        ).cpu()
         ref = reference_mean_field(u, img, **kw, ws=ws, wb=wb, mu=mu, iters=4)
         assert torch.allclose(ours, ref, rtol=1e-10, atol=1e-10)
 
@@ -75,8 +81,7 @@ class TestMeanField:
     def test_lattice_close_to_exact_on_a_photo(self, backend):
         img = photo("coffee", (40, 56))
         g = torch.Generator().manual_seed(0)
-        u = F.interpolate(torch.randn(1, 3, 5, 7, dtype=torch.float64, generator=g) * 2, size=(40, 56),
-                          mode="bilinear")
+        u = F.interpolate(torch.randn(1, 3, 5, 7, dtype=torch.float64, generator=g) * 2, size=(40, 56), mode="bilinear")
         kw = dict(theta_alpha=20.0, theta_beta=13.0, theta_gamma=3.0, num_iterations=5)
         exact = mean_field(u, img, **kw, exact=True).softmax(1)
         approx = mean_field(u, img, **kw, backend=backend).softmax(1)
@@ -94,8 +99,16 @@ class TestMeanField:
         ws, wb, mu = (torch.randn(3, 3, dtype=torch.float64, generator=g).to(DEVICE).requires_grad_() for _ in range(3))
 
         def fn(u, ws, wb, mu):
-            return mean_field(u, img, theta_alpha=5.0, theta_beta=40.0, spatial_weight=ws,
-                              bilateral_weight=wb, compatibility=mu, num_iterations=3)
+            return mean_field(
+                u,
+                img,
+                theta_alpha=5.0,
+                theta_beta=40.0,
+                spatial_weight=ws,
+                bilateral_weight=wb,
+                compatibility=mu,
+                num_iterations=3,
+            )
 
         assert torch.autograd.gradcheck(fn, (u, ws, wb, mu))
 
@@ -106,8 +119,16 @@ class TestMeanField:
         u = torch.randn(1, 2, 4, 4, dtype=torch.float64, device=DEVICE, requires_grad=True)
 
         def fn(u):
-            return mean_field(u, img, theta_alpha=5.0, theta_beta=40.0, normalization=normalization,
-                              exclude_self=exclude_self, num_iterations=2, memory_efficient=True)
+            return mean_field(
+                u,
+                img,
+                theta_alpha=5.0,
+                theta_beta=40.0,
+                normalization=normalization,
+                exclude_self=exclude_self,
+                num_iterations=2,
+                memory_efficient=True,
+            )
 
         assert torch.autograd.gradcheck(fn, (u,))
 
@@ -141,16 +162,20 @@ class TestMeanField:
         m = (canvas_size - size) // 2
         content = smooth_image(1, size, size, seed=3)
         g = torch.Generator().manual_seed(3)
-        logits = 2 * F.interpolate(torch.randn(1, 3, 3, 3, dtype=torch.float64, generator=g), size=(size, size),
-                                   mode="bilinear") + 0.5 * torch.randn(1, 3, size, size, dtype=torch.float64, generator=g)
+        logits = 2 * F.interpolate(
+            torch.randn(1, 3, 3, 3, dtype=torch.float64, generator=g), size=(size, size), mode="bilinear"
+        ) + 0.5 * torch.randn(1, 3, size, size, dtype=torch.float64, generator=g)
 
         def place(x, dy, dx, fill):
             canvas = torch.full((1, x.shape[1], canvas_size, canvas_size), fill, dtype=torch.float64)
             canvas[:, :, m + dy : m + size + dy, m + dx : m + size + dx] = x
             return canvas
 
-        kw = dict(theta_alpha=2.0, theta_beta=30.0, theta_gamma=1.0) if exact else dict(
-            theta_alpha=6.0, theta_beta=13.0, theta_gamma=3.0)
+        kw = (
+            dict(theta_alpha=2.0, theta_beta=30.0, theta_gamma=1.0)
+            if exact
+            else dict(theta_alpha=6.0, theta_beta=13.0, theta_gamma=3.0)
+        )
         a = mean_field(place(logits, 0, 0, 0.0), place(content, 0, 0, 128.0), **kw, exact=exact).softmax(1)
         b = mean_field(place(logits, 3, -2, 0.0), place(content, 3, -2, 128.0), **kw, exact=exact).softmax(1)
         a_in = a[..., m : m + size, m : m + size]
@@ -181,8 +206,9 @@ class TestMeanField:
             1, num_labels, h, w, generator=g
         )
         before = (unary.argmax(1)[0] == truth).float().mean()
-        refined = mean_field(unary, img, theta_alpha=20.0, theta_beta=13.0, spatial_weight=3.0,
-                             bilateral_weight=5.0, num_iterations=10)
+        refined = mean_field(
+            unary, img, theta_alpha=20.0, theta_beta=13.0, spatial_weight=3.0, bilateral_weight=5.0, num_iterations=10
+        )
         after = (refined.argmax(1)[0] == truth).float().mean()
         assert after > before + 0.05, f"accuracy {before:.3f} -> {after:.3f}"
 
@@ -191,8 +217,7 @@ class TestMeanField:
         img = smooth_image(2, 9, 8)
         fast = mean_field(u, img, spatial_weight=3.0, bilateral_weight=5.0)
         eye = torch.eye(4, dtype=torch.float64)
-        slow = mean_field(u, img, spatial_weight=3.0 * eye, bilateral_weight=5.0 * eye,
-                          compatibility=1.0 - eye)
+        slow = mean_field(u, img, spatial_weight=3.0 * eye, bilateral_weight=5.0 * eye, compatibility=1.0 - eye)
         assert torch.allclose(fast.softmax(1), slow.softmax(1), rtol=1e-10, atol=1e-12)
         # mu = -I (the released code's initialisation) is the same model as Potts under the softmax
         released = mean_field(u, img, spatial_weight=3.0 * eye, bilateral_weight=5.0 * eye, compatibility=-eye)
@@ -218,9 +243,15 @@ class TestMeanField:
         unit = b * num_labels * h * w * 4  # bytes of one (B, L, N) float32 tensor
 
         def saved_bytes(iters: int) -> int:
-            return saved_activation_bytes(lambda: mean_field(
-                u, img, compatibility=torch.eye(num_labels, requires_grad=True), num_iterations=iters,
-                memory_efficient=memory_efficient))  # fmt: skip
+            return saved_activation_bytes(
+                lambda: mean_field(
+                    u,
+                    img,
+                    compatibility=torch.eye(num_labels, requires_grad=True),
+                    num_iterations=iters,
+                    memory_efficient=memory_efficient,
+                )
+            )
 
         per_iteration = (saved_bytes(6) - saved_bytes(3)) / 3
         assert per_iteration <= (1.5 if memory_efficient else 6) * unit, per_iteration / unit
@@ -251,7 +282,7 @@ class TestMeanField:
         n = f.shape[1]
         impulses = torch.eye(n, dtype=torch.float64)[None]
         # exact: exactly the Gaussian with its diagonal removed
-        k = torch.exp(-torch.cdist(f[0], f[0]) ** 2 / 2)
+        k = torch.exp(-(torch.cdist(f[0], f[0]) ** 2) / 2)
         k.fill_diagonal_(0)
         exact = GaussianKernel(f, normalization="row", exclude_self=True, exact=True)
         assert torch.allclose(exact(impulses)[0], k / k.sum(1, keepdim=True), rtol=1e-10, atol=1e-12)
@@ -335,8 +366,12 @@ class TestCrfRnn:
             crf.compatibility.add_(0.1 * torch.randn(4, 4, dtype=torch.float64, device=DEVICE))
         u = torch.randn(2, 4, 9, 7, dtype=torch.float64, device=DEVICE)
         img = smooth_image(2, 9, 7).to(DEVICE)
-        kw = dict(theta_alpha=30.0, spatial_weight=crf.spatial_weights, bilateral_weight=crf.bilateral_weights,
-                  compatibility=crf.compatibility)
+        kw = dict(
+            theta_alpha=30.0,
+            spatial_weight=crf.spatial_weights,
+            bilateral_weight=crf.bilateral_weights,
+            compatibility=crf.compatibility,
+        )
         assert torch.allclose(crf.train()(u, img), mean_field(u, img, **kw, num_iterations=3))
         assert torch.allclose(crf.eval()(u, img), mean_field(u, img, **kw, num_iterations=7))
 

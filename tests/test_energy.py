@@ -63,15 +63,24 @@ def _problem(seed, L=3, n=5, normalization="symmetric", exclude_self=False, kind
         w1, w2, c = torch.rand(L, generator=g) + 0.5, 0.8, torch.rand(L, generator=g)
     else:
         w1, w2, c = torch.rand(L, L, generator=g), torch.rand(L, L, generator=g), torch.rand(L, L, generator=g)
-    kernels = [Pairwise(f, weight=w, compatibility=c, normalization=normalization, exclude_self=exclude_self)
-               for f, w in ((f1, w1), (f2, w2))]  # fmt: skip
-    specs = [(_compat_matrix(k.weight, k.compatibility, L), _dense_kernel(k.features, normalization, exclude_self))
-             for k in kernels]  # fmt: skip
+    kernels = [
+        Pairwise(f, weight=w, compatibility=c, normalization=normalization, exclude_self=exclude_self)
+        for f, w in ((f1, w1), (f2, w2))
+    ]
+    specs = [
+        (_compat_matrix(k.weight, k.compatibility, L), _dense_kernel(k.features, normalization, exclude_self))
+        for k in kernels
+    ]
     return unary, kernels, specs
 
 
-CASES = [("none", False, "potts"), ("symmetric", False, "vector"), ("row", True, "matrix"), ("column", False, "matrix"),
-         ("symmetric", True, "potts")]  # fmt: skip
+CASES = [
+    ("none", False, "potts"),
+    ("symmetric", False, "vector"),
+    ("row", True, "matrix"),
+    ("column", False, "matrix"),
+    ("symmetric", True, "potts"),
+]
 
 
 class TestCrfEnergy:
@@ -137,8 +146,9 @@ class TestKlDivergence:
         unary, kernels, _ = _problem(6, kind="vector")
         x = torch.tensor([[0, 2, 1, 1, 0]])
         q = torch.nn.functional.one_hot(x, 3).transpose(1, 2).double()
-        torch.testing.assert_close(kl_divergence(q, unary, kernels, exact=True),
-                                   crf_energy(x, unary, kernels, exact=True), rtol=0, atol=1e-12)  # fmt: skip
+        torch.testing.assert_close(
+            kl_divergence(q, unary, kernels, exact=True), crf_energy(x, unary, kernels, exact=True), rtol=0, atol=1e-12
+        )
 
     def test_gradcheck(self):
         unary, kernels, _ = _problem(7, kind="matrix")
@@ -194,8 +204,9 @@ class TestPyDenseCrf:
         # the rest is the two lattices' difference on a noise image (about 5e-5 here), not the definition
         assert abs(ours - theirs) <= 2e-4 * abs(theirs)
         if isinstance(compat, float):  # the same number from the functional API
-            got = float(kl_divergence(q.reshape(1, 3, 14, 17), -energy.reshape(1, 3, 14, 17), kernels,
-                                      convention="densecrf")[0])  # fmt: skip
+            got = float(
+                kl_divergence(q.reshape(1, 3, 14, 17), -energy.reshape(1, 3, 14, 17), kernels, convention="densecrf")[0]
+            )
             assert abs(got - ours) <= 1e-5 * abs(ours)
 
     def test_definition(self):

@@ -18,6 +18,7 @@ from torch import nn
 
 from crfrnn import dense_crf
 from crfrnn.data import SyntheticShapes
+from crfrnn.models import create
 from crfrnn.params import DENSECRF_DEFAULTS as DENSE_CRF_DEFAULTS
 from crfrnn.workflow import (
     METHOD_TITLES,
@@ -29,7 +30,6 @@ from crfrnn.workflow import (
     search_dense_crf,
     write_report,
 )
-from crfrnn.models import create
 
 WIDTHS = (1, 2, 5)
 CODE = 30.0  # DecodeModel reads its prediction from the image's green channel: label = green / CODE
@@ -127,8 +127,10 @@ def reference_metrics(preds, targets, num_classes, widths=WIDTHS, ignore=255):
         valid = t != ignore
         np.add.at(cm, (t[valid], p[valid]), 1)
         edge = np.zeros(t.shape, bool)
-        for a, b in (((slice(None), slice(0, -1)), (slice(None), slice(1, None))),
-                     ((slice(0, -1), slice(None)), (slice(1, None), slice(None)))):  # fmt: skip
+        for a, b in (
+            ((slice(None), slice(0, -1)), (slice(None), slice(1, None))),
+            ((slice(0, -1), slice(None)), (slice(1, None), slice(None))),
+        ):
             differ = valid[a] & valid[b] & (t[a] != t[b])
             edge[a] |= differ
             edge[b] |= differ
@@ -205,8 +207,15 @@ class TestEvaluate:
 
     def test_max_images(self):
         samples, preds = decode_samples([(30, 36), (24, 24), (18, 30)], 4, seed=5)
-        r = evaluate(DecodeModel(4), samples, num_classes=4, methods=("cnn",), boundary_widths=WIDTHS, max_images=2,
-                     progress=False)  # fmt: skip
+        r = evaluate(
+            DecodeModel(4),
+            samples,
+            num_classes=4,
+            methods=("cnn",),
+            boundary_widths=WIDTHS,
+            max_images=2,
+            progress=False,
+        )
         assert r["num_images"] == 2
         assert_matches(r["methods"]["cnn"], reference_metrics(preds[:2], [t for _, t in samples[:2]], 4))
 
@@ -240,8 +249,14 @@ class TestEvaluate:
     def test_dense_crf_is_applied(self):
         image, target, flips = halves_sample()
         model = FlipModel(flips)
-        r = evaluate(model, [(image, target)], num_classes=2, methods=("cnn", "cnn+densecrf"), boundary_widths=WIDTHS,
-                     progress=False)  # fmt: skip
+        r = evaluate(
+            model,
+            [(image, target)],
+            num_classes=2,
+            methods=("cnn", "cnn+densecrf"),
+            boundary_widths=WIDTHS,
+            progress=False,
+        )
         cnn, crf = r["methods"]["cnn"], r["methods"]["cnn+densecrf"]
         assert cnn["pixel_accuracy"] == pytest.approx(1 - flips.float().mean().item())
         assert crf["pixel_accuracy"] > 0.99 > cnn["pixel_accuracy"]
@@ -253,8 +268,14 @@ class TestEvaluate:
 
     def test_dense_crf_params_are_used(self):
         image, target, flips = halves_sample()
-        off = evaluate(FlipModel(flips), [(image, target)], num_classes=2, methods=("cnn", "cnn+densecrf"),
-                       dense_crf_params={"gaussian_compat": 0.0, "bilateral_compat": 0.0}, progress=False)  # fmt: skip
+        off = evaluate(
+            FlipModel(flips),
+            [(image, target)],
+            num_classes=2,
+            methods=("cnn", "cnn+densecrf"),
+            dense_crf_params={"gaussian_compat": 0.0, "bilateral_compat": 0.0},
+            progress=False,
+        )
         assert off["methods"]["cnn+densecrf"]["confusion_matrix"] == off["methods"]["cnn"]["confusion_matrix"]
         assert off["dense_crf_params"]["bilateral_compat"] == 0.0
 
@@ -266,8 +287,9 @@ class TestEvaluate:
         with pytest.raises(ValueError, match="unknown method"):
             evaluate(model, data, num_classes=7, methods=("cnn", "crf"), progress=False)
         with pytest.raises(ValueError, match="bilateral_srgb"):
-            evaluate(model, data, num_classes=7, methods=("cnn+densecrf",), dense_crf_params={"srgb": 3},
-                     progress=False)  # fmt: skip
+            evaluate(
+                model, data, num_classes=7, methods=("cnn+densecrf",), dense_crf_params={"srgb": 3}, progress=False
+            )
         with pytest.raises(ValueError, match="empty"):
             evaluate(model, [], num_classes=7, progress=False)
         with pytest.raises(ValueError, match="batch_size"):
@@ -303,8 +325,7 @@ def _distributed_worker(rank: int, world_size: int, store_path: str, out_path: s
 
 def test_distributed_equals_single_process(tmp_path):
     samples, preds = decode_samples([(30, 36), (24, 24), (18, 30)], 4, seed=6)
-    single = evaluate(DecodeModel(4), samples, num_classes=4, methods=("cnn",), boundary_widths=WIDTHS,
-                      progress=False)  # fmt: skip
+    single = evaluate(DecodeModel(4), samples, num_classes=4, methods=("cnn",), boundary_widths=WIDTHS, progress=False)
     mp.spawn(_distributed_worker, args=(2, str(tmp_path / "store"), str(tmp_path / "r")), nprocs=2, join=True)
     for rank in range(2):
         r = json.loads((tmp_path / f"r.{rank}").read_text())
@@ -326,8 +347,11 @@ class TestSearchDenseCrf:
         best, table = search_dense_crf(model, data, num_classes=2, grid=self.GRID, progress=False)
         assert model.calls == len(data)  # CNN logits computed once per image, reused by all 4 grid points
         assert [(row["gaussian_compat"], row["bilateral_compat"]) for row in table] == [
-            (0.0, 0.0), (0.0, 10.0), (3.0, 0.0), (3.0, 10.0)
-        ]  # fmt: skip
+            (0.0, 0.0),
+            (0.0, 10.0),
+            (3.0, 0.0),
+            (3.0, 10.0),
+        ]
         cnn = evaluate(model, data, num_classes=2, methods=("cnn",), progress=False)["methods"]["cnn"]
         assert table[0]["mean_iou"] == pytest.approx(cnn["mean_iou"])  # no pairwise term: the CNN itself
         top = max(table, key=lambda row: row["mean_iou"])
@@ -337,15 +361,23 @@ class TestSearchDenseCrf:
         assert set(best) == set(DENSE_CRF_DEFAULTS)
         for row in table:  # every row is what evaluate reports with those parameters
             params = {k: row[k] for k in self.GRID}
-            again = evaluate(model, data, num_classes=2, methods=("cnn+densecrf",), dense_crf_params=params,
-                             progress=False)  # fmt: skip
+            again = evaluate(
+                model, data, num_classes=2, methods=("cnn+densecrf",), dense_crf_params=params, progress=False
+            )
             assert row["mean_iou"] == pytest.approx(again["methods"]["cnn+densecrf"]["mean_iou"])
 
     def test_base_params_and_max_images(self):
         image, target, flips = halves_sample()
         model = FlipModel(flips)
-        best, table = search_dense_crf(model, [(image, target)] * 3, num_classes=2, grid={"bilateral_srgb": [5.0]},
-                                       base_params={"iterations": 2}, max_images=1, progress=False)  # fmt: skip
+        best, table = search_dense_crf(
+            model,
+            [(image, target)] * 3,
+            num_classes=2,
+            grid={"bilateral_srgb": [5.0]},
+            base_params={"iterations": 2},
+            max_images=1,
+            progress=False,
+        )
         assert model.calls == 1 and len(table) == 1
         assert best["iterations"] == 2 and best["bilateral_srgb"] == 5.0
 
@@ -354,8 +386,9 @@ class TestSearchDenseCrf:
         with pytest.raises(ValueError, match="unknown dense CRF parameter"):
             search_dense_crf(FlipModel(flips), [(image, target)], num_classes=2, grid={"sxy": [1]}, progress=False)
         with pytest.raises(ValueError, match="empty"):
-            search_dense_crf(FlipModel(flips), [(image, target)], num_classes=2, grid={"bilateral_sxy": []},
-                             progress=False)  # fmt: skip
+            search_dense_crf(
+                FlipModel(flips), [(image, target)], num_classes=2, grid={"bilateral_sxy": []}, progress=False
+            )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -400,10 +433,12 @@ class TestWriteReport:
 
     def test_all_methods_and_search(self, tmp_path, crfrnn_setup):
         model, data = crfrnn_setup
-        r = evaluate(model, data, num_classes=7, methods=("cnn", "cnn+densecrf", "crfrnn"), max_images=1,
-                     progress=False)  # fmt: skip
-        best, table = search_dense_crf(model, data, num_classes=7, grid={"bilateral_srgb": [5.0, 13.0]}, max_images=1,
-                                       progress=False)  # fmt: skip
+        r = evaluate(
+            model, data, num_classes=7, methods=("cnn", "cnn+densecrf", "crfrnn"), max_images=1, progress=False
+        )
+        best, table = search_dense_crf(
+            model, data, num_classes=7, grid={"bilateral_srgb": [5.0, 13.0]}, max_images=1, progress=False
+        )
         r["dense_crf_search"] = {"best_params": best, "table": table, "num_images": 1}
         paths = write_report(r, tmp_path, plot=False)
         assert "boundary" not in paths and not (tmp_path / "boundary.png").exists()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,8 +15,15 @@ from crfrnn.fit import degraded_probs, to_mean_field, width_gradients_available
 from crfrnn.params import DENSECRF_DEFAULTS as FIT_DEFAULTS
 from crfrnn.params import MAX_FILE_BYTES, PARAM_NAMES, check_params
 
-FITTED = {"iterations": 4, "gaussian_sxy": 2.25, "gaussian_compat": 1.375, "bilateral_sxy": 31.7,
-          "bilateral_srgb": 8.3, "bilateral_compat": 4.9, "normalization": "symmetric"}  # fmt: skip
+FITTED = {
+    "iterations": 4,
+    "gaussian_sxy": 2.25,
+    "gaussian_compat": 1.375,
+    "bilateral_sxy": 31.7,
+    "bilateral_srgb": 8.3,
+    "bilateral_compat": 4.9,
+    "normalization": "symmetric",
+}
 
 
 def problem(count: int = 8, size: int = 48, seed: int = 3):
@@ -54,16 +60,19 @@ class TestParams:
         assert load_params(path) == params
 
     def test_numpy_and_torch_values_are_written_plainly(self, tmp_path):
-        path = save_params({"bilateral_compat": np.float32(2.5), "iterations": np.int64(3),
-                            "gaussian_sxy": torch.tensor(1.5)}, tmp_path / "p.yaml")  # fmt: skip
+        path = save_params(
+            {"bilateral_compat": np.float32(2.5), "iterations": np.int64(3), "gaussian_sxy": torch.tensor(1.5)},
+            tmp_path / "p.yaml",
+        )
         assert load_params(path) == {"iterations": 3, "gaussian_sxy": 1.5, "bilateral_compat": 2.5}
         assert "!!" not in path.read_text()
 
     def test_loaded_params_drive_dense_crf(self, tmp_path, data):
         images, probs, _ = data
         path = save_params(FITTED, tmp_path / "crf.yaml")
-        np.testing.assert_array_equal(dense_crf(images[0], probs[0], **load_params(path)),
-                                      dense_crf(images[0], probs[0], **FITTED))  # fmt: skip
+        np.testing.assert_array_equal(
+            dense_crf(images[0], probs[0], **load_params(path)), dense_crf(images[0], probs[0], **FITTED)
+        )
 
     def test_check_params_order_and_types(self):
         out = check_params({"bilateral_compat": 3, "iterations": 2, "bilateral_sxy": (40, 50)})
@@ -96,7 +105,7 @@ class TestParams:
             ("bilateral_compat: !!python/object/apply:builtins.float ['3']\n", ValueError, "not a valid YAML"),
             ("bilateral_compat: !!binary aGVsbG8=\n", TypeError, "must be a number"),
         ],
-    )  # fmt: skip
+    )
     def test_bad_files_are_refused(self, tmp_path, text, error, match):
         path = tmp_path / "bad.yaml"
         path.write_text(text)
@@ -139,9 +148,15 @@ class TestMapping:
         np.testing.assert_allclose(out[1:] if num_labels == 1 else out, expected, atol=2e-5)
 
     def test_names(self):
-        assert to_mean_field(FITTED) == {"normalization": "symmetric", "num_iterations": 4, "theta_gamma": 2.25,
-                                         "spatial_weight": 1.375, "theta_alpha": 31.7, "theta_beta": 8.3,
-                                         "bilateral_weight": 4.9}  # fmt: skip
+        assert to_mean_field(FITTED) == {
+            "normalization": "symmetric",
+            "num_iterations": 4,
+            "theta_gamma": 2.25,
+            "spatial_weight": 1.375,
+            "theta_alpha": 31.7,
+            "theta_beta": 8.3,
+            "bilateral_weight": 4.9,
+        }
         with pytest.raises(ValueError, match="unknown"):
             to_mean_field({"theta_alpha": 3.0})
 
@@ -200,8 +215,19 @@ class TestFit:
         masks = [(m > 0).astype(np.int64) for m in masks]
         fg = [np.log(degraded_probs(m, 2, seed=i)[1:] / degraded_probs(m, 2, seed=i)[:1]) for i, m in enumerate(masks)]
         masks[0][:4] = 255  # ignored pixels
-        r = fit_crf(images, fg, masks, logits=True, epochs=6, lr=3.0, patience=1, iterations=2, fit_widths=False,
-                    init={"bilateral_compat": 0.0}, progress=False)  # fmt: skip
+        r = fit_crf(
+            images,
+            fg,
+            masks,
+            logits=True,
+            epochs=6,
+            lr=3.0,
+            patience=1,
+            iterations=2,
+            fit_widths=False,
+            init={"bilateral_compat": 0.0},
+            progress=False,
+        )
         assert r.params["iterations"] == 2 and len(r.history) <= 7
         assert r.stopped_early == (len(r.history) < 7)
         assert all(math.isfinite(h["val_loss"]) for h in r.history)
@@ -218,7 +244,7 @@ class TestFit:
             (lambda i, p, m: (i, p, [m[0].astype(np.float32)] + m[1:]), "integer"),
             (lambda i, p, m: (i, [p[0].tolist()] + p[1:], m), "NumPy array or a torch tensor"),
         ],
-    )  # fmt: skip
+    )
     def test_bad_inputs(self, data, change, match):
         with pytest.raises((ValueError, TypeError), match=match):
             fit_crf(*change(*data), epochs=1, fit_widths=False, progress=False)
@@ -229,11 +255,17 @@ class TestFit:
 
     @pytest.mark.parametrize(
         "option, match",
-        [({"epochs": 0}, "epochs"), ({"val_fraction": 1.0}, "val_fraction"), ({"lr": float("nan")}, "lr"),
-         ({"patience": 0}, "patience"), ({"init": {"bilateral_srgb": -1}}, "positive"),
-         ({"init": {"sxy": 3}}, "unknown"), ({"iterations": 0}, "iterations"),
-         ({"init": {"gaussian_sxy": [2, 3]}, "fit_widths": True}, "one number")],
-    )  # fmt: skip
+        [
+            ({"epochs": 0}, "epochs"),
+            ({"val_fraction": 1.0}, "val_fraction"),
+            ({"lr": float("nan")}, "lr"),
+            ({"patience": 0}, "patience"),
+            ({"init": {"bilateral_srgb": -1}}, "positive"),
+            ({"init": {"sxy": 3}}, "unknown"),
+            ({"iterations": 0}, "iterations"),
+            ({"init": {"gaussian_sxy": [2, 3]}, "fit_widths": True}, "one number"),
+        ],
+    )
     def test_bad_options(self, data, option, match):
         with pytest.raises(ValueError, match=match):
             fit_crf(*data, **{"fit_widths": False, "progress": False, **option})

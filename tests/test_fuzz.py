@@ -18,8 +18,12 @@ from hypothesis import strategies as st  # noqa: E402
 import crfrnn  # noqa: E402
 import crfrnn.compat as dcrf  # noqa: E402
 
-FUZZ = settings(max_examples=150, deadline=None, derandomize=True,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])  # fmt: skip
+FUZZ = settings(
+    max_examples=150,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
 SPECIAL = [0.0, 1.0, -1.0, 1e-30, 1e30, 1e-18, 1e18, float("nan"), float("inf"), -float("inf"), 255.0]
 number = st.one_of(st.sampled_from(SPECIAL), st.floats(-1e6, 1e6, allow_nan=False), st.integers(-3, 300))
 width = st.one_of(number, st.tuples(number, number), st.tuples(number, number, number))
@@ -58,8 +62,15 @@ def test_dense_crf(prob, sxy, srgb, compat, bcompat, iterations):
         warnings.simplefilter("ignore")
         try:
             kind = "probs" if probs.shape[0] > 1 and np.isclose(probs.sum(0), 1).all() else "logits"
-            out = crfrnn.dense_crf(guide, **{kind: probs}, iterations=iterations, gaussian_sxy=sxy, bilateral_srgb=srgb,
-                                   gaussian_compat=compat, bilateral_compat=bcompat)  # fmt: skip
+            out = crfrnn.dense_crf(
+                guide,
+                **{kind: probs},
+                iterations=iterations,
+                gaussian_sxy=sxy,
+                bilateral_srgb=srgb,
+                gaussian_compat=compat,
+                bilateral_compat=bcompat,
+            )
         except ALLOWED:
             return
     assert out.shape == probs.shape and _finite(out)
@@ -76,16 +87,23 @@ def test_mean_field(prob, theta, weight, iterations, backend, grad):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            out = crfrnn.mean_field(u, g, theta_alpha=theta, bilateral_weight=weight, num_iterations=iterations,
-                                    backend=backend)  # fmt: skip
+            out = crfrnn.mean_field(
+                u, g, theta_alpha=theta, bilateral_weight=weight, num_iterations=iterations, backend=backend
+            )
         except ALLOWED:
             return
     assert out.shape == u.shape and _finite(out)
 
 
 @FUZZ
-@given(st.integers(-2, 6), st.integers(-2, 6), st.integers(-1, 4), number, number,
-       st.one_of(st.integers(-2, 4), st.floats(-1, 4), st.just("3")))  # fmt: skip
+@given(
+    st.integers(-2, 6),
+    st.integers(-2, 6),
+    st.integers(-1, 4),
+    number,
+    number,
+    st.one_of(st.integers(-2, 4), st.floats(-1, 4), st.just("3")),
+)
 def test_compat_densecrf2d(w, h, labels, sxy, compat, niter):
     try:
         d = dcrf.DenseCRF2D(w, h, labels)

@@ -139,8 +139,10 @@ def _direct_writes(tree: ast.AST) -> list[tuple[int, str]]:
 
 
 def _write_mode(call: ast.Call, position: int) -> bool:
-    mode = call.args[position] if len(call.args) > position else next(
-        (k.value for k in call.keywords if k.arg == "mode"), None
+    mode = (
+        call.args[position]
+        if len(call.args) > position
+        else next((k.value for k in call.keywords if k.arg == "mode"), None)
     )
     return isinstance(mode, ast.Constant) and isinstance(mode.value, str) and any(c in mode.value for c in "wax+")
 
@@ -158,5 +160,10 @@ def test_every_write_goes_through_the_helper():
 
 def test_the_write_check_can_fail():
     code = "import torch, numpy as np\ntorch.save(x, p)\nnp.save(p, a)\nfig.savefig(p)\nimg.save(p)\nopen(p, 'w')\n"
-    assert [w for _, w in _direct_writes(ast.parse(code))] == ["torch.save(", "np.save(", ".savefig(", ".save(",
-                                                               "open(<write mode>)"]  # fmt: skip
+    assert [w for _, w in _direct_writes(ast.parse(code))] == [
+        "torch.save(",
+        "np.save(",
+        ".savefig(",
+        ".save(",
+        "open(<write mode>)",
+    ]

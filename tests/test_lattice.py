@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tests.conftest import photo, relative_error
 
 import crfrnn.lattice._construction as construction
 from crfrnn import PermutohedralLattice, bilateral_features, gaussian_filter, spatial_features
 from crfrnn.lattice._reference import walk_self_weights
-from tests.conftest import photo, relative_error
 
 BACKENDS = ["torch", "numba"]
 # The lattice's impulse response fitted by A exp(-r^2 / (2 s^2)) on dense random points (docs/lattice.md,
@@ -224,8 +224,11 @@ class TestPermutohedralLattice:
         equal the PyTorch walk of every path point by point, on a photo whose pixels share simplices, over more
         points than one chunk holds, for a batch of two images (their lattices' vertices differ)."""
         img = torch.cat([photo("astronaut", (120, 160)), photo("coffee", (120, 160))]).to(dtype)
-        for f in (bilateral_features(img, 20.0, 13.0), spatial_features(2, 120, 160, 3.0, dtype=dtype),
-                  bilateral_features(img, 5.0, 40.0)):
+        for f in (
+            bilateral_features(img, 20.0, 13.0),
+            spatial_features(2, 120, 160, 3.0, dtype=dtype),
+            bilateral_features(img, 5.0, 40.0),
+        ):
             lat = PermutohedralLattice(f, backend="numba")
             ref = walk_self_weights(lat.offsets, lat.weights, lat.rank, lat.neighbours, lat.alpha)
             shared = 1.0 - torch.unique(lat.offsets, dim=0).shape[0] / lat.offsets.shape[0]

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from crfrnn.lattice import PermutohedralLattice
 from crfrnn.crf.features import bilateral_features
+from crfrnn.lattice import PermutohedralLattice
 from crfrnn.losses import dense_crf_loss
 
 F64 = torch.float64
@@ -14,7 +14,9 @@ def expected_fn(probs, image, ta, tb, tg, wb, ws, exclude_self, normalize=True):
     """R(S) = sum_k S_k^T W (1 - S_k) per image, W built pixel by pixel from its definition."""
     b, num_labels = probs.shape[:2]
     shape = probs.shape[2:]
-    pos = torch.stack(torch.meshgrid(*[torch.arange(n, dtype=F64) for n in shape], indexing="ij"), -1).reshape(-1, len(shape))
+    pos = torch.stack(torch.meshgrid(*[torch.arange(n, dtype=F64) for n in shape], indexing="ij"), -1).reshape(
+        -1, len(shape)
+    )
     out = []
     for i in range(b):
         col = image[i].reshape(image.shape[1], -1).t()
@@ -71,8 +73,9 @@ class TestDenseCrfLoss:
     def test_self_term(self):
         """Keeping j = i adds exactly sum_i W_ii sum_k S_ik (1 - S_ik) (W_ii = bilateral_weight exactly)."""
         probs, image = _inputs(3)
-        a = dense_crf_loss(probs, image, exact=True, exclude_self=False, normalize=False, bilateral_weight=2.0,
-                           reduction="none")  # fmt: skip
+        a = dense_crf_loss(
+            probs, image, exact=True, exclude_self=False, normalize=False, bilateral_weight=2.0, reduction="none"
+        )
         b = dense_crf_loss(probs, image, exact=True, normalize=False, bilateral_weight=2.0, reduction="none")
         torch.testing.assert_close(a - b, 2.0 * (probs * (1 - probs)).sum((1, 2, 3)), rtol=0, atol=1e-10)
 
@@ -111,8 +114,15 @@ class TestDenseCrfLoss:
     def test_gradcheck(self):
         probs, image = _inputs(6, (4, 5), labels=2, batch=1)
         logits = probs.log().requires_grad_()
-        fn = lambda z: dense_crf_loss(torch.softmax(z, 1), image, theta_alpha=2.0, theta_beta=30.0,  # noqa: E731
-                                      theta_gamma=1.0, spatial_weight=0.5, exact=True)  # fmt: skip
+        fn = lambda z: dense_crf_loss(
+            torch.softmax(z, 1),
+            image,
+            theta_alpha=2.0,
+            theta_beta=30.0,  # noqa: E731
+            theta_gamma=1.0,
+            spatial_weight=0.5,
+            exact=True,
+        )
         assert torch.autograd.gradcheck(fn, (logits,))
         assert torch.autograd.gradcheck(lambda p: dense_crf_loss(p, image, exact=True), (probs.requires_grad_(),))
 
@@ -126,15 +136,17 @@ class TestDenseCrfLoss:
             probs[:, 1] = 1 - probs[:, 0]
             image = torch.full((1, 3, size, size), 128.0, dtype=F64)
             for normalize in (True, False):
-                values[size, normalize] = float(dense_crf_loss(probs, image, theta_alpha=1.5, normalize=normalize,
-                                                               exact=True))  # fmt: skip
+                values[size, normalize] = float(
+                    dense_crf_loss(probs, image, theta_alpha=1.5, normalize=normalize, exact=True)
+                )
         assert abs(values[32, True] / values[16, True] - 1) < 0.1
         assert abs(values[32, False] / values[16, False] / 4 - 1) < 0.1
 
     def test_binary_map(self):
         probs, image = _inputs(7, labels=2)
-        torch.testing.assert_close(dense_crf_loss(probs[:, 1:], image, exact=True),
-                                   dense_crf_loss(probs, image, exact=True))  # fmt: skip
+        torch.testing.assert_close(
+            dense_crf_loss(probs[:, 1:], image, exact=True), dense_crf_loss(probs, image, exact=True)
+        )
 
     def test_exception(self):
         probs, image = _inputs(8)

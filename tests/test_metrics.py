@@ -118,9 +118,7 @@ class TestConfusionMatrix:
 
     def test_hand_worked_example(self):
         out = segmentation_metrics(torch.tensor(HAND_PRED), torch.tensor(HAND_TARGET), 5)
-        expected = torch.tensor(
-            [[3, 1, 0, 0, 0], [1, 3, 0, 0, 0], [1, 0, 4, 1, 0], [0, 0, 0, 0, 0], [0, 0, 0, 0, 0]]
-        )
+        expected = torch.tensor([[3, 1, 0, 0, 0], [1, 3, 0, 0, 0], [1, 0, 4, 1, 0], [0, 0, 0, 0, 0], [0, 0, 0, 0, 0]])
         torch.testing.assert_close(out["confusion_matrix"], expected)
         # IoU = TP / (TP + FP + FN): 3/6, 3/5, 4/6, 0/1 (only predicted), NaN (absent)
         np.testing.assert_allclose(out["per_class_iou"][:4], [0.5, 0.6, 2 / 3, 0.0])

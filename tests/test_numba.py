@@ -122,10 +122,19 @@ class TestLog:
 class TestLayout:
     @pytest.mark.parametrize(
         "channels, dtype, expected",
-        [(1, np.float32, 1), (2, np.float32, 2), (3, np.float32, 4), (4, np.float32, 4), (5, np.float32, 8),
-         (8, np.float32, 8), (21, np.float32, 24),
-         (21, np.float64, 24), (5, np.float64, 8), (3, np.float64, 4)],
-    )  # fmt: skip
+        [
+            (1, np.float32, 1),
+            (2, np.float32, 2),
+            (3, np.float32, 4),
+            (4, np.float32, 4),
+            (5, np.float32, 8),
+            (8, np.float32, 8),
+            (21, np.float32, 24),
+            (21, np.float64, 24),
+            (5, np.float64, 8),
+            (3, np.float64, 4),
+        ],
+    )
     def test_padded_channels(self, kernels, channels, dtype, expected):
         assert kernels[0].padded_channels(channels, dtype) == expected
 
@@ -207,8 +216,11 @@ class TestScatter:
             for threads in (1, min(2, numba.config.NUMBA_NUM_THREADS)):
                 numba.set_num_threads(threads)
                 parts = np.empty((2, 501, 24), np.float32)
-                out.append(filtering.reduce_parts(filtering.scatter_parts(values, pre, offsets, weights, parts),
-                                             np.empty((501, 24), np.float32)))
+                out.append(
+                    filtering.reduce_parts(
+                        filtering.scatter_parts(values, pre, offsets, weights, parts), np.empty((501, 24), np.float32)
+                    )
+                )
         finally:
             numba.set_num_threads(before)
         assert np.array_equal(out[0], out[1])
@@ -236,8 +248,9 @@ class TestMatrixOnVertices:
         kern = [(ops, pre, post, np.zeros(n, dtype), matrix)]
         prepared = numba_mod.prepare(kern, num_labels, n, c, dtype)
         assert prepared.on_vertices[0] and not prepared.has_self[0]
-        point_by_point = prepared._replace(is_full=np.ones(1, np.bool_), on_vertices=np.zeros(1, np.bool_),
-                                           diag=np.zeros_like(prepared.diag))
+        point_by_point = prepared._replace(
+            is_full=np.ones(1, np.bool_), on_vertices=np.zeros(1, np.bool_), diag=np.zeros_like(prepared.diag)
+        )
         a = numba_mod.mean_field(unary, num_labels, 3, kern, prepared=prepared)
         b = numba_mod.mean_field(unary, num_labels, 3, kern, prepared=point_by_point)
         assert np.abs(a - b).max() < (1e-5 if dtype == np.float32 else 1e-12)
@@ -262,5 +275,6 @@ class TestInsertRuns:
         assert np.array_equal(ids, ids2) and np.array_equal(uniq, uniq2)
         assert np.array_equal(uniq2[ids2], codes)
         deltas = np.array([1, -7, 13], np.int64)
-        assert np.array_equal(construct.neighbour_ids(uniq, deltas, table),
-                              construct.neighbour_ids(uniq2, deltas, table2))
+        assert np.array_equal(
+            construct.neighbour_ids(uniq, deltas, table), construct.neighbour_ids(uniq2, deltas, table2)
+        )

@@ -97,8 +97,14 @@ def test_compat_utils_match_pydensecrf():
     labels = probs.argmax(0)
     assert np.allclose(ccrf.unary_from_softmax(probs, scale=0.8), putils.unary_from_softmax(probs, scale=0.8))
     for zero_unsure in (True, False):
-        assert np.allclose(ccrf.unary_from_labels(labels, 3, 0.7, zero_unsure=zero_unsure),
-                           putils.unary_from_labels(labels, 3, 0.7, zero_unsure=zero_unsure))
-    assert np.allclose(ccrf.create_pairwise_bilateral((3, 4), (5, 6, 7), image, chdim=2),
-                       putils.create_pairwise_bilateral((3, 4), (5, 6, 7), image, chdim=2))
-    assert np.allclose(ccrf.create_pairwise_gaussian((3, 4), (20, 30)), putils.create_pairwise_gaussian((3, 4), (20, 30)))
+        assert np.allclose(
+            ccrf.unary_from_labels(labels, 3, 0.7, zero_unsure=zero_unsure),
+            putils.unary_from_labels(labels, 3, 0.7, zero_unsure=zero_unsure),
+        )
+    assert np.allclose(
+        ccrf.create_pairwise_bilateral((3, 4), (5, 6, 7), image, chdim=2),
+        putils.create_pairwise_bilateral((3, 4), (5, 6, 7), image, chdim=2),
+    )
+    assert np.allclose(
+        ccrf.create_pairwise_gaussian((3, 4), (20, 30)), putils.create_pairwise_gaussian((3, 4), (20, 30))
+    )

@@ -12,9 +12,22 @@ from crfrnn.workflow.claims import plot_summary
 
 
 def tiny(out_dir, **changes) -> ReproduceConfig:
-    values = dict(seeds=(0, 1), num_train=8, num_val=4, num_test=4, image_size=40, width=8, batch_size=4,
-                  cnn_epochs=1, crf_epochs=1, train_iterations=2, test_iterations=3, search_images=2,
-                  search_grid={"bilateral_compat": [3.0, 10.0]}, grid_images=2)  # fmt: skip
+    values = dict(
+        seeds=(0, 1),
+        num_train=8,
+        num_val=4,
+        num_test=4,
+        image_size=40,
+        width=8,
+        batch_size=4,
+        cnn_epochs=1,
+        crf_epochs=1,
+        train_iterations=2,
+        test_iterations=3,
+        search_images=2,
+        search_grid={"bilateral_compat": [3.0, 10.0]},
+        grid_images=2,
+    )
     values.update(changes)
     return ReproduceConfig(out_dir=str(out_dir), **values)
 
@@ -33,8 +46,14 @@ class TestReproduce:
         for name in ("report.md", "results.json", "boundary.png", "grid.png", "config.yaml"):
             assert (out / name).is_file(), name
         for seed in (0, 1):
-            for stage in ("cnn", "crfrnn", "cnn_longer", "ablation_scalar_weights", "ablation_symmetric_compatibility",
-                          "ablation_crf_alone"):  # fmt: skip
+            for stage in (
+                "cnn",
+                "crfrnn",
+                "cnn_longer",
+                "ablation_scalar_weights",
+                "ablation_symmetric_compatibility",
+                "ablation_crf_alone",
+            ):
                 assert (out / f"seed{seed}" / stage / "last.pt").is_file()
         saved = json.loads((out / "results.json").read_text())
         assert saved["config"]["seeds"] == [0, 1] and "2 process(es) x 1 thread(s)" in saved["machine"]
@@ -68,7 +87,9 @@ class TestReproduce:
 
     def test_parallel_equals_sequential(self, run, tmp_path):
         _, results, _ = run
-        config = tiny(tmp_path, workers=1, threads=1, ablations=("scalar_weights", "symmetric_compatibility", "crf_alone"))
+        config = tiny(
+            tmp_path, workers=1, threads=1, ablations=("scalar_weights", "symmetric_compatibility", "crf_alone")
+        )
         alone = reproduce(config, progress=False, log=lambda line: None)
         for a, b in zip(results["per_seed"], alone["per_seed"]):
             assert a["seed"] == b["seed"] and set(a["rows"]) == set(b["rows"])
@@ -94,8 +115,9 @@ class TestReproduce:
 
     def test_a_failing_seed_stops_the_run(self, tmp_path):
         with pytest.raises(ValueError, match="seed [01]: .*bilateral_sxy"):  # an error in a worker, raised here
-            reproduce(tiny(tmp_path, workers=2, search_grid={"bilateral_sxy": [-1.0]}), progress=False,
-                      log=lambda line: None)  # fmt: skip
+            reproduce(
+                tiny(tmp_path, workers=2, search_grid={"bilateral_sxy": [-1.0]}), progress=False, log=lambda line: None
+            )
 
     def test_a_crashed_worker_is_reported_with_its_log(self, tmp_path, monkeypatch):
         fake = tmp_path / "python"
@@ -153,17 +175,25 @@ class TestReproduce:
 
 def fake_seed(seed: int, **miou: float) -> dict:
     def row(value: float, band: float) -> dict:
-        return {"mean_iou": value, "pixel_accuracy": 0.8 + value / 10, "mean_class_accuracy": value,
-                "boundary": [{"width": 1, "pixel_accuracy": band, "mean_iou": value},
-                             {"width": 5, "pixel_accuracy": band + 0.1, "mean_iou": value}]}  # fmt: skip
+        return {
+            "mean_iou": value,
+            "pixel_accuracy": 0.8 + value / 10,
+            "mean_class_accuracy": value,
+            "boundary": [
+                {"width": 1, "pixel_accuracy": band, "mean_iou": value},
+                {"width": 5, "pixel_accuracy": band + 0.1, "mean_iou": value},
+            ],
+        }
 
     return {"seed": seed, "rows": {name: row(v, 0.5 + 2 * v) for name, v in miou.items()}}
 
 
 class TestClaims:
     def test_margin_and_sign(self):
-        seeds = [fake_seed(0, cnn=0.30, **{"cnn+densecrf": 0.32, "crfrnn": 0.40, "crfrnn_t5": 0.405}),
-                 fake_seed(1, cnn=0.31, **{"cnn+densecrf": 0.315, "crfrnn": 0.41, "crfrnn_t5": 0.41})]  # fmt: skip
+        seeds = [
+            fake_seed(0, cnn=0.30, **{"cnn+densecrf": 0.32, "crfrnn": 0.40, "crfrnn_t5": 0.405}),
+            fake_seed(1, cnn=0.31, **{"cnn+densecrf": 0.315, "crfrnn": 0.41, "crfrnn_t5": 0.41}),
+        ]
         claims = {c["claim"]: c for c in check_claims(summarize(seeds), seeds)}
         post = claims["dense CRF post-processing beats the CNN"]
         assert post["gains_per_seed"] == pytest.approx([2.0, 0.5]) and post["gain_mean_iou"] == pytest.approx(1.25)
@@ -192,8 +222,10 @@ class TestClaims:
         assert not check_claims(summarize(seeds), seeds)[0]["holds"]  # +0.99 on seed 0
 
     def test_ablation_claims(self):
-        seeds = [fake_seed(s, cnn=0.3, crfrnn=0.40, crfrnn_scalar=0.39, crfrnn_symmetric=0.41, crfrnn_crf_alone=0.35)
-                 for s in (0, 1)]  # fmt: skip
+        seeds = [
+            fake_seed(s, cnn=0.3, crfrnn=0.40, crfrnn_scalar=0.39, crfrnn_symmetric=0.41, crfrnn_crf_alone=0.35)
+            for s in (0, 1)
+        ]
         claims = {c["worse"]: c for c in check_claims(summarize(seeds), seeds) if c["claim"].startswith("ablation")}
         assert claims["crfrnn_scalar"]["holds"] and claims["crfrnn_scalar"]["gain_mean_iou"] == pytest.approx(1.0)
         assert not claims["crfrnn_symmetric"]["holds"] and "(paper: +0.9)" in claims["crfrnn_symmetric"]["claim"]

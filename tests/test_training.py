@@ -111,9 +111,11 @@ class TestTrainConfig:
         assert Extended(out_dir="x", limit=3.0, ratio="0.5").limit == 3
         assert Extended(out_dir="x", ratio="0.5").ratio == 0.5
         assert Extended(out_dir="x").limit is None
-        for field, value, message in (("limit", "abc", "limit must be an integer, got 'abc'"),
-                                      ("ratio", "abc", "ratio must be a number, got 'abc'"),
-                                      ("kwargs", [1], "kwargs must be a mapping")):  # fmt: skip
+        for field, value, message in (
+            ("limit", "abc", "limit must be an integer, got 'abc'"),
+            ("ratio", "abc", "ratio must be a number, got 'abc'"),
+            ("kwargs", [1], "kwargs must be a mapping"),
+        ):
             with pytest.raises(ValueError, match=message):
                 Extended(out_dir="x", **{field: value})
         with pytest.raises(ValueError, match="epochs must be an integer, got 'abc'"):
@@ -144,8 +146,9 @@ class TestBuildModel:
         with torch.no_grad():
             for p in cnn.parameters():
                 p.add_(torch.randn_like(p))
-        ckpt = save_checkpoint(tmp_path / "cnn.pt", cnn, model_name="small_fcn",
-                               model_kwargs={"num_classes": 7, "width": 8}, num_classes=7)  # fmt: skip
+        ckpt = save_checkpoint(
+            tmp_path / "cnn.pt", cnn, model_name="small_fcn", model_kwargs={"num_classes": 7, "width": 8}, num_classes=7
+        )
         # backbone_kwargs are taken from the checkpoint, the model name from its name + "_crfrnn"
         cfg = TrainConfig(out_dir=str(tmp_path), stage="crfrnn", init_from=str(ckpt), num_iterations=3)
         model, name, kwargs = build_model(cfg, 7)
@@ -158,8 +161,9 @@ class TestBuildModel:
 
     def test_init_from_wrong_architecture_or_classes(self, tmp_path):
         cnn = create("small_fcn", num_classes=7, width=8)
-        ckpt = save_checkpoint(tmp_path / "cnn.pt", cnn, model_name="small_fcn",
-                               model_kwargs={"num_classes": 7, "width": 8}, num_classes=7)  # fmt: skip
+        ckpt = save_checkpoint(
+            tmp_path / "cnn.pt", cnn, model_name="small_fcn", model_kwargs={"num_classes": 7, "width": 8}, num_classes=7
+        )
         cfg = tiny_crf(tmp_path, init_from=str(ckpt), model_kwargs={"backbone_kwargs": {"width": 16}})
         with pytest.raises(ValueError, match="do not fit the backbone.*backbone_kwargs"):
             build_model(cfg, 7)
@@ -187,11 +191,12 @@ class TestBuildModel:
         assert groups["crf_other"]["weight_decay"] == 0.0
         assert id(model.crf_gate) not in {id(p) for p in groups["cnn"]["params"]}
 
-
     def test_freeze_backbone_trains_the_crf_alone(self, tmp_path):
         stage1 = train(tiny(tmp_path / "cnn", epochs=1), progress=False)
-        result = train(tiny_crf(tmp_path / "crf", epochs=1, init_from=stage1["last_checkpoint"], freeze_backbone=True),
-                       progress=False)  # fmt: skip
+        result = train(
+            tiny_crf(tmp_path / "crf", epochs=1, init_from=stage1["last_checkpoint"], freeze_backbone=True),
+            progress=False,
+        )
         model, _ = load_model(result["last_checkpoint"])
         start = load_checkpoint(stage1["last_checkpoint"])["state_dict"]
         for key, value in model.backbone.state_dict().items():  # weights and batch-norm statistics alike
@@ -384,9 +389,19 @@ class TestRunDirectory:
         for i, top in enumerate((2, 40)):
             Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "img" / f"a{i}.png")
             save_label_png(tmp_path / "msk" / f"a{i}.png", np.full((32, 32), top))
-        config = tiny(tmp_path / "run", dataset="folder", images=str(tmp_path / "img"), masks=str(tmp_path / "msk"),
-                      num_classes=3, epochs=1, batch_size=2, num_val=0)  # fmt: skip
-        with pytest.raises(ValueError, match=r"mask '.*a1\.png' holds label\(s\) \[40\] outside the valid range 0\.\.2"):
+        config = tiny(
+            tmp_path / "run",
+            dataset="folder",
+            images=str(tmp_path / "img"),
+            masks=str(tmp_path / "msk"),
+            num_classes=3,
+            epochs=1,
+            batch_size=2,
+            num_val=0,
+        )
+        with pytest.raises(
+            ValueError, match=r"mask '.*a1\.png' holds label\(s\) \[40\] outside the valid range 0\.\.2"
+        ):
             train(config, progress=False)
         with pytest.raises(ValueError, match=r"target labels \[40\] are outside the valid range 0\.\.2"):
             segmentation_loss(torch.zeros(1, 3, 2, 2), torch.full((1, 2, 2), 40))
@@ -404,10 +419,32 @@ def test_distributed_two_processes(tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-        "-m", "crfrnn", "train", "--out", str(out), "--quiet", "--epochs", "2", "--num-train", "8", "--num-val", "5",
-        "--image-size", "48", "--crop-size", "48", "--batch-size", "2", "--model-kwargs", "{width: 8}",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "crfrnn",
+        "train",
+        "--out",
+        str(out),
+        "--quiet",
+        "--epochs",
+        "2",
+        "--num-train",
+        "8",
+        "--num-val",
+        "5",
+        "--image-size",
+        "48",
+        "--crop-size",
+        "48",
+        "--batch-size",
+        "2",
+        "--model-kwargs",
+        "{width: 8}",
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     payload = load_checkpoint(out / "last.pt")

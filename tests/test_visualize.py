@@ -116,8 +116,11 @@ class TestSavePredictionGrid:
         images = torch.rand(n, 3, h, w) * 255  # a batched tensor works
         gt = torch.randint(0, 7, (n, h, w))
         gt[:, 0, 0] = 255
-        columns = {"CNN": [torch.zeros(h, w, dtype=torch.long)] * n, "CNN + dense CRF": gt.clone(),
-                   "CRF-RNN": np.ones((n, h, w), np.int64)}  # fmt: skip
+        columns = {
+            "CNN": [torch.zeros(h, w, dtype=torch.long)] * n,
+            "CNN + dense CRF": gt.clone(),
+            "CRF-RNN": np.ones((n, h, w), np.int64),
+        }
         path = save_prediction_grid(tmp_path / "sub" / "grid.png", images, columns, gt=gt, scale=2)
         assert path == tmp_path / "sub" / "grid.png"
         with Image.open(path) as im:
@@ -148,8 +151,9 @@ class TestSavePredictionGrid:
 
     def test_overlay(self, tmp_path):
         image = np.full((8, 8, 3), 200, np.uint8)
-        path = save_prediction_grid(tmp_path / "o.png", [image], {"CNN": [np.zeros((8, 8), np.int64)]}, alpha=0.5,
-                                    scale=1)  # fmt: skip
+        path = save_prediction_grid(
+            tmp_path / "o.png", [image], {"CNN": [np.zeros((8, 8), np.int64)]}, alpha=0.5, scale=1
+        )
         with Image.open(path) as im:
             arr = np.asarray(im.convert("RGB"))
         y, x = title_height() + 4, 4 + 12
@@ -264,6 +268,7 @@ class TestPredictionGridLegend:
                 sizes[name] = im.size
         assert sizes["set"] == sizes["subset"]
         assert sizes["set"][0] == sizes["plain"][0] and sizes["set"][1] > sizes["plain"][1]  # a legend, below
-        with Image.open(save_method_grid(tmp_path / "n.png", [data[0], data[1]], runs, 2,
-                                         class_names=data.class_names)) as im:  # fmt: skip
+        with Image.open(
+            save_method_grid(tmp_path / "n.png", [data[0], data[1]], runs, 2, class_names=data.class_names)
+        ) as im:
             assert im.size == sizes["set"]  # names given explicitly

@@ -15,8 +15,8 @@ import torch
 from PIL import Image
 
 from crfrnn.data import synthetic_splits
-from crfrnn.workflow import evaluate
 from crfrnn.models import create
+from crfrnn.workflow import evaluate
 from crfrnn.workflow.datasets import open_dataset, synthetic_spec
 from crfrnn.workflow.distributed import resolve_device
 from crfrnn.workflow.report import BoundaryCurve, finite, jsonable, plot_boundary, save_method_grid
@@ -80,8 +80,9 @@ class TestOpenDataset:
             open_dataset("coco")
 
     def test_synthetic_spec(self):
-        payload = {"config": {"dataset": "synthetic", "image_size": 40, "data_seed": 5,
-                              "synthetic_kwargs": {"void_band": 1}}}  # fmt: skip
+        payload = {
+            "config": {"dataset": "synthetic", "image_size": 40, "data_seed": 5, "synthetic_kwargs": {"void_band": 1}}
+        }
         assert synthetic_spec(payload) == {"seed": 5, "size": 40, "void_band": 1}
         assert synthetic_spec(payload, size=32, seed=0, void_band=2) == {"seed": 0, "size": 32, "void_band": 2}
         # without a training config: defaults, and the shapes read from the class names
@@ -123,8 +124,12 @@ class TestOneValidationLoop:
 class TestPictures:
     def test_plot_boundary(self, tmp_path):
         pytest.importorskip("matplotlib")
-        curve = BoundaryCurve("CNN", {"pixel_accuracy": [(1, 50.0), (3, 60.0)], "mean_iou": [(1, 40.0), (3, 45.0)]},
-                              spread={"mean_iou": ([39.0, 44.0], [41.0, 46.0])}, style="--")  # fmt: skip
+        curve = BoundaryCurve(
+            "CNN",
+            {"pixel_accuracy": [(1, 50.0), (3, 60.0)], "mean_iou": [(1, 40.0), (3, 45.0)]},
+            spread={"mean_iou": ([39.0, 44.0], [41.0, 46.0])},
+            style="--",
+        )
         path = plot_boundary(tmp_path / "b.png", [curve], title="t", xticks=[1, 3])
         assert Image.open(path).size == (1000, 400)
 

@@ -1,7 +1,6 @@
 """crfrnn: CRF-RNN and dense CRFs in PyTorch (batched, differentiable, any device, fast on the CPU)."""
 
 from crfrnn import _deprecated
-from crfrnn.dense import dense_crf, unary_from_labels, unary_from_probs
 from crfrnn.crf import (
     NORMALIZATIONS,
     CrfRnn,
@@ -14,6 +13,7 @@ from crfrnn.crf import (
     position_features,
     spatial_features,
 )
+from crfrnn.dense import dense_crf, unary_from_labels, unary_from_probs
 from crfrnn.energy import crf_energy, kl_divergence
 from crfrnn.fit import FitResult, fit_crf
 from crfrnn.lattice import PermutohedralLattice, gaussian_filter, lattice_filter

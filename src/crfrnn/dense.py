@@ -29,11 +29,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from crfrnn.crf.engine import infer
-from crfrnn.crf.pairwise import Width, image_kernels
-from crfrnn.crf.kernels import KernelCache, check_normalization
 from crfrnn._utils.threads import adaptive_threads
 from crfrnn._utils.validation import check_guide, check_iterations, check_number, check_spacing, check_widths
+from crfrnn.crf.engine import infer
+from crfrnn.crf.kernels import KernelCache, check_normalization
+from crfrnn.crf.pairwise import Width, image_kernels
 
 __all__ = ["dense_crf", "unary_from_labels", "unary_from_probs"]
 
@@ -132,9 +132,13 @@ def _layout(image: ArrayLike, src: Tensor, source_is_numpy: bool) -> tuple[Tenso
             f"{tuple(src.shape)}."
         )
     batched = (
-        not source_is_numpy and not isinstance(image, np.ndarray) and src.dim() >= 3 and img.dim() == src.dim()
-        and img.shape[0] == src.shape[0] and img.shape[2:] == src.shape[2:]
-    )  # fmt: skip
+        not source_is_numpy
+        and not isinstance(image, np.ndarray)
+        and src.dim() >= 3
+        and img.dim() == src.dim()
+        and img.shape[0] == src.shape[0]
+        and img.shape[2:] == src.shape[2:]
+    )
     if batched:
         return img, src, False
     if src.dim() > 4:
@@ -275,13 +279,28 @@ def dense_crf(
         scores = torch.cat([1.0 - scores, scores] if probs is not None else [torch.zeros_like(scores), scores], 1)
     img = img.to(device=scores.device, dtype=dtype)
     kernels = image_kernels(
-        shape, img, spatial_width=gaussian_sxy, bilateral_position_width=bilateral_sxy,
-        bilateral_guide_width=bilateral_srgb, checked_widths=(sxy_g, sxy_b), spacing=steps, weights=tuple(weights),
+        shape,
+        img,
+        spatial_width=gaussian_sxy,
+        bilateral_position_width=bilateral_sxy,
+        bilateral_guide_width=bilateral_srgb,
+        checked_widths=(sxy_g, sxy_b),
+        spacing=steps,
+        weights=tuple(weights),
         names=("gaussian_sxy", "bilateral_sxy", "bilateral_srgb", "gaussian_compat", "bilateral_compat", "compat"),
         normalization=normalization,
     )
-    q = infer(scores.reshape(b, scores.shape[1], -1), kernels, iterations=iterations, from_probs=probs is not None,
-              clip=clip, cache=cache, backend=backend, name=name, sum_tol=sum_tol)  # fmt: skip
+    q = infer(
+        scores.reshape(b, scores.shape[1], -1),
+        kernels,
+        iterations=iterations,
+        from_probs=probs is not None,
+        clip=clip,
+        cache=cache,
+        backend=backend,
+        name=name,
+        sum_tol=sum_tol,
+    )
     q = q.reshape((b, -1) + shape)
     if num_labels == 1:
         q = q[:, 1:]

@@ -38,10 +38,10 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from crfrnn.crf.pairwise import Pairwise, build_kernels, label_transform, pairwise_logits
+from crfrnn._utils.validation import check_guide, check_number, check_spacing, check_widths
 from crfrnn.crf.features import bilateral_features, position_features
 from crfrnn.crf.kernels import GaussianKernel, KernelCache, check_normalization
-from crfrnn._utils.validation import check_guide, check_number, check_spacing, check_widths
+from crfrnn.crf.pairwise import Pairwise, build_kernels, label_transform, pairwise_logits
 
 __all__ = ["crf_energy", "dense_crf_energy", "dense_crf_kernels", "kl_divergence"]
 
@@ -89,8 +89,9 @@ def _off_diagonal(kern: GaussianKernel, q: Tensor) -> Tensor:
     return out
 
 
-def _pairwise(q: Tensor, kernels: Sequence[Pairwise], like: Tensor, exact: bool, backend: str,
-              cache: Optional[KernelCache] = None) -> Tensor:
+def _pairwise(
+    q: Tensor, kernels: Sequence[Pairwise], like: Tensor, exact: bool, backend: str, cache: Optional[KernelCache] = None
+) -> Tensor:
     """``1/2 sum_{i != j} sum_m q_i^T A_m q_j k_m(i, j)`` per image, ``q (B, N, L)``."""
     num_labels = q.shape[-1]
     built = build_kernels(kernels, q.dtype, exact=exact, backend=backend, cache=cache)
@@ -105,8 +106,9 @@ def _pairwise(q: Tensor, kernels: Sequence[Pairwise], like: Tensor, exact: bool,
     return total
 
 
-def crf_energy(labels: Tensor, unary: Tensor, kernels: Sequence[Pairwise], *, exact: bool = False,
-               backend: str = "auto") -> Tensor:
+def crf_energy(
+    labels: Tensor, unary: Tensor, kernels: Sequence[Pairwise], *, exact: bool = False, backend: str = "auto"
+) -> Tensor:
     """The dense CRF's energy ``E(x)`` of a labelling (see the module docstring).
 
     Args:
@@ -132,8 +134,10 @@ def crf_energy(labels: Tensor, unary: Tensor, kernels: Sequence[Pairwise], *, ex
         raise TypeError(f"labels must be an integer torch.Tensor of shape (B, N) or (B, *S), got {labels!r:.80}.")
     x = labels.reshape(labels.shape[0], -1) if labels.dim() >= 2 else labels
     if x.dim() != 2 or tuple(x.shape) != (b, n):
-        raise ValueError(f"labels of shape {tuple(labels.shape)} do not match unary of shape {tuple(unary.shape)}: "
-                         f"expected (B, *S) with B * prod(S) = {b} * {n}.")  # fmt: skip
+        raise ValueError(
+            f"labels of shape {tuple(labels.shape)} do not match unary of shape {tuple(unary.shape)}: "
+            f"expected (B, *S) with B * prod(S) = {b} * {n}."
+        )
     if x.numel() and (int(x.min()) < 0 or int(x.max()) >= num_labels):
         raise ValueError(f"labels must lie in 0..{num_labels - 1}, got {int(x.min())}..{int(x.max())}.")
     _check_kernels(kernels, b, n)
@@ -143,8 +147,16 @@ def crf_energy(labels: Tensor, unary: Tensor, kernels: Sequence[Pairwise], *, ex
     return unary_term + _pairwise(onehot, kernels, u, exact, backend)
 
 
-def kl_divergence(q: Tensor, unary: Tensor, kernels: Sequence[Pairwise], *, convention: str = "exact",
-                  exact: bool = False, backend: str = "auto", cache: Optional[KernelCache] = None) -> Tensor:
+def kl_divergence(
+    q: Tensor,
+    unary: Tensor,
+    kernels: Sequence[Pairwise],
+    *,
+    convention: str = "exact",
+    exact: bool = False,
+    backend: str = "auto",
+    cache: Optional[KernelCache] = None,
+) -> Tensor:
     """The mean-field free energy ``KL(Q || P) - log Z`` of marginals (see the module docstring).
 
     Args:
@@ -181,16 +193,24 @@ def kl_divergence(q: Tensor, unary: Tensor, kernels: Sequence[Pairwise], *, conv
     if convention == "densecrf":
         entropy = (qt * qt.clamp_min(1e-20).log()).sum((1, 2))
         built = build_kernels(kernels, u.dtype, exact=exact, backend=backend, cache=cache)
-        transforms = [label_transform(k.weight, k.compatibility, num_labels, u, name=k.names[0],
-                                      compat_name=k.names[1]) for k in kernels]  # fmt: skip
+        transforms = [
+            label_transform(k.weight, k.compatibility, num_labels, u, name=k.names[0], compat_name=k.names[1])
+            for k in kernels
+        ]
         return entropy - (qt * ut).sum((1, 2)) - (qt * pairwise_logits(qt, built, transforms)).sum((1, 2))
     entropy = torch.special.xlogy(qt, qt).sum((1, 2))
     return entropy - (qt * ut).sum((1, 2)) + _pairwise(qt, kernels, u, exact, backend, cache)
 
 
 def dense_crf_kernels(
-    image: Tensor, *, gaussian_sxy: Width = 3.0, gaussian_compat: float = 3.0, bilateral_sxy: Width = 80.0,
-    bilateral_srgb: Width = 13.0, bilateral_compat: float = 10.0, normalization: str = "symmetric",
+    image: Tensor,
+    *,
+    gaussian_sxy: Width = 3.0,
+    gaussian_compat: float = 3.0,
+    bilateral_sxy: Width = 80.0,
+    bilateral_srgb: Width = 13.0,
+    bilateral_compat: float = 10.0,
+    normalization: str = "symmetric",
     spacing: Optional[Width] = None,
 ) -> list[Pairwise]:
     """The two Potts kernels of :func:`crfrnn.dense_crf` (same parameters and meaning) for ``image (B, C, *S)``.
@@ -210,18 +230,29 @@ def dense_crf_kernels(
     sxy_b = check_widths("bilateral_sxy", bilateral_sxy, len(shape), "spatial axis")
     normalization = check_normalization(normalization)
     pos = position_features(shape, sxy_g, spacing=steps, dtype=dtype, device=image.device, name="gaussian_sxy")
-    bil = bilateral_features(image.to(dtype), sxy_b, bilateral_srgb, spacing=steps,
-                             names=("bilateral_sxy", "bilateral_srgb"))  # fmt: skip
+    bil = bilateral_features(
+        image.to(dtype), sxy_b, bilateral_srgb, spacing=steps, names=("bilateral_sxy", "bilateral_srgb")
+    )
     return [
-        Pairwise(pos, weight=check_number("gaussian_compat", gaussian_compat), normalization=normalization,
-                 names=("gaussian_compat", "compatibility")),
-        Pairwise(bil, weight=check_number("bilateral_compat", bilateral_compat), normalization=normalization,
-                 names=("bilateral_compat", "compatibility")),
-    ]  # fmt: skip
+        Pairwise(
+            pos,
+            weight=check_number("gaussian_compat", gaussian_compat),
+            normalization=normalization,
+            names=("gaussian_compat", "compatibility"),
+        ),
+        Pairwise(
+            bil,
+            weight=check_number("bilateral_compat", bilateral_compat),
+            normalization=normalization,
+            names=("bilateral_compat", "compatibility"),
+        ),
+    ]
 
 
-def dense_crf_energy(labels: Tensor, image: Tensor, logits: Tensor, *, exact: bool = False,
-                     backend: str = "auto", **params) -> Tensor:
+def dense_crf_energy(
+    labels: Tensor, image: Tensor, logits: Tensor, *, exact: bool = False, backend: str = "auto", **params
+) -> Tensor:
     """:func:`crf_energy` of ``labels (B, *S)`` in :func:`crfrnn.dense_crf`'s model: ``logits (B, L, *S)`` (e.g.
-    ``log(probs)``), ``image (B, C, *S)`` and the keyword parameters of :func:`dense_crf_kernels`."""
+    ``log(probs)``), ``image (B, C, *S)`` and the keyword parameters of :func:`dense_crf_kernels`.
+    """
     return crf_energy(labels, logits, dense_crf_kernels(image, **params), exact=exact, backend=backend)

@@ -34,9 +34,9 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor
 
+from crfrnn._utils.validation import check_guide, check_number, check_spacing, check_widths
 from crfrnn.crf.features import bilateral_features, position_features
 from crfrnn.crf.kernels import GaussianKernel
-from crfrnn._utils.validation import check_guide, check_number, check_spacing, check_widths
 
 __all__ = ["dense_crf_loss"]
 
@@ -91,8 +91,9 @@ def _check_image(image: Tensor, probs: Tensor) -> None:
 
 def _affinity(s: Tensor, features: Tensor, exclude_self: bool, exact: bool, backend: str) -> Tensor:
     """``sum_{j (!= i)} exp(-|f_i - f_j|^2 / 2) s_j`` for ``s (B, N, C)``."""
-    kern = GaussianKernel(features.to(s.dtype), normalization="none", exclude_self=exclude_self, exact=exact,
-                          backend=backend)  # fmt: skip
+    kern = GaussianKernel(
+        features.to(s.dtype), normalization="none", exclude_self=exclude_self, exact=exact, backend=backend
+    )
     return kern(s)
 
 

@@ -80,8 +80,9 @@ def _check_width(key: str, value: Any, source: Optional[str]) -> Union[float, li
     out = []
     for v in values:
         if not _real(v):
-            raise TypeError(f"{_where(source, key)} must be a positive number (a kernel width), got {v!r} "
-                            f"({type(v).__name__}).")  # fmt: skip
+            raise TypeError(
+                f"{_where(source, key)} must be a positive number (a kernel width), got {v!r} ({type(v).__name__})."
+            )
         v = float(v)
         if not math.isfinite(v) or not v > 0:
             raise ValueError(f"{_where(source, key)} must be a positive finite width, got {v!r}.")
@@ -111,8 +112,10 @@ def check_params(params: Mapping[str, Any], *, source: Optional[str] = None) -> 
     from crfrnn.crf import NORMALIZATIONS
 
     if not isinstance(params, Mapping):
-        raise TypeError(f"{source or 'parameters'} must be a mapping of dense_crf parameter names to values, got "
-                        f"{type(params).__name__}.")  # fmt: skip
+        raise TypeError(
+            f"{source or 'parameters'} must be a mapping of dense_crf parameter names to values, got "
+            f"{type(params).__name__}."
+        )
     unknown = [k for k in params if k not in PARAM_NAMES]
     if unknown:
         shown = ", ".join(repr(k) for k in unknown[:5])
@@ -127,7 +130,9 @@ def check_params(params: Mapping[str, Any], *, source: Optional[str] = None) -> 
         value = params[key]
         if key == "iterations":
             if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-                raise TypeError(f"{_where(source, key)} must be a whole number, got {value!r} ({type(value).__name__}).")
+                raise TypeError(
+                    f"{_where(source, key)} must be a whole number, got {value!r} ({type(value).__name__})."
+                )
             if not 0 <= int(value) <= _MAX_ITERATIONS:
                 raise ValueError(f"{_where(source, key)} must be in 0..{_MAX_ITERATIONS}, got {int(value)}.")
             out[key] = int(value)
@@ -181,8 +186,9 @@ def load_params(path: PathLike) -> dict[str, Any]:
     with open(name, "rb") as fh:
         data = fh.read(MAX_FILE_BYTES + 1)
     if len(data) > MAX_FILE_BYTES:
-        raise ValueError(f"'{name}' is larger than {MAX_FILE_BYTES // 1024} KiB; a dense CRF parameter file is a few "
-                         "lines of YAML.")  # fmt: skip
+        raise ValueError(
+            f"'{name}' is larger than {MAX_FILE_BYTES // 1024} KiB; a dense CRF parameter file is a few lines of YAML."
+        )
     try:
         text = data.decode("utf-8")
         params = yaml.safe_load(text)
@@ -194,8 +200,9 @@ def load_params(path: PathLike) -> dict[str, Any]:
     if params is None:
         raise ValueError(f"'{name}' is empty; expected a mapping such as 'bilateral_compat: 5'.")
     if not isinstance(params, dict):
-        raise ValueError(f"'{name}' must hold a mapping of dense_crf parameter names to values, got a YAML "
-                         f"{type(params).__name__}.")  # fmt: skip
+        raise ValueError(
+            f"'{name}' must hold a mapping of dense_crf parameter names to values, got a YAML {type(params).__name__}."
+        )
     return check_params(params, source=f"'{name}'")
 
 

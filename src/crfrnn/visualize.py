@@ -24,7 +24,12 @@ from crfrnn._utils.files import PathLike, atomic_save_image
 from crfrnn.data.palette import color_palette, colorize
 
 __all__ = [
-    "VOID_COLOR", "colorize_labels", "label_overlay", "make_overlay", "picture_grid", "save_prediction_grid",
+    "VOID_COLOR",
+    "colorize_labels",
+    "label_overlay",
+    "make_overlay",
+    "picture_grid",
+    "save_prediction_grid",
 ]
 
 Color = tuple[int, int, int]
@@ -104,9 +109,7 @@ def label_overlay(image: Any, labels: Any, alpha: float = 0.5, *, void_color: Op
     rgb = _as_rgb(image)
     colours = colorize_labels(labels, void_color=void_color or VOID_COLOR)
     if colours.shape[:2] != rgb.shape[:2]:
-        raise ValueError(
-            f"labels of size {colours.shape[:2]} do not match the image of size {rgb.shape[:2]} (H, W)."
-        )
+        raise ValueError(f"labels of size {colours.shape[:2]} do not match the image of size {rgb.shape[:2]} (H, W).")
     out = (1.0 - alpha) * rgb.astype(np.float64) + alpha * colours.astype(np.float64)
     if void_color is None:
         void = _to_numpy(labels) == 255
@@ -258,8 +261,12 @@ def picture_grid(
     draw = ImageDraw.Draw(canvas)
     if titles is not None:
         for j, text in enumerate(titles):
-            draw.text((padding + j * (cell_w + padding), padding), _fit_text(draw, str(text), font, cell_w),
-                      fill=(0, 0, 0), font=font)  # fmt: skip
+            draw.text(
+                (padding + j * (cell_w + padding), padding),
+                _fit_text(draw, str(text), font, cell_w),
+                fill=(0, 0, 0),
+                font=font,
+            )
     for i, r in enumerate(tiles):
         for j, t in enumerate(r):
             tile = Image.fromarray(t)
@@ -351,8 +358,9 @@ def _with_legend(
         r, c = divmod(i, num_cols)
         x, y = padding + c * col_w, grid.height + r * row_h
         draw.rectangle((x, y, x + swatch + 1, y + swatch + 1), fill=tuple(colour), outline=_SWATCH_OUTLINE)
-        draw.text((x + lead, y + 1 + (swatch - line_h) // 2), _fit_text(draw, name, font, text_w), fill=(0, 0, 0),
-                  font=font)  # fmt: skip
+        draw.text(
+            (x + lead, y + 1 + (swatch - line_h) // 2), _fit_text(draw, name, font, text_w), fill=(0, 0, 0), font=font
+        )
     return canvas
 
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from crfrnn.io.checkpoint import save_checkpoint
 from crfrnn.cli import main
 from crfrnn.data import save_label_png
+from crfrnn.io.checkpoint import save_checkpoint
 from crfrnn.models import create
 
 FAST = ["--no-progress", "--image-size", "48", "--num-images", "2"]
@@ -57,8 +57,9 @@ def grid_size(rows: int, cols: int, tile: int) -> tuple[int, int]:
 class TestEvaluateCommand:
     def test_synthetic_end_to_end(self, tmp_path, capsys, checkpoint):
         out = tmp_path / "report"
-        code, stdout, err = run_cli(capsys, checkpoint, "--out", out, "--dense-crf", "--grid", 2, "--split", "test",
-                                    *FAST)  # fmt: skip
+        code, stdout, err = run_cli(
+            capsys, checkpoint, "--out", out, "--dense-crf", "--grid", 2, "--split", "test", *FAST
+        )
         assert code == 0, err
         assert {p.name for p in out.iterdir()} == {"results.json", "metrics.md", "boundary.png", "grid.png"}
         results = json.loads((out / "results.json").read_text())
@@ -80,10 +81,25 @@ class TestEvaluateCommand:
         ckpt = write_checkpoint(tmp_path / "cnn.pt", name="small_fcn")
         out = tmp_path / "report"
         code, _, err = run_cli(
-            capsys, ckpt, "--out", out, "--dense-crf-search", "--search-split", "val", "--split", "test",
-            "--search-images", 1, "--search-grid", '{"bilateral_srgb": [5, 13]}',
-            "--dense-crf-param", "iterations=2", "--grid", 0, *FAST,
-        )  # fmt: skip
+            capsys,
+            ckpt,
+            "--out",
+            out,
+            "--dense-crf-search",
+            "--search-split",
+            "val",
+            "--split",
+            "test",
+            "--search-images",
+            1,
+            "--search-grid",
+            '{"bilateral_srgb": [5, 13]}',
+            "--dense-crf-param",
+            "iterations=2",
+            "--grid",
+            0,
+            *FAST,
+        )
         assert code == 0, err
         assert "warning" not in err
         assert not (out / "grid.png").exists()
@@ -96,8 +112,20 @@ class TestEvaluateCommand:
         assert "Dense CRF parameter search" in (out / "metrics.md").read_text()
 
     def test_search_on_the_evaluated_split_warns(self, tmp_path, capsys, checkpoint):
-        code, _, err = run_cli(capsys, checkpoint, "--out", tmp_path, "--dense-crf-search", "--search-images", 1,
-                               "--search-grid", '{"bilateral_srgb": [13]}', "--grid", 0, *FAST)  # fmt: skip
+        code, _, err = run_cli(
+            capsys,
+            checkpoint,
+            "--out",
+            tmp_path,
+            "--dense-crf-search",
+            "--search-images",
+            1,
+            "--search-grid",
+            '{"bilateral_srgb": [13]}',
+            "--grid",
+            0,
+            *FAST,
+        )
         assert code == 0 and "warning" in err and "--search-split" in err
 
     def test_folder_dataset(self, tmp_path, capsys):
@@ -110,8 +138,21 @@ class TestEvaluateCommand:
             mask[0] = 255
             save_label_png(tmp_path / "msk" / f"s{k}.png", mask)
         ckpt = write_checkpoint(tmp_path / "m.pt", num_classes=3, class_names=["a", "b", "c"])
-        code, _, err = run_cli(capsys, ckpt, "--out", tmp_path / "out", "--dataset", "folder", "--images",
-                               tmp_path / "img", "--masks", tmp_path / "msk", "--grid", 2, "--no-progress")  # fmt: skip
+        code, _, err = run_cli(
+            capsys,
+            ckpt,
+            "--out",
+            tmp_path / "out",
+            "--dataset",
+            "folder",
+            "--images",
+            tmp_path / "img",
+            "--masks",
+            tmp_path / "msk",
+            "--grid",
+            2,
+            "--no-progress",
+        )
         assert code == 0, err
         results = json.loads((tmp_path / "out" / "results.json").read_text())
         assert results["num_images"] == 2 and results["class_names"] == ["a", "b", "c"]
@@ -136,25 +177,45 @@ class TestEvaluateCommand:
         id_file = tmp_path / "reduced_val.txt"
         id_file.write_text(ids[1] + "\n")
         ckpt = write_checkpoint(tmp_path / "voc.pt", num_classes=21)
-        code, _, err = run_cli(capsys, ckpt, "--out", tmp_path / "out", "--dataset", "voc", "--voc-root", tmp_path,
-                               "--ids", id_file, "--include-void-edges", "--grid", 1, "--no-progress")  # fmt: skip
+        code, _, err = run_cli(
+            capsys,
+            ckpt,
+            "--out",
+            tmp_path / "out",
+            "--dataset",
+            "voc",
+            "--voc-root",
+            tmp_path,
+            "--ids",
+            id_file,
+            "--include-void-edges",
+            "--grid",
+            1,
+            "--no-progress",
+        )
         assert code == 0, err
         results = json.loads((tmp_path / "out" / "results.json").read_text())
         assert results["num_images"] == 1 and results["include_void_edges"] is True
         assert results["class_names"][15] == "person"
 
     def test_synthetic_options_from_the_training_config(self, tmp_path, capsys):
-        config = {"dataset": "synthetic", "image_size": 40, "data_seed": 3,
-                  "synthetic_kwargs": {"shapes": ["pan", "box"]}}  # fmt: skip
-        ckpt = write_checkpoint(tmp_path / "m.pt", num_classes=3, class_names=["background", "pan", "box"],
-                                config=config)  # fmt: skip
+        config = {
+            "dataset": "synthetic",
+            "image_size": 40,
+            "data_seed": 3,
+            "synthetic_kwargs": {"shapes": ["pan", "box"]},
+        }
+        ckpt = write_checkpoint(
+            tmp_path / "m.pt", num_classes=3, class_names=["background", "pan", "box"], config=config
+        )
         code, _, err = run_cli(capsys, ckpt, "--out", tmp_path / "out", "--num-images", 2, "--grid", 0, "--no-progress")
         assert code == 0, err
         results = json.loads((tmp_path / "out" / "results.json").read_text())
         assert results["num_classes"] == 3 and results["methods"]["cnn"]["num_pixels"] == 2 * 40 * 40
         assert "seed=3" in results["dataset"]["repr"]
-        code, _, err = run_cli(capsys, ckpt, "--out", tmp_path / "o2", "--num-images", 1, "--image-size", 24,
-                               "--grid", 0, "--no-progress")  # fmt: skip
+        code, _, err = run_cli(
+            capsys, ckpt, "--out", tmp_path / "o2", "--num-images", 1, "--image-size", 24, "--grid", 0, "--no-progress"
+        )
         assert code == 0, err  # flags override the config
         assert json.loads((tmp_path / "o2" / "results.json").read_text())["methods"]["cnn"]["num_pixels"] == 24 * 24
 
@@ -176,13 +237,24 @@ class TestEvaluateErrors:
         assert_one_line_error(code, err, 2, "junk.pt")
 
     def test_missing_dataset_paths(self, tmp_path, capsys, checkpoint):
-        code, _, err = run_cli(capsys, checkpoint, "--out", tmp_path / "o", "--dataset", "voc", "--root",
-                               tmp_path / "x")  # fmt: skip
+        code, _, err = run_cli(
+            capsys, checkpoint, "--out", tmp_path / "o", "--dataset", "voc", "--root", tmp_path / "x"
+        )
         assert_one_line_error(code, err, 2, "voc", str(tmp_path / "x"))
         code, _, err = run_cli(capsys, checkpoint, "--out", tmp_path / "o", "--dataset", "voc")
         assert_one_line_error(code, err, 2, "--voc-root")
-        code, _, err = run_cli(capsys, checkpoint, "--out", tmp_path / "o", "--dataset", "folder", "--images",
-                               tmp_path / "missing", "--masks", tmp_path)  # fmt: skip
+        code, _, err = run_cli(
+            capsys,
+            checkpoint,
+            "--out",
+            tmp_path / "o",
+            "--dataset",
+            "folder",
+            "--images",
+            tmp_path / "missing",
+            "--masks",
+            tmp_path,
+        )
         assert_one_line_error(code, err, 2, "missing")
         code, _, err = run_cli(capsys, checkpoint, "--out", tmp_path / "o", "--dataset", "folder")
         assert_one_line_error(code, err, 2, "--images")
@@ -198,8 +270,19 @@ class TestEvaluateErrors:
         Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "img" / "a.png")
         save_label_png(tmp_path / "msk" / "a.png", np.full((16, 16), 9))
         ckpt = write_checkpoint(tmp_path / "three.pt", num_classes=3)
-        code, _, err = run_cli(capsys, ckpt, "--out", tmp_path / "out", "--dataset", "folder", "--images",
-                               tmp_path / "img", "--masks", tmp_path / "msk", "--no-progress")  # fmt: skip
+        code, _, err = run_cli(
+            capsys,
+            ckpt,
+            "--out",
+            tmp_path / "out",
+            "--dataset",
+            "folder",
+            "--images",
+            tmp_path / "img",
+            "--masks",
+            tmp_path / "msk",
+            "--no-progress",
+        )
         assert_one_line_error(code, err, 1, "evaluation failed", "a.png", "[9]", "0..2")
 
     def test_cuda_without_cuda(self, tmp_path, capsys, checkpoint):
@@ -220,8 +303,18 @@ class TestEvaluateErrors:
         assert_one_line_error(code, err, 2, "nope", "train")
         code, _, err = run_cli(capsys, checkpoint, "--out", tmp_path, "--max-images", 0)
         assert_one_line_error(code, err, 2, "--max-images")
-        code, _, err = run_cli(capsys, checkpoint, "--out", tmp_path, "--dense-crf", "--dense-crf-param",
-                               "normalization=bogus", "--grid", 0, *FAST)  # fmt: skip
+        code, _, err = run_cli(
+            capsys,
+            checkpoint,
+            "--out",
+            tmp_path,
+            "--dense-crf",
+            "--dense-crf-param",
+            "normalization=bogus",
+            "--grid",
+            0,
+            *FAST,
+        )
         assert_one_line_error(code, err, 1, "evaluation failed")
 
     def test_out_is_a_file(self, tmp_path, capsys, checkpoint):
@@ -234,6 +327,14 @@ class TestEvaluateErrors:
             main(["evaluate", "--help"])
         assert exc.value.code == 0
         out = capsys.readouterr().out
-        for flag in ("--dataset", "--split", "--ids", "--dense-crf", "--dense-crf-search", "--max-images", "--grid",
-                     "--out"):  # fmt: skip
+        for flag in (
+            "--dataset",
+            "--split",
+            "--ids",
+            "--dense-crf",
+            "--dense-crf-search",
+            "--max-images",
+            "--grid",
+            "--out",
+        ):
             assert flag in out

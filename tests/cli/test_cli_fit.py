@@ -33,15 +33,26 @@ def folders(tmp_path_factory) -> Path:
 
 
 def fit(root: Path, *args: object) -> int:
-    return main(["fit", str(root / "images"), str(root / "probs"), str(root / "masks"), "--no-progress",
-                 *map(str, args)])  # fmt: skip
+    return main(
+        ["fit", str(root / "images"), str(root / "probs"), str(root / "masks"), "--no-progress", *map(str, args)]
+    )
 
 
 @pytest.fixture(scope="module")
 def fitted(folders, tmp_path_factory):
     out = tmp_path_factory.mktemp("fitted")
-    code = fit(folders, "--epochs", 2, "--fixed-widths", "--val-fraction", 0.4, "-o", out / "crf.yaml",
-               "--report", out / "fit.json")  # fmt: skip
+    code = fit(
+        folders,
+        "--epochs",
+        2,
+        "--fixed-widths",
+        "--val-fraction",
+        0.4,
+        "-o",
+        out / "crf.yaml",
+        "--report",
+        out / "fit.json",
+    )
     return code, out / "crf.yaml", out / "fit.json"
 
 
@@ -49,8 +60,15 @@ def test_fit_writes_a_parameter_file_and_a_report(fitted, capsys):
     code, params_path, report_path = fitted
     assert code == 0
     params = load_params(params_path)
-    assert set(params) == {"iterations", "gaussian_sxy", "gaussian_compat", "bilateral_sxy", "bilateral_srgb",
-                           "bilateral_compat", "normalization"}  # fmt: skip
+    assert set(params) == {
+        "iterations",
+        "gaussian_sxy",
+        "gaussian_compat",
+        "bilateral_sxy",
+        "bilateral_srgb",
+        "bilateral_compat",
+        "normalization",
+    }
     assert params["bilateral_compat"] != 10.0 and params["bilateral_sxy"] == 80.0  # weights fitted, widths fixed
     assert "# fitted by crfrnn fit on 3 images" in params_path.read_text()
     report = json.loads(report_path.read_text())
@@ -76,16 +94,32 @@ def test_refine_with_params_matches_dense_crf(folders, fitted, tmp_path):
     assert main(["refine", *map(str, args), "-o", str(tmp_path / "a.png")]) == 0
     np.testing.assert_array_equal(load_label_png(tmp_path / "a.png"), dense_crf(image, probs, **params).argmax(0))
     # a flag given on the command line overrides the file
-    assert main(["refine", *map(str, args), "--bilateral-compat", "0", "--iterations", "2",
-                 "-o", str(tmp_path / "b.png")]) == 0  # fmt: skip
+    assert (
+        main(["refine", *map(str, args), "--bilateral-compat", "0", "--iterations", "2", "-o", str(tmp_path / "b.png")])
+        == 0
+    )
     expected = dense_crf(image, probs, **{**params, "bilateral_compat": 0.0, "iterations": 2}).argmax(0)
     np.testing.assert_array_equal(load_label_png(tmp_path / "b.png"), expected)
 
 
 def test_refine_folder_with_params_file_holding_clip(folders, tmp_path):
     path = save_params({"bilateral_compat": 4.0, "clip": 1e-3}, tmp_path / "p.yaml")
-    assert main(["refine", "--images", str(folders / "images"), "--probs", str(folders / "probs"), "--params",
-                 str(path), "-o", str(tmp_path / "out")]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "refine",
+                "--images",
+                str(folders / "images"),
+                "--probs",
+                str(folders / "probs"),
+                "--params",
+                str(path),
+                "-o",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 0
+    )
     image = np.array(Image.open(folders / "images" / "s1.png"))
     expected = dense_crf(image, np.load(folders / "probs" / "s1.npy"), bilateral_compat=4.0, clip=1e-3).argmax(0)
     np.testing.assert_array_equal(load_label_png(tmp_path / "out" / "s1.png"), expected)
@@ -94,7 +128,13 @@ def test_refine_folder_with_params_file_holding_clip(folders, tmp_path):
 def test_refine_refuses_a_bad_params_file(folders, tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("bilateral_srgb: -2\n")
-    args = ["refine", str(folders / "images" / "s0.png"), str(folders / "probs" / "s0.npy"), "-o", str(tmp_path / "x.png")]
+    args = [
+        "refine",
+        str(folders / "images" / "s0.png"),
+        str(folders / "probs" / "s0.npy"),
+        "-o",
+        str(tmp_path / "x.png"),
+    ]
     assert main([*args, "--params", str(bad)]) == 2
     assert "bilateral_srgb must be a positive finite width" in capsys.readouterr().err
     bad.write_text("!!python/object/apply:os.system ['echo pwned']\n")
@@ -107,8 +147,19 @@ def test_refine_refuses_a_bad_params_file(folders, tmp_path, capsys):
 def test_fit_errors(folders, tmp_path, capsys):
     assert fit(folders, "-o", tmp_path / "p.txt") == 2
     assert "must name a .yaml file" in capsys.readouterr().err
-    assert main(["fit", str(folders / "images"), str(folders / "probs"), str(tmp_path / "none"), "-o",
-                 str(tmp_path / "p.yaml")]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "fit",
+                str(folders / "images"),
+                str(folders / "probs"),
+                str(tmp_path / "none"),
+                "-o",
+                str(tmp_path / "p.yaml"),
+            ]
+        )
+        == 2
+    )
     assert "LABELS must be a folder" in capsys.readouterr().err
     bad_init = tmp_path / "init.yaml"
     bad_init.write_text("theta_alpha: 80\n")

@@ -120,8 +120,21 @@ class TestSingle:
         h, w, l = np.mgrid[:3, :3, :3]
         probs = np.where(l == (h + 2 * w) % 3, 0.6, 0.2).astype(np.float32)  # sums to 1 over every axis
         np.save(tmp_path / "p.npy", probs)
-        assert refine(tmp_path / "tiny.png", tmp_path / "p.npy", "-o", tmp_path / "a.png", "--layout", "hwl",
-                      "--iterations", 0, "--save-probs", tmp_path / "a.npy") == 0  # fmt: skip
+        assert (
+            refine(
+                tmp_path / "tiny.png",
+                tmp_path / "p.npy",
+                "-o",
+                tmp_path / "a.png",
+                "--layout",
+                "hwl",
+                "--iterations",
+                0,
+                "--save-probs",
+                tmp_path / "a.npy",
+            )
+            == 0
+        )
         assert "note" not in capsys.readouterr().err
         np.testing.assert_allclose(np.load(tmp_path / "a.npy"), probs.transpose(2, 0, 1), atol=1e-4)
         np.save(tmp_path / "p.npy", np.ones((3, 3, 1), np.float32))  # one map: a binary network's foreground
@@ -147,8 +160,17 @@ class TestSingle:
         np.save(tmp_path / "fg1.npy", fg[None])
         np.save(tmp_path / "fg_last.npy", fg[..., None])
         for name in ("fg", "fg1", "fg_last"):
-            assert refine(image_path, tmp_path / f"{name}.npy", "-o", tmp_path / f"{name}.png",
-                          "--save-probs", tmp_path / f"{name}_q.npy") == 0, name  # fmt: skip
+            assert (
+                refine(
+                    image_path,
+                    tmp_path / f"{name}.npy",
+                    "-o",
+                    tmp_path / f"{name}.png",
+                    "--save-probs",
+                    tmp_path / f"{name}_q.npy",
+                )
+                == 0
+            ), name
             assert "one map" in capsys.readouterr().err
             np.testing.assert_array_equal(load_label_png(tmp_path / f"{name}.png"), two.argmax(0), err_msg=name)
             q = np.load(tmp_path / f"{name}_q.npy")
@@ -180,15 +202,38 @@ class TestSingle:
         image, _, truth, probs = files
         coarse = probs.argmax(0)
         save_label_png(tmp_path / "coarse.png", coarse)
-        assert refine(image, tmp_path / "coarse.png", "--gt-prob", 0.6, "-o", tmp_path / "a.png",
-                      "--save-probs", tmp_path / "a.npy") == 0  # fmt: skip
+        assert (
+            refine(
+                image,
+                tmp_path / "coarse.png",
+                "--gt-prob",
+                0.6,
+                "-o",
+                tmp_path / "a.png",
+                "--save-probs",
+                tmp_path / "a.npy",
+            )
+            == 0
+        )
         assert np.load(tmp_path / "a.npy").shape == (L, H, W)  # default: largest label + 1
         assert accuracy(load_label_png(tmp_path / "a.png"), truth) > accuracy(coarse, truth)
         holey = coarse.copy()
         holey[:, 20:30] = 255  # a band the "network" did not label
         save_label_png(tmp_path / "holey.png", holey)
-        code = refine(image, tmp_path / "holey.png", "--unknown", 255, "--num-labels", 4, "-o", tmp_path / "b.png",
-                      "--save-probs", tmp_path / "b.npy", "--overlay", tmp_path / "o.png")  # fmt: skip
+        code = refine(
+            image,
+            tmp_path / "holey.png",
+            "--unknown",
+            255,
+            "--num-labels",
+            4,
+            "-o",
+            tmp_path / "b.png",
+            "--save-probs",
+            tmp_path / "b.npy",
+            "--overlay",
+            tmp_path / "o.png",
+        )
         assert code == 0
         labels = load_label_png(tmp_path / "b.png")
         assert np.load(tmp_path / "b.npy").shape == (4, H, W)
@@ -206,8 +251,20 @@ class TestSingle:
 
     def test_overlay_without_titles(self, files, tmp_path):
         image, probs_path, _, _ = files
-        assert refine(image, probs_path, "-o", tmp_path / "x.png", "--overlay", tmp_path / "o.png", "--no-titles",
-                      "--overlay-alpha", 1) == 0  # fmt: skip
+        assert (
+            refine(
+                image,
+                probs_path,
+                "-o",
+                tmp_path / "x.png",
+                "--overlay",
+                tmp_path / "o.png",
+                "--no-titles",
+                "--overlay-alpha",
+                1,
+            )
+            == 0
+        )
         with Image.open(tmp_path / "o.png") as img:
             assert img.size == (3 * W + 8, H)
 
@@ -322,8 +379,21 @@ class TestBatch:
     def test_all_succeed(self, tmp_path, capsys):
         images, scores = self._dirs(tmp_path)
         out = tmp_path / "out"
-        assert refine("--images", images, "--probs", scores, "-o", out,
-                      "--save-probs", tmp_path / "m", "--overlay", tmp_path / "o") == 0  # fmt: skip
+        assert (
+            refine(
+                "--images",
+                images,
+                "--probs",
+                scores,
+                "-o",
+                out,
+                "--save-probs",
+                tmp_path / "m",
+                "--overlay",
+                tmp_path / "o",
+            )
+            == 0
+        )
         captured = capsys.readouterr()
         assert "3 done, 0 failed" in captured.out
         for i in range(3):
@@ -348,14 +418,28 @@ class TestBatch:
         (scores / "img1.npy").write_bytes(b"not a numpy file")  # a failure inside a worker is reported too
         assert refine("--images", images, "--probs", scores, "-o", tmp_path / "one", "--jobs", "1") == 1
         capsys.readouterr()
-        assert refine("--images", images, "--probs", scores, "-o", tmp_path / "two", "--jobs", "2",
-                      "--save-probs", tmp_path / "m") == 1  # fmt: skip
+        assert (
+            refine(
+                "--images",
+                images,
+                "--probs",
+                scores,
+                "-o",
+                tmp_path / "two",
+                "--jobs",
+                "2",
+                "--save-probs",
+                tmp_path / "m",
+            )
+            == 1
+        )
         captured = capsys.readouterr()
         assert "in 2 worker processes" in captured.err and "failed '" in captured.err and "img1" in captured.err
         assert "2 done, 1 failed" in captured.out
         for i in (0, 2):
-            assert np.array_equal(load_label_png(tmp_path / "one" / f"img{i}.png"),
-                                  load_label_png(tmp_path / "two" / f"img{i}.png"))  # fmt: skip
+            assert np.array_equal(
+                load_label_png(tmp_path / "one" / f"img{i}.png"), load_label_png(tmp_path / "two" / f"img{i}.png")
+            )
             assert (tmp_path / "m" / f"img{i}.npy").is_file()
 
     def test_one_corrupt_file_is_skipped(self, tmp_path, capsys):
@@ -433,10 +517,24 @@ class TestLibrary:
 def test_python_dash_m_entry_point(files, tmp_path):
     image, probs_path, _, _ = files
     done = subprocess.run(
-        [sys.executable, "-m", "crfrnn", "refine", str(image), str(probs_path), "-o", str(tmp_path / "cli.png"),
-         "--overlay", str(tmp_path / "cli_overlay.png"), "--iterations", "3"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "crfrnn",
+            "refine",
+            str(image),
+            str(probs_path),
+            "-o",
+            str(tmp_path / "cli.png"),
+            "--overlay",
+            str(tmp_path / "cli_overlay.png"),
+            "--iterations",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert load_label_png(tmp_path / "cli.png").shape == (H, W)
     assert (tmp_path / "cli_overlay.png").is_file()

@@ -33,8 +33,19 @@ class TestRefineVolume:
         nib.save(nib.Nifti1Image(vol, AFFINE), tmp_path / "t1.nii.gz")
         nib.save(nib.Nifti1Image(np.moveaxis(probs, 0, -1), AFFINE), tmp_path / "p.nii.gz")  # labels last
         out = tmp_path / "lab.nii.gz"
-        code = main(["refine", str(tmp_path / "t1.nii.gz"), str(tmp_path / "p.nii.gz"), "-o", str(out),
-                     "--bilateral-srgb", "50", "--bilateral-sxy", "6"])  # fmt: skip
+        code = main(
+            [
+                "refine",
+                str(tmp_path / "t1.nii.gz"),
+                str(tmp_path / "p.nii.gz"),
+                "-o",
+                str(out),
+                "--bilateral-srgb",
+                "50",
+                "--bilateral-sxy",
+                "6",
+            ]
+        )
         assert code == 0
         img = nib.load(out)
         labels = np.asarray(img.dataobj)
@@ -52,8 +63,21 @@ class TestRefineVolume:
         vol, probs = volume_problem(1)
         np.save(tmp_path / "v.npy", vol)
         np.save(tmp_path / "p.npy", probs)
-        code = main(["refine", str(tmp_path / "v.npy"), str(tmp_path / "p.npy"), "-o", str(tmp_path / "l.npy"),
-                     "--spacing", "2", "1", "1", "--save-probs", str(tmp_path / "q.npy")])  # fmt: skip
+        code = main(
+            [
+                "refine",
+                str(tmp_path / "v.npy"),
+                str(tmp_path / "p.npy"),
+                "-o",
+                str(tmp_path / "l.npy"),
+                "--spacing",
+                "2",
+                "1",
+                "1",
+                "--save-probs",
+                str(tmp_path / "q.npy"),
+            ]
+        )
         assert code == 0
         q = np.load(tmp_path / "q.npy")
         assert q.shape == probs.shape and np.allclose(q.sum(0), 1, atol=1e-5)
@@ -67,8 +91,19 @@ class TestRefineVolume:
         fg = np.ascontiguousarray(probs[1])
         np.save(tmp_path / "v.npy", vol)
         np.save(tmp_path / "fg.npy", fg)
-        code = main(["refine", str(tmp_path / "v.npy"), str(tmp_path / "fg.npy"), "-o", str(tmp_path / "l.npy"),
-                     "--bilateral-srgb", "50", "--save-probs", str(tmp_path / "q.npy")])  # fmt: skip
+        code = main(
+            [
+                "refine",
+                str(tmp_path / "v.npy"),
+                str(tmp_path / "fg.npy"),
+                "-o",
+                str(tmp_path / "l.npy"),
+                "--bilateral-srgb",
+                "50",
+                "--save-probs",
+                str(tmp_path / "q.npy"),
+            ]
+        )
         assert code == 0
         assert "one map of the guide's shape" in capsys.readouterr().err
         two = dense_crf(vol, np.stack([1 - fg, fg]), bilateral_srgb=50.0)
@@ -105,7 +140,9 @@ class TestRefineVolume:
         assert main(["refine", str(tmp_path / "o.npy"), str(tmp_path / "p.npy"), "-o", str(tmp_path / "l.npy")]) == 2
         assert "pickle" in capsys.readouterr().err
         (tmp_path / "cut.nii.gz").write_bytes(b"\x1f\x8b\x08\x00" + b"\x00" * 20)
-        assert main(["refine", str(tmp_path / "cut.nii.gz"), str(tmp_path / "p.npy"), "-o", str(tmp_path / "l.npy")]) == 2
+        assert (
+            main(["refine", str(tmp_path / "cut.nii.gz"), str(tmp_path / "p.npy"), "-o", str(tmp_path / "l.npy")]) == 2
+        )
         assert "NIfTI" in capsys.readouterr().err
         assert not (tmp_path / "l.npy").exists()
 
@@ -139,8 +176,9 @@ class TestTinyWidths:
         rng = np.random.default_rng(0)
         Image.fromarray(rng.integers(0, 255, (12, 16, 3), dtype=np.uint8)).save(tmp_path / "img.png")
         np.save(tmp_path / "p.npy", rng.dirichlet(np.ones(3), (12, 16)).transpose(2, 0, 1).astype(np.float32))
-        code = main(["refine", str(tmp_path / "img.png"), str(tmp_path / "p.npy"), "-o", str(tmp_path / "o.png"),
-                     flag, "1e-18"])  # fmt: skip
+        code = main(
+            ["refine", str(tmp_path / "img.png"), str(tmp_path / "p.npy"), "-o", str(tmp_path / "o.png"), flag, "1e-18"]
+        )
         err = capsys.readouterr().err
         assert code == 2 and "too small" in err and flag.lstrip("-").replace("-", "_") in err
         assert not (tmp_path / "o.png").exists()

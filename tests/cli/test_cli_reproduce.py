@@ -9,8 +9,23 @@ from crfrnn.cli import main
 
 def test_quick_end_to_end(tmp_path, capsys):
     out = tmp_path / "quick"
-    code = main(["reproduce", "--quick", "--out", str(out), "--cnn-epochs", "1", "--crf-epochs", "1",
-                 "--num-train", "16", "--num-test", "8", "--no-progress"])  # fmt: skip
+    code = main(
+        [
+            "reproduce",
+            "--quick",
+            "--out",
+            str(out),
+            "--cnn-epochs",
+            "1",
+            "--crf-epochs",
+            "1",
+            "--num-train",
+            "16",
+            "--num-test",
+            "8",
+            "--no-progress",
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "| (a) CNN alone |" in printed and "(c) CRF-RNN end to end" in printed and "report.md" in printed

@@ -58,8 +58,18 @@ def test_registered(capsys):
 def test_folder_and_file(weight_files, photos, tmp_path, capsys):
     folder, single = photos
     out = tmp_path / "out"
-    code = _run(str(folder), str(single), "--weights", str(weight_files["caffe"]), "-o", str(out),
-                "--batch-size", "2", "--overlay", "--probs")  # fmt: skip
+    code = _run(
+        str(folder),
+        str(single),
+        "--weights",
+        str(weight_files["caffe"]),
+        "-o",
+        str(out),
+        "--batch-size",
+        "2",
+        "--overlay",
+        "--probs",
+    )
     assert code == 0, capsys.readouterr().err
     assert "segmented 3 of 3 images" in capsys.readouterr().out
     names = sorted(p.name for p in out.iterdir())
@@ -141,8 +151,24 @@ def test_evaluate_with_released_weights(weight_files, tmp_path, capsys):
         Image.fromarray((rng.random((30, 40, 3)) * 255).astype(np.uint8)).save(images / f"{name}.jpg", quality=95)
         save_label_png(masks / f"{name}.png", rng.integers(0, 21, (30, 40)))
     out = tmp_path / "report"
-    code = main(["evaluate", "--weights", str(weight_files["caffe"]), "--dataset", "folder", "--images", str(images),
-                 "--masks", str(masks), "--out", str(out), "--grid", "0", "--no-progress"])  # fmt: skip
+    code = main(
+        [
+            "evaluate",
+            "--weights",
+            str(weight_files["caffe"]),
+            "--dataset",
+            "folder",
+            "--images",
+            str(images),
+            "--masks",
+            str(masks),
+            "--out",
+            str(out),
+            "--grid",
+            "0",
+            "--no-progress",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     results = json.loads((out / "results.json").read_text())
     assert set(results["methods"]) == {"cnn", "crfrnn"} and results["num_images"] == 2

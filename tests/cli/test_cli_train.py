@@ -9,8 +9,8 @@ import pytest
 import torch
 import yaml
 
-from crfrnn.io.checkpoint import load_checkpoint, load_model
 from crfrnn.cli import main
+from crfrnn.io.checkpoint import load_checkpoint, load_model
 
 TINY = ["--num-train", "8", "--num-val", "4", "--image-size", "48", "--crop-size", "48", "--batch-size", "4"]
 WIDTH8 = ["--model-kwargs", "{width: 8}"]
@@ -40,8 +40,24 @@ class TestTrainCommand:
         image = torch.rand(1, 3, 48, 40) * 255
         assert model(image).shape == (1, 7, 48, 40)
 
-        code = main(["train", "--stage", "crfrnn", "--init-from", str(cnn / "last.pt"), "--out", str(crf),
-                     "--epochs", "1", "--iterations", "2", "--eval-iterations", "3", *TINY])  # fmt: skip
+        code = main(
+            [
+                "train",
+                "--stage",
+                "crfrnn",
+                "--init-from",
+                str(cnn / "last.pt"),
+                "--out",
+                str(crf),
+                "--epochs",
+                "1",
+                "--iterations",
+                "2",
+                "--eval-iterations",
+                "3",
+                *TINY,
+            ]
+        )
         assert code == 0
         out = capsys.readouterr().out
         assert "best val mIoU" in out and str(crf) in out
@@ -55,8 +71,20 @@ class TestTrainCommand:
     def test_yaml_config_and_flags_override(self, tmp_path):
         run = tmp_path / "run"
         cfg = tmp_path / "c.yaml"
-        cfg.write_text(yaml.safe_dump({"out_dir": str(run), "epochs": 5, "lr": 0.05, "model_kwargs": {"width": 8},
-                                       "num_train": 8, "num_val": 4, "image_size": 48, "crop_size": 48}))  # fmt: skip
+        cfg.write_text(
+            yaml.safe_dump(
+                {
+                    "out_dir": str(run),
+                    "epochs": 5,
+                    "lr": 0.05,
+                    "model_kwargs": {"width": 8},
+                    "num_train": 8,
+                    "num_val": 4,
+                    "image_size": 48,
+                    "crop_size": 48,
+                }
+            )
+        )
         assert main(["train", "--config", str(cfg), "--epochs", "1", "--quiet", "--no-flip"]) == 0
         saved = yaml.safe_load((run / "config.yaml").read_text())
         assert saved["epochs"] == 1 and saved["lr"] == 0.05 and saved["hflip"] is False

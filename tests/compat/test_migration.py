@@ -14,7 +14,9 @@ ORIGINAL = "import pydensecrf.densecrf as dcrf\nfrom pydensecrf.utils import {na
 SWITCHED = "import crfrnn.compat.densecrf as dcrf\nfrom crfrnn.compat.utils import {names}\n"
 
 SCRIPTS = {
-    "2d_softmax": ("unary_from_softmax, create_pairwise_bilateral, create_pairwise_gaussian", """
+    "2d_softmax": (
+        "unary_from_softmax, create_pairwise_bilateral, create_pairwise_gaussian",
+        """
 d = dcrf.DenseCRF2D(img.shape[1], img.shape[0], probs.shape[0])
 U = unary_from_softmax(probs)
 d.setUnaryEnergy(np.ascontiguousarray(U))
@@ -22,8 +24,11 @@ d.addPairwiseGaussian(sxy=(3, 3), compat=3, kernel=dcrf.DIAG_KERNEL, normalizati
 d.addPairwiseBilateral(sxy=(80, 80), srgb=(13, 13, 13), rgbim=img, compat=10)
 Q = d.inference(5)
 result = np.argmax(Q, axis=0).reshape(img.shape[:2]), np.array(Q)
-"""),
-    "2d_labels": ("unary_from_labels, create_pairwise_bilateral, create_pairwise_gaussian", """
+""",
+    ),
+    "2d_labels": (
+        "unary_from_labels, create_pairwise_bilateral, create_pairwise_gaussian",
+        """
 n_labels = 4
 d = dcrf.DenseCRF2D(img.shape[1], img.shape[0], n_labels)
 U = unary_from_labels(labels, n_labels, gt_prob=0.7, zero_unsure=False)
@@ -34,8 +39,11 @@ feats = create_pairwise_bilateral(sdims=(80, 80), schan=(13, 13, 13), img=img, c
 d.addPairwiseEnergy(feats, compat=10, kernel=dcrf.DIAG_KERNEL, normalization=dcrf.NORMALIZE_SYMMETRIC)
 Q = d.inference(5)
 result = np.argmax(Q, axis=0).reshape(img.shape[:2]), np.array(Q)
-"""),
-    "2d_partial_schan_steps": ("unary_from_softmax, create_pairwise_bilateral", """
+""",
+    ),
+    "2d_partial_schan_steps": (
+        "unary_from_softmax, create_pairwise_bilateral",
+        """
 d = dcrf.DenseCRF(img.shape[0] * img.shape[1], probs.shape[0])
 d.setUnaryEnergy(unary_from_softmax(probs))
 feats = create_pairwise_bilateral(sdims=(20, 20), schan=(13,), img=img, chdim=2)  # scales only the first channel
@@ -46,15 +54,19 @@ for i in range(4):
     d.stepInference(Q, tmp1, tmp2)
     kl.append(d.klDivergence(Q) / (img.shape[0] * img.shape[1]))
 result = np.argmax(np.array(Q), axis=0), np.array(Q), np.array(kl)
-"""),
-    "3d_volume": ("unary_from_softmax, create_pairwise_bilateral, create_pairwise_gaussian", """
+""",
+    ),
+    "3d_volume": (
+        "unary_from_softmax, create_pairwise_bilateral, create_pairwise_gaussian",
+        """
 d = dcrf.DenseCRF(np.prod(vol.shape), vprobs.shape[0])
 d.setUnaryEnergy(unary_from_softmax(vprobs))
 d.addPairwiseEnergy(create_pairwise_gaussian(sdims=(1.0, 2.0, 2.0), shape=vol.shape), compat=3)
 d.addPairwiseEnergy(create_pairwise_bilateral(sdims=(2.0, 4.0, 4.0), schan=(10.0,), img=vol, chdim=-1), compat=5)
 Q = d.inference(5)
 result = np.argmax(Q, axis=0).reshape(vol.shape), np.array(Q)
-"""),
+""",
+    ),
 }
 
 

@@ -11,9 +11,9 @@ import torch
 
 from crfrnn import CrfRnn, mean_field
 from crfrnn.crf.engine import infer
-from crfrnn.crf.pairwise import Pairwise
 from crfrnn.crf.features import position_features
 from crfrnn.crf.kernels import NORMALIZATIONS, KernelCache
+from crfrnn.crf.pairwise import Pairwise
 
 pytest.importorskip("numba")
 
@@ -21,8 +21,14 @@ H, W, L, B = 9, 11, 4, 2
 N = H * W
 
 
-def _problem(dtype, form: str, normalization: str = "row", exclude_self: bool = False, seed: int = 0,
-             shape: tuple[int, int] = (H, W)):
+def _problem(
+    dtype,
+    form: str,
+    normalization: str = "row",
+    exclude_self: bool = False,
+    seed: int = 0,
+    shape: tuple[int, int] = (H, W),
+):
     """A unary, two kernels (one shared by the batch, one per image) and the tensors the gradient is taken of."""
     g = torch.Generator().manual_seed(seed)
     n = shape[0] * shape[1]
@@ -68,8 +74,10 @@ class TestAgainstTorchPath:
     def test_untied_iterations(self):
         unary, kernels, params = _problem(torch.float64, "matrix")
         g = torch.Generator().manual_seed(3)
-        sets = [[(torch.rand(L, L, generator=g, dtype=torch.float64).requires_grad_(True), None) for _ in kernels]
-                for _ in range(2)]  # fmt: skip
+        sets = [
+            [(torch.rand(L, L, generator=g, dtype=torch.float64).requires_grad_(True), None) for _ in kernels]
+            for _ in range(2)
+        ]
         extra = [w for pairs in sets for w, _ in pairs]
         upstream = torch.randn(B, L, N, generator=g, dtype=torch.float64)
         kwargs = dict(iterations=4, iteration_weights=sets)
@@ -105,8 +113,14 @@ class TestAgainstTorchPath:
         upstream = torch.randn(B, L, N, dtype=torch.float64)
         out, grads = _grads(unary, kernels, params, True, upstream, iterations=3)
         for i in range(B):
-            single = [Pairwise(k.features if k.features.shape[0] == 1 else k.features[i : i + 1], weight=k.weight,
-                               compatibility=k.compatibility) for k in kernels]  # fmt: skip
+            single = [
+                Pairwise(
+                    k.features if k.features.shape[0] == 1 else k.features[i : i + 1],
+                    weight=k.weight,
+                    compatibility=k.compatibility,
+                )
+                for k in kernels
+            ]
             u = unary[i : i + 1]
             out_i = infer(u, single, iterations=3)
             assert torch.allclose(out_i.detach(), out[i : i + 1], atol=1e-13)
@@ -120,9 +134,16 @@ class TestGradcheck:
         unary, kernels, params = _problem(torch.float64, form, "symmetric", True, shape=(3, 4))
 
         def fn(u, *ts):
-            ks = [Pairwise(k.features, weight=w, compatibility=None if k.compatibility is None else c,
-                           normalization=k.normalization, exclude_self=True)
-                  for k, w, c in zip(kernels, ts[:2], (ts[2:] or [None]) * 2)]  # fmt: skip
+            ks = [
+                Pairwise(
+                    k.features,
+                    weight=w,
+                    compatibility=None if k.compatibility is None else c,
+                    normalization=k.normalization,
+                    exclude_self=True,
+                )
+                for k, w, c in zip(kernels, ts[:2], (ts[2:] or [None]) * 2)
+            ]
             return infer(u, ks, iterations=2)
 
         inputs = (unary, *params[1:])

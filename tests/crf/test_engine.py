@@ -9,12 +9,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
-import crfrnn
-import crfrnn.compat as dcrf
-from crfrnn import CrfRnn, KernelCache, Pairwise, dense_crf, infer, mean_field, position_features
-from crfrnn.crf.features import bilateral_features
 from tests.conftest import DEVICE
+
+import crfrnn.compat as dcrf
+from crfrnn import CrfRnn, KernelCache, Pairwise, dense_crf, infer, mean_field
 
 
 def dense_reference(unary, terms, iterations, from_probs=False, clip=1e-5):
@@ -55,8 +53,12 @@ def random_terms(count, n, num_labels, dtype, g, batch=1):
     forms = [
         (3.0, None, "row", False),
         (torch.rand(num_labels, dtype=dtype, generator=g) * 4, None, "symmetric", False),
-        (torch.randn(num_labels, num_labels, dtype=dtype, generator=g), torch.rand(num_labels, dtype=dtype, generator=g),
-         "column", True),
+        (
+            torch.randn(num_labels, num_labels, dtype=dtype, generator=g),
+            torch.rand(num_labels, dtype=dtype, generator=g),
+            "column",
+            True,
+        ),
         (2.0, torch.randn(num_labels, num_labels, dtype=dtype, generator=g), "none", False),
     ]
     terms = []
@@ -73,7 +75,9 @@ def on(device, terms):
 
 
 def as_pairwise(terms):
-    return [Pairwise(f, weight=w, compatibility=mu, normalization=norm, exclude_self=ex) for f, w, mu, norm, ex in terms]
+    return [
+        Pairwise(f, weight=w, compatibility=mu, normalization=norm, exclude_self=ex) for f, w, mu, norm, ex in terms
+    ]
 
 
 class TestEngine:
@@ -168,14 +172,17 @@ def photo_problem(h=24, w=32, num_labels=4, seed=0):
     return img, probs
 
 
-def densecrf_reference(img, probs, iterations, *, gsxy=3.0, gcompat=3.0, bsxy=10.0, bsrgb=20.0, bcompat=5.0,
-                       norm="symmetric"):
+def densecrf_reference(
+    img, probs, iterations, *, gsxy=3.0, gcompat=3.0, bsxy=10.0, bsrgb=20.0, bcompat=5.0, norm="symmetric"
+):
     h, w = img.shape[2:]
     ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
     pos = torch.stack([xs, ys], -1).reshape(-1, 2)
     col = img[0].permute(1, 2, 0).reshape(-1, 3).double()
-    terms = [(pos / gsxy, gcompat, None, norm, False),
-             (torch.cat([pos / bsxy, col / bsrgb], 1), bcompat, None, norm, False)]  # fmt: skip
+    terms = [
+        (pos / gsxy, gcompat, None, norm, False),
+        (torch.cat([pos / bsxy, col / bsrgb], 1), bcompat, None, norm, False),
+    ]
     p = probs[0].reshape(probs.shape[1], -1).double()
     return dense_reference(p.clamp(1e-5, 1).log(), terms, iterations).reshape(probs.shape[1:])
 
@@ -215,8 +222,13 @@ class TestEntryPoints:
         kw = dict(theta_alpha=10.0, theta_beta=20.0, theta_gamma=3.0, normalization="symmetric")
         exact = densecrf_reference(img, probs, 5)
         with torch.no_grad():
-            q = mean_field(u.to(DEVICE), img.to(DEVICE), **kw, spatial_weight=3.0, bilateral_weight=5.0,
-                           num_iterations=5).softmax(1)[0].cpu()  # fmt: skip
+            q = (
+                mean_field(
+                    u.to(DEVICE), img.to(DEVICE), **kw, spatial_weight=3.0, bilateral_weight=5.0, num_iterations=5
+                )
+                .softmax(1)[0]
+                .cpu()
+            )
             crf = CrfRnn(4, **kw, spatial_weight=3.0, bilateral_weight=5.0, num_eval_iterations=5).eval().to(DEVICE)
             q2 = crf(u.to(DEVICE), img.to(DEVICE)).softmax(1)[0].cpu()
         self._close(q, exact)
@@ -237,8 +249,9 @@ class TestDimensions:
         assert approx.shape == u.shape
         assert (approx - exact).abs().mean() < 0.03
         # and against the dense reference written from scratch
-        pos = torch.stack(torch.meshgrid(*[torch.arange(n, dtype=torch.float64) for n in shape], indexing="ij")[::-1],
-                          -1).reshape(-1, len(shape))
+        pos = torch.stack(
+            torch.meshgrid(*[torch.arange(n, dtype=torch.float64) for n in shape], indexing="ij")[::-1], -1
+        ).reshape(-1, len(shape))
         col = guide[0].reshape(2, -1).t()
         terms = [(pos / 2.0, 3.0, None, "row", False), (torch.cat([pos / 4.0, col / 30.0], 1), 5.0, None, "row", False)]
         ref = dense_reference(u[0].reshape(3, -1), terms, 4)
@@ -298,8 +311,11 @@ class TestBinary:
         crf = CrfRnn(1).eval()
         assert crf.spatial_weights.shape == (2, 2)
         with torch.no_grad():
-            assert torch.allclose(torch.sigmoid(crf(z, img)), CrfRnn(2).eval()(torch.cat([torch.zeros_like(z), z], 1),
-                                                                                img).softmax(1)[:, 1:], atol=1e-5)
+            assert torch.allclose(
+                torch.sigmoid(crf(z, img)),
+                CrfRnn(2).eval()(torch.cat([torch.zeros_like(z), z], 1), img).softmax(1)[:, 1:],
+                atol=1e-5,
+            )
 
     def test_numpy_binary(self):
         img = np.zeros((10, 12, 3), np.uint8)
@@ -403,8 +419,14 @@ class TestCompat:
     def test_utils_module_is_a_drop_in(self):
         from crfrnn.compat import utils
 
-        for name in ("unary_from_softmax", "unary_from_labels", "create_pairwise_bilateral", "create_pairwise_gaussian",
-                     "compute_unary", "softmax_to_unary"):
+        for name in (
+            "unary_from_softmax",
+            "unary_from_labels",
+            "create_pairwise_bilateral",
+            "create_pairwise_gaussian",
+            "compute_unary",
+            "softmax_to_unary",
+        ):
             assert callable(getattr(utils, name))
         assert dcrf.KernelType.DIAG_KERNEL == dcrf.DIAG_KERNEL == 1
         assert dcrf.NormalizationType.NORMALIZE_SYMMETRIC == dcrf.NORMALIZE_SYMMETRIC == 3

@@ -11,8 +11,7 @@ F64 = torch.float64
 
 def _data(seed=0, b=2, L=3, shape=(7, 8)):
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(b, L, *shape, generator=g, dtype=F64),
-            torch.rand(b, 3, *shape, generator=g, dtype=F64) * 255)  # fmt: skip
+    return (torch.randn(b, L, *shape, generator=g, dtype=F64), torch.rand(b, 3, *shape, generator=g, dtype=F64) * 255)
 
 
 class TestKernelWeights:
@@ -34,8 +33,17 @@ class TestKernelWeights:
             layer.spatial_weights.fill_(1.7)
             layer.bilateral_weights.fill_(4.2)
             layer.compatibility.add_(0.3 * torch.rand(3, 3, dtype=F64))
-        expected = mean_field(unary, image, theta_alpha=160.0, theta_beta=3.0, theta_gamma=3.0, spatial_weight=1.7,
-                              bilateral_weight=4.2, compatibility=layer.compatibility.detach(), num_iterations=2)
+        expected = mean_field(
+            unary,
+            image,
+            theta_alpha=160.0,
+            theta_beta=3.0,
+            theta_gamma=3.0,
+            spatial_weight=1.7,
+            bilateral_weight=4.2,
+            compatibility=layer.compatibility.detach(),
+            num_iterations=2,
+        )
         torch.testing.assert_close(layer(unary, image), expected, rtol=0, atol=1e-12)
 
     @pytest.mark.parametrize("kind", ["vector", "scalar"])
@@ -46,8 +54,17 @@ class TestKernelWeights:
 
         def f(u, ws, wb):
             layer.spatial_weights.data, layer.bilateral_weights.data = ws, wb
-            return mean_field(u, image, theta_alpha=4.0, theta_beta=30.0, theta_gamma=3.0, spatial_weight=ws,
-                              bilateral_weight=wb, compatibility=layer.compatibility.detach(), num_iterations=2)
+            return mean_field(
+                u,
+                image,
+                theta_alpha=4.0,
+                theta_beta=30.0,
+                theta_gamma=3.0,
+                spatial_weight=ws,
+                bilateral_weight=wb,
+                compatibility=layer.compatibility.detach(),
+                num_iterations=2,
+            )
 
         ws = layer.spatial_weights.detach().clone().requires_grad_(True)
         wb = layer.bilateral_weights.detach().clone().requires_grad_(True)
@@ -84,8 +101,9 @@ class TestSymmetricCompatibility:
             skew = torch.tensor([[0.0, 0.4, -0.2], [-0.4, 0.0, 0.3], [0.2, -0.3, 0.0]], dtype=F64)
             layer.compatibility.add_(skew)  # an antisymmetric change: no effect on the symmetric part
             plain.compatibility.add_(skew)
-        torch.testing.assert_close(layer(unary, image), CrfRnn(3, num_iterations=2).double()(unary, image),
-                                   rtol=0, atol=1e-12)  # fmt: skip
+        torch.testing.assert_close(
+            layer(unary, image), CrfRnn(3, num_iterations=2).double()(unary, image), rtol=0, atol=1e-12
+        )
         assert (plain(unary, image) - layer(unary, image)).abs().max() > 1e-3
         layer.train()
         layer(unary, image).square().sum().backward()

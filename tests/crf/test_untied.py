@@ -4,24 +4,29 @@ import pytest
 import torch
 
 from crfrnn.crf.engine import infer
-from crfrnn.crf.pairwise import Pairwise
 from crfrnn.crf.features import position_features
 from crfrnn.crf.functional import mean_field
 from crfrnn.crf.module import CrfRnn
+from crfrnn.crf.pairwise import Pairwise
 
 F64 = torch.float64
 
 
 def _data(seed=0, b=2, L=3, shape=(7, 8)):
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(b, L, *shape, generator=g, dtype=F64),
-            torch.rand(b, 3, *shape, generator=g, dtype=F64) * 255)  # fmt: skip
+    return (torch.randn(b, L, *shape, generator=g, dtype=F64), torch.rand(b, 3, *shape, generator=g, dtype=F64) * 255)
 
 
 def _params(seed, L=3, count=3):
     g = torch.Generator().manual_seed(seed)
-    return [(torch.rand(L, L, generator=g, dtype=F64) * 3, torch.rand(L, L, generator=g, dtype=F64) * 5,
-             torch.rand(L, L, generator=g, dtype=F64)) for _ in range(count)]  # fmt: skip
+    return [
+        (
+            torch.rand(L, L, generator=g, dtype=F64) * 3,
+            torch.rand(L, L, generator=g, dtype=F64) * 5,
+            torch.rand(L, L, generator=g, dtype=F64),
+        )
+        for _ in range(count)
+    ]
 
 
 class TestUntied:
@@ -48,8 +53,14 @@ class TestUntied:
             for name, k in (("spatial_weights", 0), ("bilateral_weights", 1), ("compatibility", 2)):
                 getattr(crf, name).copy_(torch.stack([s[k] for s in sets]))
         out = crf(unary, image)
-        fn = mean_field(unary.clone().requires_grad_(), image, num_iterations=5, spatial_weight=[s[0] for s in sets],
-                        bilateral_weight=[s[1] for s in sets], compatibility=[s[2] for s in sets])  # fmt: skip
+        fn = mean_field(
+            unary.clone().requires_grad_(),
+            image,
+            num_iterations=5,
+            spatial_weight=[s[0] for s in sets],
+            bilateral_weight=[s[1] for s in sets],
+            compatibility=[s[2] for s in sets],
+        )
         torch.testing.assert_close(out, fn, rtol=0, atol=1e-12)
         # reference: T separate one-iteration steps, each from the previous marginals (sets 0, 1, 2, 2, 2)
         from crfrnn.crf.features import bilateral_features
@@ -75,8 +86,11 @@ class TestUntied:
         unary, image = _data(3)
         sets = _params(4, count=2)
         last = [sets[0], sets[1], sets[1], sets[1]]
-        kw = lambda ss: dict(spatial_weight=[s[0] for s in ss], bilateral_weight=[s[1] for s in ss],  # noqa: E731
-                             compatibility=[s[2] for s in ss])  # fmt: skip
+        kw = lambda ss: dict(
+            spatial_weight=[s[0] for s in ss],
+            bilateral_weight=[s[1] for s in ss],  # noqa: E731
+            compatibility=[s[2] for s in ss],
+        )
         a = mean_field(unary, image, num_iterations=4, **kw(sets))
         b = mean_field(unary, image, num_iterations=4, **kw(last))
         assert torch.equal(a, b)
@@ -87,9 +101,18 @@ class TestUntied:
         flat = [p for s in sets for p in s]
 
         def fn(*ps):
-            return mean_field(unary, image, num_iterations=3, theta_alpha=2.0, theta_beta=60.0, theta_gamma=1.0,
-                              spatial_weight=[ps[0], ps[3]], bilateral_weight=[ps[1], ps[4]],
-                              compatibility=[ps[2], ps[5]], exact=True)  # fmt: skip
+            return mean_field(
+                unary,
+                image,
+                num_iterations=3,
+                theta_alpha=2.0,
+                theta_beta=60.0,
+                theta_gamma=1.0,
+                spatial_weight=[ps[0], ps[3]],
+                bilateral_weight=[ps[1], ps[4]],
+                compatibility=[ps[2], ps[5]],
+                exact=True,
+            )
 
         assert torch.autograd.gradcheck(fn, tuple(flat))
         crf = CrfRnn(2, num_iterations=3, num_untied=3).double()
@@ -128,5 +151,9 @@ class TestUntied:
         with pytest.raises(ValueError, match="same length"):
             mean_field(unary, image, spatial_weight=[1.0, 2.0], bilateral_weight=[1.0])
         with pytest.raises(ValueError, match="one \\(weight, compatibility\\) pair per kernel"):
-            infer(unary.reshape(2, 3, -1), [Pairwise(position_features((7, 8), 3.0, dtype=F64))], iterations=1,
-                  iteration_weights=[[(1.0, None), (1.0, None)]])  # fmt: skip
+            infer(
+                unary.reshape(2, 3, -1),
+                [Pairwise(position_features((7, 8), 3.0, dtype=F64))],
+                iterations=1,
+                iteration_weights=[[(1.0, None), (1.0, None)]],
+            )

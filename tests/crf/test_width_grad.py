@@ -31,7 +31,9 @@ GUIDE_COSINE, GUIDE_RELATIVE, WIDTH_COSINE = 0.95, 0.30, 0.85
 
 def smooth_photo(h: int, w: int, batch: int = 1, dtype=torch.float64) -> torch.Tensor:
     yy, xx = torch.meshgrid(torch.arange(h, dtype=dtype), torch.arange(w, dtype=dtype), indexing="ij")
-    img = torch.stack([127 + 100 * torch.sin(xx / 5), 127 + 100 * torch.cos(yy / 4), 127 + 80 * torch.sin((xx + yy) / 7)])
+    img = torch.stack(
+        [127 + 100 * torch.sin(xx / 5), 127 + 100 * torch.cos(yy / 4), 127 + 80 * torch.sin((xx + yy) / 7)]
+    )
     out = img[None].repeat(batch, 1, 1, 1)
     if batch > 1:
         out[1] = out[1].flip(-1)
@@ -76,8 +78,9 @@ class TestMomentBackward:
         assert torch.allclose(gb, b.grad, rtol=1e-10, atol=1e-11)
         assert torch.allclose(gw, w.grad, rtol=1e-10, atol=1e-11)
         # the widths alone, through the cheaper identities
-        none, none2, gw_only = _feature_backward(filt, v.detach(), out.detach(), up, base, w.detach(), batch,
-                                                 (False, False, True))  # fmt: skip
+        none, none2, gw_only = _feature_backward(
+            filt, v.detach(), out.detach(), up, base, w.detach(), batch, (False, False, True)
+        )
         assert none is None and none2 is None
         assert torch.allclose(gw_only, w.grad, rtol=1e-10, atol=1e-11)
 
@@ -118,8 +121,16 @@ class TestGradcheckExact:
         im = img.clone().requires_grad_(True)
 
         def fn(ta, tb, tg, im):
-            return mean_field(u, im, theta_alpha=ta, theta_beta=tb, theta_gamma=tg, num_iterations=2, exact=True,
-                              normalization=normalization)  # fmt: skip
+            return mean_field(
+                u,
+                im,
+                theta_alpha=ta,
+                theta_beta=tb,
+                theta_gamma=tg,
+                num_iterations=2,
+                exact=True,
+                normalization=normalization,
+            )
 
         # "none" keeps the kernel's sum (logits of about 100 here): finite differences are good to about 1e-7
         assert torch.autograd.gradcheck(fn, (ta, tb, tg, im), atol=1e-6 if normalization == "none" else 1e-8)
@@ -130,8 +141,9 @@ class TestGradcheckExact:
         a0, a1 = (torch.tensor(v, dtype=torch.float64, requires_grad=True) for v in (3.0, 4.0))
 
         def fn(a0, a1):
-            return mean_field(u, img, theta_alpha=(a0, a1), theta_beta=40.0, num_iterations=2, exact=True,
-                              exclude_self=True)  # fmt: skip
+            return mean_field(
+                u, img, theta_alpha=(a0, a1), theta_beta=40.0, num_iterations=2, exact=True, exclude_self=True
+            )
 
         assert torch.autograd.gradcheck(fn, (a0, a1), atol=1e-8)
 
@@ -170,8 +182,16 @@ class TestLatticeAgainstExact:
         for exact in (True, False):
             ta, tb, tg = widths(8.0, 30.0, 3.0)
             im = img.clone().requires_grad_(True)
-            out = mean_field(u, im, theta_alpha=ta, theta_beta=tb, theta_gamma=tg, num_iterations=3, exact=exact,
-                             normalization=normalization)  # fmt: skip
+            out = mean_field(
+                u,
+                im,
+                theta_alpha=ta,
+                theta_beta=tb,
+                theta_gamma=tg,
+                num_iterations=3,
+                exact=exact,
+                normalization=normalization,
+            )
             (out.softmax(1) * target).sum().backward()
             res[exact] = (im.grad.flatten(), torch.stack([ta.grad, tb.grad, tg.grad]))
         (ge, we), (gl, wl) = res[True], res[False]
@@ -210,8 +230,9 @@ class TestLatticePaths:
         target = torch.randn(2, 4, 16, 20, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
         ws = widths(20.0, 13.0, 3.0, dtype=dtype)
         im = img.to(dtype).requires_grad_(True)
-        out = mean_field(u.to(dtype), im, theta_alpha=ws[0], theta_beta=ws[1], theta_gamma=ws[2], num_iterations=3,
-                         **kw)  # fmt: skip
+        out = mean_field(
+            u.to(dtype), im, theta_alpha=ws[0], theta_beta=ws[1], theta_gamma=ws[2], num_iterations=3, **kw
+        )
         (out.softmax(1) * target.to(dtype)).sum().backward()
         return torch.stack([t.grad for t in ws]).double(), im.grad.double()
 
@@ -276,16 +297,25 @@ class TestCrfRnnLearnWidths:
         assert math.isclose(back._fixed_widths["theta_gamma"], 4.0, rel_tol=1e-6)  # forward reads the new value
 
     def test_module_equals_functional_and_trains(self):
-        crf = CrfRnn(3, theta_alpha=8.0, theta_beta=30.0, theta_gamma=3.0, num_iterations=2,
-                     learn_widths=True).double()  # fmt: skip
+        crf = CrfRnn(3, theta_alpha=8.0, theta_beta=30.0, theta_gamma=3.0, num_iterations=2, learn_widths=True).double()
         img = smooth_photo(10, 12)
         u = smooth_unary(1, 3, 10, 12)
         out = crf(u, img)
         out.square().mean().backward()
-        ws = [getattr(crf, n).detach().clone().requires_grad_(True) for n in ("theta_alpha", "theta_beta", "theta_gamma")]
-        ref = mean_field(u, img, theta_alpha=ws[0], theta_beta=ws[1], theta_gamma=ws[2], num_iterations=2,
-                         spatial_weight=crf.spatial_weights, bilateral_weight=crf.bilateral_weights,
-                         compatibility=crf.compatibility)  # fmt: skip
+        ws = [
+            getattr(crf, n).detach().clone().requires_grad_(True) for n in ("theta_alpha", "theta_beta", "theta_gamma")
+        ]
+        ref = mean_field(
+            u,
+            img,
+            theta_alpha=ws[0],
+            theta_beta=ws[1],
+            theta_gamma=ws[2],
+            num_iterations=2,
+            spatial_weight=crf.spatial_weights,
+            bilateral_weight=crf.bilateral_weights,
+            compatibility=crf.compatibility,
+        )
         assert torch.allclose(out, ref, rtol=1e-10, atol=1e-10)
         ref.square().mean().backward()
         for name, t in zip(("alpha", "beta", "gamma"), ws):

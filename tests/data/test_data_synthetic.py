@@ -99,6 +99,7 @@ class TestSyntheticShapes:
 
     def test_colour_does_not_give_class(self, samples):
         """A colour-histogram Bayes classifier (512 bins, fit on half the samples) is near chance."""
+
         def bins(image):
             q = (image.long() // 32).reshape(3, -1)
             return (q[0] * 64 + q[1] * 8 + q[2]).numpy()
@@ -209,8 +210,9 @@ class TestSyntheticSplits:
         assert not torch.equal(val[0][0], val3[0][0])
 
     def test_kwargs(self):
-        train, val, _ = synthetic_splits(0, num_train=2, num_val=2, num_test=2, size=(48, 64),
-                                         shapes=("star",), transform=RandomCrop(32))
+        train, val, _ = synthetic_splits(
+            0, num_train=2, num_val=2, num_test=2, size=(48, 64), shapes=("star",), transform=RandomCrop(32)
+        )
         assert train.num_classes == val.num_classes == 2
         assert train[0][0].shape == (3, 32, 32) and val[0][0].shape == (3, 48, 64)
         with pytest.raises(ValueError, match="num_val"):

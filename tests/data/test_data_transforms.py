@@ -183,8 +183,13 @@ class TestCenterCropPadTo:
 class TestCompose:
     def test_smoke(self):
         image, mask = coord_sample(15, 15)
-        t = Compose([RandomScale(0.6, 1.4, generator=gen(1)), RandomHorizontalFlip(generator=gen(2)),
-                     RandomCrop(12, generator=gen(3))])
+        t = Compose(
+            [
+                RandomScale(0.6, 1.4, generator=gen(1)),
+                RandomHorizontalFlip(generator=gen(2)),
+                RandomCrop(12, generator=gen(3)),
+            ]
+        )
         for _ in range(10):
             img, msk = t(image, mask)
             assert img.shape == (3, 12, 12) and msk.shape == (12, 12)

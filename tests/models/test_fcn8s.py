@@ -12,7 +12,11 @@ from crfrnn.models.fcn8s import CAFFE_BGR_MEAN
 
 CAFFE_LAYERS = [
     *(f"conv{s}_{i}" for s, n in ((1, 2), (2, 2), (3, 3), (4, 3), (5, 3)) for i in range(1, n + 1)),
-    "fc6", "fc7", "score_fr", "score_pool4", "score_pool3",
+    "fc6",
+    "fc7",
+    "score_fr",
+    "score_pool4",
+    "score_pool3",
 ]
 DECONV_LAYERS = ["upscore2", "upscore_pool4", "upscore8"]
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import struct
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import pytest
@@ -17,8 +16,15 @@ import torch
 from PIL import Image
 
 from crfrnn import CrfRnn
-from crfrnn.models import CONVENTIONS, CaffeInput, FCN8s, detect_format, load_pretrained, resize_for_network
-from crfrnn.models import segment_images
+from crfrnn.models import (
+    CONVENTIONS,
+    CaffeInput,
+    FCN8s,
+    detect_format,
+    load_pretrained,
+    resize_for_network,
+    segment_images,
+)
 from crfrnn.models._caffe import parse_caffemodel
 from crfrnn.models._protobuf import ProtobufError, iter_fields
 from crfrnn.models.fcn8s import CAFFE_BGR_MEAN
@@ -31,13 +37,20 @@ PAD = 40  # images are padded to PAD x PAD (the released network: 500)
 
 # ours -> Caffe/Keras layer name, PyTorch-port key prefix (the released names)
 LAYERS = {
-    **{f"conv{s}_{i}": (f"conv{s}_{i}", f"conv{s}_{i}") for s, n in ((1, 2), (2, 2), (3, 3), (4, 3), (5, 3))
-       for i in range(1, n + 1)},
-    "fc6": ("fc6", "fc6"), "fc7": ("fc7", "fc7"), "score_fr": ("score-fr", "score_fr"),
-    "upscore2": ("score2", "upscore2"), "score_pool4": ("score-pool4", "score_pool4"),
-    "upscore_pool4": ("score4", "upscore_pool4"), "score_pool3": ("score-pool3", "score_pool3"),
+    **{
+        f"conv{s}_{i}": (f"conv{s}_{i}", f"conv{s}_{i}")
+        for s, n in ((1, 2), (2, 2), (3, 3), (4, 3), (5, 3))
+        for i in range(1, n + 1)
+    },
+    "fc6": ("fc6", "fc6"),
+    "fc7": ("fc7", "fc7"),
+    "score_fr": ("score-fr", "score_fr"),
+    "upscore2": ("score2", "upscore2"),
+    "score_pool4": ("score-pool4", "score_pool4"),
+    "upscore_pool4": ("score4", "upscore_pool4"),
+    "score_pool3": ("score-pool3", "score_pool3"),
     "upscore8": ("upsample", "upscore8"),
-}  # fmt: skip
+}
 TRANSPOSED = {"upscore2", "upscore_pool4", "upscore8"}
 
 
@@ -90,8 +103,9 @@ def _layer(name: str, kind: str, blobs: list[np.ndarray], v1: bool, packed: bool
     return out + b"".join(_ld(7, _blob(b, v1, packed)) for b in blobs)
 
 
-def write_caffemodel(path: Path, layers: list[tuple[str, str, list[np.ndarray]]], *, v1: bool = True,
-                     packed: bool = True) -> Path:  # fmt: skip
+def write_caffemodel(
+    path: Path, layers: list[tuple[str, str, list[np.ndarray]]], *, v1: bool = True, packed: bool = True
+) -> Path:
     body = _ld(1, b"CRFRNN-VOC")
     for name, kind, blobs in layers:
         body += _ld(2 if v1 else 100, _layer(name, kind, blobs, v1, packed))
@@ -106,8 +120,10 @@ def reference_weights(num_classes: int = L, seed: int = 0) -> tuple[dict[str, to
     """FCN8s state dict (narrow, upscore2 with bias) and CRF parameters in this library's convention."""
     g = torch.Generator().manual_seed(seed)
     with torch.device("meta"):
-        shapes = {k: v.shape for k, v in FCN8s(num_classes, widths=WIDTHS, fc_width=FC, upscore2_bias=True)
-                  .state_dict().items()}  # fmt: skip
+        shapes = {
+            k: v.shape
+            for k, v in FCN8s(num_classes, widths=WIDTHS, fc_width=FC, upscore2_bias=True).state_dict().items()
+        }
     fcn = {}
     for key, shape in shapes.items():
         fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else 1
@@ -167,8 +183,11 @@ def write_h5(path: Path, fcn, crf, *, model_weights: bool = False, crf_layer: bo
             names.append(name.encode())
         if crf_layer:  # Keras: U - C (W_s S + W_b B), like Caffe
             g = root.create_group("crfrnn")
-            for key, n in (("spatial", "spatial_ker_weights"), ("bilateral", "bilateral_ker_weights"),
-                           ("compatibility", "compatibility_matrix")):  # fmt: skip
+            for key, n in (
+                ("spatial", "spatial_ker_weights"),
+                ("bilateral", "bilateral_ker_weights"),
+                ("compatibility", "compatibility_matrix"),
+            ):
                 g.create_dataset(f"crfrnn/{n}:0", data=crf[key].numpy())
             names.append(b"crfrnn")
         root.attrs["layer_names"] = names
@@ -337,7 +356,10 @@ class TestLoadPretrained:
         assert PORT_RGB_MEAN == (123.68, 116.779, 103.939)
         assert CONVENTIONS["pytorch"].mean_bgr == CONVENTIONS["keras"].mean_bgr == (103.939, 116.779, 123.68)
         assert (CONVENTIONS["caffe"].resize, CONVENTIONS["pytorch"].resize, CONVENTIONS["keras"].resize) == (
-            "shrink", "fit", "none")  # fmt: skip
+            "shrink",
+            "fit",
+            "none",
+        )
         assert (CONVENTIONS["caffe"].restore_size, CONVENTIONS["pytorch"].restore_size) == (False, True)
         for fmt, key in (("caffe", "caffe_v1"), ("pytorch", "pytorch"), ("keras", "keras")):
             if key not in files:
@@ -510,8 +532,10 @@ class TestBadFiles:
 
     def test_another_network(self, weights, tmp_path):
         fcn, crf = weights
-        vgg = [("conv1_1", "Convolution", [fcn["conv1_1.weight"].numpy(), fcn["conv1_1.bias"].numpy()]),
-               ("fc8", "Convolution", [np.zeros((10, 4, 1, 1), np.float32)])]  # fmt: skip
+        vgg = [
+            ("conv1_1", "Convolution", [fcn["conv1_1.weight"].numpy(), fcn["conv1_1.bias"].numpy()]),
+            ("fc8", "Convolution", [np.zeros((10, 4, 1, 1), np.float32)]),
+        ]
         path = write_caffemodel(tmp_path / "vgg.caffemodel", vgg)
         with pytest.raises(ValueError, match=r"vgg.caffemodel: not the FCN-8s.*missing layers \['conv1_2'.*'fc8'"):
             load_pretrained(path)

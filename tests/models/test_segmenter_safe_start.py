@@ -149,8 +149,10 @@ class TestUntrainedBackboneWarning:
 
     @pytest.mark.parametrize("case", ["trained_backbone", "eval", "no_grad", "safe_start", "no_crf"])
     def test_silent_otherwise(self, case):
-        model = {"trained_backbone": lambda: CrfRnnSegmenter(Confident(), CrfRnn(NUM_CLASSES, num_iterations=2)),
-                 "safe_start": lambda: _fresh(safe_start=True)}.get(case, _fresh)()  # fmt: skip
+        model = {
+            "trained_backbone": lambda: CrfRnnSegmenter(Confident(), CrfRnn(NUM_CLASSES, num_iterations=2)),
+            "safe_start": lambda: _fresh(safe_start=True),
+        }.get(case, _fresh)()
         model.train(case != "eval")
         with warnings.catch_warnings():
             warnings.simplefilter("error")
@@ -181,14 +183,19 @@ def test_registry_builds_and_checkpoints_restore_the_gate(tmp_path):
     from crfrnn.io.checkpoint import load_model, save_checkpoint
     from crfrnn.models import create
 
-    kwargs = {"num_classes": NUM_CLASSES, "backbone_kwargs": {"width": 8}, "crf_kwargs": {"num_iterations": 2},
-              "safe_start": True}  # fmt: skip
+    kwargs = {
+        "num_classes": NUM_CLASSES,
+        "backbone_kwargs": {"width": 8},
+        "crf_kwargs": {"num_iterations": 2},
+        "safe_start": True,
+    }
     model = create("small_fcn_crfrnn", **kwargs)
     assert model.safe_start and model.crf_gate.item() == 0.0
     assert create("small_fcn_crfrnn", num_classes=NUM_CLASSES).crf_gate is None  # the default: the paper's
     with torch.no_grad():
         model.crf_gate.fill_(0.4)
-    path = save_checkpoint(tmp_path / "m.pt", model, model_name="small_fcn_crfrnn", model_kwargs=kwargs,
-                           num_classes=NUM_CLASSES)  # fmt: skip
+    path = save_checkpoint(
+        tmp_path / "m.pt", model, model_name="small_fcn_crfrnn", model_kwargs=kwargs, num_classes=NUM_CLASSES
+    )
     loaded, _ = load_model(path)
     assert loaded.crf_gate.item() == pytest.approx(0.4)

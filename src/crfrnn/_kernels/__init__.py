@@ -45,7 +45,25 @@ from crfrnn._kernels.simd import exp_inplace, log_inplace
 from crfrnn._kernels.softmax import softmax_rows
 
 __all__ = [
-    "NumbaOperators", "Prepared", "adjoint_slice", "blur", "blur_result", "build", "channels_first", "channels_last",
-    "exp_inplace", "gram", "log_inplace", "mean_field", "padded_channels", "prepare", "self_weights",
-    "softmax_backward", "softmax_rows", "splat", "splat_parts", "splat_runs", "unary_from_scores",
+    "NumbaOperators",
+    "Prepared",
+    "adjoint_slice",
+    "blur",
+    "blur_result",
+    "build",
+    "channels_first",
+    "channels_last",
+    "exp_inplace",
+    "gram",
+    "log_inplace",
+    "mean_field",
+    "padded_channels",
+    "prepare",
+    "self_weights",
+    "softmax_backward",
+    "softmax_rows",
+    "splat",
+    "splat_parts",
+    "splat_runs",
+    "unary_from_scores",
 ]

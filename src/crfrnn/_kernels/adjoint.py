@@ -1,6 +1,7 @@
 """Compiled pieces of the mean field's backward pass: the softmax's vector-Jacobian product, the last step of a
 message's adjoint (after the adjoint splat and blur of :mod:`crfrnn._kernels.filtering`), and long reductions
-summed in an order that does not depend on the number of threads (:func:`gram`)."""
+summed in an order that does not depend on the number of threads (:func:`gram`).
+"""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ _GRAM_CHUNKS = 16  # fixed, so that the sums do not depend on the number of thre
 def _gram(a, b, w, cr, diagonal):  # pragma: no cover - compiled
     """``sum_v w_v a[v, :cr]^T b[v]`` (``(cr, C)``; ``w`` empty: 1), or its diagonal ``sum_v w_v a[v] b[v]`` (``(1, C)``)
     with ``diagonal``: partial sums over fixed chunks of rows added in order, the same for any number of threads
-    (BLAS splits such long reductions by its thread count, and the gradients moved with it in the last bit)."""
+    (BLAS splits such long reductions by its thread count, and the gradients moved with it in the last bit).
+    """
     rows, c = b.shape
     weighted = w.shape[0] > 0
     height = 1 if diagonal else cr
@@ -41,9 +43,16 @@ def _gram(a, b, w, cr, diagonal):  # pragma: no cover - compiled
                     a0, a1, a2, a3 = a0 * w[v], a1 * w[v + 1], a2 * w[v + 2], a3 * w[v + 3]
                     a4, a5, a6, a7 = a4 * w[v + 4], a5 * w[v + 5], a6 * w[v + 6], a7 * w[v + 7]
                 for ch in range(c):
-                    part[ci, ch] += (a0 * b[v, ch] + a1 * b[v + 1, ch] + a2 * b[v + 2, ch] + a3 * b[v + 3, ch]
-                                     + a4 * b[v + 4, ch] + a5 * b[v + 5, ch] + a6 * b[v + 6, ch]
-                                     + a7 * b[v + 7, ch])  # fmt: skip
+                    part[ci, ch] += (
+                        a0 * b[v, ch]
+                        + a1 * b[v + 1, ch]
+                        + a2 * b[v + 2, ch]
+                        + a3 * b[v + 3, ch]
+                        + a4 * b[v + 4, ch]
+                        + a5 * b[v + 5, ch]
+                        + a6 * b[v + 6, ch]
+                        + a7 * b[v + 7, ch]
+                    )
             v += 8
         for u in range(v, stop):
             if diagonal:
@@ -64,7 +73,8 @@ def _gram(a, b, w, cr, diagonal):  # pragma: no cover - compiled
 @njit(cache=True, parallel=True, nogil=True, fastmath=FAST)
 def _softmax_backward(q, grad, cr, dlogits, du):  # pragma: no cover - compiled
     """The softmax's vector-Jacobian product: ``dlogits = q * (grad - sum_l q_l grad_l)`` over the first ``cr``
-    channels of each row (padding 0), and ``du += dlogits``; all ``(P, C)``."""
+    channels of each row (padding 0), and ``du += dlogits``; all ``(P, C)``.
+    """
     n, c = q.shape
     blocks = (n + BLOCK - 1) // BLOCK
     for blk in prange(blocks):
@@ -113,22 +123,36 @@ def _message_backward(buf, weights, offsets, alpha, pre, post, selfw, scale, dms
 
 def softmax_backward(q: np.ndarray, grad: np.ndarray, num_labels: int, dlogits: np.ndarray, du: np.ndarray) -> None:
     """``dlogits = q * (grad - <q, grad>)`` row by row (the softmax's vector-Jacobian product), and ``du +=
-    dlogits``; padded ``(P, C)`` arrays, padding channels 0."""
+    dlogits``; padded ``(P, C)`` arrays, padding channels 0.
+    """
     _softmax_backward(q, grad, num_labels, dlogits, du)
 
 
-def adjoint_slice(ops: "NumbaOperators", buf: np.ndarray, dmsg: np.ndarray, pre: np.ndarray, post: np.ndarray,
-                  selfw: np.ndarray, scale: np.ndarray, out: np.ndarray, accumulate: bool) -> None:
+def adjoint_slice(
+    ops: "NumbaOperators",
+    buf: np.ndarray,
+    dmsg: np.ndarray,
+    pre: np.ndarray,
+    post: np.ndarray,
+    selfw: np.ndarray,
+    scale: np.ndarray,
+    out: np.ndarray,
+    accumulate: bool,
+) -> None:
     """The last step of a message's adjoint: ``out (+)= scale * pre * (alpha * S buf - selfw * post * dmsg)`` with
-    ``buf = blur^T(S^T(post * dmsg))`` already computed (``dmsg`` is read only where ``selfw`` is not 0)."""
-    _message_backward(buf, ops.weights, ops.offsets, buf.dtype.type(ops.alpha), pre, post, selfw, scale, dmsg, out,
-                      accumulate)  # fmt: skip
+    ``buf = blur^T(S^T(post * dmsg))`` already computed (``dmsg`` is read only where ``selfw`` is not 0).
+    """
+    _message_backward(
+        buf, ops.weights, ops.offsets, buf.dtype.type(ops.alpha), pre, post, selfw, scale, dmsg, out, accumulate
+    )
 
 
-def gram(a: np.ndarray, b: np.ndarray, num_labels: int, weights: Optional[np.ndarray] = None,
-         diagonal: bool = False) -> np.ndarray:
+def gram(
+    a: np.ndarray, b: np.ndarray, num_labels: int, weights: Optional[np.ndarray] = None, diagonal: bool = False
+) -> np.ndarray:
     """``sum_v w_v a[v, :L]^T b[v, :L]`` ``(L, L)`` over the rows of two ``(R, C)`` arrays (``weights (R,)``, default 1),
-    or only its diagonal ``(L,)``; summed in an order that does not depend on the number of threads."""
+    or only its diagonal ``(L,)``; summed in an order that does not depend on the number of threads.
+    """
     w = np.empty(0, b.dtype) if weights is None else weights
     out = _gram(a, b, w, num_labels, diagonal)
     return out[0, :num_labels] if diagonal else out[:, :num_labels]

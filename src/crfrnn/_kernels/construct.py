@@ -20,6 +20,7 @@ from torch import Tensor
 
 __all__ = ["build", "elevated_bounds", "insert_all", "insert_runs", "mix", "neighbour_ids", "simplices"]
 
+
 @njit(cache=True, inline="always")
 def _elevate(features, p, scale, elevated):  # pragma: no cover - compiled
     """Embed point ``p`` in the hyperplane ``x . 1 = 0`` of R^(d+1) (Adams et al., p. 5)."""
@@ -66,7 +67,8 @@ def elevated_bounds(features, scale, num_chunks):  # pragma: no cover - compiled
 @functools.lru_cache(maxsize=None)
 def _simplices_for(d: int):
     """:func:`simplices` for ``d`` features: ``d`` is a compile-time constant there, so LLVM unrolls every
-    per-point loop (0.55x to 0.7x of the time with ``d`` read from the array; cached on disk per ``d``)."""
+    per-point loop (0.55x to 0.7x of the time with ``d`` read from the array; cached on disk per ``d``).
+    """
     d1 = d + 1
 
     @njit(cache=True, parallel=True, nogil=True)
@@ -216,7 +218,8 @@ def _insert_range(codes, d1, start, stop, ids, uniq, first):  # pragma: no cover
 @njit(cache=True, nogil=True)
 def insert_all(codes, d1):  # pragma: no cover - compiled
     """Dense vertex id of every code (first-seen order), the distinct codes, and the hash table that finds them
-    (:func:`_insert_range` over all codes; the reference for :func:`insert_runs`)."""
+    (:func:`_insert_range` over all codes; the reference for :func:`insert_runs`).
+    """
     n = codes.shape[0]
     uniq = np.empty(max(n, 1), np.int64)
     ids = np.empty(n, np.int32)

@@ -21,14 +21,26 @@ from crfrnn._kernels.layout import BLOCK, padded_channels
 from crfrnn._kernels.simd import FAST, axpy
 
 __all__ = [
-    "NumbaOperators", "blur", "blur_result", "blur_vertices", "reduce_parts", "run_length", "scatter_parts",
-    "scatter_rows", "slice_vertices", "splat", "splat_parts", "splat_runs",
+    "NumbaOperators",
+    "blur",
+    "blur_result",
+    "blur_vertices",
+    "reduce_parts",
+    "run_length",
+    "scatter_parts",
+    "scatter_rows",
+    "slice_vertices",
+    "splat",
+    "splat_parts",
+    "splat_runs",
 ]
+
 
 @njit(cache=True, inline="always")
 def scatter_rows(values, first, pre, offsets, weights, part, start, stop, c):  # pragma: no cover - compiled
     """``part[o] += w * pre[p] * values[p - first, :c]`` for points ``start <= p < stop`` and their simplex vertices
-    ``o`` with barycentric weights ``w``, in the order of the points."""
+    ``o`` with barycentric weights ``w``, in the order of the points.
+    """
     d1 = offsets.shape[1]
     for p in range(start, stop):
         s = pre[p]
@@ -63,7 +75,8 @@ def scatter_parts(values, pre, offsets, weights, parts):  # pragma: no cover - c
 @njit(cache=True, inline="always")
 def run_length(n, k):  # pragma: no cover - compiled
     """Points per run of the splat's ``k`` partial sums: whole blocks of ``BLOCK`` points, so that the fused loop
-    (which scatters block by block) and :func:`scatter_parts` add in the same order."""
+    (which scatters block by block) and :func:`scatter_parts` add in the same order.
+    """
     blocks = (n + BLOCK - 1) // BLOCK
     return ((blocks + k - 1) // k) * BLOCK
 
@@ -110,11 +123,13 @@ def slice_vertices(buf, weights, offsets, alpha, out):  # pragma: no cover - com
             axpy(out, p, buf, offsets[p, r], weights[p, r] * alpha, c)
 
 
-def splat(ops: "NumbaOperators", values: np.ndarray, pre: np.ndarray, buf: np.ndarray,
-          parts: Optional[np.ndarray] = None) -> np.ndarray:
+def splat(
+    ops: "NumbaOperators", values: np.ndarray, pre: np.ndarray, buf: np.ndarray, parts: Optional[np.ndarray] = None
+) -> np.ndarray:
     """``buf (M + 1, C) = S^T (pre * values)``: the lattice's splat of ``values (P, C)`` weighted by ``pre (P,)``
     (row ``M``, the absent neighbour, is 0). ``parts``: scratch for the partial sums, ``(ops.runs, M + 1, C)``
-    (allocated if None)."""
+    (allocated if None).
+    """
     if parts is None:
         parts = np.empty((ops.runs,) + buf.shape, buf.dtype)
     return reduce_parts(scatter_parts(values, pre, ops.offsets, ops.weights, parts), buf)
@@ -128,7 +143,8 @@ def splat_runs(num_points: int, num_vertices: int) -> int:
     parallel, each into its own ``(M + 1, C)`` buffer): one per thread numba may start (its configured maximum,
     not the thread count of the moment, so that the sums do not depend on the machine's load), at most 64, and at
     most about ``4 N / M`` where the lattice has many vertices (the buffers' memory), but 2 where 2 threads can
-    run. The same for every call with the same sizes in one process."""
+    run. The same for every call with the same sizes in one process.
+    """
     blocks = -(-num_points // BLOCK)
     runs = min(_MAX_RUNS, numba.config.NUMBA_NUM_THREADS, blocks)
     return max(1, min(runs, max(2, (4 * num_points) // (num_vertices + 1))))
@@ -136,13 +152,15 @@ def splat_runs(num_points: int, num_vertices: int) -> int:
 
 def blur(ops: "NumbaOperators", buf: np.ndarray, tmp: np.ndarray, reverse: bool) -> np.ndarray:
     """The lattice's blur of ``buf (M + 1, C)`` (directions reversed for the adjoint), ``tmp`` as scratch; returns
-    whichever of the two holds the result (see :func:`blur_result`)."""
+    whichever of the two holds the result (see :func:`blur_result`).
+    """
     return blur_vertices(buf, tmp, ops.neighbours, reverse)
 
 
 def blur_result(ops: "NumbaOperators", buf: np.ndarray, tmp: np.ndarray) -> np.ndarray:
     """Which of a blur's two buffers holds its result: it swaps them once per lattice direction (``D + 1``), so
-    ``buf`` after an even number of directions, ``tmp`` after an odd one (also inside the fused loop)."""
+    ``buf`` after an even number of directions, ``tmp`` after an odd one (also inside the fused loop).
+    """
     return tmp if ops.neighbours.shape[0] % 2 else buf
 
 
@@ -167,12 +185,16 @@ class NumbaOperators:
 
     def workspace(self, channels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(splat buffer (M + 1, C), blur buffer (M + 1, C), partial sums (runs, M + 1, C))`` for ``channels``
-        (hold the lock to use them)."""
+        (hold the lock to use them).
+        """
         work = self._work.get(channels)
         if work is None:
             shape = (self.num_vertices + 1, channels)
-            work = (np.zeros(shape, self.weights.dtype), np.zeros(shape, self.weights.dtype),
-                    np.zeros((self.runs,) + shape, self.weights.dtype))
+            work = (
+                np.zeros(shape, self.weights.dtype),
+                np.zeros(shape, self.weights.dtype),
+                np.zeros((self.runs,) + shape, self.weights.dtype),
+            )
             self._work[channels] = work
         return work
 
@@ -198,6 +220,7 @@ def splat_parts(ops: list, channels: int, dtype: np.dtype) -> tuple:
     """The fused loop's partial splat sums, ``(R, M_k + 1, C)`` per lattice in ``ops``, with one run count ``R`` for
     all (the smallest of their :func:`splat_runs`). Callers that run one iteration at a time share them between the
     :func:`prepare` of every step, so that an iteration can leave its splat for the next
-    (``scatter_out``)."""
+    (``scatter_out``).
+    """
     runs = min(o.runs for o in ops)
     return tuple(np.empty((runs, o.num_vertices + 1, channels), dtype) for o in ops)

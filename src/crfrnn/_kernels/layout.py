@@ -1,6 +1,7 @@
 """The compiled kernels' data layout: points channels last in blocks of :data:`BLOCK`, channels padded to the SIMD
 width (:func:`padded_channels`), and the conversions into it (:func:`unary_from_scores`, :func:`channels_last`)
-and out of it (:func:`channels_first`)."""
+and out of it (:func:`channels_first`).
+"""
 
 from __future__ import annotations
 
@@ -115,7 +116,8 @@ def padded_channels(channels: int, dtype: np.dtype) -> int:
     """Channel count the compiled kernels work with: a multiple of the SIMD width (8 float32 or 4 float64
     values) for 5 channels and more, of 4 for 3 or 4 channels, none for 1 or 2, so that every per-vertex loop
     vectorises without a scalar tail while padding never doubles the work. At 500x375 in 5-D, splat and slice
-    of 21 float32 channels took nearly twice as long as of 24 (``benchmarks/README.md``)."""
+    of 21 float32 channels took nearly twice as long as of 24 (``benchmarks/README.md``).
+    """
     if channels <= 2:
         return channels
     width = 8 if np.dtype(dtype) == np.float32 and channels > 4 else 4
@@ -134,8 +136,9 @@ def channels_last(src: np.ndarray, out: np.ndarray) -> np.ndarray:
     return out
 
 
-def unary_from_scores(scores: Tensor, clip: float, from_probs: bool,
-                      out: Optional[np.ndarray] = None) -> tuple[np.ndarray, Optional[np.ndarray], dict]:
+def unary_from_scores(
+    scores: Tensor, clip: float, from_probs: bool, out: Optional[np.ndarray] = None
+) -> tuple[np.ndarray, Optional[np.ndarray], dict]:
     """Padded channels-last unary ``(B * N, C)`` from ``(B, L, *S)`` CPU scores, and what a check found.
 
     ``out``: where to write the unary (``(B * N, C)`` in the scores' dtype), e.g. a buffer kept between training steps
@@ -155,6 +158,10 @@ def unary_from_scores(scores: Tensor, clip: float, from_probs: bool,
         raise ValueError(f"out must be a {shape} {src.dtype} array, got {out.shape} {out.dtype}.")
     q0 = np.empty_like(out) if from_probs else np.empty((0, out.shape[1]), src.dtype)
     st = _unary_from_scores(src, src.dtype.type(clip), from_probs, out, q0)
-    stats = {"nonfinite": int(st[:, 0].sum()), "negative": int(st[:, 1].sum()),
-             "min_sum": float(st[:, 2].min()), "max_sum": float(st[:, 3].max())}  # fmt: skip
+    stats = {
+        "nonfinite": int(st[:, 0].sum()),
+        "negative": int(st[:, 1].sum()),
+        "min_sum": float(st[:, 2].min()),
+        "max_sum": float(st[:, 3].max()),
+    }
     return out, (q0 if from_probs else None), stats

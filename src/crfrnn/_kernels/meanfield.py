@@ -1,7 +1,8 @@
 """The fused compiled mean-field loop: every iteration adds up and blurs each kernel's splat, then one pass over
 each block of points slices all kernels, applies the label transforms, adds the unary, takes the softmax and
 splats the result for the next iteration (:func:`mean_field`, with :func:`prepare` for its per-kernel
-arguments)."""
+arguments).
+"""
 
 from __future__ import annotations
 
@@ -24,10 +25,12 @@ from crfrnn._kernels.softmax import softmax_any, softmax_rows_into
 
 __all__ = ["Prepared", "mean_field", "prepare"]
 
+
 @njit(cache=True, inline="always")
 def _add_product(src, s0, count, mat, cr, out, o0):  # pragma: no cover - compiled
     """``out[o0 + j] += src[s0 + j, :cr] @ mat[:cr]`` for ``j < count`` (at most 8): a full group of eight rows
-    at once, so that each row of ``mat`` is loaded once for eight (twice as fast as row by row at L = 21)."""
+    at once, so that each row of ``mat`` is loaded once for eight (twice as fast as row by row at L = 21).
+    """
     c = out.shape[1]
     if count == 8:
         for ci in range(cr):
@@ -70,14 +73,43 @@ def _vertex_matmul(b, mat, cr, out):  # pragma: no cover - compiled
 
 
 @njit(cache=True, inline="always")
-def _block(unary, src, q_out, start, stop, cr, c, alphas, offsets, weights, pre, post, selfw, has_self, is_full,
-           diag, mat, blurred, parts, j, scatter, logits, out_t, to_t, keep, scratch, msg, acc):  # pragma: no cover
+def _block(
+    unary,
+    src,
+    q_out,
+    start,
+    stop,
+    cr,
+    c,
+    alphas,
+    offsets,
+    weights,
+    pre,
+    post,
+    selfw,
+    has_self,
+    is_full,
+    diag,
+    mat,
+    blurred,
+    parts,
+    j,
+    scatter,
+    logits,
+    out_t,
+    to_t,
+    keep,
+    scratch,
+    msg,
+    acc,
+):  # pragma: no cover
     """One block of points ``start..stop-1`` of a fused iteration: the unary, every kernel's sliced message and
     label transform, the softmax (unless ``logits``) into ``q_out`` (if ``keep``), and if ``scatter`` the new
     marginals' splat into the partial sums ``parts[k][j]`` of the next iteration (the block is still in cache);
     the result goes to ``out_t`` labels first instead if ``to_t``. ``has_self[k]``: kernel ``k`` has a
     self-exclusion term (only then are ``selfw[k]`` and ``src`` read). The other arguments are
-    :func:`_mean_field`'s."""
+    :func:`_mean_field`'s.
+    """
     m = stop - start
     nk = alphas.shape[0]
     for i in range(m):
@@ -142,9 +174,34 @@ def _block(unary, src, q_out, start, stop, cr, c, alphas, offsets, weights, pre,
 
 
 @njit(cache=True, parallel=True, nogil=True, fastmath=FAST)
-def _mean_field(unary, q, q_out, q_ready, cr, iterations, return_logits, splatted, scatter_out, out_t, alphas, offsets,
-                weights, neighbours, parts, pre, post, selfw, has_self, is_full, on_vertices, diag, mat, bufs,
-                tmps, vbufs):  # pragma: no cover
+def _mean_field(
+    unary,
+    q,
+    q_out,
+    q_ready,
+    cr,
+    iterations,
+    return_logits,
+    splatted,
+    scatter_out,
+    out_t,
+    alphas,
+    offsets,
+    weights,
+    neighbours,
+    parts,
+    pre,
+    post,
+    selfw,
+    has_self,
+    is_full,
+    on_vertices,
+    diag,
+    mat,
+    bufs,
+    tmps,
+    vbufs,
+):  # pragma: no cover
     """Mean field with any number of Gaussian kernels, in place in ``q`` (no autograd).
 
     Args:
@@ -222,13 +279,42 @@ def _mean_field(unary, q, q_out, q_ready, cr, iterations, return_logits, splatte
             for blk in range(j * per, min(num_blocks, (j + 1) * per)):
                 start = blk * BLOCK
                 stop = min(num_points, start + BLOCK)
-                _block(unary, src, q_out, start, stop, cr, c, alphas, offsets, weights, pre, post, selfw, has_self,
-                       is_full, diag, mat, blurred, parts, j, scatter, logits, out_t, to_t, keep, scratch, msg, acc)
+                _block(
+                    unary,
+                    src,
+                    q_out,
+                    start,
+                    stop,
+                    cr,
+                    c,
+                    alphas,
+                    offsets,
+                    weights,
+                    pre,
+                    post,
+                    selfw,
+                    has_self,
+                    is_full,
+                    diag,
+                    mat,
+                    blurred,
+                    parts,
+                    j,
+                    scatter,
+                    logits,
+                    out_t,
+                    to_t,
+                    keep,
+                    scratch,
+                    msg,
+                    acc,
+                )
 
 
 class Prepared(NamedTuple):
     """:func:`prepare`'s result: the compiled loop's per-kernel arguments, in the order it takes them (the
-    fields are documented with :func:`_mean_field`'s arguments of the same names)."""
+    fields are documented with :func:`_mean_field`'s arguments of the same names).
+    """
 
     alphas: np.ndarray
     offsets: tuple
@@ -248,8 +334,15 @@ class Prepared(NamedTuple):
     vbufs: tuple
 
 
-def prepare(kernels: list, num_labels: int, num_points: int, channels: int, dtype: np.dtype,
-            work: Optional[list] = None, parts: Optional[tuple] = None) -> Prepared:
+def prepare(
+    kernels: list,
+    num_labels: int,
+    num_points: int,
+    channels: int,
+    dtype: np.dtype,
+    work: Optional[list] = None,
+    parts: Optional[tuple] = None,
+) -> Prepared:
     """The compiled loop's per-kernel arguments (see :func:`mean_field` for ``kernels`` and ``work``): stacked
     factors, padded label transforms, the lattices' arrays and vertex buffers; ``parts``: :func:`splat_parts`
     (allocated if None).
@@ -302,15 +395,40 @@ def prepare(kernels: list, num_labels: int, num_points: int, channels: int, dtyp
             vbufs.append(np.empty(shape, dt))
     if parts is None:
         parts = splat_parts([k[0] for k in kernels], c, dt)
-    return Prepared(alphas, tuple(offsets), tuple(weights), tuple(neighbours), parts, pre, post, selfw, has_self,
-                    is_full, on_vertices, diag, mat, tuple(bufs), tuple(tmps), tuple(vbufs))
+    return Prepared(
+        alphas,
+        tuple(offsets),
+        tuple(weights),
+        tuple(neighbours),
+        parts,
+        pre,
+        post,
+        selfw,
+        has_self,
+        is_full,
+        on_vertices,
+        diag,
+        mat,
+        tuple(bufs),
+        tuple(tmps),
+        tuple(vbufs),
+    )
 
 
 def mean_field(
-    unary: np.ndarray, num_labels: int, iterations: int, kernels: list, q0: Optional[np.ndarray] = None,
-    return_logits: bool = False, out: Optional[np.ndarray] = None, transpose: bool = True,
-    work: Optional[list] = None, q_out: Optional[np.ndarray] = None,
-    prepared: Optional[tuple] = None, splatted: bool = False, scatter_out: bool = False,
+    unary: np.ndarray,
+    num_labels: int,
+    iterations: int,
+    kernels: list,
+    q0: Optional[np.ndarray] = None,
+    return_logits: bool = False,
+    out: Optional[np.ndarray] = None,
+    transpose: bool = True,
+    work: Optional[list] = None,
+    q_out: Optional[np.ndarray] = None,
+    prepared: Optional[tuple] = None,
+    splatted: bool = False,
+    scatter_out: bool = False,
 ) -> np.ndarray:
     """Fused no-grad mean field on the CPU with any number of kernels: marginals (or logits) ``(L, P)``.
 
@@ -362,8 +480,19 @@ def mean_field(
         if transpose and out is None:
             out = np.empty((num_labels, num_points), dt)
         out_t = out if transpose else np.empty((0, 0), dt)
-        _mean_field(unary, q, q_out, q0 is not None, num_labels, iterations, return_logits,
-                    splatted and q0 is not None, scatter_out and not return_logits, out_t, *args)
+        _mean_field(
+            unary,
+            q,
+            q_out,
+            q0 is not None,
+            num_labels,
+            iterations,
+            return_logits,
+            splatted and q0 is not None,
+            scatter_out and not return_logits,
+            out_t,
+            *args,
+        )
         return out if transpose else q_out
     if not transpose:
         return q_out

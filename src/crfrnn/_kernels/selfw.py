@@ -1,6 +1,7 @@
 """Compiled self weights: each point's own weight through a lattice (the lattice operator's diagonal, for
 self-exclusion), from the blur paths between its simplex's corners, walked once per distinct simplex of each chunk
-of points."""
+of points.
+"""
 
 from __future__ import annotations
 
@@ -97,8 +98,9 @@ def _self_weights(offsets, weights, rank, moves, path_r, path_q, path_w, path_st
             out[p] = alpha * total
 
 
-def self_weights(offsets: Tensor, weights: Tensor, rank: Tensor, neighbours: Tensor, alpha: float,
-                 steps: Tensor, path_w: Tensor) -> Tensor:
+def self_weights(
+    offsets: Tensor, weights: Tensor, rank: Tensor, neighbours: Tensor, alpha: float, steps: Tensor, path_w: Tensor
+) -> Tensor:
     """``(P,)`` every point's own weight through a lattice, in the weights' dtype (see :func:`_self_weights`;
     ``steps (D+1, D+1, 3, D+1)`` and ``path_w (D+1, D+1, 3)`` are :func:`crfrnn.lattice._canonical_paths` for the
     lattice's dimension).
@@ -117,8 +119,16 @@ def self_weights(offsets: Tensor, weights: Tensor, rank: Tensor, neighbours: Ten
     r, q, c = np.nonzero(pw)
     out = np.empty(offsets.shape[0], np.float64)
     w = np.ascontiguousarray(weights.detach().numpy())
-    _self_weights(np.ascontiguousarray(offsets.numpy(), dtype=np.int32), w, np.ascontiguousarray(rank.numpy()),
-                  moves, r.astype(np.int64), q.astype(np.int64),
-                  pw[r, q, c].astype(np.float64), np.ascontiguousarray(steps.numpy()[r, q, c].T + 1, dtype=np.int32),
-                  float(alpha), out)  # fmt: skip
+    _self_weights(
+        np.ascontiguousarray(offsets.numpy(), dtype=np.int32),
+        w,
+        np.ascontiguousarray(rank.numpy()),
+        moves,
+        r.astype(np.int64),
+        q.astype(np.int64),
+        pw[r, q, c].astype(np.float64),
+        np.ascontiguousarray(steps.numpy()[r, q, c].T + 1, dtype=np.int32),
+        float(alpha),
+        out,
+    )
     return torch.from_numpy(out).to(weights.dtype)

@@ -100,10 +100,18 @@ def _axpy_codegen(scaled):
 
 def _axpy_typing(dst, src, w, c):
     """Whether :func:`axpy`'s arguments type: two C-contiguous 2-D float arrays of one dtype, a float, an int."""
-    return (isinstance(dst, types.Array) and isinstance(src, types.Array) and dst.ndim == 2 and src.ndim == 2
-            and dst.layout == "C" and src.layout == "C" and dst.dtype == src.dtype
-            and dst.dtype in (types.float32, types.float64) and isinstance(w, types.Float)
-            and isinstance(c, types.Integer))
+    return (
+        isinstance(dst, types.Array)
+        and isinstance(src, types.Array)
+        and dst.ndim == 2
+        and src.ndim == 2
+        and dst.layout == "C"
+        and src.layout == "C"
+        and dst.dtype == src.dtype
+        and dst.dtype in (types.float32, types.float64)
+        and isinstance(w, types.Float)
+        and isinstance(c, types.Integer)
+    )
 
 
 @intrinsic
@@ -111,7 +119,8 @@ def axpy(typingctx, dst, di, src, si, w, c):  # pragma: no cover - compiled
     """``dst[di, :c] += w * src[si, :c]`` in vectors of 8 float32 (4 float64), then a scalar remainder: for the
     splat and slice's per-vertex row updates. Written as loops over a runtime ``c``, LLVM vectorised them at 4
     lanes (its main body wants 32 floats; ``c`` is 24 at 21 labels); with ``c`` a constant it unrolled them to
-    scalar code. Same operations in the same order as the loops: the same bits."""
+    scalar code. Same operations in the same order as the loops: the same bits.
+    """
     if not _axpy_typing(dst, src, w, c):
         return None
     return types.void(dst, di, src, si, w, c), _axpy_codegen(False)
@@ -120,8 +129,13 @@ def axpy(typingctx, dst, di, src, si, w, c):  # pragma: no cover - compiled
 @intrinsic
 def axpy_scaled(typingctx, dst, di, scale, src, si, w, c):  # pragma: no cover - compiled
     """``dst[di, :c] += (w * scale[:c]) * src[si, :c]`` (:func:`axpy` with a per-channel factor)."""
-    if not (_axpy_typing(dst, src, w, c) and isinstance(scale, types.Array) and scale.dtype == dst.dtype
-            and scale.ndim == 1 and scale.layout == "C"):
+    if not (
+        _axpy_typing(dst, src, w, c)
+        and isinstance(scale, types.Array)
+        and scale.dtype == dst.dtype
+        and scale.ndim == 1
+        and scale.layout == "C"
+    ):
         return None
     return types.void(dst, di, scale, src, si, w, c), _axpy_codegen(True)
 
@@ -220,14 +234,17 @@ def softmax_rows_v(typingctx, flat, offset, cr, c_lit, rows_lit):  # pragma: no 
             return builder.call(fn, list(a), fastmath=_VFLAGS)
 
         crv = _broadcast(builder, builder.trunc(ncr, i32), ity)
-        masks = [builder.icmp_signed("<", ir.Constant(ity, [j * width + i for i in range(width)]), crv)
-                 for j in range(groups)]
+        masks = [
+            builder.icmp_signed("<", ir.Constant(ity, [j * width + i for i in range(width)]), crv)
+            for j in range(groups)
+        ]
         base = builder.bitcast(builder.gep(ary.data, [off]), vty.as_pointer())
-        ptrs = [[builder.gep(base, [ir.Constant(i32, r * groups + j)]) for j in range(groups)]
-                for r in range(rows)]
+        ptrs = [[builder.gep(base, [ir.Constant(i32, r * groups + j)]) for j in range(groups)] for r in range(rows)]
         align = 4 if single else 8
-        vals = [[builder.select(masks[j], builder.load(ptrs[r][j], align=align), const(-1e30))
-                 for j in range(groups)] for r in range(rows)]
+        vals = [
+            [builder.select(masks[j], builder.load(ptrs[r][j], align=align), const(-1e30)) for j in range(groups)]
+            for r in range(rows)
+        ]
         shifts = []
         for r in range(rows):
             m = vals[r][0]
@@ -242,14 +259,19 @@ def softmax_rows_v(typingctx, flat, offset, cr, c_lit, rows_lit):  # pragma: no 
                 if single:
                     t = call(vmax, t, const(float(_EXP_MIN)))
                     k = call(vfloor, op("fadd", op("fmul", t, const(float(_LOG2E))), const(0.5)))
-                    x = op("fsub", op("fsub", t, op("fmul", k, const(float(_LN2_HI)))),
-                           op("fmul", k, const(float(_LN2_LO))))
+                    x = op(
+                        "fsub",
+                        op("fsub", t, op("fmul", k, const(float(_LN2_HI)))),
+                        op("fmul", k, const(float(_LN2_LO))),
+                    )
                     y = const(float(_P0))
                     for coef in (_P1, _P2, _P3, _P4, _P5):
                         y = op("fadd", op("fmul", y, x), const(float(coef)))
                     y = op("fadd", op("fadd", op("fmul", y, op("fmul", x, x)), x), const(1.0))
-                    bits = builder.shl(builder.add(builder.fptosi(k, ity), ir.Constant(ity, [127] * width)),
-                                       ir.Constant(ity, [23] * width))
+                    bits = builder.shl(
+                        builder.add(builder.fptosi(k, ity), ir.Constant(ity, [127] * width)),
+                        ir.Constant(ity, [23] * width),
+                    )
                     e = op("fmul", y, builder.bitcast(bits, vty))
                 else:
                     e = call(vexp, t)
@@ -298,8 +320,11 @@ def _log_inplace_overload(x, scratch):  # pragma: no cover - compiled
                 e = np.float32(bits[i])
                 m = m_all[i] - _ONE
                 z = m * m
-                y = ((((((((_L0 * m + _L1) * m + _L2) * m + _L3) * m + _L4) * m + _L5) * m + _L6) * m + _L7) * m
-                     + _L8) * m * z
+                y = (
+                    ((((((((_L0 * m + _L1) * m + _L2) * m + _L3) * m + _L4) * m + _L5) * m + _L6) * m + _L7) * m + _L8)
+                    * m
+                    * z
+                )
                 y = y + _LN2_LO * e - _HALF * z
                 x[i] = m + y + _LN2_HI * e
 

@@ -1,6 +1,7 @@
 """The compiled row softmax over padded channels: LLVM vector code (:func:`softmax_rows_v`)
 for the usual padded channel counts (2, 4, 8, 16, 24, 32), each row's maximum and sum vector reductions, four rows
-interleaved; loops over whole blocks for other counts."""
+interleaved; loops over whole blocks for other counts.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from crfrnn._kernels.layout import BLOCK
 from crfrnn._kernels.simd import FAST, exp_inplace, softmax_rows_v
 
 __all__ = ["softmax_any", "softmax_rows", "softmax_rows_into"]
+
 
 @njit(cache=True, inline="always")
 def _softmax_block(flat, c, cr, start, stop, scratch):  # pragma: no cover - compiled
@@ -46,7 +48,8 @@ def _softmax_block(flat, c, cr, start, stop, scratch):  # pragma: no cover - com
 @njit(cache=True, inline="always")
 def _softmax_v(flat, c, cr, start, stop):  # pragma: no cover - compiled
     """Rows ``start..stop-1`` of ``flat.reshape(-1, c)`` through :func:`softmax_rows_v`, four at a time; ``c`` a
-    constant at the call (inlining keeps it literal)."""
+    constant at the call (inlining keeps it literal).
+    """
     o = start * c
     end = stop * c
     while o + 4 * c <= end:
@@ -60,7 +63,8 @@ def _softmax_v(flat, c, cr, start, stop):  # pragma: no cover - compiled
 @njit(cache=True, inline="always")
 def softmax_any(flat, c, cr, start, stop, scratch):  # pragma: no cover - compiled
     """The softmax of rows ``start..stop-1`` of ``flat.reshape(-1, c)`` over their first ``cr`` channels (the rest
-    set to 0): in vector code for the usual padded channel counts, else :func:`_softmax_block`."""
+    set to 0): in vector code for the usual padded channel counts, else :func:`_softmax_block`.
+    """
     if c == 2:
         _softmax_v(flat, 2, cr, start, stop)
     elif c == 4:

@@ -38,9 +38,10 @@ def _is_number(value: object) -> bool:
 
 def check_number(name: str, value: object, *, positive: bool = False, nonnegative: bool = False) -> float:
     """A finite real number (``positive``: ``> 0``; ``nonnegative``: ``>= 0``), as a float."""
-    if isinstance(value, (Tensor, np.ndarray, np.generic)) and (
-        value.numel() if isinstance(value, Tensor) else np.size(value)
-    ) == 1:
+    if (
+        isinstance(value, (Tensor, np.ndarray, np.generic))
+        and (value.numel() if isinstance(value, Tensor) else np.size(value)) == 1
+    ):
         value = value.item()
     if not _is_number(value):
         raise TypeError(f"{name} must be a real number, got {value!r} ({type(value).__name__}).")
@@ -112,7 +113,8 @@ def check_widths(name: str, value: Union[float, Sequence[float], Tensor], count:
 
 def _traced_widths(name: str, value: Tensor, count: int, what: str) -> tuple[Tensor, ...]:
     """:func:`check_widths` of a tensor under ``torch.compile``: the values are checked on the device (no value read
-    back, no graph break) and returned as ``count`` 0-d tensors."""
+    back, no graph break) and returned as ``count`` 0-d tensors.
+    """
     flat = value.detach().reshape(-1)
     if flat.numel() not in (1, count):
         raise ValueError(f"{name} must be one number or {count} numbers (one per {what}), got {flat.numel()}.")
@@ -130,17 +132,31 @@ def widths_need_grad(value: object) -> bool:
     return isinstance(value, (list, tuple)) and any(isinstance(v, Tensor) and v.requires_grad for v in value)
 
 
-def width_tensor(name: str, value: Union[float, Sequence[float], Tensor], count: int, what: str, *,
-                 dtype: torch.dtype, device: Optional[torch.device]) -> Tensor:
+def width_tensor(
+    name: str,
+    value: Union[float, Sequence[float], Tensor],
+    count: int,
+    what: str,
+    *,
+    dtype: torch.dtype,
+    device: Optional[torch.device],
+) -> Tensor:
     """Kernel widths as a ``(count,)`` tensor that keeps their autograd graph (values checked by
-    :func:`check_widths`); one width is expanded to ``count``."""
+    :func:`check_widths`); one width is expanded to ``count``.
+    """
     check_widths(name, value, count, what)
     if isinstance(value, Tensor):
         t = value.reshape(-1).to(dtype=dtype, device=device)
     else:
         parts = value if isinstance(value, (list, tuple)) else [value]
-        t = torch.stack([v.reshape(()).to(dtype=dtype, device=device) if isinstance(v, Tensor)
-                         else torch.tensor(float(_scalar(v)), dtype=dtype, device=device) for v in parts])  # fmt: skip
+        t = torch.stack(
+            [
+                v.reshape(()).to(dtype=dtype, device=device)
+                if isinstance(v, Tensor)
+                else torch.tensor(float(_scalar(v)), dtype=dtype, device=device)
+                for v in parts
+            ]
+        )
     return t.expand(count) if t.numel() == 1 else t
 
 
@@ -164,8 +180,9 @@ def check_bound(name: str, extent: float, width: float) -> None:
         )
 
 
-def check_guide(guide: Tensor, name: str, *, channel_widths: Optional[Sequence[float]] = None,
-                scale_warning: bool = True) -> Tensor:
+def check_guide(
+    guide: Tensor, name: str, *, channel_widths: Optional[Sequence[float]] = None, scale_warning: bool = True
+) -> Tensor:
     """A real-valued guide (image, feature map) as a float tensor; warns when it looks mis-scaled.
 
     The colour widths of densecrf and CRF-RNN (``bilateral_srgb``, ``theta_beta``) are in units of a 0..255
@@ -175,9 +192,7 @@ def check_guide(guide: Tensor, name: str, *, channel_widths: Optional[Sequence[f
     if not isinstance(guide, Tensor):
         raise TypeError(f"{name} must be a NumPy array or a torch tensor, got {type(guide).__name__}.")
     if guide.dtype == torch.bool or guide.is_complex():
-        raise TypeError(
-            f"{name} must be real-valued (uint8, integer or float on the 0..255 scale), got {guide.dtype}."
-        )
+        raise TypeError(f"{name} must be real-valued (uint8, integer or float on the 0..255 scale), got {guide.dtype}.")
     if guide.numel() == 0:
         raise ValueError(f"{name} is empty: shape {tuple(guide.shape)}.")
     lo, hi = torch.aminmax(guide.detach())  # one pass: NaN and inf show in the extremes

@@ -75,10 +75,13 @@ def _worker_init() -> None:
     torch.set_num_threads(1)
 
 
-def _refine_in_processes(args: argparse.Namespace, targets: list, jobs: int) -> Iterator[Tuple[Path, Optional[str], List[str]]]:
+def _refine_in_processes(
+    args: argparse.Namespace, targets: list, jobs: int
+) -> Iterator[Tuple[Path, Optional[str], List[str]]]:
     """Refine in ``jobs`` spawned single-threaded processes, yielding results as they finish."""
-    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_worker_init)  # fmt: skip
+    pool = ProcessPoolExecutor(
+        max_workers=jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init
+    )
     try:
         futures = [pool.submit(partial(_refine_target, args), target) for target in targets]
         for future in as_completed(futures):
@@ -108,10 +111,16 @@ def run_folder(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     jobs = _worker_count(args.jobs, len(pairs))
     targets = [
-        (stem, image_path, probs_path, out_dir / f"{stem}.png", None if probs_dir is None else probs_dir / f"{stem}.npy",
-         None if overlay_dir is None else overlay_dir / f"{stem}.png")
+        (
+            stem,
+            image_path,
+            probs_path,
+            out_dir / f"{stem}.png",
+            None if probs_dir is None else probs_dir / f"{stem}.npy",
+            None if overlay_dir is None else overlay_dir / f"{stem}.png",
+        )
         for stem, image_path, probs_path in pairs
-    ]  # fmt: skip
+    ]
     if jobs > 1:
         print(f"crfrnn refine: {len(pairs)} images in {jobs} worker processes, one thread each", file=sys.stderr)
         results = _refine_in_processes(args, targets, jobs)
@@ -134,8 +143,10 @@ def run_folder(args: argparse.Namespace) -> int:
         done += 1
     repeated = sum(seen.values())
     if repeated:
-        print(f"crfrnn refine: note: {repeated} more notes like those above for other files were not repeated.",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"crfrnn refine: note: {repeated} more notes like those above for other files were not repeated.",
+            file=sys.stderr,
+        )
     failed = len(pairs) - done + len(problems)
     elapsed = time.perf_counter() - start
     unpaired = f" ({len(problems)} without a partner)" if problems else ""

@@ -57,8 +57,11 @@ def input_error(err: BaseException) -> CommandError:
 
 def crf_options(args: argparse.Namespace) -> Dict[str, Any]:
     names = ("iterations", "gaussian_sxy", "gaussian_compat", "bilateral_sxy", "bilateral_srgb", "bilateral_compat")
-    return {name: getattr(args, name) for name in names} | {"normalization": args.normalization} | \
-        getattr(args, "crf_extra", {})
+    return (
+        {name: getattr(args, name) for name in names}
+        | {"normalization": args.normalization}
+        | getattr(args, "crf_extra", {})
+    )
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -76,14 +79,16 @@ def check_collisions(outputs: Dict[str, Optional[Path]], inputs: Dict[str, Optio
             if _same_file(path, other_path):
                 raise CommandError(
                     f"{option} and {other} name the same {kind} '{path}', so one output would overwrite the other; "
-                    f"give each output its own {kind}.", 2,
-                )  # fmt: skip
+                    f"give each output its own {kind}.",
+                    2,
+                )
         for other, source in inputs.items():
             if source is not None and _same_file(path, source):
                 raise CommandError(
                     f"{option} '{path}' is the input {other} '{source}'; refusing to overwrite an input with an "
-                    f"output. Choose another {kind}.", 2,
-                )  # fmt: skip
+                    f"output. Choose another {kind}.",
+                    2,
+                )
 
 
 def refine_one(
@@ -95,20 +100,33 @@ def refine_one(
     overlay: Optional[Path],
 ) -> List[str]:
     """Refine one pair and write its outputs; returns notes. Raises CommandError (2: input, 1: writing)."""
-    check_collisions({"-o/--output": out, "--save-probs": save_probs, "--overlay": overlay},
-                      {"IMAGE": image_path, "PROBS": probs_path}, "file")  # fmt: skip
+    check_collisions(
+        {"-o/--output": out, "--save-probs": save_probs, "--overlay": overlay},
+        {"IMAGE": image_path, "PROBS": probs_path},
+        "file",
+    )
     try:
         image = read_rgb(image_path)
         scores = read_scores(
-            probs_path, image.shape[:2], key=args.key, layout=args.layout, logits=args.logits,
-            gt_prob=args.gt_prob, num_labels=args.num_labels, unknown=args.unknown, resize=args.resize,
+            probs_path,
+            image.shape[:2],
+            key=args.key,
+            layout=args.layout,
+            logits=args.logits,
+            gt_prob=args.gt_prob,
+            num_labels=args.num_labels,
+            unknown=args.unknown,
+            resize=args.resize,
             max_memory=args.max_memory,
-        )  # fmt: skip
+        )
     except MemoryLimitError as err:
         raise input_error(err) from err
     except MemoryError as err:
-        raise CommandError(f"ran out of memory reading '{image_path}' and '{probs_path}' ({err or 'MemoryError'}); "
-                           "use a smaller image or fewer labels.", 1) from err  # fmt: skip
+        raise CommandError(
+            f"ran out of memory reading '{image_path}' and '{probs_path}' ({err or 'MemoryError'}); "
+            "use a smaller image or fewer labels.",
+            1,
+        ) from err
     except (OSError, ValueError, TypeError) as err:
         raise input_error(err) from err
     kind = "logits" if scores.is_logits else "probs"
@@ -120,8 +138,9 @@ def refine_one(
         raise CommandError(
             f"ran out of memory refining '{image_path}' ({w}x{h} pixels, {scores.values.shape[0]} labels, estimated "
             f"{need}); use fewer labels or a smaller image, or lower --max-memory so that such images are refused "
-            "before they start.", 1,
-        ) from err  # fmt: skip
+            "before they start.",
+            1,
+        ) from err
     except (ValueError, TypeError) as err:
         raise CommandError(f"{image_path}: {err}", 2) from err
     labels = labels_of(marginals)
@@ -140,16 +159,19 @@ def refine_one(
     return [name_flags(note, FLAGS) for note in scores.notes]
 
 
-def refine_volume(args: argparse.Namespace, guide_path: Path, probs_path: Path, out: Path,
-                   save_probs: Optional[Path]) -> List[str]:
+def refine_volume(
+    args: argparse.Namespace, guide_path: Path, probs_path: Path, out: Path, save_probs: Optional[Path]
+) -> List[str]:
     """Refine an N-d guide (a volume) and its scores; write labels (.nii/.nii.gz/.npy/.png) and marginals."""
-    check_collisions({"-o/--output": out, "--save-probs": save_probs},
-                      {"IMAGE": guide_path, "PROBS": probs_path}, "file")  # fmt: skip
+    check_collisions(
+        {"-o/--output": out, "--save-probs": save_probs}, {"IMAGE": guide_path, "PROBS": probs_path}, "file"
+    )
     labels_last = {None: None, "lhw": False, "hwl": True}[args.layout]
     try:
         guide = read_guide(guide_path, max_bytes=args.max_memory)
-        scores, shape, notes = read_volume_scores(probs_path, guide.data.shape, key=args.key, labels_last=labels_last,
-                                                  max_bytes=args.max_memory)  # fmt: skip
+        scores, shape, notes = read_volume_scores(
+            probs_path, guide.data.shape, key=args.key, labels_last=labels_last, max_bytes=args.max_memory
+        )
         check_memory(guide_path, (1, int(np.prod(shape))), scores.shape[0], args.max_memory)
     except (MemoryLimitError, MemoryError) as err:
         raise input_error(err) from err
@@ -164,8 +186,10 @@ def refine_volume(args: argparse.Namespace, guide_path: Path, probs_path: Path, 
         raise CommandError(f"--spacing needs {ndim} numbers (one per axis of {shape}), got {len(spacing)}.", 2)
     data = guide.data
     if data.dtype.kind == "f" or data.max() > 255:
-        notes.append(f"guide intensities span {float(data.min()):g}..{float(data.max()):g}; --bilateral-srgb "
-                     f"{args.bilateral_srgb:g} is in those units.")  # fmt: skip
+        notes.append(
+            f"guide intensities span {float(data.min()):g}..{float(data.max()):g}; --bilateral-srgb "
+            f"{args.bilateral_srgb:g} is in those units."
+        )
     if spacing is not None:
         shown = ", ".join(f"{float(v):.4g}" for v in spacing)
         notes.append(f"spacing ({shown}): --gaussian-sxy and --bilateral-sxy are in those units.")
@@ -173,10 +197,13 @@ def refine_volume(args: argparse.Namespace, guide_path: Path, probs_path: Path, 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # the intensity-scale hint is in the notes instead
-            marginals = crfrnn.dense.dense_crf(data.astype(np.float32, copy=False), **{kind: scores}, spacing=spacing,
-                                  **crf_options(args))  # fmt: skip
+            marginals = crfrnn.dense.dense_crf(
+                data.astype(np.float32, copy=False), **{kind: scores}, spacing=spacing, **crf_options(args)
+            )
     except MemoryError as err:
-        raise CommandError(f"ran out of memory refining '{guide_path}' (shape {shape}, {scores.shape[0]} labels).", 1) from err
+        raise CommandError(
+            f"ran out of memory refining '{guide_path}' (shape {shape}, {scores.shape[0]} labels).", 1
+        ) from err
     except (ValueError, TypeError) as err:
         raise CommandError(f"{guide_path}: {err}", 2) from err
     labels = labels_of(marginals)

@@ -17,6 +17,7 @@ from crfrnn.cli import CommandError
 
 __all__ = ["add_parser", "run"]
 
+
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register the ``evaluate`` sub-command."""
     parser = subparsers.add_parser(
@@ -29,46 +30,84 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
             "boundary.png and grid.png to --out."
         ),
     )
-    parser.add_argument("checkpoint", metavar="CHECKPOINT", nargs="?",
-                        help="checkpoint written by crfrnn (crfrnn train); or give --weights")  # fmt: skip
-    parser.add_argument("--weights", metavar="FILE",
-                        help="a released CRF-RNN weight file instead of a checkpoint (.caffemodel, .pth, .h5; see "
-                        "crfrnn segment), e.g. --dataset voc --ids seg12valid.txt")  # fmt: skip
+    parser.add_argument(
+        "checkpoint",
+        metavar="CHECKPOINT",
+        nargs="?",
+        help="checkpoint written by crfrnn (crfrnn train); or give --weights",
+    )
+    parser.add_argument(
+        "--weights",
+        metavar="FILE",
+        help="a released CRF-RNN weight file instead of a checkpoint (.caffemodel, .pth, .h5; see "
+        "crfrnn segment), e.g. --dataset voc --ids seg12valid.txt",
+    )
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
     data = parser.add_argument_group("data")
-    data.add_argument("--dataset", choices=("synthetic", "voc", "folder"), default="synthetic",
-                      help="data set kind (default: synthetic)")  # fmt: skip
-    data.add_argument("--split", default="val",
-                      help="train/val/test (synthetic), ImageSets/Segmentation name (voc); default: val")  # fmt: skip
+    data.add_argument(
+        "--dataset",
+        choices=("synthetic", "voc", "folder"),
+        default="synthetic",
+        help="data set kind (default: synthetic)",
+    )
+    data.add_argument(
+        "--split", default="val", help="train/val/test (synthetic), ImageSets/Segmentation name (voc); default: val"
+    )
     data.add_argument("--ids", metavar="FILE", help="voc: id-list file to evaluate (overrides --split)")
-    data.add_argument("--voc-root", "--root", dest="voc_root", metavar="DIR",
-                      help="voc: folder containing VOCdevkit (or VOC2012 itself)")  # fmt: skip
+    data.add_argument(
+        "--voc-root",
+        "--root",
+        dest="voc_root",
+        metavar="DIR",
+        help="voc: folder containing VOCdevkit (or VOC2012 itself)",
+    )
     data.add_argument("--images", metavar="DIR", help="folder: images folder")
     data.add_argument("--masks", metavar="DIR", help="folder: index-PNG masks folder (same file stems)")
-    data.add_argument("--num-images", type=int, default=50, metavar="N",
-                      help="synthetic: images in the split (default: 50)")  # fmt: skip
-    data.add_argument("--image-size", type=int, metavar="PX",
-                      help="synthetic: image side (default: as in training, else 96)")  # fmt: skip
-    data.add_argument("--data-seed", type=int, metavar="S",
-                      help="synthetic: data set seed (default: as in training, else 0)")  # fmt: skip
-    data.add_argument("--void-band", type=int, choices=(0, 1, 2),
-                      help="synthetic: void outline width (default: as in training, else 0)")  # fmt: skip
+    data.add_argument(
+        "--num-images", type=int, default=50, metavar="N", help="synthetic: images in the split (default: 50)"
+    )
+    data.add_argument(
+        "--image-size", type=int, metavar="PX", help="synthetic: image side (default: as in training, else 96)"
+    )
+    data.add_argument(
+        "--data-seed", type=int, metavar="S", help="synthetic: data set seed (default: as in training, else 0)"
+    )
+    data.add_argument(
+        "--void-band",
+        type=int,
+        choices=(0, 1, 2),
+        help="synthetic: void outline width (default: as in training, else 0)",
+    )
     data.add_argument("--max-images", type=int, metavar="N", help="evaluate only the first N images")
-    data.add_argument("--include-void-edges", action="store_true",
-                      help="count label/void transitions as boundaries (VOC-style void outlines)")  # fmt: skip
+    data.add_argument(
+        "--include-void-edges",
+        action="store_true",
+        help="count label/void transitions as boundaries (VOC-style void outlines)",
+    )
 
     crf = parser.add_argument_group("offline dense CRF")
     crf.add_argument("--dense-crf", action="store_true", help="also evaluate CNN + offline dense CRF")
-    crf.add_argument("--dense-crf-param", action="append", default=[], metavar="NAME=VALUE",
-                     help="dense_crf parameter, e.g. bilateral_srgb=5 (repeatable)")  # fmt: skip
-    crf.add_argument("--dense-crf-search", action="store_true",
-                     help="grid-search the dense CRF on --search-split first (implies --dense-crf)")  # fmt: skip
-    crf.add_argument("--search-split", default="val",
-                     help="split (or voc id-list file) for the search (default: val)")  # fmt: skip
-    crf.add_argument("--search-images", type=int, default=10, metavar="N",
-                     help="images used by the search (default: 10)")  # fmt: skip
-    crf.add_argument("--search-grid", metavar="JSON",
-                     help='search grid, e.g. \'{"bilateral_srgb": [3, 5, 13]}\' (default: 27 points)')  # fmt: skip
+    crf.add_argument(
+        "--dense-crf-param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="dense_crf parameter, e.g. bilateral_srgb=5 (repeatable)",
+    )
+    crf.add_argument(
+        "--dense-crf-search",
+        action="store_true",
+        help="grid-search the dense CRF on --search-split first (implies --dense-crf)",
+    )
+    crf.add_argument("--search-split", default="val", help="split (or voc id-list file) for the search (default: val)")
+    crf.add_argument(
+        "--search-images", type=int, default=10, metavar="N", help="images used by the search (default: 10)"
+    )
+    crf.add_argument(
+        "--search-grid",
+        metavar="JSON",
+        help="search grid, e.g. '{\"bilateral_srgb\": [3, 5, 13]}' (default: 27 points)",
+    )
 
     run_opts = parser.add_argument_group("run")
     run_opts.add_argument("--grid", type=int, default=4, metavar="N", help="images in grid.png (0: no grid)")
@@ -115,13 +154,12 @@ def _search_grid(text: Optional[str]) -> Optional[dict[str, Any]]:
     return grid
 
 
-def _dataset(
-    args: argparse.Namespace, split: str, synthetic: dict[str, Any], num_classes: Optional[int] = None
-) -> Any:
+def _dataset(args: argparse.Namespace, split: str, synthetic: dict[str, Any], num_classes: Optional[int] = None) -> Any:
     """The data set named by the arguments (:func:`crfrnn.workflow.datasets.open_dataset`); data problems become
     CommandErrors.
 
-    ``num_classes``: folder masks with other labels are reported by file name when read."""
+    ``num_classes``: folder masks with other labels are reported by file name when read.
+    """
     from crfrnn.workflow.datasets import SYNTHETIC_SPLITS, open_dataset
 
     if args.dataset == "synthetic":
@@ -136,8 +174,16 @@ def _dataset(
     elif args.dataset == "folder" and (not args.images or not args.masks):
         raise CommandError("--dataset folder needs --images DIR and --masks DIR.")
     try:
-        return open_dataset(args.dataset, split, num_images=args.num_images, synthetic=synthetic,
-                            voc_root=args.voc_root, images=args.images, masks=args.masks, num_classes=num_classes)
+        return open_dataset(
+            args.dataset,
+            split,
+            num_images=args.num_images,
+            synthetic=synthetic,
+            voc_root=args.voc_root,
+            images=args.images,
+            masks=args.masks,
+            num_classes=num_classes,
+        )
     except (FileNotFoundError, NotADirectoryError, OSError, ValueError, TypeError) as err:
         raise CommandError(f"cannot open the {args.dataset} data set: {err}".replace("\n", " ")) from err
 
@@ -164,8 +210,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from crfrnn.io.checkpoint import load_model
-    from crfrnn.workflow import evaluate, format_table, search_dense_crf, write_report
     from crfrnn.models import CrfRnnSegmenter
+    from crfrnn.workflow import evaluate, format_table, search_dense_crf, write_report
     from crfrnn.workflow.datasets import synthetic_spec
     from crfrnn.workflow.distributed import resolve_device
     from crfrnn.workflow.report import save_method_grid
@@ -201,8 +247,11 @@ def run(args: argparse.Namespace) -> int:
     class_names = payload.get("class_names")
 
     split = args.ids if (args.ids and args.dataset == "voc") else args.split
-    synthetic = (synthetic_spec(payload, size=args.image_size, seed=args.data_seed, void_band=args.void_band)
-                 if args.dataset == "synthetic" else {})  # fmt: skip
+    synthetic = (
+        synthetic_spec(payload, size=args.image_size, seed=args.data_seed, void_band=args.void_band)
+        if args.dataset == "synthetic"
+        else {}
+    )
     dataset = _dataset(args, split, synthetic, num_classes)
     _check_classes(dataset, num_classes, args.dataset)
     if class_names is None and getattr(dataset, "class_names", None) is not None:
@@ -228,17 +277,35 @@ def run(args: argparse.Namespace) -> int:
             search_set = _dataset(args, args.search_split, synthetic, num_classes)
             _check_classes(search_set, num_classes, args.dataset)
             best, table = search_dense_crf(
-                model, search_set, num_classes=num_classes, grid=grid_spec, base_params=crf_params,
-                batch_size=args.batch_size, device=device, progress=progress, max_images=args.search_images,
-            )  # fmt: skip
+                model,
+                search_set,
+                num_classes=num_classes,
+                grid=grid_spec,
+                base_params=crf_params,
+                batch_size=args.batch_size,
+                device=device,
+                progress=progress,
+                max_images=args.search_images,
+            )
             crf_params = best
-            search = {"best_params": best, "table": table, "split": args.search_split,
-                      "num_images": min(len(search_set), args.search_images)}  # fmt: skip
+            search = {
+                "best_params": best,
+                "table": table,
+                "split": args.search_split,
+                "num_images": min(len(search_set), args.search_images),
+            }
         results = evaluate(
-            model, dataset, num_classes=num_classes, methods=methods, dense_crf_params=crf_params,
-            batch_size=args.batch_size, device=device, progress=progress, max_images=args.max_images,
+            model,
+            dataset,
+            num_classes=num_classes,
+            methods=methods,
+            dense_crf_params=crf_params,
+            batch_size=args.batch_size,
+            device=device,
+            progress=progress,
+            max_images=args.max_images,
             include_void_edges=args.include_void_edges,
-        )  # fmt: skip
+        )
     except CommandError:
         raise
     except (ValueError, TypeError, OSError) as err:  # bad labels, unreadable files, bad CRF parameters
@@ -254,8 +321,9 @@ def run(args: argparse.Namespace) -> int:
         if args.grid:
             runs = [(model, methods, crf_params)]
             legend = class_names if class_names is not None and len(class_names) >= num_classes else None
-            paths["grid"] = save_method_grid(out / "grid.png", dataset, runs, args.grid, device=device,
-                                             class_names=legend)  # fmt: skip
+            paths["grid"] = save_method_grid(
+                out / "grid.png", dataset, runs, args.grid, device=device, class_names=legend
+            )
     except OSError as err:
         raise CommandError(f"cannot write the report to {out}: {err}", 1) from err
 

@@ -95,32 +95,80 @@ def add_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]"
     inputs.add_argument("--layout", choices=LAYOUTS, help="force labels first (lhw) or last (hwl)")
     inputs.add_argument("--resize", action="store_true", help="resize scores of another resolution to the image")
     inputs.add_argument(
-        "--gt-prob", type=number_type(float, 0, True), metavar="P",
+        "--gt-prob",
+        type=number_type(float, 0, True),
+        metavar="P",
         help="PROBS given as label maps: probability that a label is right (default 0.5)",
-    )  # fmt: skip
-    inputs.add_argument("--num-labels", type=number_type(int, 2), metavar="L",
-                        help="PROBS given as label maps: number of labels (default: largest label + 1)")  # fmt: skip
-    inputs.add_argument("--ignore-index", type=number_type(int, 0), default=255, metavar="V",
-                        help="ground-truth value of pixels to leave out (default 255)")  # fmt: skip
+    )
+    inputs.add_argument(
+        "--num-labels",
+        type=number_type(int, 2),
+        metavar="L",
+        help="PROBS given as label maps: number of labels (default: largest label + 1)",
+    )
+    inputs.add_argument(
+        "--ignore-index",
+        type=number_type(int, 0),
+        default=255,
+        metavar="V",
+        help="ground-truth value of pixels to leave out (default 255)",
+    )
 
     fit = parser.add_argument_group("the fit")
-    fit.add_argument("--init", metavar="FILE.yaml",
-                     help="start from these parameters (default: densecrf's usual ones, see crfrnn refine --help)")
-    fit.add_argument("--iterations", type=number_type(int, 1), metavar="N",
-                     help="mean-field iterations to fit with and write (default: --init's, else 5)")  # fmt: skip
-    fit.add_argument("--epochs", type=number_type(int, 1), default=30, metavar="N",
-                     help="passes over the training images, one step per image (default 30)")  # fmt: skip
-    fit.add_argument("--lr", type=number_type(float, 0, True), default=0.05, metavar="R",
-                     help="Adam's learning rate on the parameters' logarithms (default 0.05)")  # fmt: skip
-    fit.add_argument("--val-fraction", type=number_type(float, 0, True), default=0.25, metavar="F",
-                     help="share of the images held out for validation (default 0.25, at least one image)")  # fmt: skip
-    fit.add_argument("--patience", type=number_type(int, 1), default=5, metavar="N",
-                     help="stop after N epochs without a lower validation loss (default 5)")  # fmt: skip
+    fit.add_argument(
+        "--init",
+        metavar="FILE.yaml",
+        help="start from these parameters (default: densecrf's usual ones, see crfrnn refine --help)",
+    )
+    fit.add_argument(
+        "--iterations",
+        type=number_type(int, 1),
+        metavar="N",
+        help="mean-field iterations to fit with and write (default: --init's, else 5)",
+    )
+    fit.add_argument(
+        "--epochs",
+        type=number_type(int, 1),
+        default=30,
+        metavar="N",
+        help="passes over the training images, one step per image (default 30)",
+    )
+    fit.add_argument(
+        "--lr",
+        type=number_type(float, 0, True),
+        default=0.05,
+        metavar="R",
+        help="Adam's learning rate on the parameters' logarithms (default 0.05)",
+    )
+    fit.add_argument(
+        "--val-fraction",
+        type=number_type(float, 0, True),
+        default=0.25,
+        metavar="F",
+        help="share of the images held out for validation (default 0.25, at least one image)",
+    )
+    fit.add_argument(
+        "--patience",
+        type=number_type(int, 1),
+        default=5,
+        metavar="N",
+        help="stop after N epochs without a lower validation loss (default 5)",
+    )
     fit.add_argument("--fixed-widths", action="store_true", help="fit the weights only; keep the widths as given")
-    fit.add_argument("--boundary-width", type=number_type(int, 0), default=3, metavar="PX",
-                     help="band half-width of the boundary accuracy (default 3)")  # fmt: skip
-    fit.add_argument("--seed", type=number_type(int, 0), default=0, metavar="S",
-                     help="seed of the split and of the image order (default 0)")  # fmt: skip
+    fit.add_argument(
+        "--boundary-width",
+        type=number_type(int, 0),
+        default=3,
+        metavar="PX",
+        help="band half-width of the boundary accuracy (default 3)",
+    )
+    fit.add_argument(
+        "--seed",
+        type=number_type(int, 0),
+        default=0,
+        metavar="S",
+        help="seed of the split and of the image order (default 0)",
+    )
     fit.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
     return parser
@@ -130,7 +178,9 @@ def _read(args: argparse.Namespace) -> tuple[list, list, list, list[str], bool]:
     """Images, scores and masks paired by stem; raises CommandError (2) for unreadable or mismatched files."""
     for option, folder in (("IMAGES", args.images), ("PROBS", args.probs), ("LABELS", args.labels)):
         if not Path(folder).is_dir():
-            raise CommandError(f"{option} must be a folder, but '{folder}' is {'a file' if Path(folder).exists() else 'missing'}.")
+            raise CommandError(
+                f"{option} must be a folder, but '{folder}' is {'a file' if Path(folder).exists() else 'missing'}."
+            )
     try:
         with_scores, problems = pair_by_stem(args.images, args.probs)
         with_labels, label_problems = pair_by_stem(args.images, args.labels)
@@ -144,8 +194,10 @@ def _read(args: argparse.Namespace) -> tuple[list, list, list, list[str], bool]:
         print(f"crfrnn fit: skipped '{image}': no mask of that stem in '{args.labels}'", file=sys.stderr)
     triples = [(stem, image, scores, masks[stem]) for stem, image, scores in with_scores if stem in masks]
     if len(triples) < 2:
-        raise CommandError(f"found {len(triples)} image(s) with both scores and a mask; fitting needs at least 2 "
-                           "(some to fit on, some to validate on).")  # fmt: skip
+        raise CommandError(
+            f"found {len(triples)} image(s) with both scores and a mask; fitting needs at least 2 "
+            "(some to fit on, some to validate on)."
+        )
     limit = default_memory_limit()
     images, scores, labels, stems, kinds = [], [], [], [], set()
     need = 0
@@ -154,13 +206,23 @@ def _read(args: argparse.Namespace) -> tuple[list, list, list, list[str], bool]:
         try:
             image = read_rgb(image_path)
             size = image.shape[:2]
-            s = read_scores(scores_path, size, key=args.key, layout=args.layout, logits=args.logits,
-                            gt_prob=args.gt_prob, num_labels=args.num_labels, resize=args.resize)  # fmt: skip
+            s = read_scores(
+                scores_path,
+                size,
+                key=args.key,
+                layout=args.layout,
+                logits=args.logits,
+                gt_prob=args.gt_prob,
+                num_labels=args.num_labels,
+                resize=args.resize,
+            )
             count = s.values.shape[0]
             num_labels = count if num_labels is None else num_labels
             if count != num_labels:
-                raise ValueError(f"'{scores_path}' holds scores for {count} labels but the first file for "
-                                 f"{num_labels}; every image needs the same labels.")  # fmt: skip
+                raise ValueError(
+                    f"'{scores_path}' holds scores for {count} labels but the first file for "
+                    f"{num_labels}; every image needs the same labels."
+                )
             mask = read_scores(mask_path, size, num_labels=max(count, 2), unknown=args.ignore_index).labels
         except MemoryError as err:
             raise CommandError(f"ran out of memory reading '{image_path}': {err or 'MemoryError'}", 1) from err
@@ -168,8 +230,10 @@ def _read(args: argparse.Namespace) -> tuple[list, list, list, list[str], bool]:
             raise CommandError(name_flags(str(err), FLAGS)) from err
         need += int(size[0] * size[1]) * (12 * count + 24)
         if limit is not None and need > limit:
-            raise CommandError(f"the images read so far need about {format_bytes(need)} of memory, more than "
-                               f"{format_bytes(limit)}; fit on fewer or smaller images.")  # fmt: skip
+            raise CommandError(
+                f"the images read so far need about {format_bytes(need)} of memory, more than "
+                f"{format_bytes(limit)}; fit on fewer or smaller images."
+            )
         kinds.add(s.is_logits)
         images.append(image)
         scores.append(s.values)
@@ -178,19 +242,25 @@ def _read(args: argparse.Namespace) -> tuple[list, list, list, list[str], bool]:
         for note in s.notes:
             print(f"crfrnn fit: note: {name_flags(note, FLAGS)}", file=sys.stderr)
     if len(kinds) > 1:
-        raise CommandError("PROBS mixes label maps (read as logits) with probability arrays; give one kind, or "
-                           "pass --logits for raw scores.")  # fmt: skip
+        raise CommandError(
+            "PROBS mixes label maps (read as logits) with probability arrays; give one kind, or "
+            "pass --logits for raw scores."
+        )
     return images, scores, labels, stems, kinds.pop()
 
 
 def _comment(args: argparse.Namespace, result: Any, stems: list[str]) -> str:
     m = result.metrics
-    lines = [f"fitted by crfrnn fit on {len(result.train_indices)} images of '{args.images}', validated on "
-             f"{len(result.val_indices)}; best epoch {result.best_epoch}"
-             f"{', widths fixed' if not result.fit_widths else ''}"]  # fmt: skip
+    lines = [
+        f"fitted by crfrnn fit on {len(result.train_indices)} images of '{args.images}', validated on "
+        f"{len(result.val_indices)}; best epoch {result.best_epoch}"
+        f"{', widths fixed' if not result.fit_widths else ''}"
+    ]
     for name in ("network", "initial", "fitted"):
-        lines.append(f"validation {name:>8}: mean IoU {100 * m[name]['mean_iou']:.2f}%, boundary accuracy "
-                     f"({result.boundary_width} px) {100 * m[name]['boundary_accuracy']:.2f}%")  # fmt: skip
+        lines.append(
+            f"validation {name:>8}: mean IoU {100 * m[name]['mean_iou']:.2f}%, boundary accuracy "
+            f"({result.boundary_width} px) {100 * m[name]['boundary_accuracy']:.2f}%"
+        )
     return "\n".join(lines)
 
 
@@ -211,16 +281,32 @@ def run(args: argparse.Namespace) -> int:
             raise CommandError(str(err)) from err
     fit_widths = not args.fixed_widths
     if fit_widths and not width_gradients_available():
-        print("crfrnn fit: note: this build of crfrnn has no gradients with respect to the kernel widths; fitting "
-              "the weights with the widths fixed.", file=sys.stderr)  # fmt: skip
+        print(
+            "crfrnn fit: note: this build of crfrnn has no gradients with respect to the kernel widths; fitting "
+            "the weights with the widths fixed.",
+            file=sys.stderr,
+        )
         fit_widths = False
     images, scores, labels, stems, is_logits = _read(args)
     print(f"crfrnn fit: {len(images)} images, {scores[0].shape[0]} labels", file=sys.stderr)
     try:
-        result = fit_crf(images, scores, labels, logits=is_logits, init=init, iterations=args.iterations,
-                         epochs=args.epochs, lr=args.lr, val_fraction=args.val_fraction, patience=args.patience,
-                         fit_widths=fit_widths, ignore_index=args.ignore_index, boundary_width=args.boundary_width,
-                         seed=args.seed, progress=not args.no_progress)  # fmt: skip
+        result = fit_crf(
+            images,
+            scores,
+            labels,
+            logits=is_logits,
+            init=init,
+            iterations=args.iterations,
+            epochs=args.epochs,
+            lr=args.lr,
+            val_fraction=args.val_fraction,
+            patience=args.patience,
+            fit_widths=fit_widths,
+            ignore_index=args.ignore_index,
+            boundary_width=args.boundary_width,
+            seed=args.seed,
+            progress=not args.no_progress,
+        )
     except (ValueError, TypeError) as err:
         raise CommandError(str(err)) from err
     print(result.summary())
@@ -228,11 +314,18 @@ def run(args: argparse.Namespace) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         save_params(result.params, out, comment=_comment(args, result, stems))
         if args.report is not None:
-            report = {"params": result.params, "initial": result.initial, "metrics": result.metrics,
-                      "best_epoch": result.best_epoch, "stopped_early": result.stopped_early,
-                      "fit_widths": result.fit_widths, "boundary_width": result.boundary_width,
-                      "train": [stems[i] for i in result.train_indices],
-                      "validation": [stems[i] for i in result.val_indices], "history": result.history}  # fmt: skip
+            report = {
+                "params": result.params,
+                "initial": result.initial,
+                "metrics": result.metrics,
+                "best_epoch": result.best_epoch,
+                "stopped_early": result.stopped_early,
+                "fit_widths": result.fit_widths,
+                "boundary_width": result.boundary_width,
+                "train": [stems[i] for i in result.train_indices],
+                "validation": [stems[i] for i in result.val_indices],
+                "history": result.history,
+            }
             Path(args.report).parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(args.report, json.dumps(report, indent=2) + "\n")
     except OSError as err:

@@ -64,8 +64,18 @@ exit codes:
   0 success; 1 a file could not be written, or (with --images) some pairs failed; 2 bad usage or input.
 """
 
-_SIZE_UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "m": 2**20, "mb": 2**20, "g": 2**30, "gb": 2**30,
-               "t": 2**40, "tb": 2**40}  # fmt: skip
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 2**10,
+    "kb": 2**10,
+    "m": 2**20,
+    "mb": 2**20,
+    "g": 2**30,
+    "gb": 2**30,
+    "t": 2**40,
+    "tb": 2**40,
+}
 
 
 def _size(text: str) -> int:
@@ -82,7 +92,6 @@ def _size(text: str) -> int:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
     return int(value)
-
 
 
 def _probability(text: str) -> float:
@@ -118,95 +127,137 @@ def add_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]"
     parser.add_argument("image", nargs="?", metavar="IMAGE", help="RGB image (grey or RGBA is converted)")
     parser.add_argument("probs", nargs="?", metavar="PROBS", help=".npy/.npz probabilities or logits, or a label .png")
     parser.add_argument(
-        "-o", "--output", required=True, metavar="OUT",
+        "-o",
+        "--output",
+        required=True,
+        metavar="OUT",
         help="refined labels, a palette .png (a directory with --images)",
-    )  # fmt: skip
+    )
 
     batch = parser.add_argument_group("many images (instead of IMAGE PROBS)")
     batch.add_argument("--images", dest="images_dir", metavar="DIR", help="directory of images")
     batch.add_argument(
-        "--probs", dest="probs_dir", metavar="DIR",
+        "--probs",
+        dest="probs_dir",
+        metavar="DIR",
         help="directory of .npy/.npz/.png files paired with the images by file stem",
-    )  # fmt: skip
+    )
 
     inputs = parser.add_argument_group("how to read PROBS")
     inputs.add_argument("--logits", action="store_true", help="the arrays are raw scores (logits), not probabilities")
     inputs.add_argument("--key", metavar="NAME", help="array to use from a .npz archive (default: the first)")
     inputs.add_argument(
-        "--layout", choices=LAYOUTS,
+        "--layout",
+        choices=LAYOUTS,
         help="force labels first (lhw: L x H x W) or last (hwl: H x W x L); default: found from the image size, "
         "lhw when both fit",
-    )  # fmt: skip
+    )
     inputs.add_argument(
-        "--gt-prob", type=_probability, metavar="P",
+        "--gt-prob",
+        type=_probability,
+        metavar="P",
         help="label maps: probability that a given label is right (default 0.5)",
-    )  # fmt: skip
+    )
     inputs.add_argument(
-        "--num-labels", type=number_type(int, 2, False), metavar="L",
+        "--num-labels",
+        type=number_type(int, 2, False),
+        metavar="L",
         help="label maps: number of labels (default: largest label + 1)",
-    )  # fmt: skip
+    )
     inputs.add_argument(
-        "--unknown", type=int, metavar="V",
+        "--unknown",
+        type=int,
+        metavar="V",
         help="label maps: value meaning 'unknown' (e.g. 0), left to the CRF; 255 is read as VOC's void when the "
         "other labels are below 128",
-    )  # fmt: skip
+    )
     inputs.add_argument(
-        "--resize", action="store_true",
+        "--resize",
+        action="store_true",
         help="resize scores of another resolution (a network's output stride) to the image, bilinearly on logits "
         "(on log-probabilities for probabilities)",
-    )  # fmt: skip
+    )
 
     inputs.add_argument(
-        "--spacing", type=number_type(float, 0, True), nargs="+", metavar="S",
+        "--spacing",
+        type=number_type(float, 0, True),
+        nargs="+",
+        metavar="S",
         help="volumes: voxel size per axis (e.g. 2.5 1 1 mm), so that the widths are in those units (default: "
         "the NIfTI header's, else 1)",
-    )  # fmt: skip
+    )
 
     batch.add_argument(
-        "--jobs", type=number_type(int, 1, False), metavar="N",
+        "--jobs",
+        type=number_type(int, 1, False),
+        metavar="N",
         help="worker processes for a folder, one thread each (default: the free CPUs when there are at least "
         f"{MIN_IMAGES_FOR_PROCESSES} images, else this process with all its threads)",
-    )  # fmt: skip
+    )
 
     limits = parser.add_argument_group("limits")
     limits.add_argument(
-        "--max-memory", type=_size, metavar="SIZE",
+        "--max-memory",
+        type=_size,
+        metavar="SIZE",
         help="refuse images whose estimated memory is above SIZE, e.g. 8G (default: 75%% of this machine's memory)",
-    )  # fmt: skip
+    )
     limits.add_argument(
-        "--max-pixels", type=number_type(int, 1), metavar="N",
+        "--max-pixels",
+        type=number_type(int, 1),
+        metavar="N",
         help="largest image decoded, in pixels (default: Pillow's decompression-bomb limit, about 89 million)",
-    )  # fmt: skip
+    )
 
     crf = parser.add_argument_group("dense CRF (densecrf's parameters and defaults)")
     crf.add_argument(
-        "--params", metavar="FILE.yaml",
+        "--params",
+        metavar="FILE.yaml",
         help="read the parameters below from a file written by crfrnn fit (YAML); flags given on the command line "
         "override the file's values",
-    )  # fmt: skip
-    crf.add_argument(
-        "--iterations", type=number_type(int, 0, False), default=None, metavar="N", help="mean-field iterations (default 5)"
     )
     crf.add_argument(
-        "--gaussian-sxy", type=number_type(float, 0, True), default=None, metavar="PX",
+        "--iterations",
+        type=number_type(int, 0, False),
+        default=None,
+        metavar="N",
+        help="mean-field iterations (default 5)",
+    )
+    crf.add_argument(
+        "--gaussian-sxy",
+        type=number_type(float, 0, True),
+        default=None,
+        metavar="PX",
         help="smoothness kernel width in pixels (default 3)",
-    )  # fmt: skip
+    )
     crf.add_argument(
-        "--gaussian-compat", type=number_type(float, 0, False), default=None, metavar="W",
+        "--gaussian-compat",
+        type=number_type(float, 0, False),
+        default=None,
+        metavar="W",
         help="smoothness kernel weight (default 3)",
-    )  # fmt: skip
+    )
     crf.add_argument(
-        "--bilateral-sxy", type=number_type(float, 0, True), default=None, metavar="PX",
+        "--bilateral-sxy",
+        type=number_type(float, 0, True),
+        default=None,
+        metavar="PX",
         help="appearance kernel width in pixels (default 80)",
-    )  # fmt: skip
+    )
     crf.add_argument(
-        "--bilateral-srgb", type=number_type(float, 0, True), default=None, metavar="C",
+        "--bilateral-srgb",
+        type=number_type(float, 0, True),
+        default=None,
+        metavar="C",
         help="appearance kernel colour width, 0..255 scale (default 13)",
-    )  # fmt: skip
+    )
     crf.add_argument(
-        "--bilateral-compat", type=number_type(float, 0, False), default=None, metavar="W",
+        "--bilateral-compat",
+        type=number_type(float, 0, False),
+        default=None,
+        metavar="W",
         help="appearance kernel weight (default 10)",
-    )  # fmt: skip
+    )
     crf.add_argument(
         "--normalization", choices=NORMALIZATIONS, default=None, help="kernel normalisation (default symmetric)"
     )
@@ -214,20 +265,31 @@ def add_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]"
     out = parser.add_argument_group("more outputs (directories with --images)")
     out.add_argument("--save-probs", metavar="FILE.npy", help="also save the refined marginals, L x H x W float32")
     out.add_argument(
-        "--overlay", metavar="FILE.png",
+        "--overlay",
+        metavar="FILE.png",
         help="also save a comparison picture: image | input labels | refined labels",
-    )  # fmt: skip
+    )
     out.add_argument(
-        "--overlay-alpha", type=_unit, default=0.55, metavar="A",
+        "--overlay-alpha",
+        type=_unit,
+        default=0.55,
+        metavar="A",
         help="weight of label colours over the image in --overlay; 1 shows the palette alone (default 0.55)",
-    )  # fmt: skip
+    )
     out.add_argument("--no-titles", action="store_true", help="no panel titles in --overlay")
     parser.set_defaults(func=run)
     return parser
 
 
-_CRF_DEFAULTS = {"iterations": 5, "gaussian_sxy": 3.0, "gaussian_compat": 3.0, "bilateral_sxy": 80.0,
-                 "bilateral_srgb": 13.0, "bilateral_compat": 10.0, "normalization": "symmetric"}  # fmt: skip
+_CRF_DEFAULTS = {
+    "iterations": 5,
+    "gaussian_sxy": 3.0,
+    "gaussian_compat": 3.0,
+    "bilateral_sxy": 80.0,
+    "bilateral_srgb": 13.0,
+    "bilateral_compat": 10.0,
+    "normalization": "symmetric",
+}
 
 
 def _resolve_crf_options(args: argparse.Namespace) -> None:
@@ -252,10 +314,15 @@ def _check_suffix(path: Optional[str], suffix: str, option: str) -> None:
 def _run_volume(args: argparse.Namespace) -> int:
     name = args.output.lower()
     if not name.endswith((".nii", ".nii.gz", ".npy", ".png")):
-        raise CommandError(f"-o/--output for a volume must name a .nii, .nii.gz or .npy file (.png for 2-d data), got "
-                           f"'{args.output}'.", 2)  # fmt: skip
+        raise CommandError(
+            f"-o/--output for a volume must name a .nii, .nii.gz or .npy file (.png for 2-d data), got "
+            f"'{args.output}'.",
+            2,
+        )
     if args.overlay is not None:
-        raise CommandError("--overlay draws 2-d images; for volumes, write the labels and view them in a volume viewer.", 2)
+        raise CommandError(
+            "--overlay draws 2-d images; for volumes, write the labels and view them in a volume viewer.", 2
+        )
     _check_suffix(args.save_probs, ".npy", "--save-probs")
     out = Path(args.output)
     save_probs = Path(args.save_probs) if args.save_probs else None

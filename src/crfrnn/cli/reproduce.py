@@ -51,7 +51,8 @@ def _ablations(text: str) -> tuple[str, ...]:
     unknown = [n for n in names if n not in ABLATIONS]
     if unknown or not names:
         raise argparse.ArgumentTypeError(
-            f"expected 'all', 'none' or comma-separated names from {','.join(ABLATIONS)}, got {text!r}")
+            f"expected 'all', 'none' or comma-separated names from {','.join(ABLATIONS)}, got {text!r}"
+        )
     return names
 
 
@@ -70,22 +71,38 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--out", default=None, metavar="DIR",
-                        help="output folder (default: runs/reproduce, or runs/reproduce-quick with --quick)")  # fmt: skip
+    parser.add_argument(
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="output folder (default: runs/reproduce, or runs/reproduce-quick with --quick)",
+    )
     parser.add_argument("--quick", action="store_true", help="one seed, less data, shorter training (< 3 minutes)")
     parser.add_argument("--seeds", type=_seeds, metavar="S,S,...", help="training seeds (default 0,1,2,3,4; quick: 0)")
-    parser.add_argument("--ablations", type=_ablations, metavar="all|NAME,...",
-                        help="the paper's ablations, each one more stage-2 run per seed: all, or some of "
-                             "scalar_weights,symmetric_compatibility,crf_alone (default: none); may be added to a "
-                             "finished reproduction's --out")  # fmt: skip
-    parser.add_argument("--workers", type=number_type(int, 1), metavar="N",
-                        help="processes training at the same time (default: one per CPU core)")
+    parser.add_argument(
+        "--ablations",
+        type=_ablations,
+        metavar="all|NAME,...",
+        help="the paper's ablations, each one more stage-2 run per seed: all, or some of "
+        "scalar_weights,symmetric_compatibility,crf_alone (default: none); may be added to a "
+        "finished reproduction's --out",
+    )
+    parser.add_argument(
+        "--workers",
+        type=number_type(int, 1),
+        metavar="N",
+        help="processes training at the same time (default: one per CPU core)",
+    )
     parser.add_argument("--cnn-epochs", type=number_type(int, 1), metavar="N", help="stage-1 epochs (40; quick: 15)")
     parser.add_argument("--crf-epochs", type=number_type(int, 1), metavar="N", help="stage-2 epochs (5; quick: 2)")
     parser.add_argument("--num-train", type=number_type(int, 1), metavar="N", help="training images (1000)")
     parser.add_argument("--num-test", type=number_type(int, 1), metavar="N", help="test images (200; quick: 80)")
-    parser.add_argument("--threads", type=number_type(int, 1), metavar="N",
-                        help="CPU threads of each process (default: the cores shared out between the processes)")
+    parser.add_argument(
+        "--threads",
+        type=number_type(int, 1),
+        metavar="N",
+        help="CPU threads of each process (default: the cores shared out between the processes)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
     return parser
@@ -96,8 +113,11 @@ def run(args: argparse.Namespace) -> int:
     from crfrnn.workflow import ReproduceConfig, TrainingError, reproduce
 
     out = args.out or ("runs/reproduce-quick" if args.quick else "runs/reproduce")
-    overrides = {k: getattr(args, k) for k in ("seeds", "cnn_epochs", "crf_epochs", "num_train", "num_test",
-                                                "threads", "workers", "ablations") if getattr(args, k) is not None}  # fmt: skip
+    overrides = {
+        k: getattr(args, k)
+        for k in ("seeds", "cnn_epochs", "crf_epochs", "num_train", "num_test", "threads", "workers", "ablations")
+        if getattr(args, k) is not None
+    }
     try:
         config = ReproduceConfig.quick(out, **overrides) if args.quick else ReproduceConfig(out_dir=out, **overrides)
         results = reproduce(config, progress=not args.no_progress)

@@ -66,23 +66,41 @@ def add_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]"
     parser.add_argument("--weights", required=True, metavar="FILE", help="released weight file (see below)")
     parser.add_argument("-o", "--out", required=True, metavar="DIR", help="output folder (created if missing)")
     parser.add_argument("--format", choices=FORMATS, help="weight format (default: read from the content)")
-    parser.add_argument("--batch-size", type=number_type(int, 1), default=1, metavar="N",
-                        help="images per forward pass (default: 1)")  # fmt: skip
+    parser.add_argument(
+        "--batch-size", type=number_type(int, 1), default=1, metavar="N", help="images per forward pass (default: 1)"
+    )
     parser.add_argument("--no-crf", action="store_true", help="FCN-8s alone, without the CRF-RNN head")
     parser.add_argument("--overlay", action="store_true", help="also write NAME_overlay.png with a class legend")
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the labels (default: 0.5)")
     parser.add_argument("--probs", action="store_true", help="also write NAME_probs.npy (L x H x W float32)")
     conv = parser.add_argument_group("conventions (default: those of the weights' code base)")
-    conv.add_argument("--resize", choices=RESIZE_POLICIES,
-                      help="images larger than 500: shrink (Caffe demo), fit every image to 500 (PyTorch port), "
-                      "none = error (Keras port)")  # fmt: skip
-    conv.add_argument("--restore-size", action=argparse.BooleanOptionalAction, default=None,
-                      help="resize the labels back to the photo's size after a resize")  # fmt: skip
+    conv.add_argument(
+        "--resize",
+        choices=RESIZE_POLICIES,
+        help="images larger than 500: shrink (Caffe demo), fit every image to 500 (PyTorch port), "
+        "none = error (Keras port)",
+    )
+    conv.add_argument(
+        "--restore-size",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="resize the labels back to the photo's size after a resize",
+    )
     conv.add_argument("--mean", type=float, nargs=3, metavar=("B", "G", "R"), help="BGR mean to subtract")
-    conv.add_argument("--iterations", type=number_type(int, 0), default=10, metavar="T",
-                      help="mean-field iterations (default: 10, as released)")  # fmt: skip
-    conv.add_argument("--num-classes", type=number_type(int, 0), default=21, metavar="L",
-                      help="class count the weights must have (default: 21; 0: any)")  # fmt: skip
+    conv.add_argument(
+        "--iterations",
+        type=number_type(int, 0),
+        default=10,
+        metavar="T",
+        help="mean-field iterations (default: 10, as released)",
+    )
+    conv.add_argument(
+        "--num-classes",
+        type=number_type(int, 0),
+        default=21,
+        metavar="L",
+        help="class count the weights must have (default: 21; 0: any)",
+    )
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
@@ -159,9 +177,14 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"--device {args.device}: CUDA is not available on this machine; use --device cpu.")
     try:
         model = load_pretrained(
-            args.weights, format=args.format, crf=not args.no_crf, num_classes=args.num_classes or None,
-            num_iterations=args.iterations, mean=args.mean, device=device,
-        )  # fmt: skip
+            args.weights,
+            format=args.format,
+            crf=not args.no_crf,
+            num_classes=args.num_classes or None,
+            num_iterations=args.iterations,
+            mean=args.mean,
+            device=device,
+        )
     except (FileNotFoundError, ValueError, ImportError) as err:
         raise CommandError(str(err)) from err
     names = list(VOC_CLASSES) if model.num_classes == len(VOC_CLASSES) else None
@@ -189,8 +212,18 @@ def run(args: argparse.Namespace) -> int:
                     failures += 1
                     print(f"crfrnn segment: {p}: {name_flags(str(err), {})}", file=sys.stderr)
             try:
-                results = segment_images(model, images, resize=args.resize, restore_size=args.restore_size,
-                                         use_crf=not args.no_crf, return_probs=args.probs) if images else []  # fmt: skip
+                results = (
+                    segment_images(
+                        model,
+                        images,
+                        resize=args.resize,
+                        restore_size=args.restore_size,
+                        use_crf=not args.no_crf,
+                        return_probs=args.probs,
+                    )
+                    if images
+                    else []
+                )
             except ValueError as err:  # e.g. an image too large for resize 'none'
                 if len(images) == 1:
                     raise CommandError(f"{kept[0]}: {err}") from err

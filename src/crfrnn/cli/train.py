@@ -72,17 +72,26 @@ def add_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]"
     m.add_argument("--stage", choices=STAGES, help="cnn (default) or crfrnn")
     m.add_argument("--model", metavar="NAME", help="crfrnn.models name (default small_fcn / small_fcn_crfrnn)")
     m.add_argument(
-        "--model-kwargs", type=_mapping, metavar="YAML",
+        "--model-kwargs",
+        type=_mapping,
+        metavar="YAML",
         help="builder keyword arguments, e.g. '{width: 16}' or '{crf_kwargs: {theta_alpha: 80}}'",
-    )  # fmt: skip
+    )
     m.add_argument("--init-from", metavar="CKPT", help="stage-1 checkpoint whose weights start the backbone")
     m.add_argument(
-        "--iterations", dest="num_iterations", type=number_type(int, 0), metavar="T", help="CRF iterations in training (5)"
+        "--iterations",
+        dest="num_iterations",
+        type=number_type(int, 0),
+        metavar="T",
+        help="CRF iterations in training (5)",
     )
     m.add_argument(
-        "--eval-iterations", dest="num_eval_iterations", type=number_type(int, 0), metavar="T",
+        "--eval-iterations",
+        dest="num_eval_iterations",
+        type=number_type(int, 0),
+        metavar="T",
         help="CRF iterations at evaluation (10)",
-    )  # fmt: skip
+    )
 
     d = parser.add_argument_group("data")
     d.add_argument("--dataset", choices=DATASETS, help="synthetic (default), voc or folder")
@@ -115,7 +124,9 @@ def add_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]"
     o.add_argument("--lr-schedule", choices=LR_SCHEDULES, help="poly (default) or constant")
     o.add_argument("--poly-power", type=number_type(float, 0, True), metavar="P", help="poly schedule exponent (0.9)")
     o.add_argument("--crf-kernel-lr-mult", type=number_type(float, 0), metavar="X", help="lr multiplier, CRF kernels")
-    o.add_argument("--crf-compat-lr-mult", type=number_type(float, 0), metavar="X", help="lr multiplier, CRF compatibility")
+    o.add_argument(
+        "--crf-compat-lr-mult", type=number_type(float, 0), metavar="X", help="lr multiplier, CRF compatibility"
+    )
     o.add_argument("--eval-every", type=number_type(int, 1), metavar="N", help="validate every N epochs (1)")
 
     r = parser.add_argument_group("runtime")
@@ -157,8 +168,12 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(_one_line(err), 2) from err
     quiet = getattr(args, "quiet", False)
     try:
-        result = train(config, progress=not quiet, resume=getattr(args, "resume", False),
-                       stop_after=getattr(args, "stop_after", None))  # fmt: skip
+        result = train(
+            config,
+            progress=not quiet,
+            resume=getattr(args, "resume", False),
+            stop_after=getattr(args, "stop_after", None),
+        )
     except (FileNotFoundError, NotADirectoryError, ValueError, TypeError, KeyError) as err:
         raise CommandError(_one_line(err), 2) from err
     except TrainingError as err:

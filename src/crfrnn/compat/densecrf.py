@@ -26,12 +26,12 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from crfrnn._utils.validation import check_iterations, check_widths
 from crfrnn.crf.engine import infer
-from crfrnn.crf.pairwise import Pairwise, build_kernels, label_transform, pairwise_logits
 from crfrnn.crf.features import bilateral_features, position_features
 from crfrnn.crf.kernels import KernelCache
+from crfrnn.crf.pairwise import Pairwise, build_kernels, label_transform, pairwise_logits
 from crfrnn.energy import kl_divergence
-from crfrnn._utils.validation import check_iterations, check_widths
 
 __all__ = [
     "CONST_KERNEL",
@@ -82,7 +82,7 @@ def _count(name: str, value: Any, minimum: int) -> int:
 
 
 def _compatibility(compat: Any, num_labels: int) -> tuple[Any, Any]:
-    """densecrf's label compatibility as ``(weight, compatibility)`` of a :class:`Pairwise`.
+    """Densecrf's label compatibility as ``(weight, compatibility)`` of a :class:`Pairwise`.
 
     ``PottsCompatibility(w)`` adds ``w K(Q)`` to the logits (weight ``w``, Potts), ``DiagonalCompatibility(v)``
     subtracts ``diag(v) K(Q)`` and ``MatrixCompatibility(M)`` subtracts ``(M + M^T) / 2 K(Q)`` (densecrf
@@ -149,9 +149,15 @@ class DenseCRF:
         if normalization not in _NORMALIZATION:
             raise ValueError(f"unknown normalization {normalization!r}; use one of the NORMALIZE_* constants.")
         weight, mu = _compatibility(compat, self._nlabel)
-        self._pairwise.append(Pairwise(features, weight=weight, compatibility=mu,
-                                       normalization=_NORMALIZATION[normalization],
-                                       cache_key=("term", len(self._pairwise))))  # fmt: skip
+        self._pairwise.append(
+            Pairwise(
+                features,
+                weight=weight,
+                compatibility=mu,
+                normalization=_NORMALIZATION[normalization],
+                cache_key=("term", len(self._pairwise)),
+            )
+        )
 
     def _logits(self) -> torch.Tensor:
         return torch.zeros(1, self._nlabel, self._nvar) if self._unary is None else self._unary
@@ -187,10 +193,11 @@ class DenseCRF:
         Q[...] = torch.softmax(logits, -1)[0].t().numpy()
 
     def klDivergence(self, Q: np.ndarray) -> float:  # noqa: N802, N803
-        """densecrf's KL divergence of the marginals ``Q (L, N)`` (up to the log-partition constant).
+        """Densecrf's KL divergence of the marginals ``Q (L, N)`` (up to the log-partition constant).
 
         :func:`crfrnn.energy.kl_divergence` with ``convention="densecrf"``: no ``1/2`` on the pairwise term, each
-        point's own value included (see ``docs/losses.md``)."""
+        point's own value included (see ``docs/losses.md``).
+        """
         q = self._marginals(Q).transpose(1, 2)
         return float(kl_divergence(q, self._logits(), self._pairwise, convention="densecrf", cache=self._cache)[0])
 
@@ -214,7 +221,12 @@ class DenseCRF2D(DenseCRF):
         self._add(position_features((self._h, self._w), (sy, sx), name="sxy"), compat, kernel, normalization)
 
     def addPairwiseBilateral(  # noqa: N802
-        self, sxy: Any, srgb: Any, rgbim: np.ndarray, compat: Any, kernel: int = DIAG_KERNEL,
+        self,
+        sxy: Any,
+        srgb: Any,
+        rgbim: np.ndarray,
+        compat: Any,
+        kernel: int = DIAG_KERNEL,
         normalization: int = NORMALIZE_SYMMETRIC,
     ) -> None:
         """Appearance kernel on positions divided by ``sxy`` and colours of ``rgbim (H, W, 3)`` uint8 by ``srgb``."""

@@ -56,13 +56,14 @@ def unary_from_labels(labels: np.ndarray, n_labels: int, gt_prob: float, zero_un
     if not 0 < gt_prob < 1:
         raise ValueError("`gt_prob must be in (0,1).")
     lab = np.asarray(labels).reshape(-1).astype(np.int64)
-    logits = logits_from_labels(lab[None] - 1 if zero_unsure else lab[None], n_labels, gt_prob=gt_prob,
-                                unknown=-1 if zero_unsure else None)  # fmt: skip
+    logits = logits_from_labels(
+        lab[None] - 1 if zero_unsure else lab[None], n_labels, gt_prob=gt_prob, unknown=-1 if zero_unsure else None
+    )
     return np.ascontiguousarray(-logits.reshape(n_labels, -1), dtype=np.float32)
 
 
 def _mesh(sdims: Any, shape: Any) -> np.ndarray:
-    """pydensecrf's grid: ``ij`` coordinates of ``shape``, the first ``len(sdims)`` divided by ``sdims``."""
+    """Pydensecrf's grid: ``ij`` coordinates of ``shape``, the first ``len(sdims)`` divided by ``sdims``."""
     mesh = np.array(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), dtype=np.float32)
     sdims = [sdims] if isinstance(sdims, Number) else list(sdims)
     for i, s in enumerate(sdims):

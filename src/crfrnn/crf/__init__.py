@@ -9,11 +9,11 @@
 """
 
 from crfrnn.crf.engine import infer
-from crfrnn.crf.pairwise import Pairwise, label_transform
 from crfrnn.crf.features import bilateral_features, guide_features, position_features, spatial_features
 from crfrnn.crf.functional import mean_field
 from crfrnn.crf.kernels import NORMALIZATIONS, GaussianKernel, KernelCache
 from crfrnn.crf.module import CrfRnn
+from crfrnn.crf.pairwise import Pairwise, label_transform
 
 __all__ = [
     "CrfRnn",

@@ -12,8 +12,11 @@ LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 def check_scores(stats: dict, from_probs: bool, name: str, sum_tol: float) -> None:
     if stats["nonfinite"]:
-        hint = (" If they come from log(probabilities), clamp the probabilities first (e.g. "
-                "probs.clamp_min(1e-8).log()).") if not from_probs else ""  # fmt: skip
+        hint = (
+            (" If they come from log(probabilities), clamp the probabilities first (e.g. probs.clamp_min(1e-8).log()).")
+            if not from_probs
+            else ""
+        )
         raise ValueError(f"{name} contains NaN or infinite values.{hint}")
     if from_probs and stats["negative"]:
         raise ValueError(f"{name} contains negative values: they look like logits; pass them as logits instead.")
@@ -30,8 +33,12 @@ def torch_stats(scores: Tensor, from_probs: bool = True) -> dict:
     if not from_probs:
         return {"nonfinite": int(not bool(torch.isfinite(s).all())), "negative": 0, "min_sum": 1.0, "max_sum": 1.0}
     total = s.sum(1)
-    return {"nonfinite": int((~torch.isfinite(s)).sum()), "negative": int((s < 0).sum()),
-            "min_sum": float(total.min()), "max_sum": float(total.max())}  # fmt: skip
+    return {
+        "nonfinite": int((~torch.isfinite(s)).sum()),
+        "negative": int((s < 0).sum()),
+        "min_sum": float(total.min()),
+        "max_sum": float(total.max()),
+    }
 
 
 def assert_scores(scores: Tensor, from_probs: bool, name: str, sum_tol: float) -> None:
@@ -41,9 +48,11 @@ def assert_scores(scores: Tensor, from_probs: bool, name: str, sum_tol: float) -
     if from_probs:
         total = s.sum(1)
         ok = ok & (s >= 0).all() & ((total - 1.0).abs() <= sum_tol).all()
-    torch._assert_async(ok, f"crfrnn: {name} contains NaN or infinite values" + (
-        ", negative values, or does not sum to 1 over labels" if from_probs else ""))  # fmt: skip
-
+    torch._assert_async(
+        ok,
+        f"crfrnn: {name} contains NaN or infinite values"
+        + (", negative values, or does not sum to 1 over labels" if from_probs else ""),
+    )
 
 
 def check_scores_tensor(unary: Tensor, name: str = "unary") -> tuple[int, torch.dtype]:
@@ -51,8 +60,11 @@ def check_scores_tensor(unary: Tensor, name: str = "unary") -> tuple[int, torch.
     if not isinstance(unary, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape (B, L, *S), got {type(unary).__name__}.")
     if unary.dim() not in (3, 4, 5):
-        hint = (f"for a single image add the batch dimension with {name}[None]" if unary.dim() == 2 else
-                "signals, images and volumes have 1, 2 or 3 spatial axes")  # fmt: skip
+        hint = (
+            f"for a single image add the batch dimension with {name}[None]"
+            if unary.dim() == 2
+            else "signals, images and volumes have 1, 2 or 3 spatial axes"
+        )
         raise ValueError(
             f"{name} must have shape (B, L, *S) with 1 to 3 spatial axes S, got a {unary.dim()}-D tensor of shape "
             f"{tuple(unary.shape)}; {hint}."
@@ -84,7 +96,9 @@ def check_image_tensor(image: Tensor, unary: Tensor, name: str = "image") -> Non
             f"F.interpolate(unary, size={name}.shape[2:], mode='bilinear')) or the {name} to the unary's."
         )
     if image.device != unary.device:
-        raise ValueError(f"unary is on {unary.device} but {name} is on {image.device}; move one with .to(other.device).")
+        raise ValueError(
+            f"unary is on {unary.device} but {name} is on {image.device}; move one with .to(other.device)."
+        )
 
 
 def binary_to_two(unary: Tensor) -> Tensor:

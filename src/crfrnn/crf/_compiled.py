@@ -34,7 +34,6 @@ from torch.autograd.function import once_differentiable
 from crfrnn import _kernels
 from crfrnn._utils.memory import Workspace
 from crfrnn._utils.threads import limit_threads
-from crfrnn import _kernels
 from crfrnn.crf.pairwise import build_concurrently
 
 __all__ = ["compiled_mean_field", "release_buffers"]
@@ -58,16 +57,24 @@ def _rounded(rows: int) -> int:
 
 def _vertex_buffers(ops, channels: int, dtype: torch.dtype, count: int = 2) -> list:
     """``count`` ``(M + 1, C)`` vertex buffers per kernel, views of kept buffers rounded up."""
-    return [tuple(_WORKSPACE.take((_rounded(o.num_vertices + 1), channels), dtype) for _ in range(count))
-            for o, *_ in ops]  # fmt: skip
+    return [
+        tuple(_WORKSPACE.take((_rounded(o.num_vertices + 1), channels), dtype) for _ in range(count)) for o, *_ in ops
+    ]
 
 
 def _views(bufs: list, ops) -> list:
     return [tuple(x[: o.num_vertices + 1].numpy() for x in pair) for pair, (o, *_) in zip(bufs, ops)]
 
 
-def compiled_mean_field(unary: Tensor, builder, schedule: Sequence[Sequence], iterations: int,
-                        return_logits: bool, check=None, memory_efficient: bool = False) -> Tensor:
+def compiled_mean_field(
+    unary: Tensor,
+    builder,
+    schedule: Sequence[Sequence],
+    iterations: int,
+    return_logits: bool,
+    check=None,
+    memory_efficient: bool = False,
+) -> Tensor:
     """``iterations`` mean-field iterations on the CPU, differentiable with respect to ``unary`` and every tensor
     label transform in ``schedule``.
 
@@ -159,6 +166,7 @@ class _CompiledMeanField(torch.autograd.Function):
         hist = _WORKSPACE.take((b, iters, n, c), dtype)  # q_t, the input of iteration t
         last = _WORKSPACE.take((b, n, c), dtype)  # q_T (or the logits of iteration T)
         out = torch.empty((b, num_labels, n), dtype=dtype)
+
         def image(i: int) -> tuple[list, list]:
             """Image ``i``'s forward: its kernels (operators and factors) and its kept vertex buffers."""
             ops = []
@@ -171,8 +179,14 @@ class _CompiledMeanField(torch.autograd.Function):
             # tiny or very detailed image: 5 N at 16x16) keeps nothing and its buffer is recomputed, so that the memory
             # stays within (1 + 2 K) N C per iteration, O(T B L N); below that keeping is cheaper than recomputing (at
             # 96x96 with CrfRnn's widths the bilateral lattice has 1.7 N vertices)
-            kept = [_WORKSPACE.take((iters, _rounded(o.num_vertices + 1), c), dtype) if o.num_vertices < 2 * n
-                    else None for o, *_ in ops] if keep_blurred else []  # fmt: skip
+            kept = (
+                [
+                    _WORKSPACE.take((iters, _rounded(o.num_vertices + 1), c), dtype) if o.num_vertices < 2 * n else None
+                    for o, *_ in ops
+                ]
+                if keep_blurred
+                else []
+            )
             unary_i = padded[i * n : (i + 1) * n]
             h = hist[i].numpy()
             _kernels.softmax_rows(unary_i, h[0], num_labels)
@@ -184,9 +198,19 @@ class _CompiledMeanField(torch.autograd.Function):
                 q = h[it + 1] if it + 1 < iters else last[i].numpy()
                 s = min(it, len(plan.steps) - 1)
                 final = it + 1 == iters
-                _kernels.mean_field(unary_i, num_labels, 1, args[s], q0=h[it], q_out=q,
-                                  return_logits=final and plan.return_logits, prepared=prepared[s],
-                                  transpose=False, splatted=it > 0, scatter_out=not final)  # fmt: skip
+                _kernels.mean_field(
+                    unary_i,
+                    num_labels,
+                    1,
+                    args[s],
+                    q0=h[it],
+                    q_out=q,
+                    return_logits=final and plan.return_logits,
+                    prepared=prepared[s],
+                    transpose=False,
+                    splatted=it > 0,
+                    scatter_out=not final,
+                )
                 for k, (o, *_) in enumerate(ops if keep_blurred else ()):
                     if kept[k] is not None:
                         np.copyto(kept[k][it, : o.num_vertices + 1].numpy(), _kernels.blur_result(o, *work[k][:2]))
@@ -266,11 +290,11 @@ def _backward(ctx, grad: Tensor) -> tuple:
                     if kept[i] and kept[i][k] is not None:
                         blurred = kept[i][k][it, :rows].numpy()
                     else:  # the forward's blurred buffer blur(S^T(pre q_t)), again
-                        blurred = _kernels.blur(o, _kernels.splat(o, hist[i, it].numpy(), pre, work[k][2], parts[k]), work[k][3],
-                                              False)  # fmt: skip
+                        blurred = _kernels.blur(
+                            o, _kernels.splat(o, hist[i, it].numpy(), pre, work[k][2], parts[k]), work[k][3], False
+                        )
                     self_term = None if self_coef[k] is None else (self_coef[k], hist[i, it])
-                    grads[index] += _transform_grad(sp, blurred, o.alpha, dz, self_term, grads[index].dim(),
-                                                    num_labels)  # fmt: skip
+                    grads[index] += _transform_grad(sp, blurred, o.alpha, dz, self_term, grads[index].dim(), num_labels)
                 if mat is not None:
                     # dm = dz T: its splat is S^T(post dz) T (per-point factors commute with the label product), an
                     # (M + 1) x C product instead of N x C; dm itself only for the self-exclusion term
@@ -298,8 +322,9 @@ def _ones(channels: int, dtype: torch.dtype) -> np.ndarray:
     return np.ones(channels, np.float64 if dtype == torch.float64 else np.float32)
 
 
-def _transform_grad(sp: np.ndarray, blurred: np.ndarray, alpha: float, dz: Tensor, self_term, ndim: int,
-                    num_labels: int) -> Tensor:
+def _transform_grad(
+    sp: np.ndarray, blurred: np.ndarray, alpha: float, dz: Tensor, self_term, ndim: int, num_labels: int
+) -> Tensor:
     """Gradient of ``logits += msg T^T`` (matrix), ``T * msg`` (vector) or ``T msg`` (number) with respect to ``T``.
 
     With ``msg = post (alpha S B - selfw pre q)`` (``B`` the blurred vertex buffer, ``S`` the slice), ``dz^T msg`` is

@@ -16,11 +16,21 @@ from crfrnn.crf.pairwise import KernelBuilder, build_concurrently
 __all__ = ["infer_fused"]
 
 
-def infer_fused(scores: Tensor, builder: KernelBuilder, schedule: list, iterations: int, from_probs: bool,
-                 clip: float, return_logits: bool, name: str, sum_tol: float) -> Tensor:
+def infer_fused(
+    scores: Tensor,
+    builder: KernelBuilder,
+    schedule: list,
+    iterations: int,
+    from_probs: bool,
+    clip: float,
+    return_logits: bool,
+    name: str,
+    sum_tol: float,
+) -> Tensor:
     """The compiled path: all iterations in one compiled call when they share their label transforms, else one
     compiled iteration at a time (untied iterations; iteration ``t`` takes ``schedule[min(t, len - 1)]``), the
-    marginals kept in the compiled loop's padded layout between iterations."""
+    marginals kept in the compiled loop's padded layout between iterations.
+    """
     b, num_labels, n = scores.shape
     dtype = scores.dtype
     np_dtype = np.float64 if dtype == torch.float64 else np.float32
@@ -40,8 +50,9 @@ def infer_fused(scores: Tensor, builder: KernelBuilder, schedule: list, iteratio
         unary, q = padded[rows], None if q0 is None else q0[rows]
         if len(steps) == 1 or iterations <= 1:
             args = [op + (mat,) for op, mat in zip(ops, steps[0])]
-            _kernels.mean_field(unary, num_labels, iterations, args, q0=q, return_logits=return_logits,
-                              out=out[i].numpy())  # fmt: skip
+            _kernels.mean_field(
+                unary, num_labels, iterations, args, q0=q, return_logits=return_logits, out=out[i].numpy()
+            )
             continue
         if q is None:
             q = np.empty_like(unary)
@@ -55,7 +66,17 @@ def infer_fused(scores: Tensor, builder: KernelBuilder, schedule: list, iteratio
         for it in range(iterations):  # q holds each iteration's marginals, updated in place
             s = min(it, len(steps) - 1)
             last = it == iterations - 1
-            _kernels.mean_field(unary, num_labels, 1, args[s], q0=q, return_logits=last and return_logits,
-                              out=out[i].numpy(), transpose=last, prepared=prepared[s], splatted=it > 0,
-                              scatter_out=not last)  # fmt: skip
+            _kernels.mean_field(
+                unary,
+                num_labels,
+                1,
+                args[s],
+                q0=q,
+                return_logits=last and return_logits,
+                out=out[i].numpy(),
+                transpose=last,
+                prepared=prepared[s],
+                splatted=it > 0,
+                scatter_out=not last,
+            )
     return out

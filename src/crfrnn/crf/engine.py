@@ -35,7 +35,6 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from crfrnn import _kernels
 from crfrnn._utils.threads import adaptive_threads
 from crfrnn.crf._checks import assert_scores, check_scores, torch_stats
 from crfrnn.crf._compiled import compiled_mean_field
@@ -93,8 +92,10 @@ def infer(
     """
     b, num_labels, n = scores.shape
     dtype = scores.dtype
-    transforms = [label_transform(k.weight, k.compatibility, num_labels, scores, name=k.names[0],
-                                  compat_name=k.names[1]) for k in kernels]  # fmt: skip
+    transforms = [
+        label_transform(k.weight, k.compatibility, num_labels, scores, name=k.names[0], compat_name=k.names[1])
+        for k in kernels
+    ]
     schedule = [transforms]
     if iteration_weights is not None:
         schedule = [_iteration_transforms(pairs, kernels, num_labels, scores) for pairs in iteration_weights]
@@ -116,9 +117,15 @@ def infer(
         if from_probs:  # the probabilities are checked here; logits by the compiled pass that lays them out
             check_scores(torch_stats(scores), True, name, sum_tol)
         logits = scores.clamp(clip, 1.0).log() if from_probs else scores
-        return compiled_mean_field(logits, builder, schedule, iterations, return_logits,
-                                   check=lambda stats: check_scores(stats, False, name, sum_tol),
-                                   memory_efficient=memory_efficient)  # fmt: skip
+        return compiled_mean_field(
+            logits,
+            builder,
+            schedule,
+            iterations,
+            return_logits,
+            check=lambda stats: check_scores(stats, False, name, sum_tol),
+            memory_efficient=memory_efficient,
+        )
     if torch.compiler.is_compiling():  # checked on the device: no value read back, no graph break
         assert_scores(scores, from_probs, name, sum_tol)
     else:
@@ -149,12 +156,17 @@ def _iteration_transforms(pairs: Sequence[tuple], kernels: Sequence[Pairwise], n
             f"each entry of iteration_weights needs one (weight, compatibility) pair per kernel ({len(kernels)}), "
             f"got {len(pairs)}."
         )
-    return [label_transform(w, c, num_labels, like, name=k.names[0], compat_name=k.names[1])
-            for (w, c), k in zip(pairs, kernels)]  # fmt: skip
+    return [
+        label_transform(w, c, num_labels, like, name=k.names[0], compat_name=k.names[1])
+        for (w, c), k in zip(pairs, kernels)
+    ]
 
 
 def _needs_grad(scores: Tensor, transforms: Sequence, kernels: Sequence[Pairwise] = ()) -> bool:
     if not torch.is_grad_enabled():
         return False
-    return (scores.requires_grad or any(isinstance(t, Tensor) and t.requires_grad for t in transforms)
-            or any(k.features.requires_grad for k in kernels))  # fmt: skip
+    return (
+        scores.requires_grad
+        or any(isinstance(t, Tensor) and t.requires_grad for t in transforms)
+        or any(k.features.requires_grad for k in kernels)
+    )

@@ -38,23 +38,26 @@ def _divided(base: Tensor, widths: Tensor) -> Tensor:
 
 def width_factors(features: Tensor) -> Optional[tuple[Tensor, Tensor]]:
     """``(base (B, N, D), widths (D,))`` with ``features = base / widths`` for features built here that need a
-    gradient, or None (features built elsewhere, or derived from these by any operation)."""
+    gradient, or None (features built elsewhere, or derived from these by any operation).
+    """
     factors = getattr(features, _FACTORS, None)
     if factors is None or factors[0].shape != features.shape or factors[1].shape != features.shape[-1:]:
         return None
     return factors
 
 
-def _position_base(shape: Sequence[int], steps: Sequence[float], dtype: torch.dtype,
-                   device: Optional[torch.device]) -> Tensor:
+def _position_base(
+    shape: Sequence[int], steps: Sequence[float], dtype: torch.dtype, device: Optional[torch.device]
+) -> Tensor:
     """Undivided positions ``(1, N, len(S))`` in the units of ``steps``, the last axis first."""
     axes = [torch.arange(n, dtype=torch.float64, device=device) * step for n, step in zip(shape, steps)]
     grids = torch.meshgrid(*axes, indexing="ij")
     return torch.stack(grids[::-1], -1).reshape(1, -1, len(shape)).to(dtype)
 
 
-def _check_positions(shape: Sequence[int], theta: Width, spacing: Optional[Width],
-                     name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def _check_positions(
+    shape: Sequence[int], theta: Width, spacing: Optional[Width], name: str
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Checked ``(widths, steps)`` of a grid's position features (floats, array-axis order)."""
     widths = check_widths(name, theta, len(shape), "spatial axis")
     steps = check_spacing(spacing, len(shape))
@@ -78,8 +81,13 @@ def _check_guide(guide: Tensor, theta: Width, name: str) -> tuple[Tensor, tuple[
 
 
 def position_features(
-    shape: Sequence[int], theta: Width, *, spacing: Optional[Width] = None, dtype: torch.dtype = torch.float32,
-    device: Optional[torch.device] = None, name: str = "theta",
+    shape: Sequence[int],
+    theta: Width,
+    *,
+    spacing: Optional[Width] = None,
+    dtype: torch.dtype = torch.float32,
+    device: Optional[torch.device] = None,
+    name: str = "theta",
 ) -> Tensor:
     """Position features of every point of a grid, divided by the widths.
 
@@ -102,8 +110,10 @@ def position_features(
     if widths_need_grad(theta):
         w = width_tensor(name, theta, ndim, "spatial axis", dtype=dtype, device=device)
         return _divided(_position_base(shape, steps, dtype, device), w.flip(0))
-    axes = [(torch.arange(n, dtype=torch.float64, device=device) * step) / width
-            for n, step, width in zip(shape, steps, widths)]  # fmt: skip
+    axes = [
+        (torch.arange(n, dtype=torch.float64, device=device) * step) / width
+        for n, step, width in zip(shape, steps, widths)
+    ]
     grids = torch.meshgrid(*axes, indexing="ij")
     pos = torch.stack(grids[::-1], -1).reshape(1, -1, ndim)
     return pos.to(dtype)
@@ -129,7 +139,11 @@ def guide_features(guide: Tensor, theta: Width, *, name: str = "theta") -> Tenso
 
 
 def bilateral_features(
-    image: Tensor, theta_alpha: Width, theta_beta: Width, *, spacing: Optional[Width] = None,
+    image: Tensor,
+    theta_alpha: Width,
+    theta_beta: Width,
+    *,
+    spacing: Optional[Width] = None,
     names: tuple[str, str] = ("theta_alpha", "theta_beta"),
 ) -> Tensor:
     """Position and guide features ``(x / theta_alpha, y / theta_alpha, .., c_1 / theta_beta, ..)``.
@@ -153,13 +167,19 @@ def bilateral_features(
         w_g = width_tensor(names[1], theta_beta, c, "guide channel", **like)
         base = torch.cat([_position_base(shape, steps, **like).expand(b, -1, -1), flat.transpose(1, 2)], -1)
         return _divided(base, torch.cat([w_pos.flip(0), w_g]))
-    pos = position_features(image.shape[2:], theta_alpha, spacing=spacing, dtype=image.dtype, device=image.device,
-                            name=names[0])  # fmt: skip
+    pos = position_features(
+        image.shape[2:], theta_alpha, spacing=spacing, dtype=image.dtype, device=image.device, name=names[0]
+    )
     return torch.cat([pos.expand(b, -1, -1), guide_features(image, theta_beta, name=names[1])], -1)
 
 
 def spatial_features(
-    batch: int, height: int, width: int, theta: Width, *, dtype: torch.dtype = torch.float32,
+    batch: int,
+    height: int,
+    width: int,
+    theta: Width,
+    *,
+    dtype: torch.dtype = torch.float32,
     device: Optional[torch.device] = None,
 ) -> Tensor:
     """Position features ``(x / theta_x, y / theta_y)`` of every pixel of an image (the 2-D case).

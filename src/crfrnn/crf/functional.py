@@ -12,15 +12,13 @@ import torch
 from torch import Tensor
 
 from crfrnn._utils.threads import adaptive_threads
-
+from crfrnn._utils.validation import check_guide, check_iterations, check_spacing, check_widths
 from crfrnn.crf._checks import binary_to_two, check_image_tensor, check_scores_tensor
 from crfrnn.crf.engine import infer
-from crfrnn.crf.pairwise import Weight, Width, image_kernels
 from crfrnn.crf.kernels import KernelCache, check_normalization
-from crfrnn._utils.validation import check_guide, check_iterations, check_spacing, check_widths
+from crfrnn.crf.pairwise import Weight, Width, image_kernels
 
 __all__ = ["mean_field"]
-
 
 
 @adaptive_threads
@@ -125,20 +123,41 @@ def mean_field(
         def at(value, t):
             return value[t] if isinstance(value, (list, tuple)) else value
 
-        iteration_weights = [((at(spatial_weight, t), at(compatibility, t)), (at(bilateral_weight, t),
-                              at(compatibility, t))) for t in range(count)]  # fmt: skip
-        spatial_weight, bilateral_weight, compatibility = iteration_weights[0][0][0], iteration_weights[0][1][0], \
-            iteration_weights[0][0][1]  # fmt: skip
+        iteration_weights = [
+            ((at(spatial_weight, t), at(compatibility, t)), (at(bilateral_weight, t), at(compatibility, t)))
+            for t in range(count)
+        ]
+        spatial_weight, bilateral_weight, compatibility = (
+            iteration_weights[0][0][0],
+            iteration_weights[0][1][0],
+            iteration_weights[0][0][1],
+        )
     kernels = image_kernels(
-        shape, img, spatial_width=theta_gamma, bilateral_position_width=theta_alpha, bilateral_guide_width=theta_beta,
-        checked_widths=(theta_g, theta_a), spacing=steps, weights=(spatial_weight, bilateral_weight),
+        shape,
+        img,
+        spatial_width=theta_gamma,
+        bilateral_position_width=theta_alpha,
+        bilateral_guide_width=theta_beta,
+        checked_widths=(theta_g, theta_a),
+        spacing=steps,
+        weights=(spatial_weight, bilateral_weight),
         names=("theta_gamma", "theta_alpha", "theta_beta", "spatial_weight", "bilateral_weight", "compatibility"),
-        normalization=normalization, exclude_self=exclude_self, compatibility=compatibility,
+        normalization=normalization,
+        exclude_self=exclude_self,
+        compatibility=compatibility,
     )
     with torch.autocast(u.device.type, enabled=False):
-        out = infer(u.reshape(b, num_labels, -1), kernels, iterations=iterations, return_logits=True,
-                    memory_efficient=memory_efficient, exact=exact, backend=backend, cache=cache,
-                    iteration_weights=iteration_weights)  # fmt: skip
+        out = infer(
+            u.reshape(b, num_labels, -1),
+            kernels,
+            iterations=iterations,
+            return_logits=True,
+            memory_efficient=memory_efficient,
+            exact=exact,
+            backend=backend,
+            cache=cache,
+            iteration_weights=iteration_weights,
+        )
     out = out.reshape(u.shape)
     if binary:
         out = out[:, 1:] - out[:, :1]

@@ -63,7 +63,12 @@ class GaussianKernel:
     """
 
     def __init__(
-        self, features: Tensor, *, normalization: str = "row", exclude_self: bool = False, exact: bool = False,
+        self,
+        features: Tensor,
+        *,
+        normalization: str = "row",
+        exclude_self: bool = False,
+        exact: bool = False,
         backend: str = "auto",
     ) -> None:
         self.normalization = check_normalization(normalization)
@@ -83,9 +88,7 @@ class GaussianKernel:
         b, n, _ = features.shape
         self.self_weight: Optional[Tensor] = None
         if exclude_self:
-            self.self_weight = (
-                features.new_ones(b, n, 1) if exact else self.lattice.self_weights().unsqueeze(-1)
-            )
+            self.self_weight = features.new_ones(b, n, 1) if exact else self.lattice.self_weights().unsqueeze(-1)
         ones = features.new_ones(b, n, 1)
         norm = self._filter(ones)
         if exclude_self:
@@ -127,8 +130,11 @@ class GaussianKernel:
         one = torch.ones(shape, dtype=dtype, device=dev)
         pre = one if self.pre is None else self.pre.detach().reshape(shape).to(dtype)
         post = one if self.post is None else self.post.detach().reshape(shape).to(dtype)
-        selfw = (torch.zeros(shape, dtype=dtype, device=dev) if self.self_weight is None
-                 else self.self_weight.reshape(shape).to(dtype))  # fmt: skip
+        selfw = (
+            torch.zeros(shape, dtype=dtype, device=dev)
+            if self.self_weight is None
+            else self.self_weight.reshape(shape).to(dtype)
+        )
         return pre, post, selfw
 
     def __call__(self, q: Tensor) -> Tensor:

@@ -8,9 +8,9 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from crfrnn._utils.validation import check_iterations, check_widths
 from crfrnn.crf.functional import mean_field
 from crfrnn.crf.kernels import NORMALIZATIONS, KernelCache
-from crfrnn._utils.validation import check_iterations, check_widths
 
 __all__ = ["CrfRnn", "KERNEL_WEIGHTS"]
 
@@ -104,8 +104,9 @@ class CrfRnn(nn.Module):
         symmetric_compatibility: bool = False,
     ) -> None:
         super().__init__()
-        if num_untied is not None and (isinstance(num_untied, bool) or not isinstance(num_untied, int)
-                                       or num_untied < 1):  # fmt: skip
+        if num_untied is not None and (
+            isinstance(num_untied, bool) or not isinstance(num_untied, int) or num_untied < 1
+        ):
             raise ValueError(f"num_untied must be None or an integer >= 1, got {num_untied!r}.")
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes must be an integer >= 1, got {num_classes!r}.")
@@ -176,7 +177,8 @@ class CrfRnn(nn.Module):
 
     def kernel_weight_means(self) -> dict[str, float]:
         """The mean weight each kernel gives a label with itself (the diagonal of a matrix weight; for untied
-        layers over all sets): ``{"spatial": ..., "bilateral": ...}``, for logs and reports."""
+        layers over all sets): ``{"spatial": ..., "bilateral": ...}``, for logs and reports.
+        """
         out = {}
         for kind in ("spatial", "bilateral"):
             w = getattr(self, kind + "_weights").detach()
@@ -186,7 +188,8 @@ class CrfRnn(nn.Module):
 
     def effective_compatibility(self) -> Tensor:
         """The compatibility the mean field uses: ``compatibility``, or its symmetric part with
-        ``symmetric_compatibility`` (``(L, L)``, or ``(T_u, L, L)`` untied)."""
+        ``symmetric_compatibility`` (``(L, L)``, or ``(T_u, L, L)`` untied).
+        """
         mu = self.compatibility
         return 0.5 * (mu + mu.transpose(-1, -2)) if self.symmetric_compatibility else mu
 
@@ -195,7 +198,8 @@ class CrfRnn(nn.Module):
     def untie(self, num_untied: Optional[int] = None) -> "CrfRnn":
         """Give every iteration its own weights and compatibility (``num_untied`` sets, default ``num_iterations``),
         each a copy of the current (tied) values, so the output does not change. Replaces the parameters: build
-        the optimiser afterwards. Returns ``self``."""
+        the optimiser afterwards. Returns ``self``.
+        """
         count = self.num_iterations if num_untied is None else num_untied
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise ValueError(f"num_untied must be an integer >= 1, got {count!r}.")
@@ -209,17 +213,20 @@ class CrfRnn(nn.Module):
 
     def tie(self) -> "CrfRnn":
         """Back to one set shared by every iteration: the **average** of the untied sets (exact when they are
-        equal; otherwise an approximation of the untied layer). Replaces the parameters. Returns ``self``."""
+        equal; otherwise an approximation of the untied layer). Replaces the parameters. Returns ``self``.
+        """
         if self.num_untied is not None:
             for name in self._UNTIED:
                 setattr(self, name, nn.Parameter(getattr(self, name).detach().mean(0).clone()))
             self.num_untied = None
         return self
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs):  # noqa: D401 (PyTorch hook)
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):  # noqa: D401 (PyTorch hook)
         """A tied state dict (``(L, L)`` parameters) loads into an untied layer: every set gets the tied values; fixed
-        widths (``theta_*`` buffers) load into a layer that learns them (``log_theta_*``) and back."""
+        widths (``theta_*`` buffers) load into a layer that learns them (``log_theta_*``) and back.
+        """
         for name in self._WIDTHS:
             fixed, learned = prefix + name, prefix + "log_" + name
             if self.learn_widths and fixed in state_dict and learned not in state_dict:
@@ -240,8 +247,9 @@ class CrfRnn(nn.Module):
                     f"num_untied={value.shape[0]} (or call .untie({value.shape[0]})) before loading."
                 )
                 return
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)  # fmt: skip
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
         self._refresh_widths()
 
     def _per_iteration(self, value: Tensor):

@@ -65,8 +65,15 @@ def _as_tensor(value: Union[Tensor, np.ndarray], like: Tensor) -> Tensor:
     return value.to(device=like.device, dtype=like.dtype)
 
 
-def label_transform(weight: Weight, compatibility, num_labels: int, like: Tensor, *, name: str = "weight",
-                    compat_name: str = "compatibility") -> Union[float, Tensor]:
+def label_transform(
+    weight: Weight,
+    compatibility,
+    num_labels: int,
+    like: Tensor,
+    *,
+    name: str = "weight",
+    compat_name: str = "compatibility",
+) -> Union[float, Tensor]:
     """``T = -mu W`` for one kernel (``W`` itself for Potts): a number, an ``(L,)`` vector or an ``(L, L)`` matrix.
 
     Raises:
@@ -107,13 +114,14 @@ def label_transform(weight: Weight, compatibility, num_labels: int, like: Tensor
     return -(mu @ w) if isinstance(w, Tensor) and w.dim() == 2 else -mu * w
 
 
-
 class KernelBuilder:
     """Builds each kernel once per call (once per image on the fused path); shared kernels with a
-    ``cache_key`` come from the caller's cache."""
+    ``cache_key`` come from the caller's cache.
+    """
 
-    def __init__(self, kernels: Sequence[Pairwise], dtype: torch.dtype, exact: bool, backend: str,
-                 cache: Optional[KernelCache]) -> None:
+    def __init__(
+        self, kernels: Sequence[Pairwise], dtype: torch.dtype, exact: bool, backend: str, cache: Optional[KernelCache]
+    ) -> None:
         self.kernels = kernels
         self.dtype = dtype
         self.exact = exact
@@ -122,8 +130,13 @@ class KernelBuilder:
         self._shared: dict[int, GaussianKernel] = {}
 
     def _make(self, spec: Pairwise, features: Tensor) -> GaussianKernel:
-        return GaussianKernel(features.to(self.dtype), normalization=spec.normalization,
-                              exclude_self=spec.exclude_self, exact=self.exact, backend=self.backend)
+        return GaussianKernel(
+            features.to(self.dtype),
+            normalization=spec.normalization,
+            exclude_self=spec.exclude_self,
+            exact=self.exact,
+            backend=self.backend,
+        )
 
     def kernel(self, index: int, image: Optional[int]) -> GaussianKernel:
         """Kernel ``index`` for one image (``image``) or for the whole batch (``None``)."""
@@ -132,16 +145,29 @@ class KernelBuilder:
             return self._make(spec, spec.features if image is None else spec.features[image : image + 1])
         if index not in self._shared:  # shared by the batch
             if spec.cache_key is not None and self.cache is not None:
-                key = (spec.cache_key, spec.normalization, spec.exclude_self, self.exact, self.backend, self.dtype,
-                       str(spec.features.device))  # fmt: skip
+                key = (
+                    spec.cache_key,
+                    spec.normalization,
+                    spec.exclude_self,
+                    self.exact,
+                    self.backend,
+                    self.dtype,
+                    str(spec.features.device),
+                )
                 self._shared[index] = self.cache.get(key, lambda: self._make(spec, spec.features))
             else:
                 self._shared[index] = self._make(spec, spec.features)
         return self._shared[index]
 
 
-def build_kernels(kernels: Sequence[Pairwise], dtype: torch.dtype, *, cache: Optional[KernelCache] = None,
-                  exact: bool = False, backend: str = "auto") -> list[GaussianKernel]:
+def build_kernels(
+    kernels: Sequence[Pairwise],
+    dtype: torch.dtype,
+    *,
+    cache: Optional[KernelCache] = None,
+    exact: bool = False,
+    backend: str = "auto",
+) -> list[GaussianKernel]:
     """The built kernels of the differentiable path, one per :class:`Pairwise` (for the whole batch)."""
     builder = KernelBuilder(kernels, dtype, exact, backend, cache)
     return [builder.kernel(i, None) for i in range(len(kernels))]
@@ -162,7 +188,6 @@ def pairwise_logits(q: Tensor, built: Sequence[GaussianKernel], transforms: Sequ
         term = torch.cat([k(q) for k, _ in full], -1) @ mix
         out = term if out is None else out + term
     return torch.zeros_like(q) if out is None else out
-
 
 
 def build_concurrently(builder: KernelBuilder, count: int, image: int, num_points: int) -> list[GaussianKernel]:
@@ -188,8 +213,6 @@ def build_concurrently(builder: KernelBuilder, count: int, image: int, num_point
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return list(pool.map(build, range(count)))
-
-
 
 
 def image_kernels(
@@ -229,14 +252,25 @@ def image_kernels(
     position = bilateral_position_width if widths_need_grad(bilateral_position_width) else checked_position
     return [
         Pairwise(
-            position_features(shape, spatial_width if learned else checked_spatial, spacing=spacing,
-                              dtype=image.dtype, device=image.device, name=spatial_name),
-            weight=weights[0], cache_key=None if learned else ("position", shape, checked_spatial, spacing),
-            names=(spatial_weight, compat_name), **options,
+            position_features(
+                shape,
+                spatial_width if learned else checked_spatial,
+                spacing=spacing,
+                dtype=image.dtype,
+                device=image.device,
+                name=spatial_name,
+            ),
+            weight=weights[0],
+            cache_key=None if learned else ("position", shape, checked_spatial, spacing),
+            names=(spatial_weight, compat_name),
+            **options,
         ),
         Pairwise(
-            bilateral_features(image, position, bilateral_guide_width, spacing=spacing,
-                               names=(position_name, guide_name)),
-            weight=weights[1], names=(bilateral_weight, compat_name), **options,
+            bilateral_features(
+                image, position, bilateral_guide_width, spacing=spacing, names=(position_name, guide_name)
+            ),
+            weight=weights[1],
+            names=(bilateral_weight, compat_name),
+            **options,
         ),
     ]

@@ -12,13 +12,13 @@ works. For variable-size images (PASCAL VOC) at evaluation time, pad every image
 of the batch; padded mask pixels are 255), or use ``batch_size=1``.
 """
 
-from .collate import pad_collate
-from .folder import SegmentationFolder
-from .palette import color_palette, colorize, load_label_png, save_label_png
-from .scribbles import ScribbleDataset, scribbles_from_mask
-from .synthetic import SyntheticShapes, synthetic_splits
-from .transforms import CenterCrop, Compose, PadTo, RandomCrop, RandomHorizontalFlip, RandomScale
-from .voc import VOC_CLASSES, SBDSegmentation, VOCSegmentation, voc_train_aug
+from crfrnn.data.collate import pad_collate
+from crfrnn.data.folder import SegmentationFolder
+from crfrnn.data.palette import color_palette, colorize, load_label_png, save_label_png
+from crfrnn.data.scribbles import ScribbleDataset, scribbles_from_mask
+from crfrnn.data.synthetic import SyntheticShapes, synthetic_splits
+from crfrnn.data.transforms import CenterCrop, Compose, PadTo, RandomCrop, RandomHorizontalFlip, RandomScale
+from crfrnn.data.voc import VOC_CLASSES, SBDSegmentation, VOCSegmentation, voc_train_aug
 
 __all__ = [
     "CenterCrop",

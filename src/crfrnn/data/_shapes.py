@@ -39,8 +39,14 @@ __all__ = [
 
 SHAPES: Tuple[str, ...] = ("pan", "box", "triangle", "star", "ring", "table")
 TEXTURES: Tuple[str, ...] = ("none", "stripes", "checks", "dots")
-PREFERRED_TEXTURE = {"pan": "dots", "box": "checks", "triangle": "stripes", "star": "none", "ring": "none",
-                      "table": "none"}  # fmt: skip
+PREFERRED_TEXTURE = {
+    "pan": "dots",
+    "box": "checks",
+    "triangle": "stripes",
+    "star": "none",
+    "ring": "none",
+    "table": "none",
+}
 TEXTURE_KEEP_PROB = 0.7
 WEAK_CONTRAST_PROB = 0.3
 SUPERSAMPLE = 2
@@ -182,7 +188,9 @@ def contrasting_colour(rng: np.random.Generator, behind: np.ndarray) -> np.ndarr
     return np.clip(c, 10.0, 245.0)
 
 
-def texture_pattern(rng: np.random.Generator, kind: str, xs: np.ndarray, ys: np.ndarray, cx: float, cy: float) -> np.ndarray:
+def texture_pattern(
+    rng: np.random.Generator, kind: str, xs: np.ndarray, ys: np.ndarray, cx: float, cy: float
+) -> np.ndarray:
     """Zero-mean-ish pattern in [-1, 1] on the grid (ys, xs), in a randomly rotated frame."""
     a = rng.uniform(0, math.pi)
     u = (xs[None, :] - cx) * math.cos(a) + (ys[:, None] - cy) * math.sin(a)

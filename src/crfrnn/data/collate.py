@@ -6,8 +6,8 @@ from typing import Sequence, Tuple
 
 import torch
 
-from ._io import Sample
-from .transforms import PadValue, crop_pad, fill_value
+from crfrnn.data._io import Sample
+from crfrnn.data.transforms import PadValue, crop_pad, fill_value
 
 __all__ = ["pad_collate"]
 
@@ -59,6 +59,7 @@ def pad_collate(
     h = -(-h // size_divisor) * size_divisor
     w = -(-w // size_divisor) * size_divisor
     padded = [
-        crop_pad(img, msk, 0, 0, h, w, fill_value(img, pad_value, "pad_collate"), int(ignore_index)) for img, msk in batch
+        crop_pad(img, msk, 0, 0, h, w, fill_value(img, pad_value, "pad_collate"), int(ignore_index))
+        for img, msk in batch
     ]
     return torch.stack([p[0] for p in padded]), torch.stack([p[1] for p in padded])

@@ -8,7 +8,7 @@ from typing import Dict, List, Optional, Sequence
 
 from torch.utils.data import Dataset
 
-from ._io import (
+from crfrnn.data._io import (
     PathLike,
     Sample,
     Transform,
@@ -56,8 +56,9 @@ class SegmentationFolder(Dataset):
         image_exts: Sequence[str] = (".jpg", ".jpeg", ".png", ".bmp"),
         num_classes: Optional[int] = None,
     ) -> None:
-        if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
-                                        or num_classes < 1):  # fmt: skip
+        if num_classes is not None and (
+            isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1
+        ):
             raise ValueError(f"SegmentationFolder: num_classes must be an int >= 1 or None, got {num_classes!r}.")
         self.num_classes = num_classes
         self.images_dir = Path(images_dir)
@@ -74,8 +75,10 @@ class SegmentationFolder(Dataset):
         only_masks = sorted(str(masks[s]) for s in masks.keys() - images.keys())
         if only_images or only_masks:
             parts = []
-            for files, what in ((only_images, f"image(s) without a mask '<stem>.png' in '{self.masks_dir}'"),
-                                (only_masks, f"mask(s) without an image ({sorted(exts)}) in '{self.images_dir}'")):
+            for files, what in (
+                (only_images, f"image(s) without a mask '<stem>.png' in '{self.masks_dir}'"),
+                (only_masks, f"mask(s) without an image ({sorted(exts)}) in '{self.images_dir}'"),
+            ):
                 if files:
                     shown = "\n  ".join(files[:5])
                     more = f"\n  ... and {len(files) - 5} more" if len(files) > 5 else ""

@@ -71,8 +71,7 @@ def _as_mask(mask: Any) -> Tuple[np.ndarray, bool]:
     return arr.astype(np.int64, copy=False), is_tensor
 
 
-def _walk(axis: np.ndarray, visited: np.ndarray, start: Tuple[int, int], budget: int,
-          rng: np.random.Generator) -> list:  # fmt: skip
+def _walk(axis: np.ndarray, visited: np.ndarray, start: Tuple[int, int], budget: int, rng: np.random.Generator) -> list:
     """Points of one random walk on the boolean ``axis`` from ``start``, avoiding ``visited`` (updated)."""
     h, w = axis.shape
     y, x = start
@@ -220,4 +219,3 @@ class ScribbleDataset(Dataset):
         if name in ("base", "seed", "options", "ignore_index"):
             raise AttributeError(name)
         return getattr(self.base, name)
-

@@ -66,14 +66,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ._io import Sample, Transform, apply_transform
-from ._shapes import (
+from crfrnn.data._io import Sample, Transform, apply_transform
+from crfrnn.data._shapes import (
     BUILDERS,
     PREFERRED_TEXTURE,
     SHAPES,
     SUPERSAMPLE,
-    TEXTURES,
     TEXTURE_KEEP_PROB,
+    TEXTURES,
     background,
     bbox,
     contrasting_colour,
@@ -82,7 +82,6 @@ from ._shapes import (
 )
 
 __all__ = ["SyntheticShapes", "synthetic_splits"]
-
 
 
 def _pair(value: Union[float, Sequence[float]], name: str, cast: type = float) -> Tuple:
@@ -246,9 +245,11 @@ class SyntheticShapes(Dataset):
             region = canvas[ss * r0 : ss * r1, ss * c0 : ss * c1]  # a view: painting writes into canvas
             colour = contrasting_colour(contrast_rng, region[inside2].mean(axis=0))
             pattern = tex_amp * texture_pattern(contrast_rng, texture, sx, sy, cx, cy)
-            shade = shade_amp * (
-                (sx[None, :] - cx) * math.cos(shade_dir) + (sy[:, None] - cy) * math.sin(shade_dir)
-            ) / scale
+            shade = (
+                shade_amp
+                * ((sx[None, :] - cx) * math.cos(shade_dir) + (sy[:, None] - cy) * math.sin(shade_dir))
+                / scale
+            )
             region[inside2] = colour + (pattern + shade)[inside2][:, None]
             labels[r0:r1, c0:c1][inside1] = cls
             instances[r0:r1, c0:c1][inside1] = k

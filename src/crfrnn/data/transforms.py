@@ -21,7 +21,7 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 
-from ._io import Sample, Transform
+from crfrnn.data._io import Sample, Transform
 
 __all__ = ["CenterCrop", "Compose", "PadTo", "RandomCrop", "RandomHorizontalFlip", "RandomScale"]
 

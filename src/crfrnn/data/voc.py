@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, Dataset
 
-from ._io import (
+from crfrnn.data._io import (
     VOC_CLASSES,
     PathLike,
     Sample,
@@ -52,9 +52,7 @@ def _find_voc2012(root: PathLike) -> Path:
     for cand in candidates:
         if (cand / "JPEGImages").is_dir() or (cand / "SegmentationClass").is_dir():
             require_dir(cand / "JPEGImages", "VOCSegmentation", "The VOC 2012 images are missing.")
-            require_dir(
-                cand / "SegmentationClass", "VOCSegmentation", "The VOC 2012 segmentation masks are missing."
-            )
+            require_dir(cand / "SegmentationClass", "VOCSegmentation", "The VOC 2012 segmentation masks are missing.")
             return cand
     tried = ", ".join(f"'{c}'" for c in candidates)
     raise FileNotFoundError(
@@ -88,9 +86,7 @@ def _load_sbd_mat(path: Path) -> torch.Tensor:
     try:
         import scipy.io
     except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "SBDSegmentation needs scipy to read the .mat annotations: pip install scipy"
-        ) from e
+        raise ImportError("SBDSegmentation needs scipy to read the .mat annotations: pip install scipy") from e
     if not path.is_file():
         raise FileNotFoundError(f"SBD annotation file not found: '{path}'")
     try:

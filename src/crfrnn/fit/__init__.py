@@ -96,15 +96,22 @@ class FitResult:
 
     def summary(self) -> str:
         """A small table of the validation metrics (network, initial, fitted) and the fitted parameters."""
-        rows = [("network alone", self.metrics["network"]), ("initial CRF", self.metrics["initial"]),
-                ("fitted CRF", self.metrics["fitted"])]  # fmt: skip
+        rows = [
+            ("network alone", self.metrics["network"]),
+            ("initial CRF", self.metrics["initial"]),
+            ("fitted CRF", self.metrics["fitted"]),
+        ]
         width = self.boundary_width
-        lines = [f"{'validation (' + str(len(self.val_indices)) + ' images)':<28} {'loss':>7} {'mean IoU':>9} "
-                 f"{'pixel acc':>9} {'boundary acc (' + str(width) + ' px)':>20}"]  # fmt: skip
+        lines = [
+            f"{'validation (' + str(len(self.val_indices)) + ' images)':<28} {'loss':>7} {'mean IoU':>9} "
+            f"{'pixel acc':>9} {'boundary acc (' + str(width) + ' px)':>20}"
+        ]
         for name, m in rows:
             loss = "-" if m.get("loss") is None else f"{m['loss']:.4f}"
-            lines.append(f"{name:<28} {loss:>7} {100 * m['mean_iou']:>8.2f}% {100 * m['pixel_accuracy']:>8.2f}% "
-                         f"{100 * m['boundary_accuracy']:>19.2f}%")  # fmt: skip
+            lines.append(
+                f"{name:<28} {loss:>7} {100 * m['mean_iou']:>8.2f}% {100 * m['pixel_accuracy']:>8.2f}% "
+                f"{100 * m['boundary_accuracy']:>19.2f}%"
+            )
         shown = ", ".join(f"{k}={_fmt(v)}" for k, v in self.params.items() if k in _WEIGHTS + _WIDTHS)
         lines.append(f"fitted (epoch {self.best_epoch}): {shown}")
         return "\n".join(lines)
@@ -136,9 +143,15 @@ def to_mean_field(params: Mapping[str, Any]) -> dict[str, Any]:
 
 
 #: dense_crf's names -> mean_field's
-_MEAN_FIELD_NAMES = {"iterations": "num_iterations", "gaussian_sxy": "theta_gamma", "gaussian_compat": "spatial_weight",
-                     "bilateral_sxy": "theta_alpha", "bilateral_srgb": "theta_beta",
-                     "bilateral_compat": "bilateral_weight", "normalization": "normalization"}  # fmt: skip
+_MEAN_FIELD_NAMES = {
+    "iterations": "num_iterations",
+    "gaussian_sxy": "theta_gamma",
+    "gaussian_compat": "spatial_weight",
+    "bilateral_sxy": "theta_alpha",
+    "bilateral_srgb": "theta_beta",
+    "bilateral_compat": "bilateral_weight",
+    "normalization": "normalization",
+}
 
 
 def _renamed(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -147,8 +160,9 @@ def _renamed(params: Mapping[str, Any]) -> dict[str, Any]:
         if key == "clip":
             continue
         if key not in _MEAN_FIELD_NAMES:
-            raise ValueError(f"unknown dense_crf parameter {key!r}; expected some of "
-                             f"{', '.join(_MEAN_FIELD_NAMES)}, clip.")  # fmt: skip
+            raise ValueError(
+                f"unknown dense_crf parameter {key!r}; expected some of {', '.join(_MEAN_FIELD_NAMES)}, clip."
+            )
         out[_MEAN_FIELD_NAMES[key]] = value
     return out
 
@@ -160,13 +174,18 @@ def width_gradients_available() -> bool:
     """Whether :func:`crfrnn.mean_field` differentiates with respect to tensor kernel widths (checked once)."""
     global _WIDTH_GRADIENTS
     if _WIDTH_GRADIENTS is None:
-
         theta = torch.tensor(3.0, requires_grad=True)
         try:
             g = torch.Generator().manual_seed(0)
-            out = mean_field(torch.randn(1, 2, 6, 6, generator=g), torch.rand(1, 3, 6, 6, generator=g) * 255,
-                             theta_alpha=theta, theta_beta=theta, theta_gamma=theta, num_iterations=1,
-                             normalization="symmetric")  # fmt: skip
+            out = mean_field(
+                torch.randn(1, 2, 6, 6, generator=g),
+                torch.rand(1, 3, 6, 6, generator=g) * 255,
+                theta_alpha=theta,
+                theta_beta=theta,
+                theta_gamma=theta,
+                num_iterations=1,
+                normalization="symmetric",
+            )
             grad = torch.autograd.grad(out.square().sum(), theta, allow_unused=True)[0] if out.requires_grad else None
             _WIDTH_GRADIENTS = grad is not None and bool(torch.isfinite(grad)) and float(grad) != 0.0
         except (TypeError, ValueError, RuntimeError):
@@ -174,8 +193,9 @@ def width_gradients_available() -> bool:
     return _WIDTH_GRADIENTS
 
 
-def _initial(init: Optional[Mapping[str, Any]], iterations: Optional[int], normalization: Optional[str],
-             clip: Optional[float]) -> dict[str, Any]:
+def _initial(
+    init: Optional[Mapping[str, Any]], iterations: Optional[int], normalization: Optional[str], clip: Optional[float]
+) -> dict[str, Any]:
     params = dict(DENSECRF_DEFAULTS)
     params.update(check_params(dict(init or {}), source="init"))
     for key, value in (("iterations", iterations), ("normalization", normalization), ("clip", clip)):
@@ -258,7 +278,6 @@ def fit_crf(
     """
     from tqdm import tqdm
 
-
     epochs = check_count("epochs", epochs, 1)
     if epochs > _MAX_EPOCHS:
         raise ValueError(f"epochs must be at most {_MAX_EPOCHS}, got {epochs}.")
@@ -280,18 +299,28 @@ def fit_crf(
         )
     for key in _WIDTHS:
         if fit_widths and isinstance(initial[key], list):
-            raise ValueError(f"init[{key!r}] is a list of widths; fit_crf fits one width per kernel, so pass one "
-                             "number (or fit_widths=False to keep per-axis widths fixed).")  # fmt: skip
-    samples, num_labels = prepare_samples(images, probs, labels, logits=logits, clip=initial.get("clip", 1e-5),
-                                   ignore_index=ignore_index)  # fmt: skip
+            raise ValueError(
+                f"init[{key!r}] is a list of widths; fit_crf fits one width per kernel, so pass one "
+                "number (or fit_widths=False to keep per-axis widths fixed)."
+            )
+    samples, num_labels = prepare_samples(
+        images, probs, labels, logits=logits, clip=initial.get("clip", 1e-5), ignore_index=ignore_index
+    )
     train, val = split_indices(len(samples), val_fraction, seed)
     if not any(samples[i].valid for i in train):
-        raise ValueError("every pixel of the training images is ignored (label "
-                         f"{ignore_index}); there is nothing to fit.")  # fmt: skip
+        raise ValueError(
+            f"every pixel of the training images is ignored (label {ignore_index}); there is nothing to fit."
+        )
 
     names = _WEIGHTS + (_WIDTHS if fit_widths else ())
-    logs = {k: torch.tensor(math.log(max(float(initial[k]), _MIN_WEIGHT if k in _WEIGHTS else _WIDTH_RANGE[0])),
-                            dtype=torch.float64, requires_grad=True) for k in names}  # fmt: skip
+    logs = {
+        k: torch.tensor(
+            math.log(max(float(initial[k]), _MIN_WEIGHT if k in _WEIGHTS else _WIDTH_RANGE[0])),
+            dtype=torch.float64,
+            requires_grad=True,
+        )
+        for k in names
+    }
     optimizer = torch.optim.Adam(list(logs.values()), lr=lr)
     fixed = to_mean_field({k: v for k, v in initial.items() if k not in names})
     cache = KernelCache()  # spatial kernels of the evaluation (images of the same size share one)
@@ -303,16 +332,25 @@ def fit_crf(
         return out
 
     def evaluate(params: Optional[Mapping[str, Any]]) -> dict[str, Any]:
-        return evaluate_params(samples, val, params, num_labels, logits=logits, ignore_index=ignore_index,
-                         boundary_width=boundary_width, cache=cache)  # fmt: skip
+        return evaluate_params(
+            samples,
+            val,
+            params,
+            num_labels,
+            logits=logits,
+            ignore_index=ignore_index,
+            boundary_width=boundary_width,
+            cache=cache,
+        )
 
     start = evaluate(initial)
     history = [{"epoch": 0, "train_loss": None, "val_loss": start["loss"], **initial}]
     best_loss, best_epoch, best_params = start["loss"], 0, dict(initial)  # the fit never returns worse than this
     rng = np.random.default_rng(seed)
     stopped_early = False
-    bar = tqdm(range(1, epochs + 1), desc="fit", unit="epoch", file=sys.stderr,
-               disable=None if progress else True)  # None: not on a non-terminal stderr (logs)
+    bar = tqdm(
+        range(1, epochs + 1), desc="fit", unit="epoch", file=sys.stderr, disable=None if progress else True
+    )  # None: not on a non-terminal stderr (logs)
     for epoch in bar:
         losses = []
         for i in rng.permutation(train):
@@ -341,9 +379,18 @@ def fit_crf(
             break
     bar.close()
     metrics = {"network": evaluate(None), "initial": start, "fitted": evaluate(best_params)}
-    return FitResult(params=best_params, initial=initial, history=history, best_epoch=best_epoch,
-                     stopped_early=stopped_early, metrics=metrics, train_indices=train, val_indices=val,
-                     boundary_width=boundary_width, fit_widths=bool(fit_widths))  # fmt: skip
+    return FitResult(
+        params=best_params,
+        initial=initial,
+        history=history,
+        best_epoch=best_epoch,
+        stopped_early=stopped_early,
+        metrics=metrics,
+        train_indices=train,
+        val_indices=val,
+        boundary_width=boundary_width,
+        fit_widths=bool(fit_widths),
+    )
 
 
 __getattr__ = _deprecated.renamed(__name__, {"FIT_DEFAULTS": ("crfrnn.params.DENSECRF_DEFAULTS", DENSECRF_DEFAULTS)})

@@ -35,7 +35,6 @@ def check_real(name: str, value: Any, lo: float, hi: float, *, closed_lo: bool =
     return v
 
 
-
 # --------------------------------------------------------------------------------------------------------
 # inputs
 # --------------------------------------------------------------------------------------------------------
@@ -56,18 +55,28 @@ def as_tensor(x: Any, what: str, index: int) -> Tensor:
     raise TypeError(f"{what}[{index}] must be a NumPy array or a torch tensor, got {type(x).__name__}.")
 
 
-def prepare_samples(images: Sequence[ArrayLike], probs: Sequence[ArrayLike], labels: Sequence[ArrayLike], *, logits: bool,
-             clip: float, ignore_index: int) -> tuple[list[Sample], int]:
+def prepare_samples(
+    images: Sequence[ArrayLike],
+    probs: Sequence[ArrayLike],
+    labels: Sequence[ArrayLike],
+    *,
+    logits: bool,
+    clip: float,
+    ignore_index: int,
+) -> tuple[list[Sample], int]:
     n = len(images)
     if not (len(probs) == len(labels) == n):
-        raise ValueError(f"images, probs and labels must have the same length, got {n}, {len(probs)} and {len(labels)}.")
+        raise ValueError(
+            f"images, probs and labels must have the same length, got {n}, {len(probs)} and {len(labels)}."
+        )
     samples: list[Sample] = []
     num_labels = None
     for i in range(n):
         p = as_tensor(probs[i], "probs", i)
         if p.dim() != 3 or not p.is_floating_point() or p.numel() == 0:
-            raise ValueError(f"probs[{i}] must be a floating-point (L, H, W) array, got shape {tuple(p.shape)} of "
-                             f"{p.dtype}.")  # fmt: skip
+            raise ValueError(
+                f"probs[{i}] must be a floating-point (L, H, W) array, got shape {tuple(p.shape)} of {p.dtype}."
+            )
         p = p.to(torch.float32)
         if not bool(torch.isfinite(p).all()):
             raise ValueError(f"probs[{i}] contains NaN or infinite values.")
@@ -78,33 +87,44 @@ def prepare_samples(images: Sequence[ArrayLike], probs: Sequence[ArrayLike], lab
         elif img.dim() == 3 and tuple(img.shape[:2]) == (h, w):
             img = img.movedim(-1, 0)  # (H, W, C), densecrf's layout
         elif not (img.dim() == 3 and tuple(img.shape[1:]) == (h, w) and isinstance(images[i], Tensor)):
-            raise ValueError(f"images[{i}] of shape {tuple(img.shape)} does not match probs[{i}] of shape "
-                             f"{tuple(p.shape)}: expected ({h}, {w}) or ({h}, {w}, C).")  # fmt: skip
+            raise ValueError(
+                f"images[{i}] of shape {tuple(img.shape)} does not match probs[{i}] of shape "
+                f"{tuple(p.shape)}: expected ({h}, {w}) or ({h}, {w}, C)."
+            )
         img = img.to(torch.float32)
         lab = as_tensor(labels[i], "labels", i)
         if tuple(lab.shape) != (h, w) or lab.is_floating_point() or lab.dtype == torch.bool:
-            raise ValueError(f"labels[{i}] must be an integer ({h}, {w}) label map, got shape {tuple(lab.shape)} of "
-                             f"{lab.dtype}.")  # fmt: skip
+            raise ValueError(
+                f"labels[{i}] must be an integer ({h}, {w}) label map, got shape {tuple(lab.shape)} of {lab.dtype}."
+            )
         lab = lab.to(torch.int64)
         if p.shape[0] == 1:  # a binary network's foreground map: the two-label problem it is
             p = torch.cat([torch.zeros_like(p), p] if logits else [1.0 - p, p], 0)
         if not logits:
             if bool((p < 0).any()) or float((p.sum(0) - 1).abs().max()) > 1e-3:
-                raise ValueError(f"probs[{i}] are not probabilities (non-negative, summing to 1 over labels); pass "
-                                 "logits=True for raw scores.")  # fmt: skip
+                raise ValueError(
+                    f"probs[{i}] are not probabilities (non-negative, summing to 1 over labels); pass "
+                    "logits=True for raw scores."
+                )
         count = p.shape[0]
         if num_labels is None:
             num_labels = count
         elif count != num_labels:
-            raise ValueError(f"probs[{i}] has {count} labels but probs[0] has {num_labels}; every image needs the "
-                             "same labels.")  # fmt: skip
+            raise ValueError(
+                f"probs[{i}] has {count} labels but probs[0] has {num_labels}; every image needs the same labels."
+            )
         known = lab[lab != ignore_index]
         if known.numel() and (int(known.min()) < 0 or int(known.max()) >= count):
-            raise ValueError(f"labels[{i}] holds labels outside 0..{count - 1} (besides {ignore_index}, ignored): "
-                             f"{int(known.min())}..{int(known.max())}.")  # fmt: skip
+            raise ValueError(
+                f"labels[{i}] holds labels outside 0..{count - 1} (besides {ignore_index}, ignored): "
+                f"{int(known.min())}..{int(known.max())}."
+            )
         unary = p if logits else p.clamp(clip, 1.0).log()
-        samples.append(Sample(img[None].contiguous(), p[None].contiguous(), unary[None].contiguous(), lab[None],
-                               int(known.numel())))  # fmt: skip
+        samples.append(
+            Sample(
+                img[None].contiguous(), p[None].contiguous(), unary[None].contiguous(), lab[None], int(known.numel())
+            )
+        )
     assert num_labels is not None
     return samples, num_labels
 
@@ -120,8 +140,17 @@ def split_indices(n: int, val_fraction: float, seed: int) -> tuple[list[int], li
 # --------------------------------------------------------------------------------------------------------
 # evaluation (dense_crf itself, the compiled path)
 # --------------------------------------------------------------------------------------------------------
-def evaluate_params(samples: Sequence[Sample], indices: Sequence[int], params: Optional[Mapping[str, Any]], num_labels: int,
-              *, logits: bool, ignore_index: int, boundary_width: int, cache) -> dict[str, Any]:
+def evaluate_params(
+    samples: Sequence[Sample],
+    indices: Sequence[int],
+    params: Optional[Mapping[str, Any]],
+    num_labels: int,
+    *,
+    logits: bool,
+    ignore_index: int,
+    boundary_width: int,
+    cache,
+) -> dict[str, Any]:
     """Loss, mean IoU, pixel accuracy and boundary accuracy of ``params`` (None: the network alone) on images."""
     cm = ConfusionMatrix(num_labels, ignore_index=ignore_index)
     band = BoundaryAccuracy(num_labels, widths=(boundary_width,), ignore_index=ignore_index)
@@ -137,20 +166,34 @@ def evaluate_params(samples: Sequence[Sample], indices: Sequence[int], params: O
             cm.update(pred, s.labels)
             band.update(pred, s.labels)
             if s.valid:
-                total += float(F.nll_loss(q.clamp_min(1e-12).log(), s.labels, ignore_index=ignore_index,
-                                          reduction="sum"))  # fmt: skip
+                total += float(
+                    F.nll_loss(q.clamp_min(1e-12).log(), s.labels, ignore_index=ignore_index, reduction="sum")
+                )
                 pixels += s.valid
     m = cm.compute()
     b = band.compute()[boundary_width]
-    return {"loss": total / max(pixels, 1), "mean_iou": float(m["mean_iou"]), "pixel_accuracy": float(m["pixel_accuracy"]),
-            "boundary_accuracy": float(b["pixel_accuracy"]), "boundary_mean_iou": float(b["mean_iou"])}  # fmt: skip
+    return {
+        "loss": total / max(pixels, 1),
+        "mean_iou": float(m["mean_iou"]),
+        "pixel_accuracy": float(m["pixel_accuracy"]),
+        "boundary_accuracy": float(b["pixel_accuracy"]),
+        "boundary_mean_iou": float(b["mean_iou"]),
+    }
 
 
 # --------------------------------------------------------------------------------------------------------
 # test data: a degraded ground truth that stands in for a coarse network
 # --------------------------------------------------------------------------------------------------------
-def degraded_probs(labels: ArrayLike, num_labels: int, *, factor: int = 8, noise: float = 1.0, confidence: float = 0.8,
-                   ignore_index: int = 255, seed: int = 0) -> np.ndarray:
+def degraded_probs(
+    labels: ArrayLike,
+    num_labels: int,
+    *,
+    factor: int = 8,
+    noise: float = 1.0,
+    confidence: float = 0.8,
+    ignore_index: int = 255,
+    seed: int = 0,
+) -> np.ndarray:
     """Probabilities that a coarse network might give for a ground truth: down-sampled, blurred and noisy.
 
     The one-hot ground truth is averaged over ``factor x factor`` cells (a stride-``factor`` network's

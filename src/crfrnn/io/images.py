@@ -11,8 +11,7 @@ from typing import Dict, List, Tuple
 
 from crfrnn._utils.files import PathLike
 from crfrnn._utils.images import read_rgb
-
-from .scores import SCORE_SUFFIXES
+from crfrnn.io.scores import SCORE_SUFFIXES
 
 __all__ = ["IMAGE_SUFFIXES", "pair_by_stem", "read_rgb"]
 

@@ -88,8 +88,11 @@ def check_memory(path: PathLike, size: Tuple[int, int], num_labels: int, limit: 
     need = estimate_memory(h, w, num_labels)
     if limit is not None and need > limit:
         fits = max(0, (limit - _MEMORY_FIXED) // (h * w) - MEMORY_BYTES_PER_PIXEL) // MEMORY_BYTES_PER_PIXEL_LABEL
-        side = math.sqrt(max(0, limit - _MEMORY_FIXED) / (MEMORY_BYTES_PER_PIXEL_LABEL * num_labels
-                                                         + MEMORY_BYTES_PER_PIXEL) / (h * w))  # fmt: skip
+        side = math.sqrt(
+            max(0, limit - _MEMORY_FIXED)
+            / (MEMORY_BYTES_PER_PIXEL_LABEL * num_labels + MEMORY_BYTES_PER_PIXEL)
+            / (h * w)
+        )
         raise MemoryLimitError(
             f"refining '{os.fspath(path)}' ({w}x{h} pixels, {num_labels} labels) needs about {format_bytes(need)}, "
             f"more than the limit of {format_bytes(limit)}. Use fewer labels (at most {fits} fit at this size), a "

@@ -35,9 +35,8 @@ import torch.nn.functional as F
 from crfrnn._utils.files import PathLike
 from crfrnn.data.palette import load_label_png
 from crfrnn.dense import unary_from_labels
-
-from ._numpy import load_array
-from .memory import check_memory
+from crfrnn.io._numpy import load_array
+from crfrnn.io.memory import check_memory
 
 __all__ = ["LAYOUTS", "SCORE_SUFFIXES", "ScoreMap", "labels_of", "read_scores"]
 
@@ -72,7 +71,8 @@ class ScoreMap:
 def labels_of(scores: np.ndarray, is_logits: bool = False) -> np.ndarray:
     """The labelling of ``(L, *S)`` scores: their argmax over labels, or for one map (``L = 1``, a binary
     network's foreground probability or logit) foreground where ``p > 0.5`` (``z > 0``), as the argmax of the
-    two-label problem ``(1 - p, p)`` gives it (ties go to the background)."""
+    two-label problem ``(1 - p, p)`` gives it (ties go to the background).
+    """
     if scores.shape[0] == 1:
         return (scores[0] > (0.0 if is_logits else 0.5)).astype(np.int64)
     return scores.argmax(0).astype(np.int64)
@@ -103,11 +103,17 @@ def _looks_resizable(arr: np.ndarray, size: Tuple[int, int], layout: Optional[st
 
 
 def _layout(
-    arr: np.ndarray, path: str, size: Tuple[int, int], layout: Optional[str], resize: bool, notes: List[str],
+    arr: np.ndarray,
+    path: str,
+    size: Tuple[int, int],
+    layout: Optional[str],
+    resize: bool,
+    notes: List[str],
     shown: Optional[Tuple[int, ...]] = None,
 ) -> Tuple[str, bool]:
     """``(layout, needs_resize)`` of a 3-d score array for an image of ``size`` (``shown``: the file's shape, for
-    messages, when ``arr`` has an axis added)."""
+    messages, when ``arr`` has an axis added).
+    """
     h, w = size
     shape = tuple(arr.shape) if shown is None else tuple(shown)
     fits = {"lhw": arr.shape[1:] == (h, w), "hwl": arr.shape[:2] == (h, w)}
@@ -156,7 +162,8 @@ def _layout(
 
 def _resize(values: np.ndarray, size: Tuple[int, int], is_logits: bool) -> np.ndarray:
     """Bilinear resize of ``(L, h, w)`` scores to ``size``: logits directly, probabilities as log-probabilities (one
-    foreground map as log-odds)."""
+    foreground map as log-odds).
+    """
     t = torch.from_numpy(values)
     single = t.shape[0] == 1  # a foreground probability: resized as log-odds
     if not is_logits:
@@ -169,7 +176,8 @@ def _resize(values: np.ndarray, size: Tuple[int, int], is_logits: bool) -> np.nd
 
 def _precision_eps(values: np.ndarray, dtype: np.dtype) -> float:
     """Machine epsilon of the precision the scores were computed in: their dtype, or bfloat16/float16 when
-    every float32 value is exactly a bfloat16/float16 one (a half-precision softmax saved as float32)."""
+    every float32 value is exactly a bfloat16/float16 one (a half-precision softmax saved as float32).
+    """
     if dtype.name == "bfloat16":  # ml_dtypes' bfloat16: 8 significant bits
         return 2.0**-7
     if not np.issubdtype(dtype, np.floating):
@@ -185,7 +193,8 @@ def _precision_eps(values: np.ndarray, dtype: np.dtype) -> float:
 
 def _check_probs(values: np.ndarray, path: str, dtype: np.dtype) -> np.ndarray:
     """``values`` if they sum to 1 within the rounding of their precision (normalised again when that
-    rounding is above the 1e-3 that :func:`crfrnn.dense_crf` allows); else a ValueError."""
+    rounding is above the 1e-3 that :func:`crfrnn.dense_crf` allows); else a ValueError.
+    """
     if values.min() < 0:
         raise ValueError(
             f"'{path}' holds negative values (min {float(values.min()):.4g}), so these are not probabilities; "
@@ -335,8 +344,16 @@ def read_scores(
     notes: List[str] = []
     if suffix == ".png":
         if key is not None or layout is not None or logits or resize:
-            opt = next(o for o, on in (("key", key is not None), ("layout", layout is not None),
-                                      ("logits", logits), ("resize", resize)) if on)  # fmt: skip
+            opt = next(
+                o
+                for o, on in (
+                    ("key", key is not None),
+                    ("layout", layout is not None),
+                    ("logits", logits),
+                    ("resize", resize),
+                )
+                if on
+            )
             raise ValueError(f"`{opt}` does not apply to the label map '{path}'; use `gt_prob` for label maps.")
         labels = load_label_png(path)
         return _from_labels(labels, path, size, 0.5 if gt_prob is None else gt_prob, num_labels, unknown, max_memory)
@@ -370,8 +387,10 @@ def read_scores(
     shown = tuple(arr.shape)
     if arr.ndim == 2:  # one float map: a binary network's output
         if layout is not None:
-            raise ValueError(f"'{path}' holds one 2-d map (shape {tuple(arr.shape)}); `layout` applies to L x H x W "
-                             "or H x W x L scores.")  # fmt: skip
+            raise ValueError(
+                f"'{path}' holds one 2-d map (shape {tuple(arr.shape)}); `layout` applies to L x H x W "
+                "or H x W x L scores."
+            )
         arr = arr[None]
     if arr.ndim != 3:
         raise ValueError(

@@ -25,8 +25,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 from crfrnn._utils.files import PathLike, atomic_np_save, atomic_write_bytes
-
-from ._numpy import load_array
+from crfrnn.io._numpy import load_array
 
 __all__ = [
     "ARRAY_SUFFIXES",
@@ -56,7 +55,9 @@ def _nibabel():
     try:
         import nibabel
     except ImportError as e:
-        raise ImportError("reading NIfTI files needs nibabel: pip install 'crfrnn[nifti]' (or pip install nibabel).") from e
+        raise ImportError(
+            "reading NIfTI files needs nibabel: pip install 'crfrnn[nifti]' (or pip install nibabel)."
+        ) from e
     return nibabel
 
 
@@ -131,7 +132,11 @@ def read_guide(path: PathLike, *, key: Optional[str] = None, max_bytes: Optional
 
 
 def read_volume_scores(
-    path: PathLike, guide_shape: Tuple[int, ...], *, key: Optional[str] = None, labels_last: Optional[bool] = None,
+    path: PathLike,
+    guide_shape: Tuple[int, ...],
+    *,
+    key: Optional[str] = None,
+    labels_last: Optional[bool] = None,
     max_bytes: Optional[int] = None,
 ) -> Tuple[np.ndarray, Tuple[int, ...], List[str]]:
     """Scores ``(L, *S)`` float32 for a guide of shape ``S`` or ``S + (C,)``.
@@ -155,8 +160,10 @@ def read_volume_scores(
     shapes = []
     g = tuple(guide_shape)
     if 1 <= len(g) <= 3 and tuple(arr.shape) == g and labels_last is None:  # one map: a binary network's output
-        notes.append(f"'{path}' holds one map of the guide's shape {g}: read as a binary network's foreground "
-                     "(L = 1), refined as the two-label problem (labels 0 background, 1 foreground).")  # fmt: skip
+        notes.append(
+            f"'{path}' holds one map of the guide's shape {g}: read as a binary network's foreground "
+            "(L = 1), refined as the two-label problem (labels 0 background, 1 foreground)."
+        )
         return np.ascontiguousarray(arr[None], dtype=np.float32), g, notes
     for s in {g, g[:-1]}:  # the guide without, and with, a channel axis
         if len(s) < 1 or len(s) > 3:
@@ -181,8 +188,9 @@ def read_volume_scores(
     return np.ascontiguousarray(scores, dtype=np.float32), s, notes
 
 
-def write_labels(path: PathLike, labels: np.ndarray, guide: Optional[Guide] = None,
-                 spacing: Optional[Tuple[float, ...]] = None) -> Path:
+def write_labels(
+    path: PathLike, labels: np.ndarray, guide: Optional[Guide] = None, spacing: Optional[Tuple[float, ...]] = None
+) -> Path:
     """Write a label volume atomically: ``.nii``/``.nii.gz`` (the guide's affine and header when it was NIfTI, else
     a diagonal affine from ``spacing``) or ``.npy``.
 

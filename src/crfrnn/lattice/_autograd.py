@@ -68,9 +68,16 @@ def moments(x: Tensor, f: Tensor, lead: Optional[Tensor], pad: Callable[[int], i
 
 
 def feature_backward(
-    filt: Callable[[Tensor, bool], Tensor], values: Tensor, out: Tensor, grad: Tensor, base: Tensor,
-    widths: Optional[Tensor], batch: int, need: tuple[bool, bool, bool],
-    pad: Callable[[int], int] = lambda channels: channels, probes: int = 0,
+    filt: Callable[[Tensor, bool], Tensor],
+    values: Tensor,
+    out: Tensor,
+    grad: Tensor,
+    base: Tensor,
+    widths: Optional[Tensor],
+    batch: int,
+    need: tuple[bool, bool, bool],
+    pad: Callable[[int], int] = lambda channels: channels,
+    probes: int = 0,
 ) -> tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
     """Gradients of ``L`` through ``out = K v`` with respect to ``v``, the undivided features and the widths.
 
@@ -128,7 +135,7 @@ def feature_backward(
     v_kt_fg = torch.einsum("pdc,pc->pd", kt_fg, probe_v)  # sum_c v_ic (K^T (f_d g))_ic
     if sampled:  # the local term with the same probes (K acts per channel: (K v) s = K (v s)), so that each
         # probe's two large terms cancel as the exact ones do and only small cross terms are left as noise
-        local = (torch.einsum("pr,pr->p", probe_g, out @ signs) + torch.einsum("pr,pr->p", probe_v, grad_v @ signs))
+        local = torch.einsum("pr,pr->p", probe_g, out @ signs) + torch.einsum("pr,pr->p", probe_v, grad_v @ signs)
         local, v_kt_fg = local / probes, v_kt_fg / probes
     else:
         local = torch.einsum("pc,pc->p", grad, out) + torch.einsum("pc,pc->p", values, grad_v)  # g.Kv + v.K^T g
@@ -155,7 +162,12 @@ class FeatureFilter(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx, values: Tensor, base: Tensor, widths: Optional[Tensor], operator: Filterable, batch_size: int,
+        ctx,
+        values: Tensor,
+        base: Tensor,
+        widths: Optional[Tensor],
+        operator: Filterable,
+        batch_size: int,
         probes: int = 0,
     ) -> Tensor:
         out = operator.apply(values.contiguous(), False)
@@ -178,6 +190,7 @@ class FeatureFilter(torch.autograd.Function):
         def pad(channels: int) -> int:  # the compiled kernels are handed the channel count they pad to: no copy
             return operator.padded_channels(channels, values.dtype)
 
-        gv, gb, gw = feature_backward(filt, values, out, grad.contiguous(), base, widths, ctx.batch_size, need,
-                                      pad, ctx.probes)  # fmt: skip
+        gv, gb, gw = feature_backward(
+            filt, values, out, grad.contiguous(), base, widths, ctx.batch_size, need, pad, ctx.probes
+        )
         return gv, gb, gw, None, None, None

@@ -20,8 +20,15 @@ from torch import Tensor
 from crfrnn._utils.validation import MAX_FEATURE
 
 __all__ = [
-    "KeyIndex", "MAX_CODE_BITS", "blur_paths", "build_lattice", "canonical_paths", "canonical_simplex",
-    "check_features", "simplex_coordinates", "vertex_neighbours",
+    "KeyIndex",
+    "MAX_CODE_BITS",
+    "blur_paths",
+    "build_lattice",
+    "canonical_paths",
+    "canonical_simplex",
+    "check_features",
+    "simplex_coordinates",
+    "vertex_neighbours",
 ]
 
 # Vertex keys are packed into one int64 code when the key ranges allow it (almost always); beyond this
@@ -245,14 +252,14 @@ def check_features(features: Tensor, compiling: bool = False) -> None:
             f"{tuple(features.shape)}."
         )
     if features.dtype not in (torch.float32, torch.float64):
-        raise TypeError(
-            f"features must be float32 or float64, got {features.dtype}; convert with features.float()."
-        )
+        raise TypeError(f"features must be float32 or float64, got {features.dtype}; convert with features.float().")
     lo, hi = torch.aminmax(features.detach())  # one pass: NaN and inf show in the extremes
     if compiling:  # checked on the device, without reading the values back (no graph break, no host sync)
-        torch._assert_async(torch.isfinite(lo) & torch.isfinite(hi) & (torch.maximum(-lo, hi) <= MAX_FEATURE),
-                            "crfrnn: lattice features are NaN, infinite, or beyond the lattice's limit (a kernel "
-                            "width far too small for the data)")  # fmt: skip
+        torch._assert_async(
+            torch.isfinite(lo) & torch.isfinite(hi) & (torch.maximum(-lo, hi) <= MAX_FEATURE),
+            "crfrnn: lattice features are NaN, infinite, or beyond the lattice's limit (a kernel "
+            "width far too small for the data)",
+        )
         return
     lo, hi = float(lo), float(hi)
     if not (math.isfinite(lo) and math.isfinite(hi)):

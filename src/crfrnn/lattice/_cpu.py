@@ -32,8 +32,9 @@ class CpuOperator(LatticeOperator):
         return cls(*built, alpha)
 
     def make_operators(self, dtype: torch.dtype) -> _kernels.NumbaOperators:
-        return _kernels.NumbaOperators(self.offsets, self.weights.to(dtype), self.neighbours, self.num_vertices,
-                                     self.alpha)  # fmt: skip
+        return _kernels.NumbaOperators(
+            self.offsets, self.weights.to(dtype), self.neighbours, self.num_vertices, self.alpha
+        )
 
     def apply(self, values: Tensor, reverse: bool) -> Tensor:
         return self.operators(values.dtype)(values, reverse)

@@ -30,8 +30,9 @@ from crfrnn.lattice._operators import LatticeOperator
 __all__ = ["CompiledOperator", "gather_filter", "lattice_build", "lattice_filter", "lattice_self_weights"]
 
 
-def gather_filter(values: Tensor, offsets: Tensor, weights: Tensor, neighbours: Tensor, alpha: float,
-                  reverse: bool) -> Tensor:  # fmt: skip
+def gather_filter(
+    values: Tensor, offsets: Tensor, weights: Tensor, neighbours: Tensor, alpha: float, reverse: bool
+) -> Tensor:
     """``K values`` (``K^T`` with ``reverse``) of one lattice with plain tensor ops (any device).
 
     Args:
@@ -50,7 +51,7 @@ def gather_filter(values: Tensor, offsets: Tensor, weights: Tensor, neighbours: 
     grid = grid.index_add(0, offsets.reshape(-1), (w.unsqueeze(-1) * values.unsqueeze(1)).reshape(-1, c))
     sentinel = neighbours.new_full((d1, 2, 1), m)
     nb = torch.cat([neighbours, sentinel], 2)  # the absent vertex's neighbours are absent: its row stays 0
-    for j in (range(d1 - 1, -1, -1) if reverse else range(d1)):
+    for j in range(d1 - 1, -1, -1) if reverse else range(d1):
         grid = grid + 0.5 * (grid[nb[j, 0]] + grid[nb[j, 1]])
     return alpha * (w.unsqueeze(-1) * grid[offsets]).sum(1)
 
@@ -61,22 +62,30 @@ def lattice_build(features: Tensor, batch_size: int) -> tuple[Tensor, Tensor, Te
     check_features(features.reshape(batch_size, -1, features.shape[1]))
     alpha = 1.0 / (1.0 + 2.0 ** (-features.shape[1]))
     lattice = eager_operator("auto", features.device).build(features.detach(), batch_size, alpha)
-    return (lattice.offsets.to(torch.int64), lattice.weights.to(features.dtype).clone(),
-            lattice.rank.to(torch.int64), lattice.neighbours.to(torch.int64))  # fmt: skip
+    return (
+        lattice.offsets.to(torch.int64),
+        lattice.weights.to(features.dtype).clone(),
+        lattice.rank.to(torch.int64),
+        lattice.neighbours.to(torch.int64),
+    )
 
 
 @lattice_build.register_fake
 def _(features: Tensor, batch_size: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     p, d = features.shape
     m = torch.library.get_ctx().new_dynamic_size(min=1)  # the vertex count: known when it runs
-    return (features.new_empty((p, d + 1), dtype=torch.int64), features.new_empty((p, d + 1)),
-            features.new_empty((p, d + 1), dtype=torch.int64),
-            features.new_empty((d + 1, 2, m), dtype=torch.int64))  # fmt: skip
+    return (
+        features.new_empty((p, d + 1), dtype=torch.int64),
+        features.new_empty((p, d + 1)),
+        features.new_empty((p, d + 1), dtype=torch.int64),
+        features.new_empty((d + 1, 2, m), dtype=torch.int64),
+    )
 
 
 @torch.library.custom_op("crfrnn::lattice_filter", mutates_args=())
-def lattice_filter(values: Tensor, offsets: Tensor, weights: Tensor, neighbours: Tensor, alpha: float,
-                   reverse: bool) -> Tensor:  # fmt: skip
+def lattice_filter(
+    values: Tensor, offsets: Tensor, weights: Tensor, neighbours: Tensor, alpha: float, reverse: bool
+) -> Tensor:
     """:func:`gather_filter` as one operator."""
     return gather_filter(values, offsets, weights, neighbours, alpha, reverse)
 

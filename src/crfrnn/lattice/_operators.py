@@ -39,8 +39,9 @@ class LatticeOperator(ABC):
     #: the backend's name, shown as :attr:`crfrnn.lattice.PermutohedralLattice.backend`
     name: ClassVar[str]
 
-    def __init__(self, offsets: Tensor, weights: Tensor, rank: Tensor, neighbours: Tensor, num_vertices: int,
-                 alpha: float) -> None:  # fmt: skip
+    def __init__(
+        self, offsets: Tensor, weights: Tensor, rank: Tensor, neighbours: Tensor, num_vertices: int, alpha: float
+    ) -> None:
         self.offsets = offsets
         self.weights = weights
         self.rank = rank

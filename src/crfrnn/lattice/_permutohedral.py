@@ -50,7 +50,6 @@ def select_operator(backend: str, device: torch.device) -> type[LatticeOperator]
     return eager_operator(backend, device)
 
 
-
 class PermutohedralLattice:
     """A permutohedral lattice built once from features and reused for any number of filterings.
 
@@ -137,8 +136,15 @@ class PermutohedralLattice:
         """
         return self._operator.operators(dtype)
 
-    def filter(self, values: Tensor, *, reverse: bool = False, features: Optional[Tensor] = None,
-               widths: Optional[Tensor] = None, width_probes: int = 0) -> Tensor:
+    def filter(
+        self,
+        values: Tensor,
+        *,
+        reverse: bool = False,
+        features: Optional[Tensor] = None,
+        widths: Optional[Tensor] = None,
+        width_probes: int = 0,
+    ) -> Tensor:
         """Gaussian-filter values with this lattice.
 
         Args:
@@ -177,8 +183,14 @@ class PermutohedralLattice:
         w = None if widths is None else widths.to(dtype)
         if isinstance(width_probes, bool) or not isinstance(width_probes, int) or width_probes < 0:
             raise ValueError(f"width_probes must be an integer >= 0, got {width_probes!r}.")
-        out = FeatureFilter.apply(values.reshape(b * n, c), features.reshape(b * n, self.dim).to(dtype), w,
-                                  self._operator, self.batch_size, width_probes)  # fmt: skip
+        out = FeatureFilter.apply(
+            values.reshape(b * n, c),
+            features.reshape(b * n, self.dim).to(dtype),
+            w,
+            self._operator,
+            self.batch_size,
+            width_probes,
+        )
         return out.view(b, n, c)
 
     def _check_values(self, values: Tensor) -> None:
@@ -197,9 +209,7 @@ class PermutohedralLattice:
                 f"({self.batch_size}, {self.num_points}, C)."
             )
         if values.dtype not in (torch.float32, torch.float64):
-            raise TypeError(
-                f"values must be float32 or float64, got {values.dtype}; convert with values.float()."
-            )
+            raise TypeError(f"values must be float32 or float64, got {values.dtype}; convert with values.float().")
         if values.device != self.device:
             raise ValueError(
                 f"values are on {values.device} but the lattice was built on {self.device}; move them "
@@ -221,4 +231,3 @@ def lattice_filter(values: Tensor, features: Tensor, *, backend: str = "auto") -
     """
     lattice = PermutohedralLattice(features, backend=backend)
     return lattice.filter(values, features=features if features.requires_grad else None)
-

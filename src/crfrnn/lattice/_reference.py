@@ -48,9 +48,7 @@ class CsrOperators:
         self.slice = grouped_csr(num_points, m, offsets, weights * alpha)
         self_col = torch.arange(m, device=dev).view(-1, 1)
         blur_val = weights.new_tensor([1.0, 0.5, 0.5]).expand(m, 3)
-        self.blur = [
-            grouped_csr(m, m, torch.cat([self_col, neighbours[j].t()], 1), blur_val) for j in range(d1)
-        ]
+        self.blur = [grouped_csr(m, m, torch.cat([self_col, neighbours[j].t()], 1), blur_val) for j in range(d1)]
 
     def __call__(self, values: Tensor, reverse: bool) -> Tensor:
         x = torch.sparse.mm(self.splat, values)

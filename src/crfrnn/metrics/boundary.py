@@ -108,9 +108,7 @@ def _check_width(width: Any) -> None:
         raise ValueError(f"band widths must be non-negative ints (pixels), got {width!r}.")
 
 
-def boundary_band(
-    target: Tensor, width: int, ignore_index: int = 255, *, include_void_edges: bool = False
-) -> Tensor:
+def boundary_band(target: Tensor, width: int, ignore_index: int = 255, *, include_void_edges: bool = False) -> Tensor:
     """Pixels within ``width`` pixels of a ground-truth label boundary (the "trimap" band).
 
     A pixel is in the band if its Euclidean distance to the nearest boundary pixel (see
@@ -180,9 +178,7 @@ class BoundaryAccuracy:
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.include_void_edges = include_void_edges
-        self.matrices = {
-            w: ConfusionMatrix(num_classes, ignore_index=ignore_index, device=device) for w in self.widths
-        }
+        self.matrices = {w: ConfusionMatrix(num_classes, ignore_index=ignore_index, device=device) for w in self.widths}
 
     def reset(self) -> None:
         """Zero all counts."""
@@ -249,7 +245,10 @@ def boundary_accuracy(
         0.75
     """
     acc = BoundaryAccuracy(
-        num_classes, widths=widths, ignore_index=ignore_index, include_void_edges=include_void_edges,
+        num_classes,
+        widths=widths,
+        ignore_index=ignore_index,
+        include_void_edges=include_void_edges,
         device=target.device if isinstance(target, Tensor) else None,
     )
     acc.update(pred, target)

@@ -69,16 +69,14 @@ def check_pair(pred: Tensor, target: Tensor, num_classes: int, ignore_index: int
     check_label_map(target, "target")
     if pred.shape != target.shape:
         raise ValueError(
-            f"pred and target must have the same shape, got pred {tuple(pred.shape)} and target "
-            f"{tuple(target.shape)}."
+            f"pred and target must have the same shape, got pred {tuple(pred.shape)} and target {tuple(target.shape)}."
         )
     if pred.numel() == 0:
         return
     lo, hi = int(pred.min()), int(pred.max())
     if lo < 0 or hi >= num_classes:
         raise ValueError(
-            f"pred labels must be in [0, {num_classes}) for num_classes={num_classes}, got values in "
-            f"[{lo}, {hi}]."
+            f"pred labels must be in [0, {num_classes}) for num_classes={num_classes}, got values in [{lo}, {hi}]."
         )
     valid = target != ignore_index
     if bool(valid.any()):

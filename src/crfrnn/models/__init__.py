@@ -160,8 +160,7 @@ def _fcn8s_crfrnn(
             :class:`CrfRnnSegmenter`); ``False`` is the paper's network.
     """
     backbone = FCN8s(num_classes, **(backbone_kwargs or {}))
-    return CrfRnnSegmenter(backbone, _crf(num_classes, crf_kwargs), return_unary=return_unary,
-                           safe_start=safe_start)
+    return CrfRnnSegmenter(backbone, _crf(num_classes, crf_kwargs), return_unary=return_unary, safe_start=safe_start)
 
 
 @register_model("small_fcn_crfrnn")
@@ -184,5 +183,4 @@ def _small_fcn_crfrnn(
             :class:`CrfRnnSegmenter`); ``False`` is the paper's network.
     """
     backbone = SmallFCN(num_classes, **(backbone_kwargs or {}))
-    return CrfRnnSegmenter(backbone, _crf(num_classes, crf_kwargs), return_unary=return_unary,
-                           safe_start=safe_start)
+    return CrfRnnSegmenter(backbone, _crf(num_classes, crf_kwargs), return_unary=return_unary, safe_start=safe_start)

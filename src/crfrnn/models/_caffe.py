@@ -44,6 +44,7 @@ from crfrnn.models._protobuf import (
 __all__ = ["CaffeBlob", "CaffeLayer", "CaffeNet", "looks_like_caffemodel", "parse_caffemodel", "read_caffemodel"]
 
 from crfrnn._utils.files import PathLike  # noqa: E402
+
 Buffer = Union[bytes, bytearray, memoryview, mmap.mmap]
 
 # Values of V1LayerParameter.LayerType that matter here (caffe.proto); others are reported by number.
@@ -205,8 +206,17 @@ def looks_like_caffemodel(head: bytes, file_size: int) -> bool:
     = 5, ``state`` = 6, ``debug_info`` = 7, ``input_shape`` = 8, ``layer`` = 100) with its wire type,
     and a first length that fits the file.
     """
-    expected_wire = {1: LENGTH_DELIMITED, 2: LENGTH_DELIMITED, 3: LENGTH_DELIMITED, 4: VARINT, 5: VARINT,
-                     6: LENGTH_DELIMITED, 7: VARINT, 8: LENGTH_DELIMITED, 100: LENGTH_DELIMITED}  # fmt: skip
+    expected_wire = {
+        1: LENGTH_DELIMITED,
+        2: LENGTH_DELIMITED,
+        3: LENGTH_DELIMITED,
+        4: VARINT,
+        5: VARINT,
+        6: LENGTH_DELIMITED,
+        7: VARINT,
+        8: LENGTH_DELIMITED,
+        100: LENGTH_DELIMITED,
+    }
     try:
         key, pos = read_varint(head, 0, len(head))
         if expected_wire.get(key >> 3) != key & 7:

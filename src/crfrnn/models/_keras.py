@@ -24,7 +24,9 @@ def keras_kernel_to_torch(kernel: Tensor, *, transposed: bool) -> Tensor:
     Caffe and PyTorch all compute cross-correlations (and their transposes).
     """
     if kernel.dim() != 4:
-        raise ValueError(f"a Keras convolution kernel has 4 dimensions (kh, kw, ., .), got shape {tuple(kernel.shape)}.")
+        raise ValueError(
+            f"a Keras convolution kernel has 4 dimensions (kh, kw, ., .), got shape {tuple(kernel.shape)}."
+        )
     del transposed  # the same permutation for both (see above); kept in the signature to document the layouts
     return kernel.permute(3, 2, 0, 1).contiguous()
 

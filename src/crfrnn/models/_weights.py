@@ -40,8 +40,11 @@ __all__ = [
 
 # (module of FCN8s, layer name in the Caffe and Keras files, key prefix in the PyTorch port, transposed?)
 FCN_LAYERS: tuple[tuple[str, str, str, bool], ...] = (
-    *((f"conv{s}_{i}", f"conv{s}_{i}", f"conv{s}_{i}", False) for s, n in ((1, 2), (2, 2), (3, 3), (4, 3), (5, 3))
-      for i in range(1, n + 1)),
+    *(
+        (f"conv{s}_{i}", f"conv{s}_{i}", f"conv{s}_{i}", False)
+        for s, n in ((1, 2), (2, 2), (3, 3), (4, 3), (5, 3))
+        for i in range(1, n + 1)
+    ),
     ("fc6", "fc6", "fc6", False),
     ("fc7", "fc7", "fc7", False),
     ("score_fr", "score-fr", "score_fr", False),
@@ -50,7 +53,7 @@ FCN_LAYERS: tuple[tuple[str, str, str, bool], ...] = (
     ("upscore_pool4", "score4", "upscore_pool4", True),
     ("score_pool3", "score-pool3", "score_pool3", False),
     ("upscore8", "upsample", "upscore8", True),
-)  # fmt: skip
+)
 FILE_NAME = {ours: caffe for ours, caffe, _, _ in FCN_LAYERS}
 CRF_NAMES = ("spatial", "bilateral", "compatibility")
 CAFFE_CRF_LAYER = "inference1"
@@ -168,7 +171,7 @@ def load_torch(path: Path) -> Mapping[str, Any]:
     if not isinstance(obj, Mapping) or not all(isinstance(k, str) for k in obj):
         raise ValueError(f"{path}: expected a state dict (a mapping of names to tensors), got {type(obj).__name__}.")
     if obj and all(k.startswith("module.") for k in obj):  # saved from DataParallel
-        obj = {k[len("module."):]: v for k, v in obj.items()}
+        obj = {k[len("module.") :]: v for k, v in obj.items()}
     return obj
 
 
@@ -185,8 +188,12 @@ def read_pytorch(path: Path) -> Weights:
     for key, value in state.items():
         if not isinstance(value, Tensor):
             raise ValueError(f"{path}: entry {key!r} is a {type(value).__name__}, expected a tensor.")
-    fcn = {f"{ours}.{p}": weight_tensor(state[f"{prefix}.{p}"], path, f"{prefix}.{p}")
-           for ours, _, prefix, _ in FCN_LAYERS for p in ("weight", "bias") if f"{prefix}.{p}" in state}  # fmt: skip
+    fcn = {
+        f"{ours}.{p}": weight_tensor(state[f"{prefix}.{p}"], path, f"{prefix}.{p}")
+        for ours, _, prefix, _ in FCN_LAYERS
+        for p in ("weight", "bias")
+        if f"{prefix}.{p}" in state
+    }
     crf = None
     present = [k for k in PORT_CRF_KEYS if k in state]
     if present:

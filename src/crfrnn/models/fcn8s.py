@@ -250,7 +250,9 @@ class FCN8s(nn.Module):
         return _crop(upscore8, self.crop_final, height, width)
 
     def extra_repr(self) -> str:
-        extra = "" if self.widths == VGG16_WIDTHS and self.fc_width == FC_WIDTH else (
-            f", widths={self.widths}, fc_width={self.fc_width}"
+        extra = (
+            ""
+            if self.widths == VGG16_WIDTHS and self.fc_width == FC_WIDTH
+            else (f", widths={self.widths}, fc_width={self.fc_width}")
         )
         return f"num_classes={self.num_classes}{extra}"

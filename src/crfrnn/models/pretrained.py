@@ -41,7 +41,7 @@ from crfrnn.models._weights import (
     read_pytorch,
     sniff,
 )
-from crfrnn.models.fcn8s import CAFFE_BGR_MEAN, FCN8s, CaffeInput
+from crfrnn.models.fcn8s import CAFFE_BGR_MEAN, CaffeInput, FCN8s
 from crfrnn.models.segmenter import CrfRnnSegmenter
 
 __all__ = [
@@ -163,7 +163,9 @@ def _check_shapes(path: Path, fmt: str, model: torch.nn.Module, fcn: Mapping[str
             problems.append(f"{shown}: shape {got}, expected {expected[key]}")
     if problems:
         raise ValueError(
-            f"{path}: the weights do not fit FCN-8s: " + "; ".join(problems[:6]) + (" ..." if len(problems) > 6 else "")
+            f"{path}: the weights do not fit FCN-8s: "
+            + "; ".join(problems[:6])
+            + (" ..." if len(problems) > 6 else "")
             + ". Is this another network, or a damaged file?"
         )
 
@@ -279,7 +281,10 @@ def _crf_head(num_classes: int, num_iterations: int, crf_kwargs: Optional[dict[s
 
 
 def _assemble(
-    backbone: FCN8s, head: Optional[torch.nn.Module], conventions: Conventions, pad_to: Union[int, tuple[int, int], None]
+    backbone: FCN8s,
+    head: Optional[torch.nn.Module],
+    conventions: Conventions,
+    pad_to: Union[int, tuple[int, int], None],
 ) -> CrfRnnSegmenter:
     """The released pipeline around a backbone and a CRF head: padding with the mean colour, BGR guide."""
     if isinstance(pad_to, int) and not isinstance(pad_to, bool):

@@ -34,10 +34,9 @@ The CRF always sees the raw 0..255 image, whose colour scale its bilateral kerne
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Optional, Sequence, Union
-
-import warnings
 
 import torch
 import torch.nn.functional as F
@@ -190,15 +189,17 @@ class CrfRnnSegmenter(nn.Module):
                 stacklevel=2,
             )
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs):  # fmt: skip
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
         # A state dict of an ungated model (e.g. a stage-2 checkpoint) loads into a gated one as gate 1: same output.
         key = prefix + "crf_gate"
         has_crf = any(k.startswith(prefix + "crf.") for k in state_dict)
         if self.crf_gate is not None and key not in state_dict and has_crf:
             state_dict[key] = torch.ones((), dtype=self.crf_gate.dtype, device=self.crf_gate.device)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     @property
     def num_classes(self) -> int:
@@ -286,9 +287,7 @@ class CrfRnnSegmenter(nn.Module):
             got = f"shape {tuple(out.shape)}" if isinstance(out, Tensor) else f"a {type(out).__name__}"
             raise ValueError(f"the backbone must return logits of shape (B, L, h, w), got {got}.")
         if out.shape[0] != image.shape[0]:
-            raise ValueError(
-                f"the backbone returned {out.shape[0]} score maps for a batch of {image.shape[0]} images."
-            )
+            raise ValueError(f"the backbone returned {out.shape[0]} score maps for a batch of {image.shape[0]} images.")
         if out.shape[1] != self.num_classes:
             raise ValueError(
                 f"the backbone returned {out.shape[1]} classes but the CRF head has num_classes={self.num_classes}. "

@@ -27,7 +27,8 @@ __all__ = ["PipeBar", "run_parallel", "worker_main"]
 
 class PipeBar:
     """What :func:`~crfrnn.workflow._stages.run_seed` calls on its progress bar, written as JSON lines for the
-    parent process."""
+    parent process.
+    """
 
     def __init__(self, stream: Any, seed: int) -> None:
         self.stream, self.seed = stream, seed
@@ -82,8 +83,9 @@ def worker_main(argv: Optional[list[str]] = None) -> int:
     return 0
 
 
-def run_parallel(config: ReproduceConfig, workers: int, threads: int, bar: Any,
-                 log: Callable[[str], None]) -> list[dict]:  # fmt: skip
+def run_parallel(
+    config: ReproduceConfig, workers: int, threads: int, bar: Any, log: Callable[[str], None]
+) -> list[dict]:
     """Every seed's runs shared out over ``workers`` Python processes with ``threads`` threads each.
 
     The jobs are each seed's training runs (:func:`~crfrnn.workflow._stages.stage_keys`; stage 1 first, the others
@@ -96,8 +98,7 @@ def run_parallel(config: ReproduceConfig, workers: int, threads: int, bar: Any,
     out = Path(config.out_dir)
     spec = out / "worker_config.json"
     atomic_write_text(spec, json.dumps(config.to_dict()))
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
-               NUMBA_NUM_THREADS=str(threads))  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), NUMBA_NUM_THREADS=str(threads))
     source = str(Path(__file__).resolve().parents[2])  # this crfrnn, even when not installed
     env["PYTHONPATH"] = os.pathsep.join([source] + [p for p in [env.get("PYTHONPATH")] if p])
 
@@ -134,9 +135,14 @@ def run_parallel(config: ReproduceConfig, workers: int, threads: int, bar: Any,
     procs, logs, readers, busy = [], [], [], {}
     try:
         for k in range(workers):
-            proc = subprocess.Popen([sys.executable, "-m", "crfrnn.workflow._seed_worker", str(spec), str(threads)],
-                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                    env=env)  # fmt: skip
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "crfrnn.workflow._seed_worker", str(spec), str(threads)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
+            )
             logs.append(collections.deque(maxlen=10000))
             threading.Thread(target=read, args=(k, proc.stdout), daemon=True).start()
             readers.append(threading.Thread(target=collect, args=(logs[k], proc.stderr), daemon=True))
@@ -163,8 +169,17 @@ def run_parallel(config: ReproduceConfig, workers: int, threads: int, bar: Any,
                     procs[worker].wait()
                     readers[worker].join(timeout=5)
                     tail = [line.rstrip() for line in list(logs[worker])[-5:]]
-                    errors.append((busy[worker][0], {"type": "RuntimeError", "message": (
-                        f"its worker process ended (exit code {procs[worker].wait()}): " + " / ".join(tail))}))
+                    errors.append(
+                        (
+                            busy[worker][0],
+                            {
+                                "type": "RuntimeError",
+                                "message": (
+                                    f"its worker process ended (exit code {procs[worker].wait()}): " + " / ".join(tail)
+                                ),
+                            },
+                        )
+                    )
                 continue
             kind, seed, value = message["kind"], message.get("seed"), message.get("value")
             if kind == "update":
@@ -180,10 +195,12 @@ def run_parallel(config: ReproduceConfig, workers: int, threads: int, bar: Any,
             elif kind == "error":
                 errors.append((seed, value))
             else:
-                status[seed] = value if kind == "description" else f"seed {seed}: " + ", ".join(
-                    f"{k} {v}" for k, v in value.items() if k != "seed")  # fmt: skip
-                bar.set_description(" | ".join(status[s] for s in sorted(status) if s in
-                                               {j[0] for j in busy.values()}))  # fmt: skip
+                status[seed] = (
+                    value
+                    if kind == "description"
+                    else f"seed {seed}: " + ", ".join(f"{k} {v}" for k, v in value.items() if k != "seed")
+                )
+                bar.set_description(" | ".join(status[s] for s in sorted(status) if s in {j[0] for j in busy.values()}))
     finally:
         for proc in procs:
             if proc.stdin is not None:
@@ -198,7 +215,8 @@ def run_parallel(config: ReproduceConfig, workers: int, threads: int, bar: Any,
         spec.unlink(missing_ok=True)
     if errors:
         seed, err = errors[0]
-        kind = {"TrainingError": TrainingError, "ValueError": ValueError, "TypeError": TypeError}.get(err["type"],
-                                                                                                     RuntimeError)
+        kind = {"TrainingError": TrainingError, "ValueError": ValueError, "TypeError": TypeError}.get(
+            err["type"], RuntimeError
+        )
         raise kind(f"seed {seed}: {err['message']}")
     return [records[s] for s in config.seeds]

@@ -96,8 +96,9 @@ def build_model(config: TrainConfig, num_classes: int) -> tuple[nn.Module, str, 
             what = "the backbone of " if segmenter else ""
             hint = (
                 f" Its builder kwargs were {init_kwargs}; pass the same backbone_kwargs."
-                if segmenter else " Use a checkpoint of the same architecture."
-            )  # fmt: skip
+                if segmenter
+                else " Use a checkpoint of the same architecture."
+            )
             raise ValueError(
                 f"the weights of init_from '{config.init_from}' (model {init['model']['name']!r}) do not fit "
                 f"{what}model {name!r}: {detail[0] if detail else err}.{hint}"
@@ -139,29 +140,42 @@ def freeze_backbone(model: nn.Module) -> nn.Module:
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     """The optimiser, with parameter groups: CNN (``lr``, ``weight_decay``), CRF kernel weights
     (``lr * crf_kernel_lr_mult``), CRF compatibility (``lr * crf_compat_lr_mult``), other CRF parameters
-    (``lr``; learned widths, and the ``safe_start`` gate); CRF groups have no weight decay. Each group's ``name`` says which it is."""
+    (``lr``; learned widths, and the ``safe_start`` gate); CRF groups have no weight decay. Each group's ``name`` says which it is.
+    """
     crf = model.crf if isinstance(model, CrfRnnSegmenter) else None
     gate = getattr(model, "crf_gate", None) if crf is not None else None  # safe_start's gate belongs to the CRF
     crf_ids = {id(p) for p in crf.parameters()} if crf is not None else set()
     if gate is not None:
         crf_ids.add(id(gate))
     groups: list[dict[str, Any]] = [
-        {"name": "cnn", "params": [p for p in model.parameters() if id(p) not in crf_ids and p.requires_grad],
-         "lr": config.lr, "weight_decay": config.weight_decay},
-    ]  # fmt: skip
+        {
+            "name": "cnn",
+            "params": [p for p in model.parameters() if id(p) not in crf_ids and p.requires_grad],
+            "lr": config.lr,
+            "weight_decay": config.weight_decay,
+        },
+    ]
     if crf is not None:
         by_kind: dict[str, list[nn.Parameter]] = {"crf_kernel": [], "crf_compatibility": [], "crf_other": []}
         for pname, p in crf.named_parameters():
             if not p.requires_grad:
                 continue
             leaf = pname.rsplit(".", 1)[-1]
-            kind = ("crf_kernel" if leaf in ("spatial_weights", "bilateral_weights")
-                    else "crf_compatibility" if leaf == "compatibility" else "crf_other")  # fmt: skip
+            kind = (
+                "crf_kernel"
+                if leaf in ("spatial_weights", "bilateral_weights")
+                else "crf_compatibility"
+                if leaf == "compatibility"
+                else "crf_other"
+            )
             by_kind[kind].append(p)
         if gate is not None and gate.requires_grad:
             by_kind["crf_other"].append(gate)
-        mult = {"crf_kernel": config.crf_kernel_lr_mult, "crf_compatibility": config.crf_compat_lr_mult,
-                "crf_other": 1.0}  # fmt: skip
+        mult = {
+            "crf_kernel": config.crf_kernel_lr_mult,
+            "crf_compatibility": config.crf_compat_lr_mult,
+            "crf_other": 1.0,
+        }
         for kind, params in by_kind.items():
             if params:
                 groups.append({"name": kind, "params": params, "lr": config.lr * mult[kind], "weight_decay": 0.0})
@@ -177,5 +191,3 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, total
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     power, total = config.poly_power, max(1, total_steps)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1.0 - step / total) ** power)
-
-

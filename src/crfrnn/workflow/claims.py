@@ -14,8 +14,17 @@ from typing import Any, Mapping, Sequence
 from crfrnn.workflow.experiment_config import ReproduceConfig
 from crfrnn.workflow.report import BoundaryCurve, finite, plot_boundary
 
-__all__ = ["ABLATION_CLAIMS", "CLAIMS", "MARGIN", "ROWS", "check_claims", "machine_description", "plot_summary",
-           "report_markdown", "summarize"]
+__all__ = [
+    "ABLATION_CLAIMS",
+    "CLAIMS",
+    "MARGIN",
+    "ROWS",
+    "check_claims",
+    "machine_description",
+    "plot_summary",
+    "report_markdown",
+    "summarize",
+]
 
 #: the rows of the report, in order: key -> title
 ROWS: dict[str, str] = {
@@ -29,8 +38,12 @@ ROWS: dict[str, str] = {
     "crfrnn_symmetric": "ablation: CRF-RNN with a symmetric compatibility",
     "crfrnn_crf_alone": "ablation: CRF trained alone on the fixed CNN",
 }
-_SHORT = {"cnn": "(a) CNN", "cnn+densecrf": "(b) CNN + dense CRF", "crfrnn": "(c) CRF-RNN",
-          "cnn_longer": "control: CNN trained longer"}  # fmt: skip
+_SHORT = {
+    "cnn": "(a) CNN",
+    "cnn+densecrf": "(b) CNN + dense CRF",
+    "crfrnn": "(c) CRF-RNN",
+    "cnn_longer": "control: CNN trained longer",
+}
 #: the paper's claims that the report checks: (name, better row, worse row)
 CLAIMS: tuple[tuple[str, str, str], ...] = (
     ("dense CRF post-processing beats the CNN", "cnn+densecrf", "cnn"),
@@ -51,8 +64,13 @@ def _stats(values: Sequence[float]) -> dict[str, float]:
     vals = [v for v in map(finite, values) if v is not None]
     if not vals:
         return {"mean": math.nan, "std": math.nan, "min": math.nan, "max": math.nan, "n": 0}
-    return {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
-            "min": min(vals), "max": max(vals), "n": len(vals)}  # fmt: skip
+    return {
+        "mean": statistics.fmean(vals),
+        "std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
+        "min": min(vals),
+        "max": max(vals),
+        "n": len(vals),
+    }
 
 
 def summarize(per_seed: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -68,14 +86,17 @@ def summarize(per_seed: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         seeds = [s["rows"][row] for s in per_seed if row in s["rows"]]
         if not seeds:
             continue
-        entry: dict[str, Any] = {k: _stats([m[k] for m in seeds]) for k in ("mean_iou", "pixel_accuracy",
-                                                                            "mean_class_accuracy")}  # fmt: skip
+        entry: dict[str, Any] = {
+            k: _stats([m[k] for m in seeds]) for k in ("mean_iou", "pixel_accuracy", "mean_class_accuracy")
+        }
         widths = [b["width"] for b in seeds[0]["boundary"]]
         entry["boundary"] = {
-            int(w): {k: _stats([next(b[k] for b in m["boundary"] if b["width"] == w) for m in seeds])
-                     for k in ("pixel_accuracy", "mean_iou")}
+            int(w): {
+                k: _stats([next(b[k] for b in m["boundary"] if b["width"] == w) for m in seeds])
+                for k in ("pixel_accuracy", "mean_iou")
+            }
             for w in widths
-        }  # fmt: skip
+        }
         out[row] = entry
     return out
 
@@ -92,31 +113,65 @@ def check_claims(summary: Mapping[str, Any], per_seed: Sequence[Mapping[str, Any
             continue
         gains = [100 * (s["rows"][better]["mean_iou"] - s["rows"][worse]["mean_iou"]) for s in per_seed]
         mean_gain = statistics.fmean(gains)
-        claims.append({"claim": name, "better": better, "worse": worse, "gain_mean_iou": mean_gain,
-                       "gains_per_seed": gains, "margin": MARGIN, "holds": min(gains) >= MARGIN})  # fmt: skip
+        claims.append(
+            {
+                "claim": name,
+                "better": better,
+                "worse": worse,
+                "gain_mean_iou": mean_gain,
+                "gains_per_seed": gains,
+                "margin": MARGIN,
+                "holds": min(gains) >= MARGIN,
+            }
+        )
     if "cnn" in summary:
         narrow = min(summary["cnn"]["boundary"])
         for row in ("cnn+densecrf", "crfrnn"):
             if row not in summary:
                 continue
-            band = 100 * (summary[row]["boundary"][narrow]["pixel_accuracy"]["mean"]
-                          - summary["cnn"]["boundary"][narrow]["pixel_accuracy"]["mean"])  # fmt: skip
+            band = 100 * (
+                summary[row]["boundary"][narrow]["pixel_accuracy"]["mean"]
+                - summary["cnn"]["boundary"][narrow]["pixel_accuracy"]["mean"]
+            )
             overall = 100 * (summary[row]["pixel_accuracy"]["mean"] - summary["cnn"]["pixel_accuracy"]["mean"])
-            claims.append({"claim": f"{ROWS[row].split(' (')[0]}: the gain is largest near boundaries",
-                           "row": row, "band_width": narrow, "gain_in_band": band, "gain_overall": overall,
-                           "holds": band > overall})  # fmt: skip
+            claims.append(
+                {
+                    "claim": f"{ROWS[row].split(' (')[0]}: the gain is largest near boundaries",
+                    "row": row,
+                    "band_width": narrow,
+                    "gain_in_band": band,
+                    "gain_overall": overall,
+                    "holds": band > overall,
+                }
+            )
     if "crfrnn" in summary and "crfrnn_t5" in summary:
         gains = [100 * (s["rows"]["crfrnn"]["mean_iou"] - s["rows"]["crfrnn_t5"]["mean_iou"]) for s in per_seed]
-        claims.append({"claim": "testing with T=10 beats T=5 (paper: +0.2)", "better": "crfrnn", "worse": "crfrnn_t5",
-                       "gain_mean_iou": statistics.fmean(gains), "gains_per_seed": gains, "margin": 0.0,
-                       "holds": statistics.fmean(gains) > 0})  # fmt: skip
+        claims.append(
+            {
+                "claim": "testing with T=10 beats T=5 (paper: +0.2)",
+                "better": "crfrnn",
+                "worse": "crfrnn_t5",
+                "gain_mean_iou": statistics.fmean(gains),
+                "gains_per_seed": gains,
+                "margin": 0.0,
+                "holds": statistics.fmean(gains) > 0,
+            }
+        )
     for name, better, worse, paper in ABLATION_CLAIMS:
         if better not in summary or worse not in summary:
             continue
         gains = [100 * (s["rows"][better]["mean_iou"] - s["rows"][worse]["mean_iou"]) for s in per_seed]
-        claims.append({"claim": f"ablation: {name} (paper: +{paper})", "better": better, "worse": worse,
-                       "gain_mean_iou": statistics.fmean(gains), "gains_per_seed": gains, "margin": 0.0,
-                       "holds": statistics.fmean(gains) > 0})  # fmt: skip
+        claims.append(
+            {
+                "claim": f"ablation: {name} (paper: +{paper})",
+                "better": better,
+                "worse": worse,
+                "gain_mean_iou": statistics.fmean(gains),
+                "gains_per_seed": gains,
+                "margin": 0.0,
+                "holds": statistics.fmean(gains) > 0,
+            }
+        )
     return claims
 
 
@@ -129,11 +184,18 @@ def _pm(stats: Mapping[str, float]) -> str:
     return f"{100 * stats['mean']:.2f} ± {100 * stats['std']:.2f}"
 
 
-def report_markdown(config: ReproduceConfig, summary: Mapping[str, Any], claims: Sequence[Mapping[str, Any]],
-                    per_seed: Sequence[Mapping[str, Any]], seconds: float, machine: str = "") -> str:  # fmt: skip
+def report_markdown(
+    config: ReproduceConfig,
+    summary: Mapping[str, Any],
+    claims: Sequence[Mapping[str, Any]],
+    per_seed: Sequence[Mapping[str, Any]],
+    seconds: float,
+    machine: str = "",
+) -> str:
     """``report.md``: the table (mean ± sd over seeds), the claims with their numbers, per-seed details.
 
-    ``machine`` (e.g. :func:`machine_description`) says where the run's time was measured."""
+    ``machine`` (e.g. :func:`machine_description`) says where the run's time was measured.
+    """
     seeds = ", ".join(str(s["seed"]) for s in per_seed)
     widths = sorted(summary["cnn"]["boundary"])
     shown = [w for w in widths if w in (1, 3, 5, 10)] or widths[:4]
@@ -158,23 +220,35 @@ def report_markdown(config: ReproduceConfig, summary: Mapping[str, Any], claims:
         cells += [_pm(s["boundary"][w]["pixel_accuracy"]) for w in shown]
         lines.append(f"| {title} | " + " | ".join(cells) + " |")
     if config.preset == "quick":
-        lines += ["", "This is the quick preset: one seed and a CNN trained for only a few epochs, a first look and a "
-                  "smoke test. Its numbers say little about the claims; run `crfrnn reproduce` (the full preset) "
-                  "for those."]  # fmt: skip
+        lines += [
+            "",
+            "This is the quick preset: one seed and a CNN trained for only a few epochs, a first look and a "
+            "smoke test. Its numbers say little about the claims; run `crfrnn reproduce` (the full preset) "
+            "for those.",
+        ]
     lines += ["", "## The paper's claims, checked", ""]
     for c in claims:
         mark = "holds" if c["holds"] else "does NOT hold"
         if "gain_in_band" in c:
-            lines.append(f"- {c['claim']}: {mark} (pixel accuracy gain over the CNN {c['gain_in_band']:+.2f} points "
-                         f"within {c['band_width']} px of a boundary, {c['gain_overall']:+.2f} over the whole image).")
+            lines.append(
+                f"- {c['claim']}: {mark} (pixel accuracy gain over the CNN {c['gain_in_band']:+.2f} points "
+                f"within {c['band_width']} px of a boundary, {c['gain_overall']:+.2f} over the whole image)."
+            )
         else:
             per = ", ".join(f"{g:+.2f}" for g in c["gains_per_seed"])
             need = f" (asked: at least +{c['margin']:.1f} on every seed)" if c["margin"] else ""
-            lines.append(f"- {c['claim']}: {mark}: mean IoU {c['gain_mean_iou']:+.2f} points on average; per seed "
-                         f"{per}{need}.")
-    lines += ["", "## Per seed", "", "| seed | " + " | ".join(ROWS[r].split(" (")[0].split(":")[0] + f" [{r}]"
-                                                          for r in ROWS if r in summary) + " | minutes |",
-              "|---:|" + "---:|" * (len([r for r in ROWS if r in summary]) + 1)]  # fmt: skip
+            lines.append(
+                f"- {c['claim']}: {mark}: mean IoU {c['gain_mean_iou']:+.2f} points on average; per seed {per}{need}."
+            )
+    lines += [
+        "",
+        "## Per seed",
+        "",
+        "| seed | "
+        + " | ".join(ROWS[r].split(" (")[0].split(":")[0] + f" [{r}]" for r in ROWS if r in summary)
+        + " | minutes |",
+        "|---:|" + "---:|" * (len([r for r in ROWS if r in summary]) + 1),
+    ]
     for s in per_seed:
         cells = [f"{100 * s['rows'][r]['mean_iou']:.2f}" for r in ROWS if r in summary]
         lines.append(f"| {s['seed']} | " + " | ".join(cells) + f" | {sum(s['seconds'].values()) / 60:.1f} |")
@@ -185,18 +259,25 @@ def report_markdown(config: ReproduceConfig, summary: Mapping[str, Any], claims:
     lines += ["", "## CRF parameters learned end to end", ""]
     for s in per_seed:
         c = s["crf_learned"]
-        lines.append(f"- seed {s['seed']}: spatial weight diagonal mean {c['spatial_weight_diagonal_mean']:.3f} "
-                     f"(init 3), bilateral {c['bilateral_weight_diagonal_mean']:.3f} (init 5), compatibility "
-                     f"asymmetry max |mu - mu^T| {c['compatibility_asymmetry']:.3f} (init 0)")
-    lines += ["", "Files: `results.json` (every number), `boundary.png`, `grid.png`, `seed<N>/` (runs).",
-              "Reproduce: `crfrnn reproduce" + (" --quick" if config.preset == "quick" else "")
-              + f" --out {config.out_dir}` (or the same settings through `crfrnn.workflow.reproduce`)."]  # fmt: skip
+        lines.append(
+            f"- seed {s['seed']}: spatial weight diagonal mean {c['spatial_weight_diagonal_mean']:.3f} "
+            f"(init 3), bilateral {c['bilateral_weight_diagonal_mean']:.3f} (init 5), compatibility "
+            f"asymmetry max |mu - mu^T| {c['compatibility_asymmetry']:.3f} (init 0)"
+        )
+    lines += [
+        "",
+        "Files: `results.json` (every number), `boundary.png`, `grid.png`, `seed<N>/` (runs).",
+        "Reproduce: `crfrnn reproduce"
+        + (" --quick" if config.preset == "quick" else "")
+        + f" --out {config.out_dir}` (or the same settings through `crfrnn.workflow.reproduce`).",
+    ]
     return "\n".join(lines) + "\n"
 
 
 def machine_description(workers: int = 1, threads: int = 1) -> str:
     """``"<CPU model>, <n> cores, <workers> process(es) x <threads> thread(s)"`` of this machine (Linux names the
-    model in ``/proc/cpuinfo``; elsewhere :func:`platform.processor`)."""
+    model in ``/proc/cpuinfo``; elsewhere :func:`platform.processor`).
+    """
     model = ""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as fh:
@@ -204,13 +285,16 @@ def machine_description(workers: int = 1, threads: int = 1) -> str:
     except OSError:
         pass
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return (f"{model or platform.processor() or 'an unknown CPU'}, {cores} cores, {workers} process(es) x "
-            f"{threads} thread(s)")  # fmt: skip
+    return (
+        f"{model or platform.processor() or 'an unknown CPU'}, {cores} cores, {workers} process(es) x "
+        f"{threads} thread(s)"
+    )
 
 
 def plot_summary(summary: Mapping[str, Any], path: Path, title: str) -> Path:
     """``boundary.png`` of the experiment: each row's mean over seeds, shaded between its min and max (one seed:
-    the lines alone)."""
+    the lines alone).
+    """
     curves = []
     for row in [r for r in ("cnn", "cnn+densecrf", "crfrnn", "cnn_longer") if r in summary]:
         widths = sorted(summary[row]["boundary"])
@@ -220,6 +304,7 @@ def plot_summary(summary: Mapping[str, Any], path: Path, title: str) -> Path:
             points[key] = [(w, 100 * s["mean"]) for w, s in zip(widths, band)]
             spread[key] = ([100 * s["min"] for s in band], [100 * s["max"] for s in band])
         several = all(s["n"] > 1 for s in band)
-        curves.append(BoundaryCurve(_SHORT[row], points, spread if several else None,
-                                    "--" if row == "cnn_longer" else "-"))  # fmt: skip
+        curves.append(
+            BoundaryCurve(_SHORT[row], points, spread if several else None, "--" if row == "cnn_longer" else "-")
+        )
     return plot_boundary(path, curves, title=title, legend={"loc": "lower right", "fontsize": 8})

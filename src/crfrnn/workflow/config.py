@@ -46,9 +46,23 @@ LR_SCHEDULES: tuple[str, ...] = ("poly", "constant")
 DEFAULT_MODELS: dict[str, str] = {"cnn": "small_fcn", "crfrnn": "small_fcn_crfrnn"}
 #: Settings that may differ when a run is resumed (they do not change what is being trained).
 RESUMABLE_CHANGES = frozenset(
-    {"epochs", "workers", "device", "threads", "eval_every", "val_batch_size", "out_dir", "init_from",
-     "voc_root", "sbd_root", "images", "masks", "val_images", "val_masks"}
-)  # fmt: skip
+    {
+        "epochs",
+        "workers",
+        "device",
+        "threads",
+        "eval_every",
+        "val_batch_size",
+        "out_dir",
+        "init_from",
+        "voc_root",
+        "sbd_root",
+        "images",
+        "masks",
+        "val_images",
+        "val_masks",
+    }
+)
 
 
 @dataclass
@@ -157,12 +171,24 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         coerce_fields(self)
-        for name, choices in (("stage", STAGES), ("dataset", DATASETS), ("optimizer", OPTIMIZERS),
-                              ("lr_schedule", LR_SCHEDULES)):  # fmt: skip
+        for name, choices in (
+            ("stage", STAGES),
+            ("dataset", DATASETS),
+            ("optimizer", OPTIMIZERS),
+            ("lr_schedule", LR_SCHEDULES),
+        ):
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name} must be one of {list(choices)}, got {getattr(self, name)!r}.")
-        for name in ("image_size", "crop_size", "epochs", "batch_size", "eval_every",
-                     "num_classes", "val_batch_size", "threads"):  # fmt: skip
+        for name in (
+            "image_size",
+            "crop_size",
+            "epochs",
+            "batch_size",
+            "eval_every",
+            "num_classes",
+            "val_batch_size",
+            "threads",
+        ):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}.")
@@ -247,7 +273,8 @@ def _type_hints(cls: type) -> dict[str, Any]:
 
 def coerce_fields(instance: Any, *, skip: tuple[str, ...] = ()) -> None:
     """Check (and convert, see :func:`coerce_value`) every field of a configuration dataclass instance against
-    its evaluated type hint, in place; the fields in ``skip`` are left to the class."""
+    its evaluated type hint, in place; the fields in ``skip`` are left to the class.
+    """
     hints = _type_hints(type(instance))
     for f in dataclasses.fields(instance):
         if f.name not in skip:
@@ -270,8 +297,10 @@ def coerce_value(name: str, value: Any, hint: Any, *, owner: str = "TrainConfig"
         base = others[0] if len(others) == 1 else None  # int | str: not one type to check against
     base = typing.get_origin(base) or base  # dict[str, Any] -> dict
     if base not in (bool, int, float, str, dict):
-        raise _BadConfigValue(f"{name}: {owner} cannot check the annotation {hint!r}; use one of "
-                              "bool, int, float, str, dict, optionally with '| None'.")  # fmt: skip
+        raise _BadConfigValue(
+            f"{name}: {owner} cannot check the annotation {hint!r}; use one of "
+            "bool, int, float, str, dict, optionally with '| None'."
+        )
     if value is None:
         if optional:
             return None
@@ -308,7 +337,6 @@ def coerce_value(name: str, value: Any, hint: Any, *, owner: str = "TrainConfig"
             return plain(dict(value))
         raise _BadConfigValue(f"{name} must be a mapping of keyword arguments, got {value!r}.")
     raise AssertionError(f"unreachable: {base!r}")  # pragma: no cover - every base is one of the above
-
 
 
 def plain(value: Any) -> Any:
@@ -370,5 +398,3 @@ def _read_yaml_mapping(path: Union[str, os.PathLike]) -> dict[str, Any]:
             f"the configuration '{path}' must be a YAML mapping of keys to values, got a {type(loaded).__name__}."
         )
     return {str(k).replace("-", "_"): v for k, v in loaded.items()}
-
-

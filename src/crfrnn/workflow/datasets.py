@@ -54,7 +54,8 @@ class _CachedRaw(Dataset):
 
 def fill_caches(*datasets: Optional[Dataset]) -> None:
     """Generate the samples of the in-memory caches of :func:`build_datasets` now, before DataLoader workers
-    fork, so that the workers share them (other data sets are left alone)."""
+    fork, so that the workers share them (other data sets are left alone).
+    """
     for dataset in datasets:
         if isinstance(dataset, _CachedRaw):
             dataset.fill()
@@ -134,9 +135,12 @@ def open_dataset(
 
 
 def synthetic_spec(
-    payload: Mapping[str, Any], *, size: Optional[int] = None, seed: Optional[int] = None,
+    payload: Mapping[str, Any],
+    *,
+    size: Optional[int] = None,
+    seed: Optional[int] = None,
     void_band: Optional[int] = None,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """The synthetic data set a checkpoint was trained on, as :func:`open_dataset`'s ``synthetic`` spec.
 
     The values given win; then the checkpoint's training config (``crfrnn train``); then the defaults (96
@@ -151,8 +155,11 @@ def synthetic_spec(
     config = payload.get("config") if isinstance(payload.get("config"), dict) else {}
     kwargs = dict(config.get("synthetic_kwargs") or {}) if config.get("dataset", "synthetic") == "synthetic" else {}
     names = payload.get("class_names")
-    if "shapes" not in kwargs and names and names[0] == "background" and all(
-        c in SyntheticShapes.SHAPES for c in names[1:]
+    if (
+        "shapes" not in kwargs
+        and names
+        and names[0] == "background"
+        and all(c in SyntheticShapes.SHAPES for c in names[1:])
     ):
         kwargs["shapes"] = tuple(names[1:])
     if void_band is not None:
@@ -196,8 +203,9 @@ def build_datasets(config: TrainConfig) -> tuple[Dataset, Optional[Dataset], int
     elif dataset == "voc":
         if config.voc_root is None:
             raise ValueError("dataset 'voc' needs voc_root (--voc-root DIR, the folder containing VOCdevkit).")
-        train_set = open_dataset("voc", config.train_split, voc_root=config.voc_root, sbd_root=config.sbd_root,
-                                 transform=transform)  # fmt: skip
+        train_set = open_dataset(
+            "voc", config.train_split, voc_root=config.voc_root, sbd_root=config.sbd_root, transform=transform
+        )
         val_set = open_dataset("voc", config.val_split, voc_root=config.voc_root) if config.val_split else None
         num_classes, class_names = 21, list(VOC_CLASSES)
     else:
@@ -208,10 +216,14 @@ def build_datasets(config: TrainConfig) -> tuple[Dataset, Optional[Dataset], int
         if config.num_classes is None:
             raise ValueError("dataset 'folder' needs num_classes (--num-classes L): it cannot be read from the masks.")
         classes = config.num_classes  # masks with other labels are named when they are read
-        train_set = open_dataset("folder", images=config.images, masks=config.masks, num_classes=classes,
-                                 transform=transform)  # fmt: skip
-        val_set = (open_dataset("folder", images=config.val_images, masks=config.val_masks, num_classes=classes)
-                   if config.val_images else None)  # fmt: skip
+        train_set = open_dataset(
+            "folder", images=config.images, masks=config.masks, num_classes=classes, transform=transform
+        )
+        val_set = (
+            open_dataset("folder", images=config.val_images, masks=config.val_masks, num_classes=classes)
+            if config.val_images
+            else None
+        )
         num_classes = config.num_classes
     if config.num_classes is not None and config.num_classes != num_classes:
         raise ValueError(

@@ -39,7 +39,8 @@ __all__ = [
 @dataclass
 class DistInfo:
     """This process in a run: its rank, the number of processes, its local rank, and whether :func:`train`
-    started the process group (and so must destroy it)."""
+    started the process group (and so must destroy it).
+    """
 
     rank: int = 0
     world_size: int = 1

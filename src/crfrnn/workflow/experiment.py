@@ -38,7 +38,6 @@ The settings are in :mod:`crfrnn.workflow.experiment_config`, one seed's stages 
 the worker processes in :mod:`crfrnn.workflow._workers`, the conclusions in :mod:`crfrnn.workflow.claims`.
 """
 
-
 from __future__ import annotations
 
 import json
@@ -105,7 +104,9 @@ def reproduce(
     total_epochs = len(config.seeds) * (config.cnn_epochs + (2 + len(config.ablations)) * config.crf_epochs)
     with tqdm(total=total_epochs, unit="epoch", disable=not progress, dynamic_ncols=True) as bar:
         say = (lambda line: bar.write(line)) if progress else log
-        say(f"{len(config.seeds)} seed(s) in {workers} process(es), {threads or torch.get_num_threads()} thread(s) each")
+        say(
+            f"{len(config.seeds)} seed(s) in {workers} process(es), {threads or torch.get_num_threads()} thread(s) each"
+        )
         if workers > 1:
             per_seed = run_parallel(config, workers, threads, bar, say)
         else:
@@ -119,8 +120,12 @@ def reproduce(
     files = {"report": str(out / "report.md"), "results": str(out / "results.json")}
     spread = len(per_seed) > 1
     try:
-        plot_summary(summary, out / "boundary.png", "Accuracy near ground-truth boundaries" + (
-            " (mean and range over seeds)" if spread else f" (one seed: {per_seed[0]['seed']})"))  # fmt: skip
+        plot_summary(
+            summary,
+            out / "boundary.png",
+            "Accuracy near ground-truth boundaries"
+            + (" (mean and range over seeds)" if spread else f" (one seed: {per_seed[0]['seed']})"),
+        )
         files["boundary"] = str(out / "boundary.png")
     except ImportError as err:
         log(f"boundary.png not written: matplotlib is needed ({err}); pip install 'crfrnn[repro]'")
@@ -131,9 +136,16 @@ def reproduce(
         save_method_grid(out / "grid.png", data[2], runs, config.grid_images)
         files["grid"] = str(out / "grid.png")
     machine = machine_description(workers, threads or torch.get_num_threads())
-    results = {"config": config.to_dict(), "class_names": list(data[0].class_names), "per_seed": per_seed,
-               "summary": summary, "claims": claims, "seconds": seconds, "machine": machine,
-               "files": files}  # fmt: skip
+    results = {
+        "config": config.to_dict(),
+        "class_names": list(data[0].class_names),
+        "per_seed": per_seed,
+        "summary": summary,
+        "claims": claims,
+        "seconds": seconds,
+        "machine": machine,
+        "files": files,
+    }
     atomic_write_text(files["results"], json.dumps(jsonable(results), indent=2) + "\n")
     atomic_write_text(files["report"], report_markdown(config, summary, claims, per_seed, seconds, machine))
     return results

@@ -101,8 +101,19 @@ class ReproduceConfig:
         if unknown or len(set(self.ablations)) != len(self.ablations):
             raise ValueError(f"ablations must be distinct names from {list(ABLATIONS)}, got {list(self.ablations)}.")
         coerce_fields(self, skip=("seeds", "ablations"))  # every other value against its type hint
-        for name in ("num_train", "num_val", "num_test", "image_size", "width", "batch_size", "cnn_epochs",
-                     "crf_epochs", "train_iterations", "test_iterations", "search_images"):  # fmt: skip
+        for name in (
+            "num_train",
+            "num_val",
+            "num_test",
+            "image_size",
+            "width",
+            "batch_size",
+            "cnn_epochs",
+            "crf_epochs",
+            "train_iterations",
+            "test_iterations",
+            "search_images",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}.")
         for name in ("cnn_lr", "crf_lr"):
@@ -122,10 +133,20 @@ class ReproduceConfig:
     def quick(cls, out_dir: str, **overrides: Any) -> "ReproduceConfig":
         """The reduced reproduction (one seed, less data, shorter training, a smaller search): a few minutes."""
         values: dict[str, Any] = dict(
-            preset="quick", seeds=(0,), num_val=40, num_test=80, cnn_epochs=15, crf_epochs=2, search_images=20,
-            search_grid={"bilateral_sxy": [3.0, 5.0, 20.0], "bilateral_srgb": [5.0, 13.0],
-                         "bilateral_compat": [10.0, 20.0], "gaussian_compat": [1.0]},
-        )  # fmt: skip
+            preset="quick",
+            seeds=(0,),
+            num_val=40,
+            num_test=80,
+            cnn_epochs=15,
+            crf_epochs=2,
+            search_images=20,
+            search_grid={
+                "bilateral_sxy": [3.0, 5.0, 20.0],
+                "bilateral_srgb": [5.0, 13.0],
+                "bilateral_compat": [10.0, 20.0],
+                "gaussian_compat": [1.0],
+            },
+        )
         values.update(overrides)
         return cls(out_dir=out_dir, **values)
 

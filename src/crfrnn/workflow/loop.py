@@ -101,7 +101,8 @@ class _Run:
 @dataclass
 class EpochResult:
     """What :func:`train_epoch` did: the mean loss over all processes' batches, the learning rate after the
-    epoch, the optimiser steps so far and the seconds taken."""
+    epoch, the optimiser steps so far and the seconds taken.
+    """
 
     train_loss: float
     lr: float
@@ -130,7 +131,11 @@ def _batches(loader: Iterable, show: bool, desc: str) -> Iterable:
 
 
 def train(
-    config: TrainConfig, *, progress: bool = True, resume: bool = False, stop_after: Optional[int] = None,
+    config: TrainConfig,
+    *,
+    progress: bool = True,
+    resume: bool = False,
+    stop_after: Optional[int] = None,
     on_epoch: Optional[Callable[[dict[str, Any]], None]] = None,
 ) -> dict[str, Any]:
     """Train the network described by ``config``; see :mod:`crfrnn.workflow` for the recipe and the files.
@@ -186,7 +191,8 @@ def _setup(
     config: TrainConfig, dist_info: DistInfo, run_dir: RunDir, ckpt: Optional[dict[str, Any]], progress: bool
 ) -> _Run:
     """Build (or, from ``ckpt``, rebuild) the model, the data, the optimiser and the schedule; restore or seed
-    the random states; write ``config.yaml``."""
+    the random states; write ``config.yaml``.
+    """
     device = resolve_device(config.device, local_rank=dist_info.local_rank if dist_info.enabled else None)
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -226,8 +232,24 @@ def _setup(
     )
     steps_per_epoch = math.ceil(len(sampler) / config.batch_size)
     scheduler = build_scheduler(optimizer, config, steps_per_epoch * config.epochs)
-    run = _Run(config, dist_info, device, progress and dist_info.is_main, run_dir, model, model, model_name,
-               model_kwargs, num_classes, class_names, train_set, val_set, optimizer, scheduler, sampler)  # fmt: skip
+    run = _Run(
+        config,
+        dist_info,
+        device,
+        progress and dist_info.is_main,
+        run_dir,
+        model,
+        model,
+        model_name,
+        model_kwargs,
+        num_classes,
+        class_names,
+        train_set,
+        val_set,
+        optimizer,
+        scheduler,
+        sampler,
+    )
 
     if ckpt is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -264,9 +286,13 @@ def train_epoch(run: _Run, epoch: int) -> EpochResult:
     run.sampler.set_epoch(epoch)
     generator = torch.Generator().manual_seed(derived_seed(config.seed, epoch, run.dist.rank))
     loader = DataLoader(
-        run.train_set, batch_size=config.batch_size, sampler=run.sampler, num_workers=config.workers,
-        worker_init_fn=seed_worker, generator=generator,  # worker seeds depend on (seed, epoch, rank) only
-    )  # fmt: skip
+        run.train_set,
+        batch_size=config.batch_size,
+        sampler=run.sampler,
+        num_workers=config.workers,
+        worker_init_fn=seed_worker,
+        generator=generator,  # worker seeds depend on (seed, epoch, rank) only
+    )
     run.net.train()
     if config.freeze_backbone:  # a fixed CNN: no dropout, and batch norm keeps its statistics
         run.model.backbone.eval()
@@ -293,8 +319,9 @@ def train_epoch(run: _Run, epoch: int) -> EpochResult:
             bar.set_postfix(loss=f"{value:.4f}")  # type: ignore[attr-defined]
     loss_sum, batches = sum_across([loss_sum, batches], run.dist, device)
     broadcast_buffers(run.model, run.dist)
-    return EpochResult(loss_sum / max(batches, 1), run.optimizer.param_groups[0]["lr"], run.global_step,
-                       time.perf_counter() - t0)  # fmt: skip
+    return EpochResult(
+        loss_sum / max(batches, 1), run.optimizer.param_groups[0]["lr"], run.global_step, time.perf_counter() - t0
+    )
 
 
 def save_epoch(run: _Run, epoch: int, record: dict[str, Any], validated: bool) -> SaveResult:
@@ -310,20 +337,34 @@ def save_epoch(run: _Run, epoch: int, record: dict[str, Any], validated: bool) -
         config = run.config
         run.run_dir.append_metrics(record)
         run.run_dir.save_checkpoints(
-            run.model, best=improved, model_name=run.model_name, model_kwargs=run.model_kwargs,
-            num_classes=run.num_classes, class_names=run.class_names, stage=config.stage, config=config.to_dict(),
-            epoch=epoch, global_step=run.global_step, optimizer=run.optimizer.state_dict(),
-            scheduler=run.scheduler.state_dict(), rng_states=rng_states, world_size=run.dist.world_size,
-            metrics=record, state_hashes=hashes, best_mean_iou=None if run.best_epoch is None else run.best_miou,
+            run.model,
+            best=improved,
+            model_name=run.model_name,
+            model_kwargs=run.model_kwargs,
+            num_classes=run.num_classes,
+            class_names=run.class_names,
+            stage=config.stage,
+            config=config.to_dict(),
+            epoch=epoch,
+            global_step=run.global_step,
+            optimizer=run.optimizer.state_dict(),
+            scheduler=run.scheduler.state_dict(),
+            rng_states=rng_states,
+            world_size=run.dist.world_size,
+            metrics=record,
+            state_hashes=hashes,
+            best_mean_iou=None if run.best_epoch is None else run.best_miou,
             best_epoch=run.best_epoch,
-        )  # fmt: skip
+        )
     return SaveResult(hashes, improved)
 
 
 def _loop(
-    run: _Run, ckpt: Optional[dict[str, Any]], stop_after: Optional[int],
+    run: _Run,
+    ckpt: Optional[dict[str, Any]],
+    stop_after: Optional[int],
     on_epoch: Optional[Callable[[dict[str, Any]], None]],
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     config, model = run.config, run.model
     end_epoch = config.epochs if stop_after is None else min(config.epochs, stop_after)
     record: dict[str, Any] = dict(ckpt.get("metrics") or {}) if ckpt is not None else {}
@@ -340,10 +381,17 @@ def _loop(
         validate = validate and (epoch % config.eval_every == 0 or epoch == config.epochs)
         if validate:
             t1 = time.perf_counter()
-            record.update(validation_metrics(
-                model, run.val_set, num_classes=run.num_classes, batch_size=config.val_batch_size or config.batch_size,
-                device=run.device, workers=config.workers, progress=run.show,
-            ))  # type: ignore[arg-type]  # fmt: skip
+            record.update(
+                validation_metrics(
+                    model,
+                    run.val_set,
+                    num_classes=run.num_classes,
+                    batch_size=config.val_batch_size or config.batch_size,
+                    device=run.device,
+                    workers=config.workers,
+                    progress=run.show,
+                )
+            )  # type: ignore[arg-type]
             record["val_seconds"] = time.perf_counter() - t1
         record["train_seconds"] = done.seconds
         record["seconds"] = time.perf_counter() - t0
@@ -356,8 +404,10 @@ def _loop(
 
             val = f", val mIoU {record['val_mean_iou']:.4f}" if record.get("val_mean_iou") is not None else ""
             cnn = f" (CNN alone {record['val_mean_iou_cnn']:.4f})" if record.get("val_mean_iou_cnn") is not None else ""
-            tqdm.write(f"epoch {epoch}/{config.epochs}: train loss {record['train_loss']:.4f}{val}{cnn}, "
-                       f"{record['seconds']:.1f} s")  # fmt: skip
+            tqdm.write(
+                f"epoch {epoch}/{config.epochs}: train loss {record['train_loss']:.4f}{val}{cnn}, "
+                f"{record['seconds']:.1f} s"
+            )
     if run.dist.enabled:
         import torch.distributed as dist
 

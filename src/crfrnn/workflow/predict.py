@@ -50,7 +50,6 @@ DEFAULT_SEARCH_GRID: dict[str, tuple[float, ...]] = {
 }
 
 
-
 def unwrap(model: nn.Module) -> nn.Module:
     """The module inside ``DataParallel`` / ``DistributedDataParallel`` wrappers."""
     if not isinstance(model, nn.Module):
@@ -81,7 +80,7 @@ def check_methods(methods: Union[str, Iterable[str]], model: nn.Module) -> tuple
 
 
 def merge_dense_crf_params(params: Optional[Mapping[str, Any]]) -> dict[str, Any]:
-    """densecrf's defaults updated with ``params``; unknown names are rejected."""
+    """Densecrf's defaults updated with ``params``; unknown names are rejected."""
     out = dict(DENSECRF_DEFAULTS)
     if params is None:
         return out
@@ -124,7 +123,6 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
     finally:
         for m, flag in flags:
             m.training = flag
-
 
 
 def cnn_logits(model: nn.Module, image: Tensor) -> Tensor:

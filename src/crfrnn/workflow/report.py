@@ -128,8 +128,12 @@ def format_table(results: Mapping[str, Any], *, widths: Sequence[int] = (1, 3, 5
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     for method, m in results["methods"].items():
         band = _boundary_rows(m)
-        cells = [_title(method), _pct(m.get("mean_iou")), _pct(m.get("pixel_accuracy")),
-                 _pct(m.get("mean_class_accuracy"))]  # fmt: skip
+        cells = [
+            _title(method),
+            _pct(m.get("mean_iou")),
+            _pct(m.get("pixel_accuracy")),
+            _pct(m.get("mean_class_accuracy")),
+        ]
         cells += [_pct(band[w]["pixel_accuracy"]) if w in band else "–" for w in shown]
         sec = m.get("seconds_per_image")
         cells.append(f"{finite(sec):.3f}" if finite(sec) is not None else "–")
@@ -191,7 +195,8 @@ def _markdown(results: Mapping[str, Any], class_names: Optional[Sequence[str]], 
         order = sorted(table, key=lambda r: -r["mean_iou"] if finite(r["mean_iou"]) is not None else math.inf)
         for row in order:
             out.append(
-                "| " + " | ".join(f"{row[k]:g}" if isinstance(row[k], (int, float)) else str(row[k]) for k in keys)
+                "| "
+                + " | ".join(f"{row[k]:g}" if isinstance(row[k], (int, float)) else str(row[k]) for k in keys)
                 + f" | {_pct(row['mean_iou'])} | {_pct(row['pixel_accuracy'])} |"
             )
         out.append("")
@@ -247,8 +252,11 @@ def plot_boundary(
         for curve in curves:
             points = list(curve.points.get(key, ()))
             xy = ([w for w, _ in points], [v for _, v in points])
-            (line,) = ax.plot(*xy, marker="o", label=curve.label) if curve.style is None else ax.plot(
-                *xy, curve.style, marker="o", label=curve.label)  # fmt: skip
+            (line,) = (
+                ax.plot(*xy, marker="o", label=curve.label)
+                if curve.style is None
+                else ax.plot(*xy, curve.style, marker="o", label=curve.label)
+            )
             if curve.spread is not None and key in curve.spread:
                 low, high = curve.spread[key]
                 ax.fill_between(xy[0], low, high, color=line.get_color(), alpha=0.15)
@@ -376,8 +384,9 @@ def write_report(
 
     if plot:
         try:
-            plot_boundary(out / "boundary.png", _method_curves(results), title=title,
-                          xticks=results.get("boundary_widths", []))
+            plot_boundary(
+                out / "boundary.png", _method_curves(results), title=title, xticks=results.get("boundary_widths", [])
+            )
         except ImportError as err:
             warnings.warn(f"boundary.png not written: matplotlib is needed for the plot ({err}).", stacklevel=2)
         else:

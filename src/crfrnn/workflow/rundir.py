@@ -73,7 +73,8 @@ class RunDir:
 
     def start(self, config: TrainConfig, resumed_epoch: Optional[int]) -> list[dict[str, Any]]:
         """Write ``config.yaml`` and return the metrics records kept: those up to ``resumed_epoch`` (the records
-        written after that checkpoint are dropped from the file), none for a new run (the file is removed)."""
+        written after that checkpoint are dropped from the file), none for a new run (the file is removed).
+        """
         from crfrnn._utils.files import atomic_write_text
 
         self.path.mkdir(parents=True, exist_ok=True)
@@ -94,7 +95,8 @@ class RunDir:
 
     def save_checkpoints(self, model: nn.Module, *, best: bool, **payload: Any) -> None:
         """Write ``last.pt`` (and ``best.pt`` when ``best``): :func:`crfrnn.io.checkpoint.save_checkpoint` of
-        ``model`` with ``payload`` (``model_name``, ``model_kwargs``, ``num_classes``, ... and any extras)."""
+        ``model`` with ``payload`` (``model_name``, ``model_kwargs``, ``num_classes``, ... and any extras).
+        """
         from crfrnn.io.checkpoint import save_checkpoint
 
         save_checkpoint(self.last_path, model, **payload)
@@ -179,10 +181,13 @@ def check_resume(config: TrainConfig, saved: Mapping[str, Any], path: Path) -> N
     """Refuse to resume with settings other than the saved ones (except :data:`RESUMABLE_CHANGES`)."""
     current = config.to_dict()
     changed = [
-        k for k in current
-        if k not in RESUMABLE_CHANGES and k in saved and saved[k] != current[k]
+        k
+        for k in current
+        if k not in RESUMABLE_CHANGES
+        and k in saved
+        and saved[k] != current[k]
         and not (k == "model" and current[k] is None)  # None: the stage's default, resolved when the run began
-    ]  # fmt: skip
+    ]
     if changed:
         detail = "; ".join(f"{k}: was {saved[k]!r}, now {current[k]!r}" for k in changed)
         raise ValueError(
@@ -204,4 +209,3 @@ def load_run_config(
     if not saved.is_file():
         raise FileNotFoundError(f"cannot resume: '{saved}' not found; is '{run}' a run directory?")
     return load_config(saved, *paths, **overrides)
-

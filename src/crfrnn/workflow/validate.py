@@ -74,8 +74,9 @@ def sharded_loader(
     subset = Subset(dataset, range(rank, total, world))
 
     collate = functools.partial(pad_collate, ignore_index=ignore_index)
-    loader = DataLoader(subset, batch_size=batch_size, shuffle=False, collate_fn=collate, num_workers=workers,
-                        generator=generator)  # fmt: skip
+    loader = DataLoader(
+        subset, batch_size=batch_size, shuffle=False, collate_fn=collate, num_workers=workers, generator=generator
+    )
     return loader, total
 
 
@@ -126,11 +127,20 @@ def accumulate(
     ``progress``: the progress bar's title (``None``: no bar).
     """
     confusion = {m: ConfusionMatrix(num_classes, ignore_index=ignore_index, device=device) for m in methods}
-    boundary = {
-        m: BoundaryAccuracy(num_classes, widths=boundary_widths, ignore_index=ignore_index,
-                            include_void_edges=include_void_edges, device=device)
-        for m in methods
-    } if boundary_widths is not None else {}  # fmt: skip
+    boundary = (
+        {
+            m: BoundaryAccuracy(
+                num_classes,
+                widths=boundary_widths,
+                ignore_index=ignore_index,
+                include_void_edges=include_void_edges,
+                device=device,
+            )
+            for m in methods
+        }
+        if boundary_widths is not None
+        else {}
+    )
     seconds = dict.fromkeys(methods, 0.0)
     total = len(loader) if hasattr(loader, "__len__") else None
     with eval_mode(model), torch.no_grad():
@@ -234,9 +244,18 @@ def evaluate(
     widths = tuple(boundary_widths)
     dev = _device(model, device)
     loader, total = sharded_loader(dataset, batch_size, max_images=max_images, ignore_index=ignore_index)
-    totals = accumulate(model, loader, methods=methods, num_classes=num_classes, device=dev, dense_crf_params=params,
-                        boundary_widths=widths, ignore_index=ignore_index, include_void_edges=include_void_edges,
-                        progress="evaluate" if progress else None)  # fmt: skip
+    totals = accumulate(
+        model,
+        loader,
+        methods=methods,
+        num_classes=num_classes,
+        device=dev,
+        dense_crf_params=params,
+        boundary_widths=widths,
+        ignore_index=ignore_index,
+        include_void_edges=include_void_edges,
+        progress="evaluate" if progress else None,
+    )
     results: dict[str, Any] = {
         "num_images": total,
         "num_classes": num_classes,
@@ -254,21 +273,36 @@ def evaluate(
 
 
 def validation_metrics(
-    model: nn.Module, dataset: Dataset, *, num_classes: int, batch_size: int, device: torch.device,
-    workers: int = 0, progress: bool = False, ignore_index: int = 255,
-) -> dict[str, Any]:  # fmt: skip
+    model: nn.Module,
+    dataset: Dataset,
+    *,
+    num_classes: int,
+    batch_size: int,
+    device: torch.device,
+    workers: int = 0,
+    progress: bool = False,
+    ignore_index: int = 255,
+) -> dict[str, Any]:
     """The validation record of a training epoch: ``val_mean_iou``, ``val_pixel_accuracy``,
     ``val_mean_class_accuracy`` and ``val_per_class_iou`` of the model's output and, for a
     :class:`~crfrnn.models.CrfRnnSegmenter`, the same of its CNN alone with the suffix ``_cnn`` (without the
     per-class list). Undefined values are ``None``. Leaves torch's global random state alone.
     """
     segmenter = isinstance(model, CrfRnnSegmenter)
-    loader, _ = sharded_loader(dataset, batch_size, ignore_index=ignore_index, workers=workers,
-                               generator=torch.Generator().manual_seed(0))  # fmt: skip
+    loader, _ = sharded_loader(
+        dataset, batch_size, ignore_index=ignore_index, workers=workers, generator=torch.Generator().manual_seed(0)
+    )
     methods = ("cnn", "crfrnn") if segmenter else ("cnn",)
-    totals = accumulate(model, loader, methods=methods, num_classes=num_classes, device=device,
-                        dense_crf_params={}, ignore_index=ignore_index,
-                        progress="validate" if progress else None)  # fmt: skip
+    totals = accumulate(
+        model,
+        loader,
+        methods=methods,
+        num_classes=num_classes,
+        device=device,
+        dense_crf_params={},
+        ignore_index=ignore_index,
+        progress="validate" if progress else None,
+    )
     out: dict[str, Any] = {}
     for suffix, method in (("", methods[-1]), ("_cnn", "cnn" if segmenter else None)):
         if method is None:
@@ -372,5 +406,3 @@ def search_dense_crf(
     scores = [-math.inf if v is None else v for v in scores]
     best = points[max(range(len(points)), key=lambda i: (scores[i], -i))]
     return {**base, **best}, table
-
-
