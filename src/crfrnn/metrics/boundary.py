@@ -211,8 +211,9 @@ class BoundaryAccuracy:
         """Metrics per band width.
 
         Returns:
-            ``{width: {"pixel_accuracy": float, "mean_iou": float, "mean_class_accuracy": float,
-            "num_pixels": int}}``, widths in increasing order; ``NaN`` for a band with no pixel.
+            ``{width: metrics}``, widths in increasing order, each ``metrics`` a dict of ``"pixel_accuracy"``,
+            ``"mean_iou"``, ``"mean_class_accuracy"`` (floats, ``NaN`` for a band with no pixel) and ``"num_pixels"``
+            (an int).
         """
         out = {}
         for w, cm in self.matrices.items():

@@ -77,9 +77,9 @@ def summarize(per_seed: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Mean, standard deviation, min and max over seeds of every row's metrics (fractions, not percent).
 
     Returns:
-        ``{row: {"mean_iou": stats, "pixel_accuracy": stats, "mean_class_accuracy": stats,
-        "boundary": {width: {"pixel_accuracy": stats, "mean_iou": stats}}}}`` and, under ``"paired"``,
-        the per-seed differences of each claim's rows (``better - worse``) and of the narrowest band.
+        ``{row: metrics}``, each ``metrics`` a dict of ``"mean_iou"``, ``"pixel_accuracy"`` and
+        ``"mean_class_accuracy"`` stats and ``"boundary"``: ``{width: {"pixel_accuracy": stats, "mean_iou": stats}}``;
+        and, under ``"paired"``, the per-seed differences of each claim's rows (``better - worse``) and of the narrowest band.
     """
     out: dict[str, Any] = {}
     for row in ROWS:
