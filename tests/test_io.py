@@ -167,3 +167,37 @@ def test_the_write_check_can_fail():
         ".save(",
         "open(<write mode>)",
     ]
+
+
+class TestWriteLabels:
+    """Labels are written in the smallest unsigned dtype that holds them, never wrapped around."""
+
+    @pytest.mark.parametrize("suffix", [".npy", ".nii.gz"])
+    @pytest.mark.parametrize(
+        "top, dtype", [(1, np.uint8), (255, np.uint8), (256, np.uint16), (70000, np.uint32), (2**32 - 1, np.uint32)]
+    )
+    def test_values_kept_in_the_smallest_dtype(self, tmp_path, suffix, top, dtype):
+        from crfrnn.io.volumes import write_labels
+
+        if suffix != ".npy":
+            nib = pytest.importorskip("nibabel")
+        labels = np.zeros((2, 3, 4), np.int64)
+        labels[1, 2, 3] = top
+        path = write_labels(tmp_path / f"l{suffix}", labels)
+        back = np.load(path) if suffix == ".npy" else np.asanyarray(nib.load(path).dataobj)
+        assert back.dtype == dtype and np.array_equal(back, labels)
+
+    @pytest.mark.parametrize(
+        "labels, needle",
+        [
+            (np.array([[0, -1]]), "negative"),
+            (np.array([[0, 2**32]]), "4294967296"),
+            (np.array([[0.0, 1.5]]), "integer"),
+        ],
+    )
+    def test_labels_no_dtype_holds_are_refused(self, tmp_path, labels, needle):
+        from crfrnn.io.volumes import write_labels
+
+        with pytest.raises((ValueError, TypeError), match=needle):
+            write_labels(tmp_path / "l.npy", labels)
+        assert not (tmp_path / "l.npy").exists()
