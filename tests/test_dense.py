@@ -53,6 +53,21 @@ class TestDenseCrf:
         assert torch.allclose(batched[0], torch.from_numpy(expected), atol=1e-6)
         assert torch.allclose(batched[1], torch.from_numpy(dense_crf(image2, probs2)), atol=1e-6)
 
+    def test_ambiguous_torch_layout_is_refused(self):
+        # (C, H, W) image with (L, H, W) scores and C == L also reads as a batch of C one-dimensional signals
+        image, probs, _ = scene()
+        chw, lhw = torch.from_numpy(image).permute(2, 0, 1), torch.from_numpy(probs)
+        with pytest.raises(ValueError, match=r"ambiguous.*\(C, H, W\).*batch of 3.*\(1, C, H, W\).*\(H, W, C\)"):
+            dense_crf(chw, logits=lhw.log())  # logits: no sum to trip over, a silently wrong answer before
+        with pytest.raises(ValueError, match="ambiguous"):  # S + (C,) with H == L and C == W: also a batch
+            dense_crf(torch.zeros(3, 4, 4), torch.full((3, 3, 4), 1 / 3))
+        # the unambiguous ways to say it give the NumPy answer
+        expected = torch.from_numpy(dense_crf(image, probs))
+        assert torch.allclose(dense_crf(chw[None], lhw[None])[0], expected, atol=1e-6)
+        assert torch.allclose(dense_crf(chw.permute(1, 2, 0), lhw), expected, atol=1e-6)
+        two = probs[:2] / probs[:2].sum(0)  # C != L: (C, H, W) is unambiguous and still read
+        assert torch.allclose(dense_crf(chw, torch.from_numpy(two)), torch.from_numpy(dense_crf(image, two)), atol=1e-6)
+
     @pytest.mark.parametrize("normalization", ["symmetric", "row", "column", "none"])
     def test_fused_path_equals_generic_path(self, normalization):
         image, probs, _ = scene()

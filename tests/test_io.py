@@ -167,3 +167,79 @@ def test_the_write_check_can_fail():
         ".save(",
         "open(<write mode>)",
     ]
+
+
+class TestWriteLabels:
+    """Labels are written in the smallest unsigned dtype that holds them, never wrapped around."""
+
+    @pytest.mark.parametrize("suffix", [".npy", ".nii.gz"])
+    @pytest.mark.parametrize(
+        "top, dtype", [(1, np.uint8), (255, np.uint8), (256, np.uint16), (70000, np.uint32), (2**32 - 1, np.uint32)]
+    )
+    def test_values_kept_in_the_smallest_dtype(self, tmp_path, suffix, top, dtype):
+        from crfrnn.io.volumes import write_labels
+
+        if suffix != ".npy":
+            nib = pytest.importorskip("nibabel")
+        labels = np.zeros((2, 3, 4), np.int64)
+        labels[1, 2, 3] = top
+        path = write_labels(tmp_path / f"l{suffix}", labels)
+        back = np.load(path) if suffix == ".npy" else np.asanyarray(nib.load(path).dataobj)
+        assert back.dtype == dtype and np.array_equal(back, labels)
+
+    @pytest.mark.parametrize(
+        "labels, needle",
+        [
+            (np.array([[0, -1]]), "negative"),
+            (np.array([[0, 2**32]]), "4294967296"),
+            (np.array([[0.0, 1.5]]), "integer"),
+        ],
+    )
+    def test_labels_no_dtype_holds_are_refused(self, tmp_path, labels, needle):
+        from crfrnn.io.volumes import write_labels
+
+        with pytest.raises((ValueError, TypeError), match=needle):
+            write_labels(tmp_path / "l.npy", labels)
+        assert not (tmp_path / "l.npy").exists()
+
+
+class TestHighBitDepthImages:
+    """16-bit and floating-point images are mapped to 0..255 or refused, never clipped into a wrong image."""
+
+    def test_16_bit_grey_is_scaled_by_255_over_65535(self, tmp_path):
+        from crfrnn.io import read_rgb
+
+        values = np.array([[0, 1, 128, 129, 256, 32767], [32768, 40000, 65280, 65406, 65407, 65535]], np.uint16)
+        expected = np.array([[0, 0, 0, 1, 1, 127], [128, 156, 254, 254, 255, 255]], np.uint8)
+        for name in ("g16.png", "g16.tif"):
+            Image.fromarray(values).save(tmp_path / name)  # mode "I;16"
+            rgb = read_rgb(tmp_path / name)
+            assert rgb.dtype == np.uint8 and rgb.shape == (2, 6, 3), name
+            assert np.array_equal(rgb, np.repeat(expected[..., None], 3, axis=2)), (name, rgb[..., 0])
+
+    def test_float_in_0_1_is_scaled_by_255(self, tmp_path):
+        from crfrnn.io import read_rgb
+
+        values = np.array([[0.0, 0.1, 0.5], [0.999, 1.0, 0.002]], np.float32)
+        Image.fromarray(values).save(tmp_path / "f.tif")  # mode "F"
+        rgb = read_rgb(tmp_path / "f.tif")
+        assert (
+            np.array_equal(rgb[..., 0], np.round(values * 255).astype(np.uint8)) and (rgb[..., 1] == rgb[..., 0]).all()
+        )
+
+    @pytest.mark.parametrize(
+        "values, needles",
+        [
+            (np.array([[0.0, 300.0]], np.float32), ["floating-point", "0..300", "[0, 1]"]),
+            (np.array([[0.0, np.nan]], np.float32), ["NaN"]),
+            (np.array([[0, 70000]], np.int32), ["32-bit integer", "mode 'I'"]),
+            (np.array([[0, 200]], np.int32), ["32-bit integer"]),  # no fixed range, even with small values
+        ],
+    )
+    def test_modes_without_a_mapping_are_refused(self, tmp_path, values, needles):
+        from crfrnn.io import read_rgb
+
+        Image.fromarray(values).save(tmp_path / "x.tif")
+        with pytest.raises(ValueError) as info:
+            read_rgb(tmp_path / "x.tif")
+        assert all(n in str(info.value) for n in needles) and "x.tif" in str(info.value), str(info.value)

@@ -142,3 +142,46 @@ class TestPictures:
         # 24-pixel tiles up-scaled 5 times (to >= 100 px), 4 padding: image | truth | 3 methods, 4 rows, titles
         assert width == 4 + 5 * (120 + 4)
         assert height > 4 + 4 * (120 + 4)
+
+
+class TestRunLock:
+    def test_a_symlinked_lock_is_refused_and_its_target_kept(self, tmp_path):
+        from crfrnn.workflow.rundir import RunLock
+
+        outside = tmp_path / "outside.txt"
+        outside.write_text("keep me\n")
+        (tmp_path / "run").mkdir()
+        (tmp_path / "run" / ".lock").symlink_to(outside)
+        with pytest.raises(ValueError, match=r"'.*\.lock' is a symbolic link.*not follow"):
+            RunLock.acquire(tmp_path / "run")
+        assert outside.read_text() == "keep me\n"
+        (tmp_path / "dangling").mkdir()
+        (tmp_path / "dangling" / ".lock").symlink_to(tmp_path / "nowhere")  # not created through the link either
+        with pytest.raises(ValueError, match="symbolic link"):
+            RunLock.acquire(tmp_path / "dangling")
+        assert not (tmp_path / "nowhere").exists()
+
+    def test_a_lock_that_is_not_a_regular_file_is_refused(self, tmp_path):
+        import os
+
+        from crfrnn.workflow.rundir import RunLock
+
+        os.mkfifo(tmp_path / ".lock")
+        with pytest.raises(ValueError, match="not a regular file"):
+            RunLock.acquire(tmp_path)
+        (tmp_path / "hard").mkdir()
+        outside = tmp_path / "outside.txt"
+        outside.write_text("keep me\n")
+        os.link(outside, tmp_path / "hard" / ".lock")
+        with pytest.raises(ValueError, match="other links"):
+            RunLock.acquire(tmp_path / "hard")
+        assert outside.read_text() == "keep me\n"
+
+    def test_a_plain_lock_is_taken_and_holds_the_pid(self, tmp_path):
+        import os
+
+        from crfrnn.workflow.rundir import RunLock
+
+        lock = RunLock.acquire(tmp_path)
+        assert lock is not None and (tmp_path / ".lock").read_text() == f"{os.getpid()}\n"
+        lock.release()

@@ -9,9 +9,9 @@
     Q = d.inference(5)
 
 in one batched, differentiable call that runs on any PyTorch device, for images, signals and volumes
-(``probs (L, *S)`` with ``S`` of 1 to 3 axes, the guide ``S`` or ``S + (C,)``; or batched tensors). Parameters mean what they mean in
-densecrf: ``gaussian_sxy`` and ``bilateral_sxy`` are the position widths in pixels, ``bilateral_srgb``
-the colour width (0..255 scale), the ``*_compat`` values are Potts weights (densecrf's
+(``probs (L, *S)`` with ``S`` of 1 to 3 axes, the guide ``S`` or ``S + (C,)``; or batched tensors). Parameters
+mean what they mean in densecrf: ``gaussian_sxy`` and ``bilateral_sxy`` are the position widths in pixels,
+``bilateral_srgb`` the colour width (0..255 scale), the ``*_compat`` values are Potts weights (densecrf's
 ``PottsCompatibility(w)``), the unary is ``-log(prob)`` and the normalisation defaults to densecrf's
 symmetric one.
 
@@ -117,11 +117,46 @@ def unary_from_labels(
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
+_AXES = {1: "N", 2: "H, W", 3: "D, H, W"}
+_ITEMS = {1: ("signal", "one-dimensional signals"), 2: ("image", "images"), 3: ("volume", "volumes")}
+
+
+def _unbatched_guide(img: Tensor, s: tuple, torch_image: bool) -> tuple[Optional[Tensor], str]:
+    """The guide ``(C, *S)`` read from an unbatched image for spatial shape ``s``, and the layout it was read in
+    (``(None, "")`` when none fits): ``S``, ``S + (C,)`` (densecrf's) or, for tensors, ``(C,) + S``.
+    """
+    axes = _AXES.get(len(s), "*S")
+    if tuple(img.shape) == s:
+        return img.unsqueeze(0), f"({axes})"
+    if img.dim() == len(s) + 1 and tuple(img.shape[:-1]) == s:
+        return img.movedim(-1, 0), f"({axes}, C)"
+    if img.dim() == len(s) + 1 and tuple(img.shape[1:]) == s and torch_image:
+        return img, f"(C, {axes})"
+    return None, ""
+
+
+def _ambiguity(img: Tensor, src: Tensor, layout: str) -> str:
+    """The message refusing a tensor pair that reads both as one item (in ``layout``) and as a batch."""
+    k, b = src.dim() - 1, src.dim() - 2
+    one, many = _ITEMS[k][0], _ITEMS[b][1]
+    axes, batch_axes = _AXES[k], _AXES[b]
+    either = "" if layout.endswith(", C)") else f" or pass the image channels-last ({axes}, C)"
+    return (
+        f"image of shape {tuple(img.shape)} with scores of shape {tuple(src.shape)} is ambiguous: it reads as one "
+        f"{one}, an image {layout} with scores (L, {axes}), or as a batch of {src.shape[0]} {many}, an image "
+        f"(B, C, {batch_axes}) with scores (B, L, {batch_axes}); refusing to guess. For one {one}, add the batch "
+        f"axis (a (1, C, {axes}) image, channels first, with (1, L, {axes}) scores){either}; for a batch of {many}, "
+        f"refine them one at a time with channels-last ({batch_axes}, C) guides."
+    )
+
+
 def _layout(image: ArrayLike, src: Tensor, source_is_numpy: bool) -> tuple[Tensor, Tensor, bool]:
     """``(B, C, *S)`` guide and ``(B, L, *S)`` scores from the accepted layouts; flag: was unbatched.
 
     Batched: two tensors ``image (B, C, *S)`` and scores ``(B, L, *S)``. Otherwise densecrf's layout: scores
     ``(L, *S)`` define ``S``; the guide is ``S`` (one channel), ``S + (C,)`` or, for tensors, ``(C,) + S``.
+    Tensors that read both ways are refused, but for two 4-axis tensors of one shape, the batched
+    ``(B, C, H, W)`` image with ``(B, L, H, W)`` scores (the documented batched layout).
     """
     img = torch.from_numpy(np.ascontiguousarray(image)) if isinstance(image, np.ndarray) else image
     if not isinstance(img, Tensor):
@@ -139,6 +174,10 @@ def _layout(image: ArrayLike, src: Tensor, source_is_numpy: bool) -> tuple[Tenso
         and img.shape[0] == src.shape[0]
         and img.shape[2:] == src.shape[2:]
     )
+    s = tuple(src.shape[1:])
+    guide, layout = _unbatched_guide(img, s, not isinstance(image, np.ndarray)) if src.dim() <= 4 else (None, "")
+    if batched and guide is not None and not (src.dim() == 4 and img.shape == src.shape):
+        raise ValueError(_ambiguity(img, src, layout))
     if batched:
         return img, src, False
     if src.dim() > 4:
@@ -146,14 +185,7 @@ def _layout(image: ArrayLike, src: Tensor, source_is_numpy: bool) -> tuple[Tenso
             f"probabilities of shape {tuple(src.shape)} have more than 3 spatial axes; pass (L, *S) with S of 1 to 3 "
             "axes, or batched (B, L, *S) tensors with an image of shape (B, C, *S)."
         )
-    s = tuple(src.shape[1:])
-    if tuple(img.shape) == s:
-        img = img.unsqueeze(0)
-    elif img.dim() == len(s) + 1 and tuple(img.shape[:-1]) == s:
-        img = img.movedim(-1, 0)  # S + (C,), densecrf's layout
-    elif img.dim() == len(s) + 1 and tuple(img.shape[1:]) == s and not isinstance(image, np.ndarray):
-        pass  # (C,) + S
-    else:
+    if guide is None:
         expected = f"{s} or {s + ('C',)}".replace("'", "")
         hint = ""
         if img.dim() == len(s) + 2 and tuple(img.shape[2:]) == s:
@@ -162,7 +194,7 @@ def _layout(image: ArrayLike, src: Tensor, source_is_numpy: bool) -> tuple[Tenso
             f"image of shape {tuple(img.shape)} does not match probabilities of shape {tuple(src.shape)} = (L, *S): "
             f"expected an image of shape {expected}.{hint}"
         )
-    return img.unsqueeze(0), src.unsqueeze(0), True
+    return guide.unsqueeze(0), src.unsqueeze(0), True
 
 
 @adaptive_threads
@@ -187,8 +219,13 @@ def dense_crf(
 
     Args:
         image: the guide: ``(H, W, 3)`` uint8 RGB for probabilities ``(L, H, W)``; in general ``S`` or ``S + (C,)``
-            for probabilities ``(L, *S)`` (grey, RGB, several MRI modalities, ..., on the 0..255 scale); or a
-            batched ``(B, C, *S)`` tensor for a batched ``(B, L, *S)`` tensor of probabilities.
+            for probabilities ``(L, *S)`` (grey, RGB, several MRI modalities, ..., on the 0..255 scale), for tensors
+            also ``(C,) + S``; or a batched ``(B, C, *S)`` tensor for a batched ``(B, L, *S)`` tensor of
+            probabilities. Tensors that read both ways are refused with a ``ValueError`` rather than guessed: a
+            ``(C, H, W)`` image with ``(L, H, W)`` scores and ``C == L`` is also a batch of ``C`` one-dimensional
+            signals; pass it as ``(1, C, H, W)`` with ``(1, L, H, W)``, or channels-last ``(H, W, C)``. Two 4-axis
+            tensors of one shape are the batched ``(B, C, H, W)`` and ``(B, L, H, W)`` (a channels-first volume
+            ``(C, D, H, W)`` with ``C == L`` goes channels-last, or batched as ``(1, C, D, H, W)``).
         probs: ``(L, *S)`` probabilities over labels (``S`` of 1 to 3 axes), or batched ``(B, L, *S)``; the
             unary energy is ``-log(max(p, clip))`` as with pydensecrf's ``unary_from_softmax``. ``L = 1`` is a
             binary network's foreground probability, refined as the two-label problem it is.

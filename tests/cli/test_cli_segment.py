@@ -130,12 +130,37 @@ def test_bad_inputs(weight_files, photos, tmp_path, capsys):
     twin.mkdir()
     Image.open(folder / "a.png").save(twin / "a.jpg")
     assert _run(str(folder), str(twin), "--weights", str(weight_files["caffe"]), "-o", str(tmp_path / "t")) == 2
-    assert "would both be written as a.png" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "would both be written to the same file" in err and "a.png" in err and "a.jpg" in err
     unreadable = tmp_path / "junk"
     unreadable.mkdir()
     (unreadable / "x.png").write_bytes(b"not a png")
     assert _run(str(unreadable), "--weights", str(weight_files["caffe"]), "-o", str(tmp_path / "j")) == 1
     assert "x.png" in capsys.readouterr().err
+
+
+def test_outputs_never_overwrite_inputs_or_each_other(weight_files, tmp_path, capsys):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for name in ("a", "a_overlay"):
+        Image.fromarray((rng.random((20, 24, 3)) * 255).astype(np.uint8)).save(folder / f"{name}.png")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    weights = str(weight_files["caffe"])
+    # -o the photos' folder: the labels would replace the photos
+    assert _run(str(folder), "--weights", weights, "-o", str(folder)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "refusing to overwrite an input" in err and "a.png" in err
+    # the overlay of a and the labels of a_overlay: both a_overlay.png
+    out = tmp_path / "out"
+    assert _run(str(folder), "--weights", weights, "-o", str(out), "--overlay") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "would both be written to the same file" in err
+    assert "the overlay of" in err and "the labels of" in err and "a_overlay.png" in err
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before and not out.exists()
+    # without --overlay there is no clash
+    assert _run(str(folder), "--weights", weights, "-o", str(out)) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "a_overlay.png"]
 
 
 def test_evaluate_with_released_weights(weight_files, tmp_path, capsys):

@@ -145,3 +145,17 @@ class TestTrainCommand:
             main(["train", "--out", "x", "--epochs", "0"])
         assert info.value.code == 2
         assert "must be >= 1" in capsys.readouterr().err
+
+
+def test_symlinked_lock_is_refused_and_its_target_kept(tmp_path, capsys):
+    """A ``.lock`` that is a symlink is never followed: its target is not truncated or written."""
+    outside = tmp_path / "precious.txt"
+    outside.write_text("keep me\n")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".lock").symlink_to(outside)
+    assert main(["train", "--out", str(run), "--epochs", "1", "--quiet", *TINY, *WIDTH8]) == 2
+    message = error_of(capsys)
+    assert "symbolic link" in message and ".lock" in message
+    assert outside.read_text() == "keep me\n"
+    assert sorted(p.name for p in run.iterdir()) == [".lock"]  # nothing else written

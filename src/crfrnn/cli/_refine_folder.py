@@ -14,7 +14,8 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 from crfrnn._utils.threads import free_cpus
 from crfrnn.cli import CommandError
-from crfrnn.cli._refine_steps import check_collisions, refine_one
+from crfrnn.cli._outputs import check_outputs
+from crfrnn.cli._refine_steps import refine_one
 from crfrnn.io import pair_by_stem
 
 __all__ = ["MIN_IMAGES_FOR_PROCESSES", "run_folder"]
@@ -99,10 +100,12 @@ def run_folder(args: argparse.Namespace) -> int:
         raise CommandError(str(err), 2) from err
     if not pairs and not problems:
         raise CommandError(f"no images in '{args.images_dir}' and no scores in '{args.probs_dir}'.", 2)
-    inputs = {"--images": Path(args.images_dir), "--probs": Path(args.probs_dir)}
-    pngs = {o: None if p is None else Path(p) for o, p in (("-o/--output", args.output), ("--overlay", args.overlay))}
-    check_collisions(pngs, inputs, "directory")  # both write <stem>.png
-    check_collisions({"--save-probs": None if args.save_probs is None else Path(args.save_probs)}, inputs, "directory")
+    inputs = [("--images", Path(args.images_dir)), ("--probs", Path(args.probs_dir))]
+    pngs = [(o, None if p is None else Path(p)) for o, p in (("-o/--output", args.output), ("--overlay", args.overlay))]
+    check_outputs(pngs, inputs, kind="directory")  # both write <stem>.png
+    check_outputs(
+        [("--save-probs", None if args.save_probs is None else Path(args.save_probs))], inputs, kind="directory"
+    )
     out_dir = _output_dir(args.output, "-o/--output")
     probs_dir = _output_dir(args.save_probs, "--save-probs")
     overlay_dir = _output_dir(args.overlay, "--overlay")

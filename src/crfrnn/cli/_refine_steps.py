@@ -7,7 +7,6 @@ them, and :func:`input_error` rewrites a reader's error with them.
 from __future__ import annotations
 
 import argparse
-import os
 import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -19,6 +18,7 @@ import crfrnn.dense
 from crfrnn._utils.files import atomic_np_save, atomic_save_image
 from crfrnn.cli import CommandError
 from crfrnn.cli._flags import name_flags
+from crfrnn.cli._outputs import check_outputs
 from crfrnn.data.palette import save_label_png
 from crfrnn.io import (
     MemoryLimitError,
@@ -34,7 +34,7 @@ from crfrnn.io import (
 )
 from crfrnn.visualize import make_overlay
 
-__all__ = ["FLAGS", "check_collisions", "crf_options", "input_error", "refine_one", "refine_volume"]
+__all__ = ["FLAGS", "crf_options", "input_error", "refine_one", "refine_volume"]
 
 #: the readers' parameters (named in their messages) and the flags that set them
 FLAGS = {
@@ -64,33 +64,6 @@ def crf_options(args: argparse.Namespace) -> Dict[str, Any]:
     )
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    """Whether two paths name one file: the same file on disk, or the same path once resolved."""
-    if a.exists() and b.exists():
-        return os.path.samefile(a, b)
-    return a.resolve() == b.resolve()
-
-
-def check_collisions(outputs: Dict[str, Optional[Path]], inputs: Dict[str, Optional[Path]], kind: str) -> None:
-    """Refuse outputs that are the same file (or, with --images, the same folder) as another output or an input."""
-    named = [(o, p) for o, p in outputs.items() if p is not None]
-    for i, (option, path) in enumerate(named):
-        for other, other_path in named[i + 1 :]:
-            if _same_file(path, other_path):
-                raise CommandError(
-                    f"{option} and {other} name the same {kind} '{path}', so one output would overwrite the other; "
-                    f"give each output its own {kind}.",
-                    2,
-                )
-        for other, source in inputs.items():
-            if source is not None and _same_file(path, source):
-                raise CommandError(
-                    f"{option} '{path}' is the input {other} '{source}'; refusing to overwrite an input with an "
-                    f"output. Choose another {kind}.",
-                    2,
-                )
-
-
 def refine_one(
     args: argparse.Namespace,
     image_path: Path,
@@ -100,10 +73,9 @@ def refine_one(
     overlay: Optional[Path],
 ) -> List[str]:
     """Refine one pair and write its outputs; returns notes. Raises CommandError (2: input, 1: writing)."""
-    check_collisions(
-        {"-o/--output": out, "--save-probs": save_probs, "--overlay": overlay},
-        {"IMAGE": image_path, "PROBS": probs_path},
-        "file",
+    check_outputs(
+        [("-o/--output", out), ("--save-probs", save_probs), ("--overlay", overlay)],
+        [("IMAGE", image_path), ("PROBS", probs_path)],
     )
     try:
         image = read_rgb(image_path)
@@ -163,9 +135,7 @@ def refine_volume(
     args: argparse.Namespace, guide_path: Path, probs_path: Path, out: Path, save_probs: Optional[Path]
 ) -> List[str]:
     """Refine an N-d guide (a volume) and its scores; write labels (.nii/.nii.gz/.npy/.png) and marginals."""
-    check_collisions(
-        {"-o/--output": out, "--save-probs": save_probs}, {"IMAGE": guide_path, "PROBS": probs_path}, "file"
-    )
+    check_outputs([("-o/--output", out), ("--save-probs", save_probs)], [("IMAGE", guide_path), ("PROBS", probs_path)])
     labels_last = {None: None, "lhw": False, "hwl": True}[args.layout]
     try:
         guide = read_guide(guide_path, max_bytes=args.max_memory)

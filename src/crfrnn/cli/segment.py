@@ -7,7 +7,9 @@
 For every image ``NAME.ext`` it writes ``out/NAME.png`` (the labels as a VOC palette PNG), and with
 ``--overlay`` ``out/NAME_overlay.png`` (the labels over the photo, with a legend of the classes present),
 with ``--probs`` ``out/NAME_probs.npy`` (``L x H x W`` float32 probabilities). Every file is written to a
-temporary name in the same directory and renamed into place (:mod:`crfrnn._utils.files`).
+temporary name in the same directory and renamed into place (:mod:`crfrnn._utils.files`). Outputs that would
+overwrite a photo or each other (``-o`` the photos' folder; ``a.png`` and ``a_overlay.png`` with ``--overlay``)
+are refused before anything is written (:func:`crfrnn.cli._outputs.check_outputs`).
 
 The work is done by :func:`crfrnn.models.load_pretrained` and :func:`crfrnn.models.segment_images`; this
 module only parses arguments, reads and writes files and reports.
@@ -18,7 +20,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, List, Optional, Sequence
+from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -27,6 +29,7 @@ from PIL import Image, ImageDraw, ImageFont
 from crfrnn._utils.files import atomic_np_save, atomic_save_image
 from crfrnn.cli import CommandError, number_type
 from crfrnn.cli._flags import name_flags
+from crfrnn.cli._outputs import check_outputs
 from crfrnn.data import VOC_CLASSES
 from crfrnn.data.palette import color_palette, save_label_png
 from crfrnn.io import IMAGE_SUFFIXES, read_rgb
@@ -35,6 +38,8 @@ from crfrnn.models.pretrained import FORMATS, RESIZE_POLICIES
 from crfrnn.visualize import label_overlay
 
 __all__ = ["add_parser", "overlay_with_legend", "run"]
+
+_OUTPUTS = ("labels", "overlay", "probabilities")
 
 _EPILOG = """\
 weights:
@@ -120,12 +125,30 @@ def _collect(inputs: Sequence[str]) -> List[Path]:
             paths.append(p)
         else:
             raise CommandError(f"no such image or folder: {p}")
-    stems: dict[str, Path] = {}
-    for p in paths:
-        if p.stem in stems and stems[p.stem] != p:
-            raise CommandError(f"{stems[p.stem]} and {p} would both be written as {p.stem}.png; rename one of them.")
-        stems[p.stem] = p
     return list(dict.fromkeys(paths))
+
+
+def _plan(
+    paths: Sequence[Path], out: Path, overlay: bool, probs: bool
+) -> dict[Path, Tuple[Path, Optional[Path], Optional[Path]]]:
+    """The outputs of every photo: labels, overlay, probabilities (``None`` when not asked for), refused
+    (:func:`crfrnn.cli._outputs.check_outputs`) if one would overwrite a photo or another output.
+    """
+    plan = {
+        p: (
+            out / f"{p.stem}.png",
+            out / f"{p.stem}_overlay.png" if overlay else None,
+            out / f"{p.stem}_probs.npy" if probs else None,
+        )
+        for p in paths
+    }
+    check_outputs(
+        [(f"the {what} of '{p}'", t) for p, targets in plan.items() for what, t in zip(_OUTPUTS, targets)],
+        [("photo", p) for p in paths],
+        clash_hint="rename one of the photos, or segment them into different folders",
+        input_hint="write the outputs to another folder (-o)",
+    )
+    return plan
 
 
 def overlay_with_legend(
@@ -169,6 +192,8 @@ def run(args: argparse.Namespace) -> int:
     if not 0.0 <= args.alpha <= 1.0:
         raise CommandError(f"--alpha must be between 0 and 1, got {args.alpha}.")
     paths = _collect(args.images)
+    out = Path(args.out)
+    plan = _plan(paths, out, args.overlay, args.probs)
     try:
         device = torch.device(args.device)
     except RuntimeError as err:
@@ -188,7 +213,6 @@ def run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError, ImportError) as err:
         raise CommandError(str(err)) from err
     names = list(VOC_CLASSES) if model.num_classes == len(VOC_CLASSES) else None
-    out = Path(args.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -229,16 +253,17 @@ def run(args: argparse.Namespace) -> int:
                     raise CommandError(f"{kept[0]}: {err}") from err
                 raise CommandError(f"{', '.join(map(str, kept))}: {err}") from err
             for p, image, res in zip(kept, images, results):
+                labels_path, overlay_path, probs_path = plan[p]
                 try:
-                    save_label_png(out / f"{p.stem}.png", res.labels)
-                    if args.overlay:
+                    save_label_png(labels_path, res.labels)
+                    if overlay_path is not None:
                         photo = image
                         if res.labels.shape != image.shape[:2]:  # the network's size (no --restore-size)
                             photo = np.asarray(Image.fromarray(image).resize(res.labels.shape[::-1], Image.BILINEAR))
                         picture = overlay_with_legend(photo, res.labels, names, args.alpha)
-                        atomic_save_image(Image.fromarray(picture), out / f"{p.stem}_overlay.png")
-                    if args.probs:
-                        atomic_np_save(out / f"{p.stem}_probs.npy", res.probs)
+                        atomic_save_image(Image.fromarray(picture), overlay_path)
+                    if probs_path is not None:
+                        atomic_np_save(probs_path, res.probs)
                 except OSError as err:
                     failures += 1
                     print(f"crfrnn segment: cannot write the outputs of {p} to {out}: {err}", file=sys.stderr)

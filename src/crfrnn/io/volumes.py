@@ -188,18 +188,52 @@ def read_volume_scores(
     return np.ascontiguousarray(scores, dtype=np.float32), s, notes
 
 
+#: the label types written, smallest first (all of them NIfTI types)
+_LABEL_DTYPES: Tuple[np.dtype, ...] = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.uint32))
+
+
+def _label_dtype(labels: np.ndarray) -> np.dtype:
+    """The smallest of ``_LABEL_DTYPES`` that holds every label, so that none is wrapped around.
+
+    Raises:
+        TypeError: the labels are not integers (or booleans).
+        ValueError: a label is negative, or above what the largest type holds.
+    """
+    labels = np.asarray(labels)
+    if labels.dtype.kind not in "biu":
+        raise TypeError(f"labels must be integers, got {labels.dtype}.")
+    if labels.size == 0:
+        return _LABEL_DTYPES[0]
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0:
+        raise ValueError(f"labels must be >= 0 to be written, got {low}; map negative labels to a label value first.")
+    for dtype in _LABEL_DTYPES:
+        if high <= np.iinfo(dtype).max:
+            return dtype
+    raise ValueError(
+        f"label {high} is too large to be written: labels go up to {np.iinfo(_LABEL_DTYPES[-1]).max} "
+        f"({_LABEL_DTYPES[-1]})."
+    )
+
+
 def write_labels(
     path: PathLike, labels: np.ndarray, guide: Optional[Guide] = None, spacing: Optional[Tuple[float, ...]] = None
 ) -> Path:
     """Write a label volume atomically: ``.nii``/``.nii.gz`` (the guide's affine and header when it was NIfTI, else
     a diagonal affine from ``spacing``) or ``.npy``.
 
+    The labels are stored in the smallest of ``uint8``, ``uint16`` and ``uint32`` that holds them.
+
     Returns:
         The path written.
+
+    Raises:
+        TypeError: the labels are not integers.
+        ValueError: negative labels, or labels above 2**32 - 1, or an unknown suffix.
     """
     path = Path(path)
     suffix = _suffix(path)
-    dtype = np.uint8 if labels.max() < 256 else np.uint16
+    dtype = _label_dtype(labels)
     labels = np.ascontiguousarray(labels.astype(dtype))
     if suffix == ".npy":
         return atomic_np_save(path, labels)

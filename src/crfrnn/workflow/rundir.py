@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,7 +110,8 @@ class RunLock:
 
     The kernel releases the lock when its process ends, however it ends, so a lock left by a crashed run is
     never in the way (the file stays; only the lock on it counts). Where ``fcntl`` does not exist (Windows)
-    runs are not locked.
+    runs are not locked. A ``.lock`` that is a symlink, not a regular file, or hard-linked elsewhere is refused
+    (``ValueError``) without being written: the lock never writes through a link.
     """
 
     NAME = ".lock"
@@ -119,6 +121,13 @@ class RunLock:
 
     @classmethod
     def acquire(cls, out_dir: Path) -> Optional["RunLock"]:
+        """Lock ``out_dir`` (created if missing) for this process; None where ``fcntl`` does not exist.
+
+        Raises:
+            NotADirectoryError: ``out_dir`` is a file.
+            ValueError: another process holds the lock, or ``.lock`` is a symlink, not a regular file, or
+                hard-linked (left untouched).
+        """
         try:
             import fcntl
         except ImportError:  # pragma: no cover - Windows
@@ -127,7 +136,7 @@ class RunLock:
             raise NotADirectoryError(f"out_dir '{out_dir}' exists and is not a directory; pass a folder for the run.")
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / cls.NAME
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        fd = cls._open(path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:  # BlockingIOError: another process holds it
@@ -142,7 +151,40 @@ class RunLock:
         os.write(fd, f"{os.getpid()}\n".encode("ascii"))
         return cls(path, fd)
 
+    @staticmethod
+    def _open(path: Path) -> int:
+        """Open (or create) the lock file itself, never what a link points to, and only a regular file.
+
+        ``O_NOFOLLOW`` makes a symlink fail to open instead of being followed (a link to a file elsewhere would have
+        it truncated and overwritten with the pid), ``O_NONBLOCK`` keeps a FIFO from blocking the open; then the
+        open file must be a regular file without other hard links, or it is closed untouched.
+        """
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        try:
+            fd = os.open(path, flags, 0o666)
+        except OSError as err:
+            if not path.is_symlink():
+                raise
+            raise ValueError(
+                f"the run's lock file '{path}' is a symbolic link (to '{os.readlink(path)}'); crfrnn does not follow "
+                "it, since taking the lock through it would overwrite the file it points to with the pid. Remove the "
+                "link and start the run again."
+            ) from err
+        st = os.fstat(fd)
+        problem = ""
+        if not stat.S_ISREG(st.st_mode):
+            problem = "is not a regular file"
+        elif st.st_nlink != 1:
+            problem = f"has {st.st_nlink - 1} other links (hard links), whose files writing the pid would change"
+        if problem:
+            os.close(fd)
+            raise ValueError(
+                f"the run's lock file '{path}' {problem}; it is left untouched. Remove it and start the run again."
+            )
+        return fd
+
     def release(self) -> None:
+        """Release the lock and close the file (which stays)."""
         import fcntl
 
         fcntl.flock(self.fd, fcntl.LOCK_UN)
