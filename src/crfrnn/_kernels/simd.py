@@ -18,8 +18,8 @@ from numba.extending import intrinsic, overload
 
 __all__ = ["FAST", "axpy", "axpy_scaled", "exp_inplace", "log_inplace", "softmax_rows_v"]
 
-# Fast-math flags for the kernels that take softmaxes and the splat: reassociation lets LLVM vectorise the row maxima and
-# sums (inputs are finite: the unary is checked, and exp is clamped, so no NaN or inf flags are needed).
+# Fast-math flags for the kernels that take softmaxes and the splat: reassociation lets LLVM vectorise the row
+# maxima and sums (inputs are finite: the unary is checked, and exp is clamped, so no NaN or inf flags are needed).
 FAST = {"nsz", "arcp", "contract", "afn", "reassoc"}
 
 

@@ -113,7 +113,7 @@ def _released(ref: "weakref.ref") -> bool:
     if ctx is None:
         return True
     try:
-        ctx.saved_tensors
+        _ = ctx.saved_tensors  # raises once backward has freed them
     except RuntimeError:  # "Trying to backward through the graph a second time": released after backward
         return True
     return False
