@@ -225,7 +225,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         device = resolve_device(args.device)
     except ValueError as err:
-        raise CommandError(f"--device {args.device}: {err} (torch {torch.__version__}; --device cpu runs on the CPU)") from err
+        raise CommandError(
+            f"--device {args.device}: {err} (torch {torch.__version__}; --device cpu runs on the CPU)"
+        ) from err
 
     if (args.checkpoint is None) == (args.weights is None):
         raise CommandError("give either a CHECKPOINT or --weights FILE (a released CRF-RNN weight file).")
