@@ -71,6 +71,9 @@ def infer(
             unary is ``log(max(p, clip))``), on any device.
         kernels: the pairwise terms; features ``(B, N, D)`` or ``(1, N, D)``.
         iterations: ``T >= 0``.
+        from_probs: ``scores`` are probabilities (checked to sum to 1 over labels), not logits.
+        clip: the smallest probability taken as is with ``from_probs``; smaller ones are raised to it before the
+            logarithm.
         return_logits: return the last iteration's logits (``softmax`` of them is the marginals) instead of
             the marginals.
         memory_efficient: keep less for the backward pass and recompute the rest there (the compiled path keeps the

@@ -151,6 +151,7 @@ class ReproduceConfig:
         return cls(out_dir=out_dir, **values)
 
     def to_dict(self) -> dict[str, Any]:
+        """The configuration as plain values (lists for the tuples), for YAML and JSON."""
         out = dataclasses.asdict(self)
         out["seeds"] = list(self.seeds)
         out["ablations"] = list(self.ablations)

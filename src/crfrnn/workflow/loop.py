@@ -56,6 +56,7 @@ def segmentation_loss(logits: Tensor, target: Tensor, ignore_index: int = IGNORE
     Args:
         logits: ``(B, L, H, W)`` scores.
         target: ``(B, H, W)`` int64 labels in ``[0, L)`` or ``ignore_index``.
+        ignore_index: the label of pixels left out.
 
     Returns:
         A scalar tensor.
