@@ -7,10 +7,10 @@ iteration is
 
     logits = U - sum_k mu_k W_k message_k(Q),    Q = softmax(logits),
 
-with ``message_k`` the normalised Gaussian filtering of ``Q`` (SPEC section 3). Each kernel's label transform
-``T_k = -mu_k W_k`` is formed once; for the Potts model ``mu = 1 - I`` it is ``W_k`` itself, which differs from
-``-(1 - I) W_k`` only by a constant per pixel (so the marginals are identical; the logits differ by that
-constant).
+with ``message_k`` the normalised Gaussian filtering of ``Q`` (``docs/engine.md``, "The model"). Each kernel's
+label transform ``T_k = -mu_k W_k`` is formed once; for the Potts model ``mu = 1 - I`` it is ``W_k`` itself, which
+differs from ``-(1 - I) W_k`` only by a constant per pixel (so the marginals are identical; the logits differ by
+that constant).
 
 :func:`infer` picks the path:
 
