@@ -54,6 +54,52 @@ def _time(fn, repeats: int, cuda: bool) -> tuple[float, int]:
     return statistics.median(times), peak
 
 
+def _measure(crf_rnn, dense_crf, image, logits, probs, iters: int, args, cuda: bool) -> dict:
+    """Time dense_crf, CrfRnn forward and forward+backward (and the compiled one) for one configuration."""
+    import torch
+
+    h, w = image.shape[-2:]
+    device = image.device
+    crf = crf_rnn(args.labels, num_iterations=iters, backend="torch").to(device).train()
+    unary = logits.clone().requires_grad_(True)
+
+    def infer():
+        with torch.no_grad():
+            return dense_crf(image, probs, iterations=iters, backend="torch")
+
+    def forward():
+        with torch.no_grad():
+            return crf(unary, image)
+
+    def forward_backward():
+        crf.zero_grad(set_to_none=True)
+        unary.grad = None
+        crf(unary, image).square().mean().backward()
+
+    t_inf, _ = _time(infer, args.repeats, cuda)
+    t_fwd, _ = _time(forward, args.repeats, cuda)
+    t_fb, peak = _time(forward_backward, args.repeats, cuda)
+    row = {
+        "size": [h, w],
+        "batch": image.shape[0],
+        "iterations": iters,
+        "dense_crf_s": t_inf,
+        "forward_s": t_fwd,
+        "forward_backward_s": t_fb,
+        "peak_bytes": peak,
+    }
+    if args.compile:
+        compiled = torch.compile(crf, fullgraph=True)
+
+        def compiled_forward_backward():
+            crf.zero_grad(set_to_none=True)
+            unary.grad = None
+            compiled(unary, image).square().mean().backward()
+
+        row["compiled_forward_backward_s"], _ = _time(compiled_forward_backward, args.repeats, cuda)
+    return row
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=_size, nargs="+", default=[(375, 500), (750, 1000)])
@@ -94,52 +140,17 @@ def main() -> int:
             logits = torch.nn.functional.interpolate(logits, size=(h, w), mode="bilinear").to(device)
             probs = torch.softmax(logits, 1)
             for iters in args.iterations:
-                crf = CrfRnn(args.labels, num_iterations=iters, backend="torch").to(device).train()
-                unary = logits.clone().requires_grad_(True)
-
-                def infer():
-                    with torch.no_grad():
-                        return dense_crf(image, probs, iterations=iters, backend="torch")
-
-                def forward():
-                    with torch.no_grad():
-                        return crf(unary, image)
-
-                def forward_backward():
-                    crf.zero_grad(set_to_none=True)
-                    unary.grad = None
-                    crf(unary, image).square().mean().backward()
-
-                t_inf, _ = _time(infer, args.repeats, cuda)
-                t_fwd, _ = _time(forward, args.repeats, cuda)
-                t_fb, peak = _time(forward_backward, args.repeats, cuda)
-                row = {
-                    "size": [h, w],
-                    "batch": batch,
-                    "iterations": iters,
-                    "dense_crf_s": t_inf,
-                    "forward_s": t_fwd,
-                    "forward_backward_s": t_fb,
-                    "peak_bytes": peak,
-                }
-                extra = ""
-                if args.compile:
-                    compiled = torch.compile(crf, fullgraph=True)
-
-                    def compiled_forward_backward():
-                        crf.zero_grad(set_to_none=True)
-                        unary.grad = None
-                        compiled(unary, image).square().mean().backward()
-
-                    row["compiled_forward_backward_s"], _ = _time(compiled_forward_backward, args.repeats, cuda)
-                    extra = f" | {row['compiled_forward_backward_s'] * 1e3:7.1f} ms"
+                # the model, its input and the closures over them live in _measure's frame only, so they are
+                # freed when it returns and empty_cache() can hand their memory back before the next configuration
+                row = _measure(CrfRnn, dense_crf, image, logits, probs, iters, args, cuda)
                 rows.append(row)
+                extra = f" | {row['compiled_forward_backward_s'] * 1e3:7.1f} ms" if args.compile else ""
                 print(
-                    f"{h:>4}x{w:<4} {batch:>2} {iters:>3} | {t_inf * 1e3:7.1f} ms | {t_fwd * 1e3:7.1f} ms | "
-                    f"{t_fb * 1e3:7.1f} ms | {peak / 2**20:8.0f} MB" + extra,
+                    f"{h:>4}x{w:<4} {batch:>2} {iters:>3} | {row['dense_crf_s'] * 1e3:7.1f} ms | "
+                    f"{row['forward_s'] * 1e3:7.1f} ms | {row['forward_backward_s'] * 1e3:7.1f} ms | "
+                    f"{row['peak_bytes'] / 2**20:8.0f} MB" + extra,
                     flush=True,
                 )
-                del crf, unary
                 if cuda:
                     torch.cuda.empty_cache()
     report({"benchmark": "bench_gpu", "labels": args.labels, "device": name, "rows": rows}, args.json)

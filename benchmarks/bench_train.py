@@ -133,7 +133,8 @@ def run(args, label: str) -> dict:
     )
     print(
         f"  CrfRnn fwd+bwd B=1 compiled: {row['compiled_b1']['median'] * 1e3:.0f} ms = "
-        f"{row['compiled_b1']['median'] / ref:.2f}x dense_crf (target <= 2.2x); saved {row['compiled_saved_bytes'] / 2**20:.0f} MB"
+        f"{row['compiled_b1']['median'] / ref:.2f}x dense_crf (target <= 2.2x); "
+        f"saved {row['compiled_saved_bytes'] / 2**20:.0f} MB"
     )
     print(
         f"  CrfRnn fwd+bwd B=1 torch ops: {row['torch_b1']['median'] * 1e3:.0f} ms = "

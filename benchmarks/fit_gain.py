@@ -4,7 +4,7 @@ For each scenario, images with known ground truth and a stand-in "network" (the 
 :func:`crfrnn.fit.degraded_probs`: down-sampled by ``factor``, noisy, up-sampled bilinearly) are split into a
 *fit* set and a *test* set that nothing is tuned on. On the fit set:
 
-- ``densecrf defaults``: nothing is tuned (SPEC section 8: Gaussian 3/3, bilateral 80/13/10, 5 iterations);
+- ``densecrf defaults``: nothing is tuned (densecrf's usual parameters: Gaussian 3/3, bilateral 80/13/10, 5 iterations);
 - ``grid search``: :func:`crfrnn.workflow.search_dense_crf`, the search of ``crfrnn evaluate --search``
   (its default 27-point grid over bilateral sxy, srgb and compat, picked by mean IoU over the fit set);
 - ``fit (weights)``: :func:`crfrnn.fit_crf` with the widths fixed (75 % of the fit set to fit, 25 % to stop);

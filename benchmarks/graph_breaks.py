@@ -4,8 +4,8 @@ Runs ``torch._dynamo.explain`` on a training-mode ``CrfRnn``, with fixed and wit
 code generation), and prints the
 number of graphs and breaks and each distinct reason with the line that causes it, twice: with PyTorch's default
 settings, and with ``torch._dynamo.config.capture_dynamic_output_shape_ops = True``. Under the compiler the lattice
-goes through custom operators (``crfrnn.lattice._custom_ops``) and the input checks become device-side assertions; the only
-operator left with a data-dependent output size is the lattice's construction (its vertex count), which dynamo
+goes through custom operators (``crfrnn.lattice._custom_ops``) and the input checks become device-side assertions;
+the only operator left with a data-dependent output size is the lattice's construction (its vertex count), which dynamo
 captures only with that setting.
 
     python benchmarks/graph_breaks.py

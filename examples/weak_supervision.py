@@ -50,7 +50,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from crfrnn._utils.files import atomic_savefig, atomic_write_text
 from crfrnn.data import scribbles_from_mask, synthetic_splits
 from crfrnn.losses import dense_crf_loss
 from crfrnn.metrics import ConfusionMatrix
@@ -347,7 +346,9 @@ def run(cfg: Config, out_dir: Path, figure: Optional[Path] = None, log=print) ->
         "torch_threads": torch.get_num_threads(),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / "results.json", json.dumps(_finite(result), indent=2, allow_nan=False) + "\n")
+    (out_dir / "results.json").write_text(
+        json.dumps(_finite(result), indent=2, allow_nan=False) + "\n", encoding="utf-8"
+    )
     log("")
     log(table(result))
     if figure is not None:
@@ -417,7 +418,7 @@ def save_figure(path: Path, data: Dict[str, Tensor], models: Dict[str, torch.nn.
                 ax.set_title(title, fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_savefig(fig, path, dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 

@@ -21,7 +21,7 @@ def smooth_image(b: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
 
 
 def reference_mean_field(unary, image, *, theta_alpha, theta_beta, theta_gamma, ws, wb, mu, iters):
-    """SPEC section 3 written out with dense N x N kernel matrices (no lattice, no shared code path)."""
+    """The mean-field iteration written out with dense N x N kernel matrices (no lattice, no shared code path)."""
     b, num_labels, h, w = unary.shape
     ys, xs = torch.meshgrid(torch.arange(h, dtype=unary.dtype), torch.arange(w, dtype=unary.dtype), indexing="ij")
     pos = torch.stack([xs, ys], -1).view(-1, 2)
@@ -58,7 +58,7 @@ class TestMeanField:
         assert torch.equal(mean_field(u, torch.rand(1, 3, 5, 5) * 255, num_iterations=0), u)
 
     def test_exact_matches_dense_matrix_reference(self):
-        """The exact-kernel path is SPEC section 3 to machine precision (dense N x N matrices)."""
+        """The exact-kernel path is the mean-field iteration to machine precision (dense N x N matrices)."""
         g = torch.Generator().manual_seed(0)
         u = torch.randn(2, 4, 7, 9, dtype=torch.float64, generator=g)
         img = smooth_image(2, 7, 9)

@@ -114,15 +114,18 @@ class TestDenseCrfLoss:
     def test_gradcheck(self):
         probs, image = _inputs(6, (4, 5), labels=2, batch=1)
         logits = probs.log().requires_grad_()
-        fn = lambda z: dense_crf_loss(
-            torch.softmax(z, 1),
-            image,
-            theta_alpha=2.0,
-            theta_beta=30.0,  # noqa: E731
-            theta_gamma=1.0,
-            spatial_weight=0.5,
-            exact=True,
-        )
+
+        def fn(z):
+            return dense_crf_loss(
+                torch.softmax(z, 1),
+                image,
+                theta_alpha=2.0,
+                theta_beta=30.0,
+                theta_gamma=1.0,
+                spatial_weight=0.5,
+                exact=True,
+            )
+
         assert torch.autograd.gradcheck(fn, (logits,))
         assert torch.autograd.gradcheck(lambda p: dense_crf_loss(p, image, exact=True), (probs.requires_grad_(),))
 

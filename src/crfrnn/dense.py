@@ -12,8 +12,8 @@ in one batched, differentiable call that runs on any PyTorch device, for images,
 (``probs (L, *S)`` with ``S`` of 1 to 3 axes, the guide ``S`` or ``S + (C,)``; or batched tensors). Parameters
 mean what they mean in densecrf: ``gaussian_sxy`` and ``bilateral_sxy`` are the position widths in pixels,
 ``bilateral_srgb`` the colour width (0..255 scale), the ``*_compat`` values are Potts weights (densecrf's
-``PottsCompatibility(w)``), the unary is ``-log(prob)`` and the normalisation defaults to densecrf's
-symmetric one.
+``PottsCompatibility(w)``), the unary is ``-log(prob)`` and the normalisation defaults to densecrf's symmetric
+one.
 
 In CRF-RNN terms (:class:`crfrnn.CrfRnn`): ``theta_gamma = gaussian_sxy``, ``theta_alpha =
 bilateral_sxy``, ``theta_beta = bilateral_srgb``, ``spatial_weight = gaussian_compat``,

@@ -14,7 +14,7 @@ potential is the symmetric part ``(A(x_i, x_j) k(i, j) + A(x_j, x_i) k(j, i)) / 
 row/column normalisations are not exactly symmetric). Pairs ``i = i`` never count: a labelling's energy
 has no self term, whatever the kernel's ``exclude_self`` (which only changes its normalisation).
 
-:func:`kl_divergence` is the mean-field free energy of factorised marginals ``Q`` (SPEC section 9):
+:func:`kl_divergence` is the mean-field free energy of factorised marginals ``Q``:
 
     F(Q) = sum_il Q_il (log Q_il - U_il) + 1/2 sum_{i != j} sum_m Q_i^T A_m Q_j k_m(i, j)
          = KL(Q || P) - log Z,      P(x) = exp(-E(x)) / Z,

@@ -43,7 +43,7 @@ PARAM_NAMES: tuple[str, ...] = (
     "normalization",
     "clip",
 )
-#: Krähenbühl's densecrf parameters as usually called (SPEC section 8): where ``crfrnn fit`` starts and what
+#: Krähenbühl's densecrf parameters as usually called: where ``crfrnn fit`` starts and what
 #: ``crfrnn evaluate``'s grid search is centred on
 DENSECRF_DEFAULTS: dict[str, Any] = {
     "iterations": 5,

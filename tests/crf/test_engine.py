@@ -16,7 +16,7 @@ from crfrnn import CrfRnn, KernelCache, Pairwise, dense_crf, infer, mean_field
 
 
 def dense_reference(unary, terms, iterations, from_probs=False, clip=1e-5):
-    """SPEC section 3 with dense N x N matrices, written without any of the library's code.
+    """The mean-field iteration with dense N x N matrices, written without any of the library's code.
 
     unary: (L, N) logits (or probabilities); terms: (features (N, D), weight, compat, normalization,
     exclude_self) with weight a number, (L,) or (L, L) and compat None (Potts), (L,) or (L, L).

@@ -86,11 +86,14 @@ class TestUntied:
         unary, image = _data(3)
         sets = _params(4, count=2)
         last = [sets[0], sets[1], sets[1], sets[1]]
-        kw = lambda ss: dict(
-            spatial_weight=[s[0] for s in ss],
-            bilateral_weight=[s[1] for s in ss],  # noqa: E731
-            compatibility=[s[2] for s in ss],
-        )
+
+        def kw(ss):
+            return dict(
+                spatial_weight=[s[0] for s in ss],
+                bilateral_weight=[s[1] for s in ss],
+                compatibility=[s[2] for s in ss],
+            )
+
         a = mean_field(unary, image, num_iterations=4, **kw(sets))
         b = mean_field(unary, image, num_iterations=4, **kw(last))
         assert torch.equal(a, b)

@@ -67,7 +67,7 @@ def elevated_bounds(features, scale, num_chunks):  # pragma: no cover - compiled
 @functools.lru_cache(maxsize=None)
 def _simplices_for(d: int):
     """:func:`simplices` for ``d`` features: ``d`` is a compile-time constant there, so LLVM unrolls every
-    per-point loop (0.55x to 0.7x of the time with ``d`` read from the array; cached on disk per ``d``).
+    per-point loop (faster than with ``d`` read from the array; cached on disk per ``d``).
     """
     d1 = d + 1
 
@@ -105,7 +105,7 @@ def _simplices_for(d: int):
                                 rank[i] += 1
                             else:
                                 rank[j] += 1
-                else:  # d (d + 1) / 2 comparisons of residuals whose order is random: branch-free (5-D 0.7x)
+                else:  # d (d + 1) / 2 comparisons of residuals whose order is random: branch-free
                     for i in range(d1):
                         bary[i] = elevated[i] - rem0[i]
                     for i in range(d):
@@ -185,7 +185,7 @@ def _insert_range(codes, d1, start, stop, ids, uniq, first):  # pragma: no cover
     ``uniq[first + i]`` = the code of id ``i``; returns ``(count, table)``.
 
     The table is open addressing with linear probing, ``(code, id)`` pairs side by side so that a probe reads
-    one cache line (two separate arrays took 1.15x the time on a 5-D lattice); an empty slot has id -1. A point
+    one cache line (two separate arrays were slower); an empty slot has id -1. A point
     that shares a vertex with the previous point in the range (the common case on images) skips the hash.
     """
     cap = 1 << 12

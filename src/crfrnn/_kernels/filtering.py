@@ -56,7 +56,7 @@ def scatter_parts(values, pre, offsets, weights, parts):  # pragma: no cover - c
     adds them.
 
     A scatter point by point reads ``values`` once, in order, into a buffer that stays in cache (the gather
-    vertex by vertex it replaced read ``values`` in random order: 2x slower at 500x375 on one thread). Each run
+    vertex by vertex it replaced read ``values`` in random order, which was slower). Each run
     has its own buffer, so the runs go in parallel without atomics, and since ``K`` does not depend on the
     number of threads, neither does the result.
     """

@@ -165,8 +165,10 @@ def _mean_field(
         q_out: ``(P, C)`` output (``q`` itself to work in place; a separate array keeps ``q``): the marginals
             (padding 0), or the last iteration's logits if ``return_logits``. The first iteration reads ``q``,
             later ones work in place on ``q_out``.
+        q_ready: ``q`` holds ``softmax(unary)`` on entry (else it is computed into ``q``).
         cr: number of real labels.
         iterations: number of mean-field iterations (``>= 1``).
+        return_logits: write the last iteration's logits instead of the marginals.
         splatted: ``parts`` already hold the splat of ``q`` (a previous call's ``scatter_out``).
         scatter_out: leave the splat of the result's marginals in ``parts`` for a following call (not with
             ``return_logits``).
@@ -174,13 +176,15 @@ def _mean_field(
             (``q_out`` is then scratch: without self-exclusion no iteration writes it); ``(0, 0)`` to write
             ``q_out``.
         alphas: ``(K,)`` each lattice's slice constant.
-        offsets, weights: tuples of ``K`` arrays ``(P, D_k + 1)``: each point's simplex vertices and
-            barycentric weights in lattice ``k``.
+        offsets: tuple of ``K`` arrays ``(P, D_k + 1)``: each point's simplex vertices in lattice ``k``.
+        weights: tuple of ``K`` arrays ``(P, D_k + 1)``: each point's barycentric weights in lattice ``k``.
         neighbours: tuple of ``K`` arrays ``(D_k + 1, 2, M_k)``: vertex neighbours (``M_k`` if absent).
         parts: tuple of ``K`` arrays ``(R, M_k + 1, C)``: the splat's partial sums over ``R`` runs of points
             (:func:`scatter_parts`; ``R`` the same for every kernel). The block pass runs the same ``R`` runs, each
             adding its marginals to its own partial sums.
-        pre, post, selfw: ``(K, P)``: kernel ``k``'s message is ``post * (K_k(pre * q) - selfw * pre * q)``.
+        pre: ``(K, P)``: kernel ``k``'s message is ``post * (K_k(pre * q) - selfw * pre * q)``.
+        post: ``(K, P)``, as in ``pre``.
+        selfw: ``(K, P)``, as in ``pre``.
         has_self: ``(K,)`` bool: ``selfw[k]`` is not all zero (the others skip the self term).
         is_full: ``(K,)`` bool: kernel ``k``'s message goes through the matrix ``mat[k]`` (``logits +=
             msg @ mat[k]``) point by point instead of the per-label vector ``diag[k]`` (``logits += diag[k] * msg``).
@@ -188,9 +192,11 @@ def _mean_field(
             for the slice ``S``, and the normalisation and alpha are per point), then slice it as a vector kernel
             with ``diag[k] = 1``: ``M_k + 1`` rows of products instead of ``P``. Only for kernels without
             self-exclusion (whose ``selfw pre q`` term would need the product point by point again).
-        diag: ``(K, C)``; mat: ``(K, C, C)`` (zero padding).
-        bufs, tmps: tuples of ``K`` vertex buffers ``(M_k + 1, C)``; the blur leaves ``B_k`` in one of them
+        diag: ``(K, C)`` (zero padding).
+        mat: ``(K, C, C)`` (zero padding).
+        bufs: tuple of ``K`` vertex buffers ``(M_k + 1, C)``; the blur leaves ``B_k`` in it or in ``tmps[k]``
             (:func:`blur_result`).
+        tmps: tuple of ``K`` vertex buffers ``(M_k + 1, C)``, the blur's second buffer (it swaps the two).
         vbufs: tuple of ``K`` buffers ``(M_k + 1, C)`` for ``B_k mat[k]`` where ``on_vertices[k]`` (else any).
 
     Each iteration adds up and blurs every kernel's splat, then one pass over each block of points slices all

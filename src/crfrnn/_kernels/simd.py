@@ -18,8 +18,8 @@ from numba.extending import intrinsic, overload
 
 __all__ = ["FAST", "axpy", "axpy_scaled", "exp_inplace", "log_inplace", "softmax_rows_v"]
 
-# Fast-math flags for the kernels that take softmaxes and the splat: reassociation lets LLVM vectorise the row maxima and
-# sums (inputs are finite: the unary is checked, and exp is clamped, so no NaN or inf flags are needed).
+# Fast-math flags for the kernels that take softmaxes and the splat: reassociation lets LLVM vectorise the row
+# maxima and sums (inputs are finite: the unary is checked, and exp is clamped, so no NaN or inf flags are needed).
 FAST = {"nsz", "arcp", "contract", "afn", "reassoc"}
 
 
@@ -143,7 +143,7 @@ def axpy_scaled(typingctx, dst, di, scale, src, si, w, c):  # pragma: no cover -
 # float32 exp in a form LLVM vectorises (no vector math library is needed): range reduction
 # x = n ln2 + r, |r| <= ln2 / 2, a degree-6 polynomial for exp(r) (Cephes' expf, ~1 ulp) and 2^n
 # written straight into the exponent bits. Softmax spends most of its time in exp, and a scalar
-# expf call per element took 40% of a mean-field iteration.
+# expf call per element took a large share of a mean-field iteration.
 _LOG2E = np.float32(1.44269504088896341)
 _LN2_HI = np.float32(0.693359375)
 _LN2_LO = np.float32(-2.12194440e-4)
@@ -195,7 +195,7 @@ def softmax_rows_v(typingctx, flat, offset, cr, c_lit, rows_lit):  # pragma: no 
     Each row is ``c / w`` vectors of ``w`` lanes (``w`` the largest of 8 float32 / 4 float64, 4, 2, 1 that
     divides ``c``); the maximum and the sum are vector reductions; float32 takes the exp as
     :func:`exp_inplace` does (Cephes' polynomial, exponent bits), float64 LLVM's exp. The ``rows`` rows are
-    emitted stage by stage, so that their independent dependency chains interleave (4 rows: 0.8x the time of 1).
+    emitted stage by stage, so that their independent dependency chains interleave.
 
     Written as loops, numba compiled the maximum and the sum of a 24-channel row to 23 dependent scalar
     instructions each (LLVM fully unrolls the short loop, and a select-based max never reassociates): a quarter of a
@@ -291,7 +291,7 @@ def softmax_rows_v(typingctx, flat, offset, cr, c_lit, rows_lit):  # pragma: no 
 
 # float32 log in the same vectorisable form (Cephes' logf): x = m 2^e with m in [sqrt(1/2), sqrt(2)), a degree-8
 # polynomial in m - 1. Subtracting the bits of sqrt(1/2) first moves that range onto one binade, so e and m come
-# from one integer shift and mask without a select (2.3x the speed of the select form; 1.2e-7 relative error).
+# from one integer shift and mask without a select, which is faster than the select form (1.2e-7 relative error).
 _SQRTHF_BITS = np.int32(0x3F3504F3)
 _L0, _L1, _L2 = np.float32(7.0376836292e-2), np.float32(-1.1514610310e-1), np.float32(1.1676998740e-1)
 _L3, _L4, _L5 = np.float32(-1.2420140846e-1), np.float32(1.4249322787e-1), np.float32(-1.6668057665e-1)

@@ -21,7 +21,7 @@ def _softmax_block(flat, c, cr, start, stop, scratch):  # pragma: no cover - com
     Channels ``cr..c-1`` are padding (see :func:`padded_channels`): they enter the maxima and the exp as a large
     negative number and leave as 0. The exp runs over the whole block at once (``scratch``: int32, ``(stop -
     start) * c`` long). Inlined with a constant ``c`` (see :func:`scatter_parts`), the per-row maxima and sums
-    vectorise across the channels: 0.6x of the time of transposing each block to take them across rows.
+    vectorise across the channels, which is faster than transposing each block to take them across rows.
     """
     neg = flat.dtype.type(-1e30)
     base = start * c

@@ -1,4 +1,4 @@
-"""Every file crfrnn writes goes through here, so that an interrupted write never leaves a broken file.
+r"""Every file crfrnn writes goes through here, so that an interrupted write never leaves a broken file.
 
 A file is written to a temporary file in the destination's directory (``.<name>.<random>.tmp``), flushed
 and ``fsync``ed, given the permissions an ordinary ``open(path, "w")`` would give it (``0o666`` less the
@@ -14,9 +14,9 @@ crash can still cut the last line short; readers of such logs drop a last line t
 >>> import tempfile
 >>> from pathlib import Path
 >>> d = Path(tempfile.mkdtemp())
->>> _ = atomic_write_text(d / "a.txt", "hello\\n")
+>>> _ = atomic_write_text(d / "a.txt", "hello\n")
 >>> (d / "a.txt").read_text(), sorted(p.name for p in d.iterdir())
-('hello\\n', ['a.txt'])
+('hello\n', ['a.txt'])
 """
 
 from __future__ import annotations

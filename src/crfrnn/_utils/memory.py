@@ -1,8 +1,8 @@
 """Large work buffers backed by transparent huge pages where the system offers them.
 
 A fresh buffer costs a page fault per 4 KiB page on first touch: for the few hundred megabytes that mean field
-keeps for its backward pass that is about 70 ms per call at 500x375 with 21 labels (measured: filling a fresh
-270 MB tensor took 110 ms against 39 ms for a reused one; 52 ms with huge pages). Linux's default
+keeps for its backward pass that is a noticeable part of a call (filling a fresh tensor is much slower than
+filling a reused one, and huge pages take most of the difference back). Linux's default
 ``transparent_hugepage=madvise`` only gives 2 MiB pages to memory that asks for them, which :func:`empty` does.
 Elsewhere, and for small buffers, it is ``torch.empty``.
 """
@@ -113,7 +113,7 @@ def _released(ref: "weakref.ref") -> bool:
     if ctx is None:
         return True
     try:
-        ctx.saved_tensors
+        _ = ctx.saved_tensors  # raises once backward has freed them
     except RuntimeError:  # "Trying to backward through the graph a second time": released after backward
         return True
     return False

@@ -40,7 +40,9 @@ def number_type(kind: type, minimum: float, strict: bool = False) -> Callable[[s
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}")
+            raise argparse.ArgumentTypeError(
+                f"expected {'an integer' if kind is int else 'a number'}, got {text!r}"
+            ) from None
         if not math.isfinite(value) or value < minimum or (strict and value == minimum):
             raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {minimum}, got {text}")
         return value
@@ -49,6 +51,7 @@ def number_type(kind: type, minimum: float, strict: bool = False) -> Callable[[s
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``crfrnn`` argument parser, with a sub-command for each command module of this build."""
     from crfrnn import __version__
 
     parser = argparse.ArgumentParser(
@@ -56,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"crfrnn {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, module in COMMANDS.items():
+    for module in COMMANDS.values():
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as err:  # a sub-command whose module is not part of this build
@@ -68,6 +71,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the ``crfrnn`` command line on ``argv`` (default ``sys.argv[1:]``) and return its exit status.
+
+    Args:
+        argv: the arguments after the program name.
+
+    Returns:
+        The command's status (0 on success), 2 without a command (after printing the help), a
+        :class:`CommandError`'s code on one, 130 when interrupted.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None) or not hasattr(args, "func"):

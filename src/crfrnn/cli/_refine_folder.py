@@ -35,7 +35,7 @@ def _output_dir(path: Optional[str], option: str) -> Optional[Path]:
 
 
 #: Below this many images a folder is refined in this process: starting a worker (importing torch and the
-#: compiled kernels) costs as much as their speed-up gains on about 40 photos of 500x375 (benchmarks/README.md).
+#: compiled kernels) costs more than their speed-up gains on a small folder (benchmarks/README.md measures it).
 MIN_IMAGES_FOR_PROCESSES = 48
 
 

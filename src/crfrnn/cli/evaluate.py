@@ -148,7 +148,7 @@ def _search_grid(text: Optional[str]) -> Optional[dict[str, Any]]:
     try:
         grid = json.loads(text)
     except json.JSONDecodeError as err:
-        raise CommandError(f"--search-grid is not valid JSON ({err}); e.g. '{{\"bilateral_srgb\": [3, 5]}}'.")
+        raise CommandError(f"--search-grid is not valid JSON ({err}); e.g. '{{\"bilateral_srgb\": [3, 5]}}'.") from err
     if not isinstance(grid, dict) or not grid:
         raise CommandError(f"--search-grid must be a JSON object of parameter -> list of values, got {text!r}.")
     return grid
@@ -225,7 +225,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         device = resolve_device(args.device)
     except ValueError as err:
-        raise CommandError(f"--device {args.device}: {err} (torch {torch.__version__}; --device cpu runs on the CPU)")
+        raise CommandError(
+            f"--device {args.device}: {err} (torch {torch.__version__}; --device cpu runs on the CPU)"
+        ) from err
 
     if (args.checkpoint is None) == (args.weights is None):
         raise CommandError("give either a CHECKPOINT or --weights FILE (a released CRF-RNN weight file).")

@@ -202,6 +202,7 @@ class DenseCRF:
         return float(kl_divergence(q, self._logits(), self._pairwise, convention="densecrf", cache=self._cache)[0])
 
     def setKernelParameters(self, *args: Any, **kwargs: Any) -> None:  # noqa: N802
+        """Not supported (densecrf's parameter learning): raises; learn with :class:`crfrnn.CrfRnn`."""
         raise NotImplementedError("learning the CRF's parameters is not supported here; use crfrnn.CrfRnn.")
 
 

@@ -71,7 +71,8 @@ def check_scores_tensor(unary: Tensor, name: str = "unary") -> tuple[int, torch.
         )
     if unary.dtype not in (torch.float32, torch.float64) + LOW_PRECISION:
         raise TypeError(
-            f"{name} must be floating point logits (float32 or float64; float16/bfloat16 are computed in float32), got {unary.dtype}; convert with {name}.float() (for a label "
+            f"{name} must be floating point logits (float32 or float64; float16/bfloat16 are computed in float32), "
+            f"got {unary.dtype}; convert with {name}.float() (for a label "
             "map, build logits first, e.g. with crfrnn.unary_from_labels)."
         )
     if unary.numel() == 0:

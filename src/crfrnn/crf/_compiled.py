@@ -268,7 +268,7 @@ def _backward(ctx, grad: Tensor) -> tuple:
         self_coef = [post * selfw * pre if selfw.any() else None for _, pre, post, selfw in ops]
         _kernels.channels_last(grad[i].numpy(), g.numpy())
         # NumPy's single-threaded copies, not torch's: a torch pass here starts its own thread pool while numba's
-        # threads still spin after the last kernel, which made these 18 MB passes 7x slower on 2 cores
+        # threads still spin after the last kernel, which made these passes several times slower
         if plan.return_logits:  # the last iteration's logits are the output: their gradient is the incoming one
             np.copyto(du.numpy(), g.numpy())
         else:

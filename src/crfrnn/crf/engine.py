@@ -7,10 +7,10 @@ iteration is
 
     logits = U - sum_k mu_k W_k message_k(Q),    Q = softmax(logits),
 
-with ``message_k`` the normalised Gaussian filtering of ``Q`` (SPEC section 3). Each kernel's label transform
-``T_k = -mu_k W_k`` is formed once; for the Potts model ``mu = 1 - I`` it is ``W_k`` itself, which differs from
-``-(1 - I) W_k`` only by a constant per pixel (so the marginals are identical; the logits differ by that
-constant).
+with ``message_k`` the normalised Gaussian filtering of ``Q`` (``docs/engine.md``, "The model"). Each kernel's
+label transform ``T_k = -mu_k W_k`` is formed once; for the Potts model ``mu = 1 - I`` it is ``W_k`` itself, which
+differs from ``-(1 - I) W_k`` only by a constant per pixel (so the marginals are identical; the logits differ by
+that constant).
 
 :func:`infer` picks the path:
 
@@ -71,6 +71,9 @@ def infer(
             unary is ``log(max(p, clip))``), on any device.
         kernels: the pairwise terms; features ``(B, N, D)`` or ``(1, N, D)``.
         iterations: ``T >= 0``.
+        from_probs: ``scores`` are probabilities (checked to sum to 1 over labels), not logits.
+        clip: the smallest probability taken as is with ``from_probs``; smaller ones are raised to it before the
+            logarithm.
         return_logits: return the last iteration's logits (``softmax`` of them is the marginals) instead of
             the marginals.
         memory_efficient: keep less for the backward pass and recompute the rest there (the compiled path keeps the

@@ -96,6 +96,8 @@ def position_features(
         theta: width, one number or one per axis (array-axis order), in the units of ``spacing``; a tensor
             (or a sequence of tensors) that requires a gradient keeps its graph.
         spacing: physical size of a step along each axis (e.g. mm per voxel); None is 1 (pixels).
+        dtype: the features' dtype.
+        device: the features' device; None is PyTorch's default device.
         name: the caller's name for ``theta``, for error messages.
 
     Returns:
@@ -125,6 +127,7 @@ def guide_features(guide: Tensor, theta: Width, *, name: str = "theta") -> Tenso
     Args:
         guide: ``(B, C, *S)`` floating point (it may require a gradient).
         theta: one width for all channels or one per channel (tensors that require a gradient keep their graph).
+        name: the caller's name for ``theta``, for error messages.
 
     Returns:
         ``(B, N, C)``.
@@ -153,6 +156,7 @@ def bilateral_features(
         theta_alpha: position width, one number or one per spatial axis (array-axis order).
         theta_beta: guide width, one number or one per channel.
         spacing: voxel spacing per axis (see :func:`position_features`).
+        names: the caller's names for ``theta_alpha`` and ``theta_beta``, for error messages.
 
     Returns:
         ``(B, N, len(S) + C)``.
@@ -185,7 +189,12 @@ def spatial_features(
     """Position features ``(x / theta_x, y / theta_y)`` of every pixel of an image (the 2-D case).
 
     Args:
+        batch: ``B``, the images (the features are the same for all: an expanded view).
+        height: ``H``.
+        width: ``W``.
         theta: the kernel width in pixels, or ``(theta_x, theta_y)`` (densecrf's ``sxy`` order).
+        dtype: the features' dtype.
+        device: the features' device; None is PyTorch's default device.
 
     Returns:
         ``(B, H W, 2)``, pixels in row-major order, ``x`` the column and ``y`` the row index.

@@ -43,9 +43,9 @@ def mean_field(
 ) -> Tensor:
     """Mean-field inference in a dense CRF with a spatial and a bilateral Gaussian kernel (CRF-RNN).
 
-    ``num_iterations`` iterations of SPEC section 3 starting from ``softmax(unary)``, for images, signals or
-    volumes. Without a gradient on the CPU this runs the compiled fused loop; otherwise the differentiable
-    path (any device), lattices built once per call and reused by the backward pass.
+    ``num_iterations`` mean-field iterations (``docs/engine.md``) starting from ``softmax(unary)``, for images,
+    signals or volumes. Without a gradient on the CPU this runs the compiled fused loop; otherwise the
+    differentiable path (any device), lattices built once per call and reused by the backward pass.
 
     Args:
         unary: ``(B, L, *S)`` logits ``U`` (a network's scores), ``S`` of 1 to 3 spatial axes. ``L = 1`` is a

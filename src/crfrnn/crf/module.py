@@ -164,6 +164,7 @@ class CrfRnn(nn.Module):
             self._fixed_widths = {n: float(self._buffers[n]) for n in self._WIDTHS}
 
     def extra_repr(self) -> str:
+        """The widths, iteration counts and normalisation, for ``repr(module)``."""
         widths = ", ".join(f"{n}={float(getattr(self, n).detach()):g}" for n in self._WIDTHS)
         return (
             f"num_classes={self.num_classes}, {widths}, "

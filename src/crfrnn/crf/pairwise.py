@@ -199,10 +199,10 @@ def build_concurrently(builder: KernelBuilder, count: int, image: int, num_point
     """
     workers = min(count, numba.get_num_threads())
     # One thread per kernel waits for the costliest kernel; all threads per kernel pay the sum of the costs divided
-    # by their speed-up (1.4 to 1.6 on 2 cores). Costs differ more than the feature counts suggest: measured at
-    # 64x128x128, the 3-D and 4-D lattices took 100 and 210 ms on one thread, 63 and 149 ms on two, so side by
-    # side took 239 ms and one after the other 210 ms (at 500x375 the 2-D and 5-D ones took 11 and 25 ms). So
-    # kernels build side by side only when they all have the same number of features (two bilateral kernels).
+    # by their speed-up, which is well below the thread count. Costs differ more than the feature counts suggest
+    # (on a volume the 4-D lattice costs far more than the 3-D one), and building such a pair side by side was
+    # slower than one after the other. So kernels build side by side only when they all have the same number of
+    # features (two bilateral kernels).
     dims = {builder.kernels[k].features.shape[-1] for k in range(count)}
     if workers < 2 or num_points < 20_000 or len(dims) > 1:
         return [builder.kernel(k, image) for k in range(count)]

@@ -118,9 +118,11 @@ class SegmentationFolder(Dataset):
         return len(self.ids)
 
     def image_path(self, index: int) -> Path:
+        """The image file of sample ``index``."""
         return self._images[index]
 
     def mask_path(self, index: int) -> Path:
+        """The mask file of sample ``index``."""
         return self._masks[index]
 
     def __getitem__(self, index: int) -> Sample:

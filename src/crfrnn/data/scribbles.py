@@ -9,9 +9,9 @@ for scribble supervision:
    ``min_area`` pixels gets strokes; smaller fragments (slivers of occluded objects) stay unlabelled, as an
    annotator would miss them.
 2. The strokes follow the region's skeleton (:func:`skimage.morphology.skeletonize`, a one-pixel medial line),
-   restricted to the points more than ``margin`` pixels from the region's outline where such points exist (so that the strokes
-   stay inside, away from the boundary, as a person draws them; thin regions fall back to their whole medial
-   axis).
+   restricted to the points more than ``margin`` pixels from the region's outline where such points exist (so
+   that the strokes stay inside, away from the boundary, as a person draws them; thin regions fall back to their
+   whole medial axis).
 3. A stroke is a random walk along the skeleton: it starts at a random axis point, steps to a random
    unvisited 8-neighbour on the axis, and stops at a dead end or when the region's budget is spent. A region
    gets up to ``max_strokes`` strokes; its budget is ``fraction`` of its area (at least one point), counted in

@@ -130,6 +130,15 @@ class Compose:
                 raise TypeError(f"Compose: every transform must be callable, got {t!r}.")
 
     def __call__(self, image: torch.Tensor, mask: torch.Tensor) -> Sample:
+        """Apply each transform in turn.
+
+        Args:
+            image: ``(C, H, W)`` float image.
+            mask: ``(H, W)`` integer label mask.
+
+        Returns:
+            The transformed ``(image, mask)``, still pixel-aligned.
+        """
         for t in self.transforms:
             image, mask = t(image, mask)
         return image, mask
@@ -162,6 +171,15 @@ class RandomScale:
         self.generator = generator
 
     def __call__(self, image: torch.Tensor, mask: torch.Tensor) -> Sample:
+        """Resize the pair by a random factor in ``[min_scale, max_scale]``.
+
+        Args:
+            image: ``(C, H, W)`` float image.
+            mask: ``(H, W)`` integer label mask.
+
+        Returns:
+            The transformed ``(image, mask)``, resized alike.
+        """
         _check_pair(image, mask, "RandomScale")
         u = float(torch.rand((), generator=self.generator))
         s = self.min_scale + (self.max_scale - self.min_scale) * u
@@ -207,6 +225,15 @@ class RandomCrop:
         self.generator = generator
 
     def __call__(self, image: torch.Tensor, mask: torch.Tensor) -> Sample:
+        """Crop ``size`` out of the pair at a random position (padded where the pair is smaller).
+
+        Args:
+            image: ``(C, H, W)`` float image.
+            mask: ``(H, W)`` integer label mask.
+
+        Returns:
+            The ``(image, mask)`` crops, ``(C, *size)`` and ``size``.
+        """
         _check_pair(image, mask, "RandomCrop")
         (ch, cw), (h, w) = self.size, mask.shape
         top = _randint(min(0, h - ch), max(0, h - ch), self.generator)
@@ -233,6 +260,15 @@ class CenterCrop:
         self.ignore_index = int(ignore_index)
 
     def __call__(self, image: torch.Tensor, mask: torch.Tensor) -> Sample:
+        """Crop ``size`` out of the middle of the pair (padded where the pair is smaller).
+
+        Args:
+            image: ``(C, H, W)`` float image.
+            mask: ``(H, W)`` integer label mask.
+
+        Returns:
+            The ``(image, mask)`` crops, ``(C, *size)`` and ``size``.
+        """
         _check_pair(image, mask, "CenterCrop")
         (ch, cw), (h, w) = self.size, mask.shape
         fill = fill_value(image, self.pad_value, "CenterCrop")
@@ -260,6 +296,15 @@ class PadTo:
         self.ignore_index = int(ignore_index)
 
     def __call__(self, image: torch.Tensor, mask: torch.Tensor) -> Sample:
+        """Pad the pair at the bottom and right to at least ``size``.
+
+        Args:
+            image: ``(C, H, W)`` float image.
+            mask: ``(H, W)`` integer label mask.
+
+        Returns:
+            The padded ``(image, mask)``, ``(C, max(H, h), max(W, w))`` and ``(max(H, h), max(W, w))``.
+        """
         _check_pair(image, mask, "PadTo")
         (th, tw), (h, w) = self.size, mask.shape
         fill = fill_value(image, self.pad_value, "PadTo")
@@ -284,6 +329,15 @@ class RandomHorizontalFlip:
         self.generator = generator
 
     def __call__(self, image: torch.Tensor, mask: torch.Tensor) -> Sample:
+        """Flip the pair left to right with probability ``p``.
+
+        Args:
+            image: ``(C, H, W)`` float image.
+            mask: ``(H, W)`` integer label mask.
+
+        Returns:
+            The transformed ``(image, mask)``, still pixel-aligned.
+        """
         _check_pair(image, mask, "RandomHorizontalFlip")
         if float(torch.rand((), generator=self.generator)) < self.p:
             return image.flip(-1), mask.flip(-1)

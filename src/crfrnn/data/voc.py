@@ -157,9 +157,11 @@ class VOCSegmentation(Dataset):
         return len(self.ids)
 
     def image_path(self, index: int) -> Path:
+        """The JPEG image of sample ``index``."""
         return self.image_dir / f"{self.ids[index]}.jpg"
 
     def mask_path(self, index: int) -> Path:
+        """The PNG label mask of sample ``index``."""
         return self.mask_dir / f"{self.ids[index]}.png"
 
     def __getitem__(self, index: int) -> Sample:
@@ -208,9 +210,11 @@ class SBDSegmentation(Dataset):
         return len(self.ids)
 
     def image_path(self, index: int) -> Path:
+        """The JPEG image of sample ``index``."""
         return self.image_dir / f"{self.ids[index]}.jpg"
 
     def mask_path(self, index: int) -> Path:
+        """The ``.mat`` label mask of sample ``index``."""
         return self.mask_dir / f"{self.ids[index]}.mat"
 
     def __getitem__(self, index: int) -> Sample:

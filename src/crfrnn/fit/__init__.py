@@ -240,8 +240,8 @@ def fit_crf(
             foreground), or logits with ``logits=True``.
         labels: ``(H, W)`` integer ground truth for each image, ``ignore_index`` for pixels to leave out.
         logits: ``probs`` are unary logits (raw scores), not probabilities.
-        init: the starting point (any :data:`crfrnn.params.PARAM_NAMES`); default :data:`crfrnn.params.DENSECRF_DEFAULTS`,
-            densecrf's usual parameters.
+        init: the starting point (any :data:`crfrnn.params.PARAM_NAMES`); default
+            :data:`crfrnn.params.DENSECRF_DEFAULTS`, densecrf's usual parameters.
         iterations: mean-field iterations to fit with (and to write); default ``init``'s, else 5.
         epochs: passes over the training images (one Adam step per image).
         lr: Adam's learning rate on the logarithms of the parameters (0.05: about 5 % per step).

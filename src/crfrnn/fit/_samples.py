@@ -207,6 +207,7 @@ def degraded_probs(
         factor: down-sampling factor (1: no down-sampling).
         noise: standard deviation of the noise on the cell log-probabilities.
         confidence: weight of the ground truth against the uniform distribution, in ``(0, 1]``.
+        ignore_index: the label of pixels without ground truth.
         seed: seed of the noise.
 
     Returns:

@@ -1,4 +1,5 @@
-"""The one safe NumPy reader of :mod:`crfrnn.io`: ``.npy``/``.npz`` files, never unpickled, with errors that name the file.
+"""The one safe NumPy reader of :mod:`crfrnn.io`: ``.npy``/``.npz`` files, never unpickled, with errors that name
+the file.
 
 Parameters named in messages are written in backticks (`key`), so that the command line can name its flags instead.
 """

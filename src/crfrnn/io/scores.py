@@ -336,8 +336,8 @@ def read_scores(
     suffix = Path(path).suffix.lower()
     if suffix not in SCORE_SUFFIXES:
         raise ValueError(
-            f"cannot read scores from '{path}': expected a .npy or .npz array (probabilities, or logits with `logits=True`) or a "
-            f".png label map, got suffix '{suffix}'."
+            f"cannot read scores from '{path}': expected a .npy or .npz array (probabilities, or logits with "
+            f"`logits=True`) or a .png label map, got suffix '{suffix}'."
         )
     if not os.path.isfile(path):
         raise FileNotFoundError(f"scores not found: '{path}'")

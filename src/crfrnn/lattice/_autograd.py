@@ -106,8 +106,11 @@ def feature_backward(
 
     Args:
         filt: ``filt(x (P, C'), reverse) -> (P, C')``.
-        values, out, grad: ``(P, C)`` with ``P = batch * N``.
-        base: ``(P, D)`` undivided features; widths: ``(D,)`` or None.
+        values: ``v``, ``(P, C)`` with ``P = batch * N``.
+        out: ``K v``, ``(P, C)``.
+        grad: ``g = dL/dout``, ``(P, C)``.
+        base: ``(P, D)`` undivided features.
+        widths: ``(D,)``, or None (the features are ``base``).
         batch: images in ``P`` (each centred on its own).
         need: which of ``(values, base, widths)`` need a gradient.
         pad: the channel count to filter for ``C'`` channels (the compiled kernels' SIMD padding).

@@ -40,6 +40,7 @@ def gaussian_filter(
         ``(B, N, C)`` filtered values.
 
     Example:
+        >>> import torch
         >>> f = torch.tensor([[[0.0], [1.0]]])
         >>> gaussian_filter(torch.ones(1, 2, 1), f).squeeze()
         tensor([1.6065, 1.6065])

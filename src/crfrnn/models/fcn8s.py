@@ -74,10 +74,19 @@ class CaffeInput(nn.Module):
         self.mean = _check_mean(mean)
 
     def forward(self, image: Tensor) -> Tensor:
+        """Caffe's input: RGB to BGR, minus the mean.
+
+        Args:
+            image: ``(B, 3, H, W)`` RGB on the 0..255 scale.
+
+        Returns:
+            ``(B, 3, H, W)`` BGR minus ``mean``.
+        """
         mean = torch.tensor(self.mean, device=image.device, dtype=image.dtype).view(1, 3, 1, 1)
         return image.flip(1) - mean
 
     def extra_repr(self) -> str:
+        """The mean, for ``repr(module)``."""
         return "mean_bgr=(" + ", ".join(f"{v:g}" for v in self.mean) + ")"
 
 
@@ -250,6 +259,7 @@ class FCN8s(nn.Module):
         return _crop(upscore8, self.crop_final, height, width)
 
     def extra_repr(self) -> str:
+        """The number of classes (and the widths where they are not VGG-16's), for ``repr(module)``."""
         extra = (
             ""
             if self.widths == VGG16_WIDTHS and self.fc_width == FC_WIDTH

@@ -325,6 +325,7 @@ class CrfRnnSegmenter(nn.Module):
         return (refined, unary) if self.return_unary else refined
 
     def extra_repr(self) -> str:
+        """The output key, whether the unary is returned, and the options set, for ``repr(module)``."""
         extra = f", pad_to={self.pad_to}" if self.pad_to is not None else ""
         extra += ", safe_start=True" if self.safe_start else ""
         return f"output_key={self.output_key!r}, return_unary={self.return_unary}{extra}"

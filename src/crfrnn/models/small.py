@@ -179,4 +179,5 @@ class SmallFCN(nn.Module):
         return F.interpolate(coarse, size=image.shape[-2:], mode="bilinear", align_corners=False)
 
     def extra_repr(self) -> str:
+        """The number of classes, for ``repr(module)``."""
         return f"num_classes={self.num_classes}"

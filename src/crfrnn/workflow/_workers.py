@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import json
 import os
 import queue as queue_module
@@ -67,7 +68,7 @@ def worker_main(argv: Optional[list[str]] = None) -> int:
         try:
             if job["job"] == "evaluate":
                 data = data or splits(config)
-                record = run_seed(config, bar.seed, data, bar, lambda text: bar.send("log", text), job["times"])
+                record = run_seed(config, bar.seed, data, bar, functools.partial(bar.send, "log"), job["times"])
                 bar.send("record", record)
             elif job["job"] == "search":
                 data = data or splits(config)
@@ -94,46 +95,96 @@ def run_parallel(
     while one seed finishes. Plain subprocesses rather than :mod:`multiprocessing`: a script that calls
     :func:`~crfrnn.workflow.experiment.reproduce` needs no ``if __name__ == "__main__"`` guard, and no forked torch
     or numba thread pool is inherited. The workers' warnings go to ``worker<K>.log`` in ``out_dir``.
+
+    Args:
+        config: the reproduction; its ``out_dir`` receives the workers' configuration file and logs.
+        workers: the number of worker processes.
+        threads: the threads of each worker (``OMP_NUM_THREADS``, ``MKL_NUM_THREADS``, ``NUMBA_NUM_THREADS``).
+        bar: the progress bar (``update`` and ``set_description``), which the workers' progress drives.
+        log: called with each log line of the workers.
+
+    Returns:
+        Each seed's record, in the order of ``config.seeds``.
+
+    Raises:
+        TrainingError, ValueError, TypeError or RuntimeError: the first error of a job (a worker's own exception
+            type where it is one of these), or a worker process that ended during a job.
     """
     out = Path(config.out_dir)
     spec = out / "worker_config.json"
     atomic_write_text(spec, json.dumps(config.to_dict()))
+    pool = _Pool(config, bar, log)
+    try:
+        pool.start(workers, threads, spec)
+        while (pool.todo or pool.busy) and not pool.errors:
+            pool.dispatch()
+            pool.receive()
+    finally:
+        pool.stop(out)
+        spec.unlink(missing_ok=True)
+    if pool.errors:
+        seed, err = pool.errors[0]
+        kind = {"TrainingError": TrainingError, "ValueError": ValueError, "TypeError": TypeError}.get(
+            err["type"], RuntimeError
+        )
+        raise kind(f"seed {seed}: {err['message']}")
+    return [pool.records[s] for s in config.seeds]
+
+
+def _worker_env(threads: int) -> dict[str, str]:
+    """The environment of a worker: ``threads`` threads, and this crfrnn first on the path."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), NUMBA_NUM_THREADS=str(threads))
     source = str(Path(__file__).resolve().parents[2])  # this crfrnn, even when not installed
     env["PYTHONPATH"] = os.pathsep.join([source] + [p for p in [env.get("PYTHONPATH")] if p])
+    return env
 
-    stages = stage_keys(config)
-    todo = [(seed, key) for seed in config.seeds for key in [*stages, "search", "evaluate"]]
-    rank = {"cnn": 0, "search": 1, "evaluate": 3}  # then the stage-2 runs (2); the search needs stage 1 only
-    todo.sort(key=lambda job: (rank.get(job[1], 2), config.seeds.index(job[0])))
-    finished: dict[int, dict[str, float]] = {seed: {} for seed in config.seeds}
-    records: dict[int, dict] = {}
-    status: dict[int, str] = {}
-    errors: list[tuple[int, dict]] = []
-    messages: "queue_module.Queue[tuple[int, Optional[dict]]]" = queue_module.Queue()
 
-    def ready(job: tuple[int, str]) -> bool:
+class _Pool:
+    """The state of :func:`run_parallel`: the jobs left, the workers and what each is doing, and the results."""
+
+    def __init__(self, config: ReproduceConfig, bar: Any, log: Callable[[str], None]) -> None:
+        self.config, self.bar, self.log = config, bar, log
+        self.stages = stage_keys(config)
+        self.todo = [(seed, key) for seed in config.seeds for key in [*self.stages, "search", "evaluate"]]
+        rank = {"cnn": 0, "search": 1, "evaluate": 3}  # then the stage-2 runs (2); the search needs stage 1 only
+        self.todo.sort(key=lambda job: (rank.get(job[1], 2), config.seeds.index(job[0])))
+        self.finished: dict[int, dict[str, float]] = {seed: {} for seed in config.seeds}
+        self.records: dict[int, dict] = {}
+        self.status: dict[int, str] = {}
+        self.errors: list[tuple[int, dict]] = []
+        self.messages: "queue_module.Queue[tuple[int, Optional[dict]]]" = queue_module.Queue()
+        self.procs: list[subprocess.Popen] = []
+        self.logs: list[collections.deque[str]] = []
+        self.readers: list[threading.Thread] = []
+        self.busy: dict[int, tuple[int, str]] = {}
+
+    def ready(self, job: tuple[int, str]) -> bool:
+        """Whether ``job`` (seed, key) can start: what it needs of its seed is done."""
         seed, key = job
-        done = finished[seed]
+        done = self.finished[seed]
         if key == "cnn":
             return True
         if key == "evaluate":
-            return all(f"train_{k}" in done for k in stages) and "search_dense_crf" in done
+            return all(f"train_{k}" in done for k in self.stages) and "search_dense_crf" in done
         return "train_cnn" in done
 
-    def read(worker: int, stream: Any) -> None:
+    def read(self, worker: int, stream: Any) -> None:
+        """Put each JSON line of a worker's stdout on the queue, then ``None`` when it closes."""
         for line in stream:
             try:
-                messages.put((worker, json.loads(line)))
+                self.messages.put((worker, json.loads(line)))
             except json.JSONDecodeError:  # something else printed on stdout
-                messages.put((worker, {"kind": "log", "value": line.rstrip()}))
-        messages.put((worker, None))  # the worker closed its stdout: it has ended
+                self.messages.put((worker, {"kind": "log", "value": line.rstrip()}))
+        self.messages.put((worker, None))  # the worker closed its stdout: it has ended
 
+    @staticmethod
     def collect(lines: "collections.deque[str]", stream: Any) -> None:
+        """Keep the last lines of a worker's stderr."""
         lines.extend(stream)  # the worker's warnings, written to worker<K>.log at the end
 
-    procs, logs, readers, busy = [], [], [], {}
-    try:
+    def start(self, workers: int, threads: int, spec: Path) -> None:
+        """Start the worker processes, with a thread reading each one's stdout and one its stderr."""
+        env = _worker_env(threads)
         for k in range(workers):
             proc = subprocess.Popen(
                 [sys.executable, "-m", "crfrnn.workflow._seed_worker", str(spec), str(threads)],
@@ -143,80 +194,75 @@ def run_parallel(
                 text=True,
                 env=env,
             )
-            logs.append(collections.deque(maxlen=10000))
-            threading.Thread(target=read, args=(k, proc.stdout), daemon=True).start()
-            readers.append(threading.Thread(target=collect, args=(logs[k], proc.stderr), daemon=True))
-            readers[-1].start()
-            procs.append(proc)
-        while (todo or busy) and not errors:
-            if not busy and not any(ready(j) for j in todo):  # cannot happen; never wait for nothing
-                raise RuntimeError(f"reproduce: no job can start ({todo[:3]}...); this is a bug, please report it.")
-            for k in range(workers):
-                job = next((j for j in todo if ready(j)), None) if k not in busy else None
-                if job is None:
-                    continue
-                todo.remove(job)
-                busy[k] = job
-                payload = {"seed": job[0], "job": job[1], "times": finished[job[0]]}
-                try:
-                    procs[k].stdin.write(json.dumps(payload) + "\n")  # type: ignore[union-attr]
-                    procs[k].stdin.flush()  # type: ignore[union-attr]
-                except BrokenPipeError:  # the worker has died; its reader reports how
-                    pass
-            worker, message = messages.get()
-            if message is None:
-                if worker in busy:
-                    procs[worker].wait()
-                    readers[worker].join(timeout=5)
-                    tail = [line.rstrip() for line in list(logs[worker])[-5:]]
-                    errors.append(
-                        (
-                            busy[worker][0],
-                            {
-                                "type": "RuntimeError",
-                                "message": (
-                                    f"its worker process ended (exit code {procs[worker].wait()}): " + " / ".join(tail)
-                                ),
-                            },
-                        )
-                    )
+            self.logs.append(collections.deque(maxlen=10000))
+            threading.Thread(target=self.read, args=(k, proc.stdout), daemon=True).start()
+            self.readers.append(threading.Thread(target=self.collect, args=(self.logs[k], proc.stderr), daemon=True))
+            self.readers[-1].start()
+            self.procs.append(proc)
+
+    def dispatch(self) -> None:
+        """Give each free worker the first ready job."""
+        if not self.busy and not any(self.ready(j) for j in self.todo):  # cannot happen; never wait for nothing
+            raise RuntimeError(f"reproduce: no job can start ({self.todo[:3]}...); this is a bug, please report it.")
+        for k in range(len(self.procs)):
+            job = next((j for j in self.todo if self.ready(j)), None) if k not in self.busy else None
+            if job is None:
                 continue
-            kind, seed, value = message["kind"], message.get("seed"), message.get("value")
-            if kind == "update":
-                bar.update(value)
-            elif kind == "log":
-                log(value)
-            elif kind == "done":
-                finished[seed].update(value)
-                busy.pop(worker)
-            elif kind == "record":
-                records[seed] = value
-                busy.pop(worker)
-            elif kind == "error":
-                errors.append((seed, value))
-            else:
-                status[seed] = (
-                    value
-                    if kind == "description"
-                    else f"seed {seed}: " + ", ".join(f"{k} {v}" for k, v in value.items() if k != "seed")
-                )
-                bar.set_description(" | ".join(status[s] for s in sorted(status) if s in {j[0] for j in busy.values()}))
-    finally:
-        for proc in procs:
+            self.todo.remove(job)
+            self.busy[k] = job
+            payload = {"seed": job[0], "job": job[1], "times": self.finished[job[0]]}
+            try:
+                self.procs[k].stdin.write(json.dumps(payload) + "\n")  # type: ignore[union-attr]
+                self.procs[k].stdin.flush()  # type: ignore[union-attr]
+            except BrokenPipeError:  # the worker has died; its reader reports how
+                pass
+
+    def receive(self) -> None:
+        """Wait for the next message of a worker and act on it."""
+        worker, message = self.messages.get()
+        if message is None:
+            if worker in self.busy:
+                self.ended(worker)
+            return
+        kind, seed, value = message["kind"], message.get("seed"), message.get("value")
+        if kind == "update":
+            self.bar.update(value)
+        elif kind == "log":
+            self.log(value)
+        elif kind == "done":
+            self.finished[seed].update(value)
+            self.busy.pop(worker)
+        elif kind == "record":
+            self.records[seed] = value
+            self.busy.pop(worker)
+        elif kind == "error":
+            self.errors.append((seed, value))
+        else:
+            self.status[seed] = (
+                value
+                if kind == "description"
+                else f"seed {seed}: " + ", ".join(f"{k} {v}" for k, v in value.items() if k != "seed")
+            )
+            running = {j[0] for j in self.busy.values()}
+            self.bar.set_description(" | ".join(self.status[s] for s in sorted(self.status) if s in running))
+
+    def ended(self, worker: int) -> None:
+        """A worker process ended during a job: an error of its seed, with the last lines it wrote on stderr."""
+        self.procs[worker].wait()
+        self.readers[worker].join(timeout=5)
+        tail = [line.rstrip() for line in list(self.logs[worker])[-5:]]
+        message = f"its worker process ended (exit code {self.procs[worker].wait()}): " + " / ".join(tail)
+        self.errors.append((self.busy[worker][0], {"type": "RuntimeError", "message": message}))
+
+    def stop(self, out: Path) -> None:
+        """End the workers (killing them after an error or an interruption) and write their logs to ``out``."""
+        for proc in self.procs:
             if proc.stdin is not None:
                 with contextlib.suppress(OSError):  # a dead worker's pipe
                     proc.stdin.close()  # a worker ends when its stdin does
-            if errors or todo or busy:
+            if self.errors or self.todo or self.busy:
                 proc.kill()  # interrupted or failed: stop the others too
             proc.wait()
-        for k, (reader, lines) in enumerate(zip(readers, logs)):
+        for k, (reader, lines) in enumerate(zip(self.readers, self.logs)):
             reader.join(timeout=5)
             atomic_write_text(out / f"worker{k}.log", "".join(lines))
-        spec.unlink(missing_ok=True)
-    if errors:
-        seed, err = errors[0]
-        kind = {"TrainingError": TrainingError, "ValueError": ValueError, "TypeError": TypeError}.get(
-            err["type"], RuntimeError
-        )
-        raise kind(f"seed {seed}: {err['message']}")
-    return [records[s] for s in config.seeds]

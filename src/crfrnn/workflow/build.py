@@ -140,7 +140,8 @@ def freeze_backbone(model: nn.Module) -> nn.Module:
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     """The optimiser, with parameter groups: CNN (``lr``, ``weight_decay``), CRF kernel weights
     (``lr * crf_kernel_lr_mult``), CRF compatibility (``lr * crf_compat_lr_mult``), other CRF parameters
-    (``lr``; learned widths, and the ``safe_start`` gate); CRF groups have no weight decay. Each group's ``name`` says which it is.
+    (``lr``; learned widths, and the ``safe_start`` gate); CRF groups have no weight decay. Each group's ``name``
+    says which it is.
     """
     crf = model.crf if isinstance(model, CrfRnnSegmenter) else None
     gate = getattr(model, "crf_gate", None) if crf is not None else None  # safe_start's gate belongs to the CRF

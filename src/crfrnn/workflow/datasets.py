@@ -98,7 +98,8 @@ def open_dataset(
         voc_root: voc: folder containing ``VOCdevkit``.
         sbd_root: voc: SBD ``benchmark_RELEASE``; when given the set is train_aug (VOC train + SBD - VOC val)
             and ``split`` is not used.
-        images, masks: folder: the images and masks (``<stem>.png`` label maps) directories.
+        images: folder: the images directory.
+        masks: folder: the masks directory (``<stem>.png`` label maps).
         num_classes: folder: masks with other labels are named when they are read.
         transform: applied to every ``(image, mask)`` sample.
 

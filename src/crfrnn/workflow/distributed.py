@@ -49,10 +49,12 @@ class DistInfo:
 
     @property
     def enabled(self) -> bool:
+        """Whether more than one process takes part."""
         return self.world_size > 1
 
     @property
     def is_main(self) -> bool:
+        """Whether this is the process of rank 0."""
         return self.rank == 0
 
 

@@ -49,7 +49,7 @@ class ReproduceConfig:
         search_images: validation images used by the search.
         grid_images: test images shown in ``grid.png``.
         ablations: which of :data:`ABLATIONS` to run (each one more stage-2 run per seed; none by default, so that
-            five seeds fit in 25 minutes on 2 cores; they can be added to a finished reproduction's folder later).
+            a reproduction stays short; they can be added to a finished reproduction's folder later).
         workers: seeds trained at the same time, in separate processes (``None``: as many as there are CPU
             cores and seeds; ``1``: one after the other in this process).
         threads: CPU threads of each seed's process (``None``: the cores shared out between the workers, or
@@ -151,6 +151,7 @@ class ReproduceConfig:
         return cls(out_dir=out_dir, **values)
 
     def to_dict(self) -> dict[str, Any]:
+        """The configuration as plain values (lists for the tuples), for YAML and JSON."""
         out = dataclasses.asdict(self)
         out["seeds"] = list(self.seeds)
         out["ablations"] = list(self.ablations)

@@ -4,7 +4,8 @@ for the recipe, the files and distributed training).
 One epoch is three steps, each a function returning what it did: :func:`train_epoch` (the optimiser steps,
 an :class:`EpochResult`), :func:`crfrnn.workflow.validate.validation_metrics` (the validation record) and
 :func:`save_epoch` (the checkpoints and the metrics line, a :class:`SaveResult`). :func:`train` builds the run
-(:mod:`crfrnn.workflow.datasets`, :mod:`crfrnn.workflow.build`), restores a resumed one, and calls them epoch after epoch.
+(:mod:`crfrnn.workflow.datasets`, :mod:`crfrnn.workflow.build`), restores a resumed one, and calls them epoch
+after epoch.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ def segmentation_loss(logits: Tensor, target: Tensor, ignore_index: int = IGNORE
     Args:
         logits: ``(B, L, H, W)`` scores.
         target: ``(B, H, W)`` int64 labels in ``[0, L)`` or ``ignore_index``.
+        ignore_index: the label of pixels left out.
 
     Returns:
         A scalar tensor.

@@ -109,7 +109,7 @@ def _check_results(results: Any) -> None:
 
 
 def format_table(results: Mapping[str, Any], *, widths: Sequence[int] = (1, 3, 5, 10)) -> str:
-    """The summary table of :func:`evaluate`'s results as Markdown (one row per method, values in %).
+    r"""The summary table of :func:`evaluate`'s results as Markdown (one row per method, values in %).
 
     Columns: mean IoU, pixel accuracy, mean class accuracy, then the pixel accuracy in the boundary bands
     of the given widths (those that were evaluated), then seconds per image.
@@ -119,7 +119,7 @@ def format_table(results: Mapping[str, Any], *, widths: Sequence[int] = (1, 3, 5
         widths: band widths to show.
 
     Returns:
-        The table, lines joined by ``"\\n"``.
+        The table, lines joined by ``"\n"``.
     """
     _check_results(results)
     shown = _table_widths(results, widths)

@@ -30,18 +30,22 @@ class RunDir:
 
     @property
     def config_path(self) -> Path:
+        """The run's configuration, ``config.yaml``."""
         return self.path / "config.yaml"
 
     @property
     def metrics_path(self) -> Path:
+        """The run's metrics log, one JSON line per epoch, ``metrics.jsonl``."""
         return self.path / "metrics.jsonl"
 
     @property
     def last_path(self) -> Path:
+        """The checkpoint of the last epoch, ``last.pt``."""
         return self.path / "last.pt"
 
     @property
     def best_path(self) -> Path:
+        """The checkpoint of the best epoch, ``best.pt``."""
         return self.path / "best.pt"
 
     def check_resumable(self) -> None:
@@ -121,7 +125,13 @@ class RunLock:
 
     @classmethod
     def acquire(cls, out_dir: Path) -> Optional["RunLock"]:
-        """Lock ``out_dir`` (created if missing) for this process; None where ``fcntl`` does not exist.
+        """Lock ``out_dir`` (created if missing) for this process.
+
+        Args:
+            out_dir: the run directory.
+
+        Returns:
+            The lock, or ``None`` where ``fcntl`` does not exist.
 
         Raises:
             NotADirectoryError: ``out_dir`` is a file.

@@ -363,7 +363,11 @@ def search_dense_crf(
         grid: ``{dense_crf parameter: values}``; every combination is tried. Default
             :data:`DEFAULT_SEARCH_GRID` (bilateral ``sxy``, ``srgb`` and ``compat``, 27 points).
         base_params: values of the parameters not in the grid, updating :data:`DENSECRF_DEFAULTS`.
-        batch_size, device, progress, max_images, ignore_index: as in :func:`evaluate`.
+        batch_size: images per forward pass.
+        device: where to run; the model is moved there if it is elsewhere. ``None``: the model's device.
+        progress: show a progress bar.
+        max_images: search on the first ``max_images`` images only.
+        ignore_index: mask value of void pixels.
 
     Returns:
         ``(best_params, table)``: the full :func:`crfrnn.dense_crf` keyword arguments of the grid point with
