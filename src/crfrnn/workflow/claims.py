@@ -79,7 +79,8 @@ def summarize(per_seed: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     Returns:
         ``{row: metrics}``, each ``metrics`` a dict of ``"mean_iou"``, ``"pixel_accuracy"`` and
         ``"mean_class_accuracy"`` stats and ``"boundary"``: ``{width: {"pixel_accuracy": stats, "mean_iou": stats}}``;
-        and, under ``"paired"``, the per-seed differences of each claim's rows (``better - worse``) and of the narrowest band.
+        and, under ``"paired"``, the per-seed differences of each claim's rows (``better - worse``) and of the
+        narrowest band.
     """
     out: dict[str, Any] = {}
     for row in ROWS:
