@@ -99,7 +99,7 @@ def main() -> int:
 
                 def infer():
                     with torch.no_grad():
-                        return dense_crf(image, probs, iterations=iters, backend="torch")
+                        return dense_crf(image, probs, num_iterations=iters, backend="torch")
 
                 def forward():
                     with torch.no_grad():
