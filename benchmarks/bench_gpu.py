@@ -65,7 +65,7 @@ def _measure(crf_rnn, dense_crf, image, logits, probs, iters: int, args, cuda: b
 
     def infer():
         with torch.no_grad():
-            return dense_crf(image, probs, iterations=iters, backend="torch")
+            return dense_crf(image, probs, num_iterations=iters, backend="torch")
 
     def forward():
         with torch.no_grad():

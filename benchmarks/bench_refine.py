@@ -48,7 +48,7 @@ def runner(tool: str, image: np.ndarray, probs: np.ndarray, iterations: int):
         cache = KernelCache() if tool == "crfrnn_warm" else None  # cold: both lattices on every call, as densecrf
 
         def run():
-            return dense_crf(image, probs, iterations=iterations, cache=cache)
+            return dense_crf(image, probs, num_iterations=iterations, cache=cache)
 
         return run
     import pydensecrf.densecrf as dcrf

@@ -74,7 +74,7 @@ def setup(h: int, w: int, num_labels: int, batch: int, iters: int):
         return dense_crf(
             photo,
             probs,
-            iterations=iters,
+            num_iterations=iters,
             gaussian_sxy=3.0,
             bilateral_sxy=160.0,
             bilateral_srgb=3.0,

@@ -62,7 +62,7 @@ def runners(vol: np.ndarray, probs: np.ndarray) -> dict:
         "crfrnn": lambda: dense_crf(
             vol,
             probs,
-            iterations=ITERS,
+            num_iterations=ITERS,
             gaussian_sxy=POS,
             gaussian_compat=POS_W,
             bilateral_sxy=BIL_POS,

@@ -60,7 +60,7 @@ def main() -> None:
             return lambda: crfrnn.dense_crf(
                 vol,
                 probs,
-                iterations=t,
+                num_iterations=t,
                 gaussian_sxy=POS,
                 gaussian_compat=POS_W,
                 bilateral_sxy=BIL_POS,

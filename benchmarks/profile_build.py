@@ -54,7 +54,7 @@ def lattices() -> dict:
         crfrnn.dense_crf(
             vol,
             probs,
-            iterations=1,
+            num_iterations=1,
             gaussian_sxy=POS,
             gaussian_compat=POS_W,
             bilateral_sxy=BIL_POS,

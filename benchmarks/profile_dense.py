@@ -70,7 +70,7 @@ def main() -> None:
 
     def cold(iterations: int):
         def run():
-            dense_crf(image, probs, iterations=iterations)  # no cache: both lattices built every call
+            dense_crf(image, probs, num_iterations=iterations)  # no cache: both lattices built every call
 
         return run
 

@@ -259,6 +259,7 @@ PUBLIC_API = {
         "DENSECRF_DEFAULTS",
         "MAX_FILE_BYTES",
         "PARAM_NAMES",
+        "RENAMED_PARAMS",
         "check_params",
         "load_params",
         "save_params",

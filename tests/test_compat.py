@@ -18,7 +18,7 @@ def test_same_as_dense_crf():
     d.addPairwiseGaussian(sxy=3, compat=3)
     d.addPairwiseBilateral(sxy=80, srgb=13, rgbim=image, compat=10)
     q = np.array(d.inference(5)).reshape(num_labels, h, w)
-    assert np.abs(q - dense_crf(image, probs, iterations=5)).max() < 1e-5
+    assert np.abs(q - dense_crf(image, probs, num_iterations=5)).max() < 1e-5
 
 
 def test_step_inference_equals_inference():

@@ -39,7 +39,7 @@ class TestDenseCrf:
 
     def test_zero_iterations_is_the_clipped_input(self):
         image, probs, _ = scene()
-        assert np.allclose(dense_crf(image, probs, iterations=0), probs, atol=1e-5)
+        assert np.allclose(dense_crf(image, probs, num_iterations=0), probs, atol=1e-5)
 
     def test_torch_and_batched(self):
         image, probs, _ = scene()
@@ -71,15 +71,15 @@ class TestDenseCrf:
     @pytest.mark.parametrize("normalization", ["symmetric", "row", "column", "none"])
     def test_fused_path_equals_generic_path(self, normalization):
         image, probs, _ = scene()
-        fused = dense_crf(image, probs, iterations=6, normalization=normalization)  # numba: fused kernel
-        generic = dense_crf(image, probs, iterations=6, normalization=normalization, backend="torch")
+        fused = dense_crf(image, probs, num_iterations=6, normalization=normalization)  # numba: fused kernel
+        generic = dense_crf(image, probs, num_iterations=6, normalization=normalization, backend="torch")
         assert np.abs(fused - generic).max() < 1e-5
 
     def test_differentiable_for_torch_input(self):
         image, probs, _ = scene(h=12, w=16)
         logits = torch.from_numpy(np.log(probs)).double().requires_grad_(True)
         img = torch.from_numpy(image)
-        assert torch.autograd.gradcheck(lambda u: dense_crf(img, logits=u, iterations=2), (logits,))
+        assert torch.autograd.gradcheck(lambda u: dense_crf(img, logits=u, num_iterations=2), (logits,))
 
     def test_unary_from_labels(self):
         labels = np.array([[0, 1], [2, 255]])
@@ -132,6 +132,6 @@ class TestDenseCrf:
         with pytest.raises(ValueError, match=r"foreground probability and must lie in \[0, 1\]; got values in 1.5"):
             dense_crf(image, np.full_like(probs[:1], 1.5))  # 1 - p would be negative: said as what it is
         with pytest.raises(ValueError, match="iterations"):
-            dense_crf(image, probs, iterations=-1)
+            dense_crf(image, probs, num_iterations=-1)
         with pytest.raises(TypeError, match="NumPy array or a torch tensor"):
             dense_crf(image, probs.tolist())

@@ -374,12 +374,12 @@ class TestSearchDenseCrf:
             [(image, target)] * 3,
             num_classes=2,
             grid={"bilateral_srgb": [5.0]},
-            base_params={"iterations": 2},
+            base_params={"num_iterations": 2},
             max_images=1,
             progress=False,
         )
         assert model.calls == 1 and len(table) == 1
-        assert best["iterations"] == 2 and best["bilateral_srgb"] == 5.0
+        assert best["num_iterations"] == 2 and best["bilateral_srgb"] == 5.0
 
     def test_exception(self):
         image, target, flips = halves_sample()

@@ -16,7 +16,7 @@ from crfrnn.params import DENSECRF_DEFAULTS as FIT_DEFAULTS
 from crfrnn.params import MAX_FILE_BYTES, PARAM_NAMES, check_params
 
 FITTED = {
-    "iterations": 4,
+    "num_iterations": 4,
     "gaussian_sxy": 2.25,
     "gaussian_compat": 1.375,
     "bilateral_sxy": 31.7,
@@ -61,10 +61,10 @@ class TestParams:
 
     def test_numpy_and_torch_values_are_written_plainly(self, tmp_path):
         path = save_params(
-            {"bilateral_compat": np.float32(2.5), "iterations": np.int64(3), "gaussian_sxy": torch.tensor(1.5)},
+            {"bilateral_compat": np.float32(2.5), "num_iterations": np.int64(3), "gaussian_sxy": torch.tensor(1.5)},
             tmp_path / "p.yaml",
         )
-        assert load_params(path) == {"iterations": 3, "gaussian_sxy": 1.5, "bilateral_compat": 2.5}
+        assert load_params(path) == {"num_iterations": 3, "gaussian_sxy": 1.5, "bilateral_compat": 2.5}
         assert "!!" not in path.read_text()
 
     def test_loaded_params_drive_dense_crf(self, tmp_path, data):
@@ -74,10 +74,23 @@ class TestParams:
             dense_crf(images[0], probs[0], **load_params(path)), dense_crf(images[0], probs[0], **FITTED)
         )
 
+    def test_files_of_the_previous_release_still_load(self, tmp_path):
+        path = tmp_path / "old.yaml"
+        path.write_text("iterations: 3\nbilateral_compat: 2.5\n")  # 'iterations' is now 'num_iterations'
+        with pytest.warns(FutureWarning, match=r"old\.yaml': iterations= is now num_iterations="):
+            assert load_params(path) == {"num_iterations": 3, "bilateral_compat": 2.5}
+        with pytest.warns(FutureWarning, match="iterations= is now num_iterations="):
+            assert check_params({"iterations": 2}) == {"num_iterations": 2}
+        with pytest.warns(FutureWarning, match="iterations= is now num_iterations="):
+            assert to_mean_field({"iterations": 2})["num_iterations"] == 2
+        path.write_text("iterations: 3\nnum_iterations: 3\n")
+        with pytest.raises(ValueError, match="both 'iterations' and 'num_iterations'"):
+            load_params(path)
+
     def test_check_params_order_and_types(self):
-        out = check_params({"bilateral_compat": 3, "iterations": 2, "bilateral_sxy": (40, 50)})
-        assert list(out) == ["iterations", "bilateral_sxy", "bilateral_compat"]
-        assert out == {"iterations": 2, "bilateral_sxy": [40.0, 50.0], "bilateral_compat": 3.0}
+        out = check_params({"bilateral_compat": 3, "num_iterations": 2, "bilateral_sxy": (40, 50)})
+        assert list(out) == ["num_iterations", "bilateral_sxy", "bilateral_compat"]
+        assert out == {"num_iterations": 2, "bilateral_sxy": [40.0, 50.0], "bilateral_compat": 3.0}
         assert set(PARAM_NAMES) >= set(FIT_DEFAULTS)
 
     @pytest.mark.parametrize(
@@ -91,9 +104,9 @@ class TestParams:
             ("gaussian_compat: -1\n", ValueError, ">= 0"),
             ("bilateral_compat: .inf\n", ValueError, "finite"),
             ("bilateral_compat: ten\n", TypeError, "must be a number"),
-            ("iterations: 2.5\n", TypeError, "whole number"),
-            ("iterations: true\n", TypeError, "whole number"),
-            ("iterations: 100000\n", ValueError, "0..1000"),
+            ("num_iterations: 2.5\n", TypeError, "whole number"),
+            ("num_iterations: true\n", TypeError, "whole number"),
+            ("num_iterations: 100000\n", ValueError, "0..1000"),
             ("bilateral_srgb: [1, 2, x]\n", TypeError, "positive number"),
             ("gaussian_sxy: [1, 2, 3, 4]\n", ValueError, "1 to 3 widths"),
             ("normalization: rows\n", ValueError, "one of"),
@@ -116,7 +129,7 @@ class TestParams:
         (tmp_path / "bin.yaml").write_bytes(b"\xff\xfe\x00garbage")
         with pytest.raises(ValueError, match="UTF-8"):
             load_params(tmp_path / "bin.yaml")
-        (tmp_path / "big.yaml").write_text("# " + "x" * MAX_FILE_BYTES + "\niterations: 5\n")
+        (tmp_path / "big.yaml").write_text("# " + "x" * MAX_FILE_BYTES + "\nnum_iterations: 5\n")
         with pytest.raises(ValueError, match="larger than"):
             load_params(tmp_path / "big.yaml")
         with pytest.raises(FileNotFoundError, match="not found"):
@@ -174,7 +187,7 @@ class TestFit:
         assert m["fitted"]["mean_iou"] > m["network"]["mean_iou"]
         assert r.history[0]["val_loss"] == pytest.approx(m["initial"]["loss"])
         assert min(h["val_loss"] for h in r.history) == pytest.approx(m["fitted"]["loss"])
-        for key in ("gaussian_sxy", "bilateral_sxy", "bilateral_srgb", "iterations", "normalization"):
+        for key in ("gaussian_sxy", "bilateral_sxy", "bilateral_srgb", "num_iterations", "normalization"):
             assert r.params[key] == FIT_DEFAULTS[key]  # widths fixed
         assert r.params["bilateral_compat"] != FIT_DEFAULTS["bilateral_compat"]
         assert not set(r.train_indices) & set(r.val_indices) and len(r.val_indices) == 6
@@ -223,12 +236,12 @@ class TestFit:
             epochs=6,
             lr=3.0,
             patience=1,
-            iterations=2,
+            num_iterations=2,
             fit_widths=False,
             init={"bilateral_compat": 0.0},
             progress=False,
         )
-        assert r.params["iterations"] == 2 and len(r.history) <= 7
+        assert r.params["num_iterations"] == 2 and len(r.history) <= 7
         assert r.stopped_early == (len(r.history) < 7)
         assert all(math.isfinite(h["val_loss"]) for h in r.history)
 
@@ -262,7 +275,7 @@ class TestFit:
             ({"patience": 0}, "patience"),
             ({"init": {"bilateral_srgb": -1}}, "positive"),
             ({"init": {"sxy": 3}}, "unknown"),
-            ({"iterations": 0}, "iterations"),
+            ({"num_iterations": 0}, "num_iterations"),
             ({"init": {"gaussian_sxy": [2, 3]}, "fit_widths": True}, "one number"),
         ],
     )

@@ -65,7 +65,7 @@ def test_dense_crf(prob, sxy, srgb, compat, bcompat, iterations):
             out = crfrnn.dense_crf(
                 guide,
                 **{kind: probs},
-                iterations=iterations,
+                num_iterations=iterations,
                 gaussian_sxy=sxy,
                 bilateral_srgb=srgb,
                 gaussian_compat=compat,

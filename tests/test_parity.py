@@ -44,7 +44,7 @@ def reference(image, probs, iterations, **kw):
 def test_dense_crf_matches_densecrf(name, iterations):
     image, probs = photo_and_probs(name)
     ref = reference(image, probs, iterations)
-    ours = dense_crf(image, probs, iterations=iterations)
+    ours = dense_crf(image, probs, num_iterations=iterations)
     agreement = (ours.argmax(0) == ref.argmax(0)).mean()
     mad = np.abs(ours - ref).mean()
     assert agreement >= 0.999, agreement
@@ -56,7 +56,7 @@ def test_dense_crf_matches_densecrf(name, iterations):
 def test_pure_torch_path_matches_densecrf():
     image, probs = photo_and_probs("astronaut", h=150, w=200)
     ref = reference(image, probs, 5, bsxy=30)
-    ours = dense_crf(image, probs, iterations=5, bilateral_sxy=30.0, backend="torch")
+    ours = dense_crf(image, probs, num_iterations=5, bilateral_sxy=30.0, backend="torch")
     assert (ours.argmax(0) == ref.argmax(0)).mean() >= 0.999 and np.abs(ours - ref).mean() < 1e-4
 
 

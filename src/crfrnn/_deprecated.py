@@ -1,19 +1,23 @@
-"""Old import paths, kept for one release: each still imports, with a :class:`FutureWarning` naming the new one.
+"""Old import paths and argument names, kept for one release: each still works, with a :class:`FutureWarning`.
 
 ``MOVED`` maps an old module path to its new home. :func:`install` puts a finder on :data:`sys.meta_path` that
 answers an import of an old path with the new module itself (the same object, so ``isinstance`` checks and
-monkeypatching keep working), after one warning.
+monkeypatching keep working), after one warning. :func:`renamed` answers old module attributes,
+:func:`renamed_arguments` old keyword arguments of a function, :func:`renamed_keys` old keys of a mapping of
+keyword arguments (a parameter file).
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.abc
 import importlib.util
+import inspect
 import sys
 import warnings
 from types import ModuleType
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence, TypeVar
 
 MOVED: dict[str, str] = {
     "crfrnn.validation": "crfrnn._utils.validation",
@@ -86,3 +90,105 @@ def renamed(module: str, names: dict[str, tuple[str, Any]]) -> Callable[[str], A
         raise AttributeError(f"module {module!r} has no attribute {name!r}")
 
     return __getattr__
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _renamed_message(where: str, old: str, new: str) -> str:
+    return f"{where}: {old}= is now {new}=; the old name goes in the next release."
+
+
+def renamed_arguments(**renames: str) -> Callable[[F], F]:
+    """Decorate a function whose keyword arguments were renamed: the old names still work, with a warning.
+
+    An old keyword is passed on under its new name after a :class:`FutureWarning`; giving both names is a
+    :class:`TypeError`. The wrapper keeps the function's name, docstring and signature (``functools.wraps``:
+    :func:`inspect.signature` shows the new names only).
+
+    Args:
+        **renames: old keyword name -> new parameter name.
+
+    Returns:
+        The decorator.
+
+    Raises:
+        TypeError: (at decoration) a new name that is not a parameter of the function, or an old one that still is.
+
+    Example:
+        >>> @renamed_arguments(iterations="num_iterations")
+        ... def run(*, num_iterations: int = 5) -> int:
+        ...     return num_iterations
+        >>> import warnings
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     run(iterations=3)
+        3
+        >>> str(caught[0].message)
+        'run: iterations= is now num_iterations=; the old name goes in the next release.'
+    """
+
+    def decorate(fn: F) -> F:
+        where = fn.__qualname__
+        parameters = inspect.signature(fn).parameters
+        positions: dict[str, int] = {}
+        for old, new in renames.items():
+            if new not in parameters or old in parameters:
+                raise TypeError(f"{where}: cannot rename {old}= to {new}=: {new} must be a parameter and {old} not.")
+            param = parameters[new]
+            if param.kind in (param.POSITIONAL_ONLY, param.POSITIONAL_OR_KEYWORD):
+                positions[new] = list(parameters).index(new)
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if kwargs:  # a plain loop: torch.compile traces it without a graph break
+                for old, new in renames.items():
+                    if old not in kwargs:
+                        continue
+                    if new in kwargs or len(args) > positions.get(new, len(args)):
+                        raise TypeError(f"{where}() got both {old}= and {new}=; pass only {new}= (the new name).")
+                    warnings.warn(_renamed_message(where, old, new), FutureWarning, stacklevel=2)
+                    kwargs[new] = kwargs.pop(old)
+            return fn(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def renamed_keys(
+    mapping: Mapping[str, Any], renames: Mapping[str, str], where: str, *, stacklevel: int = 2
+) -> dict[str, Any]:
+    """A copy of ``mapping`` (keyword arguments kept as a dict or a file) with renamed keys under their new names.
+
+    Each old key found gives the :class:`FutureWarning` of :func:`renamed_arguments`; the order of the keys is kept.
+
+    Args:
+        mapping: the keyword arguments.
+        renames: old key -> new key.
+        where: what holds them (a function or a file name), for the messages.
+        stacklevel: as :func:`warnings.warn`'s, given in the caller of this function (2: its caller).
+
+    Returns:
+        A new dict.
+
+    Raises:
+        ValueError: the mapping holds an old key and its new one.
+
+    Example:
+        >>> import warnings
+        >>> with warnings.catch_warnings():
+        ...     warnings.simplefilter("ignore")
+        ...     renamed_keys({"iterations": 5, "clip": 0.1}, {"iterations": "num_iterations"}, "params")
+        {'num_iterations': 5, 'clip': 0.1}
+    """
+    out: dict[str, Any] = {}
+    for key, value in mapping.items():
+        new = renames.get(key) if isinstance(key, str) else None
+        if new is not None:
+            if new in mapping:
+                raise ValueError(f"{where} holds both {key!r} and {new!r}; keep only {new!r} (the new name).")
+            warnings.warn(_renamed_message(where, key, new), FutureWarning, stacklevel=stacklevel + 1)
+            key = new
+        out[key] = value
+    return out

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from crfrnn._deprecated import renamed_arguments
 from crfrnn._utils.threads import adaptive_threads
 from crfrnn._utils.validation import check_guide, check_iterations, check_number, check_spacing, check_widths
 from crfrnn.crf.engine import infer
@@ -68,8 +69,9 @@ def unary_from_probs(probs: ArrayLike, *, clip: float = 1e-5, scale: Optional[fl
     return out.numpy() if is_numpy else out
 
 
+@renamed_arguments(num_labels="num_classes")
 def unary_from_labels(
-    labels: ArrayLike, num_labels: int, *, gt_prob: float = 0.5, unknown: Optional[int] = None
+    labels: ArrayLike, num_classes: int, *, gt_prob: float = 0.5, unknown: Optional[int] = None
 ) -> ArrayLike:
     """Unary logits from a hard label map trusted with probability ``gt_prob`` (densecrf's ``unary_from_labels``).
 
@@ -80,7 +82,7 @@ def unary_from_labels(
 
     Args:
         labels: ``(H, W)`` or ``(B, H, W)`` integer labels in ``0..L-1`` (or ``unknown``).
-        num_labels: ``L >= 2``.
+        num_classes: ``L >= 2``.
         gt_prob: confidence in the given labels, in ``(0, 1)``.
         unknown: a label value meaning "unknown" (e.g. 255), or None.
 
@@ -93,24 +95,24 @@ def unary_from_labels(
         raise ValueError(f"labels must be (H, W) or (B, H, W), got {getattr(labels, 'shape', type(labels))}.")
     if lab.is_floating_point() or lab.dtype == torch.bool:
         raise TypeError(f"labels must be an integer label map, got {lab.dtype}.")
-    if not isinstance(num_labels, int) or num_labels < 2:
-        raise ValueError(f"num_labels must be an integer >= 2, got {num_labels!r}.")
+    if not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}.")
     if not 0 < gt_prob < 1:
         raise ValueError(f"gt_prob must be in (0, 1), got {gt_prob}.")
     lab = lab.long()
     known = torch.ones_like(lab, dtype=torch.bool) if unknown is None else lab != unknown
-    bad = known & ((lab < 0) | (lab >= num_labels))
+    bad = known & ((lab < 0) | (lab >= num_classes))
     if bool(bad.any()):
         values = torch.unique(lab[bad])[:5].tolist()
         raise ValueError(
-            f"labels contain values {values} outside 0..{num_labels - 1}; pass num_labels large enough, or "
+            f"labels contain values {values} outside 0..{num_classes - 1}; pass num_classes large enough, or "
             f"unknown=<value> for a label meaning 'unknown'."
         )
-    off = float(np.log((1.0 - gt_prob) / (num_labels - 1)))
+    off = float(np.log((1.0 - gt_prob) / (num_classes - 1)))
     on = float(np.log(gt_prob))
-    onehot = torch.nn.functional.one_hot(torch.where(known, lab, 0), num_labels).movedim(-1, -3)
+    onehot = torch.nn.functional.one_hot(torch.where(known, lab, 0), num_classes).movedim(-1, -3)
     out = torch.where(onehot.bool(), on, off).to(torch.float32)
-    out = torch.where(known.unsqueeze(-3), out, torch.full_like(out, -float(np.log(num_labels))))
+    out = torch.where(known.unsqueeze(-3), out, torch.full_like(out, -float(np.log(num_classes))))
     return out.numpy() if is_numpy else out
 
 
@@ -197,13 +199,14 @@ def _layout(image: ArrayLike, src: Tensor, source_is_numpy: bool) -> tuple[Tenso
     return guide.unsqueeze(0), src.unsqueeze(0), True
 
 
+@renamed_arguments(iterations="num_iterations")
 @adaptive_threads
 def dense_crf(
     image: ArrayLike,
     probs: Optional[ArrayLike] = None,
     *,
     logits: Optional[ArrayLike] = None,
-    iterations: int = 5,
+    num_iterations: int = 5,
     gaussian_sxy: Width = 3.0,
     gaussian_compat: float = 3.0,
     bilateral_sxy: Width = 80.0,
@@ -231,7 +234,7 @@ def dense_crf(
             binary network's foreground probability, refined as the two-label problem it is.
         logits: instead of ``probs``, unary logits (``-energy``), e.g. a network's raw scores or the
             output of :func:`unary_from_labels`; ``L = 1`` is a single foreground logit map.
-        iterations: mean-field iterations (densecrf's ``inference(n)``).
+        num_iterations: mean-field iterations (densecrf's ``inference(n)``).
         gaussian_sxy: position width of the smoothness kernel in pixels (``addPairwiseGaussian(sxy)``): one number,
             or one per spatial axis in array order (``(s_rows, s_cols)`` for an image; densecrf's ``(sx, sy)`` is
             ``(sy, sx)`` here); in the units of ``spacing`` when one is given.
@@ -257,7 +260,7 @@ def dense_crf(
     Example:
         >>> image = np.zeros((20, 30, 3), np.uint8)
         >>> probs = np.full((2, 20, 30), 0.5, np.float32)
-        >>> dense_crf(image, probs, iterations=2).shape
+        >>> dense_crf(image, probs, num_iterations=2).shape
         (2, 20, 30)
     """
     if (probs is None) == (logits is None):
@@ -270,15 +273,15 @@ def dense_crf(
     if is_numpy and source.dtype.kind != "f":
         raise TypeError(
             f"{name} must be floating point, got {source.dtype}; for a label map use "
-            "logits=unary_from_labels(labels, num_labels, gt_prob=...)."
+            "logits=unary_from_labels(labels, num_classes, gt_prob=...)."
         )
     src = torch.from_numpy(np.ascontiguousarray(source)) if is_numpy else source
     if not src.is_floating_point():
         raise TypeError(
             f"{name} must be floating point, got {src.dtype}; for a label map use "
-            "logits=unary_from_labels(labels, num_labels, gt_prob=...)."
+            "logits=unary_from_labels(labels, num_classes, gt_prob=...)."
         )
-    iterations = check_iterations("iterations", iterations)
+    iterations = check_iterations("num_iterations", num_iterations)
     clip = check_number("clip", clip)
     if not 0 < clip < 1:
         raise ValueError(f"clip must be in (0, 1), got {clip}.")
@@ -310,7 +313,7 @@ def dense_crf(
             raise ValueError(
                 f"probs with one label (L = 1) is a binary network's foreground probability and must lie in [0, 1]; "
                 f"got values in {lo:.4g}..{hi:.4g}. Pass a sigmoid's raw scores as logits=, or a label map as "
-                "logits=unary_from_labels(labels, num_labels)."
+                "logits=unary_from_labels(labels, num_classes)."
             )
     if num_labels == 1:  # a binary network's single map: the two-label problem it is
         scores = torch.cat([1.0 - scores, scores] if probs is not None else [torch.zeros_like(scores), scores], 1)
@@ -330,7 +333,7 @@ def dense_crf(
     q = infer(
         scores.reshape(b, scores.shape[1], -1),
         kernels,
-        iterations=iterations,
+        num_iterations=iterations,
         from_probs=probs is not None,
         clip=clip,
         cache=cache,

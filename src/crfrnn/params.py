@@ -4,7 +4,7 @@
 **crfrnn.load_params(FILE))`` read it. A file is a flat YAML mapping of :func:`crfrnn.dense_crf`'s names::
 
     # crfrnn dense CRF parameters (keyword arguments of crfrnn.dense_crf)
-    iterations: 5
+    num_iterations: 5
     gaussian_sxy: 2.4
     gaussian_compat: 1.7
     bilateral_sxy: 41.3
@@ -14,10 +14,11 @@
 
 Every key is optional (:func:`crfrnn.dense_crf`'s defaults fill in the rest); unknown keys are refused. Files
 are read with ``yaml.safe_load`` only (no Python objects, no YAML tags that construct them), at most
-:data:`MAX_FILE_BYTES` bytes, and every value is checked: whole ``iterations`` in ``0..1000``, widths positive
+:data:`MAX_FILE_BYTES` bytes, and every value is checked: whole ``num_iterations`` in ``0..1000``, widths positive
 and finite (one number, or one per spatial axis / guide channel), Potts weights finite and ``>= 0``, a known
 normalisation, ``clip`` in ``(0, 1)``. Floats are written with Python's shortest round-tripping repr, so a file
-written by :func:`save_params` loads back to exactly the same values.
+written by :func:`save_params` loads back to exactly the same values. Files of earlier releases that name
+``iterations`` (now ``num_iterations``, :data:`RENAMED_PARAMS`) still load, with a :class:`FutureWarning`.
 """
 
 from __future__ import annotations
@@ -28,13 +29,22 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
-__all__ = ["DENSECRF_DEFAULTS", "MAX_FILE_BYTES", "PARAM_NAMES", "check_params", "load_params", "save_params"]
+__all__ = [
+    "DENSECRF_DEFAULTS",
+    "MAX_FILE_BYTES",
+    "PARAM_NAMES",
+    "RENAMED_PARAMS",
+    "check_params",
+    "load_params",
+    "save_params",
+]
 
+from crfrnn._deprecated import renamed_keys  # noqa: E402
 from crfrnn._utils.files import PathLike  # noqa: E402
 
 #: the keys a parameter file may hold: keyword arguments of :func:`crfrnn.dense_crf`, in the order written
 PARAM_NAMES: tuple[str, ...] = (
-    "iterations",
+    "num_iterations",
     "gaussian_sxy",
     "gaussian_compat",
     "bilateral_sxy",
@@ -46,7 +56,7 @@ PARAM_NAMES: tuple[str, ...] = (
 #: Krähenbühl's densecrf parameters as usually called: where ``crfrnn fit`` starts and what
 #: ``crfrnn evaluate``'s grid search is centred on
 DENSECRF_DEFAULTS: dict[str, Any] = {
-    "iterations": 5,
+    "num_iterations": 5,
     "gaussian_sxy": 3.0,
     "gaussian_compat": 3.0,
     "bilateral_sxy": 80.0,
@@ -54,6 +64,8 @@ DENSECRF_DEFAULTS: dict[str, Any] = {
     "bilateral_compat": 10.0,
     "normalization": "symmetric",
 }
+#: old key -> new key: names of earlier releases, still read (with a ``FutureWarning``) for one release
+RENAMED_PARAMS: dict[str, str] = {"iterations": "num_iterations"}
 #: largest parameter file read (a real one is a few hundred bytes)
 MAX_FILE_BYTES = 64 * 1024
 _MAX_ITERATIONS = 1000
@@ -90,24 +102,27 @@ def _check_width(key: str, value: Any, source: Optional[str]) -> Union[float, li
     return out if isinstance(value, (list, tuple)) else out[0]
 
 
-def check_params(params: Mapping[str, Any], *, source: Optional[str] = None) -> dict[str, Any]:
+def check_params(params: Mapping[str, Any], *, source: Optional[str] = None, stacklevel: int = 2) -> dict[str, Any]:
     """Check dense-CRF parameters and return them as plain Python values (floats, ints, lists, strings).
 
     Args:
-        params: a mapping of :data:`PARAM_NAMES` to values (any subset).
+        params: a mapping of :data:`PARAM_NAMES` to values (any subset); the old names of
+            :data:`RENAMED_PARAMS` are read as the new ones, with a ``FutureWarning``.
         source: where they come from (a file name), for error messages.
+        stacklevel: where a ``FutureWarning`` about an old name points, as :func:`warnings.warn`'s.
 
     Returns:
-        A new dict in :data:`PARAM_NAMES` order: ``iterations`` an int, widths floats or lists of floats, weights
+        A new dict in :data:`PARAM_NAMES` order: ``num_iterations`` an int, widths floats or lists of floats, weights
         and ``clip`` floats, ``normalization`` a string.
 
     Raises:
-        ValueError: an unknown key, or a value out of range (negative or zero width, NaN, ...).
+        ValueError: an unknown key, an old and a new name of one parameter, or a value out of range (negative
+            or zero width, NaN, ...).
         TypeError: a value of the wrong type (a string for a number, a bool, a mapping, ...).
 
     Example:
-        >>> check_params({"bilateral_srgb": 9, "iterations": 5})
-        {'iterations': 5, 'bilateral_srgb': 9.0}
+        >>> check_params({"bilateral_srgb": 9, "num_iterations": 5})
+        {'num_iterations': 5, 'bilateral_srgb': 9.0}
     """
     from crfrnn.crf import NORMALIZATIONS
 
@@ -116,6 +131,8 @@ def check_params(params: Mapping[str, Any], *, source: Optional[str] = None) -> 
             f"{source or 'parameters'} must be a mapping of dense_crf parameter names to values, got "
             f"{type(params).__name__}."
         )
+    if any(k in RENAMED_PARAMS for k in params):
+        params = renamed_keys(params, RENAMED_PARAMS, source or "check_params", stacklevel=stacklevel)
     unknown = [k for k in params if k not in PARAM_NAMES]
     if unknown:
         shown = ", ".join(repr(k) for k in unknown[:5])
@@ -128,7 +145,7 @@ def check_params(params: Mapping[str, Any], *, source: Optional[str] = None) -> 
         if key not in params:
             continue
         value = params[key]
-        if key == "iterations":
+        if key == "num_iterations":
             if isinstance(value, bool) or not isinstance(value, numbers.Integral):
                 raise TypeError(
                     f"{_where(source, key)} must be a whole number, got {value!r} ({type(value).__name__})."
@@ -203,7 +220,7 @@ def load_params(path: PathLike) -> dict[str, Any]:
         raise ValueError(
             f"'{name}' must hold a mapping of dense_crf parameter names to values, got a YAML {type(params).__name__}."
         )
-    return check_params(params, source=f"'{name}'")
+    return check_params(params, source=f"'{name}'", stacklevel=3)
 
 
 def save_params(params: Mapping[str, Any], path: PathLike, *, comment: Optional[str] = None) -> Path:
@@ -229,7 +246,7 @@ def save_params(params: Mapping[str, Any], path: PathLike, *, comment: Optional[
         elif isinstance(value, tuple):
             value = list(value)
         plain[key] = value
-    checked = check_params(plain)
+    checked = check_params(plain, stacklevel=3)
     lines = ["# crfrnn dense CRF parameters (keyword arguments of crfrnn.dense_crf; crfrnn refine --params)"]
     if comment:
         lines += [f"# {line}".rstrip() for line in comment.splitlines()]

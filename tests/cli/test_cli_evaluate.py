@@ -95,7 +95,7 @@ class TestEvaluateCommand:
             "--search-grid",
             '{"bilateral_srgb": [5, 13]}',
             "--dense-crf-param",
-            "iterations=2",
+            "num_iterations=2",
             "--grid",
             0,
             *FAST,
@@ -108,7 +108,7 @@ class TestEvaluateCommand:
         search = results["dense_crf_search"]
         assert len(search["table"]) == 2 and search["num_images"] == 1
         assert results["dense_crf_params"] == search["best_params"]
-        assert results["dense_crf_params"]["iterations"] == 2
+        assert results["dense_crf_params"]["num_iterations"] == 2
         assert "Dense CRF parameter search" in (out / "metrics.md").read_text()
 
     def test_search_on_the_evaluated_split_warns(self, tmp_path, capsys, checkpoint):

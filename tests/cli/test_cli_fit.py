@@ -61,7 +61,7 @@ def test_fit_writes_a_parameter_file_and_a_report(fitted, capsys):
     assert code == 0
     params = load_params(params_path)
     assert set(params) == {
-        "iterations",
+        "num_iterations",
         "gaussian_sxy",
         "gaussian_compat",
         "bilateral_sxy",
@@ -98,7 +98,7 @@ def test_refine_with_params_matches_dense_crf(folders, fitted, tmp_path):
         main(["refine", *map(str, args), "--bilateral-compat", "0", "--iterations", "2", "-o", str(tmp_path / "b.png")])
         == 0
     )
-    expected = dense_crf(image, probs, **{**params, "bilateral_compat": 0.0, "iterations": 2}).argmax(0)
+    expected = dense_crf(image, probs, **{**params, "bilateral_compat": 0.0, "num_iterations": 2}).argmax(0)
     np.testing.assert_array_equal(load_label_png(tmp_path / "b.png"), expected)
 
 
@@ -123,6 +123,18 @@ def test_refine_folder_with_params_file_holding_clip(folders, tmp_path):
     image = np.array(Image.open(folders / "images" / "s1.png"))
     expected = dense_crf(image, np.load(folders / "probs" / "s1.npy"), bilateral_compat=4.0, clip=1e-3).argmax(0)
     np.testing.assert_array_equal(load_label_png(tmp_path / "out" / "s1.png"), expected)
+
+
+def test_refine_reads_a_params_file_of_the_previous_release(folders, tmp_path):
+    # 'iterations' was the key before 'num_iterations': such files keep working for one release, with a warning
+    old = tmp_path / "old.yaml"
+    old.write_text("iterations: 2\nbilateral_compat: 4.0\n")
+    args = [str(folders / "images" / "s0.png"), str(folders / "probs" / "s0.npy"), "--params", str(old)]
+    with pytest.warns(FutureWarning, match="iterations= is now num_iterations="):
+        assert main(["refine", *args, "-o", str(tmp_path / "a.png")]) == 0
+    image = np.array(Image.open(folders / "images" / "s0.png"))
+    expected = dense_crf(image, np.load(folders / "probs" / "s0.npy"), num_iterations=2, bilateral_compat=4.0)
+    np.testing.assert_array_equal(load_label_png(tmp_path / "a.png"), expected.argmax(0))
 
 
 def test_refine_refuses_a_bad_params_file(folders, tmp_path, capsys):

@@ -555,7 +555,7 @@ class TestTrust:
         scores = read_scores(tmp_path / "voc.png", (H, W))
         assert scores.values.shape == (L, H, W) and any("255" in n for n in scores.notes)
         # 255 really is a label when --num-labels says so
-        assert read_scores(tmp_path / "voc.png", (H, W), num_labels=256).values.shape[0] == 256
+        assert read_scores(tmp_path / "voc.png", (H, W), num_classes=256).values.shape[0] == 256
 
     def test_255_with_large_labels_is_refused_with_the_fix(self, files, tmp_path, capsys):
         image, _, truth, _ = files

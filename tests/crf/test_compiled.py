@@ -63,7 +63,7 @@ class TestAgainstTorchPath:
     def test_values_and_gradients(self, dtype, tol, form, normalization, exclude_self):
         unary, kernels, params = _problem(dtype, form, normalization, exclude_self)
         upstream = torch.randn(B, L, N, generator=torch.Generator().manual_seed(5), dtype=dtype)
-        kwargs = dict(iterations=3, return_logits=form == "matrix")
+        kwargs = dict(num_iterations=3, return_logits=form == "matrix")
         out_c, grads_c = _grads(unary, kernels, params, True, upstream, **kwargs)
         out_t, grads_t = _grads(unary, kernels, params, False, upstream, **kwargs)
         assert torch.allclose(out_c, out_t, rtol=tol, atol=tol * out_t.abs().max())
@@ -80,7 +80,7 @@ class TestAgainstTorchPath:
         ]
         extra = [w for pairs in sets for w, _ in pairs]
         upstream = torch.randn(B, L, N, generator=g, dtype=torch.float64)
-        kwargs = dict(iterations=4, iteration_weights=sets)
+        kwargs = dict(num_iterations=4, iteration_weights=sets)
         out_c, grads_c = _grads(unary, kernels, [unary] + extra, True, upstream, **kwargs)
         out_t, grads_t = _grads(unary, kernels, [unary] + extra, False, upstream, **kwargs)
         assert torch.allclose(out_c, out_t, atol=1e-12)
@@ -92,8 +92,10 @@ class TestAgainstTorchPath:
         g = torch.Generator().manual_seed(4)
         probs = torch.softmax(torch.randn(B, L, N, generator=g, dtype=torch.float64) * 3, 1).requires_grad_(True)
         upstream = torch.randn(B, L, N, generator=g, dtype=torch.float64)
-        out_c, grads_c = _grads(probs, kernels, [probs] + params[1:], True, upstream, iterations=2, from_probs=True)
-        out_t, grads_t = _grads(probs, kernels, [probs] + params[1:], False, upstream, iterations=2, from_probs=True)
+        out_c, grads_c = _grads(probs, kernels, [probs] + params[1:], True, upstream, num_iterations=2, from_probs=True)
+        out_t, grads_t = _grads(
+            probs, kernels, [probs] + params[1:], False, upstream, num_iterations=2, from_probs=True
+        )
         assert torch.allclose(out_c, out_t, atol=1e-12)
         for gc, gt in zip(grads_c, grads_t):
             assert torch.allclose(gc, gt, atol=1e-10 * float(gt.abs().max()))
@@ -104,14 +106,14 @@ class TestAgainstTorchPath:
             k.weight = k.weight.detach()
             k.compatibility = None if k.compatibility is None else k.compatibility.detach()
         upstream = torch.randn(B, L, N, dtype=torch.float64)
-        (gc,) = _grads(unary, kernels, [unary], True, upstream, iterations=3)[1]
-        (gt,) = _grads(unary, kernels, [unary], False, upstream, iterations=3)[1]
+        (gc,) = _grads(unary, kernels, [unary], True, upstream, num_iterations=3)[1]
+        (gt,) = _grads(unary, kernels, [unary], False, upstream, num_iterations=3)[1]
         assert torch.allclose(gc, gt, atol=1e-12)
 
     def test_batch_equals_singles(self):
         unary, kernels, params = _problem(torch.float64, "matrix")
         upstream = torch.randn(B, L, N, dtype=torch.float64)
-        out, grads = _grads(unary, kernels, params, True, upstream, iterations=3)
+        out, grads = _grads(unary, kernels, params, True, upstream, num_iterations=3)
         for i in range(B):
             single = [
                 Pairwise(
@@ -122,7 +124,7 @@ class TestAgainstTorchPath:
                 for k in kernels
             ]
             u = unary[i : i + 1]
-            out_i = infer(u, single, iterations=3)
+            out_i = infer(u, single, num_iterations=3)
             assert torch.allclose(out_i.detach(), out[i : i + 1], atol=1e-13)
             (g_i,) = torch.autograd.grad((out_i * upstream[i : i + 1]).sum(), [unary])
             assert torch.allclose(g_i[i], grads[0][i], atol=1e-12)
@@ -144,7 +146,7 @@ class TestGradcheck:
                 )
                 for k, w, c in zip(kernels, ts[:2], (ts[2:] or [None]) * 2)
             ]
-            return infer(u, ks, iterations=2)
+            return infer(u, ks, num_iterations=2)
 
         inputs = (unary, *params[1:])
         assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-7, rtol=1e-5)
@@ -163,7 +165,9 @@ class TestGradcheck:
         _compiled._backward = wrong
         try:
             with pytest.raises(RuntimeError, match="Jacobian mismatch"):
-                torch.autograd.gradcheck(lambda u: infer(u, kernels[:1], iterations=2), (unary,), eps=1e-6, atol=1e-7)
+                torch.autograd.gradcheck(
+                    lambda u: infer(u, kernels[:1], num_iterations=2), (unary,), eps=1e-6, atol=1e-7
+                )
         finally:
             _compiled._backward = original
 
@@ -174,31 +178,31 @@ class TestPathChoice:
 
     def test_gradient_on_the_cpu_takes_the_compiled_path(self):
         unary, kernels, _ = _problem(torch.float32, "matrix")
-        assert "CompiledMeanField" in self._fn_name(infer(unary, kernels, iterations=2))
+        assert "CompiledMeanField" in self._fn_name(infer(unary, kernels, num_iterations=2))
 
     def test_memory_efficient_keeps_less_and_gives_the_same_gradients(self):
         from crfrnn._utils.profiling import saved_activation_bytes
 
         unary, kernels, params = _problem(torch.float64, "matrix", exclude_self=True)
         upstream = torch.randn(B, L, N, dtype=torch.float64)
-        out_d, grads_d = _grads(unary, kernels, params, True, upstream, iterations=3)
-        out_m, grads_m = _grads(unary, kernels, params, True, upstream, iterations=3, memory_efficient=True)
+        out_d, grads_d = _grads(unary, kernels, params, True, upstream, num_iterations=3)
+        out_m, grads_m = _grads(unary, kernels, params, True, upstream, num_iterations=3, memory_efficient=True)
         assert torch.equal(out_d, out_m)
         for a, b in zip(grads_d, grads_m):
             assert torch.allclose(a, b, atol=1e-12 * float(b.abs().max()))
-        default = saved_activation_bytes(lambda: infer(unary, kernels, iterations=3))
-        efficient = saved_activation_bytes(lambda: infer(unary, kernels, iterations=3, memory_efficient=True))
+        default = saved_activation_bytes(lambda: infer(unary, kernels, num_iterations=3))
+        efficient = saved_activation_bytes(lambda: infer(unary, kernels, num_iterations=3, memory_efficient=True))
         # the marginals only; by default also the blurred vertex buffers of each lattice with fewer vertices than
         # points (rows rounded up by at most 1/8), never more than marginals and K messages would be
         assert efficient < default <= (1 + len(kernels)) * efficient * 1.125
 
     def test_feature_gradients_and_compiled_false_take_the_torch_path(self):
         unary, kernels, _ = _problem(torch.float32, "matrix")
-        assert "CompiledMeanField" in self._fn_name(infer(unary, kernels, iterations=2, memory_efficient=True))
+        assert "CompiledMeanField" in self._fn_name(infer(unary, kernels, num_iterations=2, memory_efficient=True))
         feats = kernels[1].features.clone().requires_grad_(True)
         kernels[1].features = feats
-        assert "CompiledMeanField" not in self._fn_name(infer(unary, kernels, iterations=2))
-        assert "CompiledMeanField" not in self._fn_name(infer(unary, kernels, iterations=2, compiled=False))
+        assert "CompiledMeanField" not in self._fn_name(infer(unary, kernels, num_iterations=2))
+        assert "CompiledMeanField" not in self._fn_name(infer(unary, kernels, num_iterations=2, compiled=False))
 
     def test_crfrnn_training_uses_it_and_matches_the_torch_path(self, monkeypatch):
         torch.manual_seed(0)
@@ -223,7 +227,7 @@ class TestPathChoice:
 
     def test_retain_graph_twice_gives_the_same_gradient(self):
         unary, kernels, params = _problem(torch.float64, "matrix")
-        out = infer(unary, kernels, iterations=2, cache=KernelCache())
+        out = infer(unary, kernels, num_iterations=2, cache=KernelCache())
         first = torch.autograd.grad(out.sum(), params, retain_graph=True)
         second = torch.autograd.grad(out.sum(), params)
         for a, b in zip(first, second):
@@ -232,11 +236,11 @@ class TestPathChoice:
     def test_a_retained_graph_keeps_its_buffers_while_others_run(self):
         """Buffers are reused between calls, but never while a retained graph may still need them."""
         unary, kernels, params = _problem(torch.float64, "matrix")
-        out = infer(unary, kernels, iterations=3)
+        out = infer(unary, kernels, num_iterations=3)
         first = torch.autograd.grad(out.sum(), params, retain_graph=True)
         for seed in (1, 2):  # other calls of the same shape in between, their graphs released
             u2, k2, p2 = _problem(torch.float64, "matrix", seed=seed)
-            torch.autograd.grad(infer(u2, k2, iterations=3).sum(), p2)
+            torch.autograd.grad(infer(u2, k2, num_iterations=3).sum(), p2)
         again = torch.autograd.grad(out.sum(), params)
         for a, b in zip(first, again):
             assert torch.equal(a, b)
@@ -245,10 +249,10 @@ class TestPathChoice:
         from crfrnn.crf import _compiled
 
         unary, kernels, params = _problem(torch.float32, "matrix")
-        out = infer(unary, kernels, iterations=2)
+        out = infer(unary, kernels, num_iterations=2)
         saved = {t.data_ptr() for t in out.grad_fn.saved_tensors if t.numel()}
         out.sum().backward()
-        out2 = infer(unary, kernels, iterations=2)
+        out2 = infer(unary, kernels, num_iterations=2)
         assert saved & {t.data_ptr() for t in out2.grad_fn.saved_tensors if t.numel()}
         _compiled.release_buffers()
 
@@ -257,15 +261,15 @@ class TestPathChoice:
         bad = unary.detach().clone()
         bad[1, 2, 3] = float("inf")
         with pytest.raises(ValueError, match="NaN or infinite"):
-            infer(bad.requires_grad_(True), kernels, iterations=2)
+            infer(bad.requires_grad_(True), kernels, num_iterations=2)
         probs = torch.softmax(unary.detach(), 1)
         probs[0, 0, 0] = -0.5
         with pytest.raises(ValueError, match="negative"):
-            infer(probs.requires_grad_(True), kernels, iterations=2, from_probs=True)
+            infer(probs.requires_grad_(True), kernels, num_iterations=2, from_probs=True)
 
     def test_double_backward_is_refused_clearly(self):
         unary, kernels, _ = _problem(torch.float64, "matrix")
-        out = infer(unary, kernels, iterations=2)
+        out = infer(unary, kernels, num_iterations=2)
         (g,) = torch.autograd.grad(out.square().sum(), [unary], create_graph=True)
         with pytest.raises(RuntimeError, match="once_differentiable|twice"):
             g.sum().backward()

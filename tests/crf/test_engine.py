@@ -87,7 +87,7 @@ class TestEngine:
         n, num_labels = 60, 4
         terms = random_terms(count, n, num_labels, torch.float64, g, batch=2)
         u = torch.randn(2, num_labels, n, dtype=torch.float64, generator=g)
-        ours = infer(u.to(DEVICE), as_pairwise(on(DEVICE, terms)), iterations=4, exact=True)
+        ours = infer(u.to(DEVICE), as_pairwise(on(DEVICE, terms)), num_iterations=4, exact=True)
         assert ours.device.type == DEVICE.type
         ours = ours.cpu()  # the reference runs on the CPU
         for b in range(2):
@@ -104,10 +104,10 @@ class TestEngine:
         terms[0] = (terms[0][0][:1],) + terms[0][1:]  # one kernel shared by the batch
         u = torch.randn(2, num_labels, n, dtype=dtype, generator=g) * 2
         with torch.no_grad():
-            fused = infer(u, as_pairwise(terms), iterations=5)
-            fused_logits = infer(u, as_pairwise(terms), iterations=5, return_logits=True)
-        diff = infer(u.clone().requires_grad_(), as_pairwise(terms), iterations=5)  # the torch path
-        diff_logits = infer(u.clone().requires_grad_(), as_pairwise(terms), iterations=5, return_logits=True)
+            fused = infer(u, as_pairwise(terms), num_iterations=5)
+            fused_logits = infer(u, as_pairwise(terms), num_iterations=5, return_logits=True)
+        diff = infer(u.clone().requires_grad_(), as_pairwise(terms), num_iterations=5)  # the torch path
+        diff_logits = infer(u.clone().requires_grad_(), as_pairwise(terms), num_iterations=5, return_logits=True)
         assert diff.requires_grad
         tol = 1e-10 if dtype == torch.float64 else 2e-5
         assert (fused - diff.detach()).abs().max() < tol
@@ -119,8 +119,8 @@ class TestEngine:
         g = torch.Generator().manual_seed(20 + count)
         terms = on(DEVICE, random_terms(count, 400, 3, torch.float64, g))
         u = (torch.randn(1, 3, 400, dtype=torch.float64, generator=g) * 2).to(DEVICE)
-        exact = infer(u, as_pairwise(terms), iterations=5, exact=True)
-        approx = infer(u, as_pairwise(terms), iterations=5)
+        exact = infer(u, as_pairwise(terms), num_iterations=5, exact=True)
+        approx = infer(u, as_pairwise(terms), num_iterations=5)
         assert (approx - exact).abs().mean() < 0.03
         assert (approx.argmax(1) == exact.argmax(1)).double().mean() > 0.95
 
@@ -128,9 +128,9 @@ class TestEngine:
         g = torch.Generator().manual_seed(3)
         terms = on(DEVICE, random_terms(3, 100, 4, torch.float64, g, batch=3))
         u = torch.randn(3, 4, 100, dtype=torch.float64, generator=g).to(DEVICE)
-        batched = infer(u, as_pairwise(terms), iterations=3)
+        batched = infer(u, as_pairwise(terms), num_iterations=3)
         for b in range(3):
-            single = infer(u[b : b + 1], as_pairwise([(t[0][b : b + 1],) + t[1:] for t in terms]), iterations=3)
+            single = infer(u[b : b + 1], as_pairwise([(t[0][b : b + 1],) + t[1:] for t in terms]), num_iterations=3)
             assert torch.allclose(batched[b : b + 1], single, atol=1e-12)
 
     def test_gradcheck_every_form(self):
@@ -142,7 +142,7 @@ class TestEngine:
 
         def fn(u, w, mu):
             ts = [terms[0], (terms[1][0], w, mu, "row", True), terms[3]]
-            return infer(u, as_pairwise(ts), iterations=3, return_logits=True)
+            return infer(u, as_pairwise(ts), num_iterations=3, return_logits=True)
 
         assert torch.autograd.gradcheck(fn, (u, w, mu))
 
@@ -150,17 +150,17 @@ class TestEngine:
         u = torch.randn(1, 3, 10)
         f = torch.rand(1, 10, 2)
         with pytest.raises(ValueError, match=r"\(L,\) = \(3,\)"):
-            infer(u, [Pairwise(f, weight=torch.ones(4))], iterations=1)
+            infer(u, [Pairwise(f, weight=torch.ones(4))], num_iterations=1)
         with pytest.raises(ValueError, match="NaN or infinite"):
-            infer(u, [Pairwise(f, weight=torch.tensor([1.0, float("nan"), 1.0]))], iterations=1)
+            infer(u, [Pairwise(f, weight=torch.tensor([1.0, float("nan"), 1.0]))], num_iterations=1)
         with pytest.raises(ValueError, match="finite"):
-            infer(u, [Pairwise(f, weight=float("inf"))], iterations=1)
+            infer(u, [Pairwise(f, weight=float("inf"))], num_iterations=1)
         with pytest.raises(ValueError, match="features must be"):
-            infer(u, [Pairwise(torch.rand(1, 11, 2))], iterations=1)
+            infer(u, [Pairwise(torch.rand(1, 11, 2))], num_iterations=1)
         with pytest.raises(ValueError, match="normalization"):
-            infer(u, [Pairwise(f, normalization="l2")], iterations=1)
+            infer(u, [Pairwise(f, normalization="l2")], num_iterations=1)
         with pytest.raises(ValueError, match="Potts"):
-            infer(u, [Pairwise(f, compatibility=torch.tensor(2.0))], iterations=1)
+            infer(u, [Pairwise(f, compatibility=torch.tensor(2.0))], num_iterations=1)
 
 
 def photo_problem(h=24, w=32, num_labels=4, seed=0):
@@ -201,7 +201,7 @@ class TestEntryPoints:
         image = img[0].permute(1, 2, 0).round().to(torch.uint8).numpy()
         exact = densecrf_reference(torch.from_numpy(image).permute(2, 0, 1)[None], probs, 5)
         p = probs[0].numpy()
-        q = dense_crf(image, p, iterations=5, bilateral_sxy=10.0, bilateral_srgb=20.0, bilateral_compat=5.0)
+        q = dense_crf(image, p, num_iterations=5, bilateral_sxy=10.0, bilateral_srgb=20.0, bilateral_compat=5.0)
         self._close(q, exact)
         d = dcrf.DenseCRF2D(32, 24, 4)
         d.setUnaryEnergy(dcrf.unary_from_softmax(p))
@@ -233,7 +233,7 @@ class TestEntryPoints:
             q2 = crf(u.to(DEVICE), img.to(DEVICE)).softmax(1)[0].cpu()
         self._close(q, exact)
         assert (q - q2).abs().max() < 1e-5
-        q3 = dense_crf(img, probs, iterations=5, bilateral_sxy=10.0, bilateral_srgb=20.0, bilateral_compat=5.0)[0]
+        q3 = dense_crf(img, probs, num_iterations=5, bilateral_sxy=10.0, bilateral_srgb=20.0, bilateral_compat=5.0)[0]
         assert (q - q3).abs().max() < 1e-5
 
 
@@ -273,12 +273,12 @@ class TestDimensions:
         rng = np.random.default_rng(0)
         vol = (rng.random((6, 8, 10)) * 255).astype(np.uint8)
         probs = rng.dirichlet(np.ones(3), (6, 8, 10)).transpose(3, 0, 1, 2).astype(np.float32)
-        q = dense_crf(vol, probs, iterations=3, spacing=(2.5, 1.0, 1.0))
+        q = dense_crf(vol, probs, num_iterations=3, spacing=(2.5, 1.0, 1.0))
         assert q.shape == probs.shape and np.allclose(q.sum(0), 1, atol=1e-5)
-        q_c = dense_crf(vol[..., None], probs, iterations=3, spacing=(2.5, 1.0, 1.0))  # S + (C,)
+        q_c = dense_crf(vol[..., None], probs, num_iterations=3, spacing=(2.5, 1.0, 1.0))  # S + (C,)
         assert np.abs(q - q_c).max() < 1e-6
         two = np.stack([vol, 255 - vol], -1)  # two modalities
-        assert dense_crf(two, probs, iterations=3, bilateral_srgb=(13.0, 20.0)).shape == probs.shape
+        assert dense_crf(two, probs, num_iterations=3, bilateral_srgb=(13.0, 20.0)).shape == probs.shape
         with pytest.raises(ValueError, match="bilateral_srgb must be one number or 2"):
             dense_crf(two, probs, bilateral_srgb=(13.0, 20.0, 5.0))
         with pytest.raises(ValueError, match="spacing"):
@@ -290,7 +290,7 @@ class TestDimensions:
         x = np.concatenate([np.zeros(30), np.full(30, 200.0)]).astype(np.float32)
         p = np.where(np.arange(60) < 33, 0.7, 0.3).astype(np.float32)
         probs = np.stack([p, 1 - p])
-        q = dense_crf(x, probs, iterations=5, gaussian_sxy=2.0, bilateral_sxy=10.0, bilateral_srgb=20.0)
+        q = dense_crf(x, probs, num_iterations=5, gaussian_sxy=2.0, bilateral_sxy=10.0, bilateral_srgb=20.0)
         assert q.shape == (2, 60)
         assert (q.argmax(0)[:30] == 0).all() and (q.argmax(0)[30:] == 1).all()  # the edge moved to the signal's
 
@@ -299,8 +299,8 @@ class TestBinary:
     def test_single_map_is_the_two_label_problem(self):
         img, probs = photo_problem(num_labels=2, seed=2)
         fg = probs[:, 1:]
-        q1 = dense_crf(img, fg, iterations=4)
-        q2 = dense_crf(img, probs, iterations=4)
+        q1 = dense_crf(img, fg, num_iterations=4)
+        q2 = dense_crf(img, probs, num_iterations=4)
         assert q1.shape == fg.shape
         assert torch.allclose(q1, q2[:, 1:], atol=1e-6)
         z = torch.logit(fg.clamp(1e-4, 1 - 1e-4))
@@ -322,7 +322,7 @@ class TestBinary:
         img[:, 6:] = 200
         p = np.full((1, 10, 12), 0.4, np.float32)
         p[0, :, 7:] = 0.9
-        q = dense_crf(img, p, iterations=5)
+        q = dense_crf(img, p, num_iterations=5)
         assert q.shape == (1, 10, 12) and ((q >= 0) & (q <= 1)).all()
 
 
@@ -330,13 +330,13 @@ class TestCacheAndThreads:
     def test_cache_reuses_and_clears(self):
         img, probs = photo_problem()
         cache = KernelCache()
-        a = dense_crf(img, probs, iterations=3, cache=cache)
+        a = dense_crf(img, probs, num_iterations=3, cache=cache)
         assert len(cache) == 1
-        b = dense_crf(img, probs, iterations=3, cache=cache)
+        b = dense_crf(img, probs, num_iterations=3, cache=cache)
         assert torch.equal(a, b) and len(cache) == 1
         cache.clear()
         assert len(cache) == 0
-        assert torch.equal(dense_crf(img, probs, iterations=3), a)  # without a cache: nothing kept, same result
+        assert torch.equal(dense_crf(img, probs, num_iterations=3), a)  # without a cache: nothing kept, same result
         crf = CrfRnn(4)
         with torch.no_grad():
             crf.eval()(probs.log(), img)
@@ -349,7 +349,7 @@ class TestCacheAndThreads:
     def test_threads_give_the_sequential_results(self, same_size):
         problems = [photo_problem(h=20 + (0 if same_size else 3 * i), w=28, seed=i) for i in range(6)]
         cache = KernelCache()
-        expected = [dense_crf(img, p, iterations=5) for img, p in problems]
+        expected = [dense_crf(img, p, num_iterations=5) for img, p in problems]
         results: dict[int, torch.Tensor] = {}
         errors: list[BaseException] = []
 
@@ -357,7 +357,7 @@ class TestCacheAndThreads:
             try:
                 for _ in range(3):
                     img, p = problems[i]
-                    results[i] = dense_crf(img, p, iterations=5, cache=cache)
+                    results[i] = dense_crf(img, p, num_iterations=5, cache=cache)
                     assert torch.equal(results[i], expected[i])
             except BaseException as e:  # noqa: BLE001 - reported below
                 errors.append(e)
@@ -384,9 +384,9 @@ class TestValidation:
         with pytest.raises(ValueError, match="gaussian_compat must be finite"):
             dense_crf(img, probs, gaussian_compat=float("inf"))
         with pytest.raises(TypeError, match="iterations must be a whole number"):
-            dense_crf(img, probs, iterations=2.7)
+            dense_crf(img, probs, num_iterations=2.7)
         with pytest.raises(ValueError, match="iterations must be >= 0"):
-            dense_crf(img, probs, iterations=-1)
+            dense_crf(img, probs, num_iterations=-1)
         with pytest.raises(ValueError, match="theta_alpha must be one number or 2"):
             mean_field(probs.log(), img, theta_alpha=(1.0, 2.0, 3.0))
         with pytest.raises(ValueError, match="compatibility contains NaN"):
@@ -409,7 +409,7 @@ class TestValidation:
 
     def test_half_precision_probabilities(self):
         img, probs = photo_problem()
-        q = dense_crf(img, probs.to(torch.bfloat16), iterations=2)
+        q = dense_crf(img, probs.to(torch.bfloat16), num_iterations=2)
         assert q.dtype == torch.float32 and torch.isfinite(q).all()
         out = mean_field(probs.log().to(torch.bfloat16), img, num_iterations=2)
         assert out.dtype == torch.bfloat16

@@ -76,7 +76,7 @@ class TestUntied:
             q = torch.softmax(logits, 1)
             # one iteration from marginals q: logits = U + sum_k T_k message_k(q), via infer on log q with
             # the unary added back
-            step = infer(q, ks, iterations=1, from_probs=True, clip=1e-300, return_logits=True)
+            step = infer(q, ks, num_iterations=1, from_probs=True, clip=1e-300, return_logits=True)
             logits = u + (step - q.clamp_min(1e-300).log())
         torch.testing.assert_close(out.reshape(2, 3, n), logits, rtol=0, atol=1e-10)
         with torch.no_grad():  # the fused path agrees
@@ -157,6 +157,6 @@ class TestUntied:
             infer(
                 unary.reshape(2, 3, -1),
                 [Pairwise(position_features((7, 8), 3.0, dtype=F64))],
-                iterations=1,
+                num_iterations=1,
                 iteration_weights=[[(1.0, None), (1.0, None)]],
             )

@@ -338,7 +338,7 @@ class TestOtherDoors:
         sxy = torch.tensor(8.0, dtype=torch.float64, requires_grad=True)
         srgb = torch.tensor([20.0, 30.0, 25.0], dtype=torch.float64, requires_grad=True)
         gxy = torch.tensor([2.0, 3.0], dtype=torch.float64, requires_grad=True)
-        q = dense_crf(img, probs, bilateral_sxy=sxy, bilateral_srgb=srgb, gaussian_sxy=gxy, iterations=2)
+        q = dense_crf(img, probs, bilateral_sxy=sxy, bilateral_srgb=srgb, gaussian_sxy=gxy, num_iterations=2)
         (q * probs.roll(1, 0)).sum().backward()
         for t in (sxy, srgb, gxy, img):
             assert t.grad is not None and bool(torch.isfinite(t.grad).all()) and t.grad.abs().sum() > 0

@@ -1,7 +1,7 @@
 """Library messages name parameters; the command line names its flags.
 
 Errors and notes of :mod:`crfrnn.io` (and of :mod:`crfrnn._utils.images`) write the parameter that fixes a
-problem between backticks, as Python spells it (``layout='hwl'``, ``logits=True``, ``num_labels``). A command
+problem between backticks, as Python spells it (``layout='hwl'``, ``logits=True``, ``num_classes``). A command
 maps its parameters to its flags (``{"layout": "--layout"}``) and :func:`name_flags` rewrites such a message
 for the command line (``--layout hwl``, ``--logits``, ``--num-labels``).
 """
@@ -23,8 +23,8 @@ def name_flags(message: str, flags: Mapping[str, str]) -> str:
     parameter without a flag its Python spelling without the backticks.
 
     Example:
-        >>> name_flags("pass `layout='hwl'` or `logits=True`; check `num_labels`", {"layout": "--layout",
-        ...            "logits": "--logits", "num_labels": "--num-labels"})
+        >>> name_flags("pass `layout='hwl'` or `logits=True`; check `num_classes`", {"layout": "--layout",
+        ...            "logits": "--logits", "num_classes": "--num-labels"})
         'pass --layout hwl or --logits; check --num-labels'
     """
 

@@ -44,7 +44,7 @@ FLAGS = {
     "layout": "--layout",
     "logits": "--logits",
     "max_memory": "--max-memory",
-    "num_labels": "--num-labels",
+    "num_classes": "--num-labels",
     "resize": "--resize",
     "unknown": "--unknown",
 }
@@ -56,7 +56,7 @@ def input_error(err: BaseException) -> CommandError:
 
 
 def crf_options(args: argparse.Namespace) -> Dict[str, Any]:
-    names = ("iterations", "gaussian_sxy", "gaussian_compat", "bilateral_sxy", "bilateral_srgb", "bilateral_compat")
+    names = ("num_iterations", "gaussian_sxy", "gaussian_compat", "bilateral_sxy", "bilateral_srgb", "bilateral_compat")
     return (
         {name: getattr(args, name) for name in names}
         | {"normalization": args.normalization}
@@ -86,7 +86,7 @@ def refine_one(
             layout=args.layout,
             logits=args.logits,
             gt_prob=args.gt_prob,
-            num_labels=args.num_labels,
+            num_classes=args.num_labels,
             unknown=args.unknown,
             resize=args.resize,
             max_memory=args.max_memory,

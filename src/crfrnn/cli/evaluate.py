@@ -129,11 +129,12 @@ def _parse_value(text: str) -> Any:
 
 
 def _dense_crf_params(pairs: list[str]) -> dict[str, Any]:
-    from crfrnn.params import DENSECRF_DEFAULTS
+    from crfrnn.params import DENSECRF_DEFAULTS, RENAMED_PARAMS
 
     params: dict[str, Any] = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
+        name = RENAMED_PARAMS.get(name, name)  # the names of earlier releases (iterations) still work
         if not sep or name not in DENSECRF_DEFAULTS:
             raise CommandError(
                 f"--dense-crf-param {pair!r}: expected NAME=VALUE with NAME one of {sorted(DENSECRF_DEFAULTS)}."

@@ -37,7 +37,7 @@ FLAGS = {
     "key": "--key",
     "layout": "--layout",
     "logits": "--logits",
-    "num_labels": "--num-labels",
+    "num_classes": "--num-labels",
     "resize": "--resize",
     "unknown": "--ignore-index",
 }
@@ -213,7 +213,7 @@ def _read(args: argparse.Namespace) -> tuple[list, list, list, list[str], bool]:
                 layout=args.layout,
                 logits=args.logits,
                 gt_prob=args.gt_prob,
-                num_labels=args.num_labels,
+                num_classes=args.num_labels,
                 resize=args.resize,
             )
             count = s.values.shape[0]
@@ -223,7 +223,7 @@ def _read(args: argparse.Namespace) -> tuple[list, list, list, list[str], bool]:
                     f"'{scores_path}' holds scores for {count} labels but the first file for "
                     f"{num_labels}; every image needs the same labels."
                 )
-            mask = read_scores(mask_path, size, num_labels=max(count, 2), unknown=args.ignore_index).labels
+            mask = read_scores(mask_path, size, num_classes=max(count, 2), unknown=args.ignore_index).labels
         except MemoryError as err:
             raise CommandError(f"ran out of memory reading '{image_path}': {err or 'MemoryError'}", 1) from err
         except (OSError, ValueError, TypeError) as err:
@@ -296,7 +296,7 @@ def run(args: argparse.Namespace) -> int:
             labels,
             logits=is_logits,
             init=init,
-            iterations=args.iterations,
+            num_iterations=args.iterations,
             epochs=args.epochs,
             lr=args.lr,
             val_fraction=args.val_fraction,

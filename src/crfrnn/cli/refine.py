@@ -218,6 +218,7 @@ def add_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]"
     )
     crf.add_argument(
         "--iterations",
+        dest="num_iterations",
         type=number_type(int, 0, False),
         default=None,
         metavar="N",
@@ -282,7 +283,7 @@ def add_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
 _CRF_DEFAULTS = {
-    "iterations": 5,
+    "num_iterations": 5,
     "gaussian_sxy": 3.0,
     "gaussian_compat": 3.0,
     "bilateral_sxy": 80.0,

@@ -165,7 +165,7 @@ class DenseCRF:
     def inference(self, niter: int) -> np.ndarray:
         """Marginals ``(L, N)`` float32 after ``niter`` mean-field iterations (``np.array(Q)`` works)."""
         niter = check_iterations("niter", niter)
-        q = infer(self._logits(), self._pairwise, iterations=niter, cache=self._cache, name="unary energy")
+        q = infer(self._logits(), self._pairwise, num_iterations=niter, cache=self._cache, name="unary energy")
         return q[0].numpy()
 
     def startInference(self):  # noqa: N802

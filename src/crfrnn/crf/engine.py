@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
+from crfrnn._deprecated import renamed_arguments
 from crfrnn._utils.threads import adaptive_threads
 from crfrnn.crf._checks import assert_scores, check_scores, torch_stats
 from crfrnn.crf._compiled import compiled_mean_field
@@ -46,12 +47,13 @@ from crfrnn.lattice._backends import resolve_backend
 __all__ = ["infer"]
 
 
+@renamed_arguments(iterations="num_iterations")
 @adaptive_threads
 def infer(
     scores: Tensor,
     kernels: Sequence[Pairwise],
     *,
-    iterations: int,
+    num_iterations: int,
     from_probs: bool = False,
     clip: float = 1e-5,
     return_logits: bool = False,
@@ -70,7 +72,7 @@ def infer(
         scores: ``(B, L, N)`` float32/float64 unary logits, or probabilities with ``from_probs`` (then the
             unary is ``log(max(p, clip))``), on any device.
         kernels: the pairwise terms; features ``(B, N, D)`` or ``(1, N, D)``.
-        iterations: ``T >= 0``.
+        num_iterations: ``T >= 0``.
         from_probs: ``scores`` are probabilities (checked to sum to 1 over labels), not logits.
         clip: the smallest probability taken as is with ``from_probs``; smaller ones are raised to it before the
             logarithm.
@@ -95,6 +97,7 @@ def infer(
     """
     b, num_labels, n = scores.shape
     dtype = scores.dtype
+    iterations = num_iterations
     transforms = [
         label_transform(k.weight, k.compatibility, num_labels, scores, name=k.names[0], compat_name=k.names[1])
         for k in kernels

@@ -150,7 +150,7 @@ def mean_field(
         out = infer(
             u.reshape(b, num_labels, -1),
             kernels,
-            iterations=iterations,
+            num_iterations=iterations,
             return_logits=True,
             memory_efficient=memory_efficient,
             exact=exact,

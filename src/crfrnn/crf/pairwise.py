@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from crfrnn._deprecated import renamed_arguments
 from crfrnn._utils.validation import check_number, widths_need_grad
 from crfrnn.crf.features import bilateral_features, position_features
 from crfrnn.crf.kernels import GaussianKernel, KernelCache
@@ -46,7 +47,7 @@ class Pairwise:
     Example:
         >>> from crfrnn.crf import infer, position_features
         >>> k = Pairwise(position_features((8, 8), 3.0), weight=3.0)
-        >>> infer(torch.randn(2, 4, 64), [k], iterations=2).shape
+        >>> infer(torch.randn(2, 4, 64), [k], num_iterations=2).shape
         torch.Size([2, 4, 64])
     """
 
@@ -65,10 +66,11 @@ def _as_tensor(value: Union[Tensor, np.ndarray], like: Tensor) -> Tensor:
     return value.to(device=like.device, dtype=like.dtype)
 
 
+@renamed_arguments(num_labels="num_classes")
 def label_transform(
     weight: Weight,
     compatibility,
-    num_labels: int,
+    num_classes: int,
     like: Tensor,
     *,
     name: str = "weight",
@@ -79,15 +81,15 @@ def label_transform(
     Raises:
         ValueError: a weight or compatibility of the wrong shape, or not finite.
     """
-    shapes = {(): "number", (num_labels,): "vector", (num_labels, num_labels): "matrix"}
+    shapes = {(): "number", (num_classes,): "vector", (num_classes, num_classes): "matrix"}
 
     def check(value, what):
         if isinstance(value, (Tensor, np.ndarray)):
             t = _as_tensor(value, like)
             if tuple(t.shape) not in shapes:
                 raise ValueError(
-                    f"{what} must be a number, an (L,) = ({num_labels},) vector or an (L, L) = ({num_labels}, "
-                    f"{num_labels}) matrix, got shape {tuple(t.shape)}."
+                    f"{what} must be a number, an (L,) = ({num_classes},) vector or an (L, L) = ({num_classes}, "
+                    f"{num_classes}) matrix, got shape {tuple(t.shape)}."
                 )
             if torch.compiler.is_compiling():  # on the device, no value read back
                 torch._assert_async(torch.isfinite(t.detach()).all(), f"crfrnn: {what} contains NaN or infinite values")

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from crfrnn import _deprecated
+from crfrnn._deprecated import renamed_arguments, renamed_keys
 from crfrnn.crf import KernelCache, mean_field
 from crfrnn.fit._samples import (
     check_count,
@@ -44,7 +45,7 @@ from crfrnn.fit._samples import (
     prepare_samples,
     split_indices,
 )
-from crfrnn.params import DENSECRF_DEFAULTS, check_params
+from crfrnn.params import DENSECRF_DEFAULTS, RENAMED_PARAMS, check_params
 
 __all__ = [
     "FitResult",
@@ -130,7 +131,7 @@ def to_mean_field(params: Mapping[str, Any]) -> dict[str, Any]:
     ``softmax(mean_field(log(max(p, clip)), image, **to_mean_field(params)))`` is ``dense_crf(image, p,
     **params)`` (to rounding): ``theta_gamma = gaussian_sxy``, ``theta_alpha = bilateral_sxy``, ``theta_beta =
     bilateral_srgb``, ``spatial_weight = gaussian_compat``, ``bilateral_weight = bilateral_compat``,
-    ``num_iterations = iterations`` and densecrf's ``normalization``; Potts compatibility. ``clip`` has no
+    ``num_iterations`` and densecrf's ``normalization``; Potts compatibility. ``clip`` has no
     counterpart (it belongs to the unary).
 
     Example:
@@ -144,7 +145,7 @@ def to_mean_field(params: Mapping[str, Any]) -> dict[str, Any]:
 
 #: dense_crf's names -> mean_field's
 _MEAN_FIELD_NAMES = {
-    "iterations": "num_iterations",
+    "num_iterations": "num_iterations",
     "gaussian_sxy": "theta_gamma",
     "gaussian_compat": "spatial_weight",
     "bilateral_sxy": "theta_alpha",
@@ -155,6 +156,8 @@ _MEAN_FIELD_NAMES = {
 
 
 def _renamed(params: Mapping[str, Any]) -> dict[str, Any]:
+    if any(k in RENAMED_PARAMS for k in params):
+        params = renamed_keys(params, RENAMED_PARAMS, "to_mean_field", stacklevel=3)
     out = {}
     for key, value in params.items():
         if key == "clip":
@@ -194,22 +197,26 @@ def width_gradients_available() -> bool:
 
 
 def _initial(
-    init: Optional[Mapping[str, Any]], iterations: Optional[int], normalization: Optional[str], clip: Optional[float]
+    init: Optional[Mapping[str, Any]],
+    num_iterations: Optional[int],
+    normalization: Optional[str],
+    clip: Optional[float],
 ) -> dict[str, Any]:
     params = dict(DENSECRF_DEFAULTS)
-    params.update(check_params(dict(init or {}), source="init"))
-    for key, value in (("iterations", iterations), ("normalization", normalization), ("clip", clip)):
+    params.update(check_params(dict(init or {}), source="init", stacklevel=5))  # the caller of fit_crf
+    for key, value in (("num_iterations", num_iterations), ("normalization", normalization), ("clip", clip)):
         if value is not None:
             params[key] = value
     params = check_params(params)
-    if params["iterations"] < 1:
-        raise ValueError("iterations must be >= 1 to fit anything (with 0 the CRF returns its input).")
+    if params["num_iterations"] < 1:
+        raise ValueError("num_iterations must be >= 1 to fit anything (with 0 the CRF returns its input).")
     return params
 
 
 # --------------------------------------------------------------------------------------------------------
 # the fit
 # --------------------------------------------------------------------------------------------------------
+@renamed_arguments(iterations="num_iterations")
 def fit_crf(
     images: Sequence[ArrayLike],
     probs: Sequence[ArrayLike],
@@ -217,7 +224,7 @@ def fit_crf(
     *,
     logits: bool = False,
     init: Optional[Mapping[str, Any]] = None,
-    iterations: Optional[int] = None,
+    num_iterations: Optional[int] = None,
     epochs: int = 30,
     lr: float = 0.05,
     val_fraction: float = 0.25,
@@ -242,7 +249,7 @@ def fit_crf(
         logits: ``probs`` are unary logits (raw scores), not probabilities.
         init: the starting point (any :data:`crfrnn.params.PARAM_NAMES`); default
             :data:`crfrnn.params.DENSECRF_DEFAULTS`, densecrf's usual parameters.
-        iterations: mean-field iterations to fit with (and to write); default ``init``'s, else 5.
+        num_iterations: mean-field iterations to fit with (and to write); default ``init``'s, else 5.
         epochs: passes over the training images (one Adam step per image).
         lr: Adam's learning rate on the logarithms of the parameters (0.05: about 5 % per step).
         val_fraction: share of the images held out for validation and early stopping (at least one image each
@@ -289,7 +296,7 @@ def fit_crf(
     min_delta = check_real("min_delta", min_delta, 0.0, 1.0, closed_lo=True)
     if not isinstance(ignore_index, int) or isinstance(ignore_index, bool):
         raise ValueError(f"ignore_index must be an integer, got {ignore_index!r}.")
-    initial = _initial(init, iterations, normalization, clip)
+    initial = _initial(init, num_iterations, normalization, clip)
     if fit_widths is None:
         fit_widths = width_gradients_available()
     elif fit_widths and not width_gradients_available():

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from crfrnn._deprecated import renamed_arguments
 from crfrnn.dense import dense_crf
 from crfrnn.metrics import BoundaryAccuracy, ConfusionMatrix
 
@@ -184,9 +185,10 @@ def evaluate_params(
 # --------------------------------------------------------------------------------------------------------
 # test data: a degraded ground truth that stands in for a coarse network
 # --------------------------------------------------------------------------------------------------------
+@renamed_arguments(num_labels="num_classes")
 def degraded_probs(
     labels: ArrayLike,
-    num_labels: int,
+    num_classes: int,
     *,
     factor: int = 8,
     noise: float = 1.0,
@@ -203,7 +205,7 @@ def degraded_probs(
 
     Args:
         labels: ``(H, W)`` integer ground truth (``ignore_index`` pixels count as uniform).
-        num_labels: ``L``.
+        num_classes: ``L``.
         factor: down-sampling factor (1: no down-sampling).
         noise: standard deviation of the noise on the cell log-probabilities.
         confidence: weight of the ground truth against the uniform distribution, in ``(0, 1]``.
@@ -221,18 +223,18 @@ def degraded_probs(
     lab = torch.as_tensor(np.asarray(labels.detach().cpu() if isinstance(labels, Tensor) else labels)).long()
     if lab.dim() != 2:
         raise ValueError(f"labels must be an (H, W) label map, got shape {tuple(lab.shape)}.")
-    num_labels = check_count("num_labels", num_labels, 2)
+    num_classes = check_count("num_classes", num_classes, 2)
     factor = check_count("factor", factor, 1)
     noise = check_real("noise", noise, 0.0, 100.0, closed_lo=True)
     confidence = check_real("confidence", confidence, 0.0, 1.0 + 1e-12)
     h, w = lab.shape
     known = lab != ignore_index
-    if bool(((lab < 0) | (lab >= num_labels))[known].any()):
-        raise ValueError(f"labels hold values outside 0..{num_labels - 1} (besides {ignore_index}).")
-    onehot = F.one_hot(torch.where(known, lab, 0), num_labels).permute(2, 0, 1).to(torch.float64)
-    onehot = torch.where(known[None], onehot, torch.full_like(onehot, 1.0 / num_labels))[None]
+    if bool(((lab < 0) | (lab >= num_classes))[known].any()):
+        raise ValueError(f"labels hold values outside 0..{num_classes - 1} (besides {ignore_index}).")
+    onehot = F.one_hot(torch.where(known, lab, 0), num_classes).permute(2, 0, 1).to(torch.float64)
+    onehot = torch.where(known[None], onehot, torch.full_like(onehot, 1.0 / num_classes))[None]
     low = F.avg_pool2d(onehot, factor, ceil_mode=True) if factor > 1 else onehot
-    low = confidence * low + (1 - confidence) / num_labels
+    low = confidence * low + (1 - confidence) / num_classes
     gen = torch.Generator().manual_seed(int(seed))
     low = low.log() + noise * torch.randn(low.shape, generator=gen, dtype=torch.float64)
     up = F.interpolate(low, size=(h, w), mode="bilinear", align_corners=False) if factor > 1 else low

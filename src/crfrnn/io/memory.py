@@ -10,6 +10,7 @@ import math
 import os
 from typing import Optional, Tuple
 
+from crfrnn._deprecated import renamed_arguments
 from crfrnn._utils.files import PathLike
 
 __all__ = [
@@ -50,8 +51,9 @@ def format_bytes(n: float) -> str:
     return f"{n:.1f} TB"  # pragma: no cover
 
 
-def estimate_memory(height: int, width: int, num_labels: int) -> int:
-    """Bytes that refining one ``height x width`` image with ``num_labels`` labels needs at its peak.
+@renamed_arguments(num_labels="num_classes")
+def estimate_memory(height: int, width: int, num_classes: int) -> int:
+    """Bytes that refining one ``height x width`` image with ``num_classes`` labels needs at its peak.
 
     From measurements (see :data:`MEMORY_BYTES_PER_PIXEL_LABEL`); the cost is linear in pixels and labels.
 
@@ -60,7 +62,7 @@ def estimate_memory(height: int, width: int, num_labels: int) -> int:
         '22.4 GB'
     """
     pixels = int(height) * int(width)
-    return pixels * (MEMORY_BYTES_PER_PIXEL_LABEL * int(num_labels) + MEMORY_BYTES_PER_PIXEL) + _MEMORY_FIXED
+    return pixels * (MEMORY_BYTES_PER_PIXEL_LABEL * int(num_classes) + MEMORY_BYTES_PER_PIXEL) + _MEMORY_FIXED
 
 
 def default_memory_limit() -> Optional[int]:
@@ -72,29 +74,30 @@ def default_memory_limit() -> Optional[int]:
     return int(total * DEFAULT_MEMORY_FRACTION) if total > 0 else None
 
 
-def check_memory(path: PathLike, size: Tuple[int, int], num_labels: int, limit: Optional[int]) -> int:
+@renamed_arguments(num_labels="num_classes")
+def check_memory(path: PathLike, size: Tuple[int, int], num_classes: int, limit: Optional[int]) -> int:
     """Raise :class:`MemoryLimitError` if refining ``path`` (``size = (H, W)``) would need more than ``limit``.
 
     Args:
         path: the file being refined (named in the message).
         size: ``(H, W)`` of the image.
-        num_labels: number of labels ``L``.
+        num_classes: number of labels ``L``.
         limit: bytes allowed (the ``max_memory`` of :func:`crfrnn.io.read_scores`); None: no limit.
 
     Returns:
         The estimate, in bytes.
     """
     h, w = size
-    need = estimate_memory(h, w, num_labels)
+    need = estimate_memory(h, w, num_classes)
     if limit is not None and need > limit:
         fits = max(0, (limit - _MEMORY_FIXED) // (h * w) - MEMORY_BYTES_PER_PIXEL) // MEMORY_BYTES_PER_PIXEL_LABEL
         side = math.sqrt(
             max(0, limit - _MEMORY_FIXED)
-            / (MEMORY_BYTES_PER_PIXEL_LABEL * num_labels + MEMORY_BYTES_PER_PIXEL)
+            / (MEMORY_BYTES_PER_PIXEL_LABEL * num_classes + MEMORY_BYTES_PER_PIXEL)
             / (h * w)
         )
         raise MemoryLimitError(
-            f"refining '{os.fspath(path)}' ({w}x{h} pixels, {num_labels} labels) needs about {format_bytes(need)}, "
+            f"refining '{os.fspath(path)}' ({w}x{h} pixels, {num_classes} labels) needs about {format_bytes(need)}, "
             f"more than the limit of {format_bytes(limit)}. Use fewer labels (at most {fits} fit at this size), a "
             f"smaller image (about {max(1, int(w * side))}x{max(1, int(h * side))} fits), or raise the limit "
             "(`max_memory`) if the machine has the memory."

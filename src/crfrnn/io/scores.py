@@ -13,7 +13,7 @@ with ``resize=True``, at a network's own) and ``.png`` label maps, and returns a
 >>> np.save(f"{folder}/a.npy", np.full((2, 4, 6), 0.5, np.float32))
 >>> image = read_rgb(f"{folder}/a.png")
 >>> scores = read_scores(f"{folder}/a.npy", image.shape[:2])
->>> dense_crf(image, scores.values, iterations=1).argmax(0).shape
+>>> dense_crf(image, scores.values, num_iterations=1).argmax(0).shape
 (4, 6)
 
 Messages of the errors raised here name the file and, where there is one, the parameter that fixes the
@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from crfrnn._deprecated import renamed_arguments
 from crfrnn._utils.files import PathLike
 from crfrnn.data.palette import load_label_png
 from crfrnn.dense import unary_from_labels
@@ -232,7 +233,7 @@ def _from_labels(
     path: str,
     size: Tuple[int, int],
     gt_prob: float,
-    num_labels: Optional[int],
+    num_classes: Optional[int],
     unknown: Optional[int],
     max_memory: Optional[int],
 ) -> ScoreMap:
@@ -244,7 +245,7 @@ def _from_labels(
         raise TypeError(f"label map '{path}' has dtype {labels.dtype}; expected integer class indices.")
     labels = labels.astype(np.int64)
     notes: List[str] = []
-    if unknown is None and (num_labels is None or num_labels <= _VOID):
+    if unknown is None and (num_classes is None or num_classes <= _VOID):
         void = labels == _VOID
         if void.any():
             others = labels[~void]
@@ -253,13 +254,13 @@ def _from_labels(
                 raise ValueError(
                     f"label map '{path}' holds the value {_VOID} and labels up to {top}, so it is not clear whether "
                     f"{_VOID} is a label or PASCAL VOC's void: pass `unknown={_VOID}` if it marks unknown pixels, or "
-                    f"`num_labels=256` if it is a label."
+                    f"`num_classes=256` if it is a label."
                 )
             unknown = _VOID
             notes.append(
                 f"label map '{path}' uses {_VOID} for {int(void.sum())} pixels and labels 0..{top} otherwise: "
                 f"reading {_VOID} as PASCAL VOC's void (unknown, left to the CRF); pass `unknown=V` or "
-                "`num_labels=256` to read it otherwise."
+                "`num_classes=256` to read it otherwise."
             )
     known = labels if unknown is None else labels[labels != unknown]
     if known.size and known.min() < 0:
@@ -267,23 +268,24 @@ def _from_labels(
             f"label map '{path}' contains negative labels ({int(known.min())}); pass `unknown=V` if V marks "
             "unknown pixels."
         )
-    if num_labels is None:
-        num_labels = max(2, int(known.max()) + 1 if known.size else 2)
-    elif known.size and known.max() >= num_labels:
+    if num_classes is None:
+        num_classes = max(2, int(known.max()) + 1 if known.size else 2)
+    elif known.size and known.max() >= num_classes:
         raise ValueError(
-            f"label map '{path}' contains label {int(known.max())}, but `num_labels` is {num_labels} (labels 0.."
-            f"{num_labels - 1}); raise `num_labels`, or pass `unknown={int(known.max())}` if it marks unknown pixels."
+            f"label map '{path}' contains label {int(known.max())}, but `num_classes` is {num_classes} (labels 0.."
+            f"{num_classes - 1}); raise `num_classes`, or pass `unknown={int(known.max())}` if it marks unknown pixels."
         )
-    if num_labels > _MAX_LABELS:
+    if num_classes > _MAX_LABELS:
         raise ValueError(
-            f"label map '{path}' needs {num_labels} labels, but the output palette PNG holds at most {_MAX_LABELS}; "
+            f"label map '{path}' needs {num_classes} labels, but the output palette PNG holds at most {_MAX_LABELS}; "
             "pass `unknown=V` if a large value (e.g. 255) marks unknown pixels."
         )
-    check_memory(path, size, num_labels, max_memory)
-    logits = unary_from_labels(labels, num_labels, gt_prob=gt_prob, unknown=unknown)
+    check_memory(path, size, num_classes, max_memory)
+    logits = unary_from_labels(labels, num_classes, gt_prob=gt_prob, unknown=unknown)
     return ScoreMap(values=logits, is_logits=True, labels=labels, notes=notes)
 
 
+@renamed_arguments(num_labels="num_classes")
 def read_scores(
     path: PathLike,
     size: Tuple[int, int],
@@ -292,7 +294,7 @@ def read_scores(
     layout: Optional[str] = None,
     logits: bool = False,
     gt_prob: Optional[float] = None,
-    num_labels: Optional[int] = None,
+    num_classes: Optional[int] = None,
     unknown: Optional[int] = None,
     resize: bool = False,
     max_memory: Optional[int] = None,
@@ -307,7 +309,7 @@ def read_scores(
     (then normalised again). A ``.png`` label map (palette or index PNG) or a 2-d integer array is a hard
     labelling, turned into unary logits trusted with probability ``gt_prob``; the value 255 in it is read as
     PASCAL VOC's void (unknown) when every other label is below 128 (a note says so), unless ``unknown`` or
-    ``num_labels`` says otherwise. Neither pickles nor object arrays are ever loaded.
+    ``num_classes`` says otherwise. Neither pickles nor object arrays are ever loaded.
 
     Args:
         path: ``.npy``, ``.npz`` or ``.png`` file.
@@ -316,7 +318,7 @@ def read_scores(
         layout: ``"lhw"`` or ``"hwl"`` to force the layout.
         logits: the scores are unary logits (raw network scores), not probabilities.
         gt_prob: confidence in a label map, in ``(0, 1)``; default 0.5. Only for label maps.
-        num_labels: number of labels of a label map; default its largest label + 1.
+        num_classes: number of labels of a label map; default its largest label + 1.
         unknown: a label value meaning "unknown" in a label map (e.g. 0 or 255).
         resize: resize scores of another resolution to ``size`` (bilinear).
         max_memory: bytes that refining this image may need (:func:`check_memory`, checked before the
@@ -356,7 +358,7 @@ def read_scores(
             )
             raise ValueError(f"`{opt}` does not apply to the label map '{path}'; use `gt_prob` for label maps.")
         labels = load_label_png(path)
-        return _from_labels(labels, path, size, 0.5 if gt_prob is None else gt_prob, num_labels, unknown, max_memory)
+        return _from_labels(labels, path, size, 0.5 if gt_prob is None else gt_prob, num_classes, unknown, max_memory)
     arr = load_array(path, key)
     if arr.size == 0:
         raise ValueError(f"'{path}' holds an empty array (shape {tuple(arr.shape)}); expected scores for the image.")
@@ -368,11 +370,11 @@ def read_scores(
                 f"'{path}' holds a 2-d integer label map; `logits`, `layout` and `resize` apply to score arrays."
             )
         return _from_labels(
-            np.asarray(arr), path, size, 0.5 if gt_prob is None else gt_prob, num_labels, unknown, max_memory
+            np.asarray(arr), path, size, 0.5 if gt_prob is None else gt_prob, num_classes, unknown, max_memory
         )
-    if gt_prob is not None or num_labels is not None or unknown is not None:
+    if gt_prob is not None or num_classes is not None or unknown is not None:
         raise ValueError(
-            f"`gt_prob`, `num_labels` and `unknown` apply to label maps, but '{path}' holds scores of shape "
+            f"`gt_prob`, `num_classes` and `unknown` apply to label maps, but '{path}' holds scores of shape "
             f"{tuple(arr.shape)}; drop them (or pass `logits=True` for raw scores)."
         )
     if arr.dtype.kind == "V" and arr.dtype.itemsize == 2 and arr.dtype.names is None:

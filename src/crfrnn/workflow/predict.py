@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from crfrnn import _deprecated
 from crfrnn.dense import dense_crf
 from crfrnn.models.segmenter import CrfRnnSegmenter
-from crfrnn.params import DENSECRF_DEFAULTS
+from crfrnn.params import DENSECRF_DEFAULTS, RENAMED_PARAMS
 
 __all__ = [
     "DEFAULT_SEARCH_GRID",
@@ -80,7 +80,7 @@ def check_methods(methods: Union[str, Iterable[str]], model: nn.Module) -> tuple
 
 
 def merge_dense_crf_params(params: Optional[Mapping[str, Any]]) -> dict[str, Any]:
-    """Densecrf's defaults updated with ``params``; unknown names are rejected."""
+    """Densecrf's defaults updated with ``params``; unknown names are rejected, old ones renamed (with a warning)."""
     out = dict(DENSECRF_DEFAULTS)
     if params is None:
         return out
@@ -88,6 +88,7 @@ def merge_dense_crf_params(params: Optional[Mapping[str, Any]]) -> dict[str, Any
         raise TypeError(
             f"dense_crf_params must be a mapping of dense_crf keyword arguments, got {type(params).__name__}."
         )
+    params = _deprecated.renamed_keys(params, RENAMED_PARAMS, "dense_crf_params", stacklevel=3)
     unknown = sorted(set(params) - set(DENSECRF_DEFAULTS))
     if unknown:
         raise ValueError(

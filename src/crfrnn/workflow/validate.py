@@ -21,11 +21,12 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from crfrnn._deprecated import renamed_keys
 from crfrnn.crf.kernels import KernelCache
 from crfrnn.dense import dense_crf
 from crfrnn.metrics import DEFAULT_WIDTHS, BoundaryAccuracy, ConfusionMatrix
 from crfrnn.models.segmenter import CrfRnnSegmenter
-from crfrnn.params import DENSECRF_DEFAULTS
+from crfrnn.params import DENSECRF_DEFAULTS, RENAMED_PARAMS
 from crfrnn.workflow.distributed import rank_and_world, resolve_device
 from crfrnn.workflow.predict import (
     DEFAULT_SEARCH_GRID,
@@ -322,6 +323,7 @@ def _grid_points(grid: Optional[Mapping[str, Any]]) -> list[dict[str, Any]]:
         raise ValueError(
             f"grid must be a non-empty mapping of dense_crf parameter names to lists of values, got {grid!r}."
         )
+    grid = renamed_keys(grid, RENAMED_PARAMS, "grid", stacklevel=3)
     unknown = sorted(set(grid) - set(DENSECRF_DEFAULTS))
     if unknown:
         raise ValueError(
