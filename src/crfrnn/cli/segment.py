@@ -234,7 +234,12 @@ def run(args: argparse.Namespace) -> int:
                     if args.overlay:
                         photo = image
                         if res.labels.shape != image.shape[:2]:  # the network's size (no --restore-size)
-                            photo = np.asarray(Image.fromarray(image).resize(res.labels.shape[::-1], Image.BILINEAR))
+                            photo = np.asarray(
+                                Image.fromarray(image).resize(
+                                    res.labels.shape[::-1],
+                                    Image.BILINEAR,  # type: ignore[attr-defined]  # Pillow sets it at import
+                                )
+                            )
                         picture = overlay_with_legend(photo, res.labels, names, args.alpha)
                         atomic_save_image(Image.fromarray(picture), out / f"{p.stem}_overlay.png")
                     if args.probs:
