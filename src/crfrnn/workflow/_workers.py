@@ -132,7 +132,10 @@ def run_parallel(
     def collect(lines: "collections.deque[str]", stream: Any) -> None:
         lines.extend(stream)  # the worker's warnings, written to worker<K>.log at the end
 
-    procs, logs, readers, busy = [], [], [], {}
+    procs: list[subprocess.Popen] = []
+    logs: list[collections.deque[str]] = []
+    readers: list[threading.Thread] = []
+    busy: dict[int, tuple[int, str]] = {}
     try:
         for k in range(workers):
             proc = subprocess.Popen(
@@ -181,6 +184,8 @@ def run_parallel(
                         )
                     )
                 continue
+            seed: Any
+            value: Any
             kind, seed, value = message["kind"], message.get("seed"), message.get("value")
             if kind == "update":
                 bar.update(value)
