@@ -104,6 +104,7 @@ def run_folder(args: argparse.Namespace) -> int:
     check_collisions(pngs, inputs, "directory")  # both write <stem>.png
     check_collisions({"--save-probs": None if args.save_probs is None else Path(args.save_probs)}, inputs, "directory")
     out_dir = _output_dir(args.output, "-o/--output")
+    assert out_dir is not None  # -o/--output is required
     probs_dir = _output_dir(args.save_probs, "--save-probs")
     overlay_dir = _output_dir(args.overlay, "--overlay")
     for name, reason in problems:

@@ -10,7 +10,7 @@ import argparse
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 import numpy as np
 from PIL import Image
@@ -71,7 +71,7 @@ def _same_file(a: Path, b: Path) -> bool:
     return a.resolve() == b.resolve()
 
 
-def check_collisions(outputs: Dict[str, Optional[Path]], inputs: Dict[str, Optional[Path]], kind: str) -> None:
+def check_collisions(outputs: Mapping[str, Optional[Path]], inputs: Mapping[str, Optional[Path]], kind: str) -> None:
     """Refuse outputs that are the same file (or, with --images, the same folder) as another output or an input."""
     named = [(o, p) for o, p in outputs.items() if p is not None]
     for i, (option, path) in enumerate(named):
@@ -129,9 +129,9 @@ def refine_one(
         ) from err
     except (OSError, ValueError, TypeError) as err:
         raise input_error(err) from err
-    kind = "logits" if scores.is_logits else "probs"
+    unary: dict[str, Any] = {"logits" if scores.is_logits else "probs": scores.values}
     try:
-        marginals = crfrnn.dense.dense_crf(image, **{kind: scores.values}, **crf_options(args))
+        marginals = crfrnn.dense.dense_crf(image, **unary, **crf_options(args))
     except MemoryError as err:
         h, w = image.shape[:2]
         need = format_bytes(estimate_memory(h, w, scores.values.shape[0]))
@@ -143,6 +143,7 @@ def refine_one(
         ) from err
     except (ValueError, TypeError) as err:
         raise CommandError(f"{image_path}: {err}", 2) from err
+    assert isinstance(marginals, np.ndarray)  # NumPy in, NumPy out
     labels = labels_of(marginals)
     try:
         for target in (t for t in (out, save_probs, overlay) if t is not None):
@@ -193,12 +194,12 @@ def refine_volume(
     if spacing is not None:
         shown = ", ".join(f"{float(v):.4g}" for v in spacing)
         notes.append(f"spacing ({shown}): --gaussian-sxy and --bilateral-sxy are in those units.")
-    kind = "logits" if args.logits else "probs"
+    unary: dict[str, Any] = {"logits" if args.logits else "probs": scores}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # the intensity-scale hint is in the notes instead
             marginals = crfrnn.dense.dense_crf(
-                data.astype(np.float32, copy=False), **{kind: scores}, spacing=spacing, **crf_options(args)
+                data.astype(np.float32, copy=False), **unary, spacing=spacing, **crf_options(args)
             )
     except MemoryError as err:
         raise CommandError(
@@ -206,6 +207,7 @@ def refine_volume(
         ) from err
     except (ValueError, TypeError) as err:
         raise CommandError(f"{guide_path}: {err}", 2) from err
+    assert isinstance(marginals, np.ndarray)  # NumPy in, NumPy out
     labels = labels_of(marginals)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
