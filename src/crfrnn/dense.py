@@ -268,14 +268,14 @@ def dense_crf(
     name = "probs" if probs is not None else "logits"
     source = probs if probs is not None else logits
     is_numpy = isinstance(source, np.ndarray)
-    if not is_numpy and not isinstance(source, Tensor):
+    if not isinstance(source, (np.ndarray, Tensor)):
         raise TypeError(f"{name} must be a NumPy array or a torch tensor, got {type(source).__name__}.")
-    if is_numpy and source.dtype.kind != "f":
+    if isinstance(source, np.ndarray) and source.dtype.kind != "f":
         raise TypeError(
             f"{name} must be floating point, got {source.dtype}; for a label map use "
             "logits=unary_from_labels(labels, num_classes, gt_prob=...)."
         )
-    src = torch.from_numpy(np.ascontiguousarray(source)) if is_numpy else source
+    src = torch.from_numpy(np.ascontiguousarray(source)) if isinstance(source, np.ndarray) else source
     if not src.is_floating_point():
         raise TypeError(
             f"{name} must be floating point, got {src.dtype}; for a label map use "
@@ -285,7 +285,7 @@ def dense_crf(
     clip = check_number("clip", clip)
     if not 0 < clip < 1:
         raise ValueError(f"clip must be in (0, 1), got {clip}.")
-    weights = [check_number("gaussian_compat", gaussian_compat), check_number("bilateral_compat", bilateral_compat)]
+    weights = (check_number("gaussian_compat", gaussian_compat), check_number("bilateral_compat", bilateral_compat))
     normalization = check_normalization(normalization)
     if src.numel() == 0:
         raise ValueError(f"{name} is empty: shape {tuple(src.shape)}.")
@@ -326,7 +326,7 @@ def dense_crf(
         bilateral_guide_width=bilateral_srgb,
         checked_widths=(sxy_g, sxy_b),
         spacing=steps,
-        weights=tuple(weights),
+        weights=weights,
         names=("gaussian_sxy", "bilateral_sxy", "bilateral_srgb", "gaussian_compat", "bilateral_compat", "compat"),
         normalization=normalization,
     )

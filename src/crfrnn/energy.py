@@ -84,7 +84,7 @@ def _off_diagonal(kern: GaussianKernel, q: Tensor) -> Tensor:
     out = kern(q)
     if kern.self_weight is None:  # the message includes post_i K_ii pre_i q_i: take it out
         pre, post, _ = kern.factors(q.dtype)
-        diag = torch.ones_like(pre) if kern.exact else kern.lattice.self_weights().to(q.dtype)
+        diag = torch.ones_like(pre) if kern.exact or kern.lattice is None else kern.lattice.self_weights().to(q.dtype)
         out = out - (post * diag * pre).unsqueeze(-1) * q
     return out
 
@@ -100,6 +100,7 @@ def _pairwise(
     for spec, kern in zip(kernels, built):
         compat = potts if spec.compatibility is None else spec.compatibility
         a = -label_transform(spec.weight, compat, num_labels, like, name=spec.names[0], compat_name=spec.names[1])
+        assert isinstance(a, Tensor)  # a tensor compatibility makes a tensor transform
         msg = _off_diagonal(kern, q)
         mixed = msg * a.to(q.dtype) if a.dim() == 1 else msg @ a.to(q.dtype).transpose(0, 1)  # (A m_i) per point
         total = total + 0.5 * (q * mixed).sum((1, 2))

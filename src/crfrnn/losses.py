@@ -167,6 +167,7 @@ def dense_crf_loss(
         feats = bilateral_features(image.to(dtype), theta_a, theta_beta, spacing=steps)
         total = total + w_b * (s * _affinity(rest, feats, exclude_self, exact, backend)).sum((1, 2))
     if w_s != 0:
+        assert theta_gamma is not None  # checked above
         theta_g = check_widths("theta_gamma", theta_gamma, ndim, "spatial axis")
         feats = position_features(shape, theta_g, spacing=steps, dtype=dtype, device=p.device, name="theta_gamma")
         total = total + w_s * (s * _affinity(rest, feats, exclude_self, exact, backend)).sum((1, 2))

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -124,7 +124,7 @@ def _boundaries(labels: np.ndarray) -> np.ndarray:
     return edge
 
 
-def _font(size: int) -> ImageFont.ImageFont:
+def _font(size: int) -> Union[ImageFont.ImageFont, ImageFont.FreeTypeFont]:
     try:
         return ImageFont.load_default(size=size)  # scalable with FreeType (Pillow >= 10.1)
     except (TypeError, OSError):  # pragma: no cover - old Pillow or no FreeType
@@ -329,7 +329,11 @@ def _legend_labels(label_cols: Mapping[str, Sequence[Any]], num_names: int) -> b
 
 
 def _with_legend(
-    grid: Image.Image, entries: Sequence[tuple[Color, str]], *, padding: int = 4, background: Color = (255, 255, 255)
+    grid: Image.Image,
+    entries: Sequence[tuple[tuple[int, ...], str]],
+    *,
+    padding: int = 4,
+    background: Color = (255, 255, 255),
 ) -> Image.Image:
     """``grid`` with a legend strip below it: a swatch and a name per entry, in columns no wider than the grid.
 

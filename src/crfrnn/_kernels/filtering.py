@@ -15,6 +15,7 @@ import numba
 import numpy as np
 import torch
 from numba import njit, prange
+from numpy.typing import DTypeLike
 from torch import Tensor
 
 from crfrnn._kernels.layout import BLOCK, padded_channels
@@ -146,7 +147,7 @@ def splat_runs(num_points: int, num_vertices: int) -> int:
     run. The same for every call with the same sizes in one process.
     """
     blocks = -(-num_points // BLOCK)
-    runs = min(_MAX_RUNS, numba.config.NUMBA_NUM_THREADS, blocks)
+    runs = min(_MAX_RUNS, numba.config.NUMBA_NUM_THREADS, blocks)  # type: ignore[attr-defined]  # set at import
     return max(1, min(runs, max(2, (4 * num_points) // (num_vertices + 1))))
 
 
@@ -216,7 +217,7 @@ class NumbaOperators:
         return out if padded == channels else out[:, :channels]
 
 
-def splat_parts(ops: list, channels: int, dtype: np.dtype) -> tuple:
+def splat_parts(ops: list, channels: int, dtype: DTypeLike) -> tuple:
     """The fused loop's partial splat sums, ``(R, M_k + 1, C)`` per lattice in ``ops``, with one run count ``R`` for
     all (the smallest of their :func:`splat_runs`). Callers that run one iteration at a time share them between the
     :func:`prepare` of every step, so that an iteration can leave its splat for the next

@@ -9,6 +9,7 @@ from typing import Optional
 
 import numpy as np
 from numba import njit, prange
+from numpy.typing import DTypeLike
 from torch import Tensor
 
 from crfrnn._kernels.simd import FAST, log_inplace
@@ -112,7 +113,7 @@ def _channels_last(src, out):  # pragma: no cover - compiled
                 out[i, ch] = src[ch, i]
 
 
-def padded_channels(channels: int, dtype: np.dtype) -> int:
+def padded_channels(channels: int, dtype: DTypeLike) -> int:
     """Channel count the compiled kernels work with: a multiple of the SIMD width (8 float32 or 4 float64
     values) for 5 channels and more, of 4 for 3 or 4 channels, none for 1 or 2, so that every per-vertex loop
     vectorises without a scalar tail while padding never doubles the work. At 500x375 in 5-D, splat and slice

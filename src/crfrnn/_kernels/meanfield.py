@@ -10,6 +10,7 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 from numba import njit, prange
+from numpy.typing import DTypeLike
 
 from crfrnn._kernels.filtering import (
     blur_vertices,
@@ -300,7 +301,7 @@ def prepare(
     num_labels: int,
     num_points: int,
     channels: int,
-    dtype: np.dtype,
+    dtype: DTypeLike,
     work: Optional[list] = None,
     parts: Optional[tuple] = None,
 ) -> Prepared:
@@ -454,7 +455,10 @@ def mean_field(
             out_t,
             *args,
         )
-        return out if transpose else q_out
+        if not transpose:
+            return q_out
+        assert out is not None  # allocated above
+        return out
     if not transpose:
         return q_out
     if out is None:

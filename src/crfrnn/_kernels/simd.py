@@ -159,7 +159,7 @@ def exp_inplace(x, scratch):  # pragma: no cover - replaced by the overload belo
     x[:] = np.exp(x)
 
 
-@overload(exp_inplace, jit_options={"cache": True})
+@overload(exp_inplace, jit_options={"cache": True})  # type: ignore[typeddict-unknown-key]  # numba's stub lacks it
 def _exp_inplace_overload(x, scratch):  # pragma: no cover - compiled
     if x.dtype == types.float32:
 
@@ -303,7 +303,7 @@ def log_inplace(x, scratch):  # pragma: no cover - replaced by the overload belo
     x[:] = np.log(x)
 
 
-@overload(log_inplace, jit_options={"cache": True, "fastmath": FAST})
+@overload(log_inplace, jit_options={"cache": True, "fastmath": FAST})  # type: ignore[typeddict-unknown-key]  # as above
 def _log_inplace_overload(x, scratch):  # pragma: no cover - compiled
     if x.dtype == types.float32:
 

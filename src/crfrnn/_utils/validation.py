@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence, TypeGuard, Union, cast
 
 import numpy as np
 import torch
@@ -32,7 +32,7 @@ __all__ = [
 MAX_FEATURE = 2.0**40
 
 
-def _is_number(value: object) -> bool:
+def _is_number(value: object) -> TypeGuard[numbers.Real]:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
@@ -83,11 +83,13 @@ def check_widths(name: str, value: Union[float, Sequence[float], Tensor], count:
         ``count`` floats.
     """
     if isinstance(value, Tensor) and torch.compiler.is_compiling():
-        return _traced_widths(name, value, count, what)
+        # under torch.compile 0-d tensors stand in for the floats (arithmetic and check_bound accept both)
+        return cast("tuple[float, ...]", _traced_widths(name, value, count, what))
     if isinstance(value, Tensor):
         value = value.detach().reshape(-1).tolist()
     elif isinstance(value, np.ndarray):
         value = value.reshape(-1).tolist()
+    values: list[object]
     if _is_number(value):
         values = [value] * count
     elif isinstance(value, (list, tuple)):
@@ -153,14 +155,14 @@ def width_tensor(
             [
                 v.reshape(()).to(dtype=dtype, device=device)
                 if isinstance(v, Tensor)
-                else torch.tensor(float(_scalar(v)), dtype=dtype, device=device)
+                else torch.tensor(float(cast(float, _scalar(v))), dtype=dtype, device=device)  # checked above
                 for v in parts
             ]
         )
     return t.expand(count) if t.numel() == 1 else t
 
 
-def check_spacing(spacing: Optional[Union[float, Sequence[float]]], ndim: int) -> tuple[float, ...]:
+def check_spacing(spacing: Optional[Union[float, Sequence[float], Tensor]], ndim: int) -> tuple[float, ...]:
     """Voxel spacing, one positive number per spatial axis (None: 1 everywhere)."""
     if spacing is None:
         return (1.0,) * ndim
@@ -195,11 +197,13 @@ def check_guide(
         raise TypeError(f"{name} must be real-valued (uint8, integer or float on the 0..255 scale), got {guide.dtype}.")
     if guide.numel() == 0:
         raise ValueError(f"{name} is empty: shape {tuple(guide.shape)}.")
-    lo, hi = torch.aminmax(guide.detach())  # one pass: NaN and inf show in the extremes
+    lo_t, hi_t = torch.aminmax(guide.detach())  # one pass: NaN and inf show in the extremes
     if torch.compiler.is_compiling():  # on the device, no value read back (and so no scale warning)
-        torch._assert_async(torch.isfinite(lo) & torch.isfinite(hi), f"crfrnn: {name} contains NaN or infinite values")
+        torch._assert_async(
+            torch.isfinite(lo_t) & torch.isfinite(hi_t), f"crfrnn: {name} contains NaN or infinite values"
+        )
         return guide
-    lo, hi = float(lo), float(hi)
+    lo, hi = float(lo_t), float(hi_t)
     if not (math.isfinite(lo) and math.isfinite(hi)):
         raise ValueError(f"{name} contains NaN or infinite values.")
     if scale_warning:

@@ -107,6 +107,7 @@ def run_folder(args: argparse.Namespace) -> int:
         [("--save-probs", None if args.save_probs is None else Path(args.save_probs))], inputs, kind="directory"
     )
     out_dir = _output_dir(args.output, "-o/--output")
+    assert out_dir is not None  # -o/--output is required
     probs_dir = _output_dir(args.save_probs, "--save-probs")
     overlay_dir = _output_dir(args.overlay, "--overlay")
     for name, reason in problems:

@@ -101,9 +101,9 @@ def refine_one(
         ) from err
     except (OSError, ValueError, TypeError) as err:
         raise input_error(err) from err
-    kind = "logits" if scores.is_logits else "probs"
+    unary: dict[str, Any] = {"logits" if scores.is_logits else "probs": scores.values}
     try:
-        marginals = crfrnn.dense.dense_crf(image, **{kind: scores.values}, **crf_options(args))
+        marginals = crfrnn.dense.dense_crf(image, **unary, **crf_options(args))
     except MemoryError as err:
         h, w = image.shape[:2]
         need = format_bytes(estimate_memory(h, w, scores.values.shape[0]))
@@ -115,6 +115,7 @@ def refine_one(
         ) from err
     except (ValueError, TypeError) as err:
         raise CommandError(f"{image_path}: {err}", 2) from err
+    assert isinstance(marginals, np.ndarray)  # NumPy in, NumPy out
     labels = labels_of(marginals)
     try:
         for target in (t for t in (out, save_probs, overlay) if t is not None):
@@ -163,12 +164,12 @@ def refine_volume(
     if spacing is not None:
         shown = ", ".join(f"{float(v):.4g}" for v in spacing)
         notes.append(f"spacing ({shown}): --gaussian-sxy and --bilateral-sxy are in those units.")
-    kind = "logits" if args.logits else "probs"
+    unary: dict[str, Any] = {"logits" if args.logits else "probs": scores}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # the intensity-scale hint is in the notes instead
             marginals = crfrnn.dense.dense_crf(
-                data.astype(np.float32, copy=False), **{kind: scores}, spacing=spacing, **crf_options(args)
+                data.astype(np.float32, copy=False), **unary, spacing=spacing, **crf_options(args)
             )
     except MemoryError as err:
         raise CommandError(
@@ -176,6 +177,7 @@ def refine_volume(
         ) from err
     except (ValueError, TypeError) as err:
         raise CommandError(f"{guide_path}: {err}", 2) from err
+    assert isinstance(marginals, np.ndarray)  # NumPy in, NumPy out
     labels = labels_of(marginals)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)

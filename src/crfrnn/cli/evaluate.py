@@ -232,6 +232,8 @@ def run(args: argparse.Namespace) -> int:
 
     if (args.checkpoint is None) == (args.weights is None):
         raise CommandError("give either a CHECKPOINT or --weights FILE (a released CRF-RNN weight file).")
+    model: torch.nn.Module
+    payload: dict[str, Any]
     try:
         if args.weights is not None:  # the released network, run as its code base ran it (crfrnn.models.pretrained)
             from crfrnn.data import VOC_CLASSES

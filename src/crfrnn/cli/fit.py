@@ -190,8 +190,8 @@ def _read(args: argparse.Namespace) -> tuple[list, list, list, list[str], bool]:
     for name, reason in problems + [p for p in label_problems if "no scores file" not in p[1]]:
         print(f"crfrnn fit: skipped '{name}': {reason}", file=sys.stderr)
     missing = [(stem, image) for stem, image, _ in with_scores if stem not in masks]
-    for _, image in missing:
-        print(f"crfrnn fit: skipped '{image}': no mask of that stem in '{args.labels}'", file=sys.stderr)
+    for _, skipped in missing:
+        print(f"crfrnn fit: skipped '{skipped}': no mask of that stem in '{args.labels}'", file=sys.stderr)
     triples = [(stem, image, scores, masks[stem]) for stem, image, scores in with_scores if stem in masks]
     if len(triples) < 2:
         raise CommandError(

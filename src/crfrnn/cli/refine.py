@@ -343,7 +343,9 @@ def _run_single(args: argparse.Namespace) -> int:
     _check_suffix(args.save_probs, ".npy", "--save-probs")
     _check_suffix(args.overlay, ".png", "--overlay")
     paths = [Path(p) if p is not None else None for p in (args.output, args.save_probs, args.overlay)]
-    notes = refine_one(args, Path(args.image), Path(args.probs), *paths)
+    out, save_probs, overlay = paths
+    assert out is not None  # -o/--output is required
+    notes = refine_one(args, Path(args.image), Path(args.probs), out, save_probs, overlay)
     for note in notes:
         print(f"crfrnn refine: note: {note}", file=sys.stderr)
     print("wrote " + ", ".join(f"'{p}'" for p in paths if p is not None))

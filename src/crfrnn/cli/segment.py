@@ -259,7 +259,12 @@ def run(args: argparse.Namespace) -> int:
                     if overlay_path is not None:
                         photo = image
                         if res.labels.shape != image.shape[:2]:  # the network's size (no --restore-size)
-                            photo = np.asarray(Image.fromarray(image).resize(res.labels.shape[::-1], Image.BILINEAR))
+                            photo = np.asarray(
+                                Image.fromarray(image).resize(
+                                    res.labels.shape[::-1],
+                                    Image.BILINEAR,  # type: ignore[attr-defined]  # Pillow sets it at import
+                                )
+                            )
                         picture = overlay_with_legend(photo, res.labels, names, args.alpha)
                         atomic_save_image(Image.fromarray(picture), overlay_path)
                     if probs_path is not None:

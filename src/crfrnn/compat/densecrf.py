@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import enum
 from numbers import Integral, Number
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 import numpy as np
 import torch
@@ -67,7 +67,7 @@ class NormalizationType(enum.IntEnum):
 
 CONST_KERNEL, DIAG_KERNEL, FULL_KERNEL = KernelType
 NO_NORMALIZATION, NORMALIZE_BEFORE, NORMALIZE_AFTER, NORMALIZE_SYMMETRIC = NormalizationType
-_NORMALIZATION = {
+_NORMALIZATION: dict[int, str] = {
     NO_NORMALIZATION: "none",
     NORMALIZE_BEFORE: "column",
     NORMALIZE_AFTER: "row",
@@ -89,7 +89,7 @@ def _compatibility(compat: Any, num_labels: int) -> tuple[Any, Any]:
     symmetrises the matrix; :class:`crfrnn.CrfRnn` allows asymmetric ones).
     """
     if isinstance(compat, Number) and not isinstance(compat, bool):
-        value = float(compat)
+        value = float(cast(float, compat))  # a numbers.Number: float() takes the real ones, as intended
         if not np.isfinite(value):
             raise ValueError(f"compat must be finite, got {value!r}.")
         return value, None

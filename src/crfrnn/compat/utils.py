@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import warnings
 from numbers import Number
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 import numpy as np
 
@@ -93,7 +93,7 @@ def create_pairwise_bilateral(sdims: Any, schan: Any, img: np.ndarray, chdim: in
     else:
         feats = np.moveaxis(img, chdim, 0).astype(np.float32)
     if isinstance(schan, Number):
-        feats /= np.float32(schan)
+        feats /= np.float32(cast(float, schan))  # a numbers.Number
     else:
         schan = list(schan)
         if len(schan) > feats.shape[0]:

@@ -24,7 +24,7 @@ gradient is needed on the CPU and no kernel's features need one (those take the 
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -92,10 +92,10 @@ def compiled_mean_field(
     Returns:
         ``(B, L, N)`` marginals or logits in the unary's dtype.
     """
-    tensors = []
+    tensors: list[Tensor] = []
     layout = []  # per step and kernel: index into ``tensors`` or None (a number)
     for transforms in schedule:
-        row = []
+        row: list[Optional[int]] = []
         for t in transforms:
             if isinstance(t, Tensor):
                 row.append(len(tensors))
@@ -127,7 +127,7 @@ class _Plan:
 def _padded_steps(schedule, num_labels: int, channels: int, np_dtype) -> list:
     steps = []
     for transforms in schedule:
-        row = []
+        row: list[tuple[np.ndarray, Optional[np.ndarray], np.ndarray]] = []
         for t in transforms:
             arr = np.asarray(t.detach().cpu().numpy() if isinstance(t, Tensor) else t, np_dtype)
             if arr.ndim == 2:
@@ -147,7 +147,7 @@ class _CompiledMeanField(torch.autograd.Function):
     """``unary, *transforms -> T iterations of mean field``; forward and backward compiled (see the module)."""
 
     @staticmethod
-    def forward(ctx, unary: Tensor, plan: _Plan, *transforms: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx, unary: Tensor, plan: _Plan, *transforms: Tensor) -> Tensor:
         b, num_labels, n = unary.shape
         dtype = unary.dtype
         np_dtype = np.float64 if dtype == torch.float64 else np.float32
@@ -171,6 +171,7 @@ class _CompiledMeanField(torch.autograd.Function):
             """Image ``i``'s forward: its kernels (operators and factors) and its kept vertex buffers."""
             ops = []
             for kern in build_concurrently(plan.builder, nk, i, n):
+                assert kern.lattice is not None  # the compiled path builds lattice kernels only
                 pre, post, selfw = (f[0].numpy() for f in kern.factors(dtype))
                 ops.append((kern.lattice.operators(dtype), pre, post, selfw))
             bufs = _vertex_buffers(ops, c, dtype, 3)
@@ -212,8 +213,8 @@ class _CompiledMeanField(torch.autograd.Function):
                     scatter_out=not final,
                 )
                 for k, (o, *_) in enumerate(ops if keep_blurred else ()):
-                    if kept[k] is not None:
-                        np.copyto(kept[k][it, : o.num_vertices + 1].numpy(), _kernels.blur_result(o, *work[k][:2]))
+                    if (kept_k := kept[k]) is not None:
+                        np.copyto(kept_k[it, : o.num_vertices + 1].numpy(), _kernels.blur_result(o, *work[k][:2]))
             _kernels.channels_first(last[i].numpy(), num_labels, out[i].numpy())
             _WORKSPACE.give(*(x for pair in bufs for x in pair))
             return ops, kept
@@ -234,7 +235,7 @@ class _CompiledMeanField(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad: Tensor):  # type: ignore[override]
+    def backward(ctx, grad: Tensor):
         with limit_threads():
             return _backward(ctx, grad)
 
@@ -287,8 +288,8 @@ def _backward(ctx, grad: Tensor) -> tuple:
                 sp = _kernels.splat(o, dz.numpy(), post, buf, parts[k])
                 index = plan.layout[s][k]
                 if index is not None and grads[index] is not None:
-                    if kept[i] and kept[i][k] is not None:
-                        blurred = kept[i][k][it, :rows].numpy()
+                    if kept[i] and (kept_k := kept[i][k]) is not None:
+                        blurred = kept_k[it, :rows].numpy()
                     else:  # the forward's blurred buffer blur(S^T(pre q_t)), again
                         blurred = _kernels.blur(
                             o, _kernels.splat(o, hist[i, it].numpy(), pre, work[k][2], parts[k]), work[k][3], False
@@ -337,5 +338,5 @@ def _transform_grad(
     if self_term is not None:
         coef, q = self_term
         out = out - _kernels.gram(dz.numpy(), q.numpy(), num_labels, coef, diagonal)
-    out = torch.from_numpy(np.ascontiguousarray(out))
-    return out if ndim > 0 else out.sum()
+    grad = torch.from_numpy(np.ascontiguousarray(out))
+    return grad if ndim > 0 else grad.sum()

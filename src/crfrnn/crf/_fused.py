@@ -44,12 +44,13 @@ def infer_fused(
     for i in range(b):
         ops = []
         for kern in build_concurrently(builder, len(builder.kernels), i, n):
+            assert kern.lattice is not None  # the fused path builds lattice kernels only
             pre, post, selfw = (f[0].numpy() for f in kern.factors(dtype))
             ops.append((kern.lattice.operators(dtype), pre, post, selfw))
         rows = slice(i * n, (i + 1) * n)
         unary, q = padded[rows], None if q0 is None else q0[rows]
         if len(steps) == 1 or iterations <= 1:
-            args = [op + (mat,) for op, mat in zip(ops, steps[0])]
+            args: list = [op + (mat,) for op, mat in zip(ops, steps[0])]
             _kernels.mean_field(
                 unary, num_labels, iterations, args, q0=q, return_logits=return_logits, out=out[i].numpy()
             )

@@ -14,7 +14,7 @@ gradient without a per-point feature gradient, at about half the cost (see ``doc
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -166,7 +166,7 @@ def bilateral_features(
         shape, c = image.shape[2:], image.shape[1]
         _, steps = _check_positions(shape, theta_alpha, spacing, names[0])
         flat, _ = _check_guide(image, theta_beta, names[1])
-        like = dict(dtype=image.dtype, device=image.device)
+        like: dict[str, Any] = dict(dtype=image.dtype, device=image.device)
         w_pos = width_tensor(names[0], theta_alpha, len(shape), "spatial axis", **like)
         w_g = width_tensor(names[1], theta_beta, c, "guide channel", **like)
         base = torch.cat([_position_base(shape, steps, **like).expand(b, -1, -1), flat.transpose(1, 2)], -1)

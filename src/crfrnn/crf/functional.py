@@ -6,7 +6,7 @@ A thin door onto :func:`crfrnn.crf.engine.infer`: it checks the inputs, builds t
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence, Union, cast
 
 import torch
 from torch import Tensor
@@ -29,9 +29,9 @@ def mean_field(
     theta_alpha: Width = 160.0,
     theta_beta: Width = 3.0,
     theta_gamma: Width = 3.0,
-    spatial_weight: Weight = 3.0,
-    bilateral_weight: Weight = 5.0,
-    compatibility: Optional[Tensor] = None,
+    spatial_weight: Union[Weight, Sequence[Weight]] = 3.0,
+    bilateral_weight: Union[Weight, Sequence[Weight]] = 5.0,
+    compatibility: Union[Tensor, Sequence[Tensor], None] = None,
     num_iterations: int = 5,
     normalization: str = "row",
     exclude_self: bool = False,
@@ -140,7 +140,7 @@ def mean_field(
         bilateral_guide_width=theta_beta,
         checked_widths=(theta_g, theta_a),
         spacing=steps,
-        weights=(spatial_weight, bilateral_weight),
+        weights=cast("tuple[Weight, Weight]", (spatial_weight, bilateral_weight)),  # lists: taken apart above
         names=("theta_gamma", "theta_alpha", "theta_beta", "spatial_weight", "bilateral_weight", "compatibility"),
         normalization=normalization,
         exclude_self=exclude_self,

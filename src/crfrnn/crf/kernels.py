@@ -84,16 +84,18 @@ class GaussianKernel:
             else:
                 self.grad_features = (features, None)
         self.batch_size, self.num_points = features.shape[:2]
-        self.lattice = None if exact else PermutohedralLattice(features.detach(), backend=backend)
+        lattice = None if exact else PermutohedralLattice(features.detach(), backend=backend)
+        self.lattice = lattice
         b, n, _ = features.shape
         self.self_weight: Optional[Tensor] = None
         if exclude_self:
-            self.self_weight = features.new_ones(b, n, 1) if exact else self.lattice.self_weights().unsqueeze(-1)
+            self.self_weight = features.new_ones(b, n, 1) if lattice is None else lattice.self_weights().unsqueeze(-1)
         ones = features.new_ones(b, n, 1)
         norm = self._filter(ones)
         if exclude_self:
             # A point with no neighbour but itself has K 1 - self = 0 up to rounding: it gets no message
             # (rather than rounding noise divided by zero).
+            assert self.self_weight is not None  # set above
             tol = 1e3 * torch.finfo(features.dtype).eps * (norm + self.self_weight)
             alone = norm <= tol
             norm = torch.where(alone, torch.ones_like(norm), norm)
@@ -109,10 +111,11 @@ class GaussianKernel:
             if self.post is not None:
                 self.post = self.post.masked_fill(alone, 0.0)
             else:
+                assert self.pre is not None  # column normalisation
                 self.pre = self.pre.masked_fill(alone, 0.0)
 
     def _filter(self, q: Tensor) -> Tensor:
-        if self.exact:
+        if self.exact or self.lattice is None:  # no lattice exactly when exact
             out = gaussian_filter(q, self.features.to(q.dtype), exact=True)
         elif self.grad_features is not None:
             base, widths = self.grad_features
@@ -188,7 +191,7 @@ class KernelCache:
         return {"maxsize": self.maxsize}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["maxsize"])
+        KernelCache.__init__(self, state["maxsize"])
 
     def clear(self) -> None:
         """Drop every kernel (and the memory of its lattice)."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Any, Optional, cast
 
 import torch
 from torch import Tensor, nn
@@ -153,15 +153,17 @@ class CrfRnn(nn.Module):
 
     def __getattr__(self, name: str):
         if name in CrfRnn._WIDTHS and "log_" + name in self.__dict__.get("_parameters", {}):
-            return self._parameters["log_" + name].exp()  # the learned width, differentiable
+            return cast(Tensor, self._parameters["log_" + name]).exp()  # the learned width, differentiable
         return super().__getattr__(name)
 
     def _refresh_widths(self) -> None:
         """Keep Python copies of fixed widths, so that ``forward`` reads no tensor (no device sync on a GPU)."""
         if self.learn_widths:
             self._fixed_widths = None
-        elif not any(self._buffers[n].is_meta for n in self._WIDTHS):
-            self._fixed_widths = {n: float(self._buffers[n]) for n in self._WIDTHS}
+        else:
+            buffers = cast("dict[str, Tensor]", self._buffers)  # the fixed widths, registered in __init__
+            if not any(buffers[n].is_meta for n in self._WIDTHS):
+                self._fixed_widths = {n: float(buffers[n]) for n in self._WIDTHS}
 
     def extra_repr(self) -> str:
         """The widths, iteration counts and normalisation, for ``repr(module)``."""
@@ -263,7 +265,7 @@ class CrfRnn(nn.Module):
                 f"unary has {unary.shape[1]} labels in dimension 1 (shape {tuple(unary.shape)}) but this "
                 f"CrfRnn was built for num_classes={self.num_classes}."
             )
-        widths = self._fixed_widths or {n: getattr(self, n) for n in self._WIDTHS}
+        widths: dict[str, Any] = self._fixed_widths or {n: getattr(self, n) for n in self._WIDTHS}
         return mean_field(
             unary,
             image,

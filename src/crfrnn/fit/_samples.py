@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence, Union, cast
 
 import numpy as np
 import torch
@@ -162,7 +162,8 @@ def evaluate_params(
             if params is None:
                 q = s.scores.softmax(1) if logits else s.scores
             else:
-                q = dense_crf(s.image, **{"logits" if logits else "probs": s.scores}, cache=cache, **params)
+                unary: dict[str, Any] = {"logits" if logits else "probs": s.scores}
+                q = cast(Tensor, dense_crf(s.image, **unary, cache=cache, **params))  # tensors in: a tensor out
             pred = q.argmax(1)
             cm.update(pred, s.labels)
             band.update(pred, s.labels)

@@ -81,7 +81,7 @@ def labels_of(scores: np.ndarray, is_logits: bool = False) -> np.ndarray:
 
 def _shape_for(layout: str, arr: np.ndarray) -> Tuple[int, int, int]:
     """``(L, h, w)`` of a 3-d array read with ``layout``."""
-    return (arr.shape[0], *arr.shape[1:]) if layout == "lhw" else (arr.shape[2], *arr.shape[:2])  # type: ignore
+    return (arr.shape[0], *arr.shape[1:]) if layout == "lhw" else (arr.shape[2], *arr.shape[:2])
 
 
 def _looks_resizable(arr: np.ndarray, size: Tuple[int, int], layout: Optional[str], strict: bool) -> Optional[str]:
@@ -282,6 +282,7 @@ def _from_labels(
         )
     check_memory(path, size, num_classes, max_memory)
     logits = unary_from_labels(labels, num_classes, gt_prob=gt_prob, unknown=unknown)
+    assert isinstance(logits, np.ndarray)  # NumPy labels in, NumPy logits out
     return ScoreMap(values=logits, is_logits=True, labels=labels, notes=notes)
 
 

@@ -20,7 +20,7 @@ import gzip
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 import numpy as np
 
@@ -76,12 +76,12 @@ class Guide:
     data: np.ndarray
     spacing: Optional[Tuple[float, ...]]
     affine: Optional[np.ndarray]
-    header: object
+    header: Any
     path: str
     notes: List[str] = field(default_factory=list)
 
 
-def _read_nifti(path: str, max_bytes: Optional[int]) -> Tuple[np.ndarray, object]:
+def _read_nifti(path: str, max_bytes: Optional[int]) -> Tuple[np.ndarray, Any]:
     nib = _nibabel()
     try:
         img = nib.load(path)

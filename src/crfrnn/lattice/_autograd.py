@@ -37,13 +37,13 @@ class LatticeFilter(torch.autograd.Function):
     """``out = K values`` on a fixed lattice; backward applies ``K^T`` on the same lattice."""
 
     @staticmethod
-    def forward(ctx, values: Tensor, operator: Filterable, reverse: bool) -> Tensor:  # type: ignore[override]
+    def forward(ctx, values: Tensor, operator: Filterable, reverse: bool) -> Tensor:
         ctx.operator = operator
         ctx.reverse = reverse
         return operator.apply(values.contiguous(), reverse)
 
     @staticmethod
-    def backward(ctx, grad: Tensor):  # type: ignore[override]
+    def backward(ctx, grad: Tensor):
         # K is linear, so its backward is again a lattice filter (differentiable: double backward works).
         return LatticeFilter.apply(grad.contiguous(), ctx.operator, not ctx.reverse), None, None
 
@@ -153,6 +153,7 @@ def feature_backward(
         f64 = f.to(acc)
         s = 2.0 * (f64 * v_kt_fg.to(acc)).sum(0) - (f64 * f64 * local.to(acc).unsqueeze(1)).sum(0)
     if need[2]:
+        assert widths is not None  # their gradient is needed only when there are widths
         grad_w = (-s / widths.detach().to(acc)).to(values.dtype)
     # a copy, so that the (P, (1 + D) C) buffer is freed with this call
     return (grad_v.contiguous() if need[0] else None), grad_base, grad_w
@@ -164,7 +165,7 @@ class FeatureFilter(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx,
         values: Tensor,
         base: Tensor,
@@ -182,7 +183,7 @@ class FeatureFilter(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: Tensor):  # type: ignore[override]
+    def backward(ctx, grad: Tensor):
         values, base, widths, out = ctx.saved_tensors
         operator = ctx.operator
         need = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], widths is not None and ctx.needs_input_grad[2])

@@ -129,14 +129,19 @@ class KeyIndex:
 
     @property
     def num_vertices(self) -> int:
-        return int(self.codes.numel() if self.strides is not None else self.vertex_keys.shape[0])
+        if self.strides is not None:
+            return int(self.codes.numel())
+        assert self.vertex_keys is not None  # the keys are kept when they are not encoded
+        return int(self.vertex_keys.shape[0])
 
     def _encode(self, keys: Tensor) -> Tensor:
+        assert self.strides is not None  # only called for encoded keys
         return ((keys - self.lo) * self.strides).sum(1)
 
     def keys(self) -> Tensor:
         """``(M, c)`` the key of every vertex, in vertex-id order."""
         if self.strides is None:
+            assert self.vertex_keys is not None  # the keys are kept when they are not encoded
             return self.vertex_keys
         rel = (self.codes.unsqueeze(1) // self.strides) % self.span
         return rel + self.lo
@@ -150,6 +155,7 @@ class KeyIndex:
             pos = torch.searchsorted(self.codes, codes).clamp_(max=m - 1)
             found = inside & (self.codes[pos] == codes)
             return torch.where(found, pos, torch.full_like(pos, m))
+        assert self.vertex_keys is not None  # the keys are kept when they are not encoded
         both = torch.cat([self.vertex_keys, queries], 0)
         _, inv = torch.unique(both, dim=0, return_inverse=True)
         table = torch.full((int(inv.max()) + 1,), m, dtype=torch.int64, device=queries.device)
@@ -253,15 +259,15 @@ def check_features(features: Tensor, compiling: bool = False) -> None:
         )
     if features.dtype not in (torch.float32, torch.float64):
         raise TypeError(f"features must be float32 or float64, got {features.dtype}; convert with features.float().")
-    lo, hi = torch.aminmax(features.detach())  # one pass: NaN and inf show in the extremes
+    lo_t, hi_t = torch.aminmax(features.detach())  # one pass: NaN and inf show in the extremes
     if compiling:  # checked on the device, without reading the values back (no graph break, no host sync)
         torch._assert_async(
-            torch.isfinite(lo) & torch.isfinite(hi) & (torch.maximum(-lo, hi) <= MAX_FEATURE),
+            torch.isfinite(lo_t) & torch.isfinite(hi_t) & (torch.maximum(-lo_t, hi_t) <= MAX_FEATURE),
             "crfrnn: lattice features are NaN, infinite, or beyond the lattice's limit (a kernel "
             "width far too small for the data)",
         )
         return
-    lo, hi = float(lo), float(hi)
+    lo, hi = float(lo_t), float(hi_t)
     if not (math.isfinite(lo) and math.isfinite(hi)):
         raise ValueError(
             "features contain NaN or infinite values; the lattice needs finite coordinates (check the "

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from torch import nn
 
@@ -34,6 +34,9 @@ from crfrnn.models.pretrained import (
 )
 from crfrnn.models.segmenter import CrfRnnSegmenter
 from crfrnn.models.small import SmallFCN
+
+if TYPE_CHECKING:  # pragma: no cover
+    from crfrnn.crf import CrfRnn
 
 __all__ = [
     "CONVENTIONS",
@@ -112,7 +115,7 @@ def create(name: str, /, **kwargs: Any) -> nn.Module:
     return builder(**kwargs)
 
 
-def _crf(num_classes: int, crf_kwargs: Optional[dict[str, Any]]) -> nn.Module:
+def _crf(num_classes: int, crf_kwargs: Optional[dict[str, Any]]) -> "CrfRnn":
     from crfrnn.crf import CrfRnn  # imported here: the CRF is only needed when a CRF model is built
 
     return CrfRnn(num_classes, **(crf_kwargs or {}))

@@ -12,11 +12,12 @@ length-delimited, 5 fixed 32-bit; 3 and 4 (groups) are deprecated and rejected.
 
 from __future__ import annotations
 
+import mmap
 from typing import Iterator, NamedTuple, Union
 
 __all__ = ["Field", "ProtobufError", "iter_fields", "read_varint"]
 
-Buffer = Union[bytes, bytearray, memoryview]
+Buffer = Union[bytes, bytearray, memoryview, mmap.mmap]
 
 VARINT, FIXED64, LENGTH_DELIMITED, FIXED32 = 0, 1, 2, 5
 _MAX_VARINT_BYTES = 10  # a 64-bit varint takes at most 10 bytes

@@ -51,7 +51,7 @@ def _check_mean(mean: Sequence[float]) -> tuple[float, float, float]:
     values = tuple(float(v) for v in mean)
     if len(values) != 3 or not all(math.isfinite(v) for v in values):
         raise ValueError(f"mean must be three finite numbers (B, G, R on the 0..255 scale), got {tuple(mean)!r}.")
-    return values  # type: ignore[return-value]
+    return values
 
 
 class CaffeInput(nn.Module):
@@ -212,6 +212,7 @@ class FCN8s(nn.Module):
                     nn.init.zeros_(module.weight)
                 else:
                     nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+                assert module.bias is not None  # built with a bias
                 nn.init.zeros_(module.bias)
 
     def preprocess(self, image: Tensor) -> Tensor:

@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Optional, Sequence, Union, cast
 
 import numpy as np
 import torch
@@ -43,6 +43,9 @@ from crfrnn.models._weights import (
 )
 from crfrnn.models.fcn8s import CAFFE_BGR_MEAN, CaffeInput, FCN8s
 from crfrnn.models.segmenter import CrfRnnSegmenter
+
+if TYPE_CHECKING:  # pragma: no cover
+    from crfrnn.crf import CrfRnn
 
 __all__ = [
     "CONVENTIONS",
@@ -239,7 +242,8 @@ def load_pretrained(
         )
     conventions = CONVENTIONS[fmt]
     if mean is not None:
-        conventions = replace(conventions, mean_bgr=tuple(float(v) for v in mean))
+        mean_bgr = cast("tuple[float, float, float]", tuple(float(v) for v in mean))  # FCN8s checks the length
+        conventions = replace(conventions, mean_bgr=mean_bgr)
     with torch.device("meta"):
         backbone = FCN8s(dropout=0.5, mean=conventions.mean_bgr, **kwargs)
     _check_shapes(path, fmt, backbone, weights.fcn)
@@ -272,7 +276,7 @@ def load_pretrained(
     return model.to(device or "cpu").eval()
 
 
-def _crf_head(num_classes: int, num_iterations: int, crf_kwargs: Optional[dict[str, Any]]) -> torch.nn.Module:
+def _crf_head(num_classes: int, num_iterations: int, crf_kwargs: Optional[dict[str, Any]]) -> "CrfRnn":
     from crfrnn.crf import CrfRnn  # imported here, as in crfrnn.models: the CRF is only needed when built
 
     options: dict[str, Any] = dict(theta_alpha=160.0, theta_beta=3.0, theta_gamma=3.0, normalization="row")
@@ -282,7 +286,7 @@ def _crf_head(num_classes: int, num_iterations: int, crf_kwargs: Optional[dict[s
 
 def _assemble(
     backbone: FCN8s,
-    head: Optional[torch.nn.Module],
+    head: Optional["CrfRnn"],
     conventions: Conventions,
     pad_to: Union[int, tuple[int, int], None],
 ) -> CrfRnnSegmenter:
@@ -291,7 +295,11 @@ def _assemble(
         pad_to = (pad_to, pad_to)
     pad_value = None if pad_to is None else tuple(float(v) for v in conventions.mean_bgr[::-1])
     model = CrfRnnSegmenter(
-        backbone, head, crf_input=CaffeInput(conventions.mean_bgr), pad_to=pad_to, pad_value=pad_value
+        backbone,
+        head,
+        crf_input=CaffeInput(conventions.mean_bgr),
+        pad_to=cast("Optional[tuple[int, int]]", pad_to),  # a bool is refused there
+        pad_value=pad_value,
     )
     model.conventions = conventions  # type: ignore[assignment]
     return model
@@ -369,7 +377,12 @@ def resize_for_network(image: np.ndarray, policy: str, max_size: int = 500) -> n
     size = (max(1, int(w * ratio)), max(1, int(h * ratio)))
     if size == (w, h):
         return image
-    return np.asarray(Image.fromarray(image).resize(size, resample=Image.BILINEAR))
+    return np.asarray(
+        Image.fromarray(image).resize(
+            size,
+            resample=Image.BILINEAR,  # type: ignore[attr-defined]  # Pillow sets it at import
+        )
+    )
 
 
 def _resize_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -378,7 +391,9 @@ def _resize_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
     mode_dtype = np.uint8 if labels.max(initial=0) < 256 else np.int32
     img = Image.fromarray(labels.astype(mode_dtype))
-    return np.asarray(img.resize((size[1], size[0]), resample=Image.NEAREST)).astype(np.int64)
+    return np.asarray(
+        img.resize((size[1], size[0]), resample=Image.NEAREST)  # type: ignore[attr-defined]  # Pillow sets it at import
+    ).astype(np.int64)
 
 
 def _as_uint8_rgb(image: Any, index: int) -> np.ndarray:

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Optional, Sequence, Union, cast
 
 import torch
 import torch.nn.functional as F
@@ -204,14 +204,14 @@ class CrfRnnSegmenter(nn.Module):
     @property
     def num_classes(self) -> int:
         """Number of labels ``L``, that of the CRF head (of the backbone when there is no CRF)."""
-        return (self.backbone if self.crf is None else self.crf).num_classes
+        return cast(int, (self.backbone if self.crf is None else self.crf).num_classes)
 
     def _check_image(self, image: Tensor) -> None:
         check_image(image)
         if not self.check_image_range or image.numel() == 0:
             return
-        lo, hi = torch.aminmax(image.detach())
-        lo, hi = float(lo), float(hi)
+        lo_t, hi_t = torch.aminmax(image.detach())
+        lo, hi = float(lo_t), float(hi_t)
         if lo < -1e-3 or hi > 255.0 + 1e-3:
             raise ValueError(
                 f"image must be RGB on the 0..255 scale, got values in [{lo:.4g}, {hi:.4g}]. Pass the raw image: "

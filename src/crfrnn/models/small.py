@@ -143,6 +143,7 @@ class SmallFCN(nn.Module):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
         nn.init.normal_(self.classifier.weight, std=0.01)
+        assert self.classifier.bias is not None  # built with a bias
         nn.init.zeros_(self.classifier.bias)
 
     def normalize(self, image: Tensor) -> Tensor:

@@ -8,7 +8,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence, cast
 
 import torch
 
@@ -40,7 +40,7 @@ __all__ = [
 
 def train_config(config: ReproduceConfig, seed: int, name: str, **changes: Any) -> TrainConfig:
     """The :class:`~crfrnn.workflow.config.TrainConfig` of seed ``seed``'s run ``name``, with ``changes``."""
-    base = dict(
+    base: dict[str, Any] = dict(
         out_dir=str(Path(config.out_dir) / f"seed{seed}" / name),
         dataset="synthetic",
         num_train=config.num_train,
@@ -234,10 +234,11 @@ def run_seed(
     base = evaluate(cnn, test, methods=("cnn", "cnn+densecrf"), dense_crf_params=params, **kw)
     rows = {"cnn": metrics_row(base, "cnn"), "cnn+densecrf": metrics_row(base, "cnn+densecrf")}
     crfrnn, _ = load_model(checkpoints["crfrnn"])
+    crf = cast(CrfRnn, crfrnn.crf)  # a CRF-RNN checkpoint
     rows["crfrnn"] = crf_row(crfrnn)
-    crfrnn.crf.num_eval_iterations = config.train_iterations
+    crf.num_eval_iterations = config.train_iterations
     rows["crfrnn_t5"] = crf_row(crfrnn)
-    crfrnn.crf.num_eval_iterations = config.test_iterations
+    crf.num_eval_iterations = config.test_iterations
     longer = load_model(checkpoints["cnn_longer"])[0]
     rows["cnn_longer"] = metrics_row(evaluate(longer, test, methods=("cnn",), **kw), "cnn")
     untrained = CrfRnnSegmenter(
@@ -255,7 +256,6 @@ def run_seed(
         rows[row] = crf_row(load_model(checkpoints[row])[0])
     times["evaluate"] = time.perf_counter() - t0
 
-    crf = crfrnn.crf
     means = crf.kernel_weight_means()
     learned = {
         "spatial_weight_diagonal_mean": means["spatial"],

@@ -224,6 +224,8 @@ class _Pool:
             if worker in self.busy:
                 self.ended(worker)
             return
+        seed: Any
+        value: Any
         kind, seed, value = message["kind"], message.get("seed"), message.get("value")
         if kind == "update":
             self.bar.update(value)

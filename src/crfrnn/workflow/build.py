@@ -8,7 +8,7 @@ data sets are built by :mod:`crfrnn.workflow.datasets`.
 from __future__ import annotations
 
 import difflib
-from typing import Any, Mapping
+from typing import Any, Mapping, cast
 
 import torch
 from torch import Tensor, nn
@@ -88,7 +88,7 @@ def build_model(config: TrainConfig, num_classes: int) -> tuple[nn.Module, str, 
                 f"{num_classes}; start from a checkpoint with the same classes."
             )
         state, init_kwargs = _backbone_state(init) if segmenter else (init["state_dict"], None)
-        target = model.backbone if segmenter else model
+        target = cast(nn.Module, model.backbone) if segmenter else model
         try:
             target.load_state_dict(state)
         except RuntimeError as err:

@@ -17,7 +17,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Mapping, Optional, Union, cast
 
 import numpy as np
 
@@ -275,7 +275,7 @@ def coerce_fields(instance: Any, *, skip: tuple[str, ...] = ()) -> None:
     """Check (and convert, see :func:`coerce_value`) every field of a configuration dataclass instance against
     its evaluated type hint, in place; the fields in ``skip`` are left to the class.
     """
-    hints = _type_hints(type(instance))
+    hints = _type_hints(cast(type, type(instance)))  # mypy: type[Any] is not Hashable
     for f in dataclasses.fields(instance):
         if f.name not in skip:
             value = coerce_value(f.name, getattr(instance, f.name), hints[f.name], owner=type(instance).__name__)

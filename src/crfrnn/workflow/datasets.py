@@ -6,7 +6,7 @@ set a checkpoint was trained on (:func:`synthetic_spec`), and the training and v
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, cast
 
 import torch
 from torch import Tensor
@@ -153,7 +153,7 @@ def synthetic_spec(
     """
     from crfrnn.data import SyntheticShapes
 
-    config = payload.get("config") if isinstance(payload.get("config"), dict) else {}
+    config = found if isinstance(found := payload.get("config"), dict) else {}
     kwargs = dict(config.get("synthetic_kwargs") or {}) if config.get("dataset", "synthetic") == "synthetic" else {}
     names = payload.get("class_names")
     if (
@@ -183,14 +183,16 @@ def build_datasets(config: TrainConfig) -> tuple[Dataset, Optional[Dataset], int
     Raises:
         FileNotFoundError: for a missing data directory; ValueError: for missing settings.
     """
-    from crfrnn.data import VOC_CLASSES
+    from crfrnn.data import VOC_CLASSES, SyntheticShapes
 
     transform = train_transform(config)
     dataset = config.dataset
     class_names: Optional[list[str]] = None
     if dataset == "synthetic":
         spec = {"seed": config.data_seed, "size": config.image_size, **config.synthetic_kwargs}
-        train_raw = open_dataset("synthetic", "train", num_images=config.num_train, synthetic=spec)
+        train_raw = cast(
+            SyntheticShapes, open_dataset("synthetic", "train", num_images=config.num_train, synthetic=spec)
+        )
         val_raw = open_dataset("synthetic", "val", num_images=config.num_val, synthetic=spec)
         per_image = 4 * config.image_size**2
         cache = (config.num_train + config.num_val) * per_image <= _CACHE_BUDGET_BYTES
@@ -200,7 +202,7 @@ def build_datasets(config: TrainConfig) -> tuple[Dataset, Optional[Dataset], int
         else:
             train_raw.transform = transform
             train_set, val_set = train_raw, (val_raw if config.num_val else None)
-        num_classes, class_names = train_raw.num_classes, list(train_raw.class_names)  # type: ignore[attr-defined]
+        num_classes, class_names = train_raw.num_classes, list(train_raw.class_names)
     elif dataset == "voc":
         if config.voc_root is None:
             raise ValueError("dataset 'voc' needs voc_root (--voc-root DIR, the folder containing VOCdevkit).")

@@ -126,9 +126,9 @@ def resolve_device(spec: Union[str, torch.device], *, local_rank: Optional[int] 
     return device
 
 
-def set_threads(threads: Optional[int], dist_info: DistInfo) -> None:
+def set_threads(threads: Optional[int], dist_info: Optional[DistInfo]) -> None:
     """Set torch's and numba's CPU threads (``None``: leave them, except under torchrun: ``OMP_NUM_THREADS``)."""
-    if threads is None and dist_info.enabled:
+    if threads is None and dist_info is not None and dist_info.enabled:
         threads = torch.get_num_threads()  # torchrun sets OMP_NUM_THREADS (1 by default) for every process
     if threads is None:
         return
@@ -137,7 +137,7 @@ def set_threads(threads: Optional[int], dist_info: DistInfo) -> None:
         import numba
     except ImportError:  # pragma: no cover - numba is a dependency
         return
-    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))  # type: ignore[attr-defined]
 
 
 def gather(obj: Any, dist_info: DistInfo) -> list[Any]:

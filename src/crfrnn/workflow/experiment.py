@@ -108,6 +108,7 @@ def reproduce(
             f"{len(config.seeds)} seed(s) in {workers} process(es), {threads or torch.get_num_threads()} thread(s) each"
         )
         if workers > 1:
+            assert threads is not None  # resolved for several workers
             per_seed = run_parallel(config, workers, threads, bar, say)
         else:
             if threads is not None:

@@ -16,7 +16,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional, cast
 
 import torch
 import torch.nn.functional as F
@@ -229,7 +229,7 @@ def _setup(
     if config.workers > 0:  # fill the in-memory caches once here; forked workers share them
         fill_caches(train_set, val_set)
 
-    sampler = DistributedSampler(
+    sampler: DistributedSampler[int] = DistributedSampler(
         train_set, num_replicas=dist_info.world_size, rank=dist_info.rank, shuffle=True, seed=config.seed
     )
     steps_per_epoch = math.ceil(len(sampler) / config.batch_size)
@@ -297,7 +297,7 @@ def train_epoch(run: _Run, epoch: int) -> EpochResult:
     )
     run.net.train()
     if config.freeze_backbone:  # a fixed CNN: no dropout, and batch norm keeps its statistics
-        run.model.backbone.eval()
+        cast(nn.Module, run.model.backbone).eval()
     loss_sum, batches = 0.0, 0
     bar = _batches(loader, run.show, f"epoch {epoch}/{config.epochs}")
     for images, masks in bar:
@@ -319,10 +319,13 @@ def train_epoch(run: _Run, epoch: int) -> EpochResult:
         batches += 1
         if run.show:
             bar.set_postfix(loss=f"{value:.4f}")  # type: ignore[attr-defined]
-    loss_sum, batches = sum_across([loss_sum, batches], run.dist, device)
+    total_loss, total_batches = sum_across([loss_sum, batches], run.dist, device)
     broadcast_buffers(run.model, run.dist)
     return EpochResult(
-        loss_sum / max(batches, 1), run.optimizer.param_groups[0]["lr"], run.global_step, time.perf_counter() - t0
+        total_loss / max(total_batches, 1),
+        run.optimizer.param_groups[0]["lr"],
+        run.global_step,
+        time.perf_counter() - t0,
     )
 
 
@@ -375,13 +378,14 @@ def _loop(
         t0 = time.perf_counter()
         done = train_epoch(run, epoch)
         record = {"epoch": epoch, "train_loss": done.train_loss, "lr": done.lr, "global_step": done.global_step}
-        if isinstance(model, CrfRnnSegmenter) and hasattr(model.crf, "kernel_weight_means"):
+        if isinstance(model, CrfRnnSegmenter) and model.crf is not None and hasattr(model.crf, "kernel_weight_means"):
             means = model.crf.kernel_weight_means()
             record["crf_spatial_weight_mean"] = means["spatial"]
             record["crf_bilateral_weight_mean"] = means["bilateral"]
         validate = run.val_set is not None and len(run.val_set) > 0  # type: ignore[arg-type]
         validate = validate and (epoch % config.eval_every == 0 or epoch == config.epochs)
         if validate:
+            assert run.val_set is not None  # validate only with a validation set
             t1 = time.perf_counter()
             record.update(
                 validation_metrics(
@@ -393,7 +397,7 @@ def _loop(
                     workers=config.workers,
                     progress=run.show,
                 )
-            )  # type: ignore[arg-type]
+            )
             record["val_seconds"] = time.perf_counter() - t1
         record["train_seconds"] = done.seconds
         record["seconds"] = time.perf_counter() - t0

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import time
-from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence, Union
+from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence, Union, cast
 
 import torch
 import torch.nn.functional as F
@@ -168,7 +168,7 @@ def predict_timed(
         seconds["cnn"] = t_cnn
     if "cnn+densecrf" in methods:
         t0 = time.perf_counter()
-        q = dense_crf(image, logits=unary, **crf_params)
+        q = cast(Tensor, dense_crf(image, logits=unary, **crf_params))  # tensors in, a tensor out
         labels["cnn+densecrf"] = q.argmax(1)
         _sync(q.device)
         seconds["cnn+densecrf"] = t_cnn + time.perf_counter() - t0
@@ -179,7 +179,7 @@ def predict_timed(
             out = model(image, use_crf=True)
             refined = out[0] if isinstance(out, tuple) else out
         else:
-            refined = model.crf(unary, image)
+            refined = cast(nn.Module, model.crf)(unary, image)
         labels["crfrnn"] = refined.argmax(1)
         _sync(refined.device)
         seconds["crfrnn"] = (0.0 if released else t_cnn) + time.perf_counter() - t0

@@ -15,7 +15,7 @@ import functools
 import itertools
 import math
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Optional, Sequence, Union
+from typing import Any, Iterable, Mapping, Optional, Sequence, Sized, Union, cast
 
 import torch
 from torch import Tensor, nn
@@ -143,7 +143,7 @@ def accumulate(
         else {}
     )
     seconds = dict.fromkeys(methods, 0.0)
-    total = len(loader) if hasattr(loader, "__len__") else None
+    total = len(cast(Sized, loader)) if hasattr(loader, "__len__") else None
     with eval_mode(model), torch.no_grad():
         for image, mask in _progress(loader, progress is not None, total, progress or ""):  # type: ignore[arg-type]
             image, mask = image.to(device), mask.to(device)
