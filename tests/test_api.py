@@ -391,6 +391,7 @@ PUBLIC_API = {
     ],
     "crfrnn.workflow.rundir": ["RunDir", "RunLock", "check_resume", "load_run_config", "read_metrics"],
     "crfrnn.workflow.seeding": ["derived_seed", "rng_state", "seed_all", "seed_worker", "set_rng_state"],
+    "crfrnn.workflow.shards": ["parse_shard", "shard_name", "take_shard"],
     "crfrnn.workflow.validate": [
         "MethodTotals",
         "accumulate",

@@ -450,7 +450,7 @@ class TestBatch:
         captured = capsys.readouterr()
         assert "img1" in captured.err and "Traceback" not in captured.err
         assert "2 done, 1 failed" in captured.out
-        assert sorted(p.name for p in out.iterdir()) == ["img0.png", "img2.png"]
+        assert sorted(p.name for p in out.iterdir()) == ["img0.png", "img2.png", "summary.json"]
 
     def test_missing_pair_and_shape_mismatch(self, tmp_path, capsys):
         images, scores = self._dirs(tmp_path)
@@ -462,7 +462,7 @@ class TestBatch:
         for name in ("img0.jpg", "orphan.npy", "img1.png"):
             assert name in captured.err
         assert "1 done, 3 failed" in captured.out
-        assert [p.name for p in (tmp_path / "out").iterdir()] == ["img2.png"]
+        assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["img2.png", "summary.json"]
 
     def test_bad_directories(self, tmp_path, capsys):
         assert refine("--images", tmp_path / "none", "--probs", tmp_path, "-o", tmp_path / "out") == 2
@@ -618,7 +618,7 @@ class TestTrust:
         assert "ran out of memory refining" in captured.err and "img0.jpg" in captured.err
         assert "RuntimeError: something unforeseen" in captured.err and "img1.png" in captured.err
         assert "1 done, 2 failed" in captured.out
-        assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["img2.png"]
+        assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["img2.png", "summary.json"]
 
     @pytest.mark.parametrize(
         "extra, needles",

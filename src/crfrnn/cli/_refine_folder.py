@@ -14,9 +14,11 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 from crfrnn._utils.threads import free_cpus
 from crfrnn.cli import CommandError
+from crfrnn.cli._batch import Summary, is_complete, shard_of
 from crfrnn.cli._outputs import check_outputs
 from crfrnn.cli._refine_steps import refine_one
 from crfrnn.io import pair_by_stem
+from crfrnn.workflow.shards import take_shard
 
 __all__ = ["MIN_IMAGES_FOR_PROCESSES", "run_folder"]
 
@@ -91,9 +93,10 @@ def _refine_in_processes(
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def run_folder(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
+def _plan(args: argparse.Namespace, shard: Optional[Tuple[int, int]]) -> Tuple[Path, list, List[Tuple[str, str]]]:
+    """The output folder, this shard's targets ``(stem, image, scores, out, save_probs, overlay)`` and its unpaired
+    files ``(name, reason)``, after the folder-level checks (missing folders, outputs on inputs).
+    """
     try:
         pairs, problems = pair_by_stem(args.images_dir, args.probs_dir)
     except NotADirectoryError as err:
@@ -110,40 +113,80 @@ def run_folder(args: argparse.Namespace) -> int:
     assert out_dir is not None  # -o/--output is required
     probs_dir = _output_dir(args.save_probs, "--save-probs")
     overlay_dir = _output_dir(args.overlay, "--overlay")
-    for name, reason in problems:
+    # one list of every input (pairs and unpaired files) sorted by the stem the outputs are named after
+    entries: list = [(stem, (stem, image_path, probs_path)) for stem, image_path, probs_path in pairs]
+    entries += [(Path(name).stem, (name, reason)) for name, reason in problems]
+    if shard is not None:
+        entries = take_shard(entries, *shard, key=lambda e: e[0])
+    targets, unpaired = [], []
+    for _, entry in entries:
+        if len(entry) == 2:
+            unpaired.append(entry)
+            continue
+        stem, image_path, probs_path = entry
+        out = out_dir / f"{stem}.png"
+        save_probs = None if probs_dir is None else probs_dir / f"{stem}.npy"
+        overlay = None if overlay_dir is None else overlay_dir / f"{stem}.png"
+        targets.append((stem, image_path, probs_path, out, save_probs, overlay))
+    return out_dir, targets, unpaired
+
+
+def _tell_notes(notes: List[str], seen: Dict[str, int]) -> None:
+    """Print each kind of note once (file names taken out); count how often it came again in ``seen``."""
+    from tqdm import tqdm
+
+    for note in notes:
+        kind = re.sub(r"'[^']*'", "''", note)
+        if kind in seen:
+            seen[kind] += 1
+        else:
+            seen[kind] = 0
+            tqdm.write(f"crfrnn refine: note: {note}", file=sys.stderr)
+
+
+def run_folder(args: argparse.Namespace) -> int:
+    """Refine the pairs of ``--images`` and ``--probs`` (this ``--shard``'s), skipping complete ones unless
+    ``--overwrite``; writes the summary; returns 0, or 1 if any failed.
+    """
+    from tqdm import tqdm
+
+    shard = shard_of(args)
+    out_dir, targets, unpaired = _plan(args, shard)
+    summary = Summary("refine", shard)
+    for name, reason in unpaired:
         print(f"crfrnn refine: skipped '{name}': {reason}", file=sys.stderr)
+        summary.add(Path(name), [], "failed", reason)
     start = time.perf_counter()
-    jobs = _worker_count(args.jobs, len(pairs))
-    targets = [
-        (
-            stem,
-            image_path,
-            probs_path,
-            out_dir / f"{stem}.png",
-            None if probs_dir is None else probs_dir / f"{stem}.npy",
-            None if overlay_dir is None else overlay_dir / f"{stem}.png",
+    todo = []
+    for target in targets:
+        if not args.overwrite and is_complete(target[3:]):
+            summary.add(target[1], target[3:], "skipped", scores=target[2])
+        else:
+            todo.append(target)
+    skipped = len(targets) - len(todo)
+    if skipped:
+        print(
+            f"crfrnn refine: skipping {skipped} of {len(targets)} images whose outputs exist (--overwrite redoes them)",
+            file=sys.stderr,
         )
-        for stem, image_path, probs_path in pairs
-    ]
+    jobs = _worker_count(args.jobs, len(todo))
     if jobs > 1:
-        print(f"crfrnn refine: {len(pairs)} images in {jobs} worker processes, one thread each", file=sys.stderr)
-        results = _refine_in_processes(args, targets, jobs)
+        print(f"crfrnn refine: {len(todo)} images in {jobs} worker processes, one thread each", file=sys.stderr)
+        results = _refine_in_processes(args, todo, jobs)
     else:
-        results = _refine_in_this_process(args, targets)
+        results = _refine_in_this_process(args, todo)
+    by_image = {target[1]: target for target in todo}
     done = 0
     seen: Dict[str, int] = {}  # a note told once, with the file names taken out: how often it came again
-    bar = tqdm(results, total=len(targets), desc="refine", unit="image", file=sys.stderr, disable=None)
+    bar = tqdm(results, total=len(todo), desc="refine", unit="image", file=sys.stderr, disable=None)
     for image_path, failure, notes in bar:
+        target = by_image[image_path]
         if failure is not None:
             tqdm.write(f"crfrnn refine: failed '{image_path}': {failure}", file=sys.stderr)
+            summary.add(image_path, target[3:], "failed", failure, scores=target[2])
             continue
-        for note in notes:
-            kind = re.sub(r"'[^']*'", "''", note)
-            if kind in seen:
-                seen[kind] += 1
-            else:
-                seen[kind] = 0
-                tqdm.write(f"crfrnn refine: note: {note}", file=sys.stderr)
+        _tell_notes(notes, seen)
+        summary.add(image_path, target[3:], "done", scores=target[2])
         done += 1
     repeated = sum(seen.values())
     if repeated:
@@ -151,8 +194,19 @@ def run_folder(args: argparse.Namespace) -> int:
             f"crfrnn refine: note: {repeated} more notes like those above for other files were not repeated.",
             file=sys.stderr,
         )
-    failed = len(pairs) - done + len(problems)
+    try:
+        written = summary.write(out_dir)
+    except OSError as err:
+        raise CommandError(f"could not write the summary in '{out_dir}': {err}", 1) from err
+    failed = summary.totals()["failed"]
     elapsed = time.perf_counter() - start
-    unpaired = f" ({len(problems)} without a partner)" if problems else ""
-    print(f"crfrnn refine: {done} done, {failed} failed{unpaired}, {elapsed:.1f} s; labels in '{out_dir}'")
+    extra = f" ({len(unpaired)} without a partner)" if unpaired else ""
+    if skipped:
+        extra += f", {skipped} skipped (outputs exist)"
+    if shard is not None:
+        extra += f" in shard {shard[0]}/{shard[1]}"
+    print(
+        f"crfrnn refine: {done} done, {failed} failed{extra}, {elapsed:.1f} s; labels in '{out_dir}', "
+        f"summary '{written}'"
+    )
     return 0 if failed == 0 else 1

@@ -25,6 +25,7 @@ from PIL import Image
 
 import crfrnn.io
 from crfrnn.cli import CommandError, number_type
+from crfrnn.cli._batch import add_batch_flags
 from crfrnn.cli._refine_folder import MIN_IMAGES_FOR_PROCESSES, run_folder
 from crfrnn.cli._refine_steps import refine_one, refine_volume
 from crfrnn.crf import NORMALIZATIONS
@@ -51,6 +52,7 @@ examples:
   crfrnn refine photo.jpg scores.npz --key logits --logits -o labels.png --overlay compare.png
   crfrnn refine photo.jpg coarse.png --gt-prob 0.7 --unknown 255 -o labels.png
   crfrnn refine --images photos/ --probs outputs/ -o refined/ --save-probs refined_probs/
+  crfrnn refine --images photos/ --probs outputs/ -o refined/ --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT
   crfrnn refine t1.nii.gz tumour_probs.nii.gz -o tumour_labels.nii.gz --bilateral-sxy 10 --bilateral-srgb 20
 
 safety:
@@ -58,7 +60,9 @@ safety:
   truncated file. Outputs that would overwrite an input or each other are refused. Before refining, the
   memory an image needs is estimated (about 32 bytes per pixel and label plus 320 per pixel) and checked
   against --max-memory (default: 75% of this machine's memory). With --images, a pair that fails is
-  reported by name and the run goes on.
+  reported by name and the run goes on; a pair whose outputs all exist is skipped (a rerun resumes a
+  stopped run; --overwrite redoes them), and OUT/summary.json (summary-K-of-N.json with --shard K/N)
+  lists every pair with its outputs and status (done, skipped or failed with the error).
 
 exit codes:
   0 success; 1 a file could not be written, or (with --images) some pairs failed; 2 bad usage or input.
@@ -194,6 +198,8 @@ def add_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]"
         help="worker processes for a folder, one thread each (default: the free CPUs when there are at least "
         f"{MIN_IMAGES_FOR_PROCESSES} images, else this process with all its threads)",
     )
+
+    add_batch_flags(batch)
 
     limits = parser.add_argument_group("limits")
     limits.add_argument(
@@ -362,6 +368,8 @@ def run(args: argparse.Namespace) -> int:
             raise CommandError("pass either IMAGE PROBS or --images DIR --probs DIR, not both.", 2)
     elif args.image is None or args.probs is None:
         raise CommandError("expected IMAGE and PROBS (or --images DIR --probs DIR); see 'crfrnn refine --help'.", 2)
+    elif args.shard is not None:
+        raise CommandError("--shard splits a folder among tasks; pass --images DIR --probs DIR with it.", 2)
     _resolve_crf_options(args)
     if args.max_memory is None:
         args.max_memory = crfrnn.io.default_memory_limit()

@@ -28,6 +28,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from crfrnn._utils.files import atomic_np_save, atomic_save_image
 from crfrnn.cli import CommandError, number_type
+from crfrnn.cli._batch import Summary, add_batch_flags, is_complete, shard_of
 from crfrnn.cli._flags import name_flags
 from crfrnn.cli._outputs import check_outputs
 from crfrnn.data import VOC_CLASSES
@@ -36,6 +37,7 @@ from crfrnn.io import IMAGE_SUFFIXES, read_rgb
 from crfrnn.models import load_pretrained, segment_images
 from crfrnn.models.pretrained import FORMATS, RESIZE_POLICIES
 from crfrnn.visualize import label_overlay
+from crfrnn.workflow.shards import take_shard
 
 __all__ = ["add_parser", "overlay_with_legend", "run"]
 
@@ -51,6 +53,12 @@ examples:
   crfrnn segment photo.jpg --weights TVG_CRFRNN_COCO_VOC.caffemodel -o out/
   crfrnn segment photos/ --weights crfasrnn_weights.pth -o out/ --batch-size 4 --overlay
   crfrnn segment photo.jpg --weights TVG_CRFRNN_COCO_VOC.caffemodel -o out/ --no-crf --probs
+  crfrnn segment photos/ --weights crfasrnn_weights.pth -o out/ --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT
+
+many images:
+  A photo whose outputs all exist is skipped (a rerun resumes a stopped run; --overwrite redoes it). A photo
+  that fails is reported and the run goes on. OUT/summary.json (summary-K-of-N.json with --shard K/N) lists
+  every photo of the run with its outputs and status (done, skipped or failed with the error).
 
 exit codes:
   0 success; 1 some images failed or a file could not be written; 2 bad usage or input.
@@ -108,6 +116,7 @@ def add_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]"
     )
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_batch_flags(parser.add_argument_group("many images (job arrays, resuming)"))
     parser.set_defaults(func=run)
     return parser
 
@@ -187,13 +196,50 @@ def overlay_with_legend(
     return np.asarray(canvas)
 
 
-def run(args: argparse.Namespace) -> int:
-    """Segment the images; see the module docstring."""
-    if not 0.0 <= args.alpha <= 1.0:
-        raise CommandError(f"--alpha must be between 0 and 1, got {args.alpha}.")
-    paths = _collect(args.images)
-    out = Path(args.out)
-    plan = _plan(paths, out, args.overlay, args.probs)
+def _segment(
+    model: Any, images: List[np.ndarray], kept: List[Path], args: argparse.Namespace
+) -> List[Tuple[Path, np.ndarray, Any, Optional[str]]]:
+    """``(photo, image, result or None, error or None)`` of every image; a batch that fails (e.g. an image too
+    large for resize 'none') is retried one image at a time, so that one bad photo fails alone.
+    """
+    try:
+        results = segment_images(
+            model,
+            images,
+            resize=args.resize,
+            restore_size=args.restore_size,
+            use_crf=not args.no_crf,
+            return_probs=args.probs,
+        )
+    except ValueError as err:
+        if len(images) == 1:
+            return [(kept[0], images[0], None, " ".join(str(err).split()))]
+        return [item for p, image in zip(kept, images) for item in _segment(model, [image], [p], args)]
+    return [(p, image, res, None) for p, image, res in zip(kept, images, results)]
+
+
+def _write(
+    res: Any, image: np.ndarray, targets: Tuple[Path, Optional[Path], Optional[Path]], names: Any, alpha: float
+) -> None:
+    """Write one photo's labels, overlay and probabilities (those asked for)."""
+    labels_path, overlay_path, probs_path = targets
+    save_label_png(labels_path, res.labels)
+    if overlay_path is not None:
+        photo = image
+        if res.labels.shape != image.shape[:2]:  # the network's size (no --restore-size)
+            photo = np.asarray(
+                Image.fromarray(image).resize(
+                    res.labels.shape[::-1],
+                    Image.BILINEAR,  # type: ignore[attr-defined]  # Pillow sets it at import
+                )
+            )
+        picture = overlay_with_legend(photo, res.labels, names, alpha)
+        atomic_save_image(Image.fromarray(picture), overlay_path)
+    if probs_path is not None:
+        atomic_np_save(probs_path, res.probs)
+
+
+def _load_model(args: argparse.Namespace) -> Any:
     try:
         device = torch.device(args.device)
     except RuntimeError as err:
@@ -201,7 +247,7 @@ def run(args: argparse.Namespace) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise CommandError(f"--device {args.device}: CUDA is not available on this machine; use --device cpu.")
     try:
-        model = load_pretrained(
+        return load_pretrained(
             args.weights,
             format=args.format,
             crf=not args.no_crf,
@@ -212,7 +258,33 @@ def run(args: argparse.Namespace) -> int:
         )
     except (FileNotFoundError, ValueError, ImportError) as err:
         raise CommandError(str(err)) from err
-    names = list(VOC_CLASSES) if model.num_classes == len(VOC_CLASSES) else None
+
+
+def run(args: argparse.Namespace) -> int:
+    """Segment the images; see the module docstring."""
+    if not 0.0 <= args.alpha <= 1.0:
+        raise CommandError(f"--alpha must be between 0 and 1, got {args.alpha}.")
+    shard = shard_of(args)
+    paths = _collect(args.images)
+    out = Path(args.out)
+    plan = _plan(paths, out, args.overlay, args.probs)  # every photo's, so that clashes across shards are found
+    if shard is not None:
+        paths = take_shard(paths, *shard, key=lambda p: p.stem)  # the stems are distinct: _plan refuses twins
+    summary = Summary("segment", shard)
+    todo = []
+    for p in paths:
+        if args.overwrite or not is_complete(plan[p]):
+            todo.append(p)
+        else:
+            summary.add(p, plan[p], "skipped")
+    skipped = len(paths) - len(todo)
+    if skipped:
+        print(
+            f"crfrnn segment: skipping {skipped} of {len(paths)} images whose outputs exist (--overwrite redoes them)",
+            file=sys.stderr,
+        )
+    model = _load_model(args) if todo else None
+    names = list(VOC_CLASSES) if model is not None and model.num_classes == len(VOC_CLASSES) else None
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -222,61 +294,44 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(paths), desc="segment", unit="image")
-    failures = 0
+        bar = tqdm(total=len(todo), desc="segment", unit="image")
+
+    def fail(p: Path, message: str) -> None:
+        print(f"crfrnn segment: {message}", file=sys.stderr)
+        summary.add(p, plan[p], "failed", message)
+
     try:
-        for start in range(0, len(paths), args.batch_size):
-            chunk = paths[start : start + args.batch_size]
+        for start in range(0, len(todo), args.batch_size):
+            chunk = todo[start : start + args.batch_size]
             images, kept = [], []
             for p in chunk:
                 try:
                     images.append(read_rgb(p))
                     kept.append(p)
                 except (OSError, ValueError) as err:
-                    failures += 1
-                    print(f"crfrnn segment: {p}: {name_flags(str(err), {})}", file=sys.stderr)
-            try:
-                results = (
-                    segment_images(
-                        model,
-                        images,
-                        resize=args.resize,
-                        restore_size=args.restore_size,
-                        use_crf=not args.no_crf,
-                        return_probs=args.probs,
-                    )
-                    if images
-                    else []
-                )
-            except ValueError as err:  # e.g. an image too large for resize 'none'
-                if len(images) == 1:
-                    raise CommandError(f"{kept[0]}: {err}") from err
-                raise CommandError(f"{', '.join(map(str, kept))}: {err}") from err
-            for p, image, res in zip(kept, images, results):
-                labels_path, overlay_path, probs_path = plan[p]
+                    fail(p, f"{p}: {name_flags(str(err), {})}")
+            for p, image, res, error in _segment(model, images, kept, args) if images else []:
+                if error is not None:
+                    fail(p, f"{p}: {error}")
+                    continue
                 try:
-                    save_label_png(labels_path, res.labels)
-                    if overlay_path is not None:
-                        photo = image
-                        if res.labels.shape != image.shape[:2]:  # the network's size (no --restore-size)
-                            photo = np.asarray(
-                                Image.fromarray(image).resize(
-                                    res.labels.shape[::-1],
-                                    Image.BILINEAR,  # type: ignore[attr-defined]  # Pillow sets it at import
-                                )
-                            )
-                        picture = overlay_with_legend(photo, res.labels, names, args.alpha)
-                        atomic_save_image(Image.fromarray(picture), overlay_path)
-                    if probs_path is not None:
-                        atomic_np_save(probs_path, res.probs)
+                    _write(res, image, plan[p], names, args.alpha)
                 except OSError as err:
-                    failures += 1
-                    print(f"crfrnn segment: cannot write the outputs of {p} to {out}: {err}", file=sys.stderr)
+                    fail(p, f"cannot write the outputs of {p} to {out}: {err}")
+                    continue
+                summary.add(p, plan[p], "done")
             if bar is not None:
                 bar.update(len(chunk))
     finally:
         if bar is not None:
             bar.close()
-    done = len(paths) - failures
-    print(f"segmented {done} of {len(paths)} images into {out}")
-    return 1 if failures else 0
+    try:
+        written = summary.write(out)
+    except OSError as err:
+        raise CommandError(f"could not write the summary in {out}: {err}", 1) from err
+    totals = summary.totals()
+    extra = f"; {skipped} skipped (outputs exist)" if skipped else ""
+    if shard is not None:
+        extra += f"; shard {shard[0]}/{shard[1]}"
+    print(f"segmented {totals['done']} of {len(todo)} images into {out}{extra}; summary {written}")
+    return 1 if totals["failed"] else 0

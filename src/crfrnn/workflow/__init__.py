@@ -78,6 +78,7 @@ Modules
 - :mod:`~crfrnn.workflow.predict`: the three methods of the paper's comparison;
 - :mod:`~crfrnn.workflow.validate`: the one validation loop (evaluation, training's validation, CRF search);
 - :mod:`~crfrnn.workflow.report`: tables, JSON, the boundary plot and the prediction grid;
+- :mod:`~crfrnn.workflow.shards`: a job array's task's part of a list of inputs (``--shard K/N``);
 - :mod:`~crfrnn.workflow.experiment` (with :mod:`~crfrnn.workflow.experiment_config` and
   :mod:`~crfrnn.workflow.claims`): the paper's experiment (``crfrnn reproduce``), built on the public API only.
 
