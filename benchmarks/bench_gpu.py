@@ -1,14 +1,16 @@
 """dense_crf and CrfRnn on a CUDA GPU: forward and forward+backward times and peak GPU memory.
 
 At 500x375 and 1000x750, 21 labels, batch 1 and 8, T=5 and 10, float32, on the device-agnostic PyTorch path
-(lattices built on the GPU). Each time is the median of --repeats calls after a warm-up, with
-``torch.cuda.synchronize()`` around every call; peak memory is ``torch.cuda.max_memory_allocated`` during the
-call over what was allocated before it. Without a GPU it says so and exits 0.
+(lattices built on the GPU), with each lattice backend of --backends. Each time is the median of --repeats calls
+after a warm-up, with ``torch.cuda.synchronize()`` around every call; peak memory is
+``torch.cuda.max_memory_allocated`` during the call over what was allocated before it.
+Without a GPU it says so and exits 0.
 
     python benchmarks/bench_gpu.py
     python benchmarks/bench_gpu.py --sizes 375x500 --batches 1 --iterations 5 --repeats 3   # a quick look
     python benchmarks/bench_gpu.py --json out.json
     python benchmarks/bench_gpu.py --compile    # also CrfRnn under torch.compile(fullgraph=True), fwd+bwd
+    python benchmarks/bench_gpu.py --backends torch,triton    # each lattice backend in turn (default: torch)
 
 With ``--compile`` the first call of each configuration compiles (not timed: it is the warm-up).
 """
@@ -54,18 +56,25 @@ def _time(fn, repeats: int, cuda: bool) -> tuple[float, int]:
     return statistics.median(times), peak
 
 
-def _measure(crf_rnn, dense_crf, image, logits, probs, iters: int, args, cuda: bool) -> dict:
+def _backends(text: str) -> list[str]:
+    names = [v.strip() for v in text.split(",") if v.strip()]
+    if not names or any(v not in ("torch", "triton") for v in names):
+        raise argparse.ArgumentTypeError(f"backends are a comma-separated list of torch, triton; got {text!r}")
+    return names
+
+
+def _measure(crf_rnn, dense_crf, image, logits, probs, iters: int, args, cuda: bool, backend: str) -> dict:
     """Time dense_crf, CrfRnn forward and forward+backward (and the compiled one) for one configuration."""
     import torch
 
     h, w = image.shape[-2:]
     device = image.device
-    crf = crf_rnn(args.labels, num_iterations=iters, backend="torch").to(device).train()
+    crf = crf_rnn(args.labels, num_iterations=iters, backend=backend).to(device).train()
     unary = logits.clone().requires_grad_(True)
 
     def infer():
         with torch.no_grad():
-            return dense_crf(image, probs, num_iterations=iters, backend="torch")
+            return dense_crf(image, probs, num_iterations=iters, backend=backend)
 
     def forward():
         with torch.no_grad():
@@ -80,6 +89,7 @@ def _measure(crf_rnn, dense_crf, image, logits, probs, iters: int, args, cuda: b
     t_fwd, _ = _time(forward, args.repeats, cuda)
     t_fb, peak = _time(forward_backward, args.repeats, cuda)
     row = {
+        "backend": backend,
         "size": [h, w],
         "batch": image.shape[0],
         "iterations": iters,
@@ -108,6 +118,9 @@ def main() -> int:
     parser.add_argument("--labels", type=int, default=21)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json")
+    parser.add_argument(
+        "--backends", type=_backends, default=["torch"], help="comma-separated lattice backends: torch, triton"
+    )
     parser.add_argument("--compile", action="store_true", help="also time torch.compile(CrfRnn, fullgraph=True)")
     parser.add_argument(
         "--device", default="cuda", help="cuda (default); cpu runs the same script logic (a smoke test)"
@@ -126,8 +139,8 @@ def main() -> int:
     name = torch.cuda.get_device_name(device) if cuda else "cpu (torch path)"
     print(f"{name}, torch {torch.__version__}, {args.labels} labels")
     print(
-        f"{'size':>9} {'B':>2} {'T':>3} | {'dense_crf':>10} | {'CrfRnn fwd':>10} | {'fwd+bwd':>10} | peak fwd+bwd"
-        + (" | compiled fwd+bwd" if args.compile else "")
+        f"{'backend':>7} {'size':>9} {'B':>2} {'T':>3} | {'dense_crf':>10} | {'CrfRnn fwd':>10} | {'fwd+bwd':>10} | "
+        "peak fwd+bwd" + (" | compiled fwd+bwd" if args.compile else "")
     )
     if args.compile:
         torch._dynamo.config.capture_dynamic_output_shape_ops = True  # the lattice's vertex count (docs/engine.md)
@@ -139,14 +152,14 @@ def main() -> int:
             logits = torch.randn(batch, args.labels, h // 8, w // 8, generator=g)
             logits = torch.nn.functional.interpolate(logits, size=(h, w), mode="bilinear").to(device)
             probs = torch.softmax(logits, 1)
-            for iters in args.iterations:
+            for backend, iters in [(bk, it) for bk in args.backends for it in args.iterations]:
                 # the model, its input and the closures over them live in _measure's frame only, so they are
                 # freed when it returns and empty_cache() can hand their memory back before the next configuration
-                row = _measure(CrfRnn, dense_crf, image, logits, probs, iters, args, cuda)
+                row = _measure(CrfRnn, dense_crf, image, logits, probs, iters, args, cuda, backend)
                 rows.append(row)
                 extra = f" | {row['compiled_forward_backward_s'] * 1e3:7.1f} ms" if args.compile else ""
                 print(
-                    f"{h:>4}x{w:<4} {batch:>2} {iters:>3} | {row['dense_crf_s'] * 1e3:7.1f} ms | "
+                    f"{backend:>7} {h:>4}x{w:<4} {batch:>2} {iters:>3} | {row['dense_crf_s'] * 1e3:7.1f} ms | "
                     f"{row['forward_s'] * 1e3:7.1f} ms | {row['forward_backward_s'] * 1e3:7.1f} ms | "
                     f"{row['peak_bytes'] / 2**20:8.0f} MB" + extra,
                     flush=True,

@@ -27,6 +27,16 @@ def _lattice(seed=0, b=2, n=40, d=3):
     return feats, torch.randn(b, n, 5, generator=g, dtype=F64)
 
 
+def _at_lattice_build(reason) -> bool:
+    """Whether a graph break happened in the lattice build (the custom operator whose output shape depends on the
+    data): its user stack passes through ``_custom_ops.build``; a torch without the stack names the operator.
+    """
+    frames = getattr(reason, "user_stack", None) or []
+    if frames:
+        return any(f.filename.endswith("_custom_ops.py") and f.name == "build" for f in frames)
+    return "lattice_build" in str(reason.reason)
+
+
 class TestOperators:
     @pytest.mark.parametrize("backend", ["torch", "numba"])
     @pytest.mark.parametrize("reverse", [False, True])
@@ -82,7 +92,8 @@ class TestCompile:
         torch._dynamo.reset()
         without = torch._dynamo.explain(crf)(unary.float(), image.float())  # breaks only at the lattice builds
         assert 0 < without.graph_break_count <= 12
-        assert all("lattice_build" in str(b.reason) for b in without.break_reasons)
+        # where it breaks, not the wording of the reason (which changes between torch releases)
+        assert all(_at_lattice_build(b) for b in without.break_reasons)
 
     @pytest.mark.parametrize("normalization,exclude_self", [("row", False), ("symmetric", True)])
     def test_values_and_gradients_equal_eager(self, normalization, exclude_self):

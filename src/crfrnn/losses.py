@@ -131,7 +131,7 @@ def dense_crf_loss(
         exclude_self: leave ``j = i`` out of ``W`` (see the module docstring for why this is the default).
         reduction: ``"mean"`` over the batch, ``"sum"``, or ``"none"`` for ``(B,)`` per-image values.
         exact: the O(N^2) exact Gaussian instead of the lattice (small inputs, tests).
-        backend: lattice backend (``"auto"``, ``"torch"``, ``"numba"``).
+        backend: lattice backend (``"auto"``, ``"torch"``, ``"numba"``, ``"triton"``).
 
     Returns:
         A scalar (``"mean"``/``"sum"``) or ``(B,)``, in the probabilities' dtype (float32 for half precision),

@@ -81,7 +81,7 @@ def infer(
         memory_efficient: keep less for the backward pass and recompute the rest there (the compiled path keeps the
             marginals and recomputes the messages; the torch path recomputes each iteration).
         exact: O(N^2) exact Gaussians instead of lattices (small inputs, for tests).
-        backend: lattice backend (``"auto"``, ``"torch"``, ``"numba"``).
+        backend: lattice backend (``"auto"``, ``"torch"``, ``"numba"``, ``"triton"``).
         cache: where kernels with a ``cache_key`` are kept between calls; None keeps nothing.
         name: the caller's name for ``scores``, for error messages.
         sum_tol: how far from 1 probabilities may sum (the caller's dtype decides).

@@ -76,7 +76,7 @@ def mean_field(
             path the marginals only (the kernels' blurred vertex buffers are recomputed: 0.56x of the activation
             memory at 500x375 with CrfRnn's widths); on the torch path each iteration is recomputed.
         exact: use the O(N^2) exact Gaussian instead of the lattice (tiny inputs; for tests).
-        backend: lattice backend (``"auto"``, ``"torch"`` or ``"numba"``).
+        backend: lattice backend (``"auto"``, ``"torch"``, ``"numba"`` or ``"triton"``).
         cache: a :class:`crfrnn.KernelCache` that keeps the spatial kernel for later calls of the same size.
 
     Returns:

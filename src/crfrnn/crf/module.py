@@ -51,7 +51,7 @@ class CrfRnn(nn.Module):
         normalization: one of :data:`NORMALIZATIONS` (``"row"``: the released code's).
         exclude_self: exclude ``j == i`` from the messages.
         memory_efficient: recompute in the backward pass what the default keeps (see :func:`crfrnn.mean_field`).
-        backend: lattice backend (``"auto"``, ``"torch"`` or ``"numba"``).
+        backend: lattice backend (``"auto"``, ``"torch"``, ``"numba"`` or ``"triton"``).
         num_untied: untied iterations (the paper's ablation): ``T_u`` separate sets of kernel weights and
             compatibility, stacked as ``(T_u, L, L)`` parameters; iteration ``t`` uses set ``min(t, T_u - 1)``, so
             evaluating with more iterations than sets (e.g. train 5, eval 10) reuses the last set. None (default)

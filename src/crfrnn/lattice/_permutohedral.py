@@ -63,8 +63,9 @@ class PermutohedralLattice:
         features: ``(B, N, D)`` float32 or float64, ``B >= 1`` point sets of ``N >= 1`` points with
             ``D >= 1`` features each, already divided by the kernel widths.
         backend: ``"auto"`` (compiled CPU kernels when the features are on the CPU and numba is
-            installed, pure PyTorch otherwise), ``"torch"`` (pure PyTorch sparse matrices, any device) or
-            ``"numba"`` (CPU only).
+            installed, pure PyTorch otherwise), ``"torch"`` (pure PyTorch sparse matrices, any device),
+            ``"numba"`` (CPU only) or ``"triton"`` (the Triton filter kernels: CUDA tensors, or CPU tensors under
+            ``TRITON_INTERPRET=1``; the construction is still the reference one; ``"auto"`` does not choose it).
 
     Example:
         >>> feats = torch.rand(2, 100, 3) * 5
@@ -83,7 +84,8 @@ class PermutohedralLattice:
         #: the scale constant applied when slicing (densecrf's ``alpha``)
         self.alpha = 1.0 / (1.0 + 2.0 ** (-d))
         self._operator = operator.build(features.detach().reshape(-1, d), self.batch_size, self.alpha)
-        #: the backend that runs: ``"torch"``, ``"numba"``, or ``"ops"`` (the custom operators under torch.compile)
+        #: the backend that runs: ``"torch"``, ``"numba"``, ``"triton"``, or ``"ops"`` (the custom operators under
+        #: torch.compile)
         self.backend = self._operator.name
         #: number of lattice vertices (all images of the batch together)
         self.num_vertices = self._operator.num_vertices

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# One GPU session's checks in one call (under 8 minutes; every part bounded with `timeout`), run from the
+# repository root on a machine with a CUDA GPU and without pip:
+#
+#     OUT=/some/folder bash benchmarks/gpu_check.sh
+#
+# 1. the torch-path tests on CUDA (CRFRNN_TEST_DEVICE=cuda, TRITON_INTERPRET unset: the Triton kernels compiled);
+# 2. benchmarks/bench_gpu.py with the "torch" and "triton" lattice backends (one size, batch 1, T=5);
+# 3. dense_crf on CUDA (torch and triton backends) against the CPU engine on a scikit-image photo.
+#
+# Every part's output goes to $OUT/<part>.log (and .json), its exit status to $OUT/status.txt; the script goes on
+# after a failed part and exits with the first failure's status.
+set -u
+OUT=${OUT:-gpu_check_out}
+mkdir -p "$OUT"
+export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH}
+unset TRITON_INTERPRET
+PY=${PYTHON:-python3}
+status=0
+
+part() {  # part NAME SECONDS COMMAND...: run COMMAND under timeout, log to $OUT/NAME.log, record its status
+    local name=$1 limit=$2
+    shift 2
+    local start=$SECONDS
+    timeout --kill-after=10 "$limit" "$@" >"$OUT/$name.log" 2>&1
+    local rc=$?
+    echo "$name rc=$rc seconds=$((SECONDS - start))" | tee -a "$OUT/status.txt"
+    if [ "$rc" -ne 0 ] && [ "$status" -eq 0 ]; then status=$rc; fi
+}
+
+{
+    echo "date: $(date -u)"
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 || true
+    "$PY" -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available())" 2>&1
+    "$PY" -c "import triton; print('triton', triton.__version__)" 2>&1 || echo "triton: not importable"
+} >"$OUT/environment.txt"
+: >"$OUT/status.txt"
+
+# pytest-xdist when the machine has it, else one process
+if "$PY" -c "import xdist" 2>/dev/null; then XDIST=(-n 8); else XDIST=(); fi
+part tests 270 env CRFRNN_TEST_DEVICE=cuda "$PY" -m pytest ${XDIST[@]+"${XDIST[@]}"} -q -p no:cacheprovider \
+    tests/test_crf.py tests/crf tests/test_lattice.py tests/test_metrics.py tests/test_losses.py tests/test_dense.py \
+    tests/test_energy.py tests/test_compile.py tests/test_triton.py --junitxml="$OUT/tests.xml"
+
+part bench_gpu 120 "$PY" benchmarks/bench_gpu.py --sizes 375x500 --batches 1 --iterations 5 --repeats 3 \
+    --backends torch,triton --json "$OUT/bench_gpu.json"
+
+part dense_check 60 "$PY" benchmarks/gpu_dense_check.py --device cuda --size 375x500 --backends torch,triton \
+    --json "$OUT/dense_check.json"
+
+exit "$status"
