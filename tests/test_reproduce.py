@@ -8,7 +8,7 @@ import math
 import pytest
 
 from crfrnn.workflow import MARGIN, ROWS, ReproduceConfig, check_claims, reproduce, summarize
-from crfrnn.workflow.claims import plot_summary
+from crfrnn.workflow._claims import plot_summary
 
 
 def tiny(out_dir, **changes) -> ReproduceConfig:
@@ -236,7 +236,7 @@ class TestClaims:
         assert stats["std"] == 0.0 and stats["n"] == 1 and not math.isnan(stats["mean"])
 
     def test_one_seed_draws_no_spread(self, tmp_path, monkeypatch):
-        import crfrnn.workflow.claims as claims
+        import crfrnn.workflow._claims as claims
 
         drawn = []
         monkeypatch.setattr(claims, "plot_boundary", lambda path, curves, **kw: drawn.append(curves))

@@ -23,8 +23,8 @@ from crfrnn.workflow import (
     segmentation_loss,
     train,
 )
-from crfrnn.workflow.config import coerce_value
-from crfrnn.workflow.distributed import state_hash
+from crfrnn.workflow._config import coerce_value
+from crfrnn.workflow._distributed import state_hash
 
 # A run that takes about a second: 8 images of 48x48, a width-8 SmallFCN, 2 steps per epoch.
 TINY = dict(num_train=8, num_val=4, image_size=48, crop_size=48, batch_size=4, model_kwargs={"width": 8})
@@ -202,7 +202,7 @@ class TestBuildModel:
         for key, value in model.backbone.state_dict().items():  # weights and batch-norm statistics alike
             assert torch.equal(value, start[key]), key
         assert not torch.equal(model.crf.compatibility, 1 - torch.eye(7))  # the CRF did train
-        from crfrnn.workflow.build import freeze_backbone
+        from crfrnn.workflow._build import freeze_backbone
 
         groups = {g["name"] for g in build_optimizer(freeze_backbone(model), tiny_crf(tmp_path)).param_groups}
         assert groups == {"crf_kernel", "crf_compatibility"}  # nothing of the CNN left for the optimiser

@@ -258,7 +258,7 @@ class TestPredictionGridLegend:
 
         from crfrnn.data import synthetic_splits
         from crfrnn.models import create
-        from crfrnn.workflow.report import save_method_grid
+        from crfrnn.workflow._report import save_method_grid
 
         data = synthetic_splits(3, num_train=0, num_val=2, num_test=0, size=24)[1]
         runs = [(create("small_fcn", num_classes=7, width=8), ("cnn",), None)]

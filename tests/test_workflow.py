@@ -17,10 +17,10 @@ from PIL import Image
 from crfrnn.data import synthetic_splits
 from crfrnn.models import create
 from crfrnn.workflow import evaluate
-from crfrnn.workflow.datasets import open_dataset, synthetic_spec
-from crfrnn.workflow.distributed import resolve_device
-from crfrnn.workflow.report import BoundaryCurve, finite, jsonable, plot_boundary, save_method_grid
-from crfrnn.workflow.validate import validation_metrics
+from crfrnn.workflow._datasets import open_dataset, synthetic_spec
+from crfrnn.workflow._distributed import resolve_device
+from crfrnn.workflow._report import BoundaryCurve, finite, jsonable, plot_boundary, save_method_grid
+from crfrnn.workflow._validate import validation_metrics
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +146,7 @@ class TestPictures:
 
 class TestRunLock:
     def test_a_symlinked_lock_is_refused_and_its_target_kept(self, tmp_path):
-        from crfrnn.workflow.rundir import RunLock
+        from crfrnn.workflow._rundir import RunLock
 
         outside = tmp_path / "outside.txt"
         outside.write_text("keep me\n")
@@ -164,7 +164,7 @@ class TestRunLock:
     def test_a_lock_that_is_not_a_regular_file_is_refused(self, tmp_path):
         import os
 
-        from crfrnn.workflow.rundir import RunLock
+        from crfrnn.workflow._rundir import RunLock
 
         os.mkfifo(tmp_path / ".lock")
         with pytest.raises(ValueError, match="not a regular file"):
@@ -180,7 +180,7 @@ class TestRunLock:
     def test_a_plain_lock_is_taken_and_holds_the_pid(self, tmp_path):
         import os
 
-        from crfrnn.workflow.rundir import RunLock
+        from crfrnn.workflow._rundir import RunLock
 
         lock = RunLock.acquire(tmp_path)
         assert lock is not None and (tmp_path / ".lock").read_text() == f"{os.getpid()}\n"

@@ -33,6 +33,19 @@ MOVED: dict[str, str] = {
     "crfrnn.reproduce": "crfrnn.workflow",
     "crfrnn.filters": "crfrnn.lattice.filters",
     "crfrnn._ops": "crfrnn.lattice._custom_ops",
+    "crfrnn.workflow.build": "crfrnn.workflow._build",
+    "crfrnn.workflow.claims": "crfrnn.workflow._claims",
+    "crfrnn.workflow.config": "crfrnn.workflow._config",
+    "crfrnn.workflow.datasets": "crfrnn.workflow._datasets",
+    "crfrnn.workflow.distributed": "crfrnn.workflow._distributed",
+    "crfrnn.workflow.experiment": "crfrnn.workflow._experiment",
+    "crfrnn.workflow.experiment_config": "crfrnn.workflow._experiment_config",
+    "crfrnn.workflow.loop": "crfrnn.workflow._loop",
+    "crfrnn.workflow.predict": "crfrnn.workflow._predict",
+    "crfrnn.workflow.report": "crfrnn.workflow._report",
+    "crfrnn.workflow.rundir": "crfrnn.workflow._rundir",
+    "crfrnn.workflow.seeding": "crfrnn.workflow._seeding",
+    "crfrnn.workflow.validate": "crfrnn.workflow._validate",
 }
 
 

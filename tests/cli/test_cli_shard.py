@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from crfrnn.cli import main
-from crfrnn.workflow.shards import parse_shard, shard_name, take_shard
+from crfrnn.workflow._shards import parse_shard, shard_name, take_shard
 
 _HERE = Path(__file__).resolve().parent
 

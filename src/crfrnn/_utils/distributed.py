@@ -2,7 +2,7 @@
 
 Both do nothing without an initialised :mod:`torch.distributed` process group, so the code that calls them is the
 same in one process or many. Starting the group, devices and the other collectives are
-:mod:`crfrnn.workflow.distributed`'s.
+:mod:`crfrnn.workflow._distributed`'s.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """What the folder commands (``crfrnn refine --images``, ``crfrnn segment``) share to run at data-set scale.
 
-- ``--shard K/N``: this process takes task ``K`` of ``N`` of a job array (:func:`crfrnn.workflow.shards.take_shard`).
+- ``--shard K/N``: this process takes task ``K`` of ``N`` of a job array (:func:`crfrnn.workflow._shards.take_shard`).
 - Resume: an input whose outputs all exist is skipped unless ``--overwrite`` is given. Every output is written
   atomically (:mod:`crfrnn._utils.files`), so an existing file is a complete one and a killed run loses only the
   images it was writing.
@@ -18,7 +18,7 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from crfrnn._utils.files import atomic_write_text
 from crfrnn.cli import CommandError
-from crfrnn.workflow.shards import parse_shard, shard_name
+from crfrnn.workflow._shards import parse_shard, shard_name
 
 __all__ = ["STATUSES", "Summary", "add_batch_flags", "is_complete", "shard_of"]
 

@@ -18,7 +18,7 @@ from crfrnn.cli._batch import Summary, is_complete, shard_of
 from crfrnn.cli._outputs import check_outputs
 from crfrnn.cli._refine_steps import refine_one
 from crfrnn.io import pair_by_stem
-from crfrnn.workflow.shards import take_shard
+from crfrnn.workflow._shards import take_shard
 
 __all__ = ["MIN_IMAGES_FOR_PROCESSES", "run_folder"]
 

@@ -156,12 +156,12 @@ def _search_grid(text: Optional[str]) -> Optional[dict[str, Any]]:
 
 
 def _dataset(args: argparse.Namespace, split: str, synthetic: dict[str, Any], num_classes: Optional[int] = None) -> Any:
-    """The data set named by the arguments (:func:`crfrnn.workflow.datasets.open_dataset`); data problems become
+    """The data set named by the arguments (:func:`crfrnn.workflow._datasets.open_dataset`); data problems become
     CommandErrors.
 
     ``num_classes``: folder masks with other labels are reported by file name when read.
     """
-    from crfrnn.workflow.datasets import SYNTHETIC_SPLITS, open_dataset
+    from crfrnn.workflow._datasets import SYNTHETIC_SPLITS, open_dataset
 
     if args.dataset == "synthetic":
         if split not in SYNTHETIC_SPLITS:
@@ -213,9 +213,9 @@ def run(args: argparse.Namespace) -> int:
     from crfrnn.io.checkpoint import load_model
     from crfrnn.models import CrfRnnSegmenter
     from crfrnn.workflow import evaluate, format_table, search_dense_crf, write_report
-    from crfrnn.workflow.datasets import synthetic_spec
-    from crfrnn.workflow.distributed import resolve_device
-    from crfrnn.workflow.report import save_method_grid
+    from crfrnn.workflow._datasets import synthetic_spec
+    from crfrnn.workflow._distributed import resolve_device
+    from crfrnn.workflow._report import save_method_grid
 
     _check_positive(args.max_images, "--max-images")
     _check_positive(args.batch_size, "--batch-size")

@@ -41,7 +41,7 @@ def _seeds(text: str) -> tuple[int, ...]:
 
 
 def _ablations(text: str) -> tuple[str, ...]:
-    from crfrnn.workflow.experiment import ABLATIONS
+    from crfrnn.workflow._experiment import ABLATIONS
 
     names = tuple(part.strip() for part in text.split(",") if part.strip())
     if text.strip().lower() == "none":

@@ -37,7 +37,7 @@ from crfrnn.io import IMAGE_SUFFIXES, read_rgb
 from crfrnn.models import load_pretrained, segment_images
 from crfrnn.models.pretrained import FORMATS, RESIZE_POLICIES
 from crfrnn.visualize import label_overlay
-from crfrnn.workflow.shards import take_shard
+from crfrnn.workflow._shards import take_shard
 
 __all__ = ["add_parser", "overlay_with_legend", "run"]
 

@@ -141,7 +141,7 @@ def add_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]"
 def _config(args: argparse.Namespace) -> Any:
     """The TrainConfig: defaults < the run's config.yaml (with --resume) < --config < flags."""
     from crfrnn.workflow import TrainConfig, load_config
-    from crfrnn.workflow.rundir import load_run_config
+    from crfrnn.workflow._rundir import load_run_config
 
     flags = {k: v for k, v in vars(args).items() if k in TrainConfig.field_names()}
     config_file = getattr(args, "config", None)

@@ -64,40 +64,41 @@ Markdown table and a plot of boundary accuracy against band width.
 
 Evaluation is distributed like training: each process evaluates every ``world_size``-th image and the confusion
 matrices are summed across processes. :func:`reproduce` runs the paper's whole comparison (see
-:mod:`crfrnn.workflow.experiment`).
+:mod:`crfrnn.workflow._experiment`).
 
 Modules
 -------
-- :mod:`~crfrnn.workflow.config`: :class:`~crfrnn.workflow.config.TrainConfig`, typed and validated;
-- :mod:`~crfrnn.workflow.datasets`: data sets from a spec, and the training and validation sets of a config;
-- :mod:`~crfrnn.workflow.build`: model, optimiser and schedule from a config;
-- :mod:`~crfrnn.workflow.distributed`: processes, devices, threads and the collectives;
-- :mod:`~crfrnn.workflow.seeding`: seeds and random states;
-- :mod:`~crfrnn.workflow.rundir`: the run directory (config, metrics, checkpoints, resume checks, the lock);
-- :mod:`~crfrnn.workflow.loop`: the training loop (epoch, validation, saving);
-- :mod:`~crfrnn.workflow.predict`: the three methods of the paper's comparison;
-- :mod:`~crfrnn.workflow.validate`: the one validation loop (evaluation, training's validation, CRF search);
-- :mod:`~crfrnn.workflow.report`: tables, JSON, the boundary plot and the prediction grid;
-- :mod:`~crfrnn.workflow.shards`: a job array's task's part of a list of inputs (``--shard K/N``);
-- :mod:`~crfrnn.workflow.experiment` (with :mod:`~crfrnn.workflow.experiment_config` and
-  :mod:`~crfrnn.workflow.claims`): the paper's experiment (``crfrnn reproduce``), built on the public API only.
+- :mod:`~crfrnn.workflow._config`: :class:`~crfrnn.workflow._config.TrainConfig`, typed and validated;
+- :mod:`~crfrnn.workflow._datasets`: data sets from a spec, and the training and validation sets of a config;
+- :mod:`~crfrnn.workflow._build`: model, optimiser and schedule from a config;
+- :mod:`~crfrnn.workflow._distributed`: processes, devices, threads and the collectives;
+- :mod:`~crfrnn.workflow._seeding`: seeds and random states;
+- :mod:`~crfrnn.workflow._rundir`: the run directory (config, metrics, checkpoints, resume checks, the lock);
+- :mod:`~crfrnn.workflow._loop`: the training loop (epoch, validation, saving);
+- :mod:`~crfrnn.workflow._predict`: the three methods of the paper's comparison;
+- :mod:`~crfrnn.workflow._validate`: the one validation loop (evaluation, training's validation, CRF search);
+- :mod:`~crfrnn.workflow._report`: tables, JSON, the boundary plot and the prediction grid;
+- :mod:`~crfrnn.workflow._shards`: a job array's task's part of a list of inputs (``--shard K/N``);
+- :mod:`~crfrnn.workflow._experiment` (with :mod:`~crfrnn.workflow._experiment_config` and
+  :mod:`~crfrnn.workflow._claims`): the paper's experiment (``crfrnn reproduce``), built on the public API only.
 
 This package gathers their public names (the old :mod:`crfrnn.training`, :mod:`crfrnn.evaluation` and
 :mod:`crfrnn.reproduce` paths still import it, with a :class:`FutureWarning`, for one release). The attribute
-``crfrnn.workflow.predict`` is the function :func:`~crfrnn.workflow.predict.predict`; ``from crfrnn.workflow.predict
+``crfrnn.workflow._predict`` is the function :func:`~crfrnn.workflow._predict.predict`; ``from crfrnn.workflow._predict
 import ...`` (or :func:`importlib.import_module`) reaches the module.
 """
 
-from crfrnn.workflow.build import build_model, build_optimizer
-from crfrnn.workflow.claims import CLAIMS, MARGIN, ROWS, check_claims, summarize
-from crfrnn.workflow.config import DATASETS, IGNORE_INDEX, LR_SCHEDULES, OPTIMIZERS, STAGES, TrainConfig, load_config
-from crfrnn.workflow.datasets import build_datasets
-from crfrnn.workflow.experiment import reproduce
-from crfrnn.workflow.experiment_config import ABLATIONS, ReproduceConfig
-from crfrnn.workflow.loop import TrainingError, segmentation_loss, train
-from crfrnn.workflow.predict import DEFAULT_SEARCH_GRID, METHOD_TITLES, METHODS, predict
-from crfrnn.workflow.report import PLOT_DPI, PLOT_SIZE, format_table, write_report
-from crfrnn.workflow.validate import evaluate, search_dense_crf
+from crfrnn.workflow._build import build_model, build_optimizer
+from crfrnn.workflow._claims import CLAIMS, MARGIN, ROWS, check_claims, summarize
+from crfrnn.workflow._config import DATASETS, IGNORE_INDEX, LR_SCHEDULES, OPTIMIZERS, STAGES, TrainConfig, load_config
+from crfrnn.workflow._datasets import build_datasets
+from crfrnn.workflow._experiment import reproduce
+from crfrnn.workflow._experiment_config import ABLATIONS, ReproduceConfig
+from crfrnn.workflow._loop import TrainingError, segmentation_loss, train
+from crfrnn.workflow._predict import DEFAULT_SEARCH_GRID, METHOD_TITLES, METHODS, predict
+from crfrnn.workflow._report import PLOT_DPI, PLOT_SIZE, format_table, write_report
+from crfrnn.workflow._shards import parse_shard, shard_name, take_shard
+from crfrnn.workflow._validate import evaluate, search_dense_crf
 
 __all__ = [
     "ABLATIONS",
@@ -124,11 +125,14 @@ __all__ = [
     "evaluate",
     "format_table",
     "load_config",
+    "parse_shard",
     "predict",
     "reproduce",
     "search_dense_crf",
     "segmentation_loss",
+    "shard_name",
     "summarize",
+    "take_shard",
     "train",
     "write_report",
 ]

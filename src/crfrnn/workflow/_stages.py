@@ -1,5 +1,5 @@
 """The stages of the paper's experiment for one seed: its training runs, the offline dense CRF's search and the
-evaluation of every row (used by :func:`crfrnn.workflow.experiment.reproduce` and its worker processes).
+evaluation of every row (used by :func:`crfrnn.workflow._experiment.reproduce` and its worker processes).
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from crfrnn.crf import CrfRnn
 from crfrnn.data import synthetic_splits
 from crfrnn.io.checkpoint import load_model
 from crfrnn.models.segmenter import CrfRnnSegmenter
-from crfrnn.workflow.config import TrainConfig
-from crfrnn.workflow.experiment_config import ABLATIONS, ReproduceConfig
-from crfrnn.workflow.loop import train
-from crfrnn.workflow.report import jsonable
-from crfrnn.workflow.validate import evaluate, search_dense_crf
+from crfrnn.workflow._config import TrainConfig
+from crfrnn.workflow._experiment_config import ABLATIONS, ReproduceConfig
+from crfrnn.workflow._loop import train
+from crfrnn.workflow._report import jsonable
+from crfrnn.workflow._validate import evaluate, search_dense_crf
 
 __all__ = [
     "checkpoint_key",
@@ -39,7 +39,7 @@ __all__ = [
 
 
 def train_config(config: ReproduceConfig, seed: int, name: str, **changes: Any) -> TrainConfig:
-    """The :class:`~crfrnn.workflow.config.TrainConfig` of seed ``seed``'s run ``name``, with ``changes``."""
+    """The :class:`~crfrnn.workflow._config.TrainConfig` of seed ``seed``'s run ``name``, with ``changes``."""
     base: dict[str, Any] = dict(
         out_dir=str(Path(config.out_dir) / f"seed{seed}" / name),
         dataset="synthetic",
@@ -71,7 +71,7 @@ def run_stage(run_config: TrainConfig, on_epoch: Callable[[dict], None]) -> Path
 
 
 def metrics_row(result: Mapping[str, Any], method: str) -> dict[str, Any]:
-    """The metrics of ``method`` that the report keeps, from :func:`~crfrnn.workflow.validate.evaluate`'s result."""
+    """The metrics of ``method`` that the report keeps, from :func:`~crfrnn.workflow._validate.evaluate`'s result."""
     m = result["methods"][method]
     keep = ("mean_iou", "pixel_accuracy", "mean_class_accuracy", "per_class_iou", "boundary", "seconds_per_image")
     return {k: m[k] for k in keep}

@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from crfrnn._utils.files import atomic_write_text
+from crfrnn.workflow._distributed import set_threads
+from crfrnn.workflow._experiment_config import ReproduceConfig
+from crfrnn.workflow._loop import TrainingError
+from crfrnn.workflow._report import jsonable
 from crfrnn.workflow._stages import run_seed, search_stage, splits, stage1_checkpoint, stage_keys, train_stages
-from crfrnn.workflow.distributed import set_threads
-from crfrnn.workflow.experiment_config import ReproduceConfig
-from crfrnn.workflow.loop import TrainingError
-from crfrnn.workflow.report import jsonable
 
 __all__ = ["PipeBar", "run_parallel", "worker_main"]
 
@@ -93,7 +93,7 @@ def run_parallel(
     once it is done), its dense CRF search (once stage 1 is done) and its evaluation (once everything else is); a
     free worker takes the first ready one, stage-1 runs first because everything waits on them, so no core idles
     while one seed finishes. Plain subprocesses rather than :mod:`multiprocessing`: a script that calls
-    :func:`~crfrnn.workflow.experiment.reproduce` needs no ``if __name__ == "__main__"`` guard, and no forked torch
+    :func:`~crfrnn.workflow._experiment.reproduce` needs no ``if __name__ == "__main__"`` guard, and no forked torch
     or numba thread pool is inherited. The workers' warnings go to ``worker<K>.log`` in ``out_dir``.
 
     Args:

@@ -1,4 +1,4 @@
-"""What the paper's experiment (:mod:`crfrnn.workflow.experiment`) concludes: the rows of its table, the
+"""What the paper's experiment (:mod:`crfrnn.workflow._experiment`) concludes: the rows of its table, the
 statistics over seeds, the claims checked against them, and the report (``report.md``, ``boundary.png``).
 """
 
@@ -11,8 +11,8 @@ import statistics
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from crfrnn.workflow.experiment_config import ReproduceConfig
-from crfrnn.workflow.report import BoundaryCurve, finite, plot_boundary
+from crfrnn.workflow._experiment_config import ReproduceConfig
+from crfrnn.workflow._report import BoundaryCurve, finite, plot_boundary
 
 __all__ = [
     "ABLATION_CLAIMS",

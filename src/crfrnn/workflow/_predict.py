@@ -3,7 +3,7 @@
 The methods (Zheng et al. 2015, Table 1): ``"cnn"``, the CNN alone (the backbone of a
 :class:`~crfrnn.models.CrfRnnSegmenter`, or a plain network returning logits); ``"cnn+densecrf"``, its logits
 refined offline by :func:`crfrnn.dense_crf` with fixed parameters; ``"crfrnn"``, the full CNN + CRF-RNN network
-in eval mode. :func:`predict_timed` is the worker that the validation loop (:mod:`crfrnn.workflow.validate`)
+in eval mode. :func:`predict_timed` is the worker that the validation loop (:mod:`crfrnn.workflow._validate`)
 and :func:`predict` share.
 """
 

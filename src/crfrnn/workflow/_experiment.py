@@ -34,8 +34,8 @@ Files written to ``out_dir``: ``report.md`` (the tables, the claims checked with
 (predictions of every method on test images), ``config.yaml`` and per seed ``seed<N>/{cnn,crfrnn,cnn_longer}``
 run directories (checkpoints and metrics logs of :func:`crfrnn.workflow.train`).
 
-The settings are in :mod:`crfrnn.workflow.experiment_config`, one seed's stages in :mod:`crfrnn.workflow._stages`,
-the worker processes in :mod:`crfrnn.workflow._workers`, the conclusions in :mod:`crfrnn.workflow.claims`.
+The settings are in :mod:`crfrnn.workflow._experiment_config`, one seed's stages in :mod:`crfrnn.workflow._stages`,
+the worker processes in :mod:`crfrnn.workflow._workers`, the conclusions in :mod:`crfrnn.workflow._claims`.
 """
 
 from __future__ import annotations
@@ -51,11 +51,11 @@ from tqdm.auto import tqdm
 
 from crfrnn._utils.files import atomic_write_text
 from crfrnn.io.checkpoint import load_model
+from crfrnn.workflow._claims import check_claims, machine_description, plot_summary, report_markdown, summarize
+from crfrnn.workflow._experiment_config import ABLATIONS, ReproduceConfig
+from crfrnn.workflow._report import jsonable, save_method_grid
 from crfrnn.workflow._stages import run_seed, splits
 from crfrnn.workflow._workers import run_parallel
-from crfrnn.workflow.claims import check_claims, machine_description, plot_summary, report_markdown, summarize
-from crfrnn.workflow.experiment_config import ABLATIONS, ReproduceConfig
-from crfrnn.workflow.report import jsonable, save_method_grid
 
 __all__ = ["ABLATIONS", "ReproduceConfig", "reproduce"]
 

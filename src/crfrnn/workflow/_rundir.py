@@ -1,4 +1,4 @@
-"""The run directory of :func:`crfrnn.workflow.loop.train`: its files, its lock and the checks of a resume.
+"""The run directory of :func:`crfrnn.workflow._loop.train`: its files, its lock and the checks of a resume.
 
 A run directory holds ``config.yaml`` (the resolved configuration), ``metrics.jsonl`` (one JSON object per
 epoch, each written with one ``write()``), ``last.pt`` (written atomically after every epoch) and ``best.pt``
@@ -17,7 +17,7 @@ from typing import Any, Mapping, Optional, Union
 
 from torch import nn
 
-from crfrnn.workflow.config import RESUMABLE_CHANGES, TrainConfig, load_config
+from crfrnn.workflow._config import RESUMABLE_CHANGES, TrainConfig, load_config
 
 __all__ = ["RunDir", "RunLock", "check_resume", "load_run_config", "read_metrics"]
 
@@ -252,7 +252,7 @@ def load_run_config(
     run: Union[str, os.PathLike], /, *paths: Optional[Union[str, os.PathLike]], **overrides: Any
 ) -> TrainConfig:
     """The configuration to resume the run in folder ``run`` with: its ``config.yaml``, then the YAML files
-    ``paths``, then ``overrides`` (see :func:`~crfrnn.workflow.config.load_config`; ``out_dir`` may be one).
+    ``paths``, then ``overrides`` (see :func:`~crfrnn.workflow._config.load_config`; ``out_dir`` may be one).
 
     Raises:
         FileNotFoundError: ``run`` has no ``config.yaml`` (it is not a run directory).

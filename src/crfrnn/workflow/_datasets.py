@@ -1,7 +1,7 @@
 """Data sets from a spec: one split of a synthetic, VOC or folder data set (:func:`open_dataset`), the synthetic
 set a checkpoint was trained on (:func:`synthetic_spec`), and the training and validation sets of a
-:class:`~crfrnn.workflow.config.TrainConfig` with the training augmentation (:func:`build_datasets`).
-``crfrnn evaluate`` and :func:`crfrnn.workflow.loop.train` open their data through these.
+:class:`~crfrnn.workflow._config.TrainConfig` with the training augmentation (:func:`build_datasets`).
+``crfrnn evaluate`` and :func:`crfrnn.workflow._loop.train` open their data through these.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from crfrnn.workflow.config import IGNORE_INDEX, TrainConfig
+from crfrnn.workflow._config import IGNORE_INDEX, TrainConfig
 
 __all__ = ["SYNTHETIC_SPLITS", "build_datasets", "fill_caches", "open_dataset", "synthetic_spec", "train_transform"]
 

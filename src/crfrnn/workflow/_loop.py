@@ -1,10 +1,10 @@
-"""The training loop: :func:`train` runs a :class:`~crfrnn.workflow.config.TrainConfig` (see :mod:`crfrnn.workflow`
+"""The training loop: :func:`train` runs a :class:`~crfrnn.workflow._config.TrainConfig` (see :mod:`crfrnn.workflow`
 for the recipe, the files and distributed training).
 
 One epoch is three steps, each a function returning what it did: :func:`train_epoch` (the optimiser steps,
-an :class:`EpochResult`), :func:`crfrnn.workflow.validate.validation_metrics` (the validation record) and
+an :class:`EpochResult`), :func:`crfrnn.workflow._validate.validation_metrics` (the validation record) and
 :func:`save_epoch` (the checkpoints and the metrics line, a :class:`SaveResult`). :func:`train` builds the run
-(:mod:`crfrnn.workflow.datasets`, :mod:`crfrnn.workflow.build`), restores a resumed one, and calls them epoch
+(:mod:`crfrnn.workflow._datasets`, :mod:`crfrnn.workflow._build`), restores a resumed one, and calls them epoch
 after epoch.
 """
 
@@ -25,10 +25,10 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
 from crfrnn.models.segmenter import CrfRnnSegmenter
-from crfrnn.workflow.build import build_model, build_optimizer, build_scheduler, freeze_backbone
-from crfrnn.workflow.config import IGNORE_INDEX, TrainConfig
-from crfrnn.workflow.datasets import build_datasets, fill_caches
-from crfrnn.workflow.distributed import (
+from crfrnn.workflow._build import build_model, build_optimizer, build_scheduler, freeze_backbone
+from crfrnn.workflow._config import IGNORE_INDEX, TrainConfig
+from crfrnn.workflow._datasets import build_datasets, fill_caches
+from crfrnn.workflow._distributed import (
     DistInfo,
     broadcast_buffers,
     gather,
@@ -39,9 +39,9 @@ from crfrnn.workflow.distributed import (
     state_hash,
     sum_across,
 )
-from crfrnn.workflow.rundir import RunDir, RunLock
-from crfrnn.workflow.seeding import derived_seed, rng_state, seed_all, seed_worker, set_rng_state
-from crfrnn.workflow.validate import validation_metrics
+from crfrnn.workflow._rundir import RunDir, RunLock
+from crfrnn.workflow._seeding import derived_seed, rng_state, seed_all, seed_worker, set_rng_state
+from crfrnn.workflow._validate import validation_metrics
 
 __all__ = ["EpochResult", "SaveResult", "TrainingError", "save_epoch", "segmentation_loss", "train", "train_epoch"]
 

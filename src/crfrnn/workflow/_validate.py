@@ -1,7 +1,7 @@
 """The validation loop: metrics of a model on a data set, by method, overall and near label boundaries.
 
 One loop serves everything: :func:`evaluate` (the paper's comparison of the CNN, the CNN + offline dense CRF and
-CRF-RNN, with boundary bands and timings), :func:`validation_metrics` (what :func:`crfrnn.workflow.loop.train`
+CRF-RNN, with boundary bands and timings), :func:`validation_metrics` (what :func:`crfrnn.workflow._loop.train`
 logs after an epoch) and :func:`search_dense_crf` (the offline CRF's parameters by mean IoU).
 
 Distributed evaluation: when :mod:`torch.distributed` is initialised, each process evaluates every
@@ -27,8 +27,8 @@ from crfrnn.dense import dense_crf
 from crfrnn.metrics import DEFAULT_WIDTHS, BoundaryAccuracy, ConfusionMatrix
 from crfrnn.models.segmenter import CrfRnnSegmenter
 from crfrnn.params import DENSECRF_DEFAULTS, RENAMED_PARAMS
-from crfrnn.workflow.distributed import rank_and_world, resolve_device
-from crfrnn.workflow.predict import (
+from crfrnn.workflow._distributed import rank_and_world, resolve_device
+from crfrnn.workflow._predict import (
     DEFAULT_SEARCH_GRID,
     check_count,
     check_methods,
@@ -39,7 +39,7 @@ from crfrnn.workflow.predict import (
     predict_timed,
     unwrap,
 )
-from crfrnn.workflow.report import finite
+from crfrnn.workflow._report import finite
 
 __all__ = ["MethodTotals", "accumulate", "evaluate", "search_dense_crf", "sharded_loader", "validation_metrics"]
 

@@ -1,6 +1,6 @@
 """The settings of the paper's experiment (``crfrnn reproduce``): :class:`ReproduceConfig` and :data:`ABLATIONS`.
 
-The experiment itself is :func:`crfrnn.workflow.experiment.reproduce`.
+The experiment itself is :func:`crfrnn.workflow._experiment.reproduce`.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from crfrnn.workflow.config import coerce_fields
+from crfrnn.workflow._config import coerce_fields
 
 __all__ = ["ABLATIONS", "ReproduceConfig"]
 
@@ -41,7 +41,7 @@ class ReproduceConfig:
         crf_lr: stage-2 learning rate of every parameter (Adam, poly schedule).
         crf_kernel_lr_mult, crf_compat_lr_mult: learning-rate multipliers of the CRF's kernel weights and
             compatibility in stage 2 (the paper's are 10000 and 1000 under SGD with a summed loss; with Adam
-            the step no longer scales with the gradient, see :mod:`crfrnn.workflow.loop`).
+            the step no longer scales with the gradient, see :mod:`crfrnn.workflow._loop`).
         train_iterations, test_iterations: mean-field iterations T in training and at test time.
         crf_kwargs: further :class:`crfrnn.CrfRnn` arguments (default: the released model's kernel widths
             160 / 3 / 3 and weights 3 / 5).

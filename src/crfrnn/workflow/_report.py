@@ -2,7 +2,7 @@
 
 - :func:`finite` (a value as a float, or ``None`` when it is not a finite number) and :func:`jsonable` (strict
   JSON) are what every table and ``results.json`` use;
-- :func:`format_table` and :func:`write_report` turn :func:`crfrnn.workflow.validate.evaluate`'s results into
+- :func:`format_table` and :func:`write_report` turn :func:`crfrnn.workflow._validate.evaluate`'s results into
   ``results.json``, ``metrics.md`` and ``boundary.png``;
 - :func:`plot_boundary` draws accuracy against the width of the band around ground-truth boundaries for any
   set of :class:`BoundaryCurve` (one method, or a mean over seeds with its range);
@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from torch.utils.data import Subset
 
 from crfrnn._utils.files import PathLike, atomic_savefig, atomic_write_text
-from crfrnn.workflow.predict import METHOD_TITLES, predict
+from crfrnn.workflow._predict import METHOD_TITLES, predict
 
 __all__ = [
     "BoundaryCurve",
@@ -299,7 +299,7 @@ def save_method_grid(
         path: the image file.
         dataset: ``(image (3, H, W), mask (H, W))`` samples.
         runs: ``(model, methods, dense_crf_params)`` triples; each model predicts its methods
-            (:func:`crfrnn.workflow.predict.predict`), one column per method titled by :data:`METHOD_TITLES`.
+            (:func:`crfrnn.workflow._predict.predict`), one column per method titled by :data:`METHOD_TITLES`.
         num_images: rows (at most ``len(dataset)``).
         device: where the images are sent (``None``: left where they are).
         class_names: names by label index for the grid's colour legend; ``None`` takes ``dataset.class_names``

@@ -1,8 +1,8 @@
-"""Building the model, the optimiser and the schedule of a :class:`~crfrnn.workflow.config.TrainConfig`.
+"""Building the model, the optimiser and the schedule of a :class:`~crfrnn.workflow._config.TrainConfig`.
 
 :func:`build_model` builds the network of a stage and loads ``init_from``; :func:`build_optimizer` and
 :func:`build_scheduler` give the parameter groups (the CRF's learning-rate multipliers) and the schedule. The
-data sets are built by :mod:`crfrnn.workflow.datasets`.
+data sets are built by :mod:`crfrnn.workflow._datasets`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from crfrnn.models.segmenter import CrfRnnSegmenter
-from crfrnn.workflow.config import DEFAULT_MODELS, TrainConfig
+from crfrnn.workflow._config import DEFAULT_MODELS, TrainConfig
 
 __all__ = ["build_model", "build_optimizer", "build_scheduler", "freeze_backbone"]
 
