@@ -20,22 +20,15 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, List, Optional, Sequence, Tuple
 
-import numpy as np
-import torch
-from PIL import Image, ImageDraw, ImageFont
+if TYPE_CHECKING:
+    import numpy as np
 
-from crfrnn._utils.files import atomic_np_save, atomic_save_image
 from crfrnn.cli import CommandError, number_type
+from crfrnn.cli._choices import FORMATS, RESIZE_POLICIES
 from crfrnn.cli._flags import name_flags
 from crfrnn.cli._outputs import check_outputs
-from crfrnn.data import VOC_CLASSES
-from crfrnn.data.palette import color_palette, save_label_png
-from crfrnn.io import IMAGE_SUFFIXES, read_rgb
-from crfrnn.models import load_pretrained, segment_images
-from crfrnn.models.pretrained import FORMATS, RESIZE_POLICIES
-from crfrnn.visualize import label_overlay
 
 __all__ = ["add_parser", "overlay_with_legend", "run"]
 
@@ -113,6 +106,8 @@ def add_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
 def _collect(inputs: Sequence[str]) -> List[Path]:
+    from crfrnn.io import IMAGE_SUFFIXES
+
     paths: List[Path] = []
     for item in inputs:
         p = Path(item)
@@ -166,6 +161,12 @@ def overlay_with_legend(
     Returns:
         ``(H, W + legend width, 3)`` uint8 RGB.
     """
+    import numpy as np
+    from PIL import Image, ImageDraw, ImageFont
+
+    from crfrnn.data.palette import color_palette
+    from crfrnn.visualize import label_overlay
+
     blended = label_overlay(image, labels, alpha)
     present, counts = np.unique(labels, return_counts=True)
     order = present[np.argsort(-counts, kind="stable")]
@@ -189,6 +190,16 @@ def overlay_with_legend(
 
 def run(args: argparse.Namespace) -> int:
     """Segment the images; see the module docstring."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from crfrnn._utils.files import atomic_np_save, atomic_save_image
+    from crfrnn.data import VOC_CLASSES
+    from crfrnn.data.palette import save_label_png
+    from crfrnn.io import read_rgb
+    from crfrnn.models import load_pretrained, segment_images
+
     if not 0.0 <= args.alpha <= 1.0:
         raise CommandError(f"--alpha must be between 0 and 1, got {args.alpha}.")
     paths = _collect(args.images)
