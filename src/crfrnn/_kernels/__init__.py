@@ -3,7 +3,8 @@
 They compute exactly what the pure PyTorch path in :mod:`crfrnn.lattice` computes (which stays the reference on
 every device), but with fewer passes over memory. A leaf package: it imports only NumPy, PyTorch and numba, and
 every limit comes in as an argument. Kernels are compiled on first use and cached on disk (``cache=True``), so
-later processes start warm.
+later processes start warm; :mod:`~crfrnn._kernels._first_use` chooses the cache folder (a per-user one where the
+package is read-only) and says once on stderr when the kernels compile.
 
 Modules, lowest first:
 
@@ -23,6 +24,8 @@ Modules, lowest first:
   :func:`gram`).
 """
 
+# First, before the modules below decorate their kernels (numba picks each one's cache folder then).
+from crfrnn._kernels import _first_use  # noqa: F401  # configures the cache and the compile message
 from crfrnn._kernels.adjoint import adjoint_slice, gram, softmax_backward
 from crfrnn._kernels.construct import build
 from crfrnn._kernels.filtering import (

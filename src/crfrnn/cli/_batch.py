@@ -18,7 +18,6 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from crfrnn._utils.files import atomic_write_text
 from crfrnn.cli import CommandError
-from crfrnn.workflow._shards import parse_shard, shard_name
 
 __all__ = ["STATUSES", "Summary", "add_batch_flags", "is_complete", "shard_of"]
 
@@ -47,6 +46,8 @@ def shard_of(args: argparse.Namespace) -> Optional[Tuple[int, int]]:
     if text is None:
         return None
     try:
+        from crfrnn.workflow._shards import parse_shard
+
         return parse_shard(text)
     except ValueError as err:
         raise CommandError(f"--shard: {err}", 2) from err
@@ -73,6 +74,8 @@ class Summary:
     @property
     def file_name(self) -> str:
         """``summary.json``, or ``summary-K-of-N.json`` for a shard."""
+        from crfrnn.workflow._shards import shard_name
+
         return "summary.json" if self.shard is None else f"summary-{shard_name(*self.shard)}.json"
 
     def add(

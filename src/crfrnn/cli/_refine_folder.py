@@ -15,6 +15,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 from crfrnn._utils.threads import free_cpus
 from crfrnn.cli import CommandError
 from crfrnn.cli._batch import Summary, is_complete, shard_of
+from crfrnn.cli._choices import MIN_IMAGES_FOR_PROCESSES
 from crfrnn.cli._outputs import check_outputs
 from crfrnn.cli._refine_steps import refine_one
 from crfrnn.io import pair_by_stem
@@ -34,11 +35,6 @@ def _output_dir(path: Optional[str], option: str) -> Optional[Path]:
     except OSError as err:
         raise CommandError(f"could not create the directory '{path}' for {option}: {err}", 1) from err
     return directory
-
-
-#: Below this many images a folder is refined in this process: starting a worker (importing torch and the
-#: compiled kernels) costs more than their speed-up gains on a small folder (benchmarks/README.md measures it).
-MIN_IMAGES_FOR_PROCESSES = 48
 
 
 def _worker_count(jobs: Optional[int], count: int) -> int:

@@ -19,14 +19,9 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-import numpy as np
-
-from crfrnn._utils.files import atomic_write_text
 from crfrnn.cli import CommandError, number_type
+from crfrnn.cli._choices import LAYOUTS
 from crfrnn.cli._flags import name_flags
-from crfrnn.fit import fit_crf, width_gradients_available
-from crfrnn.io import LAYOUTS, default_memory_limit, format_bytes, pair_by_stem, read_rgb, read_scores
-from crfrnn.params import load_params, save_params
 
 __all__ = ["add_parser", "run"]
 
@@ -176,6 +171,10 @@ def add_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 def _read(args: argparse.Namespace) -> tuple[list, list, list, list[str], bool]:
     """Images, scores and masks paired by stem; raises CommandError (2) for unreadable or mismatched files."""
+    import numpy as np
+
+    from crfrnn.io import default_memory_limit, format_bytes, pair_by_stem, read_rgb, read_scores
+
     for option, folder in (("IMAGES", args.images), ("PROBS", args.probs), ("LABELS", args.labels)):
         if not Path(folder).is_dir():
             raise CommandError(
@@ -266,6 +265,10 @@ def _comment(args: argparse.Namespace, result: Any, stems: list[str]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``crfrnn fit`` on parsed arguments; returns the exit code (see the module docstring)."""
+    from crfrnn._utils.files import atomic_write_text
+    from crfrnn.fit import fit_crf, width_gradients_available
+    from crfrnn.params import load_params, save_params
+
     out = Path(args.output)
     if out.suffix.lower() not in (".yaml", ".yml"):
         raise CommandError(f"-o/--output must name a .yaml file, got '{args.output}'.")

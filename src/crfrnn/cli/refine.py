@@ -23,14 +23,9 @@ from typing import Any, Dict, Optional
 
 from PIL import Image
 
-import crfrnn.io
 from crfrnn.cli import CommandError, number_type
 from crfrnn.cli._batch import add_batch_flags
-from crfrnn.cli._refine_folder import MIN_IMAGES_FOR_PROCESSES, run_folder
-from crfrnn.cli._refine_steps import refine_one, refine_volume
-from crfrnn.crf import NORMALIZATIONS
-from crfrnn.io import LAYOUTS, is_array_path
-from crfrnn.params import load_params
+from crfrnn.cli._choices import LAYOUTS, MIN_IMAGES_FOR_PROCESSES, NORMALIZATIONS
 
 __all__ = ["add_parser", "run"]
 
@@ -301,6 +296,8 @@ _CRF_DEFAULTS = {
 
 def _resolve_crf_options(args: argparse.Namespace) -> None:
     """Fill the CRF options not given as flags from --params FILE, then from densecrf's defaults."""
+    from crfrnn.params import load_params
+
     params: Dict[str, Any] = {}
     if getattr(args, "params", None) is not None:
         try:
@@ -319,6 +316,8 @@ def _check_suffix(path: Optional[str], suffix: str, option: str) -> None:
 
 
 def _run_volume(args: argparse.Namespace) -> int:
+    from crfrnn.cli._refine_steps import refine_volume
+
     name = args.output.lower()
     if not name.endswith((".nii", ".nii.gz", ".npy", ".png")):
         raise CommandError(
@@ -341,6 +340,9 @@ def _run_volume(args: argparse.Namespace) -> int:
 
 
 def _run_single(args: argparse.Namespace) -> int:
+    from crfrnn.cli._refine_steps import refine_one
+    from crfrnn.io import is_array_path
+
     if is_array_path(args.image):
         return _run_volume(args)
     if args.spacing is not None:
@@ -360,6 +362,9 @@ def _run_single(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``crfrnn refine`` on parsed arguments; returns the exit code (see the module docstring)."""
+    import crfrnn.io
+    from crfrnn.cli._refine_folder import run_folder
+
     batch = args.images_dir is not None or args.probs_dir is not None
     if batch:
         if args.images_dir is None or args.probs_dir is None:

@@ -20,24 +20,16 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, List, Optional, Sequence, Tuple
 
-import numpy as np
-import torch
-from PIL import Image, ImageDraw, ImageFont
+if TYPE_CHECKING:
+    import numpy as np
 
-from crfrnn._utils.files import atomic_np_save, atomic_save_image
 from crfrnn.cli import CommandError, number_type
 from crfrnn.cli._batch import Summary, add_batch_flags, is_complete, shard_of
+from crfrnn.cli._choices import FORMATS, RESIZE_POLICIES
 from crfrnn.cli._flags import name_flags
 from crfrnn.cli._outputs import check_outputs
-from crfrnn.data import VOC_CLASSES
-from crfrnn.data.palette import color_palette, save_label_png
-from crfrnn.io import IMAGE_SUFFIXES, read_rgb
-from crfrnn.models import load_pretrained, segment_images
-from crfrnn.models.pretrained import FORMATS, RESIZE_POLICIES
-from crfrnn.visualize import label_overlay
-from crfrnn.workflow._shards import take_shard
 
 __all__ = ["add_parser", "overlay_with_legend", "run"]
 
@@ -122,6 +114,8 @@ def add_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
 def _collect(inputs: Sequence[str]) -> List[Path]:
+    from crfrnn.io import IMAGE_SUFFIXES
+
     paths: List[Path] = []
     for item in inputs:
         p = Path(item)
@@ -175,6 +169,12 @@ def overlay_with_legend(
     Returns:
         ``(H, W + legend width, 3)`` uint8 RGB.
     """
+    import numpy as np
+    from PIL import Image, ImageDraw, ImageFont
+
+    from crfrnn.data.palette import color_palette
+    from crfrnn.visualize import label_overlay
+
     blended = label_overlay(image, labels, alpha)
     present, counts = np.unique(labels, return_counts=True)
     order = present[np.argsort(-counts, kind="stable")]
@@ -202,6 +202,8 @@ def _segment(
     """``(photo, image, result or None, error or None)`` of every image; a batch that fails (e.g. an image too
     large for resize 'none') is retried one image at a time, so that one bad photo fails alone.
     """
+    from crfrnn.models import segment_images
+
     try:
         results = segment_images(
             model,
@@ -222,6 +224,12 @@ def _write(
     res: Any, image: np.ndarray, targets: Tuple[Path, Optional[Path], Optional[Path]], names: Any, alpha: float
 ) -> None:
     """Write one photo's labels, overlay and probabilities (those asked for)."""
+    import numpy as np
+    from PIL import Image
+
+    from crfrnn._utils.files import atomic_np_save, atomic_save_image
+    from crfrnn.data.palette import save_label_png
+
     labels_path, overlay_path, probs_path = targets
     save_label_png(labels_path, res.labels)
     if overlay_path is not None:
@@ -240,6 +248,11 @@ def _write(
 
 
 def _load_model(args: argparse.Namespace) -> Any:
+    """The released network the flags ask for, on the device they name."""
+    import torch
+
+    from crfrnn.models import load_pretrained
+
     try:
         device = torch.device(args.device)
     except RuntimeError as err:
@@ -262,6 +275,10 @@ def _load_model(args: argparse.Namespace) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     """Segment the images; see the module docstring."""
+    from crfrnn.data import VOC_CLASSES
+    from crfrnn.io import read_rgb
+    from crfrnn.workflow._shards import take_shard
+
     if not 0.0 <= args.alpha <= 1.0:
         raise CommandError(f"--alpha must be between 0 and 1, got {args.alpha}.")
     shard = shard_of(args)

@@ -50,7 +50,7 @@ def _mapping(text: str) -> dict:
 
 def add_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> argparse.ArgumentParser:
     """Register ``crfrnn train`` and its options (every option defaults to the config file, then the library)."""
-    from crfrnn.workflow import DATASETS, LR_SCHEDULES, OPTIMIZERS, STAGES
+    from crfrnn.cli._choices import DATASETS, LR_SCHEDULES, OPTIMIZERS, STAGES
 
     S = argparse.SUPPRESS
     parser = subparsers.add_parser(

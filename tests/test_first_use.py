@@ -1,0 +1,76 @@
+"""The kernels' first use: the per-user cache folder of a read-only install, and the one-line compile message.
+
+Each test runs a fresh interpreter on a copy of the package (made read-only) with an empty cache, and compiles
+only one small kernel (:func:`crfrnn._kernels.channels_last`), not a whole ``dense_crf``, to stay fast.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import crfrnn
+from crfrnn._kernels import _first_use
+
+#: compiles (or loads) one small kernel
+SCRIPT = (
+    "import numpy as np, numba, crfrnn._kernels as k; "
+    "k.channels_last(np.ones((2, 5), np.float32), np.empty((5, 4), np.float32)); "
+    "print(numba.config.CACHE_DIR)"
+)
+
+
+@pytest.fixture(scope="module")
+def read_only_copy(tmp_path_factory: pytest.TempPathFactory):
+    """A copy of the package in a read-only folder (without cached files), for ``PYTHONPATH``."""
+    root = tmp_path_factory.mktemp("install")
+    shutil.copytree(Path(crfrnn.__file__).parent, root / "crfrnn", ignore=shutil.ignore_patterns("__pycache__"))
+    for path in [root, *root.rglob("*")]:
+        path.chmod(path.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+    yield root
+    for path in [root, *root.rglob("*")]:
+        path.chmod(path.stat().st_mode | stat.S_IWUSR)
+
+
+def _run(install: Path, home: Path, **env: str) -> subprocess.CompletedProcess:
+    environ = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "CRFRNN_QUIET")}
+    environ.update(PYTHONPATH=str(install), XDG_CACHE_HOME=str(home), CRFRNN_USER_CACHE="1", **env)
+    return subprocess.run([sys.executable, "-c", SCRIPT], env=environ, capture_output=True, text=True, timeout=300)
+
+
+def test_read_only_install_caches_in_the_user_folder_and_says_so_once(read_only_copy, tmp_path):
+    # as root the read-only copy still looks writable to os.access, so CRFRNN_USER_CACHE=1 forces the user folder
+    cold = _run(read_only_copy, tmp_path)
+    assert cold.returncode == 0, cold.stderr
+    folder = tmp_path / "crfrnn" / "numba"
+    assert cold.stdout.strip() == str(folder)
+    assert list(folder.rglob("*.nbi")) and list(folder.rglob("*.nbc")), "no cache files in the user folder"
+    assert cold.stderr.count(_first_use.MESSAGE) == 1, cold.stderr
+    assert not list(read_only_copy.rglob("*.nbi")), "the read-only copy was written to"
+
+    warm = _run(read_only_copy, tmp_path)  # loads from the cache: nothing to say
+    assert warm.returncode == 0, warm.stderr
+    assert _first_use.MESSAGE not in warm.stderr
+
+
+def test_quiet_and_an_explicit_numba_cache_dir_win(read_only_copy, tmp_path):
+    mine = tmp_path / "mine"
+    quiet = _run(read_only_copy, tmp_path, CRFRNN_QUIET="1", NUMBA_CACHE_DIR=str(mine))
+    assert quiet.returncode == 0, quiet.stderr
+    assert quiet.stdout.strip() == str(mine)
+    assert _first_use.MESSAGE not in quiet.stderr
+    assert not (tmp_path / "crfrnn").exists()
+
+
+def test_user_cache_dir_follows_xdg(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert _first_use.user_cache_dir() == tmp_path / "crfrnn" / "numba"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert _first_use.user_cache_dir() == tmp_path / ".cache" / "crfrnn" / "numba"
