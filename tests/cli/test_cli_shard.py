@@ -152,7 +152,7 @@ def fake_network(monkeypatch):
     """``crfrnn segment`` with a stand-in for the released network (the sharding, not the network, is tested
     here; tests/cli/test_cli_segment.py runs the real one): labels from the photo's colours, and the Keras port's
     refusal of an image wider than 500 with ``--resize none``."""
-    import crfrnn.cli.segment
+    import crfrnn.models
     from crfrnn.models.pretrained import Segmentation
 
     calls = []
@@ -168,8 +168,9 @@ def fake_network(monkeypatch):
             results.append(Segmentation(labels, probs, im.shape[:2]))
         return results
 
-    monkeypatch.setattr(crfrnn.cli.segment, "load_pretrained", lambda *a, **k: type("M", (), {"num_classes": 21}))
-    monkeypatch.setattr(crfrnn.cli.segment, "segment_images", segment_images)
+    # the command imports the network's functions when it runs: patch them where it finds them
+    monkeypatch.setattr(crfrnn.models, "load_pretrained", lambda *a, **k: type("M", (), {"num_classes": 21}))
+    monkeypatch.setattr(crfrnn.models, "segment_images", segment_images)
     return calls
 
 
