@@ -39,7 +39,7 @@ DENSE_CRF = [
     (7, "_kernels.meanfield.mean_field"),
 ]
 TRAINING_STEP = [
-    (1, "workflow.loop.train"),
+    (1, "workflow._loop.train"),
     (3, "models.segmenter.CrfRnnSegmenter"),
     (5, "crf.module.CrfRnn.forward"),
     (5, "crf.functional.mean_field"),
