@@ -120,3 +120,40 @@ class TestCheckpoint:
         torch.save({"weights": torch.ones(1)}, tmp_path / "other.pt")
         with pytest.raises(ValueError, match="not a crfrnn checkpoint"):
             load_checkpoint(tmp_path / "other.pt")
+
+
+class TestBoundedCheckpoints:
+    """Model arguments and declared sizes in a checkpoint are checked before anything is built or inflated."""
+
+    def test_huge_width_is_refused_before_building(self, tmp_path):
+        model = create("small_fcn", num_classes=2, width=4, depth=1)
+        path = save_checkpoint(
+            tmp_path / "c.pt", model, model_name="small_fcn", model_kwargs={"width": 60000}, num_classes=2
+        )
+        with pytest.raises(ValueError, match=r"'width'.*60000.*at most"):
+            load_model(path)
+
+    def test_nested_kwargs_are_bounded(self, tmp_path):
+        model = create("small_fcn", num_classes=2, width=4, depth=1)
+        kwargs = {"num_classes": 2, "backbone_kwargs": {"width": 4, "depth": 10**6}}
+        path = save_checkpoint(
+            tmp_path / "c.pt", model, model_name="small_fcn_crfrnn", model_kwargs=kwargs, num_classes=2
+        )
+        with pytest.raises(ValueError, match=r"'backbone_kwargs.depth'.*at most"):
+            load_model(path)
+
+    def test_zip_entry_declaring_a_huge_size_is_refused(self, tmp_path):
+        import zipfile
+
+        path = tmp_path / "bomb.pt"
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf, zf.open("bomb/data.pkl", "w") as fh:
+            for _ in range(64):  # 64 MB of zeros, written 1 MB at a time: 64 KB on disk
+                fh.write(bytes(1 << 20))
+        with pytest.raises(ValueError, match="uncompressed"):
+            load_checkpoint(path)
+
+    def test_legitimate_checkpoint_still_loads(self, tmp_path):
+        model = create("small_fcn", num_classes=3, width=8, depth=1)
+        kwargs = {"num_classes": 3, "width": 8, "depth": 1}
+        path = save_checkpoint(tmp_path / "c.pt", model, model_name="small_fcn", model_kwargs=kwargs, num_classes=3)
+        assert isinstance(load_model(path)[0], torch.nn.Module)

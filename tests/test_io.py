@@ -243,3 +243,76 @@ class TestHighBitDepthImages:
         with pytest.raises(ValueError) as info:
             read_rgb(tmp_path / "x.tif")
         assert all(n in str(info.value) for n in needles) and "x.tif" in str(info.value), str(info.value)
+
+
+def _npz_with_header(path: Path, shape: tuple, name: str = "scores.npy", dtype: str = "<f4") -> Path:
+    """An .npz whose member holds only a .npy header declaring ``shape``: tiny on disk, huge if inflated."""
+    import io
+    import zipfile
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": dtype, "fortran_order": False, "shape": shape})
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr(name, header.getvalue() + b"\0" * 64)
+    return path
+
+
+class TestBoundedNumpyReads:
+    """Sizes of .npy/.npz arrays are checked from their header before anything is inflated or allocated."""
+
+    def test_npz_declaring_terabytes_is_refused_before_reading(self, tmp_path):
+        from crfrnn.io import read_scores
+
+        path = _npz_with_header(tmp_path / "bomb.npz", (2**38, 4))  # 4 TiB declared, a few hundred bytes on disk
+        with pytest.raises(ValueError, match=r"declares .*\(274877906944, 4\).* at most"):
+            read_scores(path, (4, 6))
+
+    def test_compressed_member_larger_than_the_image_allows(self, tmp_path):
+        from crfrnn.io import read_scores
+
+        path = tmp_path / "big.npz"
+        np.savez_compressed(path, scores=np.zeros((2, 300, 300), np.float32))  # inflates 700 KB for a 4x6 image
+        with pytest.raises(ValueError, match="declares"):
+            read_scores(path, (4, 6))
+
+    def test_max_memory_bounds_the_array(self, tmp_path):
+        from crfrnn.io import MemoryLimitError, read_scores
+
+        path = _npz_with_header(tmp_path / "s.npz", (2, 4000, 4000))  # 128 MB declared, fits the image's bound
+        with pytest.raises(MemoryLimitError, match="`max_memory`"):
+            read_scores(path, (4000, 4000), max_memory=2**20)
+
+    def test_member_that_is_not_npy(self, tmp_path):
+        import zipfile
+
+        from crfrnn.io import read_scores
+
+        path = tmp_path / "odd.npz"
+        with zipfile.ZipFile(path, "w") as zf:
+            zf.writestr("notes.txt", b"hello")
+        with pytest.raises(OSError, match=r"'notes.txt'.*not a \.npy array"):
+            read_scores(path, (4, 6))
+
+    def test_volume_scores_and_guides_are_bounded(self, tmp_path):
+        from crfrnn.io import read_guide, read_volume_scores
+
+        path = _npz_with_header(tmp_path / "v.npz", (2**12, 2**12, 2**6))  # 4 GB declared
+        with pytest.raises(ValueError, match="declares"):
+            read_volume_scores(path, (4, 5, 6))
+        with pytest.raises(MemoryError, match="declares"):
+            read_guide(path, max_bytes=2**30)
+
+    def test_npy_header_is_checked_too(self, tmp_path):
+        from crfrnn.io import read_scores
+
+        path = tmp_path / "s.npy"
+        np.save(path, np.zeros((3, 60, 60), np.float32))  # 10800 values: more than 256 x 4 x 6
+        with pytest.raises(ValueError, match="declares"):
+            read_scores(path, (4, 6))
+
+    def test_legitimate_npz_still_reads(self, tmp_path):
+        from crfrnn.io import read_scores
+
+        path = tmp_path / "ok.npz"
+        np.savez_compressed(path, other=np.zeros(3), scores=np.full((2, 4, 6), 0.5, np.float32))
+        assert read_scores(path, (4, 6), key="scores").values.shape == (2, 4, 6)

@@ -469,3 +469,21 @@ def test_distributed_two_processes(tmp_path):
             cm.update(model(image[None]).argmax(1), mask[None])
     assert records[-1]["val_mean_iou"] == pytest.approx(cm.compute()["mean_iou"], abs=1e-6)
     assert not list(out.glob("*.tmp"))
+
+
+class TestBoundedConfig:
+    """YAML aliases (billion laughs) and deep nesting are refused before they expand."""
+
+    def test_aliases_are_refused(self, tmp_path):
+        lines = ["a0: &a0 [x, x, x]"]  # a small billion laughs: each level three times the one before
+        lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 3)}]" for i in range(1, 4)]
+        path = tmp_path / "laughs.yaml"
+        path.write_text("\n".join(lines) + "\nout_dir: run\n")
+        with pytest.raises(ValueError, match="alias"):
+            load_config(path)
+
+    def test_deep_nesting_is_refused(self, tmp_path):
+        path = tmp_path / "deep.yaml"
+        path.write_text("out_dir: run\nmodel_kwargs: " + "[" * 100 + "]" * 100 + "\n")
+        with pytest.raises(ValueError, match="deeper than 32"):
+            load_config(path)

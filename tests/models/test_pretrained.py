@@ -682,3 +682,49 @@ def test_released_network_is_the_loaded_pipeline(files):
     assert set(fresh.state_dict()) == set(loaded.state_dict())
     assert fresh.conventions == loaded.conventions and fresh.pad_value == loaded.pad_value
     assert fresh.crf.num_eval_iterations == 10 and fresh.backbone.upscore2.bias is not None
+
+
+class TestBoundedKeras:
+    """Keras files: external storage and links are refused, declared sizes bounded, before any dataset is read."""
+
+    def _file(self, tmp_path, weights, **kw):
+        fcn, crf = weights
+        return write_h5(tmp_path / "m.h5", fcn, crf, **kw)
+
+    def test_declared_never_written_dataset_is_refused(self, weights, tmp_path):
+        h5py = pytest.importorskip("h5py")
+        path = self._file(tmp_path, weights)
+        with h5py.File(path, "a") as f:
+            name = "conv1_1"
+            g = f[name]
+            del g[f"{name}/kernel:0"]
+            g.create_dataset(f"{name}/kernel:0", shape=(3, 3, 3, 2**36), dtype="f4", chunks=(3, 3, 3, 1024))
+        assert path.stat().st_size < 10 << 20
+        with pytest.raises(ValueError, match=r"declares .* at most"):
+            _load(path)
+
+    def test_external_storage_is_refused(self, weights, tmp_path):
+        h5py = pytest.importorskip("h5py")
+        path = self._file(tmp_path, weights)
+        raw = tmp_path / "outside.bin"
+        raw.write_bytes(bytes(4 * 4))
+        with h5py.File(path, "a") as f:
+            g = f["crfrnn"]
+            n = "crfrnn/spatial_ker_weights:0"
+            del g[n]
+            g.create_dataset(n, shape=(2, 2), dtype="f4", external=[(str(raw), 0, 16)])
+        with pytest.raises(ValueError, match="external storage"):
+            _load(path)
+
+    def test_external_link_is_refused(self, weights, tmp_path):
+        h5py = pytest.importorskip("h5py")
+        path = self._file(tmp_path, weights)
+        with h5py.File(tmp_path / "other.h5", "w") as o:
+            o.create_dataset("w", data=np.zeros((2, 2), np.float32))
+        with h5py.File(path, "a") as f:
+            g = f["crfrnn"]
+            n = "crfrnn/spatial_ker_weights:0"
+            del g[n]
+            g[n] = h5py.ExternalLink(str(tmp_path / "other.h5"), "w")
+        with pytest.raises(ValueError, match="link"):
+            _load(path)

@@ -16,6 +16,7 @@ so that :func:`load_model` can rebuild the network without the code that trained
 from __future__ import annotations
 
 import pickle
+import zipfile
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -73,6 +74,69 @@ def save_checkpoint(
     return path
 
 
+#: the largest model-construction arguments a checkpoint may ask for (checked before anything is built): a
+#: crfrnn model needs far less, and a larger one can take more memory than the machine has
+MAX_MODEL_ARGS: dict[str, int] = {
+    "num_classes": 4096,
+    "width": 4096,
+    "depth": 64,
+    "num_iterations": 1000,
+}
+#: the bound on any other integer argument (and each entry of a list of them, e.g. ``dilations``)
+MAX_MODEL_ARG = 65536
+#: the most bytes the compressed entries of a checkpoint's zip may inflate to, beyond the file's own size
+#: (``torch.save`` stores entries uncompressed: a compressed entry that inflates far beyond it is a zip bomb)
+MAX_INFLATED_BYTES = 32 * 2**20
+
+
+def check_model_args(kwargs: Any, source: str, field: str = "") -> None:
+    """Refuse model-construction arguments over :data:`MAX_MODEL_ARGS` (or :data:`MAX_MODEL_ARG`).
+
+    Args:
+        kwargs: the arguments (nested dicts and lists are walked).
+        source: what they came from (named in the message).
+        field: the dotted name of ``kwargs`` itself ("" at the top).
+
+    Raises:
+        ValueError: naming the field, its value and the limit.
+    """
+    if isinstance(kwargs, dict):
+        for name, value in kwargs.items():
+            check_model_args(value, source, f"{field}.{name}" if field else str(name))
+    elif isinstance(kwargs, (list, tuple)):
+        if len(kwargs) > MAX_MODEL_ARGS["depth"] * 16:
+            raise ValueError(f"{source}: model argument {field!r} has {len(kwargs)} entries, more than expected.")
+        for value in kwargs:
+            check_model_args(value, source, field)
+    elif isinstance(kwargs, int) and not isinstance(kwargs, bool):
+        limit = MAX_MODEL_ARGS.get(field.rsplit(".", 1)[-1], MAX_MODEL_ARG)
+        if abs(kwargs) > limit:
+            raise ValueError(
+                f"{source}: model argument {field!r} is {kwargs}, but at most {limit} is accepted (a larger model "
+                "could take more memory than the machine has, so it is not built). The checkpoint is damaged or "
+                "was not written by crfrnn; rebuild the model yourself if it is really this large."
+            )
+
+
+def check_zip_sizes(path: Path, limit: int = MAX_INFLATED_BYTES) -> None:
+    """Refuse a zip (a ``torch.save`` file) whose compressed entries declare more than ``limit`` bytes inflated.
+
+    Raises:
+        ValueError: naming the file, the declared size and the limit.
+    """
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+    except (zipfile.BadZipFile, OSError, EOFError):
+        return  # not a zip (a legacy torch file): torch.load reports it
+    inflated = sum(i.file_size for i in infos if i.compress_type != zipfile.ZIP_STORED)
+    if inflated > limit:
+        raise ValueError(
+            f"{path}: its compressed entries declare {inflated} bytes uncompressed, more than the limit of {limit} "
+            "bytes; it is not read (torch.save writes entries uncompressed, so this is not a checkpoint as written)."
+        )
+
+
 def _check_device(map_location: Union[str, torch.device, None]) -> None:
     if map_location is None or callable(map_location) or isinstance(map_location, dict):
         return
@@ -106,6 +170,7 @@ def load_checkpoint(path: PathLike, *, map_location: Union[str, torch.device] = 
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     _check_device(map_location)
+    check_zip_sizes(path)  # declared sizes, before anything is inflated
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:  # weights_only refused a global: the file holds arbitrary objects
@@ -139,6 +204,7 @@ def load_model(path: PathLike, *, map_location: Union[str, torch.device] = "cpu"
         ``(model, checkpoint)``, the model in eval mode.
     """
     payload = load_checkpoint(path, map_location=map_location)
+    check_model_args(payload["model"]["kwargs"], str(path))  # before anything is built
     model = create(payload["model"]["name"], **payload["model"]["kwargs"])
     model.load_state_dict(payload["state_dict"])
     return model.eval(), payload

@@ -47,6 +47,7 @@ SCORE_SUFFIXES: Tuple[str, ...] = (".npy", ".npz", ".png")
 LAYOUTS: Tuple[str, ...] = ("lhw", "hwl")
 
 _MAX_LABELS = 256  # an 8-bit palette PNG holds at most 256 labels
+_MAX_RESIZE = 16  # with `resize`, scores may have up to this many times the image's pixels
 _VOID = 255  # PASCAL VOC's void label
 _VOID_IF_BELOW = 128  # 255 is read as void when every other label is below this (VOC: 0..20)
 
@@ -360,7 +361,14 @@ def read_scores(
             raise ValueError(f"`{opt}` does not apply to the label map '{path}'; use `gt_prob` for label maps.")
         labels = load_label_png(path)
         return _from_labels(labels, path, size, 0.5 if gt_prob is None else gt_prob, num_classes, unknown, max_memory)
-    arr = load_array(path, key)
+    h, w = size
+    arr = load_array(  # the header is checked first: a small .npz can inflate to gigabytes
+        path,
+        key,
+        max_values=_MAX_LABELS * h * w * (_MAX_RESIZE if resize else 1),
+        max_bytes=max_memory,
+        expected=f"for the {w}x{h} (WxH) image with at most {_MAX_LABELS} labels",
+    )
     if arr.size == 0:
         raise ValueError(f"'{path}' holds an empty array (shape {tuple(arr.shape)}); expected scores for the image.")
     if arr.ndim == 4 and arr.shape[0] == 1:  # a batch of one, as networks return it
@@ -386,7 +394,6 @@ def read_scores(
     floating = np.issubdtype(arr.dtype, np.floating) or arr.dtype.name == "bfloat16"
     if not (floating or np.issubdtype(arr.dtype, np.integer)) or arr.dtype == np.bool_:
         raise TypeError(f"'{path}' holds an array of dtype {arr.dtype}; expected floating-point scores.")
-    h, w = size
     shown = tuple(arr.shape)
     if arr.ndim == 2:  # one float map: a binary network's output
         if layout is not None:

@@ -38,6 +38,7 @@ __all__ = [
 
 #: suffixes read as N-d arrays (guides, scores) rather than as images
 ARRAY_SUFFIXES: Tuple[str, ...] = (".npy", ".npz", ".nii", ".nii.gz")
+_MAX_LABELS = 65536  # labels a volume's scores may hold (the largest label type written is uint32)
 _MAX_ELEMENTS = 2**33  # refuse headers that claim more values than any machine holds
 
 
@@ -101,8 +102,11 @@ def _read_nifti(path: str, max_bytes: Optional[int]) -> Tuple[np.ndarray, Any]:
     return np.asarray(data), img
 
 
-def _read_numpy(path: str, key: Optional[str]) -> np.ndarray:
-    return np.asarray(load_array(path, key))  # the one safe NumPy reader (no pickles, clear errors)
+def _read_numpy(
+    path: str, key: Optional[str], max_bytes: Optional[int], max_values: int = _MAX_ELEMENTS, expected: str = ""
+) -> np.ndarray:
+    # the one safe NumPy reader (no pickles, clear errors, sizes checked from the header before reading)
+    return np.asarray(load_array(path, key, max_values=max_values, max_bytes=max_bytes, expected=expected))
 
 
 def read_guide(path: PathLike, *, key: Optional[str] = None, max_bytes: Optional[int] = None) -> Guide:
@@ -121,7 +125,7 @@ def read_guide(path: PathLike, *, key: Optional[str] = None, max_bytes: Optional
         zooms = tuple(float(z) for z in img.header.get_zooms())
         guide = Guide(data, zooms, np.asarray(img.affine), img.header, path)
     elif suffix in (".npy", ".npz"):
-        guide = Guide(_read_numpy(path, key), None, None, None, path)
+        guide = Guide(_read_numpy(path, key, max_bytes), None, None, None, path)
     else:
         raise ValueError(f"'{path}' is not an array file; expected one of {', '.join(ARRAY_SUFFIXES)}.")
     if guide.data.size == 0:
@@ -153,7 +157,12 @@ def read_volume_scores(
         raise FileNotFoundError(f"scores not found: '{path}'")
     suffix = _suffix(path)
     nifti = suffix in (".nii", ".nii.gz")
-    arr = _read_nifti(path, max_bytes)[0] if nifti else _read_numpy(path, key)
+    if nifti:
+        arr = _read_nifti(path, max_bytes)[0]
+    else:
+        voxels = int(np.prod(guide_shape, dtype=np.float64))
+        bound = f"for a guide of shape {tuple(guide_shape)} with at most {_MAX_LABELS} labels"
+        arr = _read_numpy(path, key, max_bytes, min(_MAX_ELEMENTS, voxels * _MAX_LABELS), bound)
     if arr.dtype.kind != "f" and not (arr.dtype.kind in "ui" and False):
         raise TypeError(f"'{path}' holds {arr.dtype} values; scores must be floating point (probabilities or logits).")
     notes: List[str] = []
