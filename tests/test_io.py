@@ -316,3 +316,42 @@ class TestBoundedNumpyReads:
         path = tmp_path / "ok.npz"
         np.savez_compressed(path, other=np.zeros(3), scores=np.full((2, 4, 6), 0.5, np.float32))
         assert read_scores(path, (4, 6), key="scores").values.shape == (2, 4, 6)
+
+
+class TestBoundedYamlAndZips:
+    """Every YAML or torch zip a user hands over goes through crfrnn._utils.safe_load (docs/security.md)."""
+
+    LAUGHS = "a0: &a0 [x, x, x]\n" + "".join(f"a{i}: &a{i} [*a{i - 1}, *a{i - 1}, *a{i - 1}]\n" for i in range(1, 4))
+
+    def test_parameter_file_with_aliases_is_refused(self, tmp_path):
+        from crfrnn.params import load_params
+
+        path = tmp_path / "p.yaml"
+        path.write_text(self.LAUGHS)
+        with pytest.raises(ValueError, match="alias"):
+            load_params(path)
+
+    def test_model_kwargs_flag_with_aliases_is_refused(self, capsys):
+        from crfrnn.cli import main
+
+        with pytest.raises(SystemExit) as exit_info:  # argparse refuses the flag's value
+            main(["train", "--model-kwargs", "{a: &x [1, 2], b: *x}", "--out", "unused"])
+        assert exit_info.value.code == 2
+        assert "mapping" in capsys.readouterr().err
+
+    def test_pretrained_torch_file_declaring_a_huge_size_is_refused(self, tmp_path):
+        import zipfile
+
+        from crfrnn.models._weights import load_torch
+
+        path = tmp_path / "bomb.pth"
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf, zf.open("bomb/data.pkl", "w") as fh:
+            for _ in range(64):  # 64 MB of zeros, 1 MB at a time: about 64 KB on disk
+                fh.write(bytes(1 << 20))
+        with pytest.raises(ValueError, match="uncompressed"):
+            load_torch(path)
+
+    def test_plain_yaml_still_loads(self):
+        from crfrnn._utils.safe_load import load_yaml
+
+        assert load_yaml("a: [1, 2]\nb: {c: d}\n") == {"a": [1, 2], "b": {"c": "d"}}

@@ -13,7 +13,7 @@
     normalization: symmetric
 
 Every key is optional (:func:`crfrnn.dense_crf`'s defaults fill in the rest); unknown keys are refused. Files
-are read with ``yaml.safe_load`` only (no Python objects, no YAML tags that construct them), at most
+are read with a safe YAML loader only (no Python objects, no YAML tags that construct them, no aliases), at most
 :data:`MAX_FILE_BYTES` bytes, and every value is checked: whole ``num_iterations`` in ``0..1000``, widths positive
 and finite (one number, or one per spatial axis / guide channel), Potts weights finite and ``>= 0``, a known
 normalisation, ``clip`` in ``(0, 1)``. Floats are written with Python's shortest round-tripping repr, so a file
@@ -41,6 +41,7 @@ __all__ = [
 
 from crfrnn._deprecated import renamed_keys  # noqa: E402
 from crfrnn._utils.files import PathLike  # noqa: E402
+from crfrnn._utils.safe_load import load_yaml
 
 #: the keys a parameter file may hold: keyword arguments of :func:`crfrnn.dense_crf`, in the order written
 PARAM_NAMES: tuple[str, ...] = (
@@ -185,7 +186,7 @@ def load_params(path: PathLike) -> dict[str, Any]:
     Raises:
         FileNotFoundError: no such file.
         ValueError: not YAML, not a mapping, too large, an unknown key or a value out of range; YAML that asks to
-            construct Python objects (``!!python/...`` tags) is refused by ``yaml.safe_load``.
+            construct Python objects (``!!python/...`` tags) is refused by the safe loader, and so are YAML aliases.
         TypeError: a value of the wrong type.
 
     Example:
@@ -208,7 +209,7 @@ def load_params(path: PathLike) -> dict[str, Any]:
         )
     try:
         text = data.decode("utf-8")
-        params = yaml.safe_load(text)
+        params = load_yaml(text)
     except UnicodeDecodeError as err:
         raise ValueError(f"'{name}' is not a text (UTF-8 YAML) file: {err}") from err
     except yaml.YAMLError as err:

@@ -39,8 +39,10 @@ exit codes:
 def _mapping(text: str) -> dict:
     import yaml
 
+    from crfrnn._utils.safe_load import load_yaml
+
     try:
-        value = yaml.safe_load(text)
+        value = load_yaml(text)
     except yaml.YAMLError:
         value = None
     if not isinstance(value, dict):

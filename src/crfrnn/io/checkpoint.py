@@ -16,7 +16,6 @@ so that :func:`load_model` can rebuild the network without the code that trained
 from __future__ import annotations
 
 import pickle
-import zipfile
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -24,6 +23,7 @@ import torch
 from torch import nn
 
 from crfrnn._utils.files import PathLike, atomic_torch_save
+from crfrnn._utils.safe_load import check_zip_sizes
 from crfrnn.models import create
 
 __all__ = ["FORMAT", "load_checkpoint", "load_model", "save_checkpoint"]
@@ -84,9 +84,6 @@ MAX_MODEL_ARGS: dict[str, int] = {
 }
 #: the bound on any other integer argument (and each entry of a list of them, e.g. ``dilations``)
 MAX_MODEL_ARG = 65536
-#: the most bytes the compressed entries of a checkpoint's zip may inflate to, beyond the file's own size
-#: (``torch.save`` stores entries uncompressed: a compressed entry that inflates far beyond it is a zip bomb)
-MAX_INFLATED_BYTES = 32 * 2**20
 
 
 def check_model_args(kwargs: Any, source: str, field: str = "") -> None:
@@ -116,25 +113,6 @@ def check_model_args(kwargs: Any, source: str, field: str = "") -> None:
                 "could take more memory than the machine has, so it is not built). The checkpoint is damaged or "
                 "was not written by crfrnn; rebuild the model yourself if it is really this large."
             )
-
-
-def check_zip_sizes(path: Path, limit: int = MAX_INFLATED_BYTES) -> None:
-    """Refuse a zip (a ``torch.save`` file) whose compressed entries declare more than ``limit`` bytes inflated.
-
-    Raises:
-        ValueError: naming the file, the declared size and the limit.
-    """
-    try:
-        with zipfile.ZipFile(path) as zf:
-            infos = zf.infolist()
-    except (zipfile.BadZipFile, OSError, EOFError):
-        return  # not a zip (a legacy torch file): torch.load reports it
-    inflated = sum(i.file_size for i in infos if i.compress_type != zipfile.ZIP_STORED)
-    if inflated > limit:
-        raise ValueError(
-            f"{path}: its compressed entries declare {inflated} bytes uncompressed, more than the limit of {limit} "
-            "bytes; it is not read (torch.save writes entries uncompressed, so this is not a checkpoint as written)."
-        )
 
 
 def _check_device(map_location: Union[str, torch.device, None]) -> None:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from crfrnn._utils.safe_load import check_zip_sizes
 from crfrnn.models._caffe import looks_like_caffemodel, read_caffemodel
 
 __all__ = [
@@ -154,6 +155,7 @@ def read_caffe(path: Path) -> Weights:
 
 def load_torch(path: Path) -> Mapping[str, Any]:
     """The state dict in the PyTorch file ``path`` (``weights_only``: tensors, never arbitrary objects)."""
+    check_zip_sizes(path)  # declared sizes, before anything is inflated
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:

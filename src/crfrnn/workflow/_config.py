@@ -21,6 +21,8 @@ from typing import Any, Mapping, Optional, Union, cast
 
 import numpy as np
 
+from crfrnn._utils.safe_load import bounded_yaml_loader
+
 __all__ = [
     "DATASETS",
     "DEFAULT_MODELS",
@@ -388,7 +390,7 @@ def _read_yaml_mapping(path: Union[str, os.PathLike]) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"configuration file not found: '{path}'.")
     try:
-        loaded = yaml.load(path.read_text(encoding="utf-8"), Loader=_bounded_loader())  # noqa: S506 (a SafeLoader)
+        loaded = yaml.load(path.read_text(encoding="utf-8"), Loader=bounded_yaml_loader())  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as err:
         raise ValueError(f"cannot parse the YAML configuration '{path}': {err}".replace("\n", " ")) from err
     if loaded is None:
@@ -398,36 +400,3 @@ def _read_yaml_mapping(path: Union[str, os.PathLike]) -> dict[str, Any]:
             f"the configuration '{path}' must be a YAML mapping of keys to values, got a {type(loaded).__name__}."
         )
     return {str(k).replace("-", "_"): v for k, v in loaded.items()}
-
-
-#: deepest nesting of lists and mappings a configuration file may have
-MAX_YAML_DEPTH = 32
-
-
-def _bounded_loader() -> Any:
-    """A ``yaml.SafeLoader`` that refuses aliases (a few lines of them expand to billions of nodes) and nesting
-    deeper than :data:`MAX_YAML_DEPTH`, before anything is built.
-    """
-    import yaml
-
-    class BoundedLoader(yaml.SafeLoader):
-        depth = 0
-
-        def compose_node(self, parent: Any, index: Any) -> Any:
-            if self.check_event(yaml.AliasEvent):
-                raise yaml.YAMLError(
-                    f"it uses a YAML alias ({self.peek_event().start_mark}); aliases are refused (a few of them "
-                    "can expand to billions of values): write the values out."
-                )
-            self.depth += 1
-            try:
-                if self.depth > MAX_YAML_DEPTH:
-                    raise yaml.YAMLError(
-                        f"it nests lists or mappings deeper than {MAX_YAML_DEPTH} levels "
-                        f"({self.peek_event().start_mark}); a configuration is a flat mapping of a few levels."
-                    )
-                return super().compose_node(parent, index)
-            finally:
-                self.depth -= 1
-
-    return BoundedLoader

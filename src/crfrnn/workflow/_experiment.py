@@ -50,6 +50,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from crfrnn._utils.files import atomic_write_text
+from crfrnn._utils.safe_load import load_yaml
 from crfrnn.io.checkpoint import load_model
 from crfrnn.workflow._claims import check_claims, machine_description, plot_summary, report_markdown, summarize
 from crfrnn.workflow._experiment_config import ABLATIONS, ReproduceConfig
@@ -88,7 +89,7 @@ def reproduce(
     out.mkdir(parents=True, exist_ok=True)
     saved = out / "config.yaml"
     if saved.is_file():
-        previous = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
+        previous = load_yaml(saved.read_text(encoding="utf-8")) or {}
         changed = sorted(k for k, v in config.to_dict().items() if k not in _RESUMABLE and previous.get(k) != v)
         if changed:
             raise ValueError(
