@@ -283,20 +283,9 @@ def add_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]"
     return parser
 
 
-_CRF_DEFAULTS = {
-    "num_iterations": 5,
-    "gaussian_sxy": 3.0,
-    "gaussian_compat": 3.0,
-    "bilateral_sxy": 80.0,
-    "bilateral_srgb": 13.0,
-    "bilateral_compat": 10.0,
-    "normalization": "symmetric",
-}
-
-
 def _resolve_crf_options(args: argparse.Namespace) -> None:
     """Fill the CRF options not given as flags from --params FILE, then from densecrf's defaults."""
-    from crfrnn.params import load_params
+    from crfrnn.params import DENSECRF_DEFAULTS, load_params
 
     params: Dict[str, Any] = {}
     if getattr(args, "params", None) is not None:
@@ -304,8 +293,8 @@ def _resolve_crf_options(args: argparse.Namespace) -> None:
             params = load_params(args.params)
         except (OSError, ValueError, TypeError) as err:
             raise CommandError(str(err), 2) from err
-    args.crf_extra = {k: v for k, v in params.items() if k not in _CRF_DEFAULTS}  # e.g. clip
-    for name, default in _CRF_DEFAULTS.items():
+    args.crf_extra = {k: v for k, v in params.items() if k not in DENSECRF_DEFAULTS}  # e.g. clip
+    for name, default in DENSECRF_DEFAULTS.items():
         if getattr(args, name, None) is None:
             setattr(args, name, params.get(name, default))
 
