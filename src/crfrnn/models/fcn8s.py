@@ -22,6 +22,11 @@ Geometry (all as in Caffe):
   net: 5 for ``score_pool4`` (-> ``score_pool4c``), 9 for ``score_pool3`` (-> ``score_pool3c``), and the
   final ``upscore8`` map is cropped by 31 to the input size. With these offsets output pixel ``(y, x)``
   is centred on input pixel ``(y, x)``.
+
+The offsets are constants of the net, and PyTorch's ``ceil_mode`` rounds as Caffe's pooling does for
+unpadded 2x2/2 windows, so at every input size this computes what the Caffe net and the CRF-RNN PyTorch
+port compute (``tests/models/test_fcn8s_sizes.py``; ``docs/pretrained.md``, "Input sizes other than
+500 x 500").
 """
 
 from __future__ import annotations

@@ -203,7 +203,9 @@ def load_pretrained(
         num_classes: the class count the file must have (21, PASCAL VOC); ``None`` accepts any.
         num_iterations: mean-field iterations ``T`` (10, as the released models ran at test time).
         pad_to: side (or ``(H, W)``) the images are padded to (500, as released); ``None`` runs each
-            image at its own size.
+            image at its own size, as the Caffe net and the port's network compute on an unpadded image
+            (same geometry at every size); its logits differ from the canvas's, since FCN-8s sees past the
+            image's edges (``docs/pretrained.md``, "Input sizes other than 500 x 500").
         mean: BGR mean to subtract; default: the file's code base's (see :data:`CONVENTIONS`).
         device: where to put the model (default CPU).
         crf_kwargs: further keyword arguments of :class:`crfrnn.CrfRnn` (e.g. ``backend``).
