@@ -4,6 +4,8 @@ crfrnn.energy.kl_divergence, and pydensecrf's results where it is installed."""
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -62,6 +64,17 @@ def test_terms_added_after_stepping_are_used():
     assert np.allclose(q, d.inference(1), atol=1e-6)
     d.setUnaryEnergy(np.zeros((3, 480), np.float32))
     assert np.allclose(d.startInference()[0], 1 / 3)
+
+
+def test_a_copy_after_stepping_steps_alike():
+    d = model()
+    q, t1, t2 = d.startInference()
+    d.stepInference(q, t1, t2)
+    e = copy.deepcopy(d)
+    r = q.copy()
+    d.stepInference(q, t1, t2)
+    e.stepInference(r, t1, t2)
+    assert np.array_equal(q, r)
 
 
 def test_no_pairwise_term_steps_to_the_unary_softmax():

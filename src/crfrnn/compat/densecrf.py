@@ -119,6 +119,12 @@ class DenseCRF:
         self._cache = KernelCache(maxsize=1 << 16)  # this object's kernels, built once each
         self._stepper: Optional[Stepper] = None  # startInference / stepInference / klDivergence's compiled state
 
+    def __getstate__(self) -> dict:
+        """Copies and pickles leave the stepping state behind (it holds a lock; it is rebuilt on the next step)."""
+        state = self.__dict__.copy()
+        state["_stepper"] = None
+        return state
+
     def setUnaryEnergy(self, u: np.ndarray, f: Optional[np.ndarray] = None) -> None:  # noqa: N802 (pydensecrf name)
         """Unary energies ``(L, N)`` float32 (``-log p``); ``+inf`` (an impossible label) is allowed."""
         if f is not None:
