@@ -109,3 +109,12 @@ def test_steps_match_pydensecrf():
         theirs.stepInference(p, u1, u2)
         assert ours.klDivergence(q) == pytest.approx(theirs.klDivergence(p), rel=1e-3)
     assert np.abs(q - np.array(p)).max() < 1e-3
+
+
+def test_a_float_image_with_nan_is_refused():
+    d = dcrf.DenseCRF2D(4, 3, 2)
+    img = np.zeros((3, 4, 3), np.float32)
+    d.addPairwiseBilateral(sxy=3, srgb=3, rgbim=img, compat=1)
+    img[0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="rgbim contains NaN"):
+        d.addPairwiseBilateral(sxy=3, srgb=3, rgbim=img, compat=1)

@@ -267,8 +267,8 @@ class DenseCRF2D(DenseCRF):
                 "`addPairwiseEnergy`."
             )
         sx, sy = check_widths("sxy", sxy, 2, "axis (sx, sy)")
-        img = torch.from_numpy(np.ascontiguousarray(rgbim)).permute(2, 0, 1)[None].float()
-        if not bool(torch.isfinite(img).all()):
+        if rgbim.dtype.kind not in "biu" and not np.isfinite(rgbim).all():  # whole numbers (uint8) always are
             raise ValueError("rgbim contains NaN or infinite values.")
+        img = torch.from_numpy(np.ascontiguousarray(rgbim)).permute(2, 0, 1)[None].float()
         feats = bilateral_features(img, (sy, sx), srgb, names=("sxy", "srgb"))
         self._add(feats, compat, kernel, normalization)
