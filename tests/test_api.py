@@ -65,6 +65,7 @@ PUBLIC_API = {
         "compute_unary",
         "create_pairwise_bilateral",
         "create_pairwise_gaussian",
+        "install_as_pydensecrf",
         "softmax_to_unary",
         "unary_from_labels",
         "unary_from_softmax",
@@ -82,6 +83,7 @@ PUBLIC_API = {
         "NO_NORMALIZATION",
         "NormalizationType",
     ],
+    "crfrnn.compat.install": ["install_as_pydensecrf"],
     "crfrnn.compat.utils": [
         "compute_unary",
         "create_pairwise_bilateral",
