@@ -151,3 +151,41 @@ def test_torchrun_ranks_share_the_folder_and_a_rerun_finishes_a_killed_one(pairs
     assert {k: r["rank"] for k, r in records.items()} == {f"p{i}": i % 3 for i in range(N_IMAGES)}
     assert records["p4"]["status"] == "done" and records["p1"]["status"] == "skipped"
     assert sorted(p.name for p in out.iterdir() if p.name.startswith("summary")) == ["summary.json"]
+
+
+@pytest.fixture
+def half_world(tmp_path, monkeypatch):
+    """This process as rank 0 of a run of 2 whose rank 1 never reports: a gloo group of one process (so that the
+    barrier passes at once) under torchrun's environment variables for two."""
+    if not _gloo():
+        pytest.skip("torch.distributed with gloo is not available")
+    import torch.distributed as dist
+
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    yield
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def test_a_rank_that_never_reports_has_its_inputs_failed(pairs, tmp_path, half_world, capsys):
+    images, scores = pairs
+    out = tmp_path / "out"
+    (out).mkdir()
+    stale = {"token": "an earlier run", "rank": 1, "records": [{"input": "x", "status": "done"}]}
+    (out / "summary-rank-1-of-2.json").write_text(json.dumps(stale))  # another run's: not taken
+    assert main(["refine", "--images", str(images), "--probs", str(scores), "-o", str(out)]) == 1
+    captured = capsys.readouterr()
+    assert "by rank 0 of 2 (3 done, 3 failed by all ranks)" in captured.out, captured.out
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["ranks"] == 2 and summary["missing_ranks"] == [1]
+    records = {Path(r["input"]).stem: r for r in summary["records"]}
+    assert sorted(records) == [f"p{i}" for i in range(N_IMAGES)]
+    for i in range(N_IMAGES):
+        record = records[f"p{i}"]
+        assert record["rank"] == i % 2 and record["status"] == ("done" if i % 2 == 0 else "failed"), record
+    assert "rank 1 of 2 stopped before reporting" in records["p1"]["error"]
+    assert records["p1"]["outputs"] == [str(out / "p1.png")] and not (out / "p1.png").exists()
+    assert (out / "summary-rank-0-of-2.json").exists()  # kept while a rank is missing

@@ -81,6 +81,7 @@ class Ranks:
         self.rank = rank
         self.world = world
         self.token = token
+        self.sigterm: Any = None  # the SIGTERM handler before join_ranks, restored by close
 
     @property
     def shard(self) -> Tuple[int, int]:
@@ -165,8 +166,11 @@ class Ranks:
         return body["records"]
 
     def close(self) -> None:
-        """Leave the process group."""
+        """Leave the process group; SIGTERM gets its handler back."""
         import torch.distributed as dist
+
+        if self.sigterm is not None:
+            signal.signal(signal.SIGTERM, self.sigterm)
 
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
@@ -204,7 +208,6 @@ def join_ranks(command: str, args: argparse.Namespace) -> Optional[Ranks]:
     if not dist.is_available():
         raise CommandError(f"WORLD_SIZE={world} but this torch build has no torch.distributed; run without torchrun.")
     join = timedelta(seconds=_env_seconds("CRFRNN_DIST_JOIN_SECONDS", 600.0))
-    signal.signal(signal.SIGTERM, _stop)
     try:
         if not dist.is_initialized():
             dist.init_process_group(backend="gloo", timeout=join)
@@ -217,4 +220,6 @@ def join_ranks(command: str, args: argparse.Namespace) -> Optional[Ranks]:
     if getattr(args, "jobs", None) is None and hasattr(args, "jobs"):
         args.jobs = 1  # each rank is already a process
     set_threads(None, DistInfo(rank, world))
-    return Ranks(command, rank, world, str(token[0]))
+    ranks = Ranks(command, rank, world, str(token[0]))
+    ranks.sigterm = signal.signal(signal.SIGTERM, _stop)
+    return ranks
