@@ -53,6 +53,8 @@ many images:
   A photo whose outputs all exist is skipped (a rerun resumes a stopped run; --overwrite redoes it). A photo
   that fails is reported and the run goes on. OUT/summary.json (summary-K-of-N.json with --shard K/N) lists
   every photo of the run with its outputs and status (done, skipped or failed with the error).
+  Under torchrun (torchrun --nproc-per-node N -m crfrnn segment ...), each rank takes the share
+  RANK/WORLD_SIZE (as --shard would; not both) and rank 0 writes one OUT/summary.json naming each photo's rank.
 
 exit codes:
   0 success; 1 some images failed or a file could not be written; 2 bad usage or input.
