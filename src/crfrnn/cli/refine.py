@@ -58,6 +58,8 @@ safety:
   reported by name and the run goes on; a pair whose outputs all exist is skipped (a rerun resumes a
   stopped run; --overwrite redoes them), and OUT/summary.json (summary-K-of-N.json with --shard K/N)
   lists every pair with its outputs and status (done, skipped or failed with the error).
+  Under torchrun (torchrun --nproc-per-node N -m crfrnn refine --images ...), each rank refines the share
+  RANK/WORLD_SIZE (as --shard would; not both) and rank 0 writes one OUT/summary.json naming each pair's rank.
 
 exit codes:
   0 success; 1 a file could not be written, or (with --images) some pairs failed; 2 bad usage or input.
