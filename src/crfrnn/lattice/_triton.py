@@ -1,10 +1,11 @@
 """The Triton lattice operator (backend ``"triton"``): :mod:`crfrnn._kernels.triton_lattice`'s kernels behind the
 interface.
 
-The first step of the GPU backend: the filter (splat, blur, slice and the adjoint) runs as Triton kernels, while the
-construction is still the reference build (:func:`crfrnn.lattice._construction.build_lattice`) on the features'
-device and the self weights are still the reference walk; a device-side hash build is a later step. ``"auto"`` does
-not choose this backend yet: no GPU measurement of it exists.
+The lattice is built on the device by :mod:`crfrnn._kernels.triton_build` (simplices, a hash table filled with
+atomic compare-and-swap, neighbours: the reference build's vertex set, numbered differently, with one host
+synchronisation) and filtered by :mod:`crfrnn._kernels.triton_lattice` (splat, blur, slice and the adjoint); the
+self weights are still the reference walk. ``"auto"`` does not choose this backend yet: no GPU measurement of it
+exists.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from crfrnn.lattice._construction import build_lattice
 from crfrnn.lattice._operators import LatticeOperator
 from crfrnn.lattice._reference import walk_self_weights
 
@@ -28,6 +28,8 @@ class TritonOperator(LatticeOperator):
 
     @classmethod
     def build(cls, features: Tensor, batch_size: int, alpha: float) -> TritonOperator:
+        from crfrnn._kernels.triton_build import build_lattice
+
         return cls(*build_lattice(features, batch_size), alpha)
 
     def make_operators(self, dtype: torch.dtype) -> Any:
