@@ -3,8 +3,9 @@
 One image's bilateral features (positions / 80 and colours / 13, densecrf's defaults: 5 features, 500x375 by
 default, the scikit-image astronaut when scikit-image is installed), float32, batch 1. For each backend of
 --backends: the median of --repeats builds (``PermutohedralLattice(features, backend=...)``) after a warm-up that
-compiles, with ``torch.cuda.synchronize()`` around each; then the two lattices' vertex counts (they must be equal)
-and the largest difference of one filtering of random values. Without a GPU it says so and exits 0.
+compiles, with ``torch.cuda.synchronize()`` around each, and of the self weights (the operator's, uncached)
+likewise; then the two lattices' vertex counts (they must be equal) and the largest difference of one filtering of
+random values. Without a GPU it says so and exits 0.
 
     python benchmarks/bench_build.py --json build.json
     TRITON_INTERPRET=1 python benchmarks/bench_build.py --device cpu --size 12x16 --repeats 1   # the logic only
@@ -71,12 +72,26 @@ def main() -> int:
             build()
             sync()
             times.append(time.perf_counter() - t)
-        rows.append({"backend": backend, "build_s": statistics.median(times), "times_s": times})
-        print(f"{backend}: build {statistics.median(times) * 1e3:.2f} ms (median of {args.repeats})", flush=True)
+        lattices[backend]._operator.self_weights()  # warm-up
+        sync()
+        self_times = []
+        for _ in range(args.repeats):
+            t = time.perf_counter()
+            lattices[backend]._operator.self_weights()
+            sync()
+            self_times.append(time.perf_counter() - t)
+        build_s, self_s = statistics.median(times), statistics.median(self_times)
+        rows.append({"backend": backend, "build_s": build_s, "times_s": times, "self_weights_s": self_s})
+        print(
+            f"{backend}: build {build_s * 1e3:.2f} ms, self weights {self_s * 1e3:.2f} ms (medians of {args.repeats})"
+        )
     result = {"benchmark": "bench_build", "size": [h, w], "features": 5, "image": source, "rows": rows}
     if "torch" in lattices and "triton" in lattices:
         ref, new = lattices["torch"], lattices["triton"]
         result["num_vertices"] = {"torch": ref.num_vertices, "triton": new.num_vertices}
+        own, want = new._operator.self_weights(), ref._operator.self_weights()
+        gap = (own - want).abs().max() / want.abs().max()
+        result["self_weights_max_relative_difference"] = float(gap)
         diff = (new.filter(values) - ref.filter(values)).abs().max() / ref.filter(values).abs().max()
         result["filter_max_relative_difference"] = float(diff)
         print(f"vertices: torch {ref.num_vertices}, triton {new.num_vertices}; filter max rel. diff {float(diff):.2e}")

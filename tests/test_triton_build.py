@@ -20,8 +20,10 @@ import torch  # noqa: E402
 pytest.importorskip("triton", reason="the Triton build needs the triton package")
 
 from crfrnn import PermutohedralLattice  # noqa: E402
-from crfrnn._kernels.triton_build import build_lattice  # noqa: E402
+from crfrnn._kernels.triton_build import build_lattice, self_weights  # noqa: E402
+from crfrnn.lattice._construction import blur_paths  # noqa: E402
 from crfrnn.lattice._construction import build_lattice as reference_build  # noqa: E402
+from crfrnn.lattice._reference import walk_self_weights  # noqa: E402
 
 
 def same_lattice(features: torch.Tensor, batch_size: int) -> int:
@@ -69,3 +71,17 @@ def test_filter_through_the_built_lattice():  # the gradient: tests/test_triton.
     assert lattice.num_vertices == reference.num_vertices
     for reverse in (False, True):
         torch.testing.assert_close(lattice.filter(values, reverse=reverse), reference.filter(values, reverse=reverse))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize(("b", "n", "d"), [(1, 50, 1), (2, 60, 3), (1, 40, 6)])
+def test_self_weights_match_the_walk(b, n, d, dtype):
+    g = torch.Generator().manual_seed(d)
+    features = (torch.rand(b * n, d, generator=g, dtype=torch.float64) * 3).to(dtype).to(DEVICE)
+    offsets, weights, rank, neighbours, _ = build_lattice(features, b)
+    steps, path_weights = blur_paths(d, features.device)
+    got = self_weights(offsets, weights, rank, neighbours, steps, path_weights, 0.9)
+    want = walk_self_weights(offsets, weights, rank, neighbours, 0.9)
+    assert got.dtype == dtype
+    tol = 1e-12 if dtype == torch.float64 else 1e-6
+    torch.testing.assert_close(got, want, rtol=tol, atol=tol)

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from crfrnn._kernels.triton_lattice import interpreting
 
-__all__ = ["build_lattice"]
+__all__ = ["build_lattice", "self_weights"]
 
 _JITTED: dict[bool, Any] = {}
 _EMPTY = -1  # a free slot of the hash table
@@ -186,10 +186,53 @@ def _kernels() -> Any:
                 slot = tl.where(pending, (slot + 1) & (capacity - 1), slot)
             tl.store(out + (j * 2 + side) * num_vertices + m, result, mask=q_ok)
 
+        @triton.jit
+        def self_weights_kernel(
+            offsets,
+            weights,
+            ranks,
+            neighbours,
+            steps,
+            path_weights,
+            out,
+            num_points,
+            num_vertices,
+            alpha,
+            D1: tl.constexpr,
+            RQC: tl.constexpr,
+            BLOCK_P: tl.constexpr,
+        ):
+            # one row per point, one column per (corner r, corner q, path c): walk the path from q, hit r or not
+            p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
+            p_ok = p < num_points
+            row = p.to(tl.int64)[:, None] * D1
+            t = tl.arange(0, RQC)[None, :]
+            t_ok = t < D1 * D1 * 3
+            r = t // (D1 * 3)
+            q = (t // 3) % D1
+            path = (r * D1 + q) * 3 + t % 3
+            ok = p_ok[:, None] & t_ok
+            cur = tl.load(offsets + row + q, mask=ok, other=num_vertices).to(tl.int64)
+            for j in tl.static_range(D1):
+                # coordinate j moves as the canonical coordinate of its rank
+                rank_j = tl.load(ranks + row + j, mask=p_ok[:, None], other=0).to(tl.int64)
+                s = tl.load(steps + path * D1 + rank_j, mask=ok, other=0)
+                live = ok & (cur < num_vertices)
+                up = tl.load(neighbours + (2 * j) * num_vertices + cur, mask=live & (s == 1), other=num_vertices)
+                down = tl.load(neighbours + (2 * j + 1) * num_vertices + cur, mask=live & (s == -1), other=num_vertices)
+                cur = tl.where(s == 1, up, tl.where(s == -1, down, cur))
+            target = tl.load(offsets + row + r, mask=ok, other=-1).to(tl.int64)
+            w_r = tl.load(weights + row + r, mask=ok, other=0.0).to(tl.float64)
+            w_q = tl.load(weights + row + q, mask=ok, other=0.0).to(tl.float64)
+            w_path = tl.load(path_weights + path, mask=t_ok, other=0.0)
+            terms = tl.where(ok & (cur == target), w_r * w_path * w_q, 0.0)
+            tl.store(out + p.to(tl.int64), alpha * tl.sum(terms, axis=1), mask=p_ok)
+
         found = _JITTED[mode] = SimpleNamespace(
             simplex=simplex_kernel,
             insert=insert_kernel,
             neighbours=neighbours_kernel,
+            self_weights=self_weights_kernel,
             next_power_of_2=triton.next_power_of_2,
         )
     return found
@@ -259,3 +302,52 @@ def build_lattice(features: Tensor, batch_size: int) -> tuple[Tensor, Tensor, Te
         keys, state, vertex_of_slot, first_entry, neighbours, m, capacity, D=d, DP=dp, BLOCK=block, **options
     )
     return offsets, weights, rank, neighbours, m
+
+
+def self_weights(
+    offsets: Tensor,
+    weights: Tensor,
+    rank: Tensor,
+    neighbours: Tensor,
+    steps: Tensor,
+    path_weights: Tensor,
+    alpha: float,
+) -> Tensor:
+    """``(P,)`` the lattice filter's diagonal, ``K_ii = alpha sum_{r,q} w_ir w_iq B[o_ir, o_iq]``, on the device.
+
+    Every blur path between two corners of a point's simplex is walked through the neighbours (the reference's
+    ``walk_self_weights``, one kernel; its sums in another order).
+
+    Args:
+        offsets: ``(P, D + 1)`` integer simplex corners.
+        weights: ``(P, D + 1)`` barycentric weights.
+        rank: ``(P, D + 1)`` integer, the simplex's orientation.
+        neighbours: ``(D + 1, 2, M)`` integer, each vertex's neighbours (``M``: absent).
+        steps: ``(D + 1, D + 1, 3, D + 1)`` int64, the canonical simplex's paths (``canonical_paths``), on the device.
+        path_weights: ``(D + 1, D + 1, 3)`` float64, each path's weight (0 where unused), on the device.
+        alpha: the slice's scale.
+
+    Returns:
+        ``(P,)`` in the weights' dtype.
+    """
+    k = _kernels()
+    num_points, d1 = offsets.shape
+    m = neighbours.shape[-1]
+    out = torch.empty(num_points, dtype=torch.float64, device=offsets.device)
+    block_p = 256 if interpreting() else 16
+    k.self_weights[(max(-(-num_points // block_p), 1),)](
+        offsets.contiguous(),
+        weights.contiguous(),
+        rank.contiguous(),
+        neighbours.contiguous(),
+        steps.contiguous(),
+        path_weights.to(torch.float64).contiguous(),
+        out,
+        num_points,
+        m,
+        float(alpha),
+        D1=d1,
+        RQC=int(k.next_power_of_2(d1 * d1 * 3)),
+        BLOCK_P=block_p,
+    )
+    return out.to(weights.dtype)

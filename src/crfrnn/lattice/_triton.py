@@ -4,7 +4,7 @@ interface.
 The lattice is built on the device by :mod:`crfrnn._kernels.triton_build` (simplices, a hash table filled with
 atomic compare-and-swap, neighbours: the reference build's vertex set, numbered differently, with one host
 synchronisation) and filtered by :mod:`crfrnn._kernels.triton_lattice` (splat, blur, slice and the adjoint); the
-self weights are still the reference walk.
+self weights walk every blur path in one kernel.
 
 ``"auto"`` chooses it for CUDA tensors (:func:`crfrnn.lattice._backends.resolve_backend`) as
 :class:`AutoTritonOperator`, which is guarded because no GPU measurement of these kernels exists yet: the first
@@ -20,8 +20,9 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
+from crfrnn.lattice._construction import blur_paths
 from crfrnn.lattice._operators import LatticeOperator
-from crfrnn.lattice._reference import ReferenceOperator, walk_self_weights
+from crfrnn.lattice._reference import ReferenceOperator
 
 __all__ = ["AutoTritonOperator", "TritonOperator", "triton_failed"]
 
@@ -66,14 +67,17 @@ class TritonOperator(LatticeOperator):
         return self.operators(values.dtype)(values, reverse)
 
     def self_weights(self) -> Tensor:
+        from crfrnn._kernels.triton_build import self_weights
+
+        steps, path_weights = blur_paths(self.offsets.shape[1] - 1, self.offsets.device)
         with torch.no_grad():
-            return walk_self_weights(self.offsets, self.weights, self.rank, self.neighbours, self.alpha)
+            return self_weights(self.offsets, self.weights, self.rank, self.neighbours, steps, path_weights, self.alpha)
 
 
 class AutoTritonOperator(TritonOperator):
     """:class:`TritonOperator` as ``"auto"`` chooses it: the PyTorch reference once triton has failed.
 
-    A failure of the build or of a filter (anything but running out of memory) is reported once
+    A failure of the build, a filter or the self weights (anything but running out of memory) is reported once
     (:class:`RuntimeWarning`) and answered by the reference on the same lattice geometry.
     """
 
@@ -98,8 +102,21 @@ class AutoTritonOperator(TritonOperator):
                 raise
             except Exception as error:  # as in build
                 _give_up(error)
+        return self._fallback().apply(values, reverse)
+
+    def self_weights(self) -> Tensor:
+        if triton_failed() is None:
+            try:
+                return super().self_weights()
+            except torch.OutOfMemoryError:
+                raise
+            except Exception as error:  # as in build
+                _give_up(error)
+        return self._fallback().self_weights()
+
+    def _fallback(self) -> ReferenceOperator:
         if self._reference is None:
             self._reference = ReferenceOperator(
                 self.offsets, self.weights, self.rank, self.neighbours, self.num_vertices, self.alpha
             )
-        return self._reference.apply(values, reverse)
+        return self._reference
