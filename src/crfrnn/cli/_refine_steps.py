@@ -55,13 +55,34 @@ def input_error(err: BaseException) -> CommandError:
     return CommandError(name_flags(str(err), FLAGS), 2)
 
 
-def crf_options(args: argparse.Namespace) -> Dict[str, Any]:
+def crf_options(args: argparse.Namespace, channels: Optional[int] = None, guide: Any = None) -> Dict[str, Any]:
+    """The CRF's parameters from the flags; ``channels``: the guide's, to which --bilateral-srgb's widths are
+    matched (one width is every channel's; else one per channel, checked here; ``guide`` is named in the error).
+    """
     names = ("num_iterations", "gaussian_sxy", "gaussian_compat", "bilateral_sxy", "bilateral_srgb", "bilateral_compat")
-    return (
+    options = (
         {name: getattr(args, name) for name in names}
         | {"normalization": args.normalization}
         | getattr(args, "crf_extra", {})
     )
+    srgb = options["bilateral_srgb"]
+    if channels is not None:
+        widths = [float(v) for v in np.atleast_1d(np.asarray(srgb, dtype=np.float64))]
+        if len(widths) == 1:
+            options["bilateral_srgb"] = widths * channels if channels > 1 else widths[0]
+        elif len(widths) != channels:
+            shown = " ".join(f"{v:g}" for v in widths)
+            raise CommandError(
+                f"--bilateral-srgb got {len(widths)} widths ({shown}) but the guide '{guide}' has {channels} "
+                f"channel{'s' if channels != 1 else ''}; give one width for all channels or {channels} (one per "
+                "channel, in the guide's channel order).",
+                2,
+            )
+    return options
+
+
+def _srgb_text(srgb: Any) -> str:
+    return " ".join(f"{float(v):g}" for v in np.atleast_1d(np.asarray(srgb, dtype=np.float64)))
 
 
 def refine_one(
@@ -102,8 +123,9 @@ def refine_one(
     except (OSError, ValueError, TypeError) as err:
         raise input_error(err) from err
     unary: dict[str, Any] = {"logits" if scores.is_logits else "probs": scores.values}
+    options = crf_options(args, image.shape[2] if image.ndim == 3 else 1, image_path)
     try:
-        marginals = crfrnn.dense.dense_crf(image, **unary, **crf_options(args))
+        marginals = crfrnn.dense.dense_crf(image, **unary, **options)
     except MemoryError as err:
         h, w = image.shape[:2]
         need = format_bytes(estimate_memory(h, w, scores.values.shape[0]))
@@ -159,18 +181,17 @@ def refine_volume(
     if data.dtype.kind == "f" or data.max() > 255:
         notes.append(
             f"guide intensities span {float(data.min()):g}..{float(data.max()):g}; --bilateral-srgb "
-            f"{args.bilateral_srgb:g} is in those units."
+            f"{_srgb_text(args.bilateral_srgb)} is in those units."
         )
     if spacing is not None:
         shown = ", ".join(f"{float(v):.4g}" for v in spacing)
         notes.append(f"spacing ({shown}): --gaussian-sxy and --bilateral-sxy are in those units.")
     unary: dict[str, Any] = {"logits" if args.logits else "probs": scores}
+    options = crf_options(args, data.shape[-1] if data.ndim > ndim else 1, guide_path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # the intensity-scale hint is in the notes instead
-            marginals = crfrnn.dense.dense_crf(
-                data.astype(np.float32, copy=False), **unary, spacing=spacing, **crf_options(args)
-            )
+            marginals = crfrnn.dense.dense_crf(data.astype(np.float32, copy=False), **unary, spacing=spacing, **options)
     except MemoryError as err:
         raise CommandError(
             f"ran out of memory refining '{guide_path}' (shape {shape}, {scores.shape[0]} labels).", 1
