@@ -164,7 +164,9 @@ PUBLIC_API = {
         "estimate_memory",
         "format_bytes",
         "is_array_path",
+        "kernel_spans",
         "labels_of",
+        "lattice_vertices",
         "load_checkpoint",
         "load_model",
         "pair_by_stem",
@@ -186,6 +188,8 @@ PUBLIC_API = {
         "default_memory_limit",
         "estimate_memory",
         "format_bytes",
+        "kernel_spans",
+        "lattice_vertices",
     ],
     "crfrnn.io.scores": ["LAYOUTS", "SCORE_SUFFIXES", "ScoreMap", "labels_of", "read_scores"],
     "crfrnn.io.volumes": [

@@ -23,8 +23,8 @@ from crfrnn.data.palette import save_label_png
 from crfrnn.io import (
     MemoryLimitError,
     check_memory,
-    estimate_memory,
     format_bytes,
+    kernel_spans,
     labels_of,
     read_guide,
     read_rgb,
@@ -81,6 +81,28 @@ def crf_options(args: argparse.Namespace, channels: Optional[int] = None, guide:
     return options
 
 
+def check_size(
+    args: argparse.Namespace,
+    path: Path,
+    guide: np.ndarray,
+    spatial: tuple,
+    num_labels: int,
+    options: Dict[str, Any],
+    spacing: Any = None,
+) -> int:
+    """The memory check once the widths and the guide are known: :func:`crfrnn.io.check_memory` with the
+    kernels' spans (small widths or many channels make the lattice, and the memory, many times larger).
+
+    ``guide``: ``S`` or ``S + (C,)`` with ``spatial = S``. Returns the estimate in bytes; raises MemoryLimitError.
+    """
+    flat = guide.reshape(int(np.prod(spatial)), -1)
+    ranges = [float(v) for v in flat.max(0).astype(np.float64) - flat.min(0).astype(np.float64)]
+    widths = (options["gaussian_sxy"], options["bilateral_sxy"], options["bilateral_srgb"])
+    kernels = kernel_spans(spatial, ranges, *widths, spacing=spacing)
+    size = tuple(spatial) if len(spatial) == 2 else (1, int(np.prod(spatial)))
+    return check_memory(path, size, max(2, num_labels), args.max_memory, kernels=kernels)
+
+
 def _srgb_text(srgb: Any) -> str:
     return " ".join(f"{float(v):g}" for v in np.atleast_1d(np.asarray(srgb, dtype=np.float64)))
 
@@ -125,10 +147,14 @@ def refine_one(
     unary: dict[str, Any] = {"logits" if scores.is_logits else "probs": scores.values}
     options = crf_options(args, image.shape[2] if image.ndim == 3 else 1, image_path)
     try:
+        need_bytes = check_size(args, image_path, image, image.shape[:2], scores.values.shape[0], options)
+    except MemoryLimitError as err:
+        raise input_error(err) from err
+    try:
         marginals = crfrnn.dense.dense_crf(image, **unary, **options)
     except MemoryError as err:
         h, w = image.shape[:2]
-        need = format_bytes(estimate_memory(h, w, scores.values.shape[0]))
+        need = format_bytes(need_bytes)
         raise CommandError(
             f"ran out of memory refining '{image_path}' ({w}x{h} pixels, {scores.values.shape[0]} labels, estimated "
             f"{need}); use fewer labels or a smaller image, or lower --max-memory so that such images are refused "
@@ -165,7 +191,7 @@ def refine_volume(
         scores, shape, notes = read_volume_scores(
             probs_path, guide.data.shape, key=args.key, labels_last=labels_last, max_bytes=args.max_memory
         )
-        check_memory(guide_path, (1, int(np.prod(shape))), scores.shape[0], args.max_memory)
+        check_memory(guide_path, (1, int(np.prod(shape))), scores.shape[0], args.max_memory, kernels=())
     except (MemoryLimitError, MemoryError) as err:
         raise input_error(err) from err
     except (OSError, ValueError, TypeError, ImportError) as err:
@@ -188,6 +214,10 @@ def refine_volume(
         notes.append(f"spacing ({shown}): --gaussian-sxy and --bilateral-sxy are in those units.")
     unary: dict[str, Any] = {"logits" if args.logits else "probs": scores}
     options = crf_options(args, data.shape[-1] if data.ndim > ndim else 1, guide_path)
+    try:
+        check_size(args, guide_path, data, tuple(shape), scores.shape[0], options, spacing)
+    except MemoryLimitError as err:
+        raise input_error(err) from err
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # the intensity-scale hint is in the notes instead
