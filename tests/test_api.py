@@ -43,7 +43,7 @@ PUBLIC_API = {
         "unary_from_labels",
         "unary_from_probs",
     ],
-    "crfrnn.cli": ["CommandError", "build_parser", "main", "number_type"],
+    "crfrnn.cli": ["CommandError", "build_parser", "interrupted", "main", "number_type"],
     "crfrnn.cli.evaluate": ["add_parser", "run"],
     "crfrnn.cli.fit": ["add_parser", "run"],
     "crfrnn.cli.refine": ["add_parser", "run"],
