@@ -7,7 +7,9 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import re
+import signal
 import sys
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from functools import partial
@@ -85,8 +87,16 @@ def _refine_in_processes(
     pool = ProcessPoolExecutor(
         max_workers=jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init
     )
+    # the workers start with Ctrl-C ignored (inherited through exec, so Python installs no handler in them): this
+    # process stops them on an interrupt, and they print no tracebacks of their own
+    main_thread = threading.current_thread() is threading.main_thread()  # only it may set handlers
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main_thread else None
     try:
-        futures = [pool.submit(partial(_refine_target, args), target) for target in targets]
+        try:
+            futures = [pool.submit(partial(_refine_target, args), target) for target in targets]
+        finally:
+            if main_thread:
+                signal.signal(signal.SIGINT, previous)
         for future in as_completed(futures):
             yield future.result()
     finally:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from PIL import Image
 
@@ -103,6 +103,22 @@ def _probability(text: str) -> float:
     if not 0 < value < 1:
         raise argparse.ArgumentTypeError(f"must be strictly between 0 and 1, got {text}")
     return value
+
+
+def _widths(text: str) -> List[float]:
+    """Widths: one number, or several separated by commas (``20,20,30,30``); each finite and > 0."""
+    parse = number_type(float, 0, True)
+    parts = text.replace(",", " ").split()
+    if not parts:
+        raise argparse.ArgumentTypeError(f"expected a number or comma-separated numbers, got {text!r}")
+    return [parse(part) for part in parts]
+
+
+class _JoinWidths(argparse.Action):
+    """``--bilateral-srgb 20 20 30,30`` -> ``[20.0, 20.0, 30.0, 30.0]`` (the last use of the flag wins)."""
+
+    def __call__(self, parser: Any, namespace: argparse.Namespace, values: Any, option_string: Any = None) -> None:
+        setattr(namespace, self.dest, [v for part in values for v in part])
 
 
 def _unit(text: str) -> float:
@@ -250,10 +266,13 @@ def add_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]"
     )
     crf.add_argument(
         "--bilateral-srgb",
-        type=number_type(float, 0, True),
+        type=_widths,
+        nargs="+",
+        action=_JoinWidths,
         default=None,
         metavar="C",
-        help="appearance kernel colour width, 0..255 scale (default 13)",
+        help="appearance kernel colour width, 0..255 scale (default 13); one number for every guide channel, or "
+        "one per channel (e.g. --bilateral-srgb 20 20 30 30 or 20,20,30,30 for a T1/T1c/T2/FLAIR volume)",
     )
     crf.add_argument(
         "--bilateral-compat",
@@ -299,6 +318,9 @@ def _resolve_crf_options(args: argparse.Namespace) -> None:
     for name, default in DENSECRF_DEFAULTS.items():
         if getattr(args, name, None) is None:
             setattr(args, name, params.get(name, default))
+    srgb = args.bilateral_srgb
+    if isinstance(srgb, (list, tuple)) and len(srgb) == 1:
+        args.bilateral_srgb = float(srgb[0])  # one number: every channel
 
 
 def _check_suffix(path: Optional[str], suffix: str, option: str) -> None:
