@@ -279,45 +279,43 @@ def insert_runs(codes, d1, runs):  # pragma: no cover - compiled
     while seg < 2 * largest:
         seg *= 2
     bucket = np.empty(max(total, 1), np.int64)  # merge positions, by partition, in merge order within each
+    merged = np.empty(max(total, 1), np.int64)  # the code at every merge position
     for j in prange(runs):
         start = min(n, j * per)
         fill = qoff[:, j].copy()
         for i in range(counts[j]):
-            q = _slot(uniq[start + i], _PARTITION_BITS, 0)[0]
+            c = uniq[start + i]
+            merged[offs[j] + i] = c
+            q = _slot(c, _PARTITION_BITS, 0)[0]
             bucket[fill[q]] = offs[j] + i
             fill[q] += 1
-    merged = np.empty(max(total, 1), np.int64)  # the code at every merge position
-    for j in prange(runs):
-        start = min(n, j * per)
-        for i in range(counts[j]):
-            merged[offs[j] + i] = uniq[start + i]
     first = np.empty(max(total, 1), np.int64)  # merge position of each code's first occurrence
+    firsts = np.zeros((nq, runs), np.int64)  # first occurrences by partition and run
     table = np.empty(2 * nq * seg, np.int64)
     for q in prange(nq):  # each partition fills its own segment (first touch in parallel)
         base = 2 * q * seg
         table[base : base + 2 * seg] = -1
-        for k in range(qoff[q, 0], qoff[q, runs]):
-            pos = bucket[k]
-            c = merged[pos]
-            _, h = _slot(c, _PARTITION_BITS, seg - 1)
-            while True:
-                e = table[base + 2 * h + 1]
-                if e < 0:
-                    table[base + 2 * h] = c
-                    table[base + 2 * h + 1] = pos
-                    first[pos] = pos
-                    break
-                if table[base + 2 * h] == c:
-                    first[pos] = e
-                    break
-                h = (h + 1) & (seg - 1)
+        for j in range(runs):
+            for k in range(qoff[q, j], qoff[q, j + 1]):  # run j's codes of partition q
+                pos = bucket[k]
+                c = merged[pos]
+                _, h = _slot(c, _PARTITION_BITS, seg - 1)
+                while True:
+                    e = table[base + 2 * h + 1]
+                    if e < 0:
+                        table[base + 2 * h] = c
+                        table[base + 2 * h + 1] = pos
+                        first[pos] = pos
+                        firsts[q, j] += 1
+                        break
+                    if table[base + 2 * h] == c:
+                        first[pos] = e
+                        break
+                    h = (h + 1) & (seg - 1)
     new = np.zeros(runs + 1, np.int64)  # first occurrences in the runs before run j
-    for j in prange(runs):
-        for pos in range(offs[j], offs[j + 1]):
-            new[j + 1] += np.int64(first[pos] == pos)
     for j in range(runs):
-        new[j + 1] += new[j]
-    gid = np.empty(max(total, 1), np.int64)  # global id of the code at each merge position
+        new[j + 1] = new[j] + firsts[:, j].sum()
+    gid = np.empty(max(total, 1), np.int64)  # global id of the first occurrences (at their merge positions)
     out = np.empty(max(new[runs], 1), np.int64)
     for j in prange(runs):
         g = new[j]
@@ -326,10 +324,6 @@ def insert_runs(codes, d1, runs):  # pragma: no cover - compiled
                 gid[pos] = g
                 out[g] = merged[pos]
                 g += 1
-    for j in prange(runs):  # later occurrences: the first's id (at an earlier position, numbered above)
-        for pos in range(offs[j], offs[j + 1]):
-            if first[pos] != pos:
-                gid[pos] = gid[first[pos]]
     for q in prange(nq):  # the table's positions become ids
         for h in range(q * seg, (q + 1) * seg):
             if table[2 * h + 1] >= 0:
@@ -338,7 +332,7 @@ def insert_runs(codes, d1, runs):  # pragma: no cover - compiled
         start = min(n, j * per)
         o = offs[j]
         for k in range(start, min(n, start + per)):
-            local[k] = gid[o + local[k]]
+            local[k] = gid[first[o + local[k]]]
     return local, out[: new[runs]].copy(), table, _PARTITION_BITS
 
 
