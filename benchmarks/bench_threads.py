@@ -13,6 +13,7 @@ probabilities made as in ``bench_refine.py`` (coarse random logits upsampled, pl
     python benchmarks/bench_threads.py
     python benchmarks/bench_threads.py --threads 2 4 --sizes 500x375 --repeats 5
     python benchmarks/bench_threads.py --sizes 50x40 --repeats 1 --iterations 2   # checks that it runs
+    python benchmarks/bench_threads.py --sizes 500x375 --threads 16 --batch 16 --singles-threads 1  # 16 cores
 """
 
 from __future__ import annotations
@@ -55,6 +56,13 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", type=_size, default=[(500, 375), (1000, 750)], metavar="WxH")
     parser.add_argument("--threads", nargs="+", type=int, default=[2], metavar="N", help="compared with 1 thread")
     parser.add_argument("--batch", type=int, default=4, metavar="B", help="images of the batched call (0: skip)")
+    parser.add_argument(
+        "--singles-threads",
+        type=int,
+        default=0,
+        metavar="N",
+        help="threads of the single calls the batch is compared with (0: the default threads)",
+    )
     parser.add_argument("--labels", type=int, default=21)
     parser.add_argument("--iterations", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=9, help="pairs timed after one warm-up pair")
@@ -95,13 +103,16 @@ def main() -> None:
                 dense_crf(images, scores, num_iterations=args.iterations)
 
             def singles():
-                for i, p in inputs:
-                    dense_crf(i, p, num_iterations=args.iterations)
+                with threads(args.singles_threads) if args.singles_threads > 0 else contextlib.nullcontext():
+                    for i, p in inputs:
+                        dense_crf(i, p, num_iterations=args.iterations)
 
             r = paired_ratio(batched, singles, repeats=args.repeats)
+            singles_threads = f" on {args.singles_threads} thread(s)" if args.singles_threads > 0 else ""
             print(
                 f"{w}x{h}, L={args.labels}, T={args.iterations}: one call of {args.batch} images {r['median']:.3f} s, "
-                f"{args.batch} single calls {r['base_median']:.3f} s; batched / singles {r['ratio']:.2f} "
+                f"{args.batch} single calls{singles_threads} {r['base_median']:.3f} s; "
+                f"batched / singles {r['ratio']:.2f} "
                 f"[IQR {r['ratio_q1']:.2f}..{r['ratio_q3']:.2f}, {r['repeats']} pairs]",
                 flush=True,
             )

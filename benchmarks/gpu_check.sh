@@ -10,6 +10,8 @@
 # 4. benchmarks/bench_build.py (run second): the build of one 500x375 5-feature lattice, the Triton device build
 #    against the torch reference build in the same run (median build times, equal vertex counts, the filters'
 #    difference).
+# 5. the host's CPU cores (issue 26): dense_crf at 1000x750 on every core against one thread, and a batch of 16
+#    images at 500x375 in one call against 16 single-thread calls (benchmarks/bench_threads.py).
 #
 # Every part's output goes to $OUT/<part>.log (and .json), its exit status to $OUT/status.txt; the script goes on
 # after a failed part and exits with the first failure's status.
@@ -53,5 +55,10 @@ part bench_gpu 120 "$PY" benchmarks/bench_gpu.py --sizes 375x500 --batches 1 --i
 
 part dense_check 60 "$PY" benchmarks/gpu_dense_check.py --device cuda --size 375x500 --backends torch,triton \
     --json "$OUT/dense_check.json"
+
+CORES=$(nproc)
+part cpu_threads 240 "$PY" benchmarks/bench_threads.py --sizes 1000x750 --threads "$CORES" --batch 0 --repeats 3
+part cpu_batch 240 "$PY" benchmarks/bench_threads.py --sizes 500x375 --threads "$CORES" --batch 16 \
+    --singles-threads 1 --repeats 3
 
 exit "$status"
