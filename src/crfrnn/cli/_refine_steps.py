@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import numpy as np
+import torch
 from PIL import Image
 
 import crfrnn.dense
@@ -64,6 +65,20 @@ def crf_options(args: argparse.Namespace) -> Dict[str, Any]:
     )
 
 
+def on_device(args: argparse.Namespace, image: np.ndarray, unary: Dict[str, Any]) -> np.ndarray:
+    """:func:`crfrnn.dense_crf` of ``image (H, W, 3)`` and ``unary`` (``(L, H, W)`` arrays) on ``--device``.
+
+    On the CPU the arrays go in as they are (the compiled kernels); elsewhere as tensors on that device (the
+    PyTorch path), the marginals ``(L, H, W)`` coming back as a NumPy array.
+    """
+    device = getattr(args, "torch_device", None)
+    if device is None or device.type == "cpu":
+        return crfrnn.dense.dense_crf(image, **unary, **crf_options(args))  # type: ignore[return-value]
+    guide = torch.from_numpy(np.ascontiguousarray(image)).to(device=device, dtype=torch.float32)
+    on: Dict[str, Any] = {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in unary.items()}
+    return crfrnn.dense.dense_crf(guide, **on, **crf_options(args)).cpu().numpy()  # type: ignore[union-attr]
+
+
 def refine_one(
     args: argparse.Namespace,
     image_path: Path,
@@ -103,7 +118,7 @@ def refine_one(
         raise input_error(err) from err
     unary: dict[str, Any] = {"logits" if scores.is_logits else "probs": scores.values}
     try:
-        marginals = crfrnn.dense.dense_crf(image, **unary, **crf_options(args))
+        marginals = on_device(args, image, unary)
     except MemoryError as err:
         h, w = image.shape[:2]
         need = format_bytes(estimate_memory(h, w, scores.values.shape[0]))

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from crfrnn.cli import CommandError
+from crfrnn.cli._flags import add_device_flag, resolve_device_flag
 
 __all__ = ["add_parser", "run"]
 
@@ -112,7 +113,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     run_opts = parser.add_argument_group("run")
     run_opts.add_argument("--grid", type=int, default=4, metavar="N", help="images in grid.png (0: no grid)")
     run_opts.add_argument("--batch-size", type=int, default=1, help="images per forward pass (default: 1)")
-    run_opts.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    add_device_flag(run_opts)
     run_opts.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
     return parser
@@ -214,7 +215,6 @@ def run(args: argparse.Namespace) -> int:
     from crfrnn.models import CrfRnnSegmenter
     from crfrnn.workflow import evaluate, format_table, search_dense_crf, write_report
     from crfrnn.workflow._datasets import synthetic_spec
-    from crfrnn.workflow._distributed import resolve_device
     from crfrnn.workflow._report import save_method_grid
 
     _check_positive(args.max_images, "--max-images")
@@ -223,12 +223,7 @@ def run(args: argparse.Namespace) -> int:
     _check_positive(args.grid, "--grid", 0)
     crf_params = _dense_crf_params(args.dense_crf_param)
     grid_spec = _search_grid(args.search_grid)
-    try:
-        device = resolve_device(args.device)
-    except ValueError as err:
-        raise CommandError(
-            f"--device {args.device}: {err} (torch {torch.__version__}; --device cpu runs on the CPU)"
-        ) from err
+    device = resolve_device_flag(args.device, "evaluate")
 
     if (args.checkpoint is None) == (args.weights is None):
         raise CommandError("give either a CHECKPOINT or --weights FILE (a released CRF-RNN weight file).")

@@ -14,9 +14,11 @@ flags (flags win). With ``--resume`` the run's own ``OUT/config.yaml`` replaces 
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 from crfrnn.cli import CommandError, number_type
+from crfrnn.cli._flags import add_device_flag, resolve_device_flag
 
 __all__ = ["add_parser", "run"]
 
@@ -134,7 +136,7 @@ def add_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]"
     r = parser.add_argument_group("runtime")
     r.add_argument("--seed", type=number_type(int, 0), metavar="S", help="seed of init, shuffling, augmentation (0)")
     r.add_argument("--workers", type=number_type(int, 0), metavar="N", help="DataLoader workers (0)")
-    r.add_argument("--device", metavar="DEV", help="auto (default), cpu, cuda or cuda:N")
+    add_device_flag(r, default=S)
     r.add_argument("--threads", type=number_type(int, 1), metavar="N", help="CPU threads for torch and numba")
     parser.set_defaults(func=run)
     return parser
@@ -169,6 +171,8 @@ def run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError, TypeError, KeyError) as err:
         raise CommandError(_one_line(err), 2) from err
     quiet = getattr(args, "quiet", False)
+    if not config.device.startswith("cuda") or "LOCAL_RANK" not in os.environ:  # torchrun picks each rank's GPU
+        resolve_device_flag(config.device, "train", quiet=quiet)
     try:
         result = train(
             config,

@@ -63,7 +63,7 @@ __all__ = ["ABLATIONS", "ReproduceConfig", "reproduce"]
 
 #: settings that may change when a reproduction is continued: how the work is spread over the CPU, and which
 #: ablations run (each has runs of its own; the others are reused)
-_RESUMABLE = ("workers", "threads", "ablations")
+_RESUMABLE = ("workers", "threads", "ablations", "device")
 
 
 def reproduce(

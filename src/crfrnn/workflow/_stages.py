@@ -54,6 +54,7 @@ def train_config(config: ReproduceConfig, seed: int, name: str, **changes: Any) 
         lr_schedule="poly",
         seed=seed,
         threads=config.threads,
+        device=config.device,
         num_iterations=config.train_iterations,
         num_eval_iterations=config.test_iterations,
     )

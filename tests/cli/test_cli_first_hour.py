@@ -1,0 +1,108 @@
+"""A new user's first hour: ``--device`` on every command, and the messages that used to mislead."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from crfrnn.cli import main
+
+CUDA = torch.cuda.is_available()
+
+
+def _pair(folder: Path, stem: str = "a") -> tuple[Path, Path]:
+    """A 12 x 16 image and (2, 12, 16) probabilities in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (12, 16, 3), dtype=np.uint8)).save(folder / f"{stem}.png")
+    p = rng.random((2, 12, 16)).astype(np.float32)
+    np.save(folder / f"{stem}.npy", p / p.sum(0))
+    return folder / f"{stem}.png", folder / f"{stem}.npy"
+
+
+def _error(capsys: pytest.CaptureFixture, command: str) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"crfrnn {command}: error: "), err
+    return err[0]
+
+
+COMMANDS_WITH_DEVICE = ("refine", "fit", "segment", "evaluate", "train", "reproduce")
+
+
+@pytest.mark.parametrize("command", ("refine", "segment", "evaluate", "train", "reproduce"))
+def test_device_flag_is_shared_and_shows_its_default(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--device DEV" in text and "auto is CUDA when PyTorch sees a GPU, else the CPU (default: auto)" in text
+
+
+@pytest.mark.skipif(CUDA, reason="needs a machine without CUDA")
+@pytest.mark.parametrize(
+    "argv",
+    (
+        ["refine", "{img}", "{probs}", "-o", "{tmp}/o.png"],
+        ["segment", "{img}", "--weights", "{tmp}/w.pth", "-o", "{tmp}/seg"],
+        ["evaluate", "{tmp}/ck.pt", "--out", "{tmp}/ev"],
+        ["train", "--out", "{tmp}/run", "--epochs", "1"],
+        ["reproduce", "--quick", "--out", "{tmp}/rep"],
+    ),
+)
+def test_cuda_without_cuda_is_one_line_naming_the_flag_and_the_fix(argv, tmp_path, capsys):
+    img, probs = _pair(tmp_path)
+    values = {"img": img, "probs": probs, "tmp": tmp_path}
+    args = [a.format(**values) for a in argv] + ["--device", "cuda"]
+    assert main(args) == 2
+    line = _error(capsys, argv[0])
+    assert "--device cuda" in line and "--device cpu" in line and "CUDA is not available" in line
+    assert not (tmp_path / "run").exists() and not (tmp_path / "rep").exists()
+
+
+def test_a_bad_device_is_named(tmp_path, capsys):
+    img, probs = _pair(tmp_path)
+    assert main(["refine", str(img), str(probs), "-o", str(tmp_path / "o.png"), "--device", "gpu0"]) == 2
+    assert "--device 'gpu0' is not a device; use --device auto, cpu, cuda or cuda:N" in _error(capsys, "refine")
+
+
+def test_refine_auto_on_the_cpu_matches_cpu(tmp_path, capsys):
+    img, probs = _pair(tmp_path)
+    assert main(["refine", str(img), str(probs), "-o", str(tmp_path / "auto.png")]) == 0
+    assert main(["refine", str(img), str(probs), "-o", str(tmp_path / "cpu.png"), "--device", "cpu"]) == 0
+    if not CUDA:
+        assert "running on" not in capsys.readouterr().err  # the CPU is not announced
+        assert np.array_equal(np.array(Image.open(tmp_path / "auto.png")), np.array(Image.open(tmp_path / "cpu.png")))
+
+
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+def test_refine_on_cuda_agrees_with_the_cpu(tmp_path, capsys):
+    img, probs = _pair(tmp_path)
+    assert main(["refine", str(img), str(probs), "-o", str(tmp_path / "gpu.png"), "--device", "cuda"]) == 0
+    assert "crfrnn refine: running on cuda:" in capsys.readouterr().err
+    assert main(["refine", str(img), str(probs), "-o", str(tmp_path / "cpu.png"), "--device", "cpu"]) == 0
+    gpu, cpu = (np.array(Image.open(tmp_path / f"{n}.png")) for n in ("gpu", "cpu"))
+    assert (gpu == cpu).mean() > 0.97  # the lattices of the two paths differ a little
+
+
+def test_refine_folders_without_images_flags_say_how(tmp_path, capsys):
+    _pair(tmp_path / "imgs")
+    _pair(tmp_path / "probs")
+    assert main(["refine", str(tmp_path / "imgs"), str(tmp_path / "probs"), "-o", str(tmp_path / "out")]) == 2
+    line = _error(capsys, "refine")
+    assert "is a folder" in line and "--images DIR --probs DIR" in line and "must name" not in line
+
+
+def test_refine_folder_output_named_like_a_file_is_refused(tmp_path, capsys):
+    img, probs = _pair(tmp_path / "in")
+    (tmp_path / "p").mkdir()
+    probs.rename(tmp_path / "p" / probs.name)
+    argv = ["refine", "--images", str(tmp_path / "in"), "--probs", str(tmp_path / "p")]
+    assert main([*argv, "-o", str(tmp_path / "f.png")]) == 2
+    assert "looks like a file name (.png)" in _error(capsys, "refine")
+    assert not (tmp_path / "f.png").exists()
+    (tmp_path / "g.png").mkdir()  # an existing directory of that name is used
+    assert main([*argv, "-o", str(tmp_path / "g.png")]) == 0
+    assert (tmp_path / "g.png" / "a.png").is_file()
