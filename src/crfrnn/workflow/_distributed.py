@@ -31,10 +31,10 @@ __all__ = [
     "rank_and_world",
     "resolve_device",
     "set_threads",
-    "thread_ceiling",
-    "threads_for_now",
     "state_hash",
     "sum_across",
+    "thread_ceiling",
+    "threads_for_now",
 ]
 
 
