@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -106,3 +107,31 @@ def test_refine_folder_output_named_like_a_file_is_refused(tmp_path, capsys):
     (tmp_path / "g.png").mkdir()  # an existing directory of that name is used
     assert main([*argv, "-o", str(tmp_path / "g.png")]) == 0
     assert (tmp_path / "g.png" / "a.png").is_file()
+
+
+def test_evaluate_a_png_for_a_checkpoint_says_what_it_is(tmp_path, capsys):
+    img, _ = _pair(tmp_path)
+    assert main(["evaluate", str(img), "--out", str(tmp_path / "ev"), "--device", "cpu"]) == 2
+    line = _error(capsys, "evaluate")
+    assert "is a PNG image, not a checkpoint" in line and "crfrnn train" in line and "weights_only" not in line
+
+
+def test_evaluate_help_has_examples_and_train_help_shows_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--help"])
+    assert "examples:\n  crfrnn evaluate runs/crf/best.pt" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "CRF kernel weights (10)" in text and "CRF compatibility (1)" in text
+    assert "--threads N CPU threads for torch and numba (default: the CPUs free" in text
+
+
+def test_train_prints_miou_in_percent(tmp_path, capsys):
+    argv = ["train", "--out", str(tmp_path / "run"), "--epochs", "1", "--num-train", "4", "--num-val", "2"]
+    argv += ["--image-size", "32", "--crop-size", "32", "--batch-size", "4", "--model-kwargs", "{width: 4}"]
+    assert main(argv) == 0
+    out = capsys.readouterr()
+    text = out.out + out.err
+    assert re.search(r"best val mIoU \d+\.\d\d% \(epoch 1\)", text), text
+    assert re.search(r"val mIoU \d+\.\d\d%,", text), text

@@ -18,6 +18,39 @@ from crfrnn.cli._flags import add_device_flag, resolve_device_flag
 
 __all__ = ["add_parser", "run"]
 
+_EPILOG = """\
+examples:
+  crfrnn evaluate runs/crf/best.pt --out eval/                       # the synthetic validation split
+  crfrnn evaluate runs/crf/best.pt --out eval/ --dense-crf-search    # and the CNN + a searched dense CRF
+  crfrnn evaluate --weights TVG_CRFRNN_COCO_VOC.caffemodel --dataset voc --voc-root data/ \\
+      --ids seg12valid.txt --out eval-voc/
+  crfrnn evaluate runs/cnn/best.pt --dataset folder --images imgs/ --masks masks/ --out eval/
+
+files written to --out:
+  results.json (fractions in [0, 1]), metrics.md (percent), boundary.png, grid.png
+
+exit codes:
+  0 success; 1 a failure while evaluating or writing; 2 bad usage or input.
+"""
+
+#: the first bytes of files that are given where a checkpoint is expected, and what they are
+_NOT_CHECKPOINTS = (
+    (b"\x89PNG", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"\x93NUMPY", "a NumPy array (.npy)"),
+    (b"GIF8", "a GIF image"),
+)
+
+
+def _not_a_checkpoint(path: str) -> Optional[str]:
+    """What the file at ``path`` is when it is plainly not a checkpoint (an image, an array), else None."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+    except OSError:
+        return None
+    return next((what for magic, what in _NOT_CHECKPOINTS if head.startswith(magic)), None)
+
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register the ``evaluate`` sub-command."""
@@ -30,6 +63,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
             "offline dense CRF (--dense-crf) and the full CRF-RNN network. Writes results.json, metrics.md, "
             "boundary.png and grid.png to --out."
         ),
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "checkpoint",
@@ -238,6 +273,12 @@ def run(args: argparse.Namespace) -> int:
             names = list(VOC_CLASSES) if model.num_classes == len(VOC_CLASSES) else None
             payload, args.checkpoint = {"num_classes": model.num_classes, "class_names": names}, args.weights
         else:
+            what = _not_a_checkpoint(args.checkpoint)
+            if what is not None:
+                raise CommandError(
+                    f"CHECKPOINT '{args.checkpoint}' is {what}, not a checkpoint; give a .pt file written by "
+                    "crfrnn train (OUT/best.pt or OUT/last.pt), or --weights FILE for a released network."
+                )
             model, payload = load_model(args.checkpoint, map_location=device)
     except (FileNotFoundError, ValueError, ImportError) as err:
         raise CommandError(str(err)) from err

@@ -414,8 +414,12 @@ def _loop(
         if run.show:
             from tqdm.auto import tqdm
 
-            val = f", val mIoU {record['val_mean_iou']:.4f}" if record.get("val_mean_iou") is not None else ""
-            cnn = f" (CNN alone {record['val_mean_iou_cnn']:.4f})" if record.get("val_mean_iou_cnn") is not None else ""
+            val = f", val mIoU {100 * record['val_mean_iou']:.2f}%" if record.get("val_mean_iou") is not None else ""
+            cnn = (
+                f" (CNN alone {100 * record['val_mean_iou_cnn']:.2f}%)"
+                if record.get("val_mean_iou_cnn") is not None
+                else ""
+            )
             tqdm.write(
                 f"epoch {epoch}/{config.epochs}: train loss {record['train_loss']:.4f}{val}{cnn}, "
                 f"{record['seconds']:.1f} s"
