@@ -135,3 +135,50 @@ def test_train_prints_miou_in_percent(tmp_path, capsys):
     text = out.out + out.err
     assert re.search(r"best val mIoU \d+\.\d\d% \(epoch 1\)", text), text
     assert re.search(r"val mIoU \d+\.\d\d%,", text), text
+
+
+def test_the_reproduce_line_keeps_every_flag_that_changes_results_or_speed(tmp_path):
+    from crfrnn.workflow import ReproduceConfig
+    from crfrnn.workflow._claims import reproduce_command
+
+    full = ReproduceConfig(str(tmp_path), seeds=(0, 1), threads=2, workers=1, device="cpu", ablations=("crf_alone",))
+    assert reproduce_command(full) == (
+        f"crfrnn reproduce --seeds 0,1 --ablations crf_alone --workers 1 --threads 2 --device cpu --out {tmp_path}"
+    )
+    assert reproduce_command(ReproduceConfig.quick(str(tmp_path))) == f"crfrnn reproduce --quick --out {tmp_path}"
+
+
+def test_a_resumed_run_counts_the_epochs_saved_before(tmp_path):
+    from crfrnn.workflow._stages import saved_seconds
+
+    (tmp_path / "metrics.jsonl").write_text('{"epoch": 1, "seconds": 30.5}\n{"epoch": 2, "seconds": 12}\n')
+    assert saved_seconds(str(tmp_path)) == 42.5
+    assert saved_seconds(str(tmp_path / "missing")) == 0.0
+
+
+def test_overlay_legend_shows_the_labels_present():
+    from crfrnn.data import color_palette
+    from crfrnn.visualize import make_overlay
+
+    image = np.zeros((20, 30, 3), np.uint8)
+    before = np.zeros((20, 30), np.int64)
+    before[:, 15:] = 255  # unknown
+    after = np.zeros((20, 30), np.int64)
+    after[5:, :] = 7
+    plain = make_overlay(image, before, after, titles=None)
+    picture = make_overlay(image, before, after, titles=None, legend=True)
+    assert picture.shape[1] == plain.shape[1] and picture.shape[0] > plain.shape[0]
+    strip = picture[plain.shape[0] :].reshape(-1, 3)
+    colours = {tuple(int(c) for c in color_palette(256)[k]) for k in (7, 255)}
+    assert colours <= {tuple(int(c) for c in p) for p in strip}  # label 7's swatch and void's
+    absent = tuple(int(c) for c in color_palette(256)[3])
+    assert absent not in {tuple(int(c) for c in p) for p in strip}
+
+
+def test_refine_overlay_has_a_legend(tmp_path):
+    img, probs = _pair(tmp_path)
+    assert (
+        main(["refine", str(img), str(probs), "-o", str(tmp_path / "o.png"), "--overlay", str(tmp_path / "c.png")]) == 0
+    )
+    with Image.open(tmp_path / "c.png") as picture:
+        assert picture.height > 12 + 20  # the title strip and the legend

@@ -140,7 +140,9 @@ def refine_one(
             atomic_np_save(save_probs, marginals.astype("float32", copy=False))
         if overlay is not None:
             titles = None if args.no_titles else ("image", "input (argmax)", "refined (dense CRF)")
-            picture = make_overlay(image, scores.labels, labels, alpha=args.overlay_alpha, titles=titles)
+            picture = make_overlay(
+                image, scores.labels, labels, alpha=args.overlay_alpha, titles=titles, legend=titles is not None
+            )
             atomic_save_image(Image.fromarray(picture), overlay, format="PNG", optimize=True)
     except OSError as err:
         raise CommandError(f"could not write output: {err}", 1) from err

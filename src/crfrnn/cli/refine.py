@@ -271,7 +271,8 @@ def add_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]"
     out.add_argument(
         "--overlay",
         metavar="FILE.png",
-        help="also save a comparison picture: image | input labels | refined labels",
+        help="also save a comparison picture: image | input labels | refined labels, with a legend of the labels "
+        "present",
     )
     out.add_argument(
         "--overlay-alpha",
@@ -280,7 +281,7 @@ def add_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]"
         metavar="A",
         help="weight of label colours over the image in --overlay; 1 shows the palette alone (default 0.55)",
     )
-    out.add_argument("--no-titles", action="store_true", help="no panel titles in --overlay")
+    out.add_argument("--no-titles", action="store_true", help="no panel titles and no legend in --overlay")
     parser.set_defaults(func=run)
     return parser
 

@@ -21,6 +21,7 @@ _EPILOG = """\
 files written to OUT:
   report.md      the mean IoU table (mean and spread over seeds), the paper's claims checked, per-seed numbers
   results.json   every number: per seed, per method, per boundary band; the dense CRF search; timings
+                 (metrics as fractions in [0, 1], the claims' gains in percentage points: its "units" key)
   boundary.png   accuracy against the width of the band around ground-truth boundaries
   grid.png       image, ground truth, CNN, CNN + dense CRF, CRF-RNN on test images
   seed<N>/       the training runs (checkpoints, metrics.jsonl), reused when the command is run again

@@ -62,6 +62,21 @@ def train_config(config: ReproduceConfig, seed: int, name: str, **changes: Any) 
     return TrainConfig(**base)
 
 
+def saved_seconds(run_dir: str) -> float:
+    """The seconds of the epochs a run recorded in its ``metrics.jsonl`` (0 where there is none)."""
+    total = 0.0
+    try:
+        with open(Path(run_dir) / "metrics.jsonl", encoding="utf-8") as fh:
+            for line in fh:
+                try:
+                    total += float(json.loads(line).get("seconds", 0.0))
+                except (ValueError, AttributeError, TypeError):
+                    continue
+    except OSError:
+        return 0.0
+    return total
+
+
 def run_stage(run_config: TrainConfig, on_epoch: Callable[[dict], None]) -> Path:
     """Train (or continue, or skip when complete) one run; returns its best checkpoint."""
     out = Path(run_config.out_dir)
@@ -200,8 +215,8 @@ def train_stages(
         t0 = time.perf_counter()
         bar.set_description(f"seed {seed}: {title}")
         checkpoints[checkpoint_key(key)] = run_stage(run_config, advance)
-        if key in keys:
-            times[f"train_{key}"] = time.perf_counter() - t0
+        if key in keys:  # the epochs' seconds the run saved, so that a resumed run counts its earlier epochs
+            times[f"train_{key}"] = max(time.perf_counter() - t0, saved_seconds(run_config.out_dir))
     return checkpoints
 
 
