@@ -34,7 +34,7 @@ def _error(capsys: pytest.CaptureFixture, command: str) -> str:
 COMMANDS_WITH_DEVICE = ("refine", "fit", "segment", "evaluate", "train", "reproduce")
 
 
-@pytest.mark.parametrize("command", ("refine", "segment", "evaluate", "train", "reproduce"))
+@pytest.mark.parametrize("command", COMMANDS_WITH_DEVICE)
 def test_device_flag_is_shared_and_shows_its_default(command, capsys):
     with pytest.raises(SystemExit):
         main([command, "--help"])
@@ -49,6 +49,7 @@ def test_device_flag_is_shared_and_shows_its_default(command, capsys):
         ["refine", "{img}", "{probs}", "-o", "{tmp}/o.png"],
         ["segment", "{img}", "--weights", "{tmp}/w.pth", "-o", "{tmp}/seg"],
         ["evaluate", "{tmp}/ck.pt", "--out", "{tmp}/ev"],
+        ["fit", "{tmp}", "{tmp}", "{tmp}", "-o", "{tmp}/crf.yaml"],
         ["train", "--out", "{tmp}/run", "--epochs", "1"],
         ["reproduce", "--quick", "--out", "{tmp}/rep"],
     ),
@@ -182,3 +183,18 @@ def test_refine_overlay_has_a_legend(tmp_path):
     )
     with Image.open(tmp_path / "c.png") as picture:
         assert picture.height > 12 + 20  # the title strip and the legend
+
+
+def test_fit_on_a_device_gives_the_fit_of_the_inputs_device():
+    from crfrnn.data import SyntheticShapes
+    from crfrnn.fit import degraded_probs, fit_crf
+
+    ds = SyntheticShapes(3, size=24, seed=0)
+    images = [ds[i][0].permute(1, 2, 0).numpy() for i in range(3)]
+    masks = [ds[i][1].numpy() for i in range(3)]
+    probs = [degraded_probs(m, 7, seed=i) for i, m in enumerate(masks)]
+    kw = dict(epochs=1, fit_widths=False, progress=False)
+    here = fit_crf(images, probs, masks, **kw)
+    there = fit_crf(images, probs, masks, device="cuda" if CUDA else "cpu", **kw)
+    for key, value in here.params.items():
+        assert there.params[key] == (pytest.approx(value, rel=1e-3) if isinstance(value, float) else value), key
