@@ -1,7 +1,8 @@
 """Make the README picture of ``crfrnn refine``: a blobby, CNN-like segmentation snapped to a photo's edges.
 
-The photo (``skimage.data.astronaut()``) ships inside scikit-image, so nothing is downloaded. A deliberately
-coarse unary stands in for a network's output: a few hand-placed regions (background, person, helmet),
+The photo (``skimage.data.astronaut()``) ships inside scikit-image, so nothing is downloaded; scikit-image is not
+a dependency of crfrnn (the ``test`` and ``parity`` extras install it): ``pip install scikit-image`` first.
+A deliberately coarse unary stands in for a network's output: a few hand-placed regions (background, person, helmet),
 averaged over 16 x 16 cells, perturbed with noise per cell and upsampled bilinearly, the way a stride-16
 network's scores look. The script saves the photo and the probabilities to a working directory, runs the
 real command line on them and prints the command it ran::
@@ -30,7 +31,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def load_photo(name: str, width: int) -> np.ndarray:
     """A scikit-image sample photo resized to ``width`` pixels: ``(H, W, 3)`` uint8."""
-    from skimage import data
+    try:
+        from skimage import data
+    except ImportError:
+        raise SystemExit(
+            "examples/refine_photo.py takes its photo from scikit-image, which crfrnn does not install: "
+            "pip install scikit-image"
+        ) from None
 
     photo = Image.fromarray(getattr(data, name)()).convert("RGB")
     height = round(photo.height * width / photo.width)

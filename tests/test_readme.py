@@ -38,3 +38,14 @@ def test_two_setup_commands_and_ci():
 
 def test_no_placeholders_left():
     assert not re.search(r"\b[A-Z]+_(TABLE|CLAIMS)\b", README)
+
+
+def test_install_lines_for_cpu_and_cuda_and_the_tested_versions_agree_with_pyproject():
+    pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    bound = re.search(r'"torch>=([\d.]+)"', pyproject)
+    python = re.search(r'requires-python = ">=([\d.]+)"', pyproject)
+    assert bound and python
+    assert f"torch>={bound.group(1)}" in README and f"requires-python >= {python.group(1)}" in README
+    assert "pip install torch --index-url https://download.pytorch.org/whl/cpu" in README
+    assert "git clone <repository URL>" in README and "--device cuda" in README
+    assert "not yet measured on this tree (`benchmarks/gpu_check.sh`)" in README

@@ -139,6 +139,7 @@ def make_overlay(
     alpha: float = 0.55,
     titles: Optional[Sequence[str]] = ("image", "input (argmax)", "refined (dense CRF)"),
     gap: int = 4,
+    legend: bool = False,
 ) -> np.ndarray:
     """Side-by-side picture: image | labels before | labels after, labels coloured with the VOC palette.
 
@@ -153,9 +154,10 @@ def make_overlay(
         alpha: weight of the label colours, in ``[0, 1]``.
         titles: three panel titles drawn above the panels, or None for none.
         gap: white pixels between panels.
+        legend: add a strip below: a swatch and the number of each label in ``before`` or ``after`` (or void).
 
     Returns:
-        ``(H', 3 W + 2 gap, 3)`` uint8 RGB, ``H' = H`` without titles.
+        ``(H', 3 W + 2 gap, 3)`` uint8 RGB, ``H' = H`` without titles and legend.
     """
     if not 0 <= alpha <= 1:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}.")
@@ -174,6 +176,10 @@ def make_overlay(
         panels.append(panel)
     sep = np.full((h, gap, 3), 255, np.uint8)
     row = np.concatenate([panels[0], sep, panels[1], sep, panels[2]], axis=1)
+    if legend:
+        present = np.union1d(np.unique(np.asarray(before)), np.unique(np.asarray(after)))
+        row = np.concatenate([row, _legend_strip(present, row.shape[1], max(10, min(16, w // 14)))], axis=0)
+        h = row.shape[0]
     if titles is None:
         return row
     font_size = max(10, min(16, w // 14))
@@ -186,6 +192,30 @@ def make_overlay(
         x0 = i * (w + gap)
         tw = draw.textlength(title, font=font)
         draw.text((x0 + max(0.0, (w - tw) / 2), 3), title, fill=(0, 0, 0), font=font)
+    return np.array(canvas)
+
+
+def _legend_strip(labels: np.ndarray, width: int, font_size: int) -> np.ndarray:
+    """``(S, width, 3)`` uint8: a swatch of each label's colour and its number (``void`` outside 0..254), in rows."""
+    palette = color_palette(256)
+    font = _font(font_size)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    void = bool(((labels < 0) | (labels > 254)).any())
+    items = [(int(k), str(int(k))) for k in labels if 0 <= k <= 254] + [(255, "void")] * void
+    line_h, pad = font_size + 6, 4
+    places, x, y = [], pad, pad
+    for k, text in items:
+        item_w = font_size + 4 + int(measure.textlength(text, font=font)) + 2 * pad
+        if x > pad and x + item_w > width:
+            x, y = pad, y + line_h
+        places.append((k, text, x, y))
+        x += item_w
+    canvas = Image.new("RGB", (width, y + line_h + pad), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    for k, text, x, y in places:
+        colour = VOID_COLOR if k == 255 else tuple(int(c) for c in palette[k])
+        draw.rectangle((x, y + 2, x + font_size, y + 2 + font_size), fill=colour, outline=(0, 0, 0))
+        draw.text((x + font_size + 4, y + 2), text, fill=(0, 0, 0), font=font)
     return np.array(canvas)
 
 

@@ -14,7 +14,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from functools import partial
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from crfrnn._utils.progress import Progress
 from crfrnn._utils.threads import free_cpus
@@ -30,12 +30,22 @@ from crfrnn.workflow._shards import take_shard
 __all__ = ["MIN_IMAGES_FOR_PROCESSES", "run_folder"]
 
 
+#: suffixes of the files refine reads and writes: an output directory named so is a mistaken file name
+_FILE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".npy", ".npz", ".nii", ".gz", ".yaml", ".json")
+
+
 def _output_dir(path: Optional[str], option: str) -> Optional[Path]:
     if path is None:
         return None
     directory = Path(path)
     if directory.exists() and not directory.is_dir():
         raise CommandError(f"with --images, {option} must be a directory, but '{path}' is a file.", 2)
+    if not directory.exists() and directory.suffix.lower() in _FILE_SUFFIXES:
+        raise CommandError(
+            f"with --images, {option} names the directory that gets one file per image, but '{path}' looks like a "
+            f"file name ({directory.suffix}); give a directory such as '{directory.with_suffix('')}'.",
+            2,
+        )
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -43,7 +53,7 @@ def _output_dir(path: Optional[str], option: str) -> Optional[Path]:
     return directory
 
 
-def _worker_count(jobs: Optional[int], count: int) -> int:
+def _worker_count(jobs: Optional[int], count: int, device: Any = None) -> int:
     """Worker processes for ``count`` images: ``jobs`` if given, else the free CPUs when there are enough images.
 
     Single-threaded processes beat one process with as many threads because part of every call (building the
@@ -51,6 +61,8 @@ def _worker_count(jobs: Optional[int], count: int) -> int:
     """
     if jobs is not None:
         return max(1, min(jobs, count))
+    if device is not None and device.type != "cpu":  # one process feeds the GPU; workers would each start CUDA
+        return 1
     cpus = free_cpus()
     return cpus if cpus > 1 and count >= MIN_IMAGES_FOR_PROCESSES else 1
 
@@ -190,7 +202,7 @@ def _run_share(args: argparse.Namespace, ranks: Optional[Ranks]) -> int:
             f"crfrnn refine: skipping {skipped} of {len(targets)} images whose outputs exist (--overwrite redoes them)",
             file=sys.stderr,
         )
-    jobs = _worker_count(args.jobs, len(todo))
+    jobs = _worker_count(args.jobs, len(todo), getattr(args, "torch_device", None))
     if jobs > 1:
         print(f"crfrnn refine: {len(todo)} images in {jobs} worker processes, one thread each", file=sys.stderr)
         results = _refine_in_processes(args, todo, jobs)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import numpy as np
+import torch
 from PIL import Image
 
 import crfrnn.dense
@@ -107,6 +108,23 @@ def _srgb_text(srgb: Any) -> str:
     return " ".join(f"{float(v):g}" for v in np.atleast_1d(np.asarray(srgb, dtype=np.float64)))
 
 
+def on_device(
+    args: argparse.Namespace, image: np.ndarray, unary: Dict[str, Any], options: Dict[str, Any]
+) -> np.ndarray:
+    """:func:`crfrnn.dense_crf` of ``image (H, W, 3)`` and ``unary`` (``(L, H, W)`` arrays) on ``--device``, with
+    the CRF ``options`` (:func:`crf_options`).
+
+    On the CPU the arrays go in as they are (the compiled kernels); elsewhere as tensors on that device (the
+    PyTorch path), the marginals ``(L, H, W)`` coming back as a NumPy array.
+    """
+    device = getattr(args, "torch_device", None)
+    if device is None or device.type == "cpu":
+        return crfrnn.dense.dense_crf(image, **unary, **options)  # type: ignore[return-value]
+    guide = torch.from_numpy(np.ascontiguousarray(image)).to(device=device, dtype=torch.float32)
+    on: Dict[str, Any] = {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in unary.items()}
+    return crfrnn.dense.dense_crf(guide, **on, **options).cpu().numpy()  # type: ignore[union-attr]
+
+
 def refine_one(
     args: argparse.Namespace,
     image_path: Path,
@@ -151,7 +169,7 @@ def refine_one(
     except MemoryLimitError as err:
         raise input_error(err) from err
     try:
-        marginals = crfrnn.dense.dense_crf(image, **unary, **options)
+        marginals = on_device(args, image, unary, options)
     except MemoryError as err:
         h, w = image.shape[:2]
         need = format_bytes(need_bytes)
@@ -173,7 +191,9 @@ def refine_one(
             atomic_np_save(save_probs, marginals.astype("float32", copy=False))
         if overlay is not None:
             titles = None if args.no_titles else ("image", "input (argmax)", "refined (dense CRF)")
-            picture = make_overlay(image, scores.labels, labels, alpha=args.overlay_alpha, titles=titles)
+            picture = make_overlay(
+                image, scores.labels, labels, alpha=args.overlay_alpha, titles=titles, legend=titles is not None
+            )
             atomic_save_image(Image.fromarray(picture), overlay, format="PNG", optimize=True)
     except OSError as err:
         raise CommandError(f"could not write output: {err}", 1) from err

@@ -14,8 +14,42 @@ from pathlib import Path
 from typing import Any, Optional
 
 from crfrnn.cli import CommandError
+from crfrnn.cli._flags import add_device_flag, resolve_device_flag
 
 __all__ = ["add_parser", "run"]
+
+_EPILOG = """\
+examples:
+  crfrnn evaluate runs/crf/best.pt --out eval/                       # the synthetic validation split
+  crfrnn evaluate runs/crf/best.pt --out eval/ --dense-crf-search    # and the CNN + a searched dense CRF
+  crfrnn evaluate --weights TVG_CRFRNN_COCO_VOC.caffemodel --dataset voc --voc-root data/ \\
+      --ids seg12valid.txt --out eval-voc/
+  crfrnn evaluate runs/cnn/best.pt --dataset folder --images imgs/ --masks masks/ --out eval/
+
+files written to --out:
+  results.json (fractions in [0, 1]), metrics.md (percent), boundary.png, grid.png
+
+exit codes:
+  0 success; 1 a failure while evaluating or writing; 2 bad usage or input.
+"""
+
+#: the first bytes of files that are given where a checkpoint is expected, and what they are
+_NOT_CHECKPOINTS = (
+    (b"\x89PNG", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"\x93NUMPY", "a NumPy array (.npy)"),
+    (b"GIF8", "a GIF image"),
+)
+
+
+def _not_a_checkpoint(path: str) -> Optional[str]:
+    """What the file at ``path`` is when it is plainly not a checkpoint (an image, an array), else None."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+    except OSError:
+        return None
+    return next((what for magic, what in _NOT_CHECKPOINTS if head.startswith(magic)), None)
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -29,6 +63,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
             "offline dense CRF (--dense-crf) and the full CRF-RNN network. Writes results.json, metrics.md, "
             "boundary.png and grid.png to --out."
         ),
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "checkpoint",
@@ -112,7 +148,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     run_opts = parser.add_argument_group("run")
     run_opts.add_argument("--grid", type=int, default=4, metavar="N", help="images in grid.png (0: no grid)")
     run_opts.add_argument("--batch-size", type=int, default=1, help="images per forward pass (default: 1)")
-    run_opts.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    add_device_flag(run_opts)
     run_opts.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
     return parser
@@ -214,7 +250,6 @@ def run(args: argparse.Namespace) -> int:
     from crfrnn.models import CrfRnnSegmenter
     from crfrnn.workflow import evaluate, format_table, search_dense_crf, write_report
     from crfrnn.workflow._datasets import synthetic_spec
-    from crfrnn.workflow._distributed import resolve_device
     from crfrnn.workflow._report import save_method_grid
 
     _check_positive(args.max_images, "--max-images")
@@ -223,12 +258,7 @@ def run(args: argparse.Namespace) -> int:
     _check_positive(args.grid, "--grid", 0)
     crf_params = _dense_crf_params(args.dense_crf_param)
     grid_spec = _search_grid(args.search_grid)
-    try:
-        device = resolve_device(args.device)
-    except ValueError as err:
-        raise CommandError(
-            f"--device {args.device}: {err} (torch {torch.__version__}; --device cpu runs on the CPU)"
-        ) from err
+    device = resolve_device_flag(args.device, "evaluate")
 
     if (args.checkpoint is None) == (args.weights is None):
         raise CommandError("give either a CHECKPOINT or --weights FILE (a released CRF-RNN weight file).")
@@ -243,6 +273,12 @@ def run(args: argparse.Namespace) -> int:
             names = list(VOC_CLASSES) if model.num_classes == len(VOC_CLASSES) else None
             payload, args.checkpoint = {"num_classes": model.num_classes, "class_names": names}, args.weights
         else:
+            what = _not_a_checkpoint(args.checkpoint)
+            if what is not None:
+                raise CommandError(
+                    f"CHECKPOINT '{args.checkpoint}' is {what}, not a checkpoint; give a .pt file written by "
+                    "crfrnn train (OUT/best.pt or OUT/last.pt), or --weights FILE for a released network."
+                )
             model, payload = load_model(args.checkpoint, map_location=device)
     except (FileNotFoundError, ValueError, ImportError) as err:
         raise CommandError(str(err)) from err

@@ -21,7 +21,7 @@ from typing import Any, Optional
 
 from crfrnn.cli import CommandError, number_type
 from crfrnn.cli._choices import LAYOUTS
-from crfrnn.cli._flags import name_flags
+from crfrnn.cli._flags import add_device_flag, name_flags, resolve_device_flag
 
 __all__ = ["add_parser", "run"]
 
@@ -164,6 +164,7 @@ def add_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]"
         metavar="S",
         help="seed of the split and of the image order (default 0)",
     )
+    add_device_flag(fit)
     fit.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
     return parser
@@ -290,6 +291,7 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         fit_widths = False
+    device = resolve_device_flag(args.device, "fit")
     images, scores, labels, stems, is_logits = _read(args)
     print(f"crfrnn fit: {len(images)} images, {scores[0].shape[0]} labels", file=sys.stderr)
     try:
@@ -309,6 +311,7 @@ def run(args: argparse.Namespace) -> int:
             boundary_width=args.boundary_width,
             seed=args.seed,
             progress=not args.no_progress,
+            device=device,
         )
     except (ValueError, TypeError) as err:
         raise CommandError(str(err)) from err

@@ -26,6 +26,7 @@ from PIL import Image
 from crfrnn.cli import CommandError, number_type
 from crfrnn.cli._batch import add_batch_flags
 from crfrnn.cli._choices import LAYOUTS, MIN_IMAGES_FOR_PROCESSES, NORMALIZATIONS
+from crfrnn.cli._flags import add_device_flag, resolve_device_flag
 
 __all__ = ["add_parser", "run"]
 
@@ -213,6 +214,7 @@ def add_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]"
     )
 
     add_batch_flags(batch)
+    add_device_flag(parser)
 
     limits = parser.add_argument_group("limits")
     limits.add_argument(
@@ -290,7 +292,8 @@ def add_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]"
     out.add_argument(
         "--overlay",
         metavar="FILE.png",
-        help="also save a comparison picture: image | input labels | refined labels",
+        help="also save a comparison picture: image | input labels | refined labels, with a legend of the labels "
+        "present",
     )
     out.add_argument(
         "--overlay-alpha",
@@ -299,7 +302,7 @@ def add_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]"
         metavar="A",
         help="weight of label colours over the image in --overlay; 1 shows the palette alone (default 0.55)",
     )
-    out.add_argument("--no-titles", action="store_true", help="no panel titles in --overlay")
+    out.add_argument("--no-titles", action="store_true", help="no panel titles and no legend in --overlay")
     parser.set_defaults(func=run)
     return parser
 
@@ -358,6 +361,11 @@ def _run_single(args: argparse.Namespace) -> int:
 
     if is_array_path(args.image):
         return _run_volume(args)
+    for name, given in (("IMAGE", args.image), ("PROBS", args.probs)):
+        if Path(given).is_dir():
+            raise CommandError(
+                f"{name} '{given}' is a folder; to refine a folder, pass --images DIR --probs DIR -o OUT_DIR.", 2
+            )
     if args.spacing is not None:
         raise CommandError("--spacing applies to volumes (an IMAGE given as .npy, .npz, .nii or .nii.gz).", 2)
     _check_suffix(args.output, ".png", "-o/--output")
@@ -389,6 +397,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.shard is not None:
         raise CommandError("--shard splits a folder among tasks; pass --images DIR --probs DIR with it.", 2)
     _resolve_crf_options(args)
+    args.torch_device = resolve_device_flag(args.device, "refine")
     if args.max_memory is None:
         args.max_memory = crfrnn.io.default_memory_limit()
     saved_limit = Image.MAX_IMAGE_PIXELS

@@ -13,6 +13,7 @@ import argparse
 from typing import Any
 
 from crfrnn.cli import CommandError, number_type
+from crfrnn.cli._flags import add_device_flag, resolve_device_flag
 
 __all__ = ["add_parser", "run"]
 
@@ -20,6 +21,7 @@ _EPILOG = """\
 files written to OUT:
   report.md      the mean IoU table (mean and spread over seeds), the paper's claims checked, per-seed numbers
   results.json   every number: per seed, per method, per boundary band; the dense CRF search; timings
+                 (metrics as fractions in [0, 1], the claims' gains in percentage points: its "units" key)
   boundary.png   accuracy against the width of the band around ground-truth boundaries
   grid.png       image, ground truth, CNN, CNN + dense CRF, CRF-RNN on test images
   seed<N>/       the training runs (checkpoints, metrics.jsonl), reused when the command is run again
@@ -103,6 +105,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         metavar="N",
         help="CPU threads of each process (default: the cores shared out between the processes)",
     )
+    add_device_flag(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
     return parser
@@ -112,10 +115,21 @@ def run(args: argparse.Namespace) -> int:
     """Build the configuration, run the reproduction and print the table."""
     from crfrnn.workflow import ReproduceConfig, TrainingError, reproduce
 
+    resolve_device_flag(args.device, "reproduce")
     out = args.out or ("runs/reproduce-quick" if args.quick else "runs/reproduce")
     overrides = {
         k: getattr(args, k)
-        for k in ("seeds", "cnn_epochs", "crf_epochs", "num_train", "num_test", "threads", "workers", "ablations")
+        for k in (
+            "seeds",
+            "cnn_epochs",
+            "crf_epochs",
+            "num_train",
+            "num_test",
+            "threads",
+            "workers",
+            "ablations",
+            "device",
+        )
         if getattr(args, k) is not None
     }
     try:

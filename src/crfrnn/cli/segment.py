@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 from crfrnn.cli import CommandError, number_type
 from crfrnn.cli._batch import Summary, add_batch_flags, is_complete, shard_of
 from crfrnn.cli._choices import FORMATS, RESIZE_POLICIES
-from crfrnn.cli._flags import name_flags
+from crfrnn.cli._flags import add_device_flag, name_flags, resolve_device_flag
 from crfrnn.cli._outputs import check_outputs
 
 __all__ = ["add_parser", "overlay_with_legend", "run"]
@@ -110,7 +110,7 @@ def add_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]"
         metavar="L",
         help="class count the weights must have (default: 21; 0: any)",
     )
-    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    add_device_flag(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_batch_flags(parser.add_argument_group("many images (job arrays, resuming)"))
     parser.set_defaults(func=run)
@@ -253,16 +253,9 @@ def _write(
 
 def _load_model(args: argparse.Namespace) -> Any:
     """The released network the flags ask for, on the device they name."""
-    import torch
-
     from crfrnn.models import load_pretrained
 
-    try:
-        device = torch.device(args.device)
-    except RuntimeError as err:
-        raise CommandError(f"--device {args.device!r} is not a torch device ({err}).") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise CommandError(f"--device {args.device}: CUDA is not available on this machine; use --device cpu.")
+    device = resolve_device_flag(args.device, "segment")
     try:
         return load_pretrained(
             args.weights,

@@ -14,9 +14,11 @@ flags (flags win). With ``--resume`` the run's own ``OUT/config.yaml`` replaces 
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 from crfrnn.cli import CommandError, number_type
+from crfrnn.cli._flags import add_device_flag, resolve_device_flag
 
 __all__ = ["add_parser", "run"]
 
@@ -24,6 +26,7 @@ _EPILOG = """\
 files written to OUT:
   config.yaml    the resolved settings (reusable with --config)
   metrics.jsonl  one JSON object per epoch: epoch, train_loss, val_mean_iou, val_pixel_accuracy, seconds, ...
+                 (the metrics as fractions in [0, 1]; the lines printed while training show them in %)
   last.pt        checkpoint after every epoch (atomic): weights, optimiser, schedule, epoch, random states
   best.pt        checkpoint with the best validation mean IoU
   Load a checkpoint with crfrnn.io.load_model(path).
@@ -125,17 +128,25 @@ def add_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]"
     o.add_argument("--weight-decay", type=number_type(float, 0), metavar="WD", help="CNN weight decay (5e-4)")
     o.add_argument("--lr-schedule", choices=LR_SCHEDULES, help="poly (default) or constant")
     o.add_argument("--poly-power", type=number_type(float, 0, True), metavar="P", help="poly schedule exponent (0.9)")
-    o.add_argument("--crf-kernel-lr-mult", type=number_type(float, 0), metavar="X", help="lr multiplier, CRF kernels")
     o.add_argument(
-        "--crf-compat-lr-mult", type=number_type(float, 0), metavar="X", help="lr multiplier, CRF compatibility"
+        "--crf-kernel-lr-mult", type=number_type(float, 0), metavar="X", help="lr multiplier, CRF kernel weights (10)"
+    )
+    o.add_argument(
+        "--crf-compat-lr-mult", type=number_type(float, 0), metavar="X", help="lr multiplier, CRF compatibility (1)"
     )
     o.add_argument("--eval-every", type=number_type(int, 1), metavar="N", help="validate every N epochs (1)")
 
     r = parser.add_argument_group("runtime")
     r.add_argument("--seed", type=number_type(int, 0), metavar="S", help="seed of init, shuffling, augmentation (0)")
     r.add_argument("--workers", type=number_type(int, 0), metavar="N", help="DataLoader workers (0)")
-    r.add_argument("--device", metavar="DEV", help="auto (default), cpu, cuda or cuda:N")
-    r.add_argument("--threads", type=number_type(int, 1), metavar="N", help="CPU threads for torch and numba")
+    add_device_flag(r, default=S)
+    r.add_argument(
+        "--threads",
+        type=number_type(int, 1),
+        metavar="N",
+        help="CPU threads for torch and numba (default: the CPUs free at the start of each epoch, at most torch's "
+        "threads; under torchrun OMP_NUM_THREADS)",
+    )
     parser.set_defaults(func=run)
     return parser
 
@@ -169,6 +180,8 @@ def run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError, TypeError, KeyError) as err:
         raise CommandError(_one_line(err), 2) from err
     quiet = getattr(args, "quiet", False)
+    if not config.device.startswith("cuda") or "LOCAL_RANK" not in os.environ:  # torchrun picks each rank's GPU
+        resolve_device_flag(config.device, "train", quiet=quiet)
     try:
         result = train(
             config,
@@ -182,6 +195,6 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(_one_line(err), 1) from err
     if not quiet and result["rank"] == 0:
         best = result["best_mean_iou"]
-        summary = f"best val mIoU {best:.4f} (epoch {result['best_epoch']}); " if best is not None else ""
+        summary = f"best val mIoU {100 * best:.2f}% (epoch {result['best_epoch']}); " if best is not None else ""
         print(f"{summary}{result['epoch']}/{config.epochs} epochs done; checkpoints in {result['out_dir']}")
     return 0

@@ -24,6 +24,7 @@ Names: :func:`crfrnn.mean_field` calls the widths ``theta_gamma`` (spatial kerne
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 from dataclasses import dataclass, field
@@ -237,6 +238,7 @@ def fit_crf(
     min_delta: float = 1e-4,
     seed: int = 0,
     progress: bool = True,
+    device: Union[str, torch.device, None] = None,
 ) -> FitResult:
     """Fit :func:`crfrnn.dense_crf`'s parameters to a network's outputs and ground-truth masks.
 
@@ -265,6 +267,7 @@ def fit_crf(
         seed: seed of the split and of the order of the training images.
         progress: show progress on stderr (a bar on a terminal, else a plain line every 30 s), and at the end
             a line naming the best epoch.
+        device: where mean field runs (e.g. ``"cuda"``); None: where the inputs are (NumPy arrays: the CPU).
 
     Returns:
         A :class:`FitResult`; ``result.params`` go to :func:`crfrnn.dense_crf` and :func:`crfrnn.save_params`.
@@ -314,6 +317,18 @@ def fit_crf(
     samples, num_labels = prepare_samples(
         images, probs, labels, logits=logits, clip=initial.get("clip", 1e-5), ignore_index=ignore_index
     )
+    if device is not None:
+        device = torch.device(device)
+        samples = [
+            dataclasses.replace(
+                s,
+                image=s.image.to(device),
+                scores=s.scores.to(device),
+                unary=s.unary.to(device),
+                labels=s.labels.to(device),
+            )
+            for s in samples
+        ]
     train, val = split_indices(len(samples), val_fraction, seed)
     if not any(samples[i].valid for i in train):
         raise ValueError(
@@ -325,6 +340,7 @@ def fit_crf(
         k: torch.tensor(
             math.log(max(float(initial[k]), _MIN_WEIGHT if k in _WEIGHTS else _WIDTH_RANGE[0])),
             dtype=torch.float64,
+            device=samples[0].image.device,
             requires_grad=True,
         )
         for k in names

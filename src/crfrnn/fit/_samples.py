@@ -164,9 +164,9 @@ def evaluate_params(
             else:
                 unary: dict[str, Any] = {"logits" if logits else "probs": s.scores}
                 q = cast(Tensor, dense_crf(s.image, **unary, cache=cache, **params))  # tensors in: a tensor out
-            pred = q.argmax(1)
-            cm.update(pred, s.labels)
-            band.update(pred, s.labels)
+            pred, truth = q.argmax(1).cpu(), s.labels.cpu()  # the metrics count on the CPU
+            cm.update(pred, truth)
+            band.update(pred, truth)
             if s.valid:
                 total += float(
                     F.nll_loss(q.clamp_min(1e-12).log(), s.labels, ignore_index=ignore_index, reduction="sum")

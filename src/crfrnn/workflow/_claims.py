@@ -208,7 +208,9 @@ def report_markdown(
         f"data seed {config.data_seed}); training seeds {seeds}. Values in %, "
         + ("mean ± standard deviation over seeds" if len(per_seed) > 1 else "one seed, so no spread over seeds")
         + f", on the test split. Total time {seconds / 60:.1f} min"
-        + (f" on {machine}." if machine else "."),
+        + (f" on {machine}" if machine else "")
+        + f"; the stages' own times, summed over seeds and counting work done before an interruption, "
+        f"{stage_minutes(per_seed):.1f} min.",
         "",
         "| method | mIoU | pixel acc. | mean class acc. | " + " | ".join(f"boundary acc. {w}px" for w in shown) + " |",
         "|---|---:|---:|---:|" + "---:|" * len(shown),
@@ -228,8 +230,13 @@ def report_markdown(
             "for those.",
         ]
     lines += ["", "## The paper's claims, checked", ""]
+    quick = config.preset == "quick"
+    undecided = (
+        f"not decided by a quick run ({len(per_seed)} seed{'s' if len(per_seed) > 1 else ''}, "
+        f"{config.cnn_epochs} CNN epochs)"
+    )
     for c in claims:
-        mark = "holds" if c["holds"] else "does NOT hold"
+        mark = undecided if quick else ("holds" if c["holds"] else "does NOT hold")
         if "gain_in_band" in c:
             lines.append(
                 f"- {c['claim']}: {mark} (pixel accuracy gain over the CNN {c['gain_in_band']:+.2f} points "
@@ -267,12 +274,45 @@ def report_markdown(
         )
     lines += [
         "",
-        "Files: `results.json` (every number), `boundary.png`, `grid.png`, `seed<N>/` (runs).",
-        "Reproduce: `crfrnn reproduce"
-        + (" --quick" if config.preset == "quick" else "")
-        + f" --out {config.out_dir}` (or the same settings through `crfrnn.workflow.reproduce`).",
+        "Files: `results.json` (every number: metrics as fractions in [0, 1], the claims' gains in percentage "
+        "points, as its `units` says), `boundary.png`, `grid.png`, `seed<N>/` (runs).",
+        f"Reproduce: `{reproduce_command(config)}` (or the same settings through `crfrnn.workflow.reproduce`).",
     ]
     return "\n".join(lines) + "\n"
+
+
+def stage_minutes(per_seed: Sequence[Mapping[str, Any]]) -> float:
+    """Minutes of every seed's stages (training read from the runs' saved records, search, evaluation), summed."""
+    return sum(sum(s["seconds"].values()) for s in per_seed) / 60
+
+
+#: the settings that change a reproduction's results or speed, and their flags
+_FLAGS = (
+    ("seeds", "--seeds"),
+    ("cnn_epochs", "--cnn-epochs"),
+    ("crf_epochs", "--crf-epochs"),
+    ("num_train", "--num-train"),
+    ("num_test", "--num-test"),
+    ("ablations", "--ablations"),
+    ("workers", "--workers"),
+    ("threads", "--threads"),
+    ("device", "--device"),
+)
+
+
+def reproduce_command(config: ReproduceConfig) -> str:
+    """The ``crfrnn reproduce`` command line that repeats ``config``: every setting of :data:`_FLAGS` that
+    differs from its preset's default, so that none that changes the results or the speed is dropped.
+    """
+    quick = config.preset == "quick"
+    base = ReproduceConfig.quick(config.out_dir) if quick else ReproduceConfig(out_dir=config.out_dir)
+    parts = ["crfrnn reproduce"] + (["--quick"] if quick else [])
+    for name, flag in _FLAGS:
+        value = getattr(config, name)
+        if value != getattr(base, name) and value is not None:
+            text = ",".join(str(v) for v in value) if isinstance(value, tuple) else str(value)
+            parts.append(f"{flag} {text or 'none'}")
+    return " ".join(parts + [f"--out {config.out_dir}"])
 
 
 def machine_description(workers: int = 1, threads: int = 1) -> str:

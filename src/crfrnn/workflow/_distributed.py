@@ -33,6 +33,8 @@ __all__ = [
     "set_threads",
     "state_hash",
     "sum_across",
+    "thread_ceiling",
+    "threads_for_now",
 ]
 
 
@@ -138,6 +140,34 @@ def set_threads(threads: Optional[int], dist_info: Optional[DistInfo]) -> None:
     except ImportError:  # pragma: no cover - numba is a dependency
         return
     numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))  # type: ignore[attr-defined]
+
+
+def thread_ceiling(threads: Optional[int], dist_info: Optional[DistInfo]) -> Optional[int]:
+    """The most CPU threads the network may take when :func:`threads_for_now` chooses them, or ``None`` when the
+    count is fixed: ``threads`` given, or several processes under torchrun (``OMP_NUM_THREADS``).
+    """
+    if threads is not None or (dist_info is not None and dist_info.enabled):
+        return None
+    return max(1, min(torch.get_num_threads(), os.cpu_count() or 1))
+
+
+def threads_for_now(ceiling: Optional[int]) -> int:
+    """Set torch's intra-op threads to the CPUs free now (the CRF calls' rule, :func:`crfrnn._utils.threads.free_cpus`),
+    at most ``ceiling``; ``None`` leaves them. Cheap (a few reads of ``/proc``): called at the start of each epoch.
+
+    A parallel region waits for its slowest thread: on a machine whose cores are busy, two threads of the CNN
+    ran epochs 20 times slower than one (``benchmarks/bench_contended_train.py``).
+
+    Returns:
+        The threads torch now uses.
+    """
+    if ceiling is not None:
+        from crfrnn._utils.threads import free_cpus
+
+        wanted = max(1, min(free_cpus(), ceiling))
+        if wanted != torch.get_num_threads():
+            torch.set_num_threads(wanted)
+    return torch.get_num_threads()
 
 
 def gather(obj: Any, dist_info: DistInfo) -> list[Any]:

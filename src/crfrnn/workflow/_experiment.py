@@ -63,7 +63,16 @@ __all__ = ["ABLATIONS", "ReproduceConfig", "reproduce"]
 
 #: settings that may change when a reproduction is continued: how the work is spread over the CPU, and which
 #: ablations run (each has runs of its own; the others are reused)
-_RESUMABLE = ("workers", "threads", "ablations")
+#: the unit of each part of ``results.json`` (written into it as ``"units"``): the metrics are fractions, the claims'
+#: gains percentage points, as they were before this key existed
+_RESULT_UNITS = {
+    "per_seed": "metrics (mean_iou, pixel_accuracy, ...) as fractions in [0, 1]; seconds in seconds",
+    "summary": "fractions in [0, 1] (mean, std, min, max over seeds)",
+    "claims": "gain_mean_iou, gains_per_seed, gain_in_band, gain_overall and margin in percentage points",
+    "seconds": "seconds (this invocation's wall time)",
+}
+
+_RESUMABLE = ("workers", "threads", "ablations", "device")
 
 
 def reproduce(
@@ -139,6 +148,7 @@ def reproduce(
         files["grid"] = str(out / "grid.png")
     machine = machine_description(workers, threads or torch.get_num_threads())
     results = {
+        "units": _RESULT_UNITS,
         "config": config.to_dict(),
         "class_names": list(data[0].class_names),
         "per_seed": per_seed,

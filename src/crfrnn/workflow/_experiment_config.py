@@ -54,6 +54,8 @@ class ReproduceConfig:
             cores and seeds; ``1``: one after the other in this process).
         threads: CPU threads of each seed's process (``None``: the cores shared out between the workers, or
             torch's default with ``workers=1``).
+        device: where the networks train (``"auto"``: CUDA if available, else the CPU; ``"cpu"``, ``"cuda"``,
+            ``"cuda:N"``), as :attr:`TrainConfig.device`.
         preset: ``"full"`` or ``"quick"`` (set by :meth:`quick`; only the report's wording depends on it).
     """
 
@@ -88,6 +90,7 @@ class ReproduceConfig:
     ablations: tuple[str, ...] = ()
     workers: Optional[int] = None
     threads: Optional[int] = None
+    device: str = "auto"
     preset: str = "full"
 
     def __post_init__(self) -> None:

@@ -38,6 +38,8 @@ from crfrnn.workflow._distributed import (
     set_threads,
     state_hash,
     sum_across,
+    thread_ceiling,
+    threads_for_now,
 )
 from crfrnn.workflow._rundir import RunDir, RunLock
 from crfrnn.workflow._seeding import derived_seed, rng_state, seed_all, seed_worker, set_rng_state
@@ -98,6 +100,7 @@ class _Run:
     best_miou: float = -math.inf
     best_epoch: Optional[int] = None
     history: list[dict[str, Any]] = field(default_factory=list)
+    thread_ceiling: Optional[int] = None  # threads follow the free CPUs, up to this many (None: fixed)
 
 
 @dataclass
@@ -199,6 +202,7 @@ def _setup(
     if device.type == "cuda":
         torch.cuda.set_device(device)
     set_threads(config.threads, dist_info)
+    ceiling = thread_ceiling(config.threads, dist_info)
 
     train_set, val_set, num_classes, class_names = build_datasets(config)
     seed_all(config.seed)  # identical initialisation on every rank
@@ -252,6 +256,7 @@ def _setup(
         scheduler,
         sampler,
     )
+    run.thread_ceiling = ceiling
 
     if ckpt is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -376,6 +381,7 @@ def _loop(
     hashes: list[str] = []
     for epoch in range(run.start_epoch + 1, end_epoch + 1):
         t0 = time.perf_counter()
+        threads_for_now(run.thread_ceiling)
         done = train_epoch(run, epoch)
         record = {"epoch": epoch, "train_loss": done.train_loss, "lr": done.lr, "global_step": done.global_step}
         if isinstance(model, CrfRnnSegmenter) and model.crf is not None and hasattr(model.crf, "kernel_weight_means"):
@@ -408,12 +414,18 @@ def _loop(
         if run.show:
             from tqdm.auto import tqdm
 
-            val = f", val mIoU {record['val_mean_iou']:.4f}" if record.get("val_mean_iou") is not None else ""
-            cnn = f" (CNN alone {record['val_mean_iou_cnn']:.4f})" if record.get("val_mean_iou_cnn") is not None else ""
+            val = f", val mIoU {100 * record['val_mean_iou']:.2f}%" if record.get("val_mean_iou") is not None else ""
+            cnn = (
+                f" (CNN alone {100 * record['val_mean_iou_cnn']:.2f}%)"
+                if record.get("val_mean_iou_cnn") is not None
+                else ""
+            )
             tqdm.write(
                 f"epoch {epoch}/{config.epochs}: train loss {record['train_loss']:.4f}{val}{cnn}, "
                 f"{record['seconds']:.1f} s"
             )
+    if run.thread_ceiling is not None:
+        torch.set_num_threads(run.thread_ceiling)  # as the caller had it
     if run.dist.enabled:
         import torch.distributed as dist
 

@@ -54,11 +54,27 @@ def train_config(config: ReproduceConfig, seed: int, name: str, **changes: Any) 
         lr_schedule="poly",
         seed=seed,
         threads=config.threads,
+        device=config.device,
         num_iterations=config.train_iterations,
         num_eval_iterations=config.test_iterations,
     )
     base.update(changes)
     return TrainConfig(**base)
+
+
+def saved_seconds(run_dir: str) -> float:
+    """The seconds of the epochs a run recorded in its ``metrics.jsonl`` (0 where there is none)."""
+    total = 0.0
+    try:
+        with open(Path(run_dir) / "metrics.jsonl", encoding="utf-8") as fh:
+            for line in fh:
+                try:
+                    total += float(json.loads(line).get("seconds", 0.0))
+                except (ValueError, AttributeError, TypeError):
+                    continue
+    except OSError:
+        return 0.0
+    return total
 
 
 def run_stage(run_config: TrainConfig, on_epoch: Callable[[dict], None]) -> Path:
@@ -199,8 +215,8 @@ def train_stages(
         t0 = time.perf_counter()
         bar.set_description(f"seed {seed}: {title}")
         checkpoints[checkpoint_key(key)] = run_stage(run_config, advance)
-        if key in keys:
-            times[f"train_{key}"] = time.perf_counter() - t0
+        if key in keys:  # the epochs' seconds the run saved, so that a resumed run counts its earlier epochs
+            times[f"train_{key}"] = max(time.perf_counter() - t0, saved_seconds(run_config.out_dir))
     return checkpoints
 
 
