@@ -102,8 +102,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except CommandError as err:
-        print(f"crfrnn {args.command}: error: {err}", file=sys.stderr)
+    except CommandError as err:  # one line, even where a message from deep inside spans several
+        text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+        print(f"crfrnn {args.command}: error: {text}", file=sys.stderr)
         return err.code
     except KeyboardInterrupt:
         print(f"crfrnn {args.command}: interrupted", file=sys.stderr)
