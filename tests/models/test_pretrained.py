@@ -703,6 +703,37 @@ class TestBoundedKeras:
         with pytest.raises(ValueError, match=r"declares .* at most"):
             _load(path)
 
+    def test_each_layer_is_checked_against_the_one_it_is_meant_for(self, weights, tmp_path):
+        h5py = pytest.importorskip("h5py")
+        path = self._file(tmp_path, weights)
+        with h5py.File(path, "a") as f:  # conv1_2 reads conv1_1's output: its in-channels are fixed by conv1_1
+            g = f["conv1_2"]
+            shape = g["conv1_2/kernel:0"].shape
+            del g["conv1_2/kernel:0"]
+            g.create_dataset("conv1_2/kernel:0", shape=(3, 3, shape[2] + 999, shape[3]), dtype="f4")
+        with pytest.raises(ValueError, match=r"'conv1_2' kernel declares shape .* meant for has shape \(3, 3, "):
+            _load(path)
+
+    def test_crf_matrices_must_be_labels_by_labels(self, weights, tmp_path):
+        h5py = pytest.importorskip("h5py")
+        path = self._file(tmp_path, weights)
+        with h5py.File(path, "a") as f:  # declared, never written: refused before it is read
+            g = f["crfrnn"]
+            del g["crfrnn/compatibility_matrix:0"]
+            g.create_dataset("crfrnn/compatibility_matrix:0", shape=(L, 2**20), dtype="f4", chunks=(1, 1024))
+        with pytest.raises(ValueError, match=rf"compatibility_matrix declares .* shape \({L}, {L}\)"):
+            _load(path)
+
+    def test_too_many_channels_are_refused_before_reading(self, weights, tmp_path):
+        h5py = pytest.importorskip("h5py")
+        path = self._file(tmp_path, weights)
+        with h5py.File(path, "a") as f:
+            g = f["fc7"]
+            del g["fc7/kernel:0"]
+            g.create_dataset("fc7/kernel:0", shape=(1, 1, FC, 5000), dtype="f4", chunks=(1, 1, 1, 1000))
+        with pytest.raises(ValueError, match="'fc7' kernel declares shape .* 5000 output channels, but at most 4096"):
+            _load(path)
+
     def test_external_storage_is_refused(self, weights, tmp_path):
         h5py = pytest.importorskip("h5py")
         path = self._file(tmp_path, weights)

@@ -22,6 +22,7 @@ crash can still cut the last line short; readers of such logs drop a last line t
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 import threading
@@ -88,7 +89,10 @@ def atomic_write(path: PathLike, mode: str = "wb", *, encoding: Optional[str] = 
     parent = path.parent
     if not parent.is_dir():
         raise FileNotFoundError(f"cannot write '{path}': the directory '{parent}' does not exist; create it first.")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+    try:  # a long name is cut short in the temporary one, so that any name the system takes can be written
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:_TMP_NAME_CHARS]}.", suffix=".tmp", dir=parent)
+    except OSError as err:
+        raise _naming(err, path) from err
     try:
         text = mode == "w"
         with os.fdopen(fd, mode, encoding=(encoding or "utf-8") if text else None) as fh:
@@ -97,10 +101,25 @@ def atomic_write(path: PathLike, mode: str = "wb", *, encoding: Optional[str] = 
             os.fsync(fh.fileno())
         os.chmod(tmp, file_mode())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(err, OSError) and err.errno in _NAMED_ERRNOS:
+            raise _naming(err, path) from err
         raise
+
+
+#: longest part of the destination's name kept in the temporary file's name
+_TMP_NAME_CHARS = 200
+#: OSErrors reported with the destination's name (not the temporary file's, nor none)
+_NAMED_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.ENAMETOOLONG)
+
+
+def _naming(err: OSError, path: Path) -> OSError:
+    """``err`` naming the destination ``path`` (a write's errors name the temporary file, or nothing)."""
+    if err.errno not in _NAMED_ERRNOS or err.filename == str(path):
+        return err
+    return OSError(err.errno, err.strerror or os.strerror(err.errno or 0), str(path))
 
 
 def atomic_write_bytes(path: PathLike, data: bytes) -> Path:

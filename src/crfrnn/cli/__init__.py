@@ -7,8 +7,10 @@ failures as one line on stderr and a non-zero exit code (2 for bad usage or inpu
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import math
+import os
 import sys
 from typing import Any, Callable, Optional, Sequence
 
@@ -33,8 +35,19 @@ class CommandError(Exception):
         self.code = code
 
 
-def number_type(kind: type, minimum: float, strict: bool = False) -> Callable[[str], Any]:
-    """An argparse ``type`` for finite numbers (``int`` or ``float``) ``>= minimum`` (``> minimum`` if ``strict``)."""
+#: side of a synthetic image (``--image-size``) at most: 4096 x 4096 is already 64 MiB per float32 channel
+MAX_IMAGE_SIZE = 4096
+
+#: OSError numbers reported as one line (the disk is full, a name is too long, a read-only file system)
+OUTPUT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.ENAMETOOLONG, errno.EROFS)
+
+
+def number_type(
+    kind: type, minimum: float, strict: bool = False, maximum: Optional[float] = None
+) -> Callable[[str], Any]:
+    """An argparse ``type`` for finite numbers (``int`` or ``float``) ``>= minimum`` (``> minimum`` if ``strict``)
+    and ``<= maximum`` if given.
+    """
 
     def parse(text: str) -> Any:
         try:
@@ -45,6 +58,8 @@ def number_type(kind: type, minimum: float, strict: bool = False) -> Callable[[s
             ) from None
         if not math.isfinite(value) or value < minimum or (strict and value == minimum):
             raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {minimum}, got {text}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"must be <= {maximum}, got {text}")
         return value
 
     return parse
@@ -104,11 +119,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return 2
         command = f"crfrnn {args.command}"
         return int(args.func(args) or 0)
-    except CommandError as err:
+    except CommandError as err:  # one line, even where a message from deep inside spans several
         if interrupted(err):
             return _interrupted(command)
-        print(f"{command}: error: {err}", file=sys.stderr)
+        text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+        print(f"{command}: error: {text}", file=sys.stderr)
         return err.code
+    except OSError as err:
+        if interrupted(err):
+            return _interrupted(command)
+        if err.errno not in OUTPUT_ERRNOS:
+            raise
+        print(f"{command}: error: {output_error(err)}", file=sys.stderr)
+        return 1
     except BaseException as err:
         if interrupted(err):
             return _interrupted(command)
@@ -128,6 +151,23 @@ def _interrupted(command: str) -> int:
     except (OSError, ValueError):  # pragma: no cover - stderr closed
         pass
     return 130
+
+
+def output_error(err: OSError) -> str:
+    """One line for an OSError of :data:`OUTPUT_ERRNOS`: what happened, to which file, and what to do."""
+    name = f" '{err.filename}'" if err.filename else ""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (
+            f"the disk is full: could not write{name}. Files written before it are whole (every write is atomic); "
+            "free some space and run again."
+        )
+    if err.errno == errno.ENAMETOOLONG:
+        length = f" ({len(os.path.basename(err.filename))} characters)" if err.filename else ""
+        return (
+            f"the file name is too long to write{name}{length}; most file systems allow 255 bytes. Rename the "
+            "input or choose a shorter output name."
+        )
+    return f"cannot write{name}: {err.strerror}."
 
 
 if __name__ == "__main__":  # pragma: no cover

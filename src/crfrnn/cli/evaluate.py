@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-from crfrnn.cli import CommandError
+from crfrnn.cli import MAX_IMAGE_SIZE, CommandError, number_type
 from crfrnn.cli._flags import add_device_flag, resolve_device_flag
 
 __all__ = ["add_parser", "run"]
@@ -103,7 +103,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--num-images", type=int, default=50, metavar="N", help="synthetic: images in the split (default: 50)"
     )
     data.add_argument(
-        "--image-size", type=int, metavar="PX", help="synthetic: image side (default: as in training, else 96)"
+        "--image-size",
+        type=number_type(int, 1, maximum=MAX_IMAGE_SIZE),
+        metavar="PX",
+        help="synthetic: image side (default: as in training, else 96)",
     )
     data.add_argument(
         "--data-seed", type=int, metavar="S", help="synthetic: data set seed (default: as in training, else 0)"

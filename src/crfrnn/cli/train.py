@@ -17,7 +17,7 @@ import argparse
 import os
 from typing import Any
 
-from crfrnn.cli import CommandError, number_type
+from crfrnn.cli import MAX_IMAGE_SIZE, OUTPUT_ERRNOS, CommandError, number_type, output_error
 from crfrnn.cli._flags import add_device_flag, resolve_device_flag
 
 __all__ = ["add_parser", "run"]
@@ -103,7 +103,12 @@ def add_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]"
     d.add_argument("--num-classes", type=number_type(int, 1), metavar="L", help="number of labels (folder: required)")
     d.add_argument("--num-train", type=number_type(int, 1), metavar="N", help="synthetic: training images (400)")
     d.add_argument("--num-val", type=number_type(int, 0), metavar="N", help="synthetic: validation images (100)")
-    d.add_argument("--image-size", type=number_type(int, 16), metavar="PX", help="synthetic: image side (96)")
+    d.add_argument(
+        "--image-size",
+        type=number_type(int, 16, maximum=MAX_IMAGE_SIZE),
+        metavar="PX",
+        help="synthetic: image side (96)",
+    )
     d.add_argument("--data-seed", type=number_type(int, 0), metavar="S", help="synthetic: data set seed (0)")
     d.add_argument("--voc-root", metavar="DIR", help="voc: folder containing VOCdevkit")
     d.add_argument("--sbd-root", metavar="DIR", help="voc: SBD benchmark_RELEASE; trains on train_aug")
@@ -171,6 +176,18 @@ def _one_line(err: BaseException) -> str:
     return " ".join(str(text).split())
 
 
+def _kept(out_dir: Any) -> str:
+    """What a failed run left in ``out_dir``: its whole files (every write is atomic)."""
+    from pathlib import Path
+
+    names = ("config.yaml", "metrics.jsonl", "last.pt", "best.pt")
+    kept = [n for n in names if (Path(out_dir) / n).is_file()]
+    if not kept:
+        return f"Nothing was kept in {out_dir}."
+    resume = " (continue with --resume)" if "last.pt" in kept else ""
+    return f"Kept in {out_dir}: {', '.join(kept)}{resume}."
+
+
 def run(args: argparse.Namespace) -> int:
     """Build the config, train, and print where the results are."""
     from crfrnn.workflow import TrainingError, train
@@ -193,6 +210,10 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(_one_line(err), 2) from err
     except TrainingError as err:
         raise CommandError(_one_line(err), 1) from err
+    except OSError as err:
+        if err.errno not in OUTPUT_ERRNOS:
+            raise
+        raise CommandError(f"{output_error(err)} {_kept(config.out_dir)}", 1) from err
     if not quiet and result["rank"] == 0:
         best = result["best_mean_iou"]
         summary = f"best val mIoU {100 * best:.2f}% (epoch {result['best_epoch']}); " if best is not None else ""

@@ -62,10 +62,19 @@ def unary_from_labels(labels: np.ndarray, n_labels: int, gt_prob: float, zero_un
     return np.ascontiguousarray(-logits.reshape(n_labels, -1), dtype=np.float32)
 
 
+def _widths(name: str, widths: Any) -> list:
+    """``widths`` as a list, each a finite number > 0 (a width of 0 divides by zero: inf and NaN features)."""
+    values = [widths] if isinstance(widths, Number) else list(widths)
+    for w in values:
+        if not isinstance(w, Number) or isinstance(w, bool) or not np.isfinite(float(w)) or float(w) <= 0:  # type: ignore[arg-type]
+            raise ValueError(f"{name} must be finite numbers > 0 (feature widths), got {widths!r}.")
+    return values
+
+
 def _mesh(sdims: Any, shape: Any) -> np.ndarray:
     """Pydensecrf's grid: ``ij`` coordinates of ``shape``, the first ``len(sdims)`` divided by ``sdims``."""
+    sdims = _widths("sdims", sdims)
     mesh = np.array(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), dtype=np.float32)
-    sdims = [sdims] if isinstance(sdims, Number) else list(sdims)
     for i, s in enumerate(sdims):
         mesh[i] /= np.float32(s)
     return mesh
@@ -92,10 +101,11 @@ def create_pairwise_bilateral(sdims: Any, schan: Any, img: np.ndarray, chdim: in
         feats = img[np.newaxis].astype(np.float32)
     else:
         feats = np.moveaxis(img, chdim, 0).astype(np.float32)
+    widths = _widths("schan", schan)
     if isinstance(schan, Number):
         feats /= np.float32(cast(float, schan))  # a numbers.Number
     else:
-        schan = list(schan)
+        schan = widths
         if len(schan) > feats.shape[0]:
             raise ValueError(f"schan has {len(schan)} entries but the image has {feats.shape[0]} channels.")
         for i, s in enumerate(schan):

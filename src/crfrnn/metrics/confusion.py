@@ -149,6 +149,12 @@ def metrics_from_confusion_matrix(matrix: Tensor) -> dict[str, Any]:
         got = tuple(matrix.shape) if isinstance(matrix, Tensor) else type(matrix).__name__
         raise ValueError(f"matrix must be a square (L, L) tensor, got {got}.")
     m = matrix.double()
+    if not bool(torch.isfinite(m).all()) or bool((m < 0).any()):
+        raise ValueError(
+            "matrix must hold counts (finite, >= 0), got values from "
+            f"{float(m.min()) if m.numel() else 0} to {float(m.max()) if m.numel() else 0}; "
+            "build it with confusion_matrix(pred, target, num_classes)."
+        )
     tp = m.diagonal()
     per_target = m.sum(1)
     per_pred = m.sum(0)
@@ -167,7 +173,7 @@ def metrics_from_confusion_matrix(matrix: Tensor) -> dict[str, Any]:
         "mean_class_accuracy": float(torch.nanmean(acc)),
         "per_class_accuracy": acc.tolist(),
         "frequency_weighted_iou": float(fw_iou),
-        "num_pixels": int(matrix.sum()),
+        "num_pixels": int(total),
         "confusion_matrix": matrix.clone(),
     }
 
