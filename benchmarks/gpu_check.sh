@@ -6,7 +6,10 @@
 #
 # 1. the torch-path tests on CUDA (CRFRNN_TEST_DEVICE=cuda, TRITON_INTERPRET unset: the Triton kernels compiled);
 # 2. benchmarks/bench_gpu.py with the "torch" and "triton" lattice backends (one size, batch 1, T=5);
-# 3. dense_crf on CUDA (torch and triton backends) against the CPU engine on a scikit-image photo.
+# 3. dense_crf on CUDA (torch and triton backends) against the CPU engine on a scikit-image photo;
+# 4. benchmarks/bench_build.py (run second): the build of one 500x375 5-feature lattice, the Triton device build
+#    against the torch reference build in the same run (median build times, equal vertex counts, the filters'
+#    difference).
 #
 # Every part's output goes to $OUT/<part>.log (and .json), its exit status to $OUT/status.txt; the script goes on
 # after a failed part and exits with the first failure's status.
@@ -38,9 +41,12 @@ part() {  # part NAME SECONDS COMMAND...: run COMMAND under timeout, log to $OUT
 
 # pytest-xdist when the machine has it, else one process
 if "$PY" -c "import xdist" 2>/dev/null; then XDIST=(-n 8); else XDIST=(); fi
-part tests 270 env CRFRNN_TEST_DEVICE=cuda "$PY" -m pytest ${XDIST[@]+"${XDIST[@]}"} -q -p no:cacheprovider \
+part tests 230 env CRFRNN_TEST_DEVICE=cuda "$PY" -m pytest ${XDIST[@]+"${XDIST[@]}"} -q -p no:cacheprovider \
     tests/test_crf.py tests/crf tests/test_lattice.py tests/test_metrics.py tests/test_losses.py tests/test_dense.py \
-    tests/test_energy.py tests/test_compile.py tests/test_triton.py --junitxml="$OUT/tests.xml"
+    tests/test_energy.py tests/test_compile.py tests/test_triton.py tests/test_triton_build.py --junitxml="$OUT/tests.xml"
+
+part bench_build 60 "$PY" benchmarks/bench_build.py --size 375x500 --repeats 5 --backends torch,triton \
+    --json "$OUT/bench_build.json"
 
 part bench_gpu 120 "$PY" benchmarks/bench_gpu.py --sizes 375x500 --batches 1 --iterations 5 --repeats 3 \
     --backends torch,triton --json "$OUT/bench_gpu.json"

@@ -103,10 +103,10 @@ def main() -> None:
             ),
             "hash": cpu(lambda: construct.insert_all(codes, d1), r),
         }
-        ids, uniq, table = construct.insert_all(codes, d1)
+        ids, uniq, table, qbits = construct.insert_all(codes, d1)
         off = -np.ones((d1, d), np.int64) + d1 * np.eye(d1, d, dtype=np.int64)
         deltas = (off * strides[:d]).sum(1)
-        t["neighbours"] = cpu(lambda: construct.neighbour_ids(uniq, deltas, table), r)
+        t["neighbours"] = cpu(lambda: construct.neighbour_ids(uniq, deltas, table, qbits), r)
         f32 = f[None].float()
         t["lattice"] = cpu(lambda: PermutohedralLattice(f32).operators(torch.float32), r)
         print(

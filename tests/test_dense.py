@@ -135,3 +135,26 @@ class TestDenseCrf:
             dense_crf(image, probs, num_iterations=-1)
         with pytest.raises(TypeError, match="NumPy array or a torch tensor"):
             dense_crf(image, probs.tolist())
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_same_bits_on_one_and_two_threads(monkeypatch, dtype):
+    """The thread count changes no bit: 19200 points take the parallel vertex hash (insert_runs) on 2 threads."""
+    import numba
+
+    import crfrnn._utils.threads as threads
+
+    monkeypatch.setattr(threads, "free_cpus", lambda samples=3: 64)  # the threads asked for, however busy the CPU
+    image, probs, _ = scene(120, 160, num_labels=5)
+    probs = torch.from_numpy(probs.astype(dtype))  # a float64 tensor is refined in float64
+    before = numba.get_num_threads(), torch.get_num_threads()
+    out = []
+    try:
+        for n in (1, min(2, numba.config.NUMBA_NUM_THREADS)):
+            numba.set_num_threads(n)
+            torch.set_num_threads(n)
+            out.append(dense_crf(image, probs, num_iterations=3))
+    finally:
+        numba.set_num_threads(before[0])
+        torch.set_num_threads(before[1])
+    assert out[0].dtype == probs.dtype and torch.equal(out[0], out[1])

@@ -270,11 +270,11 @@ class TestInsertRuns:
         codes = rng.integers(0, 3000, size=(5001, d1)).astype(np.int64)
         codes[1::3] = codes[0:-1:3][: codes[1::3].shape[0]]
         codes = codes.reshape(-1)
-        ids, uniq, table = construct.insert_all(codes, d1)
-        ids2, uniq2, table2 = construct.insert_runs(codes, d1, runs)
+        ids, uniq, table, qbits = construct.insert_all(codes, d1)
+        ids2, uniq2, table2, qbits2 = construct.insert_runs(codes, d1, runs)
         assert np.array_equal(ids, ids2) and np.array_equal(uniq, uniq2)
         assert np.array_equal(uniq2[ids2], codes)
         deltas = np.array([1, -7, 13], np.int64)
         assert np.array_equal(
-            construct.neighbour_ids(uniq, deltas, table), construct.neighbour_ids(uniq2, deltas, table2)
+            construct.neighbour_ids(uniq, deltas, table, qbits), construct.neighbour_ids(uniq2, deltas, table2, qbits2)
         )

@@ -20,7 +20,9 @@ import torch  # noqa: E402
 pytest.importorskip("triton", reason="the 'triton' backend needs the triton package")
 
 from crfrnn import PermutohedralLattice, dense_crf, gaussian_filter, lattice_filter, mean_field  # noqa: E402
-from crfrnn.lattice._backends import resolve_backend  # noqa: E402
+from crfrnn.lattice import _triton  # noqa: E402
+from crfrnn.lattice._backends import eager_operator, resolve_backend  # noqa: E402
+from crfrnn.lattice._reference import ReferenceOperator  # noqa: E402
 
 TOL = {torch.float64: 1e-12, torch.float32: 1e-5}
 
@@ -72,7 +74,7 @@ def test_gaussian_filter_and_crf_match_torch():
 
 
 def test_backend_errors(monkeypatch):
-    assert resolve_backend("auto", torch.device("cpu")) == "numba"  # never chosen automatically
+    assert resolve_backend("auto", torch.device("cpu")) == "numba"  # the CPU is unchanged
     assert resolve_backend("triton", DEVICE) == "triton"
     if DEVICE.type == "cpu":
         monkeypatch.setenv("TRITON_INTERPRET", "0")  # read at call time
@@ -81,3 +83,44 @@ def test_backend_errors(monkeypatch):
     monkeypatch.setattr("crfrnn._kernels.triton_lattice.available", lambda: False)
     with pytest.raises(RuntimeError, match="needs the triton package"):
         resolve_backend("triton", DEVICE)
+
+
+def test_auto_chooses_triton_on_cuda_only(monkeypatch):
+    cuda = torch.device("cuda")  # resolving needs no GPU
+    monkeypatch.setattr(_triton, "_FAILURE", [])
+    assert resolve_backend("auto", torch.device("cpu")) == "numba"
+    assert resolve_backend("auto", cuda) == "triton" and eager_operator("auto", cuda) is _triton.AutoTritonOperator
+    assert (
+        eager_operator("torch", cuda) is ReferenceOperator and eager_operator("triton", cuda) is _triton.TritonOperator
+    )
+    monkeypatch.setenv("CRFRNN_AUTO_TRITON", "0")  # read at every call
+    assert resolve_backend("auto", cuda) == "torch"
+    monkeypatch.delenv("CRFRNN_AUTO_TRITON")
+    monkeypatch.setattr("crfrnn._kernels.triton_lattice.available", lambda: False)
+    assert resolve_backend("auto", cuda) == "torch"
+
+
+def test_auto_falls_back_to_torch_once_triton_fails(monkeypatch):
+    monkeypatch.setattr(_triton, "_FAILURE", [])
+    f = features(1, 40, 3, torch.float64).view(40, 3)
+    values = torch.randn(40, 2, dtype=torch.float64, device=DEVICE)
+    want = ReferenceOperator.build(f, 1, 0.5).apply(values, False)
+    lattice = _triton.AutoTritonOperator.build(f, 1, 0.5)  # triton works: its own build
+    assert isinstance(lattice, _triton.AutoTritonOperator)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("ptxas failed")  # as a kernel that does not compile
+
+    monkeypatch.setattr("crfrnn._kernels.triton_lattice.lattice_filter", broken)
+    with pytest.warns(RuntimeWarning, match="ptxas failed"):
+        got = lattice.apply(values, False)  # this lattice's filter falls back at once
+    torch.testing.assert_close(got, want)
+    assert "ptxas failed" in str(_triton.triton_failed())
+    assert resolve_backend("auto", torch.device("cuda")) == "torch"  # and "auto" stops choosing triton
+    assert isinstance(_triton.AutoTritonOperator.build(f, 1, 0.5), ReferenceOperator)
+    monkeypatch.setattr(_triton, "_FAILURE", [])
+    monkeypatch.setattr("crfrnn._kernels.triton_build.build_lattice", broken)
+    with pytest.warns(RuntimeWarning, match="ptxas failed"):
+        built = _triton.AutoTritonOperator.build(f, 1, 0.5)
+    assert isinstance(built, ReferenceOperator)
+    torch.testing.assert_close(built.apply(values, False), want)

@@ -299,9 +299,12 @@ def dense_crf(
     ndim = len(shape)
     channels = img.shape[1]
     if channels == 4 and not isinstance(bilateral_srgb, (list, tuple, np.ndarray, Tensor)):
+        one = f"{bilateral_srgb:g}" if isinstance(bilateral_srgb, (int, float)) else "w"
         raise ValueError(
-            "image has 4 channels (RGBA?): the alpha channel would act as a fourth colour. Drop it with "
-            "image[..., :3], or pass bilateral_srgb with 4 widths to use all 4 channels on purpose."
+            f"image has 4 channels and one bilateral_srgb ({one}): if it is RGBA, the alpha channel "
+            "would act as a fourth colour; drop it with image[..., :3]. To use all 4 channels on purpose (e.g. "
+            f"T1, T1c, T2 and FLAIR), pass one width per channel: bilateral_srgb=[{one}] * 4 "
+            "or four different widths."
         )
     sxy_g = check_widths("gaussian_sxy", gaussian_sxy, ndim, "spatial axis")
     sxy_b = check_widths("bilateral_sxy", bilateral_sxy, ndim, "spatial axis")

@@ -571,15 +571,18 @@ class TestTrust:
         image, probs_path, _, _ = files
         monkeypatch.setattr(crfrnn.dense, "dense_crf", lambda *a, **k: pytest.fail("dense_crf was called"))
         assert refine(image, probs_path, "-o", tmp_path / "out.png", "--max-memory", "1M") == 2
-        one_line_error(capsys, "needs about", "1.0 MB", "fewer labels", "smaller image", "--max-memory")
+        # nothing fits under 1 MB (the fixed cost is larger): the advice says so instead of "at most 0 labels"
+        one_line_error(capsys, "needs about", "1.0 MB", "No label count fits", "smaller image", "--max-memory")
         assert not (tmp_path / "out.png").exists()
 
     def test_memory_estimate_of_the_issue(self):
         from crfrnn.io import MemoryLimitError, check_memory, default_memory_limit, estimate_memory
 
         need = estimate_memory(4000, 6000, 21)
-        assert 20 * 2**30 < need < 26 * 2**30  # the issue's "~23 GB" for 6000x4000 and 21 labels
-        with pytest.raises(MemoryLimitError, match=r"6000x4000 pixels, 21 labels\) needs about 22\.4 GB"):
+        # the issue's "~23 GB" for 6000x4000 and 21 labels was a photograph; the estimate assumes every colour of
+        # the RGB cube may occur (uniform noise, the lattice's worst case), which is larger
+        assert 23 * 2**30 < need < 40 * 2**30
+        with pytest.raises(MemoryLimitError, match=r"6000x4000 pixels, 21 labels\) needs about 36\.1 GB"):
             check_memory("big.jpg", (4000, 6000), 21, 8 * 2**30)
         assert default_memory_limit() is None or default_memory_limit() > 0
 

@@ -200,3 +200,40 @@ def test_evaluate_with_released_weights(weight_files, tmp_path, capsys):
     assert set(results["methods"]) == {"cnn", "crfrnn"} and results["num_images"] == 2
     assert results["checkpoint"] == str(weight_files["caffe"])
     assert main(["evaluate", "--out", str(out)]) == 2  # neither a checkpoint nor --weights
+
+
+def test_progress_lines_off_a_terminal(weight_files, photos, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("CRFRNN_PROGRESS_SECONDS", "0")
+    folder, _ = photos
+    assert main(["segment", str(folder), "--weights", str(weight_files["caffe"]), "-o", str(tmp_path / "o")]) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("crfrnn segment: ")]
+    assert [line.split(",")[0] for line in lines] == ["crfrnn segment: 1/2 images", "crfrnn segment: 2/2 images"]
+    assert "images/s" in lines[0] or "s/image" in lines[0]
+    assert "left" in lines[0] and "in all" in lines[1], lines
+
+
+def test_under_torchrun_rank_0_writes_one_summary_naming_the_ranks(weight_files, photos, tmp_path, monkeypatch):
+    """Rank 0 of 2 in a gloo group of one process (so the barrier passes): it segments its share (a.png of a, b)
+    and lists rank 1's photo as failed, since rank 1 never reported."""
+    import json
+
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_gloo_available()):
+        pytest.skip("torch.distributed with gloo is not available")
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    try:
+        folder, _ = photos
+        assert _run(str(folder), "--weights", str(weight_files["caffe"]), "-o", str(tmp_path / "o")) == 1
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["ranks"] == 2 and summary["missing_ranks"] == [1]
+    assert [(Path(r["input"]).name, r["rank"], r["status"]) for r in summary["records"]] == [
+        ("a.png", 0, "done"),
+        ("b.png", 1, "failed"),
+    ]
+    assert (tmp_path / "o" / "a.png").exists() and not (tmp_path / "o" / "b.png").exists()

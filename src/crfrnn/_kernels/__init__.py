@@ -20,6 +20,7 @@ Modules, lowest first:
 - :mod:`~crfrnn._kernels.selfw`: each point's self weight (:func:`self_weights`);
 - :mod:`~crfrnn._kernels.meanfield`: the fused mean-field loop (:func:`mean_field`, :func:`prepare`,
   :class:`Prepared`);
+- :mod:`~crfrnn._kernels.sums`: densecrf's free-energy sums of marginals in one pass (:func:`free_energy_sums`);
 - :mod:`~crfrnn._kernels.adjoint`: the backward pass's kernels (:func:`softmax_backward`, :func:`adjoint_slice`,
   :func:`gram`).
 """
@@ -46,6 +47,7 @@ from crfrnn._kernels.meanfield import Prepared, mean_field, prepare
 from crfrnn._kernels.selfw import self_weights
 from crfrnn._kernels.simd import exp_inplace, log_inplace
 from crfrnn._kernels.softmax import softmax_rows
+from crfrnn._kernels.sums import free_energy_sums
 
 __all__ = [
     "NumbaOperators",
@@ -57,6 +59,7 @@ __all__ = [
     "channels_first",
     "channels_last",
     "exp_inplace",
+    "free_energy_sums",
     "gram",
     "log_inplace",
     "mean_field",

@@ -2,8 +2,8 @@
 
 Simplex coordinates of all points in parallel, then the vertex hash: each run of points hashes its vertex keys'
 int64 codes (skipping the hash when a point shares a vertex with the previous point, which is the common case on
-images), one sequential pass merges the runs' distinct codes in first-seen order, and all neighbour look-ups run
-in parallel. :func:`build` runs them all; :func:`mix` is the hash's slot function (also used by
+images), the runs' distinct codes are merged in first-seen order in parallel (partitioned by hash), and all
+neighbour look-ups run in parallel. :func:`build` runs them all; :func:`mix` is the hash's slot function (also used by
 :mod:`crfrnn._kernels.selfw`).
 """
 
@@ -218,84 +218,148 @@ def _insert_range(codes, d1, start, stop, ids, uniq, first):  # pragma: no cover
 
 @njit(cache=True, nogil=True)
 def insert_all(codes, d1):  # pragma: no cover - compiled
-    """Dense vertex id of every code (first-seen order), the distinct codes, and the hash table that finds them
-    (:func:`_insert_range` over all codes; the reference for :func:`insert_runs`).
+    """Dense vertex id of every code (first-seen order), the distinct codes, the hash table that finds them and its
+    partition bits (0: one partition; :func:`_insert_range` over all codes; the reference for :func:`insert_runs`).
     """
     n = codes.shape[0]
     uniq = np.empty(max(n, 1), np.int64)
     ids = np.empty(n, np.int32)
     m, table = _insert_range(codes, d1, 0, n, ids, uniq, 0)
-    return ids, uniq[:m].copy(), table
+    return ids, uniq[:m].copy(), table, 0
+
+
+_PARTITION_BITS = 6  # the parallel merge's 64 partitions of the codes (by hash): work for up to 64 threads
+
+
+@njit(cache=True, inline="always")
+def _slot(c, qbits, seg_mask):  # pragma: no cover - compiled
+    """First slot of code ``c`` in a table of ``2**qbits`` segments of ``seg_mask + 1`` slots: the segment is the
+    hash's low ``qbits`` bits, the slot in it the next ones (with ``qbits = 0``, :func:`mix` itself).
+    """
+    h = mix(c, 0xFFFFFFFF)
+    return (h & ((1 << qbits) - 1)) * (seg_mask + 1), (h >> qbits) & seg_mask
 
 
 @njit(cache=True, parallel=True, nogil=True)
 def insert_runs(codes, d1, runs):  # pragma: no cover - compiled
-    """:func:`insert_all` in ``runs`` parallel runs of whole points, with the same result.
+    """:func:`insert_all` in ``runs`` parallel runs of whole points, with the same ids and distinct codes.
 
-    Each run hashes its own codes (first-seen order within the run), then one sequential pass adds the runs'
-    distinct codes to the global table in run order, which is the global first-seen order; a last parallel pass
-    maps each code's run id to its global id. The sequential part touches each run's distinct codes once
-    instead of every code (on a 64x128x128 volume about 9 million codes hashed, of which a few percent
-    are distinct).
+    Each run hashes its own codes (first-seen order within the run); their distinct codes, run after run, are in
+    the global first-seen order. They are merged in parallel by partition (the hash's low bits): each partition
+    walks its codes in that order in its own segment of the table and keeps the position of each code's first
+    occurrence; a count of first occurrences run by run then numbers them, and a last parallel pass maps each
+    code's run id to its global id. Nothing here depends on the thread count.
     """
     n = codes.shape[0]
     per = ((n // d1 + runs - 1) // runs) * d1
     local = np.empty(n, np.int32)
     uniq = np.empty(max(n, 1), np.int64)
     counts = np.zeros(runs, np.int64)
+    nq = 1 << _PARTITION_BITS
+    pcount = np.zeros((runs, nq), np.int64)
     for j in prange(runs):
         start = min(n, j * per)
         m, _ = _insert_range(codes, d1, start, min(n, start + per), local, uniq, start)
         counts[j] = m
-    offs = np.zeros(runs + 1, np.int64)
+        for i in range(m):
+            pcount[j, _slot(uniq[start + i], _PARTITION_BITS, 0)[0]] += 1
+    offs = np.zeros(runs + 1, np.int64)  # run j's distinct codes are positions offs[j]... of the merge
     for j in range(runs):
         offs[j + 1] = offs[j] + counts[j]
     total = offs[runs]
-    cap = 1 << 12
-    while cap < 2 * total:
-        cap *= 4
-    mask = cap - 1
-    table = np.full(2 * cap, -1, np.int64)
-    out = np.empty(max(total, 1), np.int64)
-    remap = np.empty(max(total, 1), np.int32)  # run j's id i -> global id, at offs[j] + i
-    m = 0
-    for j in range(runs):
+    qoff = np.zeros((nq, runs + 1), np.int64)  # run j's codes of partition q start at qoff[q, j] of the buckets
+    largest = 0
+    acc = 0
+    for q in range(nq):
+        qoff[q, 0] = acc
+        for j in range(runs):
+            acc += pcount[j, q]
+            qoff[q, j + 1] = acc
+        largest = max(largest, qoff[q, runs] - qoff[q, 0])
+    seg = 16
+    while seg < 2 * largest:
+        seg *= 2
+    bucket = np.empty(max(total, 1), np.int64)  # merge positions, by partition, in merge order within each
+    merged = np.empty(max(total, 1), np.int64)  # the code at every merge position
+    for j in prange(runs):
         start = min(n, j * per)
+        fill = qoff[:, j].copy()
         for i in range(counts[j]):
             c = uniq[start + i]
-            e = _find_or_add(table, mask, c, m)
-            remap[offs[j] + i] = e
-            if e == m:  # first seen in this run
-                out[m] = c
-                m += 1
+            merged[offs[j] + i] = c
+            q = _slot(c, _PARTITION_BITS, 0)[0]
+            bucket[fill[q]] = offs[j] + i
+            fill[q] += 1
+    first = np.empty(max(total, 1), np.int64)  # merge position of each code's first occurrence
+    firsts = np.zeros((nq, runs), np.int64)  # first occurrences by partition and run
+    table = np.empty(2 * nq * seg, np.int64)
+    for q in prange(nq):  # each partition fills its own segment (first touch in parallel)
+        base = 2 * q * seg
+        table[base : base + 2 * seg] = -1
+        for j in range(runs):
+            for k in range(qoff[q, j], qoff[q, j + 1]):  # run j's codes of partition q
+                pos = bucket[k]
+                c = merged[pos]
+                _, h = _slot(c, _PARTITION_BITS, seg - 1)
+                while True:
+                    e = table[base + 2 * h + 1]
+                    if e < 0:
+                        table[base + 2 * h] = c
+                        table[base + 2 * h + 1] = pos
+                        first[pos] = pos
+                        firsts[q, j] += 1
+                        break
+                    if table[base + 2 * h] == c:
+                        first[pos] = e
+                        break
+                    h = (h + 1) & (seg - 1)
+    new = np.zeros(runs + 1, np.int64)  # first occurrences in the runs before run j
+    for j in range(runs):
+        new[j + 1] = new[j] + firsts[:, j].sum()
+    gid = np.empty(max(total, 1), np.int64)  # global id of the first occurrences (at their merge positions)
+    out = np.empty(max(new[runs], 1), np.int64)
+    for j in prange(runs):
+        g = new[j]
+        for pos in range(offs[j], offs[j + 1]):
+            if first[pos] == pos:
+                gid[pos] = g
+                out[g] = merged[pos]
+                g += 1
+    for q in prange(nq):  # the table's positions become ids
+        for h in range(q * seg, (q + 1) * seg):
+            if table[2 * h + 1] >= 0:
+                table[2 * h + 1] = gid[table[2 * h + 1]]
     for j in prange(runs):  # in place: the run ids become the global ids
         start = min(n, j * per)
         o = offs[j]
         for k in range(start, min(n, start + per)):
-            local[k] = remap[o + local[k]]
-    return local, out[:m].copy(), table
+            local[k] = gid[first[o + local[k]]]
+    return local, out[: new[runs]].copy(), table, _PARTITION_BITS
 
 
 @njit(cache=True, parallel=True, nogil=True)
-def neighbour_ids(uniq, deltas, table):  # pragma: no cover - compiled
+def neighbour_ids(uniq, deltas, table, qbits):  # pragma: no cover - compiled
+    """``(D + 1, 2, M)`` the id of each vertex's neighbours ``uniq[v] +- deltas[j]`` (``M`` where absent) in the hash
+    table of :func:`insert_all` or :func:`insert_runs` with its partition bits ``qbits``.
+    """
     m = uniq.shape[0]
     d1 = deltas.shape[0]
-    mask = table.shape[0] // 2 - 1
+    seg_mask = (table.shape[0] // 2 >> qbits) - 1
     out = np.empty((d1, 2, m), np.int32)
     for v in prange(m):
         for j in range(d1):
             for s in range(2):
                 c = uniq[v] + deltas[j] if s == 0 else uniq[v] - deltas[j]
-                h = mix(c, mask)
+                base, h = _slot(c, qbits, seg_mask)
                 found = m
                 while True:
-                    e = table[2 * h + 1]
+                    e = table[2 * (base + h) + 1]
                     if e < 0:
                         break
-                    if table[2 * h] == c:
+                    if table[2 * (base + h)] == c:
                         found = e
                         break
-                    h = (h + 1) & mask
+                    h = (h + 1) & seg_mask
                 out[j, s, v] = found
     return out
 
@@ -327,11 +391,12 @@ def build(features: Tensor, batch_size: int, max_code_bits: int) -> tuple[Tensor
     simplices(feats, scale, lo, strides, num_points // batch_size, num_chunks, codes, weights, ranks)
     runs = numba.get_num_threads()
     # the same ids either way (tested): in parallel runs where there are threads and enough points
-    ids, uniq, table = insert_runs(codes, d1, runs) if runs > 1 and num_points >= 16_384 else insert_all(codes, d1)
+    hashed = insert_runs(codes, d1, runs) if runs > 1 and num_points >= 16_384 else insert_all(codes, d1)
+    ids, uniq, table, qbits = hashed
     # code of the neighbour along direction j: key - 1 + (d + 1) e_j on the first d coordinates
     off = -np.ones((d1, d), np.int64) + d1 * np.eye(d1, d, dtype=np.int64)
     deltas = (off * strides[:d]).sum(1)
-    neighbours = neighbour_ids(uniq, deltas, table)
+    neighbours = neighbour_ids(uniq, deltas, table, qbits)
     return (
         torch.from_numpy(ids.reshape(num_points, d1)),
         torch.from_numpy(weights),

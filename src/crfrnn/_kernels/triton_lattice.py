@@ -150,19 +150,17 @@ def lattice_filter(
     grid_c = -(-channels // block_c)
     x = torch.zeros(m, channels, dtype=values.dtype, device=values.device)
     entries = num_points * d1
-    block_e = 64
+    block_e = block_m = block_p = 1024 if interpreting() else 64  # the interpreter's cost is per operation
     k.splat[(-(-entries // block_e), grid_c)](
         values, offsets, weights, x, entries, d1, channels, BLOCK_E=block_e, BLOCK_C=block_c
     )
     y = torch.empty_like(x)
-    block_m = 64
     for j in reversed(range(d1)) if reverse else range(d1):
         k.blur[(-(-m // block_m), grid_c)](
             x, y, neighbours[j, 0], neighbours[j, 1], m, channels, BLOCK_M=block_m, BLOCK_C=block_c
         )
         x, y = y, x
     out = torch.empty(num_points, channels, dtype=values.dtype, device=values.device)
-    block_p = 64
     k.slice[(-(-num_points // block_p), grid_c)](
         x, offsets, slice_weights, out, num_points, m, d1, channels, BLOCK_P=block_p, BLOCK_C=block_c
     )

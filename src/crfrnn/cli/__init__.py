@@ -12,7 +12,7 @@ import math
 import sys
 from typing import Any, Callable, Optional, Sequence
 
-__all__ = ["CommandError", "build_parser", "main", "number_type"]
+__all__ = ["CommandError", "build_parser", "interrupted", "main", "number_type"]
 
 #: sub-command name -> module under crfrnn.cli that defines add_parser(subparsers) and run(args) -> int
 COMMANDS = {
@@ -70,6 +70,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def interrupted(err: BaseException) -> bool:
+    """Whether ``err`` is a Ctrl-C: a KeyboardInterrupt, or an exception raised while one was handled or cleaned
+    up after (a ``finally`` or ``__exit__`` that failed in turn), anywhere in its ``__cause__``/``__context__`` chain.
+    """
+    seen = set()
+    cur: Optional[BaseException] = err
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, KeyboardInterrupt):
+            return True
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return False
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the ``crfrnn`` command line on ``argv`` (default ``sys.argv[1:]``) and return its exit status.
 
@@ -78,21 +92,42 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     Returns:
         The command's status (0 on success), 2 without a command (after printing the help), a
-        :class:`CommandError`'s code on one, 130 when interrupted.
+        :class:`CommandError`'s code on one, 130 when interrupted (one line on stderr, wherever the interrupt
+        arrived: while importing, in a command, in its cleanup).
     """
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "command", None) or not hasattr(args, "func"):
-        parser.print_help()
-        return 2
+    command = "crfrnn"
     try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "command", None) or not hasattr(args, "func"):
+            parser.print_help()
+            return 2
+        command = f"crfrnn {args.command}"
         return int(args.func(args) or 0)
     except CommandError as err:
-        print(f"crfrnn {args.command}: error: {err}", file=sys.stderr)
+        if interrupted(err):
+            return _interrupted(command)
+        print(f"{command}: error: {err}", file=sys.stderr)
         return err.code
-    except KeyboardInterrupt:
-        print(f"crfrnn {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except BaseException as err:
+        if interrupted(err):
+            return _interrupted(command)
+        raise
+
+
+def _interrupted(command: str) -> int:
+    """One line and status 130; a second Ctrl-C while the interpreter shuts down is ignored (no traceback)."""
+    import signal
+
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # pragma: no cover - not the main thread
+        pass
+    try:
+        print(f"{command}: interrupted", file=sys.stderr)
+    except (OSError, ValueError):  # pragma: no cover - stderr closed
+        pass
+    return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

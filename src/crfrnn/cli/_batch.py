@@ -6,7 +6,8 @@
   images it was writing.
 - :class:`Summary`: ``summary.json`` (``summary-K-of-N.json`` with ``--shard``) in the output folder, one record
   per input of the shard (input, outputs, status ``done``/``skipped``/``failed`` with the error, shard) and the
-  totals, written atomically at the end.
+  totals, written atomically at the end. Under torchrun every record also names the ``rank`` that took it
+  (:mod:`crfrnn.cli._ranks`).
 """
 
 from __future__ import annotations
@@ -64,11 +65,15 @@ class Summary:
     Args:
         command: the command's name (``"refine"``, ``"segment"``).
         shard: ``(K, N)`` from ``--shard``, or ``None``.
+        rank: under torchrun, this process's rank, written in each record it adds.
     """
 
-    def __init__(self, command: str, shard: Optional[Tuple[int, int]]) -> None:
+    def __init__(self, command: str, shard: Optional[Tuple[int, int]], rank: Optional[int] = None) -> None:
         self.command = command
         self.shard = shard
+        self.rank = rank
+        self.world: Optional[int] = None  # under torchrun, on the merged summary: the number of ranks
+        self.missing_ranks: List[int] = []  # ... and the ranks that did not report
         self.records: List[Dict[str, Any]] = []
 
     @property
@@ -79,10 +84,18 @@ class Summary:
         return "summary.json" if self.shard is None else f"summary-{shard_name(*self.shard)}.json"
 
     def add(
-        self, input: Path, outputs: Iterable[Optional[Path]], status: str, error: Optional[str] = None, **extra: Any
+        self,
+        input: Path,
+        outputs: Iterable[Optional[Path]],
+        status: str,
+        error: Optional[str] = None,
+        *,
+        rank: Optional[int] = None,
+        **extra: Any,
     ) -> None:
         """Record one input: its path, its outputs (``None`` skipped), ``status`` (:data:`STATUSES`) and for a
-        failure the one-line ``error``; ``extra`` adds fields (such as the scores file of ``refine``).
+        failure the one-line ``error``; ``rank`` (default: the summary's) the torchrun rank that took it;
+        ``extra`` adds fields (such as the scores file of ``refine``).
         """
         if status not in STATUSES:
             raise ValueError(f"`status` must be one of {', '.join(STATUSES)}, got {status!r}.")
@@ -92,6 +105,9 @@ class Summary:
         if error is not None:
             record["error"] = error
         record["shard"] = None if self.shard is None else f"{self.shard[0]}/{self.shard[1]}"
+        rank = self.rank if rank is None else rank
+        if rank is not None:
+            record["rank"] = rank
         self.records.append(record)
 
     def totals(self) -> Dict[str, int]:
@@ -106,6 +122,7 @@ class Summary:
         body = {
             "command": self.command,
             "shard": None if self.shard is None else {"index": self.shard[0], "count": self.shard[1]},
+            **({} if self.world is None else {"ranks": self.world, "missing_ranks": self.missing_ranks}),
             "totals": self.totals(),
             "records": sorted(self.records, key=lambda r: r["input"]),
         }

@@ -1,22 +1,28 @@
-"""``crfrnn refine --images DIR --probs DIR``: a folder of images, in this process or in worker processes."""
+"""``crfrnn refine --images DIR --probs DIR``: a folder of images, in this process or in worker processes, and
+under torchrun a share of it per rank (:mod:`crfrnn.cli._ranks`).
+"""
 
 from __future__ import annotations
 
 import argparse
 import multiprocessing
 import re
+import signal
 import sys
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from functools import partial
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple
 
+from crfrnn._utils.progress import Progress
 from crfrnn._utils.threads import free_cpus
 from crfrnn.cli import CommandError
 from crfrnn.cli._batch import Summary, is_complete, shard_of
 from crfrnn.cli._choices import MIN_IMAGES_FOR_PROCESSES
 from crfrnn.cli._outputs import check_outputs
+from crfrnn.cli._ranks import Ranks, join_ranks
 from crfrnn.cli._refine_steps import refine_one
 from crfrnn.io import pair_by_stem
 from crfrnn.workflow._shards import take_shard
@@ -81,8 +87,16 @@ def _refine_in_processes(
     pool = ProcessPoolExecutor(
         max_workers=jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init
     )
+    # the workers start with Ctrl-C ignored (inherited through exec, so Python installs no handler in them): this
+    # process stops them on an interrupt, and they print no tracebacks of their own
+    main_thread = threading.current_thread() is threading.main_thread()  # only it may set handlers
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main_thread else None
     try:
-        futures = [pool.submit(partial(_refine_target, args), target) for target in targets]
+        try:
+            futures = [pool.submit(partial(_refine_target, args), target) for target in targets]
+        finally:
+            if main_thread:
+                signal.signal(signal.SIGINT, previous)
         for future in as_completed(futures):
             yield future.result()
     finally:
@@ -127,28 +141,39 @@ def _plan(args: argparse.Namespace, shard: Optional[Tuple[int, int]]) -> Tuple[P
     return out_dir, targets, unpaired
 
 
-def _tell_notes(notes: List[str], seen: Dict[str, int]) -> None:
+def _tell_notes(notes: List[str], seen: Dict[str, int], progress: Progress) -> None:
     """Print each kind of note once (file names taken out); count how often it came again in ``seen``."""
-    from tqdm import tqdm
-
     for note in notes:
         kind = re.sub(r"'[^']*'", "''", note)
         if kind in seen:
             seen[kind] += 1
         else:
             seen[kind] = 0
-            tqdm.write(f"crfrnn refine: note: {note}", file=sys.stderr)
+            progress.write(f"crfrnn refine: note: {note}")
+
+
+def _inputs_of_rank(args: argparse.Namespace, world: int, rank: int) -> List[Tuple[Path, list]]:
+    """Rank ``rank``'s inputs and their outputs, for the summary of a rank that did not report."""
+    _, targets, unpaired = _plan(args, (rank, world))
+    return [(Path(name), []) for name, _ in unpaired] + [(t[1], list(t[3:])) for t in targets]
 
 
 def run_folder(args: argparse.Namespace) -> int:
     """Refine the pairs of ``--images`` and ``--probs`` (this ``--shard``'s), skipping complete ones unless
-    ``--overwrite``; writes the summary; returns 0, or 1 if any failed.
+    ``--overwrite``; writes the summary; returns 0, or 1 if any failed. Under torchrun, this rank's share.
     """
-    from tqdm import tqdm
+    ranks = join_ranks("refine", args)
+    try:
+        return _run_share(args, ranks)
+    finally:
+        if ranks is not None:
+            ranks.close()
 
-    shard = shard_of(args)
+
+def _run_share(args: argparse.Namespace, ranks: Optional[Ranks]) -> int:
+    shard = shard_of(args) if ranks is None else ranks.shard
     out_dir, targets, unpaired = _plan(args, shard)
-    summary = Summary("refine", shard)
+    summary = Summary("refine", None if ranks is not None else shard, None if ranks is None else ranks.rank)
     for name, reason in unpaired:
         print(f"crfrnn refine: skipped '{name}': {reason}", file=sys.stderr)
         summary.add(Path(name), [], "failed", reason)
@@ -174,35 +199,47 @@ def run_folder(args: argparse.Namespace) -> int:
     by_image = {target[1]: target for target in todo}
     done = 0
     seen: Dict[str, int] = {}  # a note told once, with the file names taken out: how often it came again
-    bar = tqdm(results, total=len(todo), desc="refine", unit="image", file=sys.stderr, disable=None)
-    for image_path, failure, notes in bar:
-        target = by_image[image_path]
-        if failure is not None:
-            tqdm.write(f"crfrnn refine: failed '{image_path}': {failure}", file=sys.stderr)
-            summary.add(image_path, target[3:], "failed", failure, scores=target[2])
-            continue
-        _tell_notes(notes, seen)
-        summary.add(image_path, target[3:], "done", scores=target[2])
-        done += 1
+    progress = Progress(len(todo), "crfrnn refine", "image", enabled=ranks is None or ranks.is_main)
+    with progress:
+        for image_path, failure, notes in results:
+            target = by_image[image_path]
+            progress.update()
+            if failure is not None:
+                progress.write(f"crfrnn refine: failed '{image_path}': {failure}")
+                summary.add(image_path, target[3:], "failed", failure, scores=target[2])
+                continue
+            _tell_notes(notes, seen, progress)
+            summary.add(image_path, target[3:], "done", scores=target[2])
+            done += 1
+            if ranks is not None:
+                ranks.maybe_die(done)
     repeated = sum(seen.values())
     if repeated:
         print(
             f"crfrnn refine: note: {repeated} more notes like those above for other files were not repeated.",
             file=sys.stderr,
         )
+    failed = summary.totals()["failed"]  # this rank's
     try:
-        written = summary.write(out_dir)
+        if ranks is None:
+            written = summary.write(out_dir)
+        else:
+            written = ranks.finish(summary, out_dir, partial(_inputs_of_rank, args, ranks.world))
     except OSError as err:
         raise CommandError(f"could not write the summary in '{out_dir}': {err}", 1) from err
-    failed = summary.totals()["failed"]
+    everyone = summary.totals()  # on rank 0 under torchrun, every rank's records
     elapsed = time.perf_counter() - start
     extra = f" ({len(unpaired)} without a partner)" if unpaired else ""
     if skipped:
         extra += f", {skipped} skipped (outputs exist)"
-    if shard is not None:
+    if ranks is not None:
+        extra += f" by rank {ranks.rank} of {ranks.world}"
+        if ranks.is_main:
+            extra += f" ({everyone['done']} done, {everyone['failed']} failed by all ranks)"
+    elif shard is not None:
         extra += f" in shard {shard[0]}/{shard[1]}"
     print(
         f"crfrnn refine: {done} done, {failed} failed{extra}, {elapsed:.1f} s; labels in '{out_dir}', "
         f"summary '{written}'"
     )
-    return 0 if failed == 0 else 1
+    return 0 if failed == 0 and everyone["failed"] == 0 else 1

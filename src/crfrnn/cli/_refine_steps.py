@@ -23,8 +23,8 @@ from crfrnn.data.palette import save_label_png
 from crfrnn.io import (
     MemoryLimitError,
     check_memory,
-    estimate_memory,
     format_bytes,
+    kernel_spans,
     labels_of,
     read_guide,
     read_rgb,
@@ -55,13 +55,56 @@ def input_error(err: BaseException) -> CommandError:
     return CommandError(name_flags(str(err), FLAGS), 2)
 
 
-def crf_options(args: argparse.Namespace) -> Dict[str, Any]:
+def crf_options(args: argparse.Namespace, channels: Optional[int] = None, guide: Any = None) -> Dict[str, Any]:
+    """The CRF's parameters from the flags; ``channels``: the guide's, to which --bilateral-srgb's widths are
+    matched (one width is every channel's; else one per channel, checked here; ``guide`` is named in the error).
+    """
     names = ("num_iterations", "gaussian_sxy", "gaussian_compat", "bilateral_sxy", "bilateral_srgb", "bilateral_compat")
-    return (
+    options = (
         {name: getattr(args, name) for name in names}
         | {"normalization": args.normalization}
         | getattr(args, "crf_extra", {})
     )
+    srgb = options["bilateral_srgb"]
+    if channels is not None:
+        widths = [float(v) for v in np.atleast_1d(np.asarray(srgb, dtype=np.float64))]
+        if len(widths) == 1:
+            options["bilateral_srgb"] = widths * channels if channels > 1 else widths[0]
+        elif len(widths) != channels:
+            shown = " ".join(f"{v:g}" for v in widths)
+            raise CommandError(
+                f"--bilateral-srgb got {len(widths)} widths ({shown}) but the guide '{guide}' has {channels} "
+                f"channel{'s' if channels != 1 else ''}; give one width for all channels or {channels} (one per "
+                "channel, in the guide's channel order).",
+                2,
+            )
+    return options
+
+
+def check_size(
+    args: argparse.Namespace,
+    path: Path,
+    guide: np.ndarray,
+    spatial: tuple,
+    num_labels: int,
+    options: Dict[str, Any],
+    spacing: Any = None,
+) -> int:
+    """The memory check once the widths and the guide are known: :func:`crfrnn.io.check_memory` with the
+    kernels' spans (small widths or many channels make the lattice, and the memory, many times larger).
+
+    ``guide``: ``S`` or ``S + (C,)`` with ``spatial = S``. Returns the estimate in bytes; raises MemoryLimitError.
+    """
+    flat = guide.reshape(int(np.prod(spatial)), -1)
+    ranges = [float(v) for v in flat.max(0).astype(np.float64) - flat.min(0).astype(np.float64)]
+    widths = (options["gaussian_sxy"], options["bilateral_sxy"], options["bilateral_srgb"])
+    kernels = kernel_spans(spatial, ranges, *widths, spacing=spacing)
+    size = tuple(spatial) if len(spatial) == 2 else (1, int(np.prod(spatial)))
+    return check_memory(path, size, max(2, num_labels), args.max_memory, kernels=kernels)
+
+
+def _srgb_text(srgb: Any) -> str:
+    return " ".join(f"{float(v):g}" for v in np.atleast_1d(np.asarray(srgb, dtype=np.float64)))
 
 
 def refine_one(
@@ -102,11 +145,16 @@ def refine_one(
     except (OSError, ValueError, TypeError) as err:
         raise input_error(err) from err
     unary: dict[str, Any] = {"logits" if scores.is_logits else "probs": scores.values}
+    options = crf_options(args, image.shape[2] if image.ndim == 3 else 1, image_path)
     try:
-        marginals = crfrnn.dense.dense_crf(image, **unary, **crf_options(args))
+        need_bytes = check_size(args, image_path, image, image.shape[:2], scores.values.shape[0], options)
+    except MemoryLimitError as err:
+        raise input_error(err) from err
+    try:
+        marginals = crfrnn.dense.dense_crf(image, **unary, **options)
     except MemoryError as err:
         h, w = image.shape[:2]
-        need = format_bytes(estimate_memory(h, w, scores.values.shape[0]))
+        need = format_bytes(need_bytes)
         raise CommandError(
             f"ran out of memory refining '{image_path}' ({w}x{h} pixels, {scores.values.shape[0]} labels, estimated "
             f"{need}); use fewer labels or a smaller image, or lower --max-memory so that such images are refused "
@@ -143,7 +191,7 @@ def refine_volume(
         scores, shape, notes = read_volume_scores(
             probs_path, guide.data.shape, key=args.key, labels_last=labels_last, max_bytes=args.max_memory
         )
-        check_memory(guide_path, (1, int(np.prod(shape))), scores.shape[0], args.max_memory)
+        check_memory(guide_path, (1, int(np.prod(shape))), scores.shape[0], args.max_memory, kernels=())
     except (MemoryLimitError, MemoryError) as err:
         raise input_error(err) from err
     except (OSError, ValueError, TypeError, ImportError) as err:
@@ -159,18 +207,21 @@ def refine_volume(
     if data.dtype.kind == "f" or data.max() > 255:
         notes.append(
             f"guide intensities span {float(data.min()):g}..{float(data.max()):g}; --bilateral-srgb "
-            f"{args.bilateral_srgb:g} is in those units."
+            f"{_srgb_text(args.bilateral_srgb)} is in those units."
         )
     if spacing is not None:
         shown = ", ".join(f"{float(v):.4g}" for v in spacing)
         notes.append(f"spacing ({shown}): --gaussian-sxy and --bilateral-sxy are in those units.")
     unary: dict[str, Any] = {"logits" if args.logits else "probs": scores}
+    options = crf_options(args, data.shape[-1] if data.ndim > ndim else 1, guide_path)
+    try:
+        check_size(args, guide_path, data, tuple(shape), scores.shape[0], options, spacing)
+    except MemoryLimitError as err:
+        raise input_error(err) from err
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # the intensity-scale hint is in the notes instead
-            marginals = crfrnn.dense.dense_crf(
-                data.astype(np.float32, copy=False), **unary, spacing=spacing, **crf_options(args)
-            )
+            marginals = crfrnn.dense.dense_crf(data.astype(np.float32, copy=False), **unary, spacing=spacing, **options)
     except MemoryError as err:
         raise CommandError(
             f"ran out of memory refining '{guide_path}' (shape {shape}, {scores.shape[0]} labels).", 1

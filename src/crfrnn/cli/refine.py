@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from PIL import Image
 
@@ -58,6 +58,8 @@ safety:
   reported by name and the run goes on; a pair whose outputs all exist is skipped (a rerun resumes a
   stopped run; --overwrite redoes them), and OUT/summary.json (summary-K-of-N.json with --shard K/N)
   lists every pair with its outputs and status (done, skipped or failed with the error).
+  Under torchrun (torchrun --nproc-per-node N -m crfrnn refine --images ...), each rank refines the share
+  RANK/WORLD_SIZE (as --shard would; not both) and rank 0 writes one OUT/summary.json naming each pair's rank.
 
 exit codes:
   0 success; 1 a file could not be written, or (with --images) some pairs failed; 2 bad usage or input.
@@ -101,6 +103,22 @@ def _probability(text: str) -> float:
     if not 0 < value < 1:
         raise argparse.ArgumentTypeError(f"must be strictly between 0 and 1, got {text}")
     return value
+
+
+def _widths(text: str) -> List[float]:
+    """Widths: one number, or several separated by commas (``20,20,30,30``); each finite and > 0."""
+    parse = number_type(float, 0, True)
+    parts = text.replace(",", " ").split()
+    if not parts:
+        raise argparse.ArgumentTypeError(f"expected a number or comma-separated numbers, got {text!r}")
+    return [parse(part) for part in parts]
+
+
+class _JoinWidths(argparse.Action):
+    """``--bilateral-srgb 20 20 30,30`` -> ``[20.0, 20.0, 30.0, 30.0]`` (the last use of the flag wins)."""
+
+    def __call__(self, parser: Any, namespace: argparse.Namespace, values: Any, option_string: Any = None) -> None:
+        setattr(namespace, self.dest, [v for part in values for v in part])
 
 
 def _unit(text: str) -> float:
@@ -248,10 +266,13 @@ def add_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]"
     )
     crf.add_argument(
         "--bilateral-srgb",
-        type=number_type(float, 0, True),
+        type=_widths,
+        nargs="+",
+        action=_JoinWidths,
         default=None,
         metavar="C",
-        help="appearance kernel colour width, 0..255 scale (default 13)",
+        help="appearance kernel colour width, 0..255 scale (default 13); one number for every guide channel, or "
+        "one per channel (e.g. --bilateral-srgb 20 20 30 30 or 20,20,30,30 for a T1/T1c/T2/FLAIR volume)",
     )
     crf.add_argument(
         "--bilateral-compat",
@@ -297,6 +318,9 @@ def _resolve_crf_options(args: argparse.Namespace) -> None:
     for name, default in DENSECRF_DEFAULTS.items():
         if getattr(args, name, None) is None:
             setattr(args, name, params.get(name, default))
+    srgb = args.bilateral_srgb
+    if isinstance(srgb, (list, tuple)) and len(srgb) == 1:
+        args.bilateral_srgb = float(srgb[0])  # one number: every channel
 
 
 def _check_suffix(path: Optional[str], suffix: str, option: str) -> None:

@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any, List, Optional, Sequence, Tuple
 if TYPE_CHECKING:
     import numpy as np
 
+    from crfrnn.cli._ranks import Ranks
+
 from crfrnn.cli import CommandError, number_type
 from crfrnn.cli._batch import Summary, add_batch_flags, is_complete, shard_of
 from crfrnn.cli._choices import FORMATS, RESIZE_POLICIES
@@ -51,6 +53,8 @@ many images:
   A photo whose outputs all exist is skipped (a rerun resumes a stopped run; --overwrite redoes it). A photo
   that fails is reported and the run goes on. OUT/summary.json (summary-K-of-N.json with --shard K/N) lists
   every photo of the run with its outputs and status (done, skipped or failed with the error).
+  Under torchrun (torchrun --nproc-per-node N -m crfrnn segment ...), each rank takes the share
+  RANK/WORLD_SIZE (as --shard would; not both) and rank 0 writes one OUT/summary.json naming each photo's rank.
 
 exit codes:
   0 success; 1 some images failed or a file could not be written; 2 bad usage or input.
@@ -274,20 +278,33 @@ def _load_model(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Segment the images; see the module docstring."""
+    """Segment the images; see the module docstring. Under torchrun, this rank's share (:mod:`crfrnn.cli._ranks`)."""
+    from crfrnn.cli._ranks import join_ranks
+
+    if not 0.0 <= args.alpha <= 1.0:
+        raise CommandError(f"--alpha must be between 0 and 1, got {args.alpha}.")
+    ranks = join_ranks("segment", args)
+    try:
+        return _run_share(args, ranks)
+    finally:
+        if ranks is not None:
+            ranks.close()
+
+
+def _run_share(args: argparse.Namespace, ranks: "Optional[Ranks]") -> int:
+    from crfrnn._utils.progress import Progress
     from crfrnn.data import VOC_CLASSES
     from crfrnn.io import read_rgb
     from crfrnn.workflow._shards import take_shard
 
-    if not 0.0 <= args.alpha <= 1.0:
-        raise CommandError(f"--alpha must be between 0 and 1, got {args.alpha}.")
-    shard = shard_of(args)
-    paths = _collect(args.images)
+    shard = shard_of(args) if ranks is None else ranks.shard
+    all_paths = _collect(args.images)
     out = Path(args.out)
-    plan = _plan(paths, out, args.overlay, args.probs)  # every photo's, so that clashes across shards are found
+    plan = _plan(all_paths, out, args.overlay, args.probs)  # every photo's, so that clashes across shards are found
+    paths = all_paths
     if shard is not None:
-        paths = take_shard(paths, *shard, key=lambda p: p.stem)  # the stems are distinct: _plan refuses twins
-    summary = Summary("segment", shard)
+        paths = take_shard(paths, *shard, key=_stem)  # the stems are distinct: _plan refuses twins
+    summary = Summary("segment", None if ranks is not None else shard, None if ranks is None else ranks.rank)
     todo = []
     for p in paths:
         if args.overwrite or not is_complete(plan[p]):
@@ -307,14 +324,12 @@ def run(args: argparse.Namespace) -> int:
     except OSError as err:
         raise CommandError(f"cannot create the output folder {out}: {err}", 1) from err
 
-    bar: Any = None
-    if not args.no_progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(todo), desc="segment", unit="image")
+    progress = Progress(
+        len(todo), "crfrnn segment", "image", enabled=not args.no_progress and (ranks is None or ranks.is_main)
+    )
 
     def fail(p: Path, message: str) -> None:
-        print(f"crfrnn segment: {message}", file=sys.stderr)
+        progress.write(f"crfrnn segment: {message}")
         summary.add(p, plan[p], "failed", message)
 
     try:
@@ -337,18 +352,34 @@ def run(args: argparse.Namespace) -> int:
                     fail(p, f"cannot write the outputs of {p} to {out}: {err}")
                     continue
                 summary.add(p, plan[p], "done")
-            if bar is not None:
-                bar.update(len(chunk))
+                if ranks is not None:
+                    ranks.maybe_die(summary.totals()["done"])
+            progress.update(len(chunk))
     finally:
-        if bar is not None:
-            bar.close()
+        progress.close()
+    totals = summary.totals()  # this rank's
     try:
-        written = summary.write(out)
+        if ranks is None:
+            written = summary.write(out)
+        else:
+
+            def inputs_of(k: int) -> List[Tuple[Path, list]]:
+                return [(p, list(plan[p])) for p in take_shard(all_paths, k, ranks.world, key=_stem)]
+
+            written = ranks.finish(summary, out, inputs_of)
     except OSError as err:
         raise CommandError(f"could not write the summary in {out}: {err}", 1) from err
-    totals = summary.totals()
+    everyone = summary.totals()  # on rank 0 under torchrun, every rank's records
     extra = f"; {skipped} skipped (outputs exist)" if skipped else ""
-    if shard is not None:
+    if ranks is not None:
+        extra += f"; rank {ranks.rank} of {ranks.world}"
+        if ranks.is_main:
+            extra += f" ({everyone['done']} done, {everyone['failed']} failed by all ranks)"
+    elif shard is not None:
         extra += f"; shard {shard[0]}/{shard[1]}"
     print(f"segmented {totals['done']} of {len(todo)} images into {out}{extra}; summary {written}")
-    return 1 if totals["failed"] else 0
+    return 1 if totals["failed"] or everyone["failed"] else 0
+
+
+def _stem(path: Path) -> str:
+    return path.stem

@@ -2,10 +2,11 @@
 
 ``DenseCRF2D(W, H, L)``, ``DenseCRF(N, L)``, ``setUnaryEnergy``, ``addPairwiseGaussian``,
 ``addPairwiseBilateral``, ``addPairwiseEnergy`` (any number of kernels, any feature dimension: volumes too),
-``inference``, ``startInference``/``stepInference``, ``klDivergence`` and the ``KernelType`` /
+``inference``, ``map``, ``startInference``/``stepInference``, ``klDivergence`` and the ``KernelType`` /
 ``NormalizationType`` constants behave as in pydensecrf (same model, same lattice; the marginals agree to
 about 1e-7). Inference runs through :func:`crfrnn.crf.engine.infer`, the engine behind
-:func:`crfrnn.dense_crf`; each object builds its kernels once and keeps them until it is dropped.
+:func:`crfrnn.dense_crf`; ``startInference``/``stepInference``/``klDivergence`` run the same compiled iteration
+one at a time. Each object builds its kernels once and keeps them until it is dropped.
 
 Supported: Potts (a number), diagonal (1-D array) and full matrix (2-D array) label compatibilities with
 densecrf's sign conventions; the four normalisations. Not supported (they raise ``NotImplementedError``
@@ -27,11 +28,11 @@ import numpy as np
 import torch
 
 from crfrnn._utils.validation import check_iterations, check_widths
+from crfrnn.crf._stepper import Stepper
 from crfrnn.crf.engine import infer
 from crfrnn.crf.features import bilateral_features, position_features
 from crfrnn.crf.kernels import KernelCache
-from crfrnn.crf.pairwise import Pairwise, build_kernels, label_transform, pairwise_logits
-from crfrnn.energy import kl_divergence
+from crfrnn.crf.pairwise import Pairwise
 
 __all__ = [
     "CONST_KERNEL",
@@ -116,6 +117,13 @@ class DenseCRF:
         self._unary: Optional[torch.Tensor] = None  # (1, L, N) logits = -energy
         self._pairwise: list[Pairwise] = []
         self._cache = KernelCache(maxsize=1 << 16)  # this object's kernels, built once each
+        self._stepper: Optional[Stepper] = None  # startInference / stepInference / klDivergence's compiled state
+
+    def __getstate__(self) -> dict:
+        """Copies and pickles leave the stepping state behind (it holds a lock; it is rebuilt on the next step)."""
+        state = self.__dict__.copy()
+        state["_stepper"] = None
+        return state
 
     def setUnaryEnergy(self, u: np.ndarray, f: Optional[np.ndarray] = None) -> None:  # noqa: N802 (pydensecrf name)
         """Unary energies ``(L, N)`` float32 (``-log p``); ``+inf`` (an impossible label) is allowed."""
@@ -131,6 +139,7 @@ class DenseCRF:
                 raise ValueError("unary energy contains NaN or -inf values; energies are -log(p) >= any finite bound.")
             logits[bad] = -1e30  # energy +inf (probability 0): exp(-1e30) underflows to 0 as exp(-inf) does
         self._unary = torch.from_numpy(logits)[None]
+        self._stepper = None
 
     def addPairwiseEnergy(  # noqa: N802
         self, features: np.ndarray, compat: Any, kernel: int = DIAG_KERNEL, normalization: int = NORMALIZE_SYMMETRIC
@@ -149,6 +158,7 @@ class DenseCRF:
         if normalization not in _NORMALIZATION:
             raise ValueError(f"unknown normalization {normalization!r}; use one of the NORMALIZE_* constants.")
         weight, mu = _compatibility(compat, self._nlabel)
+        self._stepper = None
         self._pairwise.append(
             Pairwise(
                 features,
@@ -168,38 +178,54 @@ class DenseCRF:
         q = infer(self._logits(), self._pairwise, num_iterations=niter, cache=self._cache, name="unary energy")
         return q[0].numpy()
 
+    def _step(self) -> Stepper:
+        """This object's stepper (padded unary, lattices, label transforms), made once and dropped when a unary or
+        a pairwise term is added.
+        """
+        if self._stepper is None:
+            self._stepper = Stepper(self._logits(), self._pairwise, self._cache, name="unary energy")
+        return self._stepper
+
+    def map(self, n_iterations: int = 5) -> np.ndarray:
+        """The ``map`` of densecrf: the most probable label ``(N,)`` (int64) after ``n_iterations`` iterations."""
+        return np.argmax(self.inference(n_iterations), axis=0)
+
     def startInference(self):  # noqa: N802
-        """``(Q, tmp1, tmp2)`` to step through inference with :meth:`stepInference`, as in pydensecrf."""
-        q = torch.softmax(self._logits(), 1)[0].contiguous().numpy()
-        return q, np.empty(0, np.float32), np.empty(0, np.float32)
+        """``(Q, tmp1, tmp2)`` to step through inference with :meth:`stepInference`, as in pydensecrf: ``Q (L, N)``
+        float32 is ``softmax(-unary)``; ``tmp1`` and ``tmp2`` are unused placeholders.
+        """
+        return self._step().start(), np.empty(0, np.float32), np.empty(0, np.float32)
 
-    def _pairwise_logits(self, q: torch.Tensor) -> torch.Tensor:
-        """``sum_k T_k K_k(Q)`` for ``q (1, N, L)``: minus densecrf's pairwise ``apply``."""
-        built = build_kernels(self._pairwise, torch.float32, cache=self._cache)
-        like = self._logits()
-        transforms = [label_transform(k.weight, k.compatibility, self._nlabel, like) for k in self._pairwise]
-        return pairwise_logits(q, built, transforms)
-
-    def _marginals(self, Q: np.ndarray) -> torch.Tensor:  # noqa: N803
+    def _check_q(self, Q: Any) -> np.ndarray:  # noqa: N803
         Q = np.asarray(Q)
         if Q.shape != (self._nlabel, self._nvar):
             raise ValueError(f"Q must have shape {(self._nlabel, self._nvar)}, got {Q.shape}.")
-        return torch.from_numpy(np.ascontiguousarray(Q, dtype=np.float32)).t()[None]
+        return Q
 
     def stepInference(self, Q: np.ndarray, tmp1: Any = None, tmp2: Any = None) -> None:  # noqa: N802, N803
-        """One mean-field iteration, updating ``Q (L, N)`` in place."""
-        q = self._marginals(Q)
-        logits = self._logits().transpose(1, 2) + self._pairwise_logits(q)
-        Q[...] = torch.softmax(logits, -1)[0].t().numpy()
+        """One mean-field iteration, updating ``Q (L, N)`` in place (one compiled iteration of the engine behind
+        :meth:`inference`; ``tmp1`` and ``tmp2`` are accepted and unused).
+        """
+        q = self._check_q(Q)
+        direct = q is Q and q.dtype == np.float32 and q.flags.c_contiguous and q.flags.writeable
+        if direct:
+            self._step().step(q, q)
+        else:
+            Q[...] = self._step().step(q, np.empty((self._nlabel, self._nvar), np.float32))
 
     def klDivergence(self, Q: np.ndarray) -> float:  # noqa: N802, N803
         """Densecrf's KL divergence of the marginals ``Q (L, N)`` (up to the log-partition constant).
 
-        :func:`crfrnn.energy.kl_divergence` with ``convention="densecrf"``: no ``1/2`` on the pairwise term, each
-        point's own value included (see ``docs/losses.md``).
+        :func:`crfrnn.energy.kl_divergence` with ``convention="densecrf"`` (no ``1/2`` on the pairwise term, each
+        point's own value included, see ``docs/losses.md``), computed with one compiled filtering pass of ``Q``.
         """
-        q = self._marginals(Q).transpose(1, 2)
-        return float(kl_divergence(q, self._logits(), self._pairwise, convention="densecrf", cache=self._cache)[0])
+        entropy, energy, deviation = self._step().free_energy_terms(self._check_q(Q))
+        if deviation > 1e-3:
+            raise ValueError(
+                f"Q must be marginals: non-negative and summing to 1 over labels (axis 0); its sums are off by up to "
+                f"{deviation:.3g}. Pass the Q of startInference / stepInference, or normalise it."
+            )
+        return entropy - energy
 
     def setKernelParameters(self, *args: Any, **kwargs: Any) -> None:  # noqa: N802
         """Not supported (densecrf's parameter learning): raises; learn with :class:`crfrnn.CrfRnn`."""
@@ -241,8 +267,8 @@ class DenseCRF2D(DenseCRF):
                 "`addPairwiseEnergy`."
             )
         sx, sy = check_widths("sxy", sxy, 2, "axis (sx, sy)")
-        img = torch.from_numpy(np.ascontiguousarray(rgbim)).permute(2, 0, 1)[None].float()
-        if not bool(torch.isfinite(img).all()):
+        if rgbim.dtype.kind not in "biu" and not np.isfinite(rgbim).all():  # whole numbers (uint8) always are
             raise ValueError("rgbim contains NaN or infinite values.")
+        img = torch.from_numpy(np.ascontiguousarray(rgbim)).permute(2, 0, 1)[None].float()
         feats = bilateral_features(img, (sy, sx), srgb, names=("sxy", "srgb"))
         self._add(feats, compat, kernel, normalization)

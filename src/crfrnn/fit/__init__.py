@@ -263,7 +263,8 @@ def fit_crf(
         boundary_width: band half-width (pixels) of the boundary accuracy.
         min_delta: relative decrease of the validation loss that counts as an improvement.
         seed: seed of the split and of the order of the training images.
-        progress: show a progress bar (on stderr, when it is a terminal).
+        progress: show progress on stderr (a bar on a terminal, else a plain line every 30 s), and at the end
+            a line naming the best epoch.
 
     Returns:
         A :class:`FitResult`; ``result.params`` go to :func:`crfrnn.dense_crf` and :func:`crfrnn.save_params`.
@@ -283,7 +284,7 @@ def fit_crf(
         >>> sorted(result.params) == sorted(DENSECRF_DEFAULTS)
         True
     """
-    from tqdm import tqdm
+    from crfrnn._utils.progress import Progress
 
     epochs = check_count("epochs", epochs, 1)
     if epochs > _MAX_EPOCHS:
@@ -355,10 +356,8 @@ def fit_crf(
     best_loss, best_epoch, best_params = start["loss"], 0, dict(initial)  # the fit never returns worse than this
     rng = np.random.default_rng(seed)
     stopped_early = False
-    bar = tqdm(
-        range(1, epochs + 1), desc="fit", unit="epoch", file=sys.stderr, disable=None if progress else True
-    )  # None: not on a non-terminal stderr (logs)
-    for epoch in bar:
+    bar = Progress(epochs, "crfrnn fit", "epoch", file=sys.stderr, enabled=bool(progress))
+    for epoch in range(1, epochs + 1):
         losses = []
         for i in rng.permutation(train):
             s = samples[int(i)]
@@ -381,10 +380,20 @@ def fit_crf(
         if val_loss < best_loss * (1 - min_delta):
             best_loss, best_epoch, best_params = val_loss, epoch, params
         bar.set_postfix(train=f"{np.mean(losses):.4f}", val=f"{val_loss:.4f}", best=best_epoch)
+        bar.update()
         if epoch - best_epoch >= patience:
             stopped_early = epoch < epochs
             break
     bar.close()
+    if progress:
+        last = history[-1]["epoch"]
+        bar.write(
+            f"crfrnn fit: best epoch {best_epoch} of {last} (validation loss {best_loss:.4f}"
+            + (", the last one" if best_epoch == last else "")
+            + (", the initial parameters" if best_epoch == 0 else "")
+            + ("; stopped early" if stopped_early else "")
+            + ")"
+        )
     metrics = {"network": evaluate(None), "initial": start, "fitted": evaluate(best_params)}
     return FitResult(
         params=best_params,

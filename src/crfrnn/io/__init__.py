@@ -25,6 +25,8 @@ from crfrnn.io.memory import (
     default_memory_limit,
     estimate_memory,
     format_bytes,
+    kernel_spans,
+    lattice_vertices,
 )
 from crfrnn.io.scores import LAYOUTS, SCORE_SUFFIXES, ScoreMap, labels_of, read_scores
 from crfrnn.io.volumes import ARRAY_SUFFIXES, Guide, is_array_path, read_guide, read_volume_scores, write_labels
@@ -45,7 +47,9 @@ __all__ = [
     "estimate_memory",
     "format_bytes",
     "is_array_path",
+    "kernel_spans",
     "labels_of",
+    "lattice_vertices",
     "load_checkpoint",
     "load_model",
     "pair_by_stem",

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Optional, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
+
+import numpy as np
 
 from crfrnn._deprecated import renamed_arguments
 from crfrnn._utils.files import PathLike
@@ -22,18 +24,35 @@ __all__ = [
     "default_memory_limit",
     "estimate_memory",
     "format_bytes",
+    "kernel_spans",
+    "lattice_vertices",
 ]
 
-#: Peak memory of ``crfrnn refine`` on one image, measured with ``resource.getrusage`` (peak RSS) in a fresh
-#: process over ``crfrnn refine IMAGE PROBS.npy -o -- --overlay --save-probs`` with float32 probabilities, at
-#: 500x375, 1000x750 and 2000x1500 pixels with 5 and 21 labels: about 30 bytes per pixel and label (the
-#: probabilities as read, their float32 copy, the CRF's marginals, messages and work buffers: 7 to 8
-#: float32 buffers of L x H x W) plus about 300 bytes per pixel (the permutohedral lattice of 5-d features,
-#: the image, label maps and the overlay) plus a fixed ~150 MB (imports and compiled kernels). The estimate
-#: rounds these up slightly.
+#: Peak memory of ``crfrnn refine`` on one image, in parts that follow what is allocated (measured with
+#: ``benchmarks/bench_memory.py``: peak RSS of a fresh child process). Per pixel and label: the probabilities as
+#: read, their float32 copy, the CRF's marginals and unaries in the compiled loop's layout (about 8 float32 buffers
+#: of L x H x W).
 MEMORY_BYTES_PER_PIXEL_LABEL = 32
-MEMORY_BYTES_PER_PIXEL = 320
-_MEMORY_FIXED = 256 * 2**20
+#: Per pixel, besides labels and lattices: the image, its features, label maps and the overlay.
+MEMORY_BYTES_PER_PIXEL = 64
+#: Per point and lattice corner (``d + 1`` corners for ``d`` features), per lattice: the corner codes (int64), ids
+#: (int32, twice while they are merged), barycentric weights (float32) and ranks (int8).
+_BYTES_PER_CORNER = 21
+#: Per lattice vertex: its neighbours along each of the ``d + 1`` directions (two int32 each, ``8 (d + 1)``), plus
+#: its code, hash-table slot and id remap; and per vertex and label, the message buffers of the compiled loop
+#: (3 float32 buffers of ``(vertices + 1) x L``).
+_BYTES_PER_VERTEX = 32
+_BYTES_PER_VERTEX_LABEL = 12
+#: When the vertex codes need more than ``crfrnn.lattice``'s 62 bits (small widths or many features), the lattice
+#: is built by ``torch.unique`` over key rows: ``(1 + 2 (d + 1))`` rows of ``d + 1`` int64 per vertex (every
+#: vertex and its neighbour queries), about 8 such copies at the peak (measured: 6.5 and 8.3).
+_GENERAL_COPIES = 8
+_MAX_CODE_BITS = 62  # crfrnn.lattice._construction.MAX_CODE_BITS
+#: lattice vertices per unit volume of the features (in kernel widths) when every cell is occupied: measured
+#: 1.16 to 1.37 for 2 to 7 features with a margin of one width per axis (uniform noise), rounded up
+_VERTEX_DENSITY = 1.4
+#: imports, compiled kernels and the interpreter (8x8 image: 370 MB peak RSS)
+_MEMORY_FIXED = 384 * 2**20
 #: default limit of :func:`check_memory`: this fraction of the machine's physical memory
 DEFAULT_MEMORY_FRACTION = 0.75
 
@@ -51,18 +70,121 @@ def format_bytes(n: float) -> str:
     return f"{n:.1f} TB"  # pragma: no cover
 
 
+Spans = Sequence[Sequence[float]]
+
+
+def kernel_spans(
+    shape: Sequence[int],
+    guide_ranges: Sequence[float],
+    gaussian_sxy: Any = None,
+    bilateral_sxy: Any = None,
+    bilateral_srgb: Any = None,
+    spacing: Optional[Sequence[float]] = None,
+) -> List[List[float]]:
+    """How many kernel widths each feature of the dense CRF's two kernels spans (for :func:`estimate_memory`).
+
+    Args:
+        shape: the spatial shape ``S`` (``(H, W)`` or ``(D, H, W)``).
+        guide_ranges: ``max - min`` of each guide channel (``(255, 255, 255)`` for an 8-bit RGB image).
+        gaussian_sxy: the smoothness kernel's spatial width, one number or one per axis (default: densecrf's).
+        bilateral_sxy: the appearance kernel's spatial width, likewise.
+        bilateral_srgb: guide widths, one number or one per channel (default: densecrf's).
+        spacing: voxel size per axis (the widths are in its units); None: 1.
+
+    Returns:
+        ``[gaussian spans (len(S)), bilateral spans (len(S) + channels)]``.
+    """
+    from crfrnn.params import DENSECRF_DEFAULTS
+
+    def per(value: Any, default: float, count: int) -> List[float]:
+        widths = [float(v) for v in np.atleast_1d(np.asarray(default if value is None else value, np.float64))]
+        return widths * count if len(widths) == 1 else widths
+
+    n = len(shape)
+    steps = [1.0] * n if spacing is None else [float(v) for v in spacing]
+    extent = [(int(size) - 1) * step for size, step in zip(shape, steps)]
+    g = per(gaussian_sxy, DENSECRF_DEFAULTS["gaussian_sxy"], n)
+    b = per(bilateral_sxy, DENSECRF_DEFAULTS["bilateral_sxy"], n)
+    c = per(bilateral_srgb, DENSECRF_DEFAULTS["bilateral_srgb"], len(guide_ranges))
+    return [
+        [e / w for e, w in zip(extent, g)],
+        [e / w for e, w in zip(extent, b)] + [float(r) / w for r, w in zip(guide_ranges, c)],
+    ]
+
+
+def lattice_vertices(num_points: int, spans: Sequence[float]) -> int:
+    """Estimated vertices of the lattice of ``num_points`` points whose ``d`` features span ``spans`` widths.
+
+    At most ``(d + 1) N`` (each point touches ``d + 1`` vertices) and at most the cells of the features' box
+    (:data:`_VERTEX_DENSITY` per unit volume, one width of margin per axis); in between, the expected number of
+    cells that ``(d + 1) N`` uniformly spread corners occupy, which uniform noise (the worst case) reaches.
+    """
+    d = len(spans)
+    corners = float((d + 1) * int(num_points))
+    log_cells = math.log(_VERTEX_DENSITY) + sum(math.log(max(0.0, float(x)) + 1.0) for x in spans)
+    if log_cells > math.log(corners) + 30:  # the box is far larger than the corners: all of them distinct
+        return int(corners)
+    cells = math.exp(log_cells)
+    return int(math.ceil(min(corners, cells * -math.expm1(-corners / cells))))
+
+
+def _general(spans: Sequence[float]) -> bool:
+    """Whether the lattice's vertex codes would overflow (its construction then sorts key rows instead)."""
+    d = len(spans)
+    scale = [math.sqrt(2.0 / 3.0) * (d + 1) / math.sqrt((i + 1.0) * (i + 2.0)) for i in range(d)]
+    ext = [scale[i] * max(0.0, float(x)) for i, x in enumerate(spans)]
+    bits = 0.0
+    for j in range(d):  # elevated coordinate j: j * f_j minus the sum of the later features (Adams et al.)
+        span = (j * ext[j - 1] if j else 0.0) + sum(ext[j:]) + 1 + 2 * (2 * (d + 1) + 2 * d)
+        bits += math.log2(span)
+    return bits >= _MAX_CODE_BITS
+
+
+def _lattice_bytes(num_points: int, num_classes: int, spans: Sequence[float]) -> Tuple[int, int]:
+    """``(bytes without labels, bytes per label)`` of one kernel's lattice and its message buffers."""
+    d1 = len(spans) + 1
+    vertices = lattice_vertices(num_points, spans)
+    fixed = num_points * d1 * _BYTES_PER_CORNER + vertices * (_BYTES_PER_VERTEX + 8 * d1)
+    if _general(spans):
+        fixed += _GENERAL_COPIES * vertices * (1 + 2 * d1) * d1 * 8
+    return fixed, vertices * _BYTES_PER_VERTEX_LABEL
+
+
+def _parts(num_points: int, num_classes: int, kernels: Optional[Spans]) -> Tuple[int, int]:
+    """``(bytes without labels, bytes per label)``: the estimate is ``a + b * num_classes``."""
+    a = _MEMORY_FIXED + num_points * MEMORY_BYTES_PER_PIXEL
+    b = num_points * MEMORY_BYTES_PER_PIXEL_LABEL
+    for spans in kernels or ():
+        fixed, per_label = _lattice_bytes(num_points, num_classes, spans)
+        a, b = a + fixed, b + per_label
+    return a, b
+
+
 @renamed_arguments(num_labels="num_classes")
-def estimate_memory(height: int, width: int, num_classes: int) -> int:
+def estimate_memory(height: int, width: int, num_classes: int, *, kernels: Optional[Spans] = None) -> int:
     """Bytes that refining one ``height x width`` image with ``num_classes`` labels needs at its peak.
 
-    From measurements (see :data:`MEMORY_BYTES_PER_PIXEL_LABEL`); the cost is linear in pixels and labels.
+    The parts follow what is allocated (see :data:`MEMORY_BYTES_PER_PIXEL_LABEL`): per pixel and label, per pixel,
+    and per lattice (each kernel's corners and :func:`lattice_vertices`, with their message buffers per label),
+    plus a fixed ~384 MB (imports and compiled kernels). ``benchmarks/bench_memory.py`` compares it with the
+    measured peak.
+
+    Args:
+        height: the image's height (a volume: 1).
+        width: the image's width (a volume: its number of voxels).
+        num_classes: number of labels ``L``.
+        kernels: for each kernel, the spans of its features in widths (:func:`kernel_spans`); None: densecrf's
+            default kernels on an 8-bit RGB image; ``()``: no lattice (a lower bound, before the widths are known).
 
     Example:
-        >>> format_bytes(estimate_memory(4000, 6000, 21))
-        '22.4 GB'
+        >>> format_bytes(estimate_memory(375, 500, 21))
+        '700.5 MB'
     """
-    pixels = int(height) * int(width)
-    return pixels * (MEMORY_BYTES_PER_PIXEL_LABEL * int(num_classes) + MEMORY_BYTES_PER_PIXEL) + _MEMORY_FIXED
+    points = int(height) * int(width)
+    if kernels is None:
+        kernels = kernel_spans((int(height), int(width)), (255.0, 255.0, 255.0))
+    a, b = _parts(points, int(num_classes), kernels)
+    return a + b * int(num_classes)
 
 
 def default_memory_limit() -> Optional[int]:
@@ -75,31 +197,54 @@ def default_memory_limit() -> Optional[int]:
 
 
 @renamed_arguments(num_labels="num_classes")
-def check_memory(path: PathLike, size: Tuple[int, int], num_classes: int, limit: Optional[int]) -> int:
+def check_memory(
+    path: PathLike,
+    size: Tuple[int, int],
+    num_classes: int,
+    limit: Optional[int],
+    *,
+    kernels: Optional[Spans] = None,
+) -> int:
     """Raise :class:`MemoryLimitError` if refining ``path`` (``size = (H, W)``) would need more than ``limit``.
 
     Args:
         path: the file being refined (named in the message).
-        size: ``(H, W)`` of the image.
+        size: ``(H, W)`` of the image (a volume: ``(1, voxels)``).
         num_classes: number of labels ``L``.
         limit: bytes allowed (the ``max_memory`` of :func:`crfrnn.io.read_scores`); None: no limit.
+        kernels: the kernels' feature spans, as :func:`estimate_memory` takes them.
 
     Returns:
         The estimate, in bytes.
     """
     h, w = size
-    need = estimate_memory(h, w, num_classes)
+    need = estimate_memory(h, w, num_classes, kernels=kernels)
     if limit is not None and need > limit:
-        fits = max(0, (limit - _MEMORY_FIXED) // (h * w) - MEMORY_BYTES_PER_PIXEL) // MEMORY_BYTES_PER_PIXEL_LABEL
-        side = math.sqrt(
-            max(0, limit - _MEMORY_FIXED)
-            / (MEMORY_BYTES_PER_PIXEL_LABEL * num_classes + MEMORY_BYTES_PER_PIXEL)
-            / (h * w)
-        )
+        points = int(h) * int(w)
+        spans = kernel_spans((int(h), int(w)), (255.0,) * 3) if kernels is None else kernels
+        a, b = _parts(points, num_classes, spans)
+        shown = f"{w} voxels" if h == 1 else f"{w}x{h} pixels"
+        what = f"refining '{os.fspath(path)}' ({shown}, {num_classes} labels) needs about {format_bytes(need)}"
+        fits = int((limit - a) // b) if b > 0 and limit > a else 0
+        if fits >= 2:
+            advice = f"Use fewer labels (at most {fits} fit at this size), a smaller image"
+        else:
+            advice = (
+                f"No label count fits at this size (even 2 labels need about {format_bytes(a + 2 * b)}); use a "
+                "smaller image"
+            )
+        if limit > _MEMORY_FIXED:
+            side = math.sqrt((limit - _MEMORY_FIXED) / max(1, need - _MEMORY_FIXED))
+            fit = (
+                f"{max(1, int(w * side * side))} voxels"
+                if h == 1
+                else f"{max(1, int(w * side))}x{max(1, int(h * side))}"
+            )
+            advice += f" (about {fit} fits)"
+        else:
+            advice += f" (none fits: the limit is below the fixed cost of {format_bytes(_MEMORY_FIXED)})"
         raise MemoryLimitError(
-            f"refining '{os.fspath(path)}' ({w}x{h} pixels, {num_classes} labels) needs about {format_bytes(need)}, "
-            f"more than the limit of {format_bytes(limit)}. Use fewer labels (at most {fits} fit at this size), a "
-            f"smaller image (about {max(1, int(w * side))}x{max(1, int(h * side))} fits), or raise the limit "
-            "(`max_memory`) if the machine has the memory."
+            f"{what}, more than the limit of {format_bytes(limit)}. {advice}, or raise the limit (`max_memory`) to "
+            f"at least {format_bytes(need)} if the machine has the memory."
         )
     return need

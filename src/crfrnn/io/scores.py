@@ -281,7 +281,7 @@ def _from_labels(
             f"label map '{path}' needs {num_classes} labels, but the output palette PNG holds at most {_MAX_LABELS}; "
             "pass `unknown=V` if a large value (e.g. 255) marks unknown pixels."
         )
-    check_memory(path, size, num_classes, max_memory)
+    check_memory(path, size, num_classes, max_memory, kernels=())  # no lattice yet: a lower bound
     logits = unary_from_labels(labels, num_classes, gt_prob=gt_prob, unknown=unknown)
     assert isinstance(logits, np.ndarray)  # NumPy labels in, NumPy logits out
     return ScoreMap(values=logits, is_logits=True, labels=labels, notes=notes)
@@ -420,7 +420,7 @@ def read_scores(
             f"'{path}' holds scores for {count} labels, but the output palette PNG holds at most "
             f"{_MAX_LABELS}; check `layout`."
         )
-    check_memory(path, size, count, max_memory)
+    check_memory(path, size, count, max_memory, kernels=())  # no lattice yet: a lower bound
     values = np.array(arr if order == "lhw" else np.moveaxis(arr, -1, 0), dtype=np.float32, order="C")  # a copy
     if not np.isfinite(values).all():
         raise ValueError(f"'{path}' contains NaN or infinite values.")

@@ -2,26 +2,31 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from crfrnn._kernels import triton_lattice
 from crfrnn.lattice._cpu import CpuOperator
 from crfrnn.lattice._operators import LatticeOperator
 from crfrnn.lattice._reference import ReferenceOperator
-from crfrnn.lattice._triton import TritonOperator
+from crfrnn.lattice._triton import AutoTritonOperator, TritonOperator, triton_failed
 
-__all__ = ["BACKENDS", "check_triton", "eager_operator", "resolve_backend"]
+__all__ = ["AUTO_TRITON_VARIABLE", "BACKENDS", "auto_triton", "check_triton", "eager_operator", "resolve_backend"]
 
 #: the backend names a lattice accepts
 BACKENDS = ("auto", "torch", "numba", "triton")
+
+#: the environment variable that keeps ``"auto"`` off triton on CUDA when set to 0 (read at every call)
+AUTO_TRITON_VARIABLE = "CRFRNN_AUTO_TRITON"
 
 _EAGER: dict[str, type[LatticeOperator]] = {"torch": ReferenceOperator, "numba": CpuOperator, "triton": TritonOperator}
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
     """The backend that runs for ``backend`` on ``device``: ``"auto"`` becomes ``"numba"`` (the compiled kernels) on
-    the CPU and ``"torch"`` elsewhere (never ``"triton"``: it is chosen by name only until it is measured on a GPU);
-    an unknown name, ``"numba"`` off the CPU, or ``"triton"`` without triton or on the CPU without
+    the CPU, ``"triton"`` on CUDA where :func:`auto_triton` allows it, and ``"torch"`` elsewhere; an unknown name,
+    ``"numba"`` off the CPU, or ``"triton"`` without triton or on the CPU without
     ``TRITON_INTERPRET=1`` (read at every call) is an error.
     """
     if backend not in BACKENDS:
@@ -34,13 +39,31 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     if backend == "triton":
         check_triton(device)
     if backend == "auto":
-        return "numba" if device.type == "cpu" else "torch"
+        if device.type == "cpu":
+            return "numba"
+        return "triton" if device.type == "cuda" and auto_triton() else "torch"
     return backend
 
 
+def auto_triton() -> bool:
+    """Whether ``"auto"`` chooses triton for CUDA tensors: triton importable, :data:`AUTO_TRITON_VARIABLE` not set
+    to 0 (read now), and no failure of the Triton kernels yet in this process
+    (:func:`crfrnn.lattice._triton.triton_failed`).
+    """
+    setting = os.environ.get(AUTO_TRITON_VARIABLE, "1").strip().lower()
+    if setting in ("0", "false", "off", "no"):
+        return False
+    return triton_failed() is None and triton_lattice.available()
+
+
 def eager_operator(backend: str, device: torch.device) -> type[LatticeOperator]:
-    """The lattice operator (outside torch.compile) for ``backend`` on ``device`` (see :func:`resolve_backend`)."""
-    return _EAGER[resolve_backend(backend, device)]
+    """The lattice operator (outside torch.compile) for ``backend`` on ``device`` (see :func:`resolve_backend`);
+    triton chosen by ``"auto"`` is the guarded :class:`~crfrnn.lattice._triton.AutoTritonOperator`.
+    """
+    name = resolve_backend(backend, device)
+    if name == "triton" and backend == "auto":
+        return AutoTritonOperator
+    return _EAGER[name]
 
 
 def check_triton(device: torch.device) -> None:

@@ -6,7 +6,7 @@ simplex orientation, each vertex's neighbours) and filters values on it. Its imp
 - :class:`crfrnn.lattice._reference.ReferenceOperator` (``"torch"``): sparse CSR products, every device;
 - :class:`crfrnn.lattice._cpu.CpuOperator` (``"numba"``): the compiled CPU kernels of :mod:`crfrnn._kernels`;
 - :class:`crfrnn.lattice._triton.TritonOperator` (``"triton"``): the Triton filter kernels of
-  :mod:`crfrnn._kernels.triton_lattice` (CUDA, or the CPU under ``TRITON_INTERPRET=1``), chosen by name only;
+  :mod:`crfrnn._kernels.triton_lattice` (CUDA, or the CPU under ``TRITON_INTERPRET=1``), ``"auto"`` on CUDA;
 - :class:`crfrnn.lattice._custom_ops.CompiledOperator` (``"ops"``): ``torch.library`` custom operators, which
   ``torch.compile`` sees as single nodes (no graph break).
 

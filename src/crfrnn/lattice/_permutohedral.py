@@ -63,9 +63,10 @@ class PermutohedralLattice:
         features: ``(B, N, D)`` float32 or float64, ``B >= 1`` point sets of ``N >= 1`` points with
             ``D >= 1`` features each, already divided by the kernel widths.
         backend: ``"auto"`` (compiled CPU kernels when the features are on the CPU and numba is
-            installed, pure PyTorch otherwise), ``"torch"`` (pure PyTorch sparse matrices, any device),
-            ``"numba"`` (CPU only) or ``"triton"`` (the Triton filter kernels: CUDA tensors, or CPU tensors under
-            ``TRITON_INTERPRET=1``; the construction is still the reference one; ``"auto"`` does not choose it).
+            installed, the Triton kernels on CUDA when triton is installed, falling back to pure PyTorch with a
+            warning if they fail, and pure PyTorch otherwise; ``CRFRNN_AUTO_TRITON=0`` keeps it off triton),
+            ``"torch"`` (pure PyTorch sparse matrices, any device), ``"numba"`` (CPU only) or ``"triton"`` (the
+            Triton build and filter kernels: CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``).
 
     Example:
         >>> feats = torch.rand(2, 100, 3) * 5
