@@ -59,8 +59,9 @@ def elevated_bounds(features, scale, num_chunks):  # pragma: no cover - compiled
             for i in range(d):
                 lo[i] = min(lo[i], elevated[i])
                 hi[i] = max(hi[i], elevated[i])
-        out[k, 0] = lo
-        out[k, 1] = hi
+        for i in range(d):  # element by element: an array assignment compiles numba's shape-error formatting
+            out[k, 0, i] = lo[i]
+            out[k, 1, i] = hi[i]
     return out
 
 

@@ -6,6 +6,7 @@ arguments).
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple, Optional
 
 import numpy as np
@@ -23,7 +24,7 @@ from crfrnn._kernels.filtering import (
 from crfrnn._kernels.layout import BLOCK, channels_first
 from crfrnn._kernels.products import add_product, vertex_matmul
 from crfrnn._kernels.simd import FAST, axpy, axpy_scaled
-from crfrnn._kernels.softmax import softmax_any, softmax_rows_into
+from crfrnn._kernels.softmax import softmax_any, softmax_copy_block, softmax_rows_into
 
 __all__ = ["Prepared", "mean_field", "prepare"]
 
@@ -129,148 +130,161 @@ def _block(
             scatter_rows(acc, start, pre[k], offsets[k], weights[k], parts[k][j], start, stop, c)
 
 
-@njit(cache=True, parallel=True, nogil=True, fastmath=FAST)
-def _mean_field(
-    unary,
-    q,
-    q_out,
-    q_ready,
-    cr,
-    iterations,
-    return_logits,
-    splatted,
-    scatter_out,
-    out_t,
-    alphas,
-    offsets,
-    weights,
-    neighbours,
-    parts,
-    pre,
-    post,
-    selfw,
-    has_self,
-    is_full,
-    on_vertices,
-    diag,
-    mat,
-    bufs,
-    tmps,
-    vbufs,
-):  # pragma: no cover
-    """Mean field with any number of Gaussian kernels, in place in ``q`` (no autograd).
-
-    Args:
-        unary: ``(P, C)`` logits with ``cr`` real labels and ``C - cr`` padding channels (0).
-        q: ``(P, C)`` the first marginals: ``softmax(unary)`` on entry if ``q_ready``, else written here.
-        q_out: ``(P, C)`` output (``q`` itself to work in place; a separate array keeps ``q``): the marginals
-            (padding 0), or the last iteration's logits if ``return_logits``. The first iteration reads ``q``,
-            later ones work in place on ``q_out``.
-        q_ready: ``q`` holds ``softmax(unary)`` on entry (else it is computed into ``q``).
-        cr: number of real labels.
-        iterations: number of mean-field iterations (``>= 1``).
-        return_logits: write the last iteration's logits instead of the marginals.
-        splatted: ``parts`` already hold the splat of ``q`` (a previous call's ``scatter_out``).
-        scatter_out: leave the splat of the result's marginals in ``parts`` for a following call (not with
-            ``return_logits``).
-        out_t: ``(cr, P)``: where the last iteration writes its result, labels first, instead of ``q_out``
-            (``q_out`` is then scratch: without self-exclusion no iteration writes it); ``(0, 0)`` to write
-            ``q_out``.
-        alphas: ``(K,)`` each lattice's slice constant.
-        offsets: tuple of ``K`` arrays ``(P, D_k + 1)``: each point's simplex vertices in lattice ``k``.
-        weights: tuple of ``K`` arrays ``(P, D_k + 1)``: each point's barycentric weights in lattice ``k``.
-        neighbours: tuple of ``K`` arrays ``(D_k + 1, 2, M_k)``: vertex neighbours (``M_k`` if absent).
-        parts: tuple of ``K`` arrays ``(R, M_k + 1, C)``: the splat's partial sums over ``R`` runs of points
-            (:func:`scatter_parts`; ``R`` the same for every kernel). The block pass runs the same ``R`` runs, each
-            adding its marginals to its own partial sums.
-        pre: ``(K, P)``: kernel ``k``'s message is ``post * (K_k(pre * q) - selfw * pre * q)``.
-        post: ``(K, P)``, as in ``pre``.
-        selfw: ``(K, P)``, as in ``pre``.
-        has_self: ``(K,)`` bool: ``selfw[k]`` is not all zero (the others skip the self term).
-        is_full: ``(K,)`` bool: kernel ``k``'s message goes through the matrix ``mat[k]`` (``logits +=
-            msg @ mat[k]``) point by point instead of the per-label vector ``diag[k]`` (``logits += diag[k] * msg``).
-        on_vertices: ``(K,)`` bool: apply ``mat[k]`` to the blurred vertex buffer instead (``S (B mat) = (S B) mat``
-            for the slice ``S``, and the normalisation and alpha are per point), then slice it as a vector kernel
-            with ``diag[k] = 1``: ``M_k + 1`` rows of products instead of ``P``. Only for kernels without
-            self-exclusion (whose ``selfw pre q`` term would need the product point by point again).
-        diag: ``(K, C)`` (zero padding).
-        mat: ``(K, C, C)`` (zero padding).
-        bufs: tuple of ``K`` vertex buffers ``(M_k + 1, C)``; the blur leaves ``B_k`` in it or in ``tmps[k]``
-            (:func:`blur_result`).
-        tmps: tuple of ``K`` vertex buffers ``(M_k + 1, C)``, the blur's second buffer (it swaps the two).
-        vbufs: tuple of ``K`` buffers ``(M_k + 1, C)`` for ``B_k mat[k]`` where ``on_vertices[k]`` (else any).
-
-    Each iteration adds up and blurs every kernel's splat, then one pass over each block of points slices all
-    kernels, applies the label transforms, adds the unary, takes the softmax and splats the result for the
-    next iteration.
+@functools.lru_cache(maxsize=None)
+def _mean_field_for(channels: int):  # noqa: C901 - the compiled loop, built once per channel count
+    """:func:`_mean_field` for ``channels`` padded channels: the count is a compile-time constant of the loop, so
+    only its own softmax and product variants compile (a fraction of the first call's compile time; each count
+    is cached on disk on its own).
     """
-    num_points, c = unary.shape
-    nk = alphas.shape[0]
-    if not q_ready:
-        softmax_rows_into(unary, q, cr)
-    if not splatted:
-        for k in range(nk):
-            scatter_parts(q, pre[k], offsets[k], weights[k], parts[k])
-    # an iteration's marginals are read back (beyond its own splat) only by the next one's self-exclusion, and
-    # the caller reads q_out only when the last iteration writes there: other iterations skip the write (a
-    # fifth of an iteration's memory traffic)
-    any_self = has_self.any()
-    runs = parts[0].shape[0]
-    num_blocks = (num_points + BLOCK - 1) // BLOCK
-    per = run_length(num_points, runs) // BLOCK
-    for it in range(iterations):
-        src = q if it == 0 else q_out
-        blurred = []
-        for k in range(nk):
-            bk = blur_vertices(reduce_parts(parts[k], bufs[k]), tmps[k], neighbours[k], False)
-            if on_vertices[k]:
-                bk = vertex_matmul(bk, mat[k], cr, vbufs[k])
-            blurred.append(bk)
-        last = it == iterations - 1
-        logits = last and return_logits
-        scatter = not logits and (not last or scatter_out)
-        to_t = last and out_t.shape[0] > 0
-        keep = any_self or (last and not to_t)
-        for j in prange(runs):
-            scratch = np.empty(BLOCK * c, np.int32)
-            msg = np.empty((8, c), unary.dtype)
-            acc = np.empty((BLOCK, c), unary.dtype)
-            if scatter:
-                for k in range(nk):
-                    parts[k][j][:] = 0.0
-            for blk in range(j * per, min(num_blocks, (j + 1) * per)):
-                start = blk * BLOCK
-                stop = min(num_points, start + BLOCK)
-                _block(
-                    unary,
-                    src,
-                    q_out,
-                    start,
-                    stop,
-                    cr,
-                    c,
-                    alphas,
-                    offsets,
-                    weights,
-                    pre,
-                    post,
-                    selfw,
-                    has_self,
-                    is_full,
-                    diag,
-                    mat,
-                    blurred,
-                    parts,
-                    j,
-                    scatter,
-                    logits,
-                    out_t,
-                    to_t,
-                    keep,
-                    scratch,
-                    msg,
-                    acc,
-                )
+    c = channels
+
+    @njit(cache=True, parallel=True, nogil=True, fastmath=FAST)
+    def _mean_field(
+        unary,
+        q,
+        q_out,
+        q_ready,
+        cr,
+        iterations,
+        return_logits,
+        splatted,
+        scatter_out,
+        out_t,
+        alphas,
+        offsets,
+        weights,
+        neighbours,
+        parts,
+        pre,
+        post,
+        selfw,
+        has_self,
+        is_full,
+        on_vertices,
+        diag,
+        mat,
+        bufs,
+        tmps,
+        vbufs,
+    ):  # pragma: no cover
+        """Mean field with any number of Gaussian kernels, in place in ``q`` (no autograd).
+
+        Args:
+            unary: ``(P, C)`` logits with ``cr`` real labels and ``C - cr`` padding channels (0).
+            q: ``(P, C)`` the first marginals: ``softmax(unary)`` on entry if ``q_ready``, else written here.
+            q_out: ``(P, C)`` output (``q`` itself to work in place; a separate array keeps ``q``): the marginals
+                (padding 0), or the last iteration's logits if ``return_logits``. The first iteration reads ``q``,
+                later ones work in place on ``q_out``.
+            q_ready: ``q`` holds ``softmax(unary)`` on entry (else it is computed into ``q``).
+            cr: number of real labels.
+            iterations: number of mean-field iterations (``>= 1``).
+            return_logits: write the last iteration's logits instead of the marginals.
+            splatted: ``parts`` already hold the splat of ``q`` (a previous call's ``scatter_out``).
+            scatter_out: leave the splat of the result's marginals in ``parts`` for a following call (not with
+                ``return_logits``).
+            out_t: ``(cr, P)``: where the last iteration writes its result, labels first, instead of ``q_out``
+                (``q_out`` is then scratch: without self-exclusion no iteration writes it); ``(0, 0)`` to write
+                ``q_out``.
+            alphas: ``(K,)`` each lattice's slice constant.
+            offsets: tuple of ``K`` arrays ``(P, D_k + 1)``: each point's simplex vertices in lattice ``k``.
+            weights: tuple of ``K`` arrays ``(P, D_k + 1)``: each point's barycentric weights in lattice ``k``.
+            neighbours: tuple of ``K`` arrays ``(D_k + 1, 2, M_k)``: vertex neighbours (``M_k`` if absent).
+            parts: tuple of ``K`` arrays ``(R, M_k + 1, C)``: the splat's partial sums over ``R`` runs of points
+                (:func:`scatter_parts`; ``R`` the same for every kernel). The block pass runs the same ``R`` runs, each
+                adding its marginals to its own partial sums.
+            pre: ``(K, P)``: kernel ``k``'s message is ``post * (K_k(pre * q) - selfw * pre * q)``.
+            post: ``(K, P)``, as in ``pre``.
+            selfw: ``(K, P)``, as in ``pre``.
+            has_self: ``(K,)`` bool: ``selfw[k]`` is not all zero (the others skip the self term).
+            is_full: ``(K,)`` bool: kernel ``k``'s message goes through the matrix ``mat[k]`` (``logits +=
+                msg @ mat[k]``) point by point instead of the per-label vector ``diag[k]`` (``logits += diag[k] *
+                msg``).
+            on_vertices: ``(K,)`` bool: apply ``mat[k]`` to the blurred vertex buffer instead (``S (B mat) = (S B) mat``
+                for the slice ``S``, and the normalisation and alpha are per point), then slice it as a vector kernel
+                with ``diag[k] = 1``: ``M_k + 1`` rows of products instead of ``P``. Only for kernels without
+                self-exclusion (whose ``selfw pre q`` term would need the product point by point again).
+            diag: ``(K, C)`` (zero padding).
+            mat: ``(K, C, C)`` (zero padding).
+            bufs: tuple of ``K`` vertex buffers ``(M_k + 1, C)``; the blur leaves ``B_k`` in it or in ``tmps[k]``
+                (:func:`blur_result`).
+            tmps: tuple of ``K`` vertex buffers ``(M_k + 1, C)``, the blur's second buffer (it swaps the two).
+            vbufs: tuple of ``K`` buffers ``(M_k + 1, C)`` for ``B_k mat[k]`` where ``on_vertices[k]`` (else any).
+
+        Each iteration adds up and blurs every kernel's splat, then one pass over each block of points slices all
+        kernels, applies the label transforms, adds the unary, takes the softmax and splats the result for the
+        next iteration.
+        """
+        num_points = unary.shape[0]
+        nk = alphas.shape[0]
+        num_blocks = (num_points + BLOCK - 1) // BLOCK
+        if not q_ready:
+            for blk in prange(num_blocks):
+                scratch0 = np.empty(BLOCK * c, np.int32)
+                softmax_copy_block(unary, q, c, cr, blk * BLOCK, min(num_points, (blk + 1) * BLOCK), scratch0)
+        if not splatted:
+            for k in range(nk):
+                scatter_parts(q, pre[k], offsets[k], weights[k], parts[k])
+        # an iteration's marginals are read back (beyond its own splat) only by the next one's self-exclusion, and
+        # the caller reads q_out only when the last iteration writes there: other iterations skip the write (a
+        # fifth of an iteration's memory traffic)
+        any_self = has_self.any()
+        runs = parts[0].shape[0]
+        per = run_length(num_points, runs) // BLOCK
+        for it in range(iterations):
+            src = q if it == 0 else q_out
+            blurred = []
+            for k in range(nk):
+                bk = blur_vertices(reduce_parts(parts[k], bufs[k]), tmps[k], neighbours[k], False)
+                if on_vertices[k]:
+                    bk = vertex_matmul(bk, mat[k], cr, vbufs[k])
+                blurred.append(bk)
+            last = it == iterations - 1
+            logits = last and return_logits
+            scatter = not logits and (not last or scatter_out)
+            to_t = last and out_t.shape[0] > 0
+            keep = any_self or (last and not to_t)
+            for j in prange(runs):
+                scratch = np.empty(BLOCK * c, np.int32)
+                msg = np.empty((8, c), unary.dtype)
+                acc = np.empty((BLOCK, c), unary.dtype)
+                if scatter:
+                    for k in range(nk):
+                        parts[k][j][:] = 0.0
+                for blk in range(j * per, min(num_blocks, (j + 1) * per)):
+                    start = blk * BLOCK
+                    stop = min(num_points, start + BLOCK)
+                    _block(
+                        unary,
+                        src,
+                        q_out,
+                        start,
+                        stop,
+                        cr,
+                        c,
+                        alphas,
+                        offsets,
+                        weights,
+                        pre,
+                        post,
+                        selfw,
+                        has_self,
+                        is_full,
+                        diag,
+                        mat,
+                        blurred,
+                        parts,
+                        j,
+                        scatter,
+                        logits,
+                        out_t,
+                        to_t,
+                        keep,
+                        scratch,
+                        msg,
+                        acc,
+                    )
+
+    return _mean_field
 
 
 class Prepared(NamedTuple):
@@ -442,7 +456,7 @@ def mean_field(
         if transpose and out is None:
             out = np.empty((num_labels, num_points), dt)
         out_t = out if transpose else np.empty((0, 0), dt)
-        _mean_field(
+        _mean_field_for(c)(
             unary,
             q,
             q_out,

@@ -5,13 +5,15 @@ interleaved; loops over whole blocks for other counts.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from numba import njit, prange
 
 from crfrnn._kernels.layout import BLOCK
 from crfrnn._kernels.simd import FAST, exp_inplace, softmax_rows_v
 
-__all__ = ["softmax_any", "softmax_rows", "softmax_rows_into"]
+__all__ = ["softmax_any", "softmax_copy_block", "softmax_rows", "softmax_rows_for", "softmax_rows_into"]
 
 
 @njit(cache=True, inline="always")
@@ -81,16 +83,39 @@ def softmax_any(flat, c, cr, start, stop, scratch):  # pragma: no cover - compil
         _softmax_block(flat, c, cr, start, stop, scratch)
 
 
-@njit(cache=True, parallel=True, nogil=True, fastmath=FAST)
-def softmax_rows_into(x, out, cr):  # pragma: no cover - compiled
-    """``out[:, :cr] = softmax(x[:, :cr], axis=1)``, ``out[:, cr:] = 0``; C-contiguous ``(N, C)`` arrays."""
-    n, c = x.shape
-    out[:] = x
+@njit(cache=True, inline="always")
+def softmax_copy_block(x, out, c, cr, start, stop, scratch):  # pragma: no cover - compiled
+    """Rows ``start..stop-1``: ``out[:, :cr] = softmax(x[:, :cr], axis=1)``, ``out[:, cr:] = 0`` (C-contiguous
+    ``(N, c)`` arrays; ``out`` may be ``x``); ``c`` a constant at the call.
+    """
+    src = x.reshape(-1)
     flat = out.reshape(-1)
-    num_blocks = (n + BLOCK - 1) // BLOCK
-    for blk in prange(num_blocks):
-        scratch = np.empty(BLOCK * c, np.int32)
-        softmax_any(flat, c, cr, blk * BLOCK, min(n, (blk + 1) * BLOCK), scratch)
+    for o in range(start * c, stop * c):
+        flat[o] = src[o]
+    softmax_any(flat, c, cr, start, stop, scratch)
+
+
+@functools.lru_cache(maxsize=None)
+def softmax_rows_for(channels: int):
+    """The parallel row softmax for ``channels`` padded channels, compiled for that count only (the count is a
+    compile-time constant, so only its variant of :func:`softmax_any` compiles; cached on disk per count).
+    """
+    c = channels
+
+    @njit(cache=True, parallel=True, nogil=True, fastmath=FAST)
+    def softmax_rows_c(x, out, cr):  # pragma: no cover - compiled
+        n = x.shape[0]
+        num_blocks = (n + BLOCK - 1) // BLOCK
+        for blk in prange(num_blocks):
+            scratch = np.empty(BLOCK * c, np.int32)
+            softmax_copy_block(x, out, c, cr, blk * BLOCK, min(n, (blk + 1) * BLOCK), scratch)
+
+    return softmax_rows_c
+
+
+def softmax_rows_into(x: np.ndarray, out: np.ndarray, num_labels: int) -> None:
+    """``out[:, :L] = softmax(x[:, :L], axis=1)``, ``out[:, L:] = 0``; C-contiguous ``(N, C)`` arrays."""
+    softmax_rows_for(x.shape[1])(x, out, num_labels)
 
 
 def softmax_rows(x: np.ndarray, out: np.ndarray, num_labels: int) -> np.ndarray:
