@@ -174,6 +174,7 @@ def _fused_loop(
     """The differentiable loop with each iteration's messages combined by ``crfrnn::message_step``
     (:mod:`crfrnn.crf._step`); ``u (B, N, L)``, returns ``(B, L, N)``.
     """
+    u = u.contiguous()  # so that the marginals are too: each iteration's input is then saved once (a view)
     factors = step_factors(built, u.shape[0], u)
     mixes = [torch.stack([mixing(t, u.shape[-1], u) for t in ts]) for ts in schedule]
     logits, q = u, torch.softmax(u, -1)
