@@ -168,3 +168,48 @@ def test_opcheck_and_too_many_labels():
     big = torch.zeros(1, 2, triton_meanfield.MAX_LABELS + 1, dtype=F64, device=DEVICE)
     with pytest.raises(ValueError, match="at most 64 labels"):
         triton_meanfield.message_step(big, big[0], big[0], big[:, :, 0], big[:, :, 0], big[:, :, 0], big)
+
+
+@pytest.mark.parametrize("learn_widths", [False, True])
+def test_compiles_whole_with_the_triton_kernels(learn_widths, launches, monkeypatch):
+    """torch.compile(fullgraph=True) over backend "triton": one graph, the Triton filter and step as custom operators
+    (their kernels run), values and gradients equal to eager mode's."""
+    import logging
+
+    from crfrnn._kernels import triton_lattice
+
+    logging.getLogger("torch._dynamo").setLevel(logging.ERROR)
+    filters = [0]
+    real = triton_lattice.lattice_filter
+
+    def counted(*args):
+        filters[0] += 1
+        return real(*args)
+
+    monkeypatch.setattr(triton_lattice, "lattice_filter", counted)
+    crf = CrfRnn(3, num_iterations=2, backend="triton", learn_widths=learn_widths).double().train().to(DEVICE)
+    unary, image = _inputs(F64, b=2)
+    unary.requires_grad_(True)
+    params = [unary, *(p for p in crf.parameters() if p.requires_grad)]
+    torch._dynamo.reset()
+    try:
+        with torch._dynamo.config.patch(capture_dynamic_output_shape_ops=True):
+            explained = torch._dynamo.explain(crf)(unary, image)
+            assert explained.graph_break_count == 0 and explained.graph_count == 1
+            torch._dynamo.reset()
+            ref = crf(unary, image)
+            grads_ref = torch.autograd.grad(ref.square().sum(), params, allow_unused=True)
+            launches[0] = filters[0] = 0
+            out = torch.compile(crf, backend="aot_eager", fullgraph=True)(unary, image)
+            grads = torch.autograd.grad(out.square().sum(), params, allow_unused=True)
+    finally:
+        torch._dynamo.reset()
+    assert launches[0] == 2 and filters[0] > 0  # the compiled graph ran the Triton kernels
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-10)
+    # a width whose gradient is ~0 (cancelling sums; the compiled graph's lattice is numbered by another build) is
+    # compared at the scale of the largest gradient
+    scale = max(float(b.abs().max()) for b in grads_ref if b is not None)
+    for a, b in zip(grads, grads_ref):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-9 * scale)

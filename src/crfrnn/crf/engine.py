@@ -118,7 +118,12 @@ def infer(
                 f"kernel features must be (B, N, D) = ({b}, {n}, D) or (1, {n}, D), got {tuple(k.features.shape)}."
             )
     compiling = torch.compiler.is_compiling()  # torch.compile traces the torch path (the lattice as custom ops)
-    resolved = "exact" if exact else resolve_backend(backend, scores.device)
+    if exact:
+        resolved = "exact"
+    elif compiling and backend not in ("auto", "triton"):  # the compiled lattice serves every other name
+        resolved = backend
+    else:
+        resolved = resolve_backend(backend, scores.device)
     compiled = compiled and not compiling and resolved == "numba"
     builder = KernelBuilder(kernels, dtype, exact, backend, None if compiling else cache)
     if compiled and not _needs_grad(scores, transforms, kernels):
