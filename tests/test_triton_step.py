@@ -56,6 +56,7 @@ def launches(monkeypatch):
         {"normalization": "symmetric", "exclude_self": True},
         {"normalization": "column", "exclude_self": True, "spatial_weight": torch.tensor([1.0, 2.0, 0.5])},
         {"compatibility": torch.tensor([[0.0, 1.0, 2.0], [1.5, 0.0, 0.3], [0.2, 0.7, 0.0]]), "bilateral_weight": 2.0},
+        {"spatial_weight": [1.0, 2.5], "bilateral_weight": [3.0, 0.5]},  # untied iterations
     ],
 )
 def test_forward_equals_torch(dtype, kw, launches):
