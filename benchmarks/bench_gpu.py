@@ -3,7 +3,9 @@
 At 500x375 and 1000x750, 21 labels, batch 1 and 8, T=5 and 10, float32, on the device-agnostic PyTorch path
 (lattices built on the GPU), with each lattice backend of --backends. Each time is the median of --repeats calls
 after a warm-up, with ``torch.cuda.synchronize()`` around every call; peak memory is
-``torch.cuda.max_memory_allocated`` during the call over what was allocated before it.
+``torch.cuda.max_memory_allocated`` during the call over what was allocated before it, printed against the bytes
+autograd saves for the backward (counted with ``torch.autograd.graph.saved_tensors_hooks``, each storage once) as
+a ratio (issue 23's target: peak within 1.5x of the saved tensors at 500x375, batch 8, T=5).
 Without a GPU it says so and exits 0.
 
     python benchmarks/bench_gpu.py
@@ -56,6 +58,23 @@ def _time(fn, repeats: int, cuda: bool) -> tuple[float, int]:
     return statistics.median(times), peak
 
 
+def _saved_bytes(fn) -> int:
+    """Bytes autograd keeps for the backward pass of ``fn()`` (each storage once), then the backward is run."""
+    import torch
+
+    storages: dict[int, int] = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        storages[storage.data_ptr()] = max(storages.get(storage.data_ptr(), 0), storage.nbytes())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    out.square().mean().backward()
+    return sum(storages.values())
+
+
 def _backends(text: str) -> list[str]:
     names = [v.strip() for v in text.split(",") if v.strip()]
     if not names or any(v not in ("torch", "triton") for v in names):
@@ -88,6 +107,7 @@ def _measure(crf_rnn, dense_crf, image, logits, probs, iters: int, args, cuda: b
     t_inf, _ = _time(infer, args.repeats, cuda)
     t_fwd, _ = _time(forward, args.repeats, cuda)
     t_fb, peak = _time(forward_backward, args.repeats, cuda)
+    saved = _saved_bytes(lambda: crf(unary, image))  # what the backward needs: O(T B L N), docs/engine.md
     row = {
         "backend": backend,
         "size": [h, w],
@@ -97,6 +117,8 @@ def _measure(crf_rnn, dense_crf, image, logits, probs, iters: int, args, cuda: b
         "forward_s": t_fwd,
         "forward_backward_s": t_fb,
         "peak_bytes": peak,
+        "saved_bytes": saved,
+        "peak_over_saved": peak / saved if saved else None,  # issue 23's target: at most 1.5
     }
     if args.compile:
         compiled = torch.compile(crf, fullgraph=True)
@@ -107,6 +129,7 @@ def _measure(crf_rnn, dense_crf, image, logits, probs, iters: int, args, cuda: b
             compiled(unary, image).square().mean().backward()
 
         row["compiled_forward_backward_s"], _ = _time(compiled_forward_backward, args.repeats, cuda)
+        row["compiled_over_eager"] = row["compiled_forward_backward_s"] / t_fb  # issue 23's target: at most 1
     return row
 
 
@@ -140,7 +163,7 @@ def main() -> int:
     print(f"{name}, torch {torch.__version__}, {args.labels} labels")
     print(
         f"{'backend':>7} {'size':>9} {'B':>2} {'T':>3} | {'dense_crf':>10} | {'CrfRnn fwd':>10} | {'fwd+bwd':>10} | "
-        "peak fwd+bwd" + (" | compiled fwd+bwd" if args.compile else "")
+        "peak fwd+bwd | saved | peak/saved" + (" | compiled fwd+bwd | compiled/eager" if args.compile else "")
     )
     if args.compile:
         torch._dynamo.config.capture_dynamic_output_shape_ops = True  # the lattice's vertex count (docs/engine.md)
@@ -157,11 +180,16 @@ def main() -> int:
                 # freed when it returns and empty_cache() can hand their memory back before the next configuration
                 row = _measure(CrfRnn, dense_crf, image, logits, probs, iters, args, cuda, backend)
                 rows.append(row)
-                extra = f" | {row['compiled_forward_backward_s'] * 1e3:7.1f} ms" if args.compile else ""
+                extra = (
+                    f" | {row['compiled_forward_backward_s'] * 1e3:7.1f} ms | {row['compiled_over_eager']:5.2f}x"
+                    if args.compile
+                    else ""
+                )
                 print(
                     f"{backend:>7} {h:>4}x{w:<4} {batch:>2} {iters:>3} | {row['dense_crf_s'] * 1e3:7.1f} ms | "
                     f"{row['forward_s'] * 1e3:7.1f} ms | {row['forward_backward_s'] * 1e3:7.1f} ms | "
-                    f"{row['peak_bytes'] / 2**20:8.0f} MB" + extra,
+                    f"{row['peak_bytes'] / 2**20:8.0f} MB | {row['saved_bytes'] / 2**20:6.0f} MB | "
+                    f"{row['peak_over_saved'] or 0:5.2f}x" + extra,
                     flush=True,
                 )
                 if cuda:

@@ -9,9 +9,16 @@
 # 3. dense_crf on CUDA (torch and triton backends) against the CPU engine on a scikit-image photo;
 # 4. benchmarks/bench_build.py (run second): the build of one 500x375 5-feature lattice, the Triton device build
 #    against the torch reference build in the same run (median build times, equal vertex counts, the filters'
-#    difference).
-# 5. the host's CPU cores (issue 26): dense_crf at 1000x750 on every core against one thread, and a batch of 16
+#    difference);
+# 5. torch.compile(CrfRnn, fullgraph=True) against eager on the triton backend (bench_gpu.py --compile, batch 8,
+#    T=5: the compiled/eager ratio, issue 23's target at most 1x), run last (it compiles with inductor).
+# bench_gpu.py prints each step's peak memory over the bytes autograd saves (issue 23's target at most 1.5x at
+# batch 8).
+# 6. the host's CPU cores (issue 26): dense_crf at 1000x750 on every core against one thread, and a batch of 16
 #    images at 500x375 in one call against 16 single-thread calls (benchmarks/bench_threads.py).
+#
+# PARTS="tests bench_build ..." runs only the parts named (the limits of all parts add up to more than one
+# 10-minute call: run the GPU parts and the CPU parts in two calls, e.g. PARTS="cpu_threads cpu_batch").
 #
 # Every part's output goes to $OUT/<part>.log (and .json), its exit status to $OUT/status.txt; the script goes on
 # after a failed part and exits with the first failure's status.
@@ -26,6 +33,7 @@ status=0
 part() {  # part NAME SECONDS COMMAND...: run COMMAND under timeout, log to $OUT/NAME.log, record its status
     local name=$1 limit=$2
     shift 2
+    if [ -n "${PARTS:-}" ] && [[ " $PARTS " != *" $name "* ]]; then return 0; fi
     local start=$SECONDS
     timeout --kill-after=10 "$limit" "$@" >"$OUT/$name.log" 2>&1
     local rc=$?
@@ -43,22 +51,26 @@ part() {  # part NAME SECONDS COMMAND...: run COMMAND under timeout, log to $OUT
 
 # pytest-xdist when the machine has it, else one process
 if "$PY" -c "import xdist" 2>/dev/null; then XDIST=(-n 8); else XDIST=(); fi
-part tests 230 env CRFRNN_TEST_DEVICE=cuda "$PY" -m pytest ${XDIST[@]+"${XDIST[@]}"} -q -p no:cacheprovider \
+part tests 190 env CRFRNN_TEST_DEVICE=cuda "$PY" -m pytest ${XDIST[@]+"${XDIST[@]}"} -q -p no:cacheprovider \
     tests/test_crf.py tests/crf tests/test_lattice.py tests/test_metrics.py tests/test_losses.py tests/test_dense.py \
-    tests/test_energy.py tests/test_compile.py tests/test_triton.py tests/test_triton_build.py --junitxml="$OUT/tests.xml"
+    tests/test_energy.py tests/test_compile.py tests/test_triton.py tests/test_triton_build.py tests/test_triton_step.py \
+    tests/test_saved_memory.py --junitxml="$OUT/tests.xml"
 
-part bench_build 60 "$PY" benchmarks/bench_build.py --size 375x500 --repeats 5 --backends torch,triton \
+part bench_build 45 "$PY" benchmarks/bench_build.py --size 375x500 --repeats 5 --backends torch,triton \
     --json "$OUT/bench_build.json"
 
-part bench_gpu 120 "$PY" benchmarks/bench_gpu.py --sizes 375x500 --batches 1 --iterations 5 --repeats 3 \
+part bench_gpu 100 "$PY" benchmarks/bench_gpu.py --sizes 375x500 --batches 1 8 --iterations 5 --repeats 3 \
     --backends torch,triton --json "$OUT/bench_gpu.json"
 
-part dense_check 60 "$PY" benchmarks/gpu_dense_check.py --device cuda --size 375x500 --backends torch,triton \
+part dense_check 50 "$PY" benchmarks/gpu_dense_check.py --device cuda --size 375x500 --backends torch,triton \
     --json "$OUT/dense_check.json"
 
+part compile 90 "$PY" benchmarks/bench_gpu.py --sizes 375x500 --batches 8 --iterations 5 --repeats 3 \
+    --backends triton --compile --json "$OUT/bench_compile.json"
+
 CORES=$(nproc)
-part cpu_threads 240 "$PY" benchmarks/bench_threads.py --sizes 1000x750 --threads "$CORES" --batch 0 --repeats 3
-part cpu_batch 240 "$PY" benchmarks/bench_threads.py --sizes 500x375 --threads "$CORES" --batch 16 \
+part cpu_threads 120 "$PY" benchmarks/bench_threads.py --sizes 1000x750 --threads "$CORES" --batch 0 --repeats 3
+part cpu_batch 90 "$PY" benchmarks/bench_threads.py --sizes 500x375 --threads "$CORES" --batch 16 \
     --singles-threads 1 --repeats 3
 
 exit "$status"

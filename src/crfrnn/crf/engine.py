@@ -22,7 +22,9 @@ that constant).
   compiled iteration forward, and its exact adjoint, compiled too, backward.
 - **differentiable** (PyTorch ops around the lattice's autograd filter): otherwise, on any device (and when a
   kernel's features need a gradient). The lattices of one call are built once and
-  reused by every iteration and by the backward pass.
+  reused by every iteration and by the backward pass. On the Triton backend each iteration's messages are
+  combined (self-exclusion, normalisation, label transforms, unary, softmax) by one operator,
+  ``crfrnn::message_step`` (:mod:`crfrnn.crf._step`: one Triton launch forward, torch ops backward).
 
 Both paths use the same lattices and give the same result to rounding (``tests/crf/test_engine.py``).
 """
@@ -40,6 +42,7 @@ from crfrnn._utils.threads import adaptive_threads
 from crfrnn.crf._checks import assert_scores, check_scores, torch_stats
 from crfrnn.crf._compiled import compiled_mean_field
 from crfrnn.crf._fused import infer_fused
+from crfrnn.crf._step import fused_iteration, mixing, step_factors
 from crfrnn.crf.kernels import KernelCache, check_normalization
 from crfrnn.crf.pairwise import KernelBuilder, Pairwise, label_transform, pairwise_logits
 from crfrnn.lattice._backends import resolve_backend
@@ -115,7 +118,13 @@ def infer(
                 f"kernel features must be (B, N, D) = ({b}, {n}, D) or (1, {n}, D), got {tuple(k.features.shape)}."
             )
     compiling = torch.compiler.is_compiling()  # torch.compile traces the torch path (the lattice as custom ops)
-    compiled = compiled and not compiling and not exact and resolve_backend(backend, scores.device) == "numba"
+    if exact:
+        resolved = "exact"
+    elif compiling and backend not in ("auto", "triton"):  # the compiled lattice serves every other name
+        resolved = backend
+    else:
+        resolved = resolve_backend(backend, scores.device)
+    compiled = compiled and not compiling and resolved == "numba"
     builder = KernelBuilder(kernels, dtype, exact, backend, None if compiling else cache)
     if compiled and not _needs_grad(scores, transforms, kernels):
         return infer_fused(scores, builder, schedule, iterations, from_probs, clip, return_logits, name, sum_tol)
@@ -144,6 +153,8 @@ def infer(
     def step(q: Tensor, *ts) -> Tensor:
         return u + pairwise_logits(q, built, ts)
 
+    if resolved == "triton" and built:  # the messages combined by one Triton launch per iteration
+        return _fused_loop(u, built, schedule, iterations, return_logits, memory_efficient, guarded=backend == "auto")
     logits = u
     for it in range(iterations):
         q = torch.softmax(logits, -1)
@@ -153,6 +164,32 @@ def infer(
         else:
             logits = step(q, *ts)
     out = logits if return_logits else torch.softmax(logits, -1)
+    return out.transpose(1, 2)
+
+
+def _fused_loop(
+    u: Tensor,
+    built: list,
+    schedule: Sequence[Sequence],
+    iterations: int,
+    return_logits: bool,
+    memory_efficient: bool,
+    guarded: bool,
+) -> Tensor:
+    """The differentiable loop with each iteration's messages combined by ``crfrnn::message_step``
+    (:mod:`crfrnn.crf._step`); ``u (B, N, L)``, returns ``(B, L, N)``.
+    """
+    u = u.contiguous()  # so that the marginals are too: each iteration's input is then saved once (a view)
+    factors = step_factors(built, u.shape[0], u)
+    mixes = [torch.stack([mixing(t, u.shape[-1], u) for t in ts]) for ts in schedule]
+    logits, q = u, torch.softmax(u, -1)
+    for it in range(iterations):
+        mix = mixes[min(it, len(mixes) - 1)]
+        if memory_efficient and torch.is_grad_enabled():
+            logits, q = checkpoint(fused_iteration, q, u, built, factors, mix, guarded, use_reentrant=False)
+        else:
+            logits, q = fused_iteration(q, u, built, factors, mix, guarded)
+    out = logits if return_logits else q
     return out.transpose(1, 2)
 
 

@@ -115,6 +115,12 @@ class GaussianKernel:
                 self.pre = self.pre.masked_fill(alone, 0.0)
 
     def _filter(self, q: Tensor) -> Tensor:
+        out = self._raw(q)
+        if self.self_weight is not None:
+            out = out - self.self_weight.to(q.dtype) * q
+        return out
+
+    def _raw(self, q: Tensor) -> Tensor:
         if self.exact or self.lattice is None:  # no lattice exactly when exact
             out = gaussian_filter(q, self.features.to(q.dtype), exact=True)
         elif self.grad_features is not None:
@@ -122,8 +128,6 @@ class GaussianKernel:
             out = self.lattice.filter(q, features=base.to(q.dtype).view(*q.shape[:2], -1), widths=widths)
         else:
             out = self.lattice.filter(q)
-        if self.self_weight is not None:
-            out = out - self.self_weight.to(q.dtype) * q
         return out
 
     def factors(self, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
@@ -139,6 +143,17 @@ class GaussianKernel:
             else self.self_weight.reshape(shape).to(dtype)
         )
         return pre, post, selfw
+
+    def filtered(self, q: Tensor) -> Tensor:
+        """``K (pre * q)`` ``(B, N, C)`` for ``q (B, N, C)``: the message before self-exclusion and ``post`` (which
+        the fused step of :mod:`crfrnn.crf._step` applies); a kernel with ``B = 1`` serves a batch as
+        :meth:`__call__` does.
+        """
+        b, n, c = q.shape
+        if self.batch_size == 1 and b > 1:
+            out = self.filtered(q.transpose(0, 1).reshape(1, n, b * c))
+            return out.view(n, b, c).transpose(0, 1)
+        return self._raw(q if self.pre is None else q * self.pre.to(q.dtype))
 
     def __call__(self, q: Tensor) -> Tensor:
         """Normalised message ``(B, N, C)`` for marginals ``q (B, N, C)``.

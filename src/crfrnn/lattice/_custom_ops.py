@@ -12,7 +12,10 @@ single nodes with known output shapes:
   blur (directions in reverse order for the adjoint), slice, written with gathers and one ``index_add`` so that
   it runs on any device; its gradient is the same operator with ``reverse`` flipped (so double backward works);
 - ``crfrnn::lattice_self_weights(offsets, weights, rank, neighbours, alpha) -> (P,)``: each point's own weight
-  (see :meth:`PermutohedralLattice.self_weights`).
+  (see :meth:`PermutohedralLattice.self_weights`);
+- ``crfrnn::triton_filter(values, offsets, weights, neighbours, alpha, reverse) -> (P, C)``: the same filter with
+  the Triton kernels (:mod:`crfrnn._kernels.triton_lattice`), for backend ``"triton"``
+  (:class:`CompiledTritonOperator`); its gradient is the same operator with ``reverse`` flipped.
 
 Without the compiler nothing here runs: eager code keeps its faster paths (CSR products, compiled kernels), and
 the operators' own bodies run the eager lattice chosen for ``"auto"`` on the data's device.
@@ -23,11 +26,20 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from crfrnn._kernels import triton_lattice
 from crfrnn.lattice._backends import eager_operator
 from crfrnn.lattice._construction import check_features
 from crfrnn.lattice._operators import LatticeOperator
 
-__all__ = ["CompiledOperator", "gather_filter", "lattice_build", "lattice_filter", "lattice_self_weights"]
+__all__ = [
+    "CompiledOperator",
+    "CompiledTritonOperator",
+    "gather_filter",
+    "lattice_build",
+    "lattice_filter",
+    "lattice_self_weights",
+    "triton_filter",
+]
 
 
 def gather_filter(
@@ -145,3 +157,45 @@ class CompiledOperator(LatticeOperator):
 
     def self_weights(self) -> Tensor:
         return lattice_self_weights(self.offsets, self.weights, self.rank, self.neighbours, self.alpha)
+
+
+@torch.library.custom_op("crfrnn::triton_filter", mutates_args=())
+def triton_filter(
+    values: Tensor, offsets: Tensor, weights: Tensor, neighbours: Tensor, alpha: float, reverse: bool
+) -> Tensor:
+    """:func:`gather_filter`'s ``K values`` with the Triton kernels (CUDA, or the interpreter)."""
+    w = weights.to(values.dtype).contiguous()
+    return triton_lattice.lattice_filter(
+        values.contiguous(),
+        offsets.contiguous(),
+        w,
+        (w * alpha).contiguous(),
+        neighbours.contiguous(),
+        neighbours.shape[-1],
+        reverse,
+    )
+
+
+@triton_filter.register_fake
+def _(values: Tensor, offsets: Tensor, weights: Tensor, neighbours: Tensor, alpha: float, reverse: bool) -> Tensor:
+    return torch.empty_like(values)
+
+
+def _triton_backward(ctx, grad: Tensor):
+    offsets, weights, neighbours = ctx.saved_tensors  # the adjoint on the same lattice, as for lattice_filter
+    return triton_filter(grad.contiguous(), offsets, weights, neighbours, ctx.alpha, not ctx.reverse), *[None] * 5
+
+
+torch.library.register_autograd("crfrnn::triton_filter", _triton_backward, setup_context=_filter_setup)
+
+
+class CompiledTritonOperator(CompiledOperator):
+    """:class:`CompiledOperator` for backend ``"triton"``: the filter is ``crfrnn::triton_filter``."""
+
+    name = "ops"
+
+    def apply(self, values: Tensor, reverse: bool) -> Tensor:
+        return triton_filter(values.contiguous(), self.offsets, self.weights, self.neighbours, self.alpha, reverse)
+
+    def filter(self, values: Tensor, reverse: bool) -> Tensor:
+        return self.apply(values, reverse)

@@ -33,20 +33,22 @@ import torch
 from torch import Tensor
 
 from crfrnn.lattice._autograd import FeatureFilter
-from crfrnn.lattice._backends import eager_operator
+from crfrnn.lattice._backends import eager_operator, resolve_backend
 from crfrnn.lattice._construction import check_features
-from crfrnn.lattice._custom_ops import CompiledOperator
+from crfrnn.lattice._custom_ops import CompiledOperator, CompiledTritonOperator
 from crfrnn.lattice._operators import LatticeOperator
 
 __all__ = ["PermutohedralLattice", "lattice_filter", "select_operator"]
 
 
 def select_operator(backend: str, device: torch.device) -> type[LatticeOperator]:
-    """The lattice operator for ``backend`` on ``device``: the custom operators while torch.compile traces (the
-    name is not looked at then), else the eager one (:func:`crfrnn.lattice._backends.resolve_backend`).
+    """The lattice operator for ``backend`` on ``device``: the custom operators while torch.compile traces (with the
+    Triton filter kernels where ``backend`` resolves to ``"triton"``; other names are not looked at then), else the
+    eager one (:func:`crfrnn.lattice._backends.resolve_backend`).
     """
     if torch.compiler.is_compiling():
-        return CompiledOperator
+        triton = backend == "triton" or (backend == "auto" and device.type == "cuda")
+        return CompiledTritonOperator if triton and resolve_backend(backend, device) == "triton" else CompiledOperator
     return eager_operator(backend, device)
 
 
