@@ -9,6 +9,9 @@
   interpreter to kill itself with SIGINT at exit (status -2, after the one-line message).
 * once the command has returned it ignores SIGINT: at exit the interpreter puts back the default action, under
   which a late Ctrl-C kills the process (status -2) instead of letting it finish.
+* once it has raised KeyboardInterrupt, the errors of code that the interrupt stopped half way and that is torn
+  down after it (a ``__del__`` of a half-built object, such as a DataLoader iterator interrupted while it
+  started its workers; a thread whose peer stopped) are not printed: the one line says what happened.
 
 Only the stretch before this module runs (the interpreter's own start, ``import crfrnn``: a few milliseconds)
 is not covered. Importing this module as ``crfrnn.__main__`` (the console script does) runs nothing.
@@ -25,6 +28,7 @@ __all__ = ["entry"]
 
 _RETRY_S = 0.05  # how often a held-back interrupt checks whether the import is done
 _held = [False]  # an interrupt is held back (a retry is scheduled)
+_raised = [False]  # KeyboardInterrupt was raised: what fails while the stopped code is torn down is not printed
 
 
 def _importing(frame: Optional[FrameType]) -> bool:
@@ -54,7 +58,26 @@ def _on_sigint(signum: int, frame: Optional[FrameType]) -> None:
             timer.daemon = True
             timer.start()
         return
+    _raised[0] = True
     raise KeyboardInterrupt
+
+
+def _quiet_after_interrupt() -> None:
+    """Install hooks that drop unraisable exceptions and thread errors once a KeyboardInterrupt was raised."""
+    import threading
+
+    unraisable, thread_error = sys.unraisablehook, threading.excepthook
+
+    def on_unraisable(args: "sys.UnraisableHookArgs") -> None:
+        if not _raised[0]:
+            unraisable(args)
+
+    def on_thread_error(args: "threading.ExceptHookArgs") -> None:
+        if not _raised[0]:
+            thread_error(args)
+
+    sys.unraisablehook = on_unraisable
+    threading.excepthook = on_thread_error
 
 
 def entry() -> int:
@@ -68,6 +91,7 @@ def entry() -> int:
         signal.signal(signal.SIGINT, _on_sigint)
     except ValueError:  # pragma: no cover - not the main thread (an embedding): keep the interpreter's handler
         pass
+    _quiet_after_interrupt()
     try:
         try:
             from crfrnn.cli import main

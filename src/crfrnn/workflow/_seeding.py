@@ -73,8 +73,18 @@ def seed_worker(worker_id: int) -> None:  # pragma: no cover - runs in DataLoade
 
 def quiet_worker(worker_id: int) -> None:  # pragma: no cover - runs in DataLoader workers
     """DataLoader ``worker_init_fn``: the worker ignores SIGINT. A Ctrl-C reaches every process of the terminal's
-    group; the main process stops the run (and its loader's workers), so a worker prints no traceback of its own.
+    group; the main process stops the run (and its loader's workers), so a worker prints no traceback of its own:
+    nor does the worker thread that hands a batch's shared memory over (multiprocessing's resource sharer) when
+    the main process stops half way through taking it (EOFError, ConnectionError).
     """
     import signal
+    import threading
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    hook = threading.excepthook
+
+    def quiet(args: Any) -> None:
+        if not issubclass(args.exc_type, (EOFError, ConnectionError)):
+            hook(args)
+
+    threading.excepthook = quiet
