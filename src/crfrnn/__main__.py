@@ -40,6 +40,17 @@ def _importing(frame: Optional[FrameType]) -> bool:
     return False
 
 
+def _hold() -> None:
+    """Raise the interrupt again in ``_RETRY_S`` seconds (once, however many are held)."""
+    if not _held[0]:
+        import threading
+
+        _held[0] = True
+        timer = threading.Timer(_RETRY_S, _retry)
+        timer.daemon = True
+        timer.start()
+
+
 def _retry() -> None:
     import _thread  # noqa: PLC2701 - interrupt_main is the documented way to re-run the handler
 
@@ -50,13 +61,7 @@ def _retry() -> None:
 def _on_sigint(signum: int, frame: Optional[FrameType]) -> None:
     """SIGINT: KeyboardInterrupt, held back (retried every ``_RETRY_S`` seconds) while a module is imported."""
     if _importing(frame):
-        if not _held[0]:
-            import threading
-
-            _held[0] = True
-            timer = threading.Timer(_RETRY_S, _retry)
-            timer.daemon = True
-            timer.start()
+        _hold()
         return
     _raised[0] = True
     raise KeyboardInterrupt
@@ -69,7 +74,11 @@ def _quiet_after_interrupt() -> None:
     unraisable, thread_error = sys.unraisablehook, threading.excepthook
 
     def on_unraisable(args: "sys.UnraisableHookArgs") -> None:
-        if not _raised[0]:
+        if args.exc_type is not None and issubclass(args.exc_type, KeyboardInterrupt):
+            # raised in a __del__ or a callback (one of os.fork's, as a DataLoader starts its workers), where
+            # Python drops it: raise it again, later, where it counts
+            _hold()
+        elif not _raised[0]:
             unraisable(args)
 
     def on_thread_error(args: "threading.ExceptHookArgs") -> None:
