@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import functools
 import importlib
-import importlib.abc
-import importlib.util
-import inspect
 import sys
 import warnings
 from types import ModuleType
-from typing import Any, Callable, Mapping, Optional, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence, TypeVar
+
+if TYPE_CHECKING:
+    import importlib.machinery
 
 MOVED: dict[str, str] = {
     "crfrnn.validation": "crfrnn._utils.validation",
@@ -49,7 +49,7 @@ MOVED: dict[str, str] = {
 }
 
 
-class _Alias(importlib.abc.Loader):
+class _Alias:  # an importlib Loader (duck-typed: importlib.abc costs ~30 ms at `import crfrnn`)
     def __init__(self, new: str) -> None:
         self.new = new
 
@@ -66,14 +66,16 @@ class _Alias(importlib.abc.Loader):
         return None
 
 
-class _Finder(importlib.abc.MetaPathFinder):
+class _Finder:  # an importlib MetaPathFinder (duck-typed)
     def find_spec(
         self, fullname: str, path: Optional[Sequence[str]] = None, target: Optional[ModuleType] = None
     ) -> Optional[importlib.machinery.ModuleSpec]:
         new = MOVED.get(fullname)
         if new is None:
             return None
-        return importlib.util.spec_from_loader(fullname, _Alias(new))
+        import importlib.util
+
+        return importlib.util.spec_from_loader(fullname, _Alias(new))  # type: ignore[arg-type]  # duck-typed
 
 
 def install() -> None:
@@ -143,6 +145,8 @@ def renamed_arguments(**renames: str) -> Callable[[F], F]:
 
     def decorate(fn: F) -> F:
         where = fn.__qualname__
+        import inspect  # here: ~20 ms that `import crfrnn` (and the command line's start) need not pay
+
         parameters = inspect.signature(fn).parameters
         positions: dict[str, int] = {}
         for old, new in renames.items():

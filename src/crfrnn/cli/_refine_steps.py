@@ -27,10 +27,9 @@ from crfrnn.io import (
     format_bytes,
     kernel_spans,
     labels_of,
-    read_guide,
     read_rgb,
     read_scores,
-    read_volume_scores,
+    read_volume,
     write_labels,
 )
 from crfrnn.visualize import make_overlay
@@ -207,9 +206,8 @@ def refine_volume(
     check_outputs([("-o/--output", out), ("--save-probs", save_probs)], [("IMAGE", guide_path), ("PROBS", probs_path)])
     labels_last = {None: None, "lhw": False, "hwl": True}[args.layout]
     try:
-        guide = read_guide(guide_path, max_bytes=args.max_memory)
-        scores, shape, notes = read_volume_scores(
-            probs_path, guide.data.shape, key=args.key, labels_last=labels_last, max_bytes=args.max_memory
+        guide, scores, shape, notes = read_volume(  # a NumPy guide may be stored channels first
+            guide_path, probs_path, key=args.key, labels_last=labels_last, max_bytes=args.max_memory
         )
         check_memory(guide_path, (1, int(np.prod(shape))), scores.shape[0], args.max_memory, kernels=())
     except (MemoryLimitError, MemoryError) as err:

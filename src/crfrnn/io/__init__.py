@@ -29,7 +29,16 @@ from crfrnn.io.memory import (
     lattice_vertices,
 )
 from crfrnn.io.scores import LAYOUTS, SCORE_SUFFIXES, ScoreMap, labels_of, read_scores
-from crfrnn.io.volumes import ARRAY_SUFFIXES, Guide, is_array_path, read_guide, read_volume_scores, write_labels
+from crfrnn.io.volumes import (
+    ARRAY_SUFFIXES,
+    MAX_GUIDE_CHANNELS,
+    Guide,
+    is_array_path,
+    read_guide,
+    read_volume,
+    read_volume_scores,
+    write_labels,
+)
 
 __all__ = [
     "ARRAY_SUFFIXES",
@@ -37,6 +46,7 @@ __all__ = [
     "Guide",
     "IMAGE_SUFFIXES",
     "LAYOUTS",
+    "MAX_GUIDE_CHANNELS",
     "MEMORY_BYTES_PER_PIXEL",
     "MEMORY_BYTES_PER_PIXEL_LABEL",
     "MemoryLimitError",
@@ -56,6 +66,7 @@ __all__ = [
     "read_guide",
     "read_rgb",
     "read_scores",
+    "read_volume",
     "read_volume_scores",
     "save_checkpoint",
     "write_labels",

@@ -1,11 +1,12 @@
 """Volumes (and any N-d guide) for the dense CRF: NumPy arrays and NIfTI files in, labels out.
 
-A guide is ``S`` (one channel) or ``S + (C,)`` (channels last: several MRI modalities); scores are ``(L, *S)``
-or ``S + (L,)`` (NIfTI probability maps are usually stored labels last). ``S`` has 1 to 3 axes. NIfTI files
-(``.nii``, ``.nii.gz``) are read with nibabel (``pip install 'crfrnn[nifti]'``): the voxel spacing comes from the
-header (``pixdim``, in mm) so that the CRF's position widths are in mm, and labels are written back as NIfTI
-with the guide's affine and spacing. NumPy files are read with ``allow_pickle=False``; every size is checked
-before any array is loaded, and every file is written to a temporary name and renamed into place.
+A guide is ``S`` (one channel) or ``S + (C,)`` (channels last: several MRI modalities); scores are ``(L, *S)`` or
+``S + (L,)`` (NIfTI probability maps are usually stored labels last). :func:`read_volume` also takes a NumPy guide
+stored channels first, ``(C, *S)`` with ``C <= MAX_GUIDE_CHANNELS``, when the scores' shape shows it. ``S`` has 1 to
+3 axes. NIfTI files (``.nii``, ``.nii.gz``) are read with nibabel (``pip install 'crfrnn[nifti]'``): the voxel
+spacing comes from the header (``pixdim``, in mm) so that the CRF's position widths are in mm, and labels are
+written back as NIfTI with the guide's affine and spacing. NumPy files are read with ``allow_pickle=False``; every
+size is checked before any array is loaded, and every file is written to a temporary name and renamed into place.
 
 >>> import tempfile, os
 >>> d = tempfile.mkdtemp()
@@ -30,8 +31,10 @@ from crfrnn.io._numpy import load_array
 __all__ = [
     "ARRAY_SUFFIXES",
     "Guide",
+    "MAX_GUIDE_CHANNELS",
     "is_array_path",
     "read_guide",
+    "read_volume",
     "read_volume_scores",
     "write_labels",
 ]
@@ -40,6 +43,8 @@ __all__ = [
 ARRAY_SUFFIXES: Tuple[str, ...] = (".npy", ".npz", ".nii", ".nii.gz")
 _MAX_LABELS = 65536  # labels a volume's scores may hold (the largest label type written is uint32)
 _MAX_ELEMENTS = 2**33  # refuse headers that claim more values than any machine holds
+#: the most channels (modalities) a guide stored channels first, ``(C, *S)``, may have
+MAX_GUIDE_CHANNELS = 8
 
 
 def _suffix(path: PathLike) -> str:
@@ -153,21 +158,112 @@ def read_volume_scores(
         ``(scores (L, *S) float32, S, notes)``.
     """
     path = os.fspath(path)
+    arr, nifti = _load_scores(path, guide_shape, key, max_bytes)
+    return _fit_scores(arr, path, tuple(guide_shape), labels_last, nifti)
+
+
+def read_volume(
+    guide_path: PathLike,
+    scores_path: PathLike,
+    *,
+    key: Optional[str] = None,
+    labels_last: Optional[bool] = None,
+    max_bytes: Optional[int] = None,
+) -> Tuple[Guide, np.ndarray, Tuple[int, ...], List[str]]:
+    """A guide and its scores (:func:`read_guide`, :func:`read_volume_scores`), the guide's channels put last.
+
+    A NumPy guide may be stored channels first, ``(C, *S)`` with ``C <= MAX_GUIDE_CHANNELS`` and 2 or 3 axes in
+    ``S`` (four MRI modalities as ``(4, D, H, W)``): the scores' shape tells the layouts apart. When the scores
+    fit the guide both as stored and channels first, the guide is refused, with how to store it unambiguously
+    (channels last). A stored reading with more than ``MAX_GUIDE_CHANNELS`` channels last loses to channels first.
+
+    Args:
+        guide_path: the guide, ``S``, ``S + (C,)`` or (NumPy) ``(C, *S)``.
+        scores_path: the scores, ``(L, *S)`` or ``S + (L,)``.
+        key: the scores' array in an ``.npz`` file.
+        labels_last: where the scores' labels axis is (``None``: found from the shapes).
+        max_bytes: the most memory an array may take.
+
+    Returns:
+        ``(guide, scores, S, notes)``: the guide's data ``S`` or ``S + (C,)``; scores ``(L, *S)`` float32.
+
+    Raises:
+        ValueError: the scores fit no reading of the guide, or fit two (ambiguous).
+        And those of :func:`read_guide` and :func:`read_volume_scores`.
+    """
+    guide = read_guide(guide_path, max_bytes=max_bytes)
+    g = tuple(guide.data.shape)
+    path = os.fspath(scores_path)
+    arr, nifti = _load_scores(path, g, key, max_bytes)
+    channels = g[0]
+    moved = g[1:] + (channels,)
+    if guide.affine is not None or not 3 <= len(g) <= 4 or channels > MAX_GUIDE_CHANNELS:
+        return (guide, *_fit_scores(arr, path, g, labels_last, nifti))  # no channels-first reading
+    try:
+        stored: Any = _fit_scores(arr, path, g, labels_last, nifti)
+    except ValueError as err:
+        stored = err
+    try:
+        first: Any = _fit_scores(arr, path, moved, labels_last, nifti)
+        if first[1] != g[1:]:  # the moved guide read as one channel: not a channels-first reading
+            first = None
+    except ValueError:
+        first = None
+    if first is None:
+        if isinstance(stored, ValueError):
+            raise stored
+        return (guide, *stored)
+    if not isinstance(stored, ValueError):
+        stored_channels = g[-1] if len(stored[1]) < len(g) else 1
+        if stored_channels <= MAX_GUIDE_CHANNELS:
+            raise ValueError(_ambiguous(guide.path, g, path, arr.shape, stored[1], stored[0].shape[0]))
+    scores, s, notes = first
+    guide.data = np.moveaxis(guide.data, 0, -1)
+    notes.append(f"'{guide.path}' read channels first: {channels} channels of shape {s} (stored shape {g}).")
+    return guide, scores, s, notes
+
+
+def _ambiguous(
+    guide_path: str, g: Tuple[int, ...], path: str, shape: Tuple[int, ...], s: Tuple[int, ...], labels: int
+) -> str:
+    """The message for scores that fit a guide both as stored and channels first."""
+    stored = f"{g[-1]} channels last of shape {s}" if len(s) < len(g) else f"one channel of shape {s}"
+    hint = (
+        f"if it is one volume, give the scores a labels axis: shape ({labels}, *{s})"
+        if len(s) == len(g)
+        else "if its last axis holds the channels, save its first axis elsewhere"
+    )
+    return (
+        f"the guide '{guide_path}' of shape {g} is ambiguous with the scores '{path}' of shape {tuple(shape)}: "
+        f"it reads as {g[0]} channels first of shape {g[1:]} and as {stored}. If its first axis holds the "
+        f"channels, save it channels last (numpy.moveaxis(guide, 0, -1), shape {g[1:] + (g[0],)}); {hint}."
+    )
+
+
+def _load_scores(
+    path: str, guide_shape: Tuple[int, ...], key: Optional[str], max_bytes: Optional[int]
+) -> Tuple[np.ndarray, bool]:
+    """The scores array as stored (sizes checked against the guide's before reading) and whether it is NIfTI."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"scores not found: '{path}'")
-    suffix = _suffix(path)
-    nifti = suffix in (".nii", ".nii.gz")
+    nifti = _suffix(path) in (".nii", ".nii.gz")
     if nifti:
         arr = _read_nifti(path, max_bytes)[0]
     else:
         voxels = int(np.prod(guide_shape, dtype=np.float64))
         bound = f"for a guide of shape {tuple(guide_shape)} with at most {_MAX_LABELS} labels"
         arr = _read_numpy(path, key, max_bytes, min(_MAX_ELEMENTS, voxels * _MAX_LABELS), bound)
-    if arr.dtype.kind != "f" and not (arr.dtype.kind in "ui" and False):
+    if arr.dtype.kind != "f":
         raise TypeError(f"'{path}' holds {arr.dtype} values; scores must be floating point (probabilities or logits).")
+    return arr, nifti
+
+
+def _fit_scores(
+    arr: np.ndarray, path: str, g: Tuple[int, ...], labels_last: Optional[bool], nifti: bool
+) -> Tuple[np.ndarray, Tuple[int, ...], List[str]]:
+    """Scores ``(L, *S)``, ``S`` and notes for a guide of shape ``g`` (``S`` or ``S + (C,)``); ValueError: none fits."""
     notes: List[str] = []
     shapes = []
-    g = tuple(guide_shape)
     if 1 <= len(g) <= 3 and tuple(arr.shape) == g and labels_last is None:  # one map: a binary network's output
         notes.append(
             f"'{path}' holds one map of the guide's shape {g}: read as a binary network's foreground "

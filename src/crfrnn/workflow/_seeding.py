@@ -11,7 +11,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-__all__ = ["derived_seed", "rng_state", "seed_all", "seed_worker", "set_rng_state"]
+__all__ = ["derived_seed", "quiet_worker", "rng_state", "seed_all", "seed_worker", "set_rng_state"]
 
 
 def rng_state() -> dict[str, Any]:
@@ -64,7 +64,27 @@ def derived_seed(*parts: int) -> int:
 
 
 def seed_worker(worker_id: int) -> None:  # pragma: no cover - runs in DataLoader workers
-    """DataLoader ``worker_init_fn``: seed numpy and python from the worker's torch seed."""
+    """DataLoader ``worker_init_fn``: seed numpy and python from the worker's torch seed (and :func:`quiet_worker`)."""
+    quiet_worker(worker_id)
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
+
+
+def quiet_worker(worker_id: int) -> None:  # pragma: no cover - runs in DataLoader workers
+    """DataLoader ``worker_init_fn``: the worker ignores SIGINT. A Ctrl-C reaches every process of the terminal's
+    group; the main process stops the run (and its loader's workers), so a worker prints no traceback of its own:
+    nor does the worker thread that hands a batch's shared memory over (multiprocessing's resource sharer) when
+    the main process stops half way through taking it (EOFError, ConnectionError).
+    """
+    import signal
+    import threading
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    hook = threading.excepthook
+
+    def quiet(args: Any) -> None:
+        if not issubclass(args.exc_type, (EOFError, ConnectionError)):
+            hook(args)
+
+    threading.excepthook = quiet

@@ -40,6 +40,7 @@ from crfrnn.workflow._predict import (
     unwrap,
 )
 from crfrnn.workflow._report import finite
+from crfrnn.workflow._seeding import quiet_worker
 
 __all__ = ["MethodTotals", "accumulate", "evaluate", "search_dense_crf", "sharded_loader", "validation_metrics"]
 
@@ -76,7 +77,13 @@ def sharded_loader(
 
     collate = functools.partial(pad_collate, ignore_index=ignore_index)
     loader = DataLoader(
-        subset, batch_size=batch_size, shuffle=False, collate_fn=collate, num_workers=workers, generator=generator
+        subset,
+        batch_size=batch_size,
+        shuffle=False,
+        collate_fn=collate,
+        num_workers=workers,
+        generator=generator,
+        worker_init_fn=quiet_worker,  # a Ctrl-C stops the main process alone: no traceback from each worker
     )
     return loader, total
 
