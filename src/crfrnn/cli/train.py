@@ -229,6 +229,8 @@ def run(args: argparse.Namespace) -> int:
     except TrainingError as err:
         raise CommandError(_one_line(err), 1) from err
     except OSError as err:
+        if err.errno is None:  # the readers' own message (a corrupt, truncated or bomb image of the data set)
+            raise CommandError(f"{_one_line(err)} {_kept(config.out_dir)}", 1) from err
         if err.errno not in OUTPUT_ERRNOS:
             raise
         raise CommandError(f"{output_error(err)} {_kept(config.out_dir)}", 1) from err
