@@ -64,3 +64,16 @@ def test_compat_label_counts_and_shapes_are_checked():
         dcrf.unary_from_labels(np.array([[1]]), 0, 0.5, zero_unsure=True)
     with pytest.raises(ValueError, match=r"shape must hold 2 or more sizes >= 1.*image.shape\[:2\]"):
         dcrf.create_pairwise_gaussian((3, 3), ())
+
+
+def test_non_finite_guides_are_refused_by_the_feature_builders():
+    image = torch.tensor([[[[float("nan")]]]])
+    with pytest.raises(ValueError, match=r"holds NaN or infinite values.*torch.nan_to_num"):
+        guide_features(image, 1.0)
+    with pytest.raises(ValueError, match=r"holds NaN or infinite values"):
+        crfrnn.bilateral_features(image, 1.0, 1.0)
+
+
+def test_kernel_spans_refuses_widths_too_small_to_divide_by():
+    with pytest.raises(ValueError, match="kernel widths are too small"):
+        io.kernel_spans((2, 2), [1.0], bilateral_srgb=2.2250738585e-313)

@@ -14,6 +14,7 @@ gradient without a per-point feature gradient, at about half the cost (see ``doc
 
 from __future__ import annotations
 
+import math
 import operator
 from typing import Any, Optional, Sequence, Union
 
@@ -89,6 +90,11 @@ def _check_guide(guide: Tensor, theta: Width, name: str) -> tuple[Tensor, tuple[
     if torch.compiler.is_compiling():  # the lattice checks its coordinates on the device (no value read back)
         return flat, widths
     extent = max(-float(lo), float(hi))
+    if not math.isfinite(float(lo)) or not math.isfinite(float(hi)):
+        raise ValueError(
+            f"the guide scaled by {name} holds NaN or infinite values (from {float(lo)} to {float(hi)}); "
+            "replace them first, e.g. torch.nan_to_num(guide)."
+        )
     for width in widths:
         check_bound(name, extent, width)
     return flat, widths

@@ -117,10 +117,16 @@ def kernel_spans(
     g = per(gaussian_sxy, DENSECRF_DEFAULTS["gaussian_sxy"], n, "gaussian_sxy")
     b = per(bilateral_sxy, DENSECRF_DEFAULTS["bilateral_sxy"], n, "bilateral_sxy")
     c = per(bilateral_srgb, DENSECRF_DEFAULTS["bilateral_srgb"], len(guide_ranges), "bilateral_srgb")
-    return [
+    spans = [
         [e / w for e, w in zip(extent, g)],
         [e / w for e, w in zip(extent, b)] + [float(r) / w for r, w in zip(guide_ranges, c)],
     ]
+    if not all(math.isfinite(v) for row in spans for v in row):
+        raise ValueError(
+            f"the kernel widths are too small for shape {tuple(shape)} and guide ranges {list(guide_ranges)}: "
+            f"the features would span {spans} widths; use widths of at least 1e-6."
+        )
+    return spans
 
 
 def lattice_vertices(num_points: int, spans: Sequence[float]) -> int:
