@@ -243,6 +243,67 @@ def fit_probs(make: Callable[[Path], Path]) -> Callable[[Path], list[str]]:
     return argv
 
 
+def good_weights(d: Path) -> Path:
+    """A tiny valid CRF-RNN weight file (the released layer names, narrow layers), as tests/cli's segment tests
+    write it."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "_pretrained_writers", Path(__file__).resolve().parents[1] / "models" / "test_pretrained.py"
+    )
+    writers = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(writers)
+    fcn, crf = writers.reference_weights()
+    return writers.write_pth(d / "crfasrnn_weights.pth", fcn, crf)
+
+
+def segment_image(make: Callable[[Path], Path]) -> Callable[[Path], list[str]]:
+    """``crfrnn segment`` of a hostile image (beside a good one, in a folder) with good weights."""
+
+    def argv(d: Path) -> list[str]:
+        photos = d / "photos"
+        photos.mkdir()
+        good_image(photos)
+        made = make(d)
+        made.rename(photos / made.name)
+        weights_file = good_weights(d)
+        return ["segment", str(photos), "--weights", str(weights_file), "-o", str(d / "out"), "--iterations", "1"]
+
+    return argv
+
+
+def train_folder(make: Callable[[Path], Path], *, as_mask: bool = False) -> Callable[[Path], list[str]]:
+    """``crfrnn train --dataset folder`` whose images (or masks) folder holds a hostile file beside good pairs."""
+
+    def argv(d: Path) -> list[str]:
+        images, masks = d / "images", d / "masks"
+        images.mkdir()
+        masks.mkdir()
+        for stem in ("a", "b", "c"):
+            good_image(images).rename(images / f"{stem}.png")
+            Image.fromarray(np.random.default_rng(3).integers(0, 3, (H, W)).astype(np.uint8)).save(
+                masks / f"{stem}.png"
+            )
+        made = make(d)
+        target = (masks if as_mask else images) / ("c" + "".join(made.suffixes))
+        (masks if as_mask else images).joinpath("c.png").unlink()
+        made.rename(target)
+        tiny = ["--num-classes", "3", "--crop-size", "12", "--batch-size", "2", "--epochs", "1", "--quiet"]
+        return [
+            "train",
+            "--out",
+            str(d / "run"),
+            "--dataset",
+            "folder",
+            "--images",
+            str(images),
+            "--masks",
+            str(masks),
+        ] + tiny
+
+    return argv
+
+
 def _marker(d: Path) -> Path:
     return d / "UNPICKLED"
 
@@ -283,6 +344,16 @@ COMMAND_CASES: list[tuple[str, str, Callable[[Path], list[str]]]] = [
     ("fit", "npz bomb", fit_probs(lambda d: npz_bomb(d / "p.npz"))),
     ("fit", "npy huge header", fit_probs(lambda d: npy_huge_header(d / "p.npy"))),
     ("fit", "npz member not npy", fit_probs(lambda d: npz_not_npy(d / "p.npz"))),
+    ("segment", "png truncated", segment_image(lambda d: truncated(_moved(d)))),
+    ("segment", "png corrupt", segment_image(lambda d: corrupt(_moved(d)))),
+    ("segment", "png bomb", segment_image(lambda d: png_bomb(d / "bomb.png"))),
+    ("segment", "png 16-bit grey", segment_image(lambda d: odd_image(d / "g16.png", "grey16"))),
+    ("segment", "tiff float", segment_image(lambda d: odd_image(d / "f.tif", "float_tiff"))),
+    ("train", "folder png truncated", train_folder(lambda d: truncated(_moved(d)))),
+    ("train", "folder png bomb", train_folder(lambda d: png_bomb(d / "bomb.png"))),
+    ("train", "folder tiff float", train_folder(lambda d: odd_image(d / "f.tif", "float_tiff"))),
+    ("train", "folder mask png bomb", train_folder(lambda d: png_bomb(d / "bomb.png"), as_mask=True)),
+    ("train", "folder mask 16-bit grey", train_folder(lambda d: odd_image(d / "g16.png", "grey16"), as_mask=True)),
 ]
 
 

@@ -62,7 +62,7 @@ def tensor(draw, shape, dtype=None):
 @fuzz(30)
 @given(st.data(), small, small, st.integers(1, 4), number, number, st.integers(-1, 3))
 def test_crfrnn_module(data, h, w, labels, theta, weight, iterations):
-    unary = data.draw(tensor((1, labels, h, w), data.draw(st.sampled_from(["float32", "float64"]))))
+    unary = data.draw(tensor((1, labels, h, w), data.draw(st.sampled_from(["float32", "float64", "float16"]))))
     image = data.draw(tensor((1, data.draw(st.integers(1, 4)), h, w)))
     module = attempt(
         lambda: crfrnn.CrfRnn(labels, theta_alpha=theta, bilateral_weight=weight, num_iterations=iterations)
@@ -73,14 +73,19 @@ def test_crfrnn_module(data, h, w, labels, theta, weight, iterations):
     assert out is None or (out.shape == unary.shape and finite(out))
 
 
-@pytest.mark.xfail(strict=True, reason="known (issue 25): float16 logits overflow to -inf with a huge weight")
 def test_crfrnn_module_float16_overflow():
-    """Found by the fuzz suite, not mended yet: CrfRnn returns logits in the unary's dtype, and a bilateral weight
-    of 3.5e5 makes them overflow float16's range (65504) to -inf."""
+    """Found by the fuzz suite: CrfRnn computes a float16 unary in float32, and a bilateral weight of 3.5e5 makes
+    the logits leave float16's range (65504); it refuses, naming the fix, instead of returning -inf."""
     module = crfrnn.CrfRnn(1, theta_alpha=1.0, bilateral_weight=347725.0, num_iterations=3).eval()
     unary = torch.tensor([[[[-0.8711]]]], dtype=torch.float16)
     image = torch.tensor([-647976.0, 32344.0, 965086.0, -1675500.0]).reshape(1, 4, 1, 1)
-    assert finite(module(unary, image))
+    with pytest.raises(ValueError, match=r"float16's range.*unary.float\(\)"):
+        module(unary, image)
+    assert finite(module(unary.float(), image))
+    small = crfrnn.CrfRnn(2, num_iterations=2).eval()(
+        torch.zeros(1, 2, 3, 3, dtype=torch.float16), image[..., :1].expand(1, 4, 3, 3)
+    )
+    assert small.dtype == torch.float16 and finite(small)
 
 
 @fuzz(30)

@@ -37,6 +37,14 @@ class CommandError(Exception):
 
 #: side of a synthetic image (``--image-size``) at most: 4096 x 4096 is already 64 MiB per float32 channel
 MAX_IMAGE_SIZE = 4096
+#: mean-field iterations (``--iterations``) at most: the CRF converges in 5-10; 1000 already takes minutes per image
+MAX_ITERATIONS = 1000
+#: images per forward pass (``--batch-size``) at most
+MAX_BATCH_SIZE = 1024
+#: images of a synthetic split (``evaluate --num-images``) at most
+MAX_NUM_IMAGES = 100_000
+#: images in evaluate's grid.png (``--grid``) at most
+MAX_GRID = 64
 
 #: OSError numbers reported as one line (the disk is full, a name is too long, a read-only file system)
 OUTPUT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.ENAMETOOLONG, errno.EROFS)

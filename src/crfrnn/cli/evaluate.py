@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-from crfrnn.cli import MAX_IMAGE_SIZE, CommandError, number_type
+from crfrnn.cli import MAX_BATCH_SIZE, MAX_GRID, MAX_IMAGE_SIZE, MAX_NUM_IMAGES, CommandError, number_type
 from crfrnn.cli._flags import add_device_flag, resolve_device_flag
 
 __all__ = ["add_parser", "run"]
@@ -100,7 +100,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     data.add_argument("--images", metavar="DIR", help="folder: images folder")
     data.add_argument("--masks", metavar="DIR", help="folder: index-PNG masks folder (same file stems)")
     data.add_argument(
-        "--num-images", type=int, default=50, metavar="N", help="synthetic: images in the split (default: 50)"
+        "--num-images",
+        type=number_type(int, 1, maximum=MAX_NUM_IMAGES),
+        default=50,
+        metavar="N",
+        help="synthetic: images in the split (default: 50)",
     )
     data.add_argument(
         "--image-size",
@@ -140,7 +144,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     crf.add_argument("--search-split", default="val", help="split (or voc id-list file) for the search (default: val)")
     crf.add_argument(
-        "--search-images", type=int, default=10, metavar="N", help="images used by the search (default: 10)"
+        "--search-images",
+        type=int,
+        default=10,
+        metavar="N",
+        help="images used by the search (default: 10)",
     )
     crf.add_argument(
         "--search-grid",
@@ -149,8 +157,19 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
 
     run_opts = parser.add_argument_group("run")
-    run_opts.add_argument("--grid", type=int, default=4, metavar="N", help="images in grid.png (0: no grid)")
-    run_opts.add_argument("--batch-size", type=int, default=1, help="images per forward pass (default: 1)")
+    run_opts.add_argument(
+        "--grid",
+        type=number_type(int, 0, maximum=MAX_GRID),
+        default=4,
+        metavar="N",
+        help="images in grid.png (0: no grid)",
+    )
+    run_opts.add_argument(
+        "--batch-size",
+        type=number_type(int, 1, maximum=MAX_BATCH_SIZE),
+        default=1,
+        help="images per forward pass (default: 1)",
+    )
     add_device_flag(run_opts)
     run_opts.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)

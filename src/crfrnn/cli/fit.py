@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-from crfrnn.cli import CommandError, number_type
+from crfrnn.cli import MAX_ITERATIONS, CommandError, number_type
 from crfrnn.cli._choices import LAYOUTS
 from crfrnn.cli._flags import add_device_flag, name_flags, resolve_device_flag
 
@@ -117,7 +117,7 @@ def add_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]"
     )
     fit.add_argument(
         "--iterations",
-        type=number_type(int, 1),
+        type=number_type(int, 1, maximum=MAX_ITERATIONS),
         metavar="N",
         help="mean-field iterations to fit with and write (default: --init's, else 5)",
     )

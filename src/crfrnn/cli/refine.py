@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Optional
 
 from PIL import Image
 
-from crfrnn.cli import CommandError, number_type
+from crfrnn.cli import MAX_ITERATIONS, CommandError, number_type
 from crfrnn.cli._batch import add_batch_flags
 from crfrnn.cli._choices import LAYOUTS, MIN_IMAGES_FOR_PROCESSES, NORMALIZATIONS
 from crfrnn.cli._flags import add_device_flag, resolve_device_flag
@@ -240,7 +240,7 @@ def add_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]"
     crf.add_argument(
         "--iterations",
         dest="num_iterations",
-        type=number_type(int, 0, False),
+        type=number_type(int, 0, False, MAX_ITERATIONS),
         default=None,
         metavar="N",
         help="mean-field iterations (default 5)",

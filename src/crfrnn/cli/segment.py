@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
     from crfrnn.cli._ranks import Ranks
 
-from crfrnn.cli import CommandError, number_type
+from crfrnn.cli import MAX_BATCH_SIZE, MAX_ITERATIONS, CommandError, number_type
 from crfrnn.cli._batch import Summary, add_batch_flags, is_complete, shard_of
 from crfrnn.cli._choices import FORMATS, RESIZE_POLICIES
 from crfrnn.cli._flags import add_device_flag, name_flags, resolve_device_flag
@@ -76,7 +76,11 @@ def add_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]"
     parser.add_argument("-o", "--out", required=True, metavar="DIR", help="output folder (created if missing)")
     parser.add_argument("--format", choices=FORMATS, help="weight format (default: read from the content)")
     parser.add_argument(
-        "--batch-size", type=number_type(int, 1), default=1, metavar="N", help="images per forward pass (default: 1)"
+        "--batch-size",
+        type=number_type(int, 1, maximum=MAX_BATCH_SIZE),
+        default=1,
+        metavar="N",
+        help="images per forward pass (default: 1)",
     )
     parser.add_argument("--no-crf", action="store_true", help="FCN-8s alone, without the CRF-RNN head")
     parser.add_argument("--overlay", action="store_true", help="also write NAME_overlay.png with a class legend")
@@ -98,7 +102,7 @@ def add_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]"
     conv.add_argument("--mean", type=float, nargs=3, metavar=("B", "G", "R"), help="BGR mean to subtract")
     conv.add_argument(
         "--iterations",
-        type=number_type(int, 0),
+        type=number_type(int, 0, maximum=MAX_ITERATIONS),
         default=10,
         metavar="T",
         help="mean-field iterations (default: 10, as released)",

@@ -17,7 +17,15 @@ import argparse
 import os
 from typing import Any
 
-from crfrnn.cli import MAX_IMAGE_SIZE, OUTPUT_ERRNOS, CommandError, number_type, output_error
+from crfrnn.cli import (
+    MAX_BATCH_SIZE,
+    MAX_IMAGE_SIZE,
+    MAX_ITERATIONS,
+    OUTPUT_ERRNOS,
+    CommandError,
+    number_type,
+    output_error,
+)
 from crfrnn.cli._flags import add_device_flag, resolve_device_flag
 
 __all__ = ["add_parser", "run"]
@@ -86,14 +94,14 @@ def add_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]"
     m.add_argument(
         "--iterations",
         dest="num_iterations",
-        type=number_type(int, 0),
+        type=number_type(int, 0, maximum=MAX_ITERATIONS),
         metavar="T",
         help="CRF iterations in training (5)",
     )
     m.add_argument(
         "--eval-iterations",
         dest="num_eval_iterations",
-        type=number_type(int, 0),
+        type=number_type(int, 0, maximum=MAX_ITERATIONS),
         metavar="T",
         help="CRF iterations at evaluation (10)",
     )
@@ -125,8 +133,18 @@ def add_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]"
 
     o = parser.add_argument_group("optimisation")
     o.add_argument("--epochs", type=number_type(int, 1), metavar="N", help="epochs (20)")
-    o.add_argument("--batch-size", type=number_type(int, 1), metavar="B", help="images per step per process (8)")
-    o.add_argument("--val-batch-size", type=number_type(int, 1), metavar="B", help="validation batch (= --batch-size)")
+    o.add_argument(
+        "--batch-size",
+        type=number_type(int, 1, maximum=MAX_BATCH_SIZE),
+        metavar="B",
+        help="images per step per process (8)",
+    )
+    o.add_argument(
+        "--val-batch-size",
+        type=number_type(int, 1, maximum=MAX_BATCH_SIZE),
+        metavar="B",
+        help="validation batch (= --batch-size)",
+    )
     o.add_argument("--optimizer", choices=OPTIMIZERS, help="sgd (default, with momentum) or adam")
     o.add_argument("--lr", type=number_type(float, 0, True), metavar="LR", help="base learning rate (0.01)")
     o.add_argument("--momentum", type=number_type(float, 0), metavar="M", help="SGD momentum / Adam beta1 (0.9)")
@@ -211,6 +229,8 @@ def run(args: argparse.Namespace) -> int:
     except TrainingError as err:
         raise CommandError(_one_line(err), 1) from err
     except OSError as err:
+        if err.errno is None:  # the readers' own message (a corrupt, truncated or bomb image of the data set)
+            raise CommandError(f"{_one_line(err)} {_kept(config.out_dir)}", 1) from err
         if err.errno not in OUTPUT_ERRNOS:
             raise
         raise CommandError(f"{output_error(err)} {_kept(config.out_dir)}", 1) from err

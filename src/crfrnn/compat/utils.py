@@ -55,6 +55,8 @@ def unary_from_labels(labels: np.ndarray, n_labels: int, gt_prob: float, zero_un
 
     if not 0 < gt_prob < 1:
         raise ValueError("`gt_prob must be in (0,1).")
+    if isinstance(n_labels, bool) or not isinstance(n_labels, (int, np.integer)) or n_labels < 1:
+        raise ValueError(f"n_labels must be an integer >= 1 (the number of classes), got {n_labels!r}.")
     lab = np.asarray(labels).reshape(-1).astype(np.int64)
     logits = logits_from_labels(
         lab[None] - 1 if zero_unsure else lab[None], n_labels, gt_prob=gt_prob, unknown=-1 if zero_unsure else None
@@ -74,6 +76,12 @@ def _widths(name: str, widths: Any) -> list:
 def _mesh(sdims: Any, shape: Any) -> np.ndarray:
     """Pydensecrf's grid: ``ij`` coordinates of ``shape``, the first ``len(sdims)`` divided by ``sdims``."""
     sdims = _widths("sdims", sdims)
+    shape = tuple(shape)
+    if len(shape) < len(sdims) or not all(isinstance(n, (int, np.integer)) and n >= 1 for n in shape):
+        raise ValueError(
+            f"shape must hold {len(sdims)} or more sizes >= 1 (one per entry of sdims), got {shape!r}; "
+            "pass e.g. image.shape[:2]."
+        )
     mesh = np.array(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), dtype=np.float32)
     for i, s in enumerate(sdims):
         mesh[i] /= np.float32(s)

@@ -14,6 +14,8 @@ gradient without a per-point feature gradient, at about half the cost (see ``doc
 
 from __future__ import annotations
 
+import math
+import operator
 from typing import Any, Optional, Sequence, Union
 
 import torch
@@ -59,11 +61,24 @@ def _check_positions(
     shape: Sequence[int], theta: Width, spacing: Optional[Width], name: str
 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Checked ``(widths, steps)`` of a grid's position features (floats, array-axis order)."""
+    _check_sizes("shape", shape)
     widths = check_widths(name, theta, len(shape), "spatial axis")
     steps = check_spacing(spacing, len(shape))
     for size, width, step in zip(shape, widths, steps):
         check_bound(name, (size - 1) * step, width)
     return widths, steps
+
+
+def _check_sizes(name: str, sizes: Sequence[int]) -> None:
+    """Refuses a grid size that is not a positive integer (``torch.arange`` would fail without saying which)."""
+    if torch.compiler.is_compiling():  # the sizes are a tensor's shape there
+        return
+    try:
+        values = [operator.index(size) for size in sizes]
+    except TypeError:
+        raise TypeError(f"{name} must hold integers, got {tuple(sizes)!r}; pass e.g. (height, width).") from None
+    if any(v < 1 for v in values):
+        raise ValueError(f"{name} must hold sizes >= 1, got {tuple(values)}; every axis needs at least one pixel.")
 
 
 def _check_guide(guide: Tensor, theta: Width, name: str) -> tuple[Tensor, tuple[float, ...]]:
@@ -75,6 +90,11 @@ def _check_guide(guide: Tensor, theta: Width, name: str) -> tuple[Tensor, tuple[
     if torch.compiler.is_compiling():  # the lattice checks its coordinates on the device (no value read back)
         return flat, widths
     extent = max(-float(lo), float(hi))
+    if not math.isfinite(float(lo)) or not math.isfinite(float(hi)):
+        raise ValueError(
+            f"the guide scaled by {name} holds NaN or infinite values (from {float(lo)} to {float(hi)}); "
+            "replace them first, e.g. torch.nan_to_num(guide)."
+        )
     for width in widths:
         check_bound(name, extent, width)
     return flat, widths
@@ -132,6 +152,8 @@ def guide_features(guide: Tensor, theta: Width, *, name: str = "theta") -> Tenso
     Returns:
         ``(B, N, C)``.
     """
+    if not guide.is_floating_point():  # an integer scale would truncate a width below 1 to 0 (0 / 0: NaN)
+        guide = guide.to(torch.get_default_dtype())
     c = guide.shape[1]
     flat, widths = _check_guide(guide, theta, name)
     if guide.requires_grad or widths_need_grad(theta):
@@ -161,6 +183,8 @@ def bilateral_features(
     Returns:
         ``(B, N, len(S) + C)``.
     """
+    if not image.is_floating_point():  # integer images (uint8 photos) give float features, as documented
+        image = image.to(torch.get_default_dtype())
     b = image.shape[0]
     if image.requires_grad or widths_need_grad(theta_alpha) or widths_need_grad(theta_beta):
         shape, c = image.shape[2:], image.shape[1]
@@ -199,5 +223,6 @@ def spatial_features(
     Returns:
         ``(B, H W, 2)``, pixels in row-major order, ``x`` the column and ``y`` the row index.
     """
+    _check_sizes("(batch, height, width)", (batch, height, width))
     t = check_widths("theta", theta, 2, "axis")
     return position_features((height, width), (t[1], t[0]), dtype=dtype, device=device).expand(batch, -1, -1)

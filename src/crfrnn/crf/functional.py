@@ -50,7 +50,7 @@ def mean_field(
     Args:
         unary: ``(B, L, *S)`` logits ``U`` (a network's scores), ``S`` of 1 to 3 spatial axes. ``L = 1`` is a
             binary network's single logit map, refined as the two-label problem ``(0, z)``. float16/bfloat16
-            are computed in float32 and returned in their dtype.
+            are computed in float32 and returned in their dtype (a ValueError if the logits leave its range).
         image: ``(B, C, *S)`` guide: colours on the 0..255 scale (uint8 or float), or any ``C >= 1`` channels.
         theta_alpha: bilateral kernel's position width, one number or one per spatial axis (array-axis order).
         theta_beta: bilateral kernel's guide width, one number or one per guide channel.
@@ -161,4 +161,20 @@ def mean_field(
     out = out.reshape(u.shape)
     if binary:
         out = out[:, 1:] - out[:, :1]
-    return out.to(unary.dtype)
+    return _narrow(out, unary.dtype)
+
+
+def _narrow(out: Tensor, dtype: torch.dtype) -> Tensor:
+    """``out`` (computed in float32 or wider) in the unary's ``dtype``; refuses logits beyond a narrow float's
+    range rather than returning them as infinities (float16 holds at most 65504).
+    """
+    if dtype.is_floating_point and out.dtype != dtype and out.numel():
+        limit = torch.finfo(dtype).max
+        peak = float(out.detach().abs().amax())
+        if peak > limit:
+            raise ValueError(
+                f"the refined logits reach {peak:.4g}, beyond {dtype}'s range (+-{limit:.6g}), so they would come "
+                f"back as infinities; pass the unary as float32 (unary.float()) or lower the pairwise weights "
+                f"(bilateral_weight, spatial_weight) or the compatibility."
+            )
+    return out.to(dtype)

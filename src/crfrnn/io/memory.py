@@ -96,20 +96,37 @@ def kernel_spans(
     """
     from crfrnn.params import DENSECRF_DEFAULTS
 
-    def per(value: Any, default: float, count: int) -> List[float]:
-        widths = [float(v) for v in np.atleast_1d(np.asarray(default if value is None else value, np.float64))]
+    def per(value: Any, default: float, count: int, name: str) -> List[float]:
+        try:
+            widths = [float(v) for v in np.atleast_1d(np.asarray(default if value is None else value, np.float64))]
+        except (TypeError, ValueError):
+            raise TypeError(f"{name} must be a number or a list of numbers, got {value!r}.") from None
+        if not all(math.isfinite(w) and w > 0 for w in widths):
+            raise ValueError(f"{name} must be finite widths > 0, got {value!r}; e.g. {name}={default}.")
         return widths * count if len(widths) == 1 else widths
 
     n = len(shape)
+    if any(int(size) < 1 for size in shape):
+        raise ValueError(f"shape must hold sizes >= 1, got {tuple(shape)}.")
+    if not all(math.isfinite(float(r)) and float(r) >= 0 for r in guide_ranges):
+        raise ValueError(f"guide_ranges must be finite numbers >= 0 (max - min per channel), got {guide_ranges!r}.")
     steps = [1.0] * n if spacing is None else [float(v) for v in spacing]
+    if not all(math.isfinite(v) and v > 0 for v in steps):
+        raise ValueError(f"spacing must be finite numbers > 0, got {spacing!r}.")
     extent = [(int(size) - 1) * step for size, step in zip(shape, steps)]
-    g = per(gaussian_sxy, DENSECRF_DEFAULTS["gaussian_sxy"], n)
-    b = per(bilateral_sxy, DENSECRF_DEFAULTS["bilateral_sxy"], n)
-    c = per(bilateral_srgb, DENSECRF_DEFAULTS["bilateral_srgb"], len(guide_ranges))
-    return [
+    g = per(gaussian_sxy, DENSECRF_DEFAULTS["gaussian_sxy"], n, "gaussian_sxy")
+    b = per(bilateral_sxy, DENSECRF_DEFAULTS["bilateral_sxy"], n, "bilateral_sxy")
+    c = per(bilateral_srgb, DENSECRF_DEFAULTS["bilateral_srgb"], len(guide_ranges), "bilateral_srgb")
+    spans = [
         [e / w for e, w in zip(extent, g)],
         [e / w for e, w in zip(extent, b)] + [float(r) / w for r, w in zip(guide_ranges, c)],
     ]
+    if not all(math.isfinite(v) for row in spans for v in row):
+        raise ValueError(
+            f"the kernel widths are too small for shape {tuple(shape)} and guide ranges {list(guide_ranges)}: "
+            f"the features would span {spans} widths; use widths of at least 1e-6."
+        )
+    return spans
 
 
 def lattice_vertices(num_points: int, spans: Sequence[float]) -> int:
