@@ -28,6 +28,8 @@ FUZZED: dict[str, str] = {
     "crfrnn.io.read_scores": "test_fuzz_public.py::test_read_scores_and_guides",
     "crfrnn.io.read_guide": "test_fuzz_public.py::test_read_scores_and_guides",
     "crfrnn.io.read_volume_scores": "test_fuzz_public.py::test_read_scores_and_guides",
+    "crfrnn.io.read_volume": "test_fuzz_public.py::test_read_scores_and_guides",
+    "crfrnn.lattice.exact.exact_gaussian_filter": "test_fuzz_kernels.py::test_exact_gaussian_filter_checked",
     "crfrnn.metrics.confusion_matrix": "test_fuzz_public.py::test_metrics",
     "crfrnn.metrics.segmentation_metrics": "test_fuzz_public.py::test_metrics",
     "crfrnn.metrics.boundary_accuracy": "test_fuzz_public.py::test_metrics",
@@ -183,9 +185,6 @@ EXEMPT: dict[str, str] = {
         ],
         _PURE,
     ),
-    "crfrnn.lattice.exact.exact_gaussian_filter": "fuzzing finds unchecked dtypes and non-finite features (strict "
-    "xfail test_fuzz_kernels.py::test_exact_gaussian_filter_unchecked); its checks belong in src/crfrnn/lattice, "
-    "outside issue 25's reach: move it to FUZZED when they are there",
     "crfrnn.cli.interrupted": "a predicate over an exception's __cause__/__context__ chain; no data input to fuzz",
     "crfrnn.compat.install_as_pydensecrf": "registers module aliases in sys.modules (one boolean); no data input",
     "crfrnn.cli.reproduce.run": "runs the paper's whole experiment (minutes); its one input, a YAML config, goes "

@@ -52,7 +52,6 @@ def test_lattice_filters(pts, backend, exclude):
         assert out is None or (out.shape == values.shape and (finite(out) or not ok))
 
 
-@pytest.mark.xfail(strict=True, reason="known (issue 25): exact_gaussian_filter checks no dtypes or values")
 @pytest.mark.parametrize(
     "values,features",
     [
@@ -62,13 +61,11 @@ def test_lattice_filters(pts, backend, exclude):
     ],
     ids=["int64-features", "mixed-float", "float16-inf"],
 )
-def test_exact_gaussian_filter_unchecked(values, features):
-    """Found by the fuzz suite, not mended here (src/crfrnn/lattice is another engineer's): the exact filter
-    raises RuntimeError on integer or mixed dtypes and returns NaN for non-finite features, where the lattice's
-    entry points raise TypeError/ValueError naming the fix. Mend: the lattice's dtype and finiteness checks at
-    the top of exact_gaussian_filter."""
-    out = attempt(lambda: exact_gaussian_filter(values, features))
-    assert out is None or finite(out)
+def test_exact_gaussian_filter_checked(values, features):
+    """Found by the fuzz suite: the exact filter raised RuntimeError on integer or mixed dtypes and returned NaN
+    for non-finite features; it now refuses them with TypeError/ValueError naming the fix."""
+    with pytest.raises((TypeError, ValueError)):
+        exact_gaussian_filter(values, features)
 
 
 @fuzz(15)

@@ -154,6 +154,9 @@ def test_read_scores_and_guides(data, shape, kind):
     if guide is not None:
         shape = tuple(guide.data.shape[:-1]) if guide.data.ndim else ()
         attempt(lambda: cio.read_volume_scores(path, shape), FILE_ALLOWED)
+    pair = attempt(lambda: cio.read_volume(path, path), FILE_ALLOWED)  # the same file as guide and scores
+    if pair is not None:
+        assert pair[1].ndim == len(pair[2]) + 1 and pair[1].dtype == np.float32
 
 
 @fuzz(30)
