@@ -133,6 +133,26 @@ class TestEngine:
             single = infer(u[b : b + 1], as_pairwise([(t[0][b : b + 1],) + t[1:] for t in terms]), num_iterations=3)
             assert torch.allclose(batched[b : b + 1], single, atol=1e-12)
 
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+    def test_batch_side_by_side_same_bits(self, dtype, monkeypatch):
+        # the fused path refines a batch one image per thread; the bits must be those of one image after another
+        import numba
+
+        if DEVICE.type != "cpu" or numba.config.NUMBA_NUM_THREADS < 2:
+            pytest.skip("the fused CPU path with at least 2 threads")
+        g = torch.Generator().manual_seed(5)
+        image = torch.rand(3, 3, 40, 50, generator=g, dtype=dtype) * 255
+        probs = torch.rand(3, 5, 40, 50, generator=g, dtype=dtype).softmax(1)
+        before = numba.get_num_threads()
+        numba.set_num_threads(2)
+        try:
+            side = dense_crf(image, probs, num_iterations=3)
+            monkeypatch.setenv("CRFRNN_BATCH_SIDE_BY_SIDE", "0")
+            serial = dense_crf(image, probs, num_iterations=3)
+        finally:
+            numba.set_num_threads(before)
+        assert torch.equal(side, serial)
+
     def test_gradcheck_every_form(self):
         g = torch.Generator().manual_seed(4)
         terms = on(DEVICE, random_terms(4, 12, 3, torch.float64, g))

@@ -5,6 +5,10 @@ Reached through :func:`crfrnn.crf.engine.infer`. The buffers belong to the call,
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numba
 import numpy as np
 import torch
 from torch import Tensor
@@ -30,6 +34,9 @@ def infer_fused(
     """The compiled path: all iterations in one compiled call when they share their label transforms, else one
     compiled iteration at a time (untied iterations; iteration ``t`` takes ``schedule[min(t, len - 1)]``), the
     marginals kept in the compiled loop's padded layout between iterations.
+
+    A batch is refined side by side, one image per thread on as many threads as the call may use (the results do
+    not depend on the thread count); a single image uses them all.
     """
     b, num_labels, n = scores.shape
     dtype = scores.dtype
@@ -41,7 +48,8 @@ def infer_fused(
         mats = [np.asarray(t.detach().cpu().numpy() if isinstance(t, Tensor) else t, np_dtype) for t in transforms]
         steps.append([m if m.ndim else np.full(num_labels, float(m), np_dtype) for m in mats])
     out = torch.empty((b, num_labels, n), dtype=dtype)
-    for i in range(b):
+
+    def one(i: int) -> None:
         ops = []
         for kern in build_concurrently(builder, len(builder.kernels), i, n):
             assert kern.lattice is not None  # the fused path builds lattice kernels only
@@ -54,7 +62,7 @@ def infer_fused(
             _kernels.mean_field(
                 unary, num_labels, iterations, args, q0=q, return_logits=return_logits, out=out[i].numpy()
             )
-            continue
+            return
         if q is None:
             q = np.empty_like(unary)
             _kernels.softmax_rows(unary, q, num_labels)
@@ -80,4 +88,24 @@ def infer_fused(
                 splatted=it > 0,
                 scatter_out=not last,
             )
+
+    workers = min(b, numba.get_num_threads())
+    if workers < 2 or os.environ.get("CRFRNN_BATCH_SIDE_BY_SIDE", "1") == "0":
+        for i in range(b):
+            one(i)
+        return out
+
+    for k, spec in enumerate(builder.kernels):  # a kernel shared by the batch: built once, before the threads
+        if spec.features.shape[0] == 1:
+            kern = builder.kernel(k, 0)
+            assert kern.lattice is not None
+            kern.lattice.operators(dtype)
+            kern.factors(dtype)
+
+    def alone(i: int) -> None:  # one thread per image: no parallel region waits for another thread
+        numba.set_num_threads(1)
+        one(i)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(alone, range(b)))
     return out
