@@ -413,6 +413,19 @@ class TestBatch:
         assert err.count("holds one map") == 1 and "2 more notes like those above" in err
         assert set(np.unique(load_label_png(tmp_path / "out" / "img0.png"))) <= {0, 1}
 
+    def test_images_side_by_side_give_the_same_files(self, tmp_path, capsys, monkeypatch):
+        from crfrnn.cli import _refine_folder
+
+        images, scores = self._dirs(tmp_path)
+        assert refine("--images", images, "--probs", scores, "-o", tmp_path / "one", "--jobs", "1") == 0
+        monkeypatch.setattr(_refine_folder, "free_cpus", lambda: 2)  # as on a quiet 2-core machine
+        capsys.readouterr()
+        assert refine("--images", images, "--probs", scores, "-o", tmp_path / "two") == 0
+        assert "3 images, 2 side by side" in capsys.readouterr().err
+        for i in range(3):
+            one, two = (load_label_png(tmp_path / d / f"img{i}.png") for d in ("one", "two"))
+            assert np.array_equal(one, two)
+
     def test_worker_processes_give_the_same_files(self, tmp_path, capsys):
         images, scores = self._dirs(tmp_path)
         (scores / "img1.npy").write_bytes(b"not a numpy file")  # a failure inside a worker is reported too
@@ -616,7 +629,8 @@ class TestTrust:
             return real(image, **kw)
 
         monkeypatch.setattr(crfrnn.dense, "dense_crf", flaky)
-        assert refine("--images", images, "--probs", scores, "-o", tmp_path / "out") == 1
+        # --jobs 1: one image after the other, so that the first call is img0's
+        assert refine("--images", images, "--probs", scores, "-o", tmp_path / "out", "--jobs", "1") == 1
         captured = capsys.readouterr()
         assert "ran out of memory refining" in captured.err and "img0.jpg" in captured.err
         assert "RuntimeError: something unforeseen" in captured.err and "img1.png" in captured.err

@@ -38,7 +38,6 @@ def test_lazy_names_resolve():
 
 def test_flag_choices_match_the_library():
     # the command line keeps plain copies so that building its parser imports nothing heavy
-    from crfrnn.cli._refine_folder import MIN_IMAGES_FOR_PROCESSES
     from crfrnn.crf import NORMALIZATIONS
     from crfrnn.io import LAYOUTS
     from crfrnn.models.pretrained import FORMATS, RESIZE_POLICIES
@@ -49,4 +48,3 @@ def test_flag_choices_match_the_library():
     assert (_choices.FORMATS, _choices.RESIZE_POLICIES) == (tuple(FORMATS), tuple(RESIZE_POLICIES))
     assert (_choices.STAGES, _choices.DATASETS) == (tuple(STAGES), tuple(DATASETS))
     assert (_choices.OPTIMIZERS, _choices.LR_SCHEDULES) == (tuple(OPTIMIZERS), tuple(LR_SCHEDULES))
-    assert MIN_IMAGES_FOR_PROCESSES == _choices.MIN_IMAGES_FOR_PROCESSES

@@ -13,7 +13,6 @@ __all__ = [
     "FORMATS",
     "LAYOUTS",
     "LR_SCHEDULES",
-    "MIN_IMAGES_FOR_PROCESSES",
     "NORMALIZATIONS",
     "OPTIMIZERS",
     "RESIZE_POLICIES",
@@ -33,6 +32,3 @@ STAGES: Tuple[str, ...] = ("cnn", "crfrnn")
 DATASETS: Tuple[str, ...] = ("synthetic", "voc", "folder")
 OPTIMIZERS: Tuple[str, ...] = ("sgd", "adam")
 LR_SCHEDULES: Tuple[str, ...] = ("poly", "constant")
-#: Below this many images ``crfrnn refine`` refines a folder in this process: starting a worker (importing torch
-#: and the compiled kernels) costs more than their speed-up gains on a small folder (benchmarks/README.md measures it).
-MIN_IMAGES_FOR_PROCESSES = 48

@@ -11,7 +11,7 @@ import signal
 import sys
 import threading
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from functools import partial
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
@@ -20,14 +20,13 @@ from crfrnn._utils.progress import Progress
 from crfrnn._utils.threads import free_cpus
 from crfrnn.cli import CommandError
 from crfrnn.cli._batch import Summary, is_complete, shard_of
-from crfrnn.cli._choices import MIN_IMAGES_FOR_PROCESSES
 from crfrnn.cli._outputs import check_outputs
 from crfrnn.cli._ranks import Ranks, join_ranks
 from crfrnn.cli._refine_steps import refine_one
 from crfrnn.io import pair_by_stem
 from crfrnn.workflow._shards import take_shard
 
-__all__ = ["MIN_IMAGES_FOR_PROCESSES", "run_folder"]
+__all__ = ["run_folder"]
 
 
 #: suffixes of the files refine reads and writes: an output directory named so is a mistaken file name
@@ -54,17 +53,18 @@ def _output_dir(path: Optional[str], option: str) -> Optional[Path]:
 
 
 def _worker_count(jobs: Optional[int], count: int, device: Any = None) -> int:
-    """Worker processes for ``count`` images: ``jobs`` if given, else the free CPUs when there are enough images.
+    """How many images to refine at once: ``jobs`` (worker processes) if given, else one per free CPU.
 
-    Single-threaded processes beat one process with as many threads because part of every call (building the
-    lattices) is sequential; below :data:`MIN_IMAGES_FOR_PROCESSES` images their start-up costs more than that.
+    Without ``--jobs`` the images are refined side by side in threads of this process, one compiled-kernel thread
+    each (no start-up cost; part of every call, building the lattices, scales less than linearly with threads,
+    so one image per thread beats every thread on one image). ``--jobs N`` starts ``N`` worker processes instead.
     """
     if jobs is not None:
         return max(1, min(jobs, count))
-    if device is not None and device.type != "cpu":  # one process feeds the GPU; workers would each start CUDA
+    if device is not None and device.type != "cpu":  # one process and thread feed the GPU
         return 1
     cpus = free_cpus()
-    return cpus if cpus > 1 and count >= MIN_IMAGES_FOR_PROCESSES else 1
+    return min(cpus, count) if cpus > 1 and count >= 2 else 1
 
 
 def _refine_target(args: argparse.Namespace, target: tuple) -> Tuple[Path, Optional[str], List[str]]:
@@ -113,6 +113,26 @@ def _refine_in_processes(
             yield future.result()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _refine_in_threads(
+    args: argparse.Namespace, targets: list, jobs: int
+) -> Iterator[Tuple[Path, Optional[str], List[str]]]:
+    """Refine in ``jobs`` threads of this process, one image per thread and one compiled-kernel thread each."""
+
+    def init() -> None:
+        import numba
+
+        numba.set_num_threads(1)
+
+    with ThreadPoolExecutor(max_workers=jobs, initializer=init) as pool:
+        futures = [pool.submit(_refine_target, args, target) for target in targets]
+        try:
+            for future in as_completed(futures):
+                yield future.result()
+        finally:
+            for future in futures:
+                future.cancel()
 
 
 def _plan(args: argparse.Namespace, shard: Optional[Tuple[int, int]]) -> Tuple[Path, list, List[Tuple[str, str]]]:
@@ -202,8 +222,14 @@ def _run_share(args: argparse.Namespace, ranks: Optional[Ranks]) -> int:
             f"crfrnn refine: skipping {skipped} of {len(targets)} images whose outputs exist (--overwrite redoes them)",
             file=sys.stderr,
         )
-    jobs = _worker_count(args.jobs, len(todo), getattr(args, "torch_device", None))
-    if jobs > 1:
+    if ranks is not None and args.jobs is None:  # under torchrun a rank is one worker (OMP_NUM_THREADS threads)
+        jobs = 1
+    else:
+        jobs = _worker_count(args.jobs, len(todo), getattr(args, "torch_device", None))
+    if jobs > 1 and args.jobs is None:
+        print(f"crfrnn refine: {len(todo)} images, {jobs} side by side (one thread each)", file=sys.stderr)
+        results = _refine_in_threads(args, todo, jobs)
+    elif jobs > 1:
         print(f"crfrnn refine: {len(todo)} images in {jobs} worker processes, one thread each", file=sys.stderr)
         results = _refine_in_processes(args, todo, jobs)
     else:

@@ -25,7 +25,7 @@ from PIL import Image
 
 from crfrnn.cli import MAX_ITERATIONS, CommandError, number_type
 from crfrnn.cli._batch import add_batch_flags
-from crfrnn.cli._choices import LAYOUTS, MIN_IMAGES_FOR_PROCESSES, NORMALIZATIONS
+from crfrnn.cli._choices import LAYOUTS, NORMALIZATIONS
 from crfrnn.cli._flags import add_device_flag, resolve_device_flag
 
 __all__ = ["add_parser", "run"]
@@ -209,8 +209,8 @@ def add_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]"
         "--jobs",
         type=number_type(int, 1, False),
         metavar="N",
-        help="worker processes for a folder, one thread each (default: the free CPUs when there are at least "
-        f"{MIN_IMAGES_FOR_PROCESSES} images, else this process with all its threads)",
+        help="worker processes for a folder, one thread each (default: one image per free CPU, side by side in "
+        "threads of this process, which starts nothing)",
     )
 
     add_batch_flags(batch)
