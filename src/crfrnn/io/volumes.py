@@ -188,8 +188,8 @@ def read_volume(
         ``(guide, scores, S, notes)``: the guide's data ``S`` or ``S + (C,)``; scores ``(L, *S)`` float32.
 
     Raises:
-        ValueError: the scores fit no reading of the guide, or fit two (ambiguous).
-        And those of :func:`read_guide` and :func:`read_volume_scores`.
+        ValueError: the scores fit no reading of the guide, or fit two (ambiguous); also the errors of
+            :func:`read_guide` and :func:`read_volume_scores`.
     """
     guide = read_guide(guide_path, max_bytes=max_bytes)
     g = tuple(guide.data.shape)
