@@ -8,7 +8,8 @@ decorated (numba chooses a function's cache folder when it decorates it):
   goes to ``$XDG_CACHE_HOME/crfrnn/numba`` (default ``~/.cache/crfrnn/numba``) instead. ``CRFRNN_USER_CACHE=1``
   forces that folder (e.g. as root, where the package always looks writable); a ``NUMBA_CACHE_DIR`` the user set
   always wins.
-- the message: compiling the kernels of a first call takes about half a minute on 2 cores (benchmarks/bench_first_call.py), once (later processes load them from the cache).
+- the message: compiling the kernels of a first call takes about half a minute on 2 cores
+  (``benchmarks/bench_first_call.py``), once (later processes load them from the cache).
   The first time a kernel compiles in a process (not when it loads from the cache), one line goes to stderr:
   ``crfrnn: compiling the CPU kernels (once; about half a minute) ...``. ``CRFRNN_QUIET=1`` silences it.
 """
