@@ -99,8 +99,7 @@ def infer_fused(
         if spec.features.shape[0] == 1:
             kern = builder.kernel(k, 0)
             assert kern.lattice is not None
-            kern.lattice.operators(dtype)
-            kern.factors(dtype)
+            kern.lattice.operators(dtype)  # built once, cached on the lattice
 
     def alone(i: int) -> None:  # one thread per image: no parallel region waits for another thread
         numba.set_num_threads(1)
