@@ -78,6 +78,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--iterations", type=int, default=10)
     parser.add_argument("--top", type=int, default=12, help="stages shown, the costliest first")
+    parser.add_argument(
+        "--inputs",
+        choices=["blocks", "photo"],
+        default="blocks",
+        help="issue 26's blocky photo (default) or bench_threads.py's astronaut photo",
+    )
     args = parser.parse_args()
 
     import crfrnn._utils.threads as threads
@@ -86,7 +92,16 @@ def main() -> None:
     threads.free_cpus = lambda samples=3: 1 << 16  # measure the threads asked for, not what the load allows
     for size in args.sizes:
         h, w = (int(v) for v in size.split("x"))
-        img, probs = make_inputs(h, w)
+        if args.inputs == "photo":
+            import os
+            import sys
+
+            sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+            from bench_refine import make_inputs as photo_inputs
+
+            img, probs = photo_inputs(h, w, 21, seed=0)
+        else:
+            img, probs = make_inputs(h, w)
 
         def call() -> None:
             dense_crf(img, probs, num_iterations=args.iterations)
