@@ -138,12 +138,17 @@ def channels_last(src: np.ndarray, out: np.ndarray) -> np.ndarray:
 
 
 def unary_from_scores(
-    scores: Tensor, clip: float, from_probs: bool, out: Optional[np.ndarray] = None
+    scores: Tensor,
+    clip: float,
+    from_probs: bool,
+    out: Optional[np.ndarray] = None,
+    q0_out: Optional[np.ndarray] = None,
 ) -> tuple[np.ndarray, Optional[np.ndarray], dict]:
     """Padded channels-last unary ``(B * N, C)`` from ``(B, L, *S)`` CPU scores, and what a check found.
 
     ``out``: where to write the unary (``(B * N, C)`` in the scores' dtype), e.g. a buffer kept between training steps
     (a fresh one, 72 MB at 500x375 x 4 images, costs page faults on every step); allocated if None.
+    ``q0_out``: the same for the first marginals (used with ``from_probs`` only).
 
     Returns:
         ``(unary, q0, stats)``: ``q0`` the first marginals ``softmax(unary)`` for probabilities (None for
@@ -157,7 +162,14 @@ def unary_from_scores(
         out = np.empty(shape, src.dtype)
     elif out.shape != shape or out.dtype != src.dtype:
         raise ValueError(f"out must be a {shape} {src.dtype} array, got {out.shape} {out.dtype}.")
-    q0 = np.empty_like(out) if from_probs else np.empty((0, out.shape[1]), src.dtype)
+    if not from_probs:
+        q0 = np.empty((0, out.shape[1]), src.dtype)
+    elif q0_out is None:
+        q0 = np.empty_like(out)
+    elif q0_out.shape != shape or q0_out.dtype != src.dtype:
+        raise ValueError(f"q0_out must be a {shape} {src.dtype} array, got {q0_out.shape} {q0_out.dtype}.")
+    else:
+        q0 = q0_out
     st = _unary_from_scores(src, src.dtype.type(clip), from_probs, out, q0)
     stats = {
         "nonfinite": int(st[:, 0].sum()),

@@ -32,38 +32,11 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from crfrnn import _kernels
-from crfrnn._utils.memory import Workspace
 from crfrnn._utils.threads import limit_threads
+from crfrnn.crf._buffers import WORKSPACE, release_buffers, rounded, vertex_buffers, views
 from crfrnn.crf.pairwise import build_concurrently
 
-__all__ = ["compiled_mean_field", "release_buffers"]
-
-#: Buffers reused from one call to the next (those a backward pass saved, once it has run): faulting in a few
-#: hundred fresh megabytes on every training step cost about a tenth of the step. Up to 16 of one shape: a batch
-#: keeps vertex buffers of one shape for every image (with 2 kept, a batch of 4 faulted in fresh ones every step).
-_WORKSPACE = Workspace(per_key=16)
-
-
-def release_buffers() -> None:
-    """Free the buffers kept for reuse between training steps."""
-    _WORKSPACE.clear()
-
-
-def _rounded(rows: int) -> int:
-    """``rows`` rounded up to within 1/8: kept buffers then fit lattices of similar size (lattices vary in size)."""
-    step = 1 << max(0, rows.bit_length() - 4)
-    return -(-rows // step) * step
-
-
-def _vertex_buffers(ops, channels: int, dtype: torch.dtype, count: int = 2) -> list:
-    """``count`` ``(M + 1, C)`` vertex buffers per kernel, views of kept buffers rounded up."""
-    return [
-        tuple(_WORKSPACE.take((_rounded(o.num_vertices + 1), channels), dtype) for _ in range(count)) for o, *_ in ops
-    ]
-
-
-def _views(bufs: list, ops) -> list:
-    return [tuple(x[: o.num_vertices + 1].numpy() for x in pair) for pair, (o, *_) in zip(bufs, ops)]
+__all__ = ["compiled_mean_field", "release_buffers"]  # release_buffers: kept here for callers of this path
 
 
 def compiled_mean_field(
@@ -152,7 +125,7 @@ class _CompiledMeanField(torch.autograd.Function):
         dtype = unary.dtype
         np_dtype = np.float64 if dtype == torch.float64 else np.float32
         # the padded unary in a kept buffer: fresh, its page faults grew faster than the batch
-        padded_buf = _WORKSPACE.take((b * n, _kernels.padded_channels(num_labels, np.dtype(np_dtype))), dtype)
+        padded_buf = WORKSPACE.take((b * n, _kernels.padded_channels(num_labels, np.dtype(np_dtype))), dtype)
         padded, _, stats = _kernels.unary_from_scores(unary.detach(), 0.0, False, out=padded_buf.numpy())
         if plan.check is not None:
             plan.check(stats)
@@ -163,8 +136,8 @@ class _CompiledMeanField(torch.autograd.Function):
         # The transforms' gradients need each kernel's blurred vertex buffer of every iteration (``M_k + 1`` rows,
         # fewer than the ``N`` of its message; see the module): kept, or recomputed by a memory-efficient backward.
         keep_blurred = any(t.requires_grad for t in transforms) and not plan.recompute
-        hist = _WORKSPACE.take((b, iters, n, c), dtype)  # q_t, the input of iteration t
-        last = _WORKSPACE.take((b, n, c), dtype)  # q_T (or the logits of iteration T)
+        hist = WORKSPACE.take((b, iters, n, c), dtype)  # q_t, the input of iteration t
+        last = WORKSPACE.take((b, n, c), dtype)  # q_T (or the logits of iteration T)
         out = torch.empty((b, num_labels, n), dtype=dtype)
 
         def image(i: int) -> tuple[list, list]:
@@ -174,15 +147,15 @@ class _CompiledMeanField(torch.autograd.Function):
                 assert kern.lattice is not None  # the compiled path builds lattice kernels only
                 pre, post, selfw = (f[0].numpy() for f in kern.factors(dtype))
                 ops.append((kern.lattice.operators(dtype), pre, post, selfw))
-            bufs = _vertex_buffers(ops, c, dtype, 3)
-            work = _views(bufs, ops)
+            bufs = vertex_buffers(ops, c, dtype, 3)
+            work = views(bufs, ops)
             # (iterations, rows, C) per kernel, the first M_k + 1 rows used. A lattice with more than 2 N vertices (a
             # tiny or very detailed image: 5 N at 16x16) keeps nothing and its buffer is recomputed, so that the memory
             # stays within (1 + 2 K) N C per iteration, O(T B L N); below that keeping is cheaper than recomputing (at
             # 96x96 with CrfRnn's widths the bilateral lattice has 1.7 N vertices)
             kept = (
                 [
-                    _WORKSPACE.take((iters, _rounded(o.num_vertices + 1), c), dtype) if o.num_vertices < 2 * n else None
+                    WORKSPACE.take((iters, rounded(o.num_vertices + 1), c), dtype) if o.num_vertices < 2 * n else None
                     for o, *_ in ops
                 ]
                 if keep_blurred
@@ -216,20 +189,20 @@ class _CompiledMeanField(torch.autograd.Function):
                     if (kept_k := kept[k]) is not None:
                         np.copyto(kept_k[it, : o.num_vertices + 1].numpy(), _kernels.blur_result(o, *work[k][:2]))
             _kernels.channels_first(last[i].numpy(), num_labels, out[i].numpy())
-            _WORKSPACE.give(*(x for pair in bufs for x in pair))
+            WORKSPACE.give(*(x for pair in bufs for x in pair))
             return ops, kept
 
         # one image after the other, each with all threads: one image already keeps the cores busy, and images side
         # by side on one thread each measured within a few percent of this, for twice the scratch memory
         done = [image(i) for i in range(b)]
-        _WORKSPACE.give(padded_buf)
+        WORKSPACE.give(padded_buf)
         plan.ops = [ops for ops, _ in done]
         kept = [k for _, k in done]
         plan.kept = [[x is not None for x in row] for row in kept]  # which kernels' buffers are kept, per image
         ctx.plan = plan
         flat = [x for row in kept for x in row if x is not None]
         ctx.save_for_backward(hist, last, *flat)  # saved as tensors: autograd's hooks and memory accounting see them
-        _WORKSPACE.give_after([hist, last, *flat], ctx)
+        WORKSPACE.give_after([hist, last, *flat], ctx)
         ctx.shapes = [t.shape for t in transforms]
         return out
 
@@ -257,13 +230,13 @@ def _backward(ctx, grad: Tensor) -> tuple:
 
     def image(i: int) -> None:
         """Image ``i``'s backward: writes ``du_out[i]`` and adds its share of the transforms' gradients."""
-        scratch = [_WORKSPACE.take((n, c), dtype) for _ in range(5)]
+        scratch = [WORKSPACE.take((n, c), dtype) for _ in range(5)]
         g, g_prev, dz, dm, du = scratch
         ops = plan.ops[i]
         recompute = need_blurred and (not kept[i] or any(x is None for x in kept[i]))
         # two vertex buffers per kernel for the adjoint, two more to recompute the forward's blurred buffer
-        bufs = _vertex_buffers(ops, c, dtype, 4 if recompute else 2)
-        work = _views(bufs, ops)
+        bufs = vertex_buffers(ops, c, dtype, 4 if recompute else 2)
+        work = views(bufs, ops)
         parts = _kernels.splat_parts([o for o, *_ in ops], c, hist.numpy().dtype)  # the splats' scratch, per image
         # post selfw pre per kernel with self-exclusion (the transform gradient's second term), None without
         self_coef = [post * selfw * pre if selfw.any() else None for _, pre, post, selfw in ops]
@@ -312,7 +285,7 @@ def _backward(ctx, grad: Tensor) -> tuple:
         if du_out is not None:  # the first marginals' softmax: only the unary's gradient goes through it
             _kernels.softmax_backward(hist[i, 0].numpy(), g.numpy(), num_labels, dz.numpy(), du.numpy())
             _kernels.channels_first(du.numpy(), num_labels, du_out[i].numpy())
-        _WORKSPACE.give(*(x for pair in bufs for x in pair), *scratch)
+        WORKSPACE.give(*(x for pair in bufs for x in pair), *scratch)
 
     for i in range(b):
         image(i)
