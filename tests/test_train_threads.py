@@ -33,9 +33,15 @@ def test_training_follows_a_busy_machine_and_restores_the_threads(tmp_path, monk
     before = torch.get_num_threads()
     seen: list[int] = []
     monkeypatch.setattr(threads_module, "free_cpus", lambda: 1)
+    from crfrnn.workflow import _loop
+
+    building: list[int] = []
+    build = _loop.build_datasets
+    monkeypatch.setattr(_loop, "build_datasets", lambda c: (building.append(torch.get_num_threads()), build(c))[1])
     config = TrainConfig(out_dir=str(tmp_path / "run"), **TINY)
     train(config, progress=False, on_epoch=lambda record: seen.append(torch.get_num_threads()))
     assert seen == [1, 1]
+    assert building == [1]  # the data and the model are built on the free CPUs too, not only the epochs
     assert torch.get_num_threads() == before
     fixed: list[int] = []
     config = TrainConfig(out_dir=str(tmp_path / "fixed"), threads=before, **TINY)

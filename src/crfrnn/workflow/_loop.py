@@ -203,6 +203,7 @@ def _setup(
         torch.cuda.set_device(device)
     set_threads(config.threads, dist_info)
     ceiling = thread_ceiling(config.threads, dist_info)
+    threads_for_now(ceiling)  # the data and the model are built on the CPUs free now, as each epoch then runs
 
     train_set, val_set, num_classes, class_names = build_datasets(config)
     seed_all(config.seed)  # identical initialisation on every rank
