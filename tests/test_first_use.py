@@ -38,10 +38,22 @@ def read_only_copy(tmp_path_factory: pytest.TempPathFactory):
         path.chmod(path.stat().st_mode | stat.S_IWUSR)
 
 
-def _run(install: Path, home: Path, **env: str) -> subprocess.CompletedProcess:
+#: loads that kernel from a full cache, checks its result and that numba's compiler registries stayed out, then
+#: compiles a function of its own that needs them (numba refreshes its context for that itself)
+WARM_SCRIPT = (
+    "import sys, numpy as np, numba, crfrnn._kernels as k; "
+    "out = k.channels_last(np.arange(10, dtype=np.float32).reshape(2, 5), np.zeros((5, 4), np.float32)); "
+    "assert (out[:, :2] == np.arange(10).reshape(2, 5).T).all(), out; "
+    "print('numba.np.linalg' in sys.modules); "
+    "f = numba.njit(lambda a: np.linalg.norm(a)); "
+    "print(f(np.array([3.0, 4.0])))"
+)
+
+
+def _run(install: Path, home: Path, script: str = SCRIPT, **env: str) -> subprocess.CompletedProcess:
     environ = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "CRFRNN_QUIET")}
     environ.update(PYTHONPATH=str(install), XDG_CACHE_HOME=str(home), CRFRNN_USER_CACHE="1", **env)
-    return subprocess.run([sys.executable, "-c", SCRIPT], env=environ, capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-c", script], env=environ, capture_output=True, text=True, timeout=300)
 
 
 def test_read_only_install_caches_in_the_user_folder_and_says_so_once(read_only_copy, tmp_path):
@@ -57,6 +69,14 @@ def test_read_only_install_caches_in_the_user_folder_and_says_so_once(read_only_
     warm = _run(read_only_copy, tmp_path)  # loads from the cache: nothing to say
     assert warm.returncode == 0, warm.stderr
     assert _first_use.MESSAGE not in warm.stderr
+
+
+def test_a_warm_process_loads_the_kernels_without_the_compilers_registries(read_only_copy, tmp_path):
+    assert _run(read_only_copy, tmp_path).returncode == 0  # fills the cache
+    warm = _run(read_only_copy, tmp_path, WARM_SCRIPT)
+    assert warm.returncode == 0, warm.stderr
+    assert warm.stdout.split() == ["False", "5.0"], warm.stdout
+    assert _first_use.MESSAGE not in warm.stderr  # loaded, not compiled
 
 
 def test_quiet_and_an_explicit_numba_cache_dir_win(read_only_copy, tmp_path):

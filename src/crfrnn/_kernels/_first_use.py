@@ -12,10 +12,17 @@ decorated (numba chooses a function's cache folder when it decorates it):
   (``benchmarks/bench_first_call.py``), once (later processes load them from the cache).
   The first time a kernel compiles in a process (not when it loads from the cache), one line goes to stderr:
   ``crfrnn: compiling the CPU kernels (once; about half a minute) ...``. ``CRFRNN_QUIET=1`` silences it.
+- the loading: numba refreshes its target context before it loads any function from the cache, and the first
+  refresh of a process imports every registry of numba's compiler (about 50 modules: ``numba.np.arraymath``,
+  ``linalg``, ``npdatetime``, ``typed``, ...), which only compiling needs. This package's kernels load without it
+  (:class:`_KernelCache`): numba's runtime is initialised and the modules that put symbols in LLVM's table are
+  imported, the rest is left to the first compilation, which refreshes the context itself. The first call of a
+  process with a full cache is that much cheaper (``benchmarks/profile_first_call.py``).
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import threading
@@ -23,7 +30,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numba
-from numba.core import event
+from numba.core import caching, event
+from numba.core import dispatcher as numba_dispatcher
 
 __all__ = ["MESSAGE", "configure", "user_cache_dir"]
 
@@ -83,14 +91,41 @@ class _CompileListener(event.Listener):
         pass
 
 
+class _KernelCache(caching.FunctionCache):
+    """numba's on-disk cache of a function, loading this package's kernels without numba's first refresh.
+
+    numba's ``load_overload`` refreshes the target context, which imports all its compiler's registries the
+    first time. A cached kernel needs only the runtime (NRT) and the symbols some modules put in LLVM's table
+    when imported (``numba.cpython.hashing``); a kernel of another package, or a load that fails this way, goes
+    through numba's own path.
+    """
+
+    def load_overload(self, sig: Any, target_context: Any) -> Any:
+        module = getattr(self._py_func, "__module__", "") or ""
+        if module.startswith(__package__ or "crfrnn._kernels"):
+            try:
+                from numba.core.runtime import nrt
+
+                nrt.rtsys.initialize(target_context)
+                importlib.import_module("numba.cpython.hashing")  # registers the hash secret's symbols
+                return self._load_overload(sig, target_context)
+            except Exception:  # noqa: BLE001 - numba's own path below refreshes and tries again
+                pass
+        return super().load_overload(sig, target_context)
+
+
 def configure() -> None:
-    """Choose the cache folder and install the compile message (once per process)."""
+    """Choose the cache folder, install the compile message and the kernels' cache (once per process)."""
     global _configured
     if _configured:
         return
     _configured = True
     _use_user_cache()
     event.register("numba:compile", _CompileListener())
+    # numba's decorators make each dispatcher's cache from this name (``Dispatcher.enable_caching``); the
+    # subclass behaves as numba's for every function outside this package.
+    if numba_dispatcher.FunctionCache is caching.FunctionCache:  # type: ignore[attr-defined]
+        numba_dispatcher.FunctionCache = _KernelCache  # type: ignore[attr-defined]
 
 
 configure()

@@ -227,7 +227,10 @@ def _mean_field_for(channels: int):  # noqa: C901 - the compiled loop, built onc
         # an iteration's marginals are read back (beyond its own splat) only by the next one's self-exclusion, and
         # the caller reads q_out only when the last iteration writes there: other iterations skip the write (a
         # fifth of an iteration's memory traffic)
-        any_self = has_self.any()
+        any_self = False  # a loop: has_self.any() made a warm process import numba.np.arraymath to load this
+        for k in range(nk):
+            if has_self[k]:
+                any_self = True
         runs = parts[0].shape[0]
         per = run_length(num_points, runs) // BLOCK
         for it in range(iterations):
