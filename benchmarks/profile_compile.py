@@ -12,6 +12,11 @@ Printed: one row per compilation sorted by own CPU time (own CPU, own wall, nest
 functions compiled for more than one signature in the call (each extra signature is compile time wasted: make the
 callers pass one type), and the totals, next to the first call's wall and the process's CPU seconds.
 
+What compiles depends on the thread count: the library takes as many threads as CPUs are free at the call
+(``crfrnn._utils.threads``), and with one thread the vertex hash runs (and compiles) ``insert_all``, with more the
+parallel ``insert_runs`` (about 5 s more to compile). The child therefore sees every CPU as free, as on a quiet
+machine, unless ``--loaded``.
+
     python benchmarks/profile_compile.py
     python benchmarks/profile_compile.py --rounds 2 --top 30   # two child processes, each row's median
 """
@@ -62,6 +67,9 @@ class Listener(event.Listener):
 
 
 event.register("numba:compile", Listener())
+if {idle!r}:  # as on an idle machine: every configured thread (the hash then compiles its parallel insert_runs)
+    import crfrnn._utils.threads as threads
+    threads.free_cpus = lambda *args, **kwargs: 1 << 16
 from crfrnn import dense_crf
 from bench_refine import make_inputs
 image, probs = make_inputs(375, 500, 21, seed=0)
@@ -72,11 +80,11 @@ print(json.dumps(dict(records=records, first=first, cpu=time.process_time())))
 """
 
 
-def run_child() -> dict:
+def run_child(idle: bool) -> dict:
     """One child process with an empty kernel cache: its compilations, first call's wall and process CPU."""
     with tempfile.TemporaryDirectory() as cache:
         env = dict(os.environ, NUMBA_CACHE_DIR=cache, CRFRNN_QUIET="1")
-        code = CHILD.format(here=HERE)
+        code = CHILD.format(here=HERE, idle=idle)
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
         if out.returncode != 0:
             raise SystemExit(f"the child process failed:\n{out.stderr}")
@@ -88,8 +96,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="child processes; each row is their median")
     parser.add_argument("--top", type=int, default=0, help="print only the first TOP rows (0: all)")
     parser.add_argument("--json", help="also write the raw records of every round to this file")
+    parser.add_argument(
+        "--loaded",
+        action="store_true",
+        help="let the library lower its thread count to the CPUs free now (as it does) instead of using them all",
+    )
     args = parser.parse_args()
-    rounds = [run_child() for _ in range(args.rounds)]
+    rounds = [run_child(not args.loaded) for _ in range(args.rounds)]
     rows: dict = {}
     for got in rounds:
         seen: dict = {}
