@@ -5,6 +5,7 @@ and out of it (:func:`channels_first`).
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import numpy as np
@@ -20,70 +21,79 @@ BLOCK = 256  # points per block of every kernel that walks the points: the softm
 # contiguous values at once, and the splat's runs are whole blocks
 
 
-@njit(cache=True, parallel=True, nogil=True, fastmath=FAST)
-def _unary_from_scores(src, clip, from_probs, out, q0):  # pragma: no cover - compiled
-    """``out[b * N + n, l] = log(max(src[b, l, n], clip))`` (or ``src`` itself for logits), padding 0.
-
-    One pass over ``src (B, L, N)`` that also checks it. For probabilities it also writes the first
-    marginals ``q0 = softmax(out)`` (``max(p, clip)`` normalised: no exp needed). Returns
-    ``(B * blocks, 4)`` per-block statistics: count of non-finite values, count of negative values,
-    smallest and largest sum over labels. A block of probabilities that fails the check is left without
-    its log (the caller raises).
+@functools.lru_cache(maxsize=None)
+def _unary_from_scores_for(probabilities: bool):
+    """:func:`_unary_from_scores` for probabilities or for logits: ``from_probs`` is a compile-time constant, so
+    each variant compiles only its own path (a first call from probabilities compiles no logits code).
     """
-    b_count, num_labels, n = src.shape
-    c = out.shape[1]
-    flat = out.reshape(-1)
-    blocks = (n + BLOCK - 1) // BLOCK
-    stats = np.zeros((b_count * blocks, 4))
-    for job in prange(b_count * blocks):
-        b = job // blocks
-        start = (job % blocks) * BLOCK
-        stop = min(n, start + BLOCK)
-        m = stop - start
-        scratch = np.empty(BLOCK * c, np.int32)
-        tot = np.zeros(BLOCK)  # float64: the sums checked against 1
-        kept = np.zeros(BLOCK, out.dtype)
-        bad = 0
-        neg = 0
-        base = b * n + start
-        for ch in range(num_labels):  # label by label: each label's run of the block is read in order
-            row = src[b, ch, start:stop]
+    from_probs = probabilities
+
+    @njit(cache=True, parallel=True, nogil=True, fastmath=FAST)
+    def _unary_from_scores(src, clip, out, q0):  # pragma: no cover - compiled
+        """``out[b * N + n, l] = log(max(src[b, l, n], clip))`` (or ``src`` itself for logits), padding 0.
+
+        One pass over ``src (B, L, N)`` that also checks it. For probabilities it also writes the first
+        marginals ``q0 = softmax(out)`` (``max(p, clip)`` normalised: no exp needed). Returns
+        ``(B * blocks, 4)`` per-block statistics: count of non-finite values, count of negative values,
+        smallest and largest sum over labels. A block of probabilities that fails the check is left without
+        its log (the caller raises).
+        """
+        b_count, num_labels, n = src.shape
+        c = out.shape[1]
+        flat = out.reshape(-1)
+        blocks = (n + BLOCK - 1) // BLOCK
+        stats = np.zeros((b_count * blocks, 4))
+        for job in prange(b_count * blocks):
+            b = job // blocks
+            start = (job % blocks) * BLOCK
+            stop = min(n, start + BLOCK)
+            m = stop - start
+            scratch = np.empty(BLOCK * c, np.int32)
+            tot = np.zeros(BLOCK)  # float64: the sums checked against 1
+            kept = np.zeros(BLOCK, out.dtype)
+            bad = 0
+            neg = 0
+            base = b * n + start
+            for ch in range(num_labels):  # label by label: each label's run of the block is read in order
+                row = src[b, ch, start:stop]
+                for i in range(m):
+                    v = row[i]
+                    bad += 0 if np.isfinite(v) else 1
+                    neg += 1 if v < 0 else 0
+                    tot[i] += v
+                if from_probs:
+                    for i in range(m):
+                        v = max(row[i], clip)
+                        kept[i] += v
+                        out[base + i, ch] = v
+                else:
+                    for i in range(m):
+                        out[base + i, ch] = row[i]
+            pad = 1.0 if from_probs else 0.0
             for i in range(m):
-                v = row[i]
-                bad += 0 if np.isfinite(v) else 1
-                neg += 1 if v < 0 else 0
-                tot[i] += v
+                for ch in range(num_labels, c):
+                    out[base + i, ch] = pad
+            lo = np.inf
+            hi = -np.inf
+            for i in range(m):
+                lo = min(lo, tot[i])
+                hi = max(hi, tot[i])
             if from_probs:
                 for i in range(m):
-                    v = max(row[i], clip)
-                    kept[i] += v
-                    out[base + i, ch] = v
-            else:
-                for i in range(m):
-                    out[base + i, ch] = row[i]
-        pad = 1.0 if from_probs else 0.0
-        for i in range(m):
-            for ch in range(num_labels, c):
-                out[base + i, ch] = pad
-        lo = np.inf
-        hi = -np.inf
-        for i in range(m):
-            lo = min(lo, tot[i])
-            hi = max(hi, tot[i])
-        if from_probs:
-            for i in range(m):
-                inv = 1.0 / kept[i] if kept[i] > 0 else 0.0
-                for ch in range(num_labels):
-                    q0[base + i, ch] = out[base + i, ch] * inv
-                for ch in range(num_labels, c):
-                    q0[base + i, ch] = 0.0
-            if bad == 0 and neg == 0:
-                log_inplace(flat[base * c : (base + m) * c], scratch)
-        stats[job, 0] = bad
-        stats[job, 1] = neg
-        stats[job, 2] = lo
-        stats[job, 3] = hi
-    return stats
+                    inv = 1.0 / kept[i] if kept[i] > 0 else 0.0
+                    for ch in range(num_labels):
+                        q0[base + i, ch] = out[base + i, ch] * inv
+                    for ch in range(num_labels, c):
+                        q0[base + i, ch] = 0.0
+                if bad == 0 and neg == 0:
+                    log_inplace(flat[base * c : (base + m) * c], scratch)
+            stats[job, 0] = bad
+            stats[job, 1] = neg
+            stats[job, 2] = lo
+            stats[job, 3] = hi
+        return stats
+
+    return _unary_from_scores
 
 
 @njit(cache=True, parallel=True, nogil=True)
@@ -170,7 +180,7 @@ def unary_from_scores(
         raise ValueError(f"q0_out must be a {shape} {src.dtype} array, got {q0_out.shape} {q0_out.dtype}.")
     else:
         q0 = q0_out
-    st = _unary_from_scores(src, src.dtype.type(clip), from_probs, out, q0)
+    st = _unary_from_scores_for(bool(from_probs))(src, src.dtype.type(clip), out, q0)
     stats = {
         "nonfinite": int(st[:, 0].sum()),
         "negative": int(st[:, 1].sum()),

@@ -24,7 +24,7 @@ from crfrnn._kernels.filtering import (
 from crfrnn._kernels.layout import BLOCK, channels_first
 from crfrnn._kernels.products import add_product, vertex_matmul
 from crfrnn._kernels.simd import FAST, axpy, axpy_scaled
-from crfrnn._kernels.softmax import softmax_any, softmax_copy_block, softmax_rows_into
+from crfrnn._kernels.softmax import softmax_any, softmax_rows_into
 
 __all__ = ["Prepared", "mean_field", "prepare"]
 
@@ -48,6 +48,7 @@ def _block(
     is_full,
     diag,
     mat,
+    matrices,
     blurred,
     parts,
     j,
@@ -64,8 +65,9 @@ def _block(
     label transform, the softmax (unless ``logits``) into ``q_out`` (if ``keep``), and if ``scatter`` the new
     marginals' splat into the partial sums ``parts[k][j]`` of the next iteration (the block is still in cache);
     the result goes to ``out_t`` labels first instead if ``to_t``. ``has_self[k]``: kernel ``k`` has a
-    self-exclusion term (only then are ``selfw[k]`` and ``src`` read). The other arguments are
-    :func:`_mean_field`'s.
+    self-exclusion term (only then are ``selfw[k]`` and ``src`` read). ``matrices``: the loop's compile-time
+    constant of :func:`_mean_field_for` (False: no kernel is ``is_full``, and that path is not compiled). The
+    other arguments are :func:`_mean_field`'s.
     """
     m = stop - start
     nk = alphas.shape[0]
@@ -89,7 +91,7 @@ def _block(
         wk = weights[k]
         d1 = off.shape[1]
         alpha = alphas[k]
-        if is_full[k]:
+        if matrices and is_full[k]:
             mk = mat[k]
             for i0 in range(0, m, 8):  # eight points at a time
                 count = min(8, m - i0)
@@ -131,19 +133,21 @@ def _block(
 
 
 @functools.lru_cache(maxsize=None)
-def _mean_field_for(channels: int):  # noqa: C901 - the compiled loop, built once per channel count
+def _mean_field_for(channels: int, matrices: bool):  # noqa: C901 - the compiled loop, built once per variant
     """:func:`_mean_field` for ``channels`` padded channels: the count is a compile-time constant of the loop, so
     only its own softmax and product variants compile (a fraction of the first call's compile time; each count
-    is cached on disk on its own).
+    is cached on disk on its own). ``matrices``: the variant with matrix label transforms (``is_full`` or
+    ``on_vertices`` kernels); without them (a Potts model, per-label vectors) their product code is pruned before
+    it compiles (about 2 s of a cold first call's compile time).
     """
     c = channels
+    with_matrices = matrices
 
     @njit(cache=True, parallel=True, nogil=True, fastmath=FAST)
     def _mean_field(
         unary,
         q,
         q_out,
-        q_ready,
         cr,
         iterations,
         return_logits,
@@ -171,11 +175,11 @@ def _mean_field_for(channels: int):  # noqa: C901 - the compiled loop, built onc
 
         Args:
             unary: ``(P, C)`` logits with ``cr`` real labels and ``C - cr`` padding channels (0).
-            q: ``(P, C)`` the first marginals: ``softmax(unary)`` on entry if ``q_ready``, else written here.
+            q: ``(P, C)`` the first marginals: ``softmax(unary)`` (the caller computes it: compiled apart, by
+                :func:`softmax_rows_into`, only for callers that need it).
             q_out: ``(P, C)`` output (``q`` itself to work in place; a separate array keeps ``q``): the marginals
                 (padding 0), or the last iteration's logits if ``return_logits``. The first iteration reads ``q``,
                 later ones work in place on ``q_out``.
-            q_ready: ``q`` holds ``softmax(unary)`` on entry (else it is computed into ``q``).
             cr: number of real labels.
             iterations: number of mean-field iterations (``>= 1``).
             return_logits: write the last iteration's logits instead of the marginals.
@@ -217,10 +221,6 @@ def _mean_field_for(channels: int):  # noqa: C901 - the compiled loop, built onc
         num_points = unary.shape[0]
         nk = alphas.shape[0]
         num_blocks = (num_points + BLOCK - 1) // BLOCK
-        if not q_ready:
-            for blk in prange(num_blocks):
-                scratch0 = np.empty(BLOCK * c, np.int32)
-                softmax_copy_block(unary, q, c, cr, blk * BLOCK, min(num_points, (blk + 1) * BLOCK), scratch0)
         if not splatted:
             for k in range(nk):
                 scatter_parts(q, pre[k], offsets[k], weights[k], parts[k])
@@ -233,13 +233,15 @@ def _mean_field_for(channels: int):  # noqa: C901 - the compiled loop, built onc
                 any_self = True
         runs = parts[0].shape[0]
         per = run_length(num_points, runs) // BLOCK
+        forward = nk < 0  # False, typed bool: a literal False would compile blur_vertices a second time
         for it in range(iterations):
             src = q if it == 0 else q_out
             blurred = []
             for k in range(nk):
-                bk = blur_vertices(reduce_parts(parts[k], bufs[k]), tmps[k], neighbours[k], False)
-                if on_vertices[k]:
-                    bk = vertex_matmul(bk, mat[k], cr, vbufs[k])
+                bk = blur_vertices(reduce_parts(parts[k], bufs[k]), tmps[k], neighbours[k], forward)
+                if with_matrices:
+                    if on_vertices[k]:
+                        bk = vertex_matmul(bk, mat[k], cr, vbufs[k])
                 blurred.append(bk)
             last = it == iterations - 1
             logits = last and return_logits
@@ -274,6 +276,7 @@ def _mean_field_for(channels: int):  # noqa: C901 - the compiled loop, built onc
                         is_full,
                         diag,
                         mat,
+                        with_matrices,
                         blurred,
                         parts,
                         j,
@@ -455,15 +458,16 @@ def mean_field(
         elif q_out is not q:
             q_out[:] = q
     else:
-        args = prepared if prepared is not None else prepare(kernels, num_labels, num_points, c, dt, work)
+        args = Prepared(*prepared) if prepared is not None else prepare(kernels, num_labels, num_points, c, dt, work)
         if transpose and out is None:
             out = np.empty((num_labels, num_points), dt)
         out_t = out if transpose else np.empty((0, 0), dt)
-        _mean_field_for(c)(
+        if q0 is None:
+            softmax_rows_into(unary, q, num_labels)
+        _mean_field_for(c, bool(args.is_full.any() or args.on_vertices.any()))(
             unary,
             q,
             q_out,
-            q0 is not None,
             num_labels,
             iterations,
             return_logits,

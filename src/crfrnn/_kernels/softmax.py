@@ -65,20 +65,12 @@ def _softmax_v(flat, c, cr, start, stop):  # pragma: no cover - compiled
 @njit(cache=True, inline="always")
 def softmax_any(flat, c, cr, start, stop, scratch):  # pragma: no cover - compiled
     """The softmax of rows ``start..stop-1`` of ``flat.reshape(-1, c)`` over their first ``cr`` channels (the rest
-    set to 0): in vector code for the usual padded channel counts, else :func:`_softmax_block`.
+    set to 0): in vector code for the usual padded channel counts, else :func:`_softmax_block`. ``c`` must be a
+    compile-time constant at the call (a closure's constant, inlined): the branch not taken is pruned before it
+    compiles, and :func:`_softmax_v` is inlined once (not once per count: a second of the fused loop's compile time).
     """
-    if c == 2:
-        _softmax_v(flat, 2, cr, start, stop)
-    elif c == 4:
-        _softmax_v(flat, 4, cr, start, stop)
-    elif c == 8:
-        _softmax_v(flat, 8, cr, start, stop)
-    elif c == 16:
-        _softmax_v(flat, 16, cr, start, stop)
-    elif c == 24:
-        _softmax_v(flat, 24, cr, start, stop)
-    elif c == 32:
-        _softmax_v(flat, 32, cr, start, stop)
+    if c == 2 or c == 4 or c == 8 or c == 16 or c == 24 or c == 32:
+        _softmax_v(flat, c, cr, start, stop)
     else:
         _softmax_block(flat, c, cr, start, stop, scratch)
 
