@@ -94,3 +94,18 @@ def test_user_cache_dir_follows_xdg(monkeypatch, tmp_path):
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path))
     assert _first_use.user_cache_dir() == tmp_path / ".cache" / "crfrnn" / "numba"
+
+
+def test_a_change_to_any_kernel_source_recompiles(tmp_path):
+    # numba's own stamp is the defining file's time and size: a kernel inlining a helper of another file kept its
+    # stale code when only that file changed; the stamp now covers every kernel source
+    install = tmp_path / "install"
+    shutil.copytree(Path(crfrnn.__file__).parent, install / "crfrnn", ignore=shutil.ignore_patterns("__pycache__"))
+    home = tmp_path / "home"
+    assert _first_use.MESSAGE in _run(install, home).stderr  # compiles channels_last (crfrnn/_kernels/layout.py)
+    assert _first_use.MESSAGE not in _run(install, home).stderr  # loads it
+    helper = install / "crfrnn" / "_kernels" / "simd.py"  # another kernel file
+    helper.write_text(helper.read_text() + "\n# changed\n")
+    again = _run(install, home)
+    assert again.returncode == 0, again.stderr
+    assert _first_use.MESSAGE in again.stderr  # compiled again, not loaded stale

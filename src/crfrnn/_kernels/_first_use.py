@@ -18,10 +18,14 @@ decorated (numba chooses a function's cache folder when it decorates it):
   (:class:`_KernelCache`): numba's runtime is initialised and the modules that put symbols in LLVM's table are
   imported, the rest is left to the first compilation, which refreshes the context itself. The first call of a
   process with a full cache is that much cheaper (``benchmarks/profile_first_call.py``).
+- the stamp: numba reuses a cached function while its own file keeps its time and size; the kernels' stamp also
+  holds a digest of every module of this package (:func:`sources_digest`), since a kernel inlines helpers of other
+  files and kept their old code when only those changed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import os
 import sys
@@ -33,7 +37,7 @@ import numba
 from numba.core import caching, event
 from numba.core import dispatcher as numba_dispatcher
 
-__all__ = ["MESSAGE", "configure", "user_cache_dir"]
+__all__ = ["MESSAGE", "configure", "sources_digest", "user_cache_dir"]
 
 #: The line written to stderr the first time a kernel compiles in a process.
 MESSAGE = "crfrnn: compiling the CPU kernels (once; about half a minute; CRFRNN_QUIET=1 hides this) ..."
@@ -91,6 +95,26 @@ class _CompileListener(event.Listener):
         pass
 
 
+def _ours(py_func: Any) -> bool:
+    """Whether ``py_func`` is one of this package's kernels."""
+    module = getattr(py_func, "__module__", "") or ""
+    return module.startswith(__package__ or "crfrnn._kernels")
+
+
+_digest: Optional[str] = None
+
+
+def sources_digest() -> str:
+    """SHA-256 of the contents of every module of this package (the kernels' sources), computed once."""
+    global _digest
+    if _digest is None:
+        h = hashlib.sha256()
+        for path in sorted(_PACKAGE.glob("*.py")):
+            h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+        _digest = h.hexdigest()
+    return _digest
+
+
 class _KernelCache(caching.FunctionCache):
     """numba's on-disk cache of a function, loading this package's kernels without numba's first refresh.
 
@@ -100,9 +124,17 @@ class _KernelCache(caching.FunctionCache):
     through numba's own path.
     """
 
+    def __init__(self, py_func: Any) -> None:
+        super().__init__(py_func)
+        if _ours(py_func):
+            # numba stamps a cached function with its own file's time and size only: a kernel that inlines a helper
+            # from another file kept its stale code when only that file changed (a `git pull`, an edit). The stamp
+            # also covers every kernel source, so a change to any of them recompiles every kernel.
+            file = self._cache_file  # type: ignore[attr-defined]
+            file._source_stamp = (file._source_stamp, sources_digest())  # noqa: SLF001 - numba has no API for it
+
     def load_overload(self, sig: Any, target_context: Any) -> Any:
-        module = getattr(self._py_func, "__module__", "") or ""
-        if module.startswith(__package__ or "crfrnn._kernels"):
+        if _ours(self._py_func):
             try:
                 from numba.core.runtime import nrt
 
