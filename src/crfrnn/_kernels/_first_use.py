@@ -130,7 +130,7 @@ class _KernelCache(caching.FunctionCache):
             # numba stamps a cached function with its own file's time and size only: a kernel that inlines a helper
             # from another file kept its stale code when only that file changed (a `git pull`, an edit). The stamp
             # also covers every kernel source, so a change to any of them recompiles every kernel.
-            file = self._cache_file  # type: ignore[attr-defined]
+            file = self._cache_file
             file._source_stamp = (file._source_stamp, sources_digest())  # noqa: SLF001 - numba has no API for it
 
     def load_overload(self, sig: Any, target_context: Any) -> Any:
