@@ -12,10 +12,9 @@ Printed: one row per compilation sorted by own CPU time (own CPU, own wall, nest
 functions compiled for more than one signature in the call (each extra signature is compile time wasted: make the
 callers pass one type), and the totals, next to the first call's wall and the process's CPU seconds.
 
-What compiles depends on the thread count: the library takes as many threads as CPUs are free at the call
-(``crfrnn._utils.threads``), and with one thread the vertex hash runs (and compiles) ``insert_all``, with more the
-parallel ``insert_runs`` (about 5 s more to compile). The child therefore sees every CPU as free, as on a quiet
-machine, unless ``--loaded``.
+The library takes as many threads as CPUs are free at the call (``crfrnn._utils.threads``); which kernels compile
+no longer depends on it (the vertex hash compiles ``insert_runs`` wherever numba may start 2 threads or more), but
+the compile's wall time does. The child sees every CPU as free, as on a quiet machine, unless ``--loaded``.
 
     python benchmarks/profile_compile.py
     python benchmarks/profile_compile.py --rounds 2 --top 30   # two child processes, each row's median
@@ -67,7 +66,7 @@ class Listener(event.Listener):
 
 
 event.register("numba:compile", Listener())
-if {idle!r}:  # as on an idle machine: every configured thread (the hash then compiles its parallel insert_runs)
+if {idle!r}:  # as on an idle machine: every configured thread
     import crfrnn._utils.threads as threads
     threads.free_cpus = lambda *args, **kwargs: 1 << 16
 from crfrnn import dense_crf

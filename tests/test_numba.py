@@ -261,6 +261,30 @@ class TestMatrixOnVertices:
 
 
 class TestInsertRuns:
+    @pytest.mark.skipif(
+        __import__("numba").config.NUMBA_NUM_THREADS < 2, reason="needs a process configured for 2 threads"
+    )
+    def test_a_busy_moment_takes_the_same_compiled_function(self, kernels, monkeypatch):
+        """One thread of the moment (a busy machine) hashes through insert_runs too: which function runs follows
+        the configured maximum, so a warm cache never lacks the one a busy moment needs (it compiled, with the
+        half-minute message, in a process whose cache was filled on a quiet machine)."""
+        import numba
+
+        feats = torch.rand(20_000, 5, dtype=torch.float64) * 20
+        before = numba.get_num_threads()
+        try:
+            numba.set_num_threads(2)
+            quiet = construct.build(feats, 1, 62)
+            monkeypatch.setattr(construct, "insert_all", lambda *a: pytest.fail("insert_all called on 20000 points"))
+            numba.set_num_threads(1)
+            busy = construct.build(feats, 1, 62)
+        finally:
+            numba.set_num_threads(before)
+        assert quiet is not None and busy is not None
+        for a, b in zip(quiet[:4], busy[:4]):
+            assert torch.equal(a, b)
+        assert quiet[4] == busy[4]
+
     @pytest.mark.parametrize("runs", [1, 2, 3, 7])
     def test_same_ids_as_sequential(self, kernels, runs):
         """The parallel hash gives the sequential first-seen ids and distinct codes, and a table that finds them."""

@@ -254,6 +254,8 @@ def insert_runs(codes, d1, runs):  # pragma: no cover - compiled
     occurrence; a count of first occurrences run by run then numbers them, and a last parallel pass maps each
     code's run id to its global id. Nothing here depends on the thread count.
     """
+    if runs <= 1:  # one thread now (a busy machine): the sequential hash, in the same compiled function
+        return insert_all(codes, d1)
     n = codes.shape[0]
     per = ((n // d1 + runs - 1) // runs) * d1
     local = np.empty(n, np.int32)
@@ -393,9 +395,12 @@ def build(features: Tensor, batch_size: int, max_code_bits: int) -> tuple[Tensor
     weights = np.empty((num_points, d1), np.float32 if features.dtype == torch.float32 else np.float64)
     ranks = np.empty((num_points, d1), np.int8)
     simplices(feats, scale, lo, strides, num_points // batch_size, num_chunks, codes, weights, ranks)
-    runs = numba.get_num_threads()
-    # the same ids either way (tested): in parallel runs where there are threads and enough points
-    hashed = insert_runs(codes, d1, runs) if runs > 1 and num_points >= 16_384 else insert_all(codes, d1)
+    # the same ids either way (tested): in parallel runs where there are threads and enough points. Which function
+    # runs follows the configured thread maximum, not the threads of the moment (fewer on a busy machine, and then
+    # insert_runs hashes sequentially itself): a process whose kernels were cached on a quiet machine compiled the
+    # other one, half a minute's message included, the first time the machine was busy.
+    parallel = numba.config.NUMBA_NUM_THREADS > 1 and num_points >= 16_384  # type: ignore[attr-defined]
+    hashed = insert_runs(codes, d1, numba.get_num_threads()) if parallel else insert_all(codes, d1)
     ids, uniq, table, qbits = hashed
     # code of the neighbour along direction j: key - 1 + (d + 1) e_j on the first d coordinates
     off = -np.ones((d1, d), np.int64) + d1 * np.eye(d1, d, dtype=np.int64)
