@@ -39,3 +39,26 @@ def test_large_buffers_are_writable_and_mapped_in_whole_huge_pages(monkeypatch):
         if hasattr(mmap, "MADV_HUGEPAGE"):  # Linux: an anonymous mapping advised for huge pages
             assert sizes[-1] % (2 << 20) == 0 and 0 <= sizes[-1] - t.numel() * t.element_size() < 2 << 20
     np.testing.assert_array_equal(memory.empty((0,), torch.float32).numpy(), np.empty(0, np.float32))
+
+
+def test_the_workspace_hands_back_kept_buffers_and_frees_the_oldest_when_full():
+    ws = memory.Workspace(per_key=2, max_bytes=3 * 4096)
+    a = ws.take((1024,), torch.float32)  # 4 KiB each
+    b = ws.take((1024,), torch.float32)
+    ws.give(a, b)
+    assert ws.take((1024,), torch.float32) is b and ws.take((1024,), torch.float32) is a  # reused, last in first out
+    ws.give(a, b)
+    c = ws.take((512, 2), torch.float32)  # another shape
+    ws.give(c)
+    d = ws.take((1024, 1), torch.float32)  # full: giving d back frees the buffer given back longest ago (a)
+    ws.give(d)
+    assert ws.take((1024,), torch.float32) is b
+    assert ws.take((1024,), torch.float32) is not a  # freed, a fresh one
+    assert ws.take((512, 2), torch.float32) is c and ws.take((1024, 1), torch.float32) is d
+    ws.give(memory.empty((4097,), torch.float32))  # larger than the whole workspace: not kept
+    assert not ws._free and ws._kept_bytes == 0
+    ws.give(c, d)
+    assert ws.take((4096,), torch.float32) is not c  # nothing of that shape kept
+    ws.clear()
+    assert not ws._free and ws._kept_bytes == 0
+    assert ws.take((512, 2), torch.float32) is not c

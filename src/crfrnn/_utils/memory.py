@@ -53,14 +53,16 @@ class Workspace:
     released) or once the node is gone. Until then they are never handed out again, so a retained graph keeps
     its own values. Safe to share between threads.
 
-    At most ``per_key`` free buffers of one shape are kept, and at most ``max_bytes`` in all; the rest are freed.
-    :meth:`clear` frees them all.
+    At most ``per_key`` free buffers of one shape are kept, and at most ``max_bytes`` in all: a buffer given back
+    when the workspace is full frees the ones given back longest ago (buffers of sizes no longer in use, e.g. of
+    the previous images of a folder), or itself if it alone is larger. :meth:`clear` frees them all.
     """
 
     def __init__(self, per_key: int = 2, max_bytes: int = 2 << 30) -> None:
         self.per_key = per_key
         self.max_bytes = max_bytes
         self._free: dict[tuple, list[torch.Tensor]] = {}
+        self._kept_bytes = 0
         self._pending: list[tuple[list[torch.Tensor], "weakref.ref"]] = []
         self._lock = threading.Lock()
 
@@ -71,7 +73,11 @@ class Workspace:
             self._collect()
             free = self._free.get(key)
             if free:
-                return free.pop()
+                buf = free.pop()
+                self._kept_bytes -= _nbytes(buf)
+                if not free:
+                    del self._free[key]
+                return buf
         return empty(tuple(shape), dtype)
 
     def give(self, *buffers: torch.Tensor) -> None:
@@ -90,6 +96,7 @@ class Workspace:
         """Free every kept buffer."""
         with self._lock:
             self._free.clear()
+            self._kept_bytes = 0
             self._pending.clear()
 
     def _collect(self) -> None:
@@ -103,13 +110,23 @@ class Workspace:
         self._pending = still
 
     def _keep(self, buf: torch.Tensor) -> None:
-        if buf.numel() == 0:
+        size = _nbytes(buf)
+        if size == 0 or size > self.max_bytes:
             return
         key = (tuple(buf.shape), buf.dtype)
-        free = self._free.setdefault(key, [])
-        total = sum(b.numel() * b.element_size() for bufs in self._free.values() for b in bufs)
-        if len(free) < self.per_key and total + buf.numel() * buf.element_size() <= self.max_bytes:
-            free.append(buf)
+        if len(self._free.get(key, ())) >= self.per_key:
+            return
+        while self._kept_bytes + size > self.max_bytes:  # free the buffers given back longest ago
+            oldest = next(iter(self._free))  # dicts keep insertion order: a key re-enters at the end when refilled
+            self._kept_bytes -= _nbytes(self._free[oldest].pop(0))
+            if not self._free[oldest]:
+                del self._free[oldest]
+        self._free.setdefault(key, []).append(buf)
+        self._kept_bytes += size
+
+
+def _nbytes(buf: torch.Tensor) -> int:
+    return buf.numel() * buf.element_size()
 
 
 def _released(ref: "weakref.ref") -> bool:
