@@ -14,6 +14,7 @@ probabilities made as in ``bench_refine.py`` (coarse random logits upsampled, pl
     python benchmarks/bench_threads.py --threads 2 4 --sizes 500x375 --repeats 5
     python benchmarks/bench_threads.py --sizes 50x40 --repeats 1 --iterations 2   # checks that it runs
     python benchmarks/bench_threads.py --sizes 500x375 --threads 16 --batch 16 --singles-threads 1  # 16 cores
+    python benchmarks/bench_threads.py --sizes 500x375 --batch 0 --chunksize 16   # dynamic scheduling
 """
 
 from __future__ import annotations
@@ -63,6 +64,13 @@ def main() -> None:
         metavar="N",
         help="threads of the single calls the batch is compared with (0: the default threads)",
     )
+    parser.add_argument(
+        "--chunksize",
+        type=int,
+        default=0,
+        metavar="N",
+        help="numba.set_parallel_chunksize(N) for every call (0: numba's default static split of each parallel loop)",
+    )
     parser.add_argument("--labels", type=int, default=21)
     parser.add_argument("--iterations", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=9, help="pairs timed after one warm-up pair")
@@ -73,7 +81,11 @@ def main() -> None:
 
     from crfrnn import dense_crf
 
-    print(f"cores {os.cpu_count()}, numba threads {numba.config.NUMBA_NUM_THREADS}, torch {torch.__version__}")
+    numba.set_parallel_chunksize(args.chunksize)  # this thread's parallel loops: every call below runs here
+    print(
+        f"cores {os.cpu_count()}, numba threads {numba.config.NUMBA_NUM_THREADS}, torch {torch.__version__}, "
+        f"chunk size {args.chunksize}"
+    )
     for w, h in args.sizes:
         image, probs = make_inputs(h, w, args.labels, seed=0)
 
