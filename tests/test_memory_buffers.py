@@ -35,7 +35,7 @@ def test_large_buffers_are_writable_and_mapped_in_whole_huge_pages(monkeypatch):
         t = memory.empty(shape, dtype)
         assert t.shape == shape and t.dtype == dtype and t.is_contiguous()
         t.fill_(7)
-        assert int(t[-1, -1]) == 7 and int(t.sum()) == 7 * t.numel()
+        assert bool((t == 7).all())  # every element written (a float32 sum would round)
         if hasattr(mmap, "MADV_HUGEPAGE"):  # Linux: an anonymous mapping advised for huge pages
             assert sizes[-1] % (2 << 20) == 0 and 0 <= sizes[-1] - t.numel() * t.element_size() < 2 << 20
     np.testing.assert_array_equal(memory.empty((0,), torch.float32).numpy(), np.empty(0, np.float32))
