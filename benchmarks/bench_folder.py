@@ -8,6 +8,8 @@ group, start-up included, into an empty output folder) in these modes (--modes p
 - ``default``: no flags (worker processes on the free CPUs for a folder this large);
 - ``torchrun2``: ``python -m torch.distributed.run --standalone --nproc-per-node 2 -m crfrnn refine ...``
   (two ranks, torchrun's ``OMP_NUM_THREADS=1``);
+- ``shards2``: two processes started together, ``--jobs 1 --shard 0/2`` and ``--shard 1/2`` with
+  ``OMP_NUM_THREADS=1`` (a torchrun rank's work, without the launcher);
 - ``jobs1``, ``jobs2``: ``--jobs 1`` (one process, all its threads) and ``--jobs 2``.
 
 The modes run in turn for --rounds rounds, the order reversed every other round (drift on a shared machine), and
@@ -17,6 +19,7 @@ torchrun2 within 5% of default.
     python benchmarks/bench_folder.py                          # 200 images, single, default, torchrun2
     python benchmarks/bench_folder.py --count 6 --rounds 1     # checks that it runs
     python benchmarks/bench_folder.py --modes jobs1 jobs2 --count 40
+    python benchmarks/bench_folder.py --modes default shards2 torchrun2 --rounds 3   # torchrun's own cost
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_refine import make_inputs  # noqa: E402
 
-MODES = ("single", "default", "torchrun2", "jobs1", "jobs2")
+MODES = ("single", "default", "torchrun2", "shards2", "jobs1", "jobs2")
 TARGET_DEFAULT_OVER_SINGLE = 1.9
 TARGET_TORCHRUN_WITHIN = 0.05
 
@@ -76,9 +79,21 @@ def main() -> None:
             for mode in args.modes if r % 2 == 0 else args.modes[::-1]:
                 out = os.path.join(root, f"out-{mode}")
                 shutil.rmtree(out, ignore_errors=True)
-                argv, env = command(mode, images, probs, out)
                 start = time.perf_counter()
-                subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                if mode == "shards2":
+                    argv, env = command("jobs1", images, probs, out)
+                    env |= {"OMP_NUM_THREADS": "1"}
+                    procs = [
+                        subprocess.Popen(
+                            [*argv, "--shard", f"{k}/2"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+                        )
+                        for k in range(2)
+                    ]
+                    if any(p.wait() != 0 for p in procs):
+                        raise SystemExit(f"{mode}: a shard failed")
+                else:
+                    argv, env = command(mode, images, probs, out)
+                    subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 rates[mode].append(args.count / (time.perf_counter() - start))
                 print(f"round {r + 1}, {mode}: {rates[mode][-1]:.2f} images/s", flush=True)
         median = {m: statistics.median(v) for m, v in rates.items()}
@@ -90,6 +105,8 @@ def main() -> None:
         if "default" in median and "torchrun2" in median:
             ratio = median["torchrun2"] / median["default"]
             print(f"torchrun 2 ranks / default: {ratio:.3f} (target within {TARGET_TORCHRUN_WITHIN:.0%}: 0.95 to 1.05)")
+        if "default" in median and "shards2" in median:
+            print(f"two --shard processes / default: {median['shards2'] / median['default']:.3f}")
         if "jobs1" in median and "jobs2" in median:
             print(f"--jobs 2 / --jobs 1: {median['jobs2'] / median['jobs1']:.2f}x")
 
