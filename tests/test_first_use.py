@@ -109,3 +109,49 @@ def test_a_change_to_any_kernel_source_recompiles(tmp_path):
     again = _run(install, home)
     assert again.returncode == 0, again.stderr
     assert _first_use.MESSAGE in again.stderr  # compiled again, not loaded stale
+
+
+#: every CPU path once: the fused loop (float32 and float64, the parallel hash: 20480 points), the compiled
+#: differentiable path's forward and backward, the pydensecrf shim stepping through inference, the lattice filter
+EVERY_PATH = """
+import sys, numpy as np, torch
+import crfrnn._kernels._first_use as first_use
+from crfrnn import CrfRnn, dense_crf
+from crfrnn.compat import DenseCRF2D
+from crfrnn.lattice import PermutohedralLattice
+rng = np.random.default_rng(0)
+img = (rng.random((128, 160, 3)) * 255).astype(np.uint8)
+p = rng.dirichlet(np.ones(4), size=128 * 160).T.reshape(4, 128, 160).astype(np.float32)
+dense_crf(img, p, num_iterations=2)
+dense_crf(img, p.astype(np.float64), num_iterations=2)
+crf = CrfRnn(4, num_iterations=2)
+u = torch.randn(1, 4, 128, 160, requires_grad=True)
+crf(u, torch.from_numpy(img).permute(2, 0, 1)[None].float()).sum().backward()
+assert u.grad is not None and bool(torch.isfinite(u.grad).all())
+d = DenseCRF2D(160, 128, 4)
+d.setUnaryEnergy(np.ascontiguousarray(-np.log(p.reshape(4, -1))))
+d.addPairwiseGaussian(sxy=3, compat=3)
+d.addPairwiseBilateral(sxy=80, srgb=13, rgbim=img, compat=10)
+q, t1, t2 = d.startInference()
+d.stepInference(q, t1, t2)
+d.klDivergence(q)
+f = torch.rand(1, 500, 3, dtype=torch.float64)
+PermutohedralLattice(f).filter(torch.rand(1, 500, 2, dtype=torch.float64))
+print("every path ran")
+"""
+
+
+def test_every_kernel_loads_from_the_cache_in_a_fresh_process():
+    # A warm process loads the kernels without numba's context refresh (_KernelCache): a kernel needing a symbol
+    # that only a skipped module registers would abort the process, not raise. The first run fills the package's
+    # cache with whatever this test session has not compiled yet (usually nothing: the suite's earlier tests did);
+    # the second loads every kernel of every CPU path.
+    env = {k: v for k, v in os.environ.items() if k != "CRFRNN_QUIET"}
+    runs = [
+        subprocess.run([sys.executable, "-c", EVERY_PATH], env=env, capture_output=True, text=True, timeout=600)
+        for _ in range(2)
+    ]
+    for run in runs:
+        assert run.returncode == 0, run.stderr[-2000:]
+        assert "every path ran" in run.stdout
+    assert _first_use.MESSAGE not in runs[1].stderr, runs[1].stderr[-2000:]  # and the full one loaded everything
