@@ -45,6 +45,22 @@ def test_a_second_call_reuses_the_first_calls_scratch(monkeypatch):
     torch.testing.assert_close(second, first, rtol=0, atol=0)
 
 
+def test_logits_reuse_their_first_marginals_too(monkeypatch):
+    _buffers.release_buffers()
+    image, probs = _inputs(4)
+    logits = np.log(probs)
+    first = dense_crf(image, logits=logits, num_iterations=3)
+    seen = _taken(monkeypatch)
+    dense_crf(image, probs, num_iterations=3)
+    from_probs = len(seen)  # the unary and the first marginals, then each image's vertex buffers and partial sums
+    dense_crf(image, logits=logits, num_iterations=3)
+    n = len(seen)
+    assert n - from_probs == from_probs  # logits take as many: their first marginals are kept as well
+    second = dense_crf(image, logits=logits, num_iterations=3)
+    assert sorted(seen[n:]) == sorted(seen[from_probs:n])
+    torch.testing.assert_close(second, first, rtol=0, atol=0)
+
+
 def test_untied_iterations_reuse_and_agree_with_a_fresh_workspace(monkeypatch):
     image, probs = _inputs(1)
     torch.manual_seed(0)

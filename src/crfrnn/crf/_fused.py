@@ -95,6 +95,9 @@ def _refine_images(
         q_buf = None
         try:
             work = views(bufs, ops)
+            if q is None:  # logits: the first marginals in a kept buffer too (mean_field would allocate them)
+                q_buf, q = flat_buffer(unary.shape, dtype)
+                _kernels.softmax_rows(unary, q, num_labels)
             if len(steps) == 1 or iterations <= 1:
                 args: list = [op + (mat,) for op, mat in zip(ops, steps[0])]
                 prepared = _kernels.prepare(args, num_labels, n, c, np_dtype, work, tuple(parts))
@@ -109,9 +112,6 @@ def _refine_images(
                     prepared=prepared,
                 )
                 return
-            if q is None:
-                q_buf, q = flat_buffer(unary.shape, dtype)
-                _kernels.softmax_rows(unary, q, num_labels)
             # one set of compiled arguments per schedule step, not per iteration; the partial sums are shared: each
             # iteration splats for the next
             all_args = [[op + (mat,) for op, mat in zip(ops, step)] for step in steps]
