@@ -15,6 +15,7 @@ probabilities made as in ``bench_refine.py`` (coarse random logits upsampled, pl
     python benchmarks/bench_threads.py --sizes 50x40 --repeats 1 --iterations 2   # checks that it runs
     python benchmarks/bench_threads.py --sizes 500x375 --threads 16 --batch 16 --singles-threads 1  # 16 cores
     python benchmarks/bench_threads.py --sizes 500x375 --batch 0 --chunksize 16   # dynamic scheduling
+    python benchmarks/bench_threads.py --batch 0 --repeats 1 --spread 15   # each call's faults and preemptions
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import argparse
 import contextlib
 import os
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _harness import paired_ratio  # noqa: E402
@@ -45,6 +47,28 @@ def threads(n: int):
     finally:
         torch.set_num_threads(before[0])
         numba.set_num_threads(before[1])
+
+
+def _spread(with_threads, n: int, calls: int, label: str) -> None:
+    """Time ``calls`` calls on ``n`` threads and on 1, in turn, and print each with what the kernel saw."""
+    import resource
+
+    rows: dict = {n: [], 1: []}
+    for _ in range(calls + 1):  # the first pair warms up
+        for k in (n, 1):
+            r0 = resource.getrusage(resource.RUSAGE_SELF)
+            start = time.perf_counter()
+            with_threads(k)()
+            took = time.perf_counter() - start
+            r1 = resource.getrusage(resource.RUSAGE_SELF)
+            rows[k].append((took, r1.ru_minflt - r0.ru_minflt, r1.ru_stime - r0.ru_stime, r1.ru_nivcsw - r0.ru_nivcsw))
+    for k, got in rows.items():
+        got = sorted(got[1:])
+        print(
+            f"{label}, {k} thread(s), {calls} calls, fastest first (s/page faults/system s/involuntary switches): "
+            + "  ".join(f"{t:.3f}/{f}/{sy:.2f}/{c}" for t, f, sy, c in got),
+            flush=True,
+        )
 
 
 def _size(text: str) -> tuple:
@@ -71,6 +95,14 @@ def main() -> None:
         metavar="N",
         help="numba.set_parallel_chunksize(N) for every call (0: numba's default static split of each parallel loop)",
     )
+    parser.add_argument(
+        "--spread",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also time N single calls at each thread count in turn, each with its page faults, system time and "
+        "involuntary context switches (what makes a parallel call slow on a busy or virtual machine)",
+    )
     parser.add_argument("--labels", type=int, default=21)
     parser.add_argument("--iterations", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=9, help="pairs timed after one warm-up pair")
@@ -96,6 +128,8 @@ def main() -> None:
 
             return run
 
+        if args.spread > 0:
+            _spread(with_threads, args.threads[0], args.spread, f"{w}x{h}")
         for n in args.threads:
             r = paired_ratio(with_threads(n), with_threads(1), repeats=args.repeats)
             speedup = 1.0 / r["ratio"]

@@ -3,9 +3,9 @@
 A call at 1000x750 with 21 labels works in a few hundred megabytes of scratch (the padded unary and first
 marginals, each lattice's vertex buffers and partial splat sums). Fresh, every page of them is faulted in on
 first touch, by the parallel loops that first write them; on virtual machines, where a fault may also have to
-reach the host, several threads faulting at once made a 2-thread call vary from 0.5 to 1.2 s where a
-1-thread one stayed within 10% (``benchmarks/bench_threads.py``). Kept, the next call of similar size
-touches memory it already has. One :class:`~crfrnn._utils.memory.Workspace` serves the fused path
+reach the host, several threads faulting at once made 2-thread calls uneven where 1-thread ones were not
+(``python benchmarks/bench_threads.py --spread 15`` prints each call's faults). Kept, the next call of similar
+size touches memory it already has. One :class:`~crfrnn._utils.memory.Workspace` serves the fused path
 (:mod:`crfrnn.crf._fused`) and the differentiable one (:mod:`crfrnn.crf._compiled`); it keeps at most 2 GiB
 (and at most 16 buffers of one shape), and :func:`release_buffers` frees it.
 """
