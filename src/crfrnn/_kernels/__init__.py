@@ -35,6 +35,7 @@ from crfrnn._kernels.filtering import (
     blur_result,
     splat,
     splat_parts,
+    splat_parts_shapes,
     splat_runs,
 )
 from crfrnn._kernels.layout import (
@@ -70,6 +71,7 @@ __all__ = [
     "softmax_rows",
     "splat",
     "splat_parts",
+    "splat_parts_shapes",
     "splat_runs",
     "unary_from_scores",
 ]

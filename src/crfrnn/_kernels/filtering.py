@@ -33,6 +33,7 @@ __all__ = [
     "slice_vertices",
     "splat",
     "splat_parts",
+    "splat_parts_shapes",
     "splat_runs",
 ]
 
@@ -217,11 +218,17 @@ class NumbaOperators:
         return out if padded == channels else out[:, :channels]
 
 
-def splat_parts(ops: list, channels: int, dtype: DTypeLike) -> tuple:
-    """The fused loop's partial splat sums, ``(R, M_k + 1, C)`` per lattice in ``ops``, with one run count ``R`` for
-    all (the smallest of their :func:`splat_runs`). Callers that run one iteration at a time share them between the
-    :func:`prepare` of every step, so that an iteration can leave its splat for the next
-    (``scatter_out``).
+def splat_parts_shapes(ops: list, channels: int) -> list:
+    """The shapes of :func:`splat_parts`' arrays, ``(R, M_k + 1, C)`` per lattice in ``ops``, with one run count
+    ``R`` for all (the smallest of their :func:`splat_runs`).
     """
     runs = min(o.runs for o in ops)
-    return tuple(np.empty((runs, o.num_vertices + 1, channels), dtype) for o in ops)
+    return [(runs, o.num_vertices + 1, channels) for o in ops]
+
+
+def splat_parts(ops: list, channels: int, dtype: DTypeLike) -> tuple:
+    """The fused loop's partial splat sums (shapes: :func:`splat_parts_shapes`). Callers that run one iteration at a
+    time share them between the :func:`prepare` of every step, so that an iteration can leave its splat for the next
+    (``scatter_out``).
+    """
+    return tuple(np.empty(shape, dtype) for shape in splat_parts_shapes(ops, channels))

@@ -141,7 +141,6 @@ def _mean_field_for(channels: int, matrices: bool):  # noqa: C901 - the compiled
     it compiles (about 2 s of a cold first call's compile time).
     """
     c = channels
-    with_matrices = matrices
 
     @njit(cache=True, parallel=True, nogil=True, fastmath=FAST)
     def _mean_field(
@@ -239,7 +238,7 @@ def _mean_field_for(channels: int, matrices: bool):  # noqa: C901 - the compiled
             blurred = []
             for k in range(nk):
                 bk = blur_vertices(reduce_parts(parts[k], bufs[k]), tmps[k], neighbours[k], forward)
-                if with_matrices:
+                if matrices:
                     if on_vertices[k]:
                         bk = vertex_matmul(bk, mat[k], cr, vbufs[k])
                 blurred.append(bk)
@@ -276,7 +275,7 @@ def _mean_field_for(channels: int, matrices: bool):  # noqa: C901 - the compiled
                         is_full,
                         diag,
                         mat,
-                        with_matrices,
+                        matrices,
                         blurred,
                         parts,
                         j,

@@ -87,11 +87,9 @@ def _refine_images(
             ops.append((kern.lattice.operators(dtype), pre, post, selfw))
         rows = slice(i * n, (i + 1) * n)
         unary, q = padded[rows], None if q0 is None else q0[rows]
-        lattices = [o for o, *_ in ops]
         bufs = vertex_buffers(ops, c, dtype, 3)
-        parts_bufs, parts = zip(
-            *(flat_buffer((min(o.runs for o in lattices), o.num_vertices + 1, c), dtype) for o in lattices)
-        )
+        shapes = _kernels.splat_parts_shapes([o for o, *_ in ops], c)
+        parts_bufs, parts = zip(*(flat_buffer(shape, dtype) for shape in shapes))
         q_buf = None
         try:
             work = views(bufs, ops)
