@@ -41,28 +41,43 @@ def paired_ratio(fn: Callable[[], object], base: Callable[[], object], *, warmup
     of the drift. The order inside each pair alternates, so neither side always runs second (warm caches).
     Returns the medians of both, the median ratio and its interquartile range.
     """
+    return paired_ratios([(fn, base)], warmup=warmup, repeats=repeats)[0]
+
+
+def paired_ratios(pairs: list, *, warmup: int = 1, repeats: int = 9) -> list:
+    """:func:`paired_ratio` for several ``(fn, base)`` pairs timed in the same moments: each repeat times every
+    pair back to back, so the pairs see the same drift of the machine (a control beside the measurement).
+    Returns one summary per pair, in order.
+    """
     for _ in range(warmup):
-        base()
-        fn()
-    ours, theirs, ratios = [], [], []
+        for fn, base in pairs:
+            base()
+            fn()
+    got: list = [([], [], []) for _ in pairs]
     for i in range(repeats):
-        pair = {}
-        for name, f in (("fn", fn), ("base", base)) if i % 2 == 0 else (("base", base), ("fn", fn)):
-            t = time.perf_counter()
-            f()
-            pair[name] = time.perf_counter() - t
-        ours.append(pair["fn"])
-        theirs.append(pair["base"])
-        ratios.append(pair["fn"] / pair["base"])
-    q1, q3 = np.percentile(ratios, [25, 75])
-    return {
-        "median": statistics.median(ours),
-        "base_median": statistics.median(theirs),
-        "ratio": statistics.median(ratios),
-        "ratio_q1": float(q1),
-        "ratio_q3": float(q3),
-        "repeats": repeats,
-    }
+        for (fn, base), (ours, theirs, ratios) in zip(pairs, got):
+            pair = {}
+            for name, f in (("fn", fn), ("base", base)) if i % 2 == 0 else (("base", base), ("fn", fn)):
+                t = time.perf_counter()
+                f()
+                pair[name] = time.perf_counter() - t
+            ours.append(pair["fn"])
+            theirs.append(pair["base"])
+            ratios.append(pair["fn"] / pair["base"])
+    out = []
+    for ours, theirs, ratios in got:
+        q1, q3 = np.percentile(ratios, [25, 75])
+        out.append(
+            {
+                "median": statistics.median(ours),
+                "base_median": statistics.median(theirs),
+                "ratio": statistics.median(ratios),
+                "ratio_q1": float(q1),
+                "ratio_q3": float(q3),
+                "repeats": repeats,
+            }
+        )
+    return out
 
 
 def _status(field: str) -> int:

@@ -7,6 +7,10 @@ probabilities made as in ``bench_refine.py`` (coarse random logits upsampled, pl
   with N threads against 1 thread (torch's and numba's), called in turn, the order alternating pair by pair
   (:func:`_harness.paired_ratio`), medians after a warm-up; printed as the speed-up ``t(1) / t(N)`` beside its
   target (2 threads >= 1.85x 1 thread);
+- a control: beside every pair of calls (in the same moments), a loop of pure arithmetic split evenly over N
+  threads and over 1 (:func:`control_loop`), printed as its speed-up: about N.00x on N free cores of equal speed,
+  less where the machine gives less (a shared VM, a busy core), which a target on the speed-up alone cannot tell
+  from the code's own part (``--no-control`` skips it);
 - batch: --batch B images (seeds 0..B-1) refined by one batched call (``(B, 3, H, W)`` and ``(B, L, H, W)``
   tensors) against B single calls, at the default threads, paired the same way.
 
@@ -16,21 +20,65 @@ probabilities made as in ``bench_refine.py`` (coarse random logits upsampled, pl
     python benchmarks/bench_threads.py --sizes 500x375 --threads 16 --batch 16 --singles-threads 1  # 16 cores
     python benchmarks/bench_threads.py --sizes 500x375 --batch 0 --chunksize 16   # dynamic scheduling
     python benchmarks/bench_threads.py --batch 0 --repeats 1 --spread 15   # each call's faults and preemptions
+    python benchmarks/bench_threads.py --compare-taking --busy 1   # threads taking work from each other, or not
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _harness import paired_ratio  # noqa: E402
+from _harness import paired_ratio, paired_ratios  # noqa: E402
 from bench_refine import make_inputs  # noqa: E402
 
 TARGET_2_THREADS = 1.85  # 2 threads at least this many times as fast as 1
+CONTROL_ROWS = 64  # the control loop's rows: the same total work split evenly for 1, 2, 4, ... 64 threads
+
+
+@functools.lru_cache(maxsize=None)
+def _control_kernel():
+    """The control's compiled loop and its rows: one array for every thread count, aligned to 64 bytes (a row
+    that straddles cache lines doubles the time of this loop, which made two arrays of one process differ 2x)."""
+    import numpy as np
+    from numba import njit, prange
+
+    @njit(parallel=True, fastmath=True)
+    def busy(rows, regions, reps):  # pragma: no cover - compiled
+        for _ in range(regions):
+            for t in prange(rows.shape[0]):
+                x = rows[t]
+                for _ in range(reps):
+                    for i in range(x.shape[0]):
+                        x[i] = x[i] * np.float32(0.999) + np.float32(0.001)
+
+    raw = np.ones(CONTROL_ROWS * 128 + 16, np.float32)
+    skip = (-raw.ctypes.data % 64) // 4
+    rows = raw[skip : skip + CONTROL_ROWS * 128].reshape(CONTROL_ROWS, 128)
+    assert rows.ctypes.data % 64 == 0
+    busy(rows, 1, 1)  # compiles
+    return busy, rows
+
+
+def control_loop(n: int, regions: int = 100, reps: int = 400):
+    """The control for ``n`` threads: a loop of pure arithmetic with nothing to share and nothing to wait for but
+    its threads, as a callable. ``regions`` parallel loops one after the other (``dense_crf`` runs about a
+    hundred), each splitting :data:`CONTROL_ROWS` rows of 128 float32 (in the first-level cache, no memory
+    traffic) evenly over the threads, ``reps`` vector multiply-adds per element: the same total work at any thread
+    count. Its speed-up over 1 thread is what the hardware gave at that moment: ``n`` on ``n`` free cores of
+    equal speed, less on shared or unequal ones.
+    """
+    busy, rows = _control_kernel()
+
+    def run():
+        with threads(n):
+            busy(rows, regions, reps)
+
+    return run
 
 
 @contextlib.contextmanager
@@ -103,6 +151,19 @@ def main() -> None:
         help="also time N single calls at each thread count in turn, each with its page faults, system time and "
         "involuntary context switches (what makes a parallel call slow on a busy or virtual machine)",
     )
+    parser.add_argument(
+        "--no-control",
+        action="store_true",
+        help="skip the control: a pure-arithmetic parallel loop timed at N and 1 threads beside each pair of calls",
+    )
+    parser.add_argument(
+        "--compare-taking",
+        action="store_true",
+        help="instead: N-thread calls whose idle threads take work from the others (the default) against the same "
+        "calls without (CRFRNN_TAKE_WORK=0), paired, each beside a 1-thread call; the adaptive thread count is "
+        "bypassed (the threads asked for are used, also with --busy)",
+    )
+    parser.add_argument("--busy", type=int, default=0, metavar="K", help="spinning competitor processes while timing")
     parser.add_argument("--labels", type=int, default=21)
     parser.add_argument("--iterations", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=9, help="pairs timed after one warm-up pair")
@@ -111,13 +172,77 @@ def main() -> None:
     import numba
     import torch
 
-    from crfrnn import dense_crf
-
     numba.set_parallel_chunksize(args.chunksize)  # this thread's parallel loops: every call below runs here
     print(
         f"cores {os.cpu_count()}, numba threads {numba.config.NUMBA_NUM_THREADS}, torch {torch.__version__}, "
-        f"chunk size {args.chunksize}"
+        f"chunk size {args.chunksize}, {args.busy} spinning processes"
     )
+    with competitors(args.busy):
+        if args.compare_taking:
+            _compare_taking(args)
+        else:
+            _measure(args)
+
+
+@contextlib.contextmanager
+def competitors(count: int):
+    """``count`` processes spinning on the CPU inside the block."""
+    import multiprocessing as mp
+
+    stop = mp.Event()
+    procs = [mp.Process(target=_spin, args=(stop,), daemon=True) for _ in range(count)]
+    for p in procs:
+        p.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        for p in procs:
+            p.join(timeout=5)
+
+
+def _spin(stop) -> None:
+    while not stop.is_set():
+        pass
+
+
+def _compare_taking(args) -> None:
+    import crfrnn._utils.threads as adaptive
+    from crfrnn import dense_crf
+
+    adaptive.free_cpus = lambda samples=3: 1 << 16  # the threads asked for, also on a busy machine
+    for w, h in args.sizes:
+        image, probs = make_inputs(h, w, args.labels, seed=0)
+
+        def call(n: int, take: bool):
+            def run():
+                os.environ["CRFRNN_TAKE_WORK"] = "1" if take else "0"
+                try:
+                    with threads(n):
+                        dense_crf(image, probs, num_iterations=args.iterations)
+                finally:
+                    del os.environ["CRFRNN_TAKE_WORK"]
+
+            return run
+
+        for n in args.threads:
+            taking, static = paired_ratios(
+                [(call(n, True), call(1, True)), (call(n, False), call(1, True))], repeats=args.repeats
+            )
+            print(
+                f"{w}x{h}, L={args.labels}, T={args.iterations}, {n} threads: taking work {taking['median']:.3f} s "
+                f"(speed-up {1 / taking['ratio']:.2f}x), without {static['median']:.3f} s (speed-up "
+                f"{1 / static['ratio']:.2f}x), 1 thread {taking['base_median']:.3f} s; taking / without "
+                f"{taking['median'] / static['median']:.2f} [{args.repeats} rounds]",
+                flush=True,
+            )
+
+
+def _measure(args) -> None:
+    import torch
+
+    from crfrnn import dense_crf
+
     for w, h in args.sizes:
         image, probs = make_inputs(h, w, args.labels, seed=0)
 
@@ -131,7 +256,10 @@ def main() -> None:
         if args.spread > 0:
             _spread(with_threads, args.threads[0], args.spread, f"{w}x{h}")
         for n in args.threads:
-            r = paired_ratio(with_threads(n), with_threads(1), repeats=args.repeats)
+            pairs = [(with_threads(n), with_threads(1))]
+            if not args.no_control:
+                pairs.append((control_loop(n), control_loop(1)))
+            r, *control = paired_ratios(pairs, repeats=args.repeats)
             speedup = 1.0 / r["ratio"]
             target = f" (target >= {TARGET_2_THREADS}x)" if n == 2 else ""
             print(
@@ -140,6 +268,14 @@ def main() -> None:
                 f"[ratio IQR {r['ratio_q1']:.2f}..{r['ratio_q3']:.2f}, {r['repeats']} pairs]",
                 flush=True,
             )
+            if control:
+                c = control[0]
+                print(
+                    f"  control in the same moments (pure arithmetic, the same work on {n} threads and on 1): "
+                    f"{1.0 / c['ratio']:.2f}x [IQR {1 / c['ratio_q3']:.2f}..{1 / c['ratio_q1']:.2f}; "
+                    f"{c['median'] * 1e3:.1f} ms / {c['base_median'] * 1e3:.1f} ms]",
+                    flush=True,
+                )
         if args.batch > 0:
             inputs = [make_inputs(h, w, args.labels, seed=s) for s in range(args.batch)]
             images = torch.stack([torch.from_numpy(i).permute(2, 0, 1).float() for i, _ in inputs])

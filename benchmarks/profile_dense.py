@@ -19,6 +19,7 @@ import argparse
 import os
 import sys
 
+import numba
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -62,7 +63,10 @@ def main() -> None:
                 ops.splat(q, ones, buf, parts), ops.weights, ops.offsets, np.float32(1), out
             ),
         )
-    ms("bilateral blur, 24 channels", lambda: filtering.blur_vertices(buf, tmp, ops.neighbours, False))
+    ms(
+        "bilateral blur, 24 channels",
+        lambda: filtering.blur_vertices(buf, tmp, ops.neighbours, False, numba.get_num_threads()),
+    )
     logits = np.ascontiguousarray(np.log(probs.reshape(num_labels, -1).T))
     padded = np.zeros((h * w, 24), np.float32)
     padded[:, :num_labels] = logits

@@ -197,7 +197,7 @@ class TestScatter:
                         expected[offsets[p, r]] += weights[p, r] * pre[p] * values[p]
                 np.testing.assert_allclose(parts[j], expected, rtol=1e-12, atol=1e-12)
             assert not parts[:, m].any()  # the absent neighbour's row stays 0
-            buf = filtering.reduce_parts(parts, np.empty((m + 1, channels)))
+            buf = filtering.reduce_parts(parts, np.empty((m + 1, channels)), 2)
             np.testing.assert_allclose(buf, parts.sum(0), rtol=1e-12, atol=1e-12)
 
     def test_same_sums_for_any_number_of_threads(self, kernels):
@@ -218,12 +218,33 @@ class TestScatter:
                 parts = np.empty((2, 501, 24), np.float32)
                 out.append(
                     filtering.reduce_parts(
-                        filtering.scatter_parts(values, pre, offsets, weights, parts), np.empty((501, 24), np.float32)
+                        filtering.scatter_parts(values, pre, offsets, weights, parts),
+                        np.empty((501, 24), np.float32),
+                        threads,
                     )
                 )
         finally:
             numba.set_num_threads(before)
         assert np.array_equal(out[0], out[1])
+
+    @pytest.mark.parametrize("threads", [1, 2, 5])
+    def test_reduce_and_blur_taken_in_pieces(self, kernels, threads):
+        """The sum of the partial sums and the blur hand out pieces of rows to the threads as they ask: any thread
+        count (here more pieces than threads, and more threads than numba has) gives NumPy's result."""
+        rng = np.random.default_rng(2)
+        m, c, d1 = 5000, 8, 3  # five pieces of vertices
+        parts = rng.random((3, m + 1, c))
+        parts[:, m] = 0.0
+        buf = filtering.reduce_parts(parts, np.full((m + 1, c), np.nan), threads)
+        np.testing.assert_allclose(buf, parts[0] + parts[1] + parts[2], rtol=1e-15)
+        neighbours = rng.integers(0, m + 1, size=(d1, 2, m)).astype(np.int32)
+        expected = buf.copy()
+        for j in range(d1):
+            expected = np.vstack(
+                [expected[:m] + 0.5 * (expected[neighbours[j, 0]] + expected[neighbours[j, 1]]), 0 * expected[m:]]
+            )
+        got = filtering.blur_vertices(buf.copy(), np.full((m + 1, c), np.nan), neighbours, False, threads)
+        np.testing.assert_allclose(got, expected, rtol=1e-13)
 
 
 class TestMatrixOnVertices:

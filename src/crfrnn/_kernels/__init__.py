@@ -18,6 +18,9 @@ Modules, lowest first:
 - :mod:`~crfrnn._kernels.filtering`: splat, blur and slice (:class:`NumbaOperators`, :func:`splat`,
   :func:`blur`, :func:`splat_runs`, :func:`splat_parts`);
 - :mod:`~crfrnn._kernels.selfw`: each point's self weight (:func:`self_weights`);
+- :mod:`~crfrnn._kernels.taking`: atomic operations with which the threads of a parallel loop take work from each
+  other;
+- :mod:`~crfrnn._kernels.block`: one block of points of a fused mean-field iteration;
 - :mod:`~crfrnn._kernels.meanfield`: the fused mean-field loop (:func:`mean_field`, :func:`prepare`,
   :class:`Prepared`);
 - :mod:`~crfrnn._kernels.sums`: densecrf's free-energy sums of marginals in one pass (:func:`free_energy_sums`);

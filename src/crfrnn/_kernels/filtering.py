@@ -20,6 +20,7 @@ from torch import Tensor
 
 from crfrnn._kernels.layout import BLOCK, padded_channels
 from crfrnn._kernels.simd import FAST, axpy
+from crfrnn._kernels.taking import take
 
 __all__ = [
     "NumbaOperators",
@@ -83,33 +84,56 @@ def run_length(n, k):  # pragma: no cover - compiled
     return ((blocks + k - 1) // k) * BLOCK
 
 
+_PIECE = 1024  # vertex rows per piece of the work-taking loops below
+
+
 @njit(cache=True, parallel=True, nogil=True)
-def reduce_parts(parts, buf):  # pragma: no cover - compiled
-    """``buf = parts[0] + parts[1] + ...`` (in that order); returns ``buf`` ``(M + 1, C)``."""
+def reduce_parts(parts, buf, threads):  # pragma: no cover - compiled
+    """``buf = parts[0] + parts[1] + ...`` (in that order); returns ``buf`` ``(M + 1, C)``. ``threads``: the threads
+    of the moment, which take pieces of rows as they go (:mod:`~crfrnn._kernels.taking`).
+    """
     k, rows, c = parts.shape
-    for blk in prange((rows + BLOCK - 1) // BLOCK):
-        for v in range(blk * BLOCK, min(rows, (blk + 1) * BLOCK)):
-            for ch in range(c):
-                buf[v, ch] = parts[0, v, ch]
-            for j in range(1, k):
+    pieces = (rows + _PIECE - 1) // _PIECE
+    counter = np.zeros(1, np.int64)
+    for _t in prange(max(1, min(threads, pieces))):
+        while True:
+            i = take(counter, 0)
+            if i >= pieces:
+                break
+            for v in range(i * _PIECE, min(rows, (i + 1) * _PIECE)):
                 for ch in range(c):
-                    buf[v, ch] += parts[j, v, ch]
+                    buf[v, ch] = parts[0, v, ch]
+                for j in range(1, k):
+                    for ch in range(c):
+                        buf[v, ch] += parts[j, v, ch]
     return buf
 
 
 @njit(cache=True, parallel=True, nogil=True)
-def blur_vertices(buf, tmp, neighbours, reverse):  # pragma: no cover - compiled
-    """``[1/2, 1, 1/2]`` along each lattice direction (reversed order for the adjoint); returns the result."""
+def blur_vertices(buf, tmp, neighbours, reverse, threads):  # pragma: no cover - compiled
+    """``[1/2, 1, 1/2]`` along each lattice direction (reversed order for the adjoint); returns the result.
+    ``threads``: the threads of the moment, which take pieces of vertices as they go (a vertex's result does not
+    depend on which thread computes it).
+    """
     d1, _, m = neighbours.shape
     c = buf.shape[1]
     tmp[m, :] = 0.0
+    pieces = (m + _PIECE - 1) // _PIECE
+    workers = max(1, min(threads, pieces))
+    counter = np.zeros(1, np.int64)
     for step in range(d1):
         j = d1 - 1 - step if reverse else step
-        for v in prange(m):
-            a = neighbours[j, 0, v]
-            b = neighbours[j, 1, v]
-            for ch in range(c):
-                tmp[v, ch] = buf[v, ch] + 0.5 * (buf[a, ch] + buf[b, ch])
+        counter[0] = 0
+        for _t in prange(workers):
+            while True:
+                i = take(counter, 0)
+                if i >= pieces:
+                    break
+                for v in range(i * _PIECE, min(m, (i + 1) * _PIECE)):
+                    a = neighbours[j, 0, v]
+                    b = neighbours[j, 1, v]
+                    for ch in range(c):
+                        tmp[v, ch] = buf[v, ch] + 0.5 * (buf[a, ch] + buf[b, ch])
         buf, tmp = tmp, buf
     return buf
 
@@ -134,7 +158,7 @@ def splat(
     """
     if parts is None:
         parts = np.empty((ops.runs,) + buf.shape, buf.dtype)
-    return reduce_parts(scatter_parts(values, pre, ops.offsets, ops.weights, parts), buf)
+    return reduce_parts(scatter_parts(values, pre, ops.offsets, ops.weights, parts), buf, numba.get_num_threads())
 
 
 _MAX_RUNS = 64  # the block pass runs its runs in parallel: this caps its threads
@@ -156,7 +180,7 @@ def blur(ops: "NumbaOperators", buf: np.ndarray, tmp: np.ndarray, reverse: bool)
     """The lattice's blur of ``buf (M + 1, C)`` (directions reversed for the adjoint), ``tmp`` as scratch; returns
     whichever of the two holds the result (see :func:`blur_result`).
     """
-    return blur_vertices(buf, tmp, ops.neighbours, reverse)
+    return blur_vertices(buf, tmp, ops.neighbours, reverse, numba.get_num_threads())
 
 
 def blur_result(ops: "NumbaOperators", buf: np.ndarray, tmp: np.ndarray) -> np.ndarray:
@@ -213,7 +237,9 @@ class NumbaOperators:
         out = torch.empty((vals.shape[0], padded), dtype=values.dtype)
         with self._lock:
             buf, tmp, parts = self.workspace(padded)
-            buf = blur_vertices(self.splat(vals, self._ones, buf, parts), tmp, self.neighbours, reverse)
+            buf = blur_vertices(
+                self.splat(vals, self._ones, buf, parts), tmp, self.neighbours, reverse, numba.get_num_threads()
+            )
             slice_vertices(buf, self.weights, self.offsets, vals.dtype.type(self.alpha), out.numpy())
         return out if padded == channels else out[:, :channels]
 

@@ -1,18 +1,26 @@
 """The fused compiled mean-field loop: every iteration adds up and blurs each kernel's splat, then one pass over
 each block of points slices all kernels, applies the label transforms, adds the unary, takes the softmax and
 splats the result for the next iteration (:func:`mean_field`, with :func:`prepare` for its per-kernel
-arguments).
+arguments; one block is :func:`~crfrnn._kernels.block.fused_block`).
+
+The block pass is split into runs of blocks, each splatting into its own partial sums in block order (so the sums
+do not depend on the threads); a thread takes runs while there are any, then helps the run with the most blocks
+left by computing blocks from its end (:mod:`~crfrnn._kernels.taking`), so a slower thread (a shared or efficiency
+core, a moment taken by another program) no longer holds up the pass, and threads beyond the runs have work.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 from typing import NamedTuple, Optional
 
+import numba
 import numpy as np
 from numba import njit, prange
 from numpy.typing import DTypeLike
 
+from crfrnn._kernels.block import fused_block
 from crfrnn._kernels.filtering import (
     blur_vertices,
     reduce_parts,
@@ -22,114 +30,12 @@ from crfrnn._kernels.filtering import (
     splat_parts,
 )
 from crfrnn._kernels.layout import BLOCK, channels_first
-from crfrnn._kernels.products import add_product, vertex_matmul
-from crfrnn._kernels.simd import FAST, axpy, axpy_scaled
-from crfrnn._kernels.softmax import softmax_any, softmax_rows_into
+from crfrnn._kernels.products import vertex_matmul
+from crfrnn._kernels.simd import FAST
+from crfrnn._kernels.softmax import softmax_rows_into
+from crfrnn._kernels.taking import add, claim, publish, read, take
 
 __all__ = ["Prepared", "mean_field", "prepare"]
-
-
-@njit(cache=True, inline="always")
-def _block(
-    unary,
-    src,
-    q_out,
-    start,
-    stop,
-    cr,
-    c,
-    alphas,
-    offsets,
-    weights,
-    pre,
-    post,
-    selfw,
-    has_self,
-    is_full,
-    diag,
-    mat,
-    matrices,
-    blurred,
-    parts,
-    j,
-    scatter,
-    logits,
-    out_t,
-    to_t,
-    keep,
-    scratch,
-    msg,
-    acc,
-):  # pragma: no cover
-    """One block of points ``start..stop-1`` of a fused iteration: the unary, every kernel's sliced message and
-    label transform, the softmax (unless ``logits``) into ``q_out`` (if ``keep``), and if ``scatter`` the new
-    marginals' splat into the partial sums ``parts[k][j]`` of the next iteration (the block is still in cache);
-    the result goes to ``out_t`` labels first instead if ``to_t``. ``has_self[k]``: kernel ``k`` has a
-    self-exclusion term (only then are ``selfw[k]`` and ``src`` read). ``matrices``: the loop's compile-time
-    constant of :func:`_mean_field_for` (False: no kernel is ``is_full``, and that path is not compiled). The
-    other arguments are :func:`_mean_field`'s.
-    """
-    m = stop - start
-    nk = alphas.shape[0]
-    for i in range(m):
-        for ch in range(c):
-            acc[i, ch] = unary[start + i, ch]
-    for k in range(nk):  # self-exclusion of the vector kernels (reads q before it is overwritten)
-        if has_self[k] and not is_full[k]:
-            for i in range(m):
-                p = start + i
-                coef = post[k, p] * selfw[k, p] * pre[k, p]
-                if coef != 0.0:
-                    for ch in range(c):
-                        acc[i, ch] -= coef * diag[k, ch] * src[p, ch]
-    # Kernels outside, points inside: each kernel's arrays are fetched once per block, not once per point
-    # (fetching an array from a tuple touches its shared reference count, which two threads doing it per point
-    # fight over).
-    for k in range(nk):
-        b = blurred[k]
-        off = offsets[k]
-        wk = weights[k]
-        d1 = off.shape[1]
-        alpha = alphas[k]
-        if matrices and is_full[k]:
-            mk = mat[k]
-            for i0 in range(0, m, 8):  # eight points at a time
-                count = min(8, m - i0)
-                for jj in range(count):
-                    p = start + i0 + jj
-                    if has_self[k]:
-                        s = selfw[k, p] * pre[k, p] / alpha
-                        for ch in range(c):
-                            msg[jj, ch] = -s * src[p, ch]
-                    else:
-                        for ch in range(c):
-                            msg[jj, ch] = 0.0
-                    for r in range(d1):
-                        axpy(msg, jj, b, off[p, r], wk[p, r], c)
-                    g = post[k, p] * alpha
-                    for ch in range(c):
-                        msg[jj, ch] *= g
-                add_product(msg, 0, count, mk, cr, acc, i0)  # the L x L product, eight points at once
-        else:
-            dk = diag[k]
-            for i in range(m):
-                p = start + i
-                g = post[k, p] * alpha
-                for r in range(d1):
-                    axpy_scaled(acc, i, dk, b, off[p, r], wk[p, r] * g, c)
-    if not logits:
-        softmax_any(acc.reshape(-1), c, cr, 0, m, scratch)
-    if to_t:  # the result, labels first: read across the block in cache, written in order
-        for ch in range(cr):
-            for i in range(m):
-                out_t[ch, start + i] = acc[i, ch]
-    elif keep:
-        for i in range(m):
-            for ch in range(c):
-                q_out[start + i, ch] = acc[i, ch]
-    if scatter:
-        for k in range(nk):
-            scatter_rows(acc, start, pre[k], offsets[k], weights[k], parts[k][j], start, stop, c)
 
 
 @functools.lru_cache(maxsize=None)
@@ -169,6 +75,9 @@ def _mean_field_for(channels: int, matrices: bool):  # noqa: C901 - the compiled
         bufs,
         tmps,
         vbufs,
+        claims,
+        threads,
+        take_work,
     ):  # pragma: no cover
         """Mean field with any number of Gaussian kernels, in place in ``q`` (no autograd).
 
@@ -212,6 +121,12 @@ def _mean_field_for(channels: int, matrices: bool):  # noqa: C901 - the compiled
                 (:func:`blur_result`).
             tmps: tuple of ``K`` vertex buffers ``(M_k + 1, C)``, the blur's second buffer (it swaps the two).
             vbufs: tuple of ``K`` buffers ``(M_k + 1, C)`` for ``B_k mat[k]`` where ``on_vertices[k]`` (else any).
+            claims: ``(ceil(P / BLOCK),)`` int64 scratch: who computed each block of the last iteration (1 its run's
+                owner, 3 a helping thread; see the block pass).
+            threads: the threads of the moment (``numba.get_num_threads()``): each takes runs until none is left,
+                then helps the others' runs (the result does not depend on it).
+            take_work: whether a thread without a run left helps the others (False: it waits, as a static split
+                of the runs did; for side-by-side measurements, ``CRFRNN_TAKE_WORK=0``).
 
         Each iteration adds up and blurs every kernel's splat, then one pass over each block of points slices all
         kernels, applies the label transforms, adds the unary, takes the softmax and splats the result for the
@@ -232,12 +147,16 @@ def _mean_field_for(channels: int, matrices: bool):  # noqa: C901 - the compiled
                 any_self = True
         runs = parts[0].shape[0]
         per = run_length(num_points, runs) // BLOCK
+        threads = max(1, threads)  # beyond the runs, threads only help
+        counter = np.zeros(1, np.int64)
+        front = np.empty(runs, np.int64)
+        back = np.empty(runs, np.int64)
         forward = nk < 0  # False, typed bool: a literal False would compile blur_vertices a second time
         for it in range(iterations):
             src = q if it == 0 else q_out
             blurred = []
             for k in range(nk):
-                bk = blur_vertices(reduce_parts(parts[k], bufs[k]), tmps[k], neighbours[k], forward)
+                bk = blur_vertices(reduce_parts(parts[k], bufs[k], threads), tmps[k], neighbours[k], forward, threads)
                 if matrices:
                     if on_vertices[k]:
                         bk = vertex_matmul(bk, mat[k], cr, vbufs[k])
@@ -247,17 +166,86 @@ def _mean_field_for(channels: int, matrices: bool):  # noqa: C901 - the compiled
             scatter = not logits and (not last or scatter_out)
             to_t = last and out_t.shape[0] > 0
             keep = any_self or (last and not to_t)
-            for j in prange(runs):
+            # The block pass. Each run of blocks splats into its own partial sums, in block order, by the thread
+            # that takes the run (its owner). A thread without a run left helps the run with the most blocks left:
+            # it claims blocks from the run's end, computes them into q_out (and out_t) and marks them done; the
+            # owner splats those from q_out when it reaches them, in the same order, so the sums are the same
+            # whichever thread computed a block. A helped block is claimed in `claims` (0 free, 1 owner, 2 helper,
+            # 3 helper done); `front` and `back` are the runs' next blocks from each end.
+            helping = take_work and threads > 1 and not (to_t and scatter)
+            counter[0] = 0
+            for j in range(runs):
+                front[j] = j * per
+                back[j] = min(num_blocks, (j + 1) * per)
+            claims[:] = 0
+            for _t in prange(threads):
                 scratch = np.empty(BLOCK * c, np.int32)
                 msg = np.empty((8, c), unary.dtype)
                 acc = np.empty((BLOCK, c), unary.dtype)
-                if scatter:
-                    for k in range(nk):
-                        parts[k][j][:] = 0.0
-                for blk in range(j * per, min(num_blocks, (j + 1) * per)):
+                while True:  # own runs, taken in turn
+                    j = take(counter, 0)
+                    if j >= runs:
+                        break
+                    if scatter:
+                        for k in range(nk):
+                            parts[k][j][:] = 0.0
+                    for blk in range(j * per, min(num_blocks, (j + 1) * per)):
+                        start = blk * BLOCK
+                        stop = min(num_points, start + BLOCK)
+                        publish(front, j, blk)
+                        if claim(claims, blk, 1):
+                            fused_block(
+                                unary,
+                                src,
+                                q_out,
+                                start,
+                                stop,
+                                cr,
+                                c,
+                                alphas,
+                                offsets,
+                                weights,
+                                pre,
+                                post,
+                                selfw,
+                                has_self,
+                                is_full,
+                                diag,
+                                mat,
+                                matrices,
+                                blurred,
+                                parts,
+                                j,
+                                scatter,
+                                logits,
+                                out_t,
+                                to_t,
+                                keep,
+                                scratch,
+                                msg,
+                                acc,
+                            )
+                        elif scatter:  # computed by a helper: splat its rows once they are there
+                            while read(claims, blk) != 3:
+                                pass
+                            for k in range(nk):
+                                scatter_rows(q_out, 0, pre[k], offsets[k], weights[k], parts[k][j], start, stop, c)
+                    publish(front, j, num_blocks)
+                while helping:  # then help the run with the most blocks left
+                    j = -1
+                    most = 2  # a run with two blocks left or fewer is its owner's
+                    for r in range(runs):
+                        left = read(back, r) - read(front, r)
+                        if left > most:
+                            j, most = r, left
+                    if j < 0:
+                        break
+                    blk = add(back, j, -1) - 1
+                    if blk < j * per or not claim(claims, blk, 2):
+                        continue  # the owner got there first: look again
                     start = blk * BLOCK
                     stop = min(num_points, start + BLOCK)
-                    _block(
+                    fused_block(
                         unary,
                         src,
                         q_out,
@@ -279,15 +267,16 @@ def _mean_field_for(channels: int, matrices: bool):  # noqa: C901 - the compiled
                         blurred,
                         parts,
                         j,
-                        scatter,
+                        False,
                         logits,
                         out_t,
                         to_t,
-                        keep,
+                        keep or scatter,
                         scratch,
                         msg,
                         acc,
                     )
+                    publish(claims, blk, 3)
 
     return _mean_field
 
@@ -313,6 +302,7 @@ class Prepared(NamedTuple):
     bufs: tuple
     tmps: tuple
     vbufs: tuple
+    claims: np.ndarray
 
 
 def prepare(
@@ -393,6 +383,7 @@ def prepare(
         tuple(bufs),
         tuple(tmps),
         tuple(vbufs),
+        np.empty((num_points + BLOCK - 1) // BLOCK, np.int64),
     )
 
 
@@ -474,6 +465,8 @@ def mean_field(
             scatter_out and not return_logits,
             out_t,
             *args,
+            numba.get_num_threads(),
+            os.environ.get("CRFRNN_TAKE_WORK", "1") != "0",
         )
         if not transpose:
             return q_out
