@@ -7,10 +7,12 @@ probabilities made as in ``bench_refine.py`` (coarse random logits upsampled, pl
   with N threads against 1 thread (torch's and numba's), called in turn, the order alternating pair by pair
   (:func:`_harness.paired_ratio`), medians after a warm-up; printed as the speed-up ``t(1) / t(N)`` beside its
   target (2 threads >= 1.85x 1 thread);
-- a control: beside every pair of calls (in the same moments), a loop of pure arithmetic split evenly over N
-  threads and over 1 (:func:`control_loop`), printed as its speed-up: about N.00x on N free cores of equal speed,
-  less where the machine gives less (a shared VM, a busy core), which a target on the speed-up alone cannot tell
-  from the code's own part (``--no-control`` skips it);
+- two controls: beside every pair of calls (in the same moments), a loop of pure arithmetic split evenly over N
+  threads and over 1 (:func:`control_loop`), and a pass over 256 MB of memory split the same way
+  (:func:`stream_loop`), each printed as its speed-up: arithmetic about N.00x on N free cores of equal speed,
+  less where the machine gives less (a shared VM, a busy core); memory near N.00x where one core cannot fill
+  the memory system, near 1.0x where it can or where a VM's share is capped. A target on the speed-up alone
+  cannot tell the machine's part from the code's (``--no-control`` skips them);
 - batch: --batch B images (seeds 0..B-1) refined by one batched call (``(B, 3, H, W)`` and ``(B, L, H, W)``
   tensors) against B single calls, at the default threads, paired the same way.
 
@@ -62,6 +64,38 @@ def _control_kernel():
     assert rows.ctypes.data % 64 == 0
     busy(rows, 1, 1)  # compiles
     return busy, rows
+
+
+@functools.lru_cache(maxsize=None)
+def _stream_kernel():
+    """The memory control's compiled loop and its two 128 MB arrays (far beyond any cache)."""
+    import numpy as np
+    from numba import njit, prange
+
+    @njit(parallel=True, fastmath=True)
+    def stream(src, dst):  # pragma: no cover - compiled
+        for i in prange(src.shape[0]):
+            dst[i] = src[i] * np.float32(2.0) + np.float32(1.0)
+
+    src = np.ones(32 << 20, np.float32)
+    dst = np.zeros_like(src)
+    stream(src, dst)  # compiles, and faults the pages in
+    return stream, src, dst
+
+
+def stream_loop(n: int):
+    """The memory control for ``n`` threads, as a callable: one pass that reads 128 MB and writes 128 MB, split
+    evenly over the threads. Its speed-up over 1 thread is how much more memory bandwidth ``n`` threads got than
+    one: near ``n`` where one core cannot fill the memory system (most servers), near 1.0x where it can or where a
+    virtual machine's share of it is capped.
+    """
+    stream, src, dst = _stream_kernel()
+
+    def run():
+        with threads(n):
+            stream(src, dst)
+
+    return run
 
 
 def control_loop(n: int, regions: int = 100, reps: int = 400):
@@ -258,7 +292,7 @@ def _measure(args) -> None:
         for n in args.threads:
             pairs = [(with_threads(n), with_threads(1))]
             if not args.no_control:
-                pairs.append((control_loop(n), control_loop(1)))
+                pairs += [(control_loop(n), control_loop(1)), (stream_loop(n), stream_loop(1))]
             r, *control = paired_ratios(pairs, repeats=args.repeats)
             speedup = 1.0 / r["ratio"]
             target = f" (target >= {TARGET_2_THREADS}x)" if n == 2 else ""
@@ -268,10 +302,9 @@ def _measure(args) -> None:
                 f"[ratio IQR {r['ratio_q1']:.2f}..{r['ratio_q3']:.2f}, {r['repeats']} pairs]",
                 flush=True,
             )
-            if control:
-                c = control[0]
+            for c, what in zip(control, ("arithmetic in the first-level cache", "a pass over 256 MB of memory")):
                 print(
-                    f"  control in the same moments (pure arithmetic, the same work on {n} threads and on 1): "
+                    f"  control in the same moments, the same work on {n} threads and on 1, {what}: "
                     f"{1.0 / c['ratio']:.2f}x [IQR {1 / c['ratio_q3']:.2f}..{1 / c['ratio_q1']:.2f}; "
                     f"{c['median'] * 1e3:.1f} ms / {c['base_median'] * 1e3:.1f} ms]",
                     flush=True,
