@@ -15,10 +15,12 @@
 # bench_gpu.py prints each step's peak memory over the bytes autograd saves (issue 23's target at most 1.5x at
 # batch 8).
 # 6. the host's CPU cores (issue 26): dense_crf at 1000x750 on every core against one thread, and a batch of 16
-#    images at 500x375 in one call against 16 single-thread calls (benchmarks/bench_threads.py).
+#    images at 500x375 in one call against 16 single-thread calls (benchmarks/bench_threads.py, with its controls:
+#    the same arithmetic and the same pass over memory on every core against one), and every core with the
+#    threads taking work from each other against without (cpu_taking, --compare-taking).
 #
 # PARTS="tests bench_build ..." runs only the parts named (the limits of all parts add up to more than one
-# 10-minute call: run the GPU parts and the CPU parts in two calls, e.g. PARTS="cpu_threads cpu_batch").
+# 10-minute call: run the GPU parts and the CPU parts in two calls, e.g. PARTS="cpu_threads cpu_batch cpu_taking").
 #
 # Every part's output goes to $OUT/<part>.log (and .json), its exit status to $OUT/status.txt; the script goes on
 # after a failed part and exits with the first failure's status.
@@ -72,5 +74,6 @@ CORES=$(nproc)
 part cpu_threads 120 "$PY" benchmarks/bench_threads.py --sizes 1000x750 --threads "$CORES" --batch 0 --repeats 3
 part cpu_batch 90 "$PY" benchmarks/bench_threads.py --sizes 500x375 --threads "$CORES" --batch 16 \
     --singles-threads 1 --repeats 3
+part cpu_taking 120 "$PY" benchmarks/bench_threads.py --compare-taking --sizes 1000x750 --threads "$CORES" --repeats 3
 
 exit "$status"
