@@ -112,7 +112,8 @@ def test_a_change_to_any_kernel_source_recompiles(tmp_path):
 
 
 #: every CPU path once: the fused loop (float32 and float64, the parallel hash: 20480 points), the compiled
-#: differentiable path's forward and backward, the pydensecrf shim stepping through inference, the lattice filter
+#: differentiable path's forward and backward, the pydensecrf shim stepping through inference, the lattice filter,
+#: the labelling of scores (``labels_of``)
 EVERY_PATH = """
 import sys, numpy as np, torch
 import crfrnn._kernels._first_use as first_use
@@ -137,6 +138,8 @@ d.stepInference(q, t1, t2)
 d.klDivergence(q)
 f = torch.rand(1, 500, 3, dtype=torch.float64)
 PermutohedralLattice(f).filter(torch.rand(1, 500, 2, dtype=torch.float64))
+from crfrnn.io import labels_of
+assert (labels_of(p) == p.argmax(0)).all() and (labels_of(p.astype(np.float64)) == p.argmax(0)).all()
 print("every path ran")
 """
 

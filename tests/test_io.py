@@ -355,3 +355,45 @@ class TestBoundedYamlAndZips:
         from crfrnn._utils.safe_load import load_yaml
 
         assert load_yaml("a: [1, 2]\nb: {c: d}\n") == {"a": [1, 2], "b": {"c": "d"}}
+
+
+class TestLabelsOf:
+    """``labels_of``: the argmax over labels, computed label by label in a compiled loop, must be NumPy's."""
+
+    @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+    @pytest.mark.parametrize("shape", [(21, 37, 53), (4, 6, 7, 9), (2, 1000), (3, 0, 5), (5,)])
+    def test_same_as_numpy_with_ties(self, dtype, shape):
+        from crfrnn.io import labels_of
+
+        rng = np.random.default_rng(0)
+        scores = rng.integers(0, 3, shape).astype(dtype)  # many ties: the first of equal maxima wins
+        got = labels_of(scores)
+        assert got.dtype == np.int64 and got.shape == shape[1:]
+        np.testing.assert_array_equal(got, scores.argmax(0))
+        noisy = rng.standard_normal(shape).astype(dtype)
+        np.testing.assert_array_equal(labels_of(noisy), noisy.argmax(0))
+
+    def test_infinities_nan_non_contiguous_and_other_types(self):
+        from crfrnn.io import labels_of
+
+        rng = np.random.default_rng(1)
+        scores = rng.standard_normal((6, 20, 30)).astype(np.float32)
+        scores[2, 3, 4] = np.inf
+        scores[:, 5, 5] = -np.inf
+        np.testing.assert_array_equal(labels_of(scores), scores.argmax(0))
+        scores[4, 7, 8] = np.nan  # NumPy's rule: the first NaN
+        scores[1, 7, 8] = np.nan
+        np.testing.assert_array_equal(labels_of(scores), scores.argmax(0))
+        strided = rng.standard_normal((30, 20, 6)).astype(np.float32).transpose(2, 1, 0)
+        np.testing.assert_array_equal(labels_of(strided), strided.argmax(0))
+        ints = rng.integers(0, 9, (5, 8, 8))
+        np.testing.assert_array_equal(labels_of(ints), ints.argmax(0))
+        half = rng.standard_normal((5, 8, 8)).astype(np.float16)
+        np.testing.assert_array_equal(labels_of(half), half.argmax(0))
+
+    def test_one_map_is_a_threshold(self):
+        from crfrnn.io import labels_of
+
+        p = np.array([[[0.2, 0.5, 0.7]]], np.float32)
+        np.testing.assert_array_equal(labels_of(p), [[0, 0, 1]])
+        np.testing.assert_array_equal(labels_of(np.log(p / (1 - p)), is_logits=True), [[0, 0, 1]])

@@ -42,6 +42,7 @@ from crfrnn._kernels.filtering import (
     splat_runs,
 )
 from crfrnn._kernels.layout import (
+    argmax_labels,
     channels_first,
     channels_last,
     padded_channels,
@@ -57,6 +58,7 @@ __all__ = [
     "NumbaOperators",
     "Prepared",
     "adjoint_slice",
+    "argmax_labels",
     "blur",
     "blur_result",
     "build",

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from crfrnn import _kernels
 from crfrnn._deprecated import renamed_arguments
 from crfrnn._utils.files import PathLike
 from crfrnn.data.palette import load_label_png
@@ -77,7 +78,9 @@ def labels_of(scores: np.ndarray, is_logits: bool = False) -> np.ndarray:
     """
     if scores.shape[0] == 1:
         return (scores[0] > (0.0 if is_logits else 0.5)).astype(np.int64)
-    return scores.argmax(0).astype(np.int64)
+    if scores.dtype not in (np.float32, np.float64):
+        return scores.argmax(0).astype(np.int64)
+    return _kernels.argmax_labels(scores)
 
 
 def _shape_for(layout: str, arr: np.ndarray) -> Tuple[int, int, int]:
