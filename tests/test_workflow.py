@@ -185,3 +185,21 @@ class TestRunLock:
         lock = RunLock.acquire(tmp_path)
         assert lock is not None and (tmp_path / ".lock").read_text() == f"{os.getpid()}\n"
         lock.release()
+
+
+def test_labels_of_scores_are_torchs_argmax():
+    """The workflow's labelling (a compiled argmax on the CPU) gives ``argmax(1)``'s labels: ties, NaN, one label,
+    volumes, strided and half-precision scores."""
+    from crfrnn.workflow._predict import labels_of_scores
+
+    g = torch.Generator().manual_seed(0)
+    for shape in [(2, 5, 7, 9), (1, 21, 3, 4, 5), (3, 1, 4, 4), (0, 3, 4, 4)]:
+        ties = torch.randint(0, 3, shape, generator=g).float()
+        for scores in (ties, ties.double(), torch.randn(shape, generator=g), ties.half()):
+            got = labels_of_scores(scores)
+            assert got.dtype == torch.int64 and torch.equal(got, scores.argmax(1))
+    scores = torch.randn(2, 6, 8, 8, generator=g)
+    scores[1, 3, 2, 2] = float("nan")
+    assert torch.equal(labels_of_scores(scores), scores.argmax(1))
+    strided = torch.randn(2, 8, 8, 6, generator=g).permute(0, 3, 1, 2)
+    assert torch.equal(labels_of_scores(strided), strided.argmax(1))

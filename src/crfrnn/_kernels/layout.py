@@ -145,16 +145,16 @@ def _argmax_rows(flat, out, best):  # pragma: no cover - compiled
     return nan
 
 
-def argmax_labels(scores: np.ndarray) -> np.ndarray:
+def argmax_labels(scores: np.ndarray) -> Optional[np.ndarray]:
     """``scores.argmax(0)`` as int64 for float ``(L, *S)`` scores, computed label by label over contiguous rows
-    (NumPy's argmax over the first axis copies the scores transposed first, a strided pass that cost a tenth of a
-    refined image's time); scores with a NaN go to NumPy (its rule: the first NaN).
+    (NumPy's and PyTorch's argmax over the first axis are strided passes, which cost a tenth of a refined image's
+    time); None if a score is NaN (the caller's own argmax then decides, by its own rule).
     """
     flat = np.ascontiguousarray(scores).reshape(scores.shape[0], -1)
     out = np.empty(flat.shape[1], np.int64)
     best = np.empty(flat.shape[1], flat.dtype)
     if _argmax_rows(flat, out, best):
-        return scores.argmax(0).astype(np.int64)
+        return None
     return out.reshape(scores.shape[1:])
 
 

@@ -78,9 +78,8 @@ def labels_of(scores: np.ndarray, is_logits: bool = False) -> np.ndarray:
     """
     if scores.shape[0] == 1:
         return (scores[0] > (0.0 if is_logits else 0.5)).astype(np.int64)
-    if scores.dtype not in (np.float32, np.float64):
-        return scores.argmax(0).astype(np.int64)
-    return _kernels.argmax_labels(scores)
+    fast = _kernels.argmax_labels(scores) if scores.dtype in (np.float32, np.float64) else None
+    return scores.argmax(0).astype(np.int64) if fast is None else fast
 
 
 def _shape_for(layout: str, arr: np.ndarray) -> Tuple[int, int, int]:

@@ -14,11 +14,12 @@ import itertools
 import time
 from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence, Union, cast
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from crfrnn import _deprecated
+from crfrnn import _deprecated, _kernels
 from crfrnn.dense import dense_crf
 from crfrnn.models.segmenter import CrfRnnSegmenter
 from crfrnn.params import DENSECRF_DEFAULTS, RENAMED_PARAMS
@@ -31,6 +32,7 @@ __all__ = [
     "check_methods",
     "cnn_logits",
     "eval_mode",
+    "labels_of_scores",
     "merge_dense_crf_params",
     "model_device",
     "predict",
@@ -164,12 +166,12 @@ def predict_timed(
     _sync(unary.device)
     t_cnn = time.perf_counter() - t0
     if "cnn" in methods:
-        labels["cnn"] = unary.argmax(1)
+        labels["cnn"] = labels_of_scores(unary)
         seconds["cnn"] = t_cnn
     if "cnn+densecrf" in methods:
         t0 = time.perf_counter()
         q = cast(Tensor, dense_crf(image, logits=unary, **crf_params))  # tensors in, a tensor out
-        labels["cnn+densecrf"] = q.argmax(1)
+        labels["cnn+densecrf"] = labels_of_scores(q)
         _sync(q.device)
         seconds["cnn+densecrf"] = t_cnn + time.perf_counter() - t0
     if "crfrnn" in methods:
@@ -180,10 +182,26 @@ def predict_timed(
             refined = out[0] if isinstance(out, tuple) else out
         else:
             refined = cast(nn.Module, model.crf)(unary, image)
-        labels["crfrnn"] = refined.argmax(1)
+        labels["crfrnn"] = labels_of_scores(refined)
         _sync(refined.device)
         seconds["crfrnn"] = (0.0 if released else t_cnn) + time.perf_counter() - t0
     return labels, seconds
+
+
+def labels_of_scores(scores: Tensor) -> Tensor:
+    """``scores.argmax(1)`` for ``(B, L, *S)`` scores: on the CPU, the compiled argmax label by label
+    (:func:`crfrnn._kernels.argmax_labels`; PyTorch's over a non-innermost dimension is a strided pass), else
+    PyTorch's. The same labels either way (the first of equal maxima).
+    """
+    if scores.device.type != "cpu" or scores.dtype not in (torch.float32, torch.float64) or scores.shape[1] < 2:
+        return scores.argmax(1)
+    maps = []
+    for x in scores.detach():
+        m = _kernels.argmax_labels(x.contiguous().numpy())
+        if m is None:  # a NaN: PyTorch's rule
+            return scores.argmax(1)
+        maps.append(m)
+    return torch.from_numpy(np.stack(maps)) if maps else scores.argmax(1)
 
 
 def predict(

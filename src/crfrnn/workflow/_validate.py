@@ -34,6 +34,7 @@ from crfrnn.workflow._predict import (
     check_methods,
     cnn_logits,
     eval_mode,
+    labels_of_scores,
     merge_dense_crf_params,
     model_device,
     predict_timed,
@@ -410,7 +411,8 @@ def search_dense_crf(
                     f"the model returned scores for {unary.shape[1]} classes but num_classes={num_classes}."
                 )
             for point, cm in zip(points, matrices):
-                cm.update(dense_crf(image, logits=unary, cache=cache, **{**base, **point}).argmax(1), mask)
+                q = cast(Tensor, dense_crf(image, logits=unary, cache=cache, **{**base, **point}))  # tensors in and out
+                cm.update(labels_of_scores(q), mask)
     table = []
     for point, cm in zip(points, matrices):
         m = cm.all_reduce().compute()
