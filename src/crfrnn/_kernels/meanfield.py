@@ -182,67 +182,50 @@ def _mean_field_for(channels: int, matrices: bool):  # noqa: C901 - the compiled
                 scratch = np.empty(BLOCK * c, np.int32)
                 msg = np.empty((8, c), unary.dtype)
                 acc = np.empty((BLOCK, c), unary.dtype)
-                while True:  # own runs, taken in turn
-                    j = take(counter, 0)
-                    if j >= runs:
-                        break
-                    if scatter:
-                        for k in range(nk):
-                            parts[k][j][:] = 0.0
-                    for blk in range(j * per, min(num_blocks, (j + 1) * per)):
-                        start = blk * BLOCK
-                        stop = min(num_points, start + BLOCK)
+                j = take(counter, 0)  # this thread's run (none left: j >= runs) and its next block
+                nxt = j * per
+                if j < runs and scatter:
+                    for k in range(nk):
+                        parts[k][j][:] = 0.0
+                while True:  # one block per turn: the next of its own run, else one of another run's last
+                    if j < runs:
+                        if nxt >= min(num_blocks, (j + 1) * per):  # its run is done: take another
+                            publish(front, j, num_blocks)
+                            j = take(counter, 0)
+                            nxt = j * per
+                            if j < runs and scatter:
+                                for k in range(nk):
+                                    parts[k][j][:] = 0.0
+                            continue
+                        blk = nxt
+                        nxt += 1
                         publish(front, j, blk)
-                        if claim(claims, blk, 1):
-                            fused_block(
-                                unary,
-                                src,
-                                q_out,
-                                start,
-                                stop,
-                                cr,
-                                c,
-                                alphas,
-                                offsets,
-                                weights,
-                                pre,
-                                post,
-                                selfw,
-                                has_self,
-                                is_full,
-                                diag,
-                                mat,
-                                matrices,
-                                blurred,
-                                parts,
-                                j,
-                                scatter,
-                                logits,
-                                out_t,
-                                to_t,
-                                keep,
-                                scratch,
-                                msg,
-                                acc,
-                            )
-                        elif scatter:  # computed by a helper: splat its rows once they are there
-                            while read(claims, blk) != 3:
-                                pass
-                            for k in range(nk):
-                                scatter_rows(q_out, 0, pre[k], offsets[k], weights[k], parts[k][j], start, stop, c)
-                    publish(front, j, num_blocks)
-                while helping:  # then help the run with the most blocks left
-                    j = -1
-                    most = 2  # a run with two blocks left or fewer is its owner's
-                    for r in range(runs):
-                        left = read(back, r) - read(front, r)
-                        if left > most:
-                            j, most = r, left
-                    if j < 0:
-                        break
-                    blk = add(back, j, -1) - 1
-                    if blk < j * per or not claim(claims, blk, 2):
-                        continue  # the owner got there first: look again
+                        r = j
+                        helper = False
+                        if not claim(claims, blk, 1):  # a helper computes it: splat its rows once they are there
+                            if scatter:
+                                while read(claims, blk) != 3:
+                                    pass
+                                start = blk * BLOCK
+                                stop = min(num_points, start + BLOCK)
+                                for k in range(nk):
+                                    scatter_rows(q_out, 0, pre[k], offsets[k], weights[k], parts[k][j], start, stop, c)
+                            continue
+                    else:  # help the run with the most blocks left
+                        if not helping:
+                            break
+                        r = -1
+                        most = 2  # a run with two blocks left or fewer is its owner's
+                        for other in range(runs):
+                            left = read(back, other) - read(front, other)
+                            if left > most:
+                                r, most = other, left
+                        if r < 0:
+                            break
+                        blk = add(back, r, -1) - 1
+                        if blk < r * per or not claim(claims, blk, 2):
+                            continue  # the owner got there first: look again
+                        helper = True
                     start = blk * BLOCK
                     stop = min(num_points, start + BLOCK)
                     fused_block(
@@ -266,17 +249,18 @@ def _mean_field_for(channels: int, matrices: bool):  # noqa: C901 - the compiled
                         matrices,
                         blurred,
                         parts,
-                        j,
-                        False,
+                        r,
+                        scatter and not helper,
                         logits,
                         out_t,
                         to_t,
-                        keep or scatter,
+                        keep or (helper and scatter),
                         scratch,
                         msg,
                         acc,
                     )
-                    publish(claims, blk, 3)
+                    if helper:
+                        publish(claims, blk, 3)
 
     return _mean_field
 
