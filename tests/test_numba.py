@@ -306,13 +306,15 @@ class TestInsertRuns:
             assert torch.equal(a, b)
         assert quiet[4] == busy[4]
 
-    @pytest.mark.parametrize("runs", [1, 2, 3, 7])
-    def test_same_ids_as_sequential(self, kernels, runs):
-        """The parallel hash gives the sequential first-seen ids and distinct codes, and a table that finds them."""
+    @pytest.mark.parametrize("runs, points", [(1, 5001), (2, 5001), (3, 5001), (7, 5001), (2, 40001), (3, 40001)])
+    def test_same_ids_as_sequential(self, kernels, runs, points):
+        """The parallel hash gives the sequential first-seen ids and distinct codes, and a table that finds them
+        (40001 points: the last pass's pieces of 16384 codes split runs and span their ends).
+        """
         rng = np.random.default_rng(runs)
         d1 = 4
         # codes with repeats within and across runs, and runs of a point sharing the previous point's vertex
-        codes = rng.integers(0, 3000, size=(5001, d1)).astype(np.int64)
+        codes = rng.integers(0, 3000, size=(points, d1)).astype(np.int64)
         codes[1::3] = codes[0:-1:3][: codes[1::3].shape[0]]
         codes = codes.reshape(-1)
         ids, uniq, table, qbits = construct.insert_all(codes, d1)

@@ -44,17 +44,15 @@ def _elevate_d(features, p, scale, elevated, d):  # pragma: no cover - compiled
     elevated[0] = sm
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, parallel=True, nogil=True)
 def elevated_bounds(features, scale, num_chunks):  # pragma: no cover - compiled
-    """Per-chunk minimum and maximum of the first ``d`` elevated coordinates ``(chunks, 2, d)``.
-
-    One thread: a few milliseconds even at a million points, and a parallel loop costs more to compile (about
-    half a second of a cold first call) than it saves.
+    """Per-chunk minimum and maximum of the first ``d`` elevated coordinates ``(chunks, 2, d)``, chunks in parallel
+    (sequential, it was the one stage of the build that did not shrink with threads).
     """
     num_points, d = features.shape
     out = np.empty((num_chunks, 2, d))
     chunk = (num_points + num_chunks - 1) // num_chunks
-    for k in range(num_chunks):
+    for k in prange(num_chunks):
         elevated = np.empty(d + 1)
         lo = np.full(d, np.inf)
         hi = np.full(d, -np.inf)
@@ -233,6 +231,7 @@ def insert_all(codes, d1):  # pragma: no cover - compiled
 
 
 _PARTITION_BITS = 6  # the parallel merge's 64 partitions of the codes (by hash): work for up to 64 threads
+_CODE_PIECE = 16_384  # codes per piece of insert_runs' last pass
 
 
 @njit(cache=True, inline="always")
@@ -335,11 +334,19 @@ def insert_runs(codes, d1, runs):  # pragma: no cover - compiled
         for h in range(q * seg, (q + 1) * seg):
             if table[2 * h + 1] >= 0:
                 table[2 * h + 1] = gid[table[2 * h + 1]]
-    for j in prange(runs):  # in place: the run ids become the global ids
-        start = min(n, j * per)
-        o = offs[j]
-        for k in range(start, min(n, start + per)):
-            local[k] = gid[first[o + local[k]]]
+    # In place, the run ids become the global ids. Run 0's already are (its codes come first in the merge, each a
+    # first occurrence, numbered in order); the other runs' codes go in pieces to every thread.
+    head = min(n, per)
+    for i in prange((n - head + _CODE_PIECE - 1) // _CODE_PIECE):
+        k = head + i * _CODE_PIECE
+        stop = min(n, k + _CODE_PIECE)
+        while k < stop:  # a piece may span the end of a run
+            j = k // per
+            end = min(stop, (j + 1) * per)
+            o = offs[j]
+            for kk in range(k, end):
+                local[kk] = gid[first[o + local[kk]]]
+            k = end
     return local, out[: new[runs]].copy(), table, _PARTITION_BITS
 
 
