@@ -12,7 +12,12 @@ probabilities made as in ``bench_refine.py`` (coarse random logits upsampled, pl
   (:func:`stream_loop`), each printed as its speed-up: arithmetic about N.00x on N free cores of equal speed,
   less where the machine gives less (a shared VM, a busy core); memory near N.00x where one core cannot fill
   the memory system, near 1.0x where it can or where a VM's share is capped. A target on the speed-up alone
-  cannot tell the machine's part from the code's (``--no-control`` skips them);
+  cannot tell the machine's part from the code's (``--no-control`` skips the controls);
+- a third control, the ceiling: the same ``dense_crf`` call on 1 thread in each of N worker processes at once
+  against one such call alone (:func:`single_thread_processes`), printed as its throughput gain ``N t(alone) /
+  t(N at once)``: what the machine gives this very work on N cores at that moment (its caches, memory and
+  neighbours included), with no code shared between the threads. The threads' speed-up is printed as a share of
+  it, the part the code is responsible for;
 - batch: --batch B images (seeds 0..B-1) refined by one batched call (``(B, 3, H, W)`` and ``(B, L, H, W)``
   tensors) against B single calls, at the default threads, paired the same way.
 
@@ -113,6 +118,65 @@ def control_loop(n: int, regions: int = 100, reps: int = 400):
             busy(rows, regions, reps)
 
     return run
+
+
+def _worker(conn, size: tuple, labels: int, iterations: int) -> None:
+    """A process of :func:`single_thread_processes`: one ``dense_crf`` call on 1 thread each time it is asked."""
+    import numba
+    import torch
+
+    from crfrnn import dense_crf
+
+    numba.set_num_threads(1)
+    torch.set_num_threads(1)
+    w, h = size
+    image, probs = make_inputs(h, w, labels, seed=0)
+    dense_crf(image, probs, num_iterations=iterations)  # loads the kernels, faults in the buffers
+    conn.send("ready")
+    while conn.recv():
+        dense_crf(image, probs, num_iterations=iterations)
+        conn.send("done")
+
+
+@contextlib.contextmanager
+def single_thread_processes(n: int, size: tuple, labels: int, iterations: int):
+    """``n`` worker processes, each with the inputs of ``size`` and 1 thread, idle until asked. Yields ``at_once(k)``:
+    a callable that has the first ``k`` workers make one ``dense_crf`` call each, at the same time, and returns when
+    all have finished.
+    """
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    pipes, procs = [], []
+    for _ in range(n):
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=_worker, args=(child, size, labels, iterations), daemon=True)
+        proc.start()
+        pipes.append(parent)
+        procs.append(proc)
+    try:
+        for conn in pipes:
+            if conn.recv() != "ready":
+                raise RuntimeError("a worker process of the ceiling control failed to start")
+
+        def at_once(k: int):
+            def run():
+                for conn in pipes[:k]:
+                    conn.send(True)
+                for conn in pipes[:k]:
+                    conn.recv()
+
+            return run
+
+        yield at_once
+    finally:
+        for conn in pipes:
+            with contextlib.suppress(OSError):
+                conn.send(False)
+        for proc in procs:
+            proc.join(timeout=10)
+            if proc.is_alive():
+                proc.kill()
 
 
 @contextlib.contextmanager
@@ -291,9 +355,13 @@ def _measure(args) -> None:
             _spread(with_threads, args.threads[0], args.spread, f"{w}x{h}")
         for n in args.threads:
             pairs = [(with_threads(n), with_threads(1))]
+            workers = contextlib.ExitStack()
             if not args.no_control:
                 pairs += [(control_loop(n), control_loop(1)), (stream_loop(n), stream_loop(1))]
-            r, *control = paired_ratios(pairs, repeats=args.repeats)
+                at_once = workers.enter_context(single_thread_processes(n, (w, h), args.labels, args.iterations))
+                pairs.append((at_once(n), at_once(1)))
+            with workers:
+                r, *control = paired_ratios(pairs, repeats=args.repeats)
             speedup = 1.0 / r["ratio"]
             target = f" (target >= {TARGET_2_THREADS}x)" if n == 2 else ""
             print(
@@ -307,6 +375,16 @@ def _measure(args) -> None:
                     f"  control in the same moments, the same work on {n} threads and on 1, {what}: "
                     f"{1.0 / c['ratio']:.2f}x [IQR {1 / c['ratio_q3']:.2f}..{1 / c['ratio_q1']:.2f}; "
                     f"{c['median'] * 1e3:.1f} ms / {c['base_median'] * 1e3:.1f} ms]",
+                    flush=True,
+                )
+            if len(control) == 3:
+                c = control[2]
+                ceiling = n / c["ratio"]
+                print(
+                    f"  ceiling in the same moments, the same call on 1 thread in {n} processes at once against one "
+                    f"alone: {ceiling:.2f}x the throughput [IQR {n / c['ratio_q3']:.2f}..{n / c['ratio_q1']:.2f}; "
+                    f"{c['median']:.3f} s / {c['base_median']:.3f} s]; the threads' speed-up is "
+                    f"{speedup / ceiling:.0%} of it",
                     flush=True,
                 )
         if args.batch > 0:
