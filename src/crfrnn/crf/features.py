@@ -48,13 +48,39 @@ def width_factors(features: Tensor) -> Optional[tuple[Tensor, Tensor]]:
     return factors
 
 
+def _grid(
+    shape: Sequence[int],
+    steps: Sequence[float],
+    widths: Optional[Sequence[float]],
+    dtype: torch.dtype,
+    device: Optional[torch.device],
+    out: Optional[Tensor] = None,
+) -> Tensor:
+    """Positions ``pos_a * step_a / width_a`` (``widths`` None: undivided) of every point of a grid, ``(1, N, len(S))``
+    the last axis first, or written to ``out`` ``(B, N, >= len(S))`` (its first ``len(S)`` features, every image).
+
+    Each axis's values are computed in float64 and rounded to ``dtype`` once, then spread over the grid: the same
+    values as a float64 grid rounded afterwards, without building it (a tenth of the time at 1000x750).
+    """
+    ndim = len(shape)
+    if out is None:
+        out = torch.empty((1, math.prod(shape), ndim), dtype=dtype, device=device)
+    grid = out.view(out.shape[0], *shape, out.shape[-1])
+    for axis, (n, step) in enumerate(zip(shape, steps)):
+        values = torch.arange(n, dtype=torch.float64, device=device) * step
+        if widths is not None:
+            values = values / widths[axis]
+        view = [1] * (ndim + 1)
+        view[axis + 1] = n
+        grid[..., ndim - 1 - axis] = values.to(dtype).view(view)
+    return out
+
+
 def _position_base(
     shape: Sequence[int], steps: Sequence[float], dtype: torch.dtype, device: Optional[torch.device]
 ) -> Tensor:
     """Undivided positions ``(1, N, len(S))`` in the units of ``steps``, the last axis first."""
-    axes = [torch.arange(n, dtype=torch.float64, device=device) * step for n, step in zip(shape, steps)]
-    grids = torch.meshgrid(*axes, indexing="ij")
-    return torch.stack(grids[::-1], -1).reshape(1, -1, len(shape)).to(dtype)
+    return _grid(shape, steps, None, dtype, device)
 
 
 def _check_positions(
@@ -132,13 +158,7 @@ def position_features(
     if widths_need_grad(theta):
         w = width_tensor(name, theta, ndim, "spatial axis", dtype=dtype, device=device)
         return _divided(_position_base(shape, steps, dtype, device), w.flip(0))
-    axes = [
-        (torch.arange(n, dtype=torch.float64, device=device) * step) / width
-        for n, step, width in zip(shape, steps, widths)
-    ]
-    grids = torch.meshgrid(*axes, indexing="ij")
-    pos = torch.stack(grids[::-1], -1).reshape(1, -1, ndim)
-    return pos.to(dtype)
+    return _grid(shape, steps, widths, dtype, device)
 
 
 def guide_features(guide: Tensor, theta: Width, *, name: str = "theta") -> Tensor:
@@ -195,10 +215,20 @@ def bilateral_features(
         w_g = width_tensor(names[1], theta_beta, c, "guide channel", **like)
         base = torch.cat([_position_base(shape, steps, **like).expand(b, -1, -1), flat.transpose(1, 2)], -1)
         return _divided(base, torch.cat([w_pos.flip(0), w_g]))
-    pos = position_features(
-        image.shape[2:], theta_alpha, spacing=spacing, dtype=image.dtype, device=image.device, name=names[0]
-    )
-    return torch.cat([pos.expand(b, -1, -1), guide_features(image, theta_beta, name=names[1])], -1)
+    # written into one array: the positions (the same for every image), then the guide divided by its widths (the
+    # same values as position_features and guide_features side by side, without their copies)
+    shape = image.shape[2:]
+    widths, steps = _check_positions(shape, theta_alpha, spacing, names[0])
+    flat, guide_widths = _check_guide(image, theta_beta, names[1])
+    d, c = len(shape), flat.shape[1]
+    out = torch.empty((b, flat.shape[2], d + c), dtype=image.dtype, device=image.device)
+    _grid(shape, steps, widths, image.dtype, image.device, out)
+    scale = torch.tensor(guide_widths, dtype=image.dtype, device=image.device)
+    if torch.compiler.is_compiling():  # dynamo refuses a strided out= (a graph break)
+        out[..., d:] = flat.transpose(1, 2) / scale
+    else:
+        torch.div(flat.transpose(1, 2), scale, out=out[..., d:])
+    return out
 
 
 def spatial_features(
