@@ -7,7 +7,8 @@ clock (meaningful on a quiet machine only). A stage is a function of ``crfrnn`` 
 functions it calls; the compiled kernels are one call each), and the ratio column is its 1-thread wall time over
 its 2-thread wall time: a stage near 1.0 does not scale, one near 2.0 does (a stage with nan in a column does not
 run there: the vertex hash is `insert_all` on 1 thread, `insert_runs` on more). Also printed per run: page faults
-and system CPU time (the first touch of large arrays), and the call's total times.
+and system CPU time (the first touch of large arrays), the call's total times, and the own time of everything
+outside the compiled kernels (Python, torch, NumPy: the part that waits for no added thread, save torch's own).
 
 The adaptive thread count of :mod:`crfrnn._utils.threads` (which lowers the threads on a busy machine) is
 bypassed here: the threads asked for are the threads used.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import functools
 import pstats
 import resource
 import time
@@ -46,11 +48,26 @@ def set_threads(n: int) -> None:
     torch.set_num_threads(n)
 
 
+@functools.lru_cache(maxsize=None)
+def _compiled(path: str, line: int) -> bool:
+    """Whether the profiled function at ``path:line`` is a compiled kernel (its first line, where a decorated
+    function's code starts, is ``@njit``).
+    """
+    try:
+        with open(path) as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return False
+    return 0 < line <= len(lines) and lines[line - 1].strip().startswith("@njit")
+
+
 def profile(fn, timer, repeats: int) -> tuple[dict, float, dict]:
-    """Own time per ``crfrnn`` function (least over ``repeats`` profiled calls), the least total, and resources."""
+    """Own time per ``crfrnn`` function (least over ``repeats`` profiled calls), the least total, and resources
+    (with ``outside``: the least own time of everything but the compiled kernels: Python, torch, NumPy).
+    """
     best: dict = {}
     total = float("inf")
-    usage = {}
+    usage = {"outside": float("inf")}
     for _ in range(repeats):
         r0 = resource.getrusage(resource.RUSAGE_SELF)
         t0 = timer()
@@ -60,10 +77,13 @@ def profile(fn, timer, repeats: int) -> tuple[dict, float, dict]:
         pr.disable()
         elapsed = timer() - t0
         r1 = resource.getrusage(resource.RUSAGE_SELF)
+        stats = pstats.Stats(pr).stats.items()  # type: ignore[attr-defined]
+        outside = sum(row[2] for (path, line, _), row in stats if not _compiled(path, line))
         if elapsed < total:
             total = elapsed
-            usage = {"minflt": r1.ru_minflt - r0.ru_minflt, "sys_s": r1.ru_stime - r0.ru_stime}
-        for (path, line, name), row in pstats.Stats(pr).stats.items():  # type: ignore[attr-defined]
+            usage |= {"minflt": r1.ru_minflt - r0.ru_minflt, "sys_s": r1.ru_stime - r0.ru_stime}
+        usage["outside"] = min(usage["outside"], outside)
+        for (path, line, name), row in stats:
             if "crfrnn" not in path:
                 continue
             key = f"{path.split('crfrnn/')[-1]}:{line}({name})"
@@ -127,7 +147,12 @@ def main() -> None:
             print(
                 f"{key[-58:]:<58} {cpu1.get(key, float('nan')) * 1e3:8.1f} {a * 1e3:8.1f} {b * 1e3:8.1f} {ratio:6.2f}"
             )
-        print("(ms; the own time of each function, least of the repeats)", flush=True)
+        print("(ms; the own time of each function, least of the repeats)")
+        print(
+            f"outside the compiled kernels (Python, torch, NumPy; sequential but for torch's own threads): "
+            f"{use1['outside'] * 1e3:.1f} ms at 1 thread, {uset['outside'] * 1e3:.1f} ms at {t}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":
