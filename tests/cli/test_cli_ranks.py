@@ -134,11 +134,13 @@ def test_torchrun_ranks_share_the_folder_and_a_rerun_finishes_a_killed_one(pairs
     assert killed.returncode != 0, killed.stderr
     if (out / "summary.json").exists():  # rank 0 saw rank 1 go before torchrun stopped it: rank 1's inputs failed
         first = json.loads((out / "summary.json").read_text())
-        assert first["missing_ranks"] == [1], first
+        # rank 2 may have been stopped by torchrun before it reported too (a race between the ranks and torchrun)
+        missing = first["missing_ranks"]
+        assert 1 in missing and set(missing) <= {1, 2}, first
         failed = sorted(Path(r["input"]).stem for r in first["records"] if r["status"] == "failed")
-        assert failed == ["p1", "p4"] and all(
-            "rank 1 of 3 stopped" in r.get("error", "") for r in first["records"][1::3]
-        )
+        assert failed == sorted(f"p{i}" for i in range(N_IMAGES) if i % 3 in missing), first
+        for k in missing:
+            assert all(f"rank {k} of 3 stopped" in r.get("error", "") for r in first["records"] if r.get("rank") == k)
     partial = _outputs(out)
     assert "p1.png" in partial and "p4.png" not in partial, sorted(partial)  # rank 1 takes p1, p4
     rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
