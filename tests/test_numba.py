@@ -281,6 +281,26 @@ class TestMatrixOnVertices:
         assert prep_self.has_self[0] and not prep_self.on_vertices[0] and prep_self.is_full[0]
 
 
+class TestBuild:
+    @pytest.mark.parametrize("d, points", [(2, 3000), (5, 20_000)])
+    def test_float32_features_build_the_lattice_of_their_float64_values(self, kernels, d, points):
+        """float32 features are read without a float64 copy: the same lattice as the same values in float64 (the
+        kernels compute in float64 either way), the weights the float64 ones rounded."""
+        gen = torch.Generator().manual_seed(d)
+        feats = (torch.rand(points, d, generator=gen) * 30).float()
+        single = construct.build(feats, 1, 62)
+        double = construct.build(feats.double(), 1, 62)
+        assert single is not None and double is not None
+        assert single[1].dtype == torch.float32 and double[1].dtype == torch.float64
+        for i in (0, 2, 3):  # offsets, ranks, neighbours
+            assert torch.equal(single[i], double[i])
+        assert torch.equal(single[1], double[1].float()) and single[4] == double[4]
+        # a strided float32 view reads the same values
+        wide = torch.zeros(points, 2 * d)
+        wide[:, ::2] = feats
+        assert all(torch.equal(a, b) for a, b in zip(construct.build(wide[:, ::2], 1, 62)[:4], single[:4]))
+
+
 class TestInsertRuns:
     @pytest.mark.skipif(
         __import__("numba").config.NUMBA_NUM_THREADS < 2, reason="needs a process configured for 2 threads"

@@ -47,7 +47,8 @@ def _elevate_d(features, p, scale, elevated, d):  # pragma: no cover - compiled
 @njit(cache=True, parallel=True, nogil=True)
 def elevated_bounds(features, scale, num_chunks):  # pragma: no cover - compiled
     """Per-chunk minimum and maximum of the first ``d`` elevated coordinates ``(chunks, 2, d)``, chunks in parallel
-    (sequential, it was the one stage of the build that did not shrink with threads).
+    (sequential, it was the one stage of the build that did not shrink with threads). ``features`` float32 or
+    float64; the coordinates are float64 either way.
     """
     num_points, d = features.shape
     out = np.empty((num_chunks, 2, d))
@@ -76,7 +77,8 @@ def _simplices_for(d: int):
 
     @njit(cache=True, parallel=True, nogil=True)
     def simplices(features, scale, lo, strides, per_image, num_chunks, codes, weights, ranks):  # pragma: no cover
-        """Enclosing simplex of every point: int64 codes of its ``d + 1`` vertex keys, weights, ranks.
+        """Enclosing simplex of every point: int64 codes of its ``d + 1`` vertex keys, weights, ranks (``features``
+        float32 or float64, computed in float64 either way).
 
         The same arithmetic as ``crfrnn.lattice._simplex_coordinates`` (densecrf's construction); the
         code of key ``k`` of a point in image ``b`` is ``sum_i (k_i - lo_i) strides_i + b strides_d``.
@@ -384,7 +386,10 @@ def build(features: Tensor, batch_size: int, max_code_bits: int) -> tuple[Tensor
     Returns ``(offsets (P, D+1) int32, weights (P, D+1) in the features' dtype, rank (P, D+1) int8,
     neighbours (D+1, 2, M) int32 with M for an absent neighbour, M)``.
     """
-    feats = np.ascontiguousarray(features.detach().numpy(), dtype=np.float64)
+    feats = features.detach().numpy()
+    if feats.dtype != np.float32:  # float32 is read as it is (the kernels compute in float64 either way): no copy
+        feats = feats.astype(np.float64, copy=False)
+    feats = np.ascontiguousarray(feats)
     num_points, d = feats.shape
     d1 = d + 1
     scale = math.sqrt(2.0 / 3.0) * d1 / np.sqrt((np.arange(d) + 1.0) * (np.arange(d) + 2.0))
