@@ -357,6 +357,7 @@ def _measure(args) -> None:
             pairs = [(with_threads(n), with_threads(1))]
             workers = contextlib.ExitStack()
             if not args.no_control:
+                with_threads(1)()  # the kernels compile here (an empty cache), not once in each worker at a time
                 pairs += [(control_loop(n), control_loop(1)), (stream_loop(n), stream_loop(1))]
                 at_once = workers.enter_context(single_thread_processes(n, (w, h), args.labels, args.iterations))
                 pairs.append((at_once(n), at_once(1)))

@@ -16,11 +16,15 @@
 # batch 8).
 # 6. the host's CPU cores (issue 26): dense_crf at 1000x750 on every core against one thread, and a batch of 16
 #    images at 500x375 in one call against 16 single-thread calls (benchmarks/bench_threads.py, with its controls:
-#    the same arithmetic and the same pass over memory on every core against one), and every core with the
-#    threads taking work from each other against without (cpu_taking, --compare-taking).
+#    the same arithmetic and the same pass over memory on every core against one, and the ceiling: the same call
+#    on one thread in as many processes as cores at once against one alone), every core with the threads taking
+#    work from each other against without (cpu_taking, --compare-taking), and which stages of a call stop
+#    shrinking on every core (cpu_profile, benchmarks/profile_threads.py, with the sequential time outside the
+#    compiled kernels).
 #
 # PARTS="tests bench_build ..." runs only the parts named (the limits of all parts add up to more than one
-# 10-minute call: run the GPU parts and the CPU parts in two calls, e.g. PARTS="cpu_threads cpu_batch cpu_taking").
+# 10-minute call: run the GPU parts and the CPU parts in two calls, e.g.
+# PARTS="cpu_threads cpu_batch cpu_taking cpu_profile").
 #
 # Every part's output goes to $OUT/<part>.log (and .json), its exit status to $OUT/status.txt; the script goes on
 # after a failed part and exits with the first failure's status.
@@ -71,9 +75,11 @@ part compile 90 "$PY" benchmarks/bench_gpu.py --sizes 375x500 --batches 8 --iter
     --backends triton --compile --json "$OUT/bench_compile.json"
 
 CORES=$(nproc)
-part cpu_threads 120 "$PY" benchmarks/bench_threads.py --sizes 1000x750 --threads "$CORES" --batch 0 --repeats 3
+part cpu_threads 150 "$PY" benchmarks/bench_threads.py --sizes 1000x750 --threads "$CORES" --batch 0 --repeats 3
 part cpu_batch 90 "$PY" benchmarks/bench_threads.py --sizes 500x375 --threads "$CORES" --batch 16 \
     --singles-threads 1 --repeats 3
 part cpu_taking 120 "$PY" benchmarks/bench_threads.py --compare-taking --sizes 1000x750 --threads "$CORES" --repeats 3
+part cpu_profile 90 "$PY" benchmarks/profile_threads.py --sizes 375x500 750x1000 --threads "$CORES" --repeats 3 \
+    --inputs photo
 
 exit "$status"
